@@ -1,0 +1,35 @@
+//! `nightshift ls`
+
+use std::process::ExitCode;
+
+use nightshift_store::TaskFilter;
+
+use crate::args::LsArgs;
+use crate::home::Home;
+use crate::output::{Failure, TaskView, print_json};
+use crate::render;
+
+pub async fn run(args: LsArgs) -> Result<ExitCode, Failure> {
+    let runner = Home::from_env()?.reconciled_runner().await?;
+    let filter = TaskFilter {
+        states: args.state,
+        before: None,
+        limit: args.limit,
+    };
+    let tasks = runner.store().list_tasks(&filter).await?;
+    if args.json {
+        let views: Vec<_> = tasks.iter().map(TaskView::new).collect();
+        print_json(&views)?;
+    } else if tasks.is_empty() {
+        eprintln!("no tasks yet; start one with `nightshift run` or try `nightshift demo`");
+    } else {
+        println!(
+            "{:<8}  {:<11} {:>8}  {:<7}  PROMPT",
+            "ID", "STATE", "ELAPSED", "TOKENS"
+        );
+        for task in &tasks {
+            println!("{}", render::task_row(task));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,46 @@
+//! `nightshift __run-task ID`: the detached local worker that `run` starts. It runs one task
+//! to its end and exits, so a finished task leaves no process behind.
+
+use std::process::ExitCode;
+
+use nightshift_model::ProviderConfig;
+use nightshift_runner::RunnerError;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::RunTaskArgs;
+use crate::home::Home;
+use crate::output::{Failure, exit_for};
+
+pub async fn run_task(args: RunTaskArgs) -> Result<ExitCode, Failure> {
+    let id = args
+        .id
+        .parse()
+        .map_err(|err: nightshift_protocol::ParseTaskIdError| Failure::usage(err.to_string()))?;
+    let runner = Home::from_env()?.runner(ProviderConfig::from_env()).await?;
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    match runner.run_task(id, cancel).await {
+        Ok(task) => Ok(exit_for(task.state)),
+        Err(err @ RunnerError::NotClaimable { .. }) => Err(Failure::usage(err.to_string())),
+        Err(err) => Err(Failure::error(err.to_string())),
+    }
+}
+
+/// SIGTERM and SIGINT cancel the task (which then commits its work so far) instead of killing
+/// the process mid-write.
+fn cancel_on_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        cancel.cancel();
+    });
+}

@@ -1,0 +1,61 @@
+//! `nightshift`: delegate coding tasks to an agent that works in the background and hands back
+//! a branch.
+
+mod args;
+mod commands;
+mod demo;
+mod home;
+mod output;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    // reqwest is built without a default TLS provider so that only ring is compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match dispatch(cli.command).await {
+            Ok(code) => code,
+            Err(err) => err.report(),
+        }
+    })
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
+    match command {
+        Command::Run(args) => commands::run::run(args).await,
+        Command::Ls(args) => commands::ls::run(args).await,
+        Command::Show(args) => commands::show::run(args).await,
+        Command::Logs(args) => commands::logs::run(args).await,
+        Command::Diff(args) => commands::diff::run(args).await,
+        Command::Cancel(args) => commands::cancel::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::RunTask(args) => commands::worker::run_task(args).await,
+    }
+}
+
+fn init_tracing(verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIGHTSHIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

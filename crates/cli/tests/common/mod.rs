@@ -1,0 +1,181 @@
+//! Shared pieces of the end-to-end tests: a sample repository with a failing test, the real
+//! `nightshift` binary with its own NIGHTSHIFT_HOME, and a scripted model server on loopback.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nightshift_scripted_model::{Script, ScriptedModel};
+use serde_json::{Value, json};
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A repository whose test fails: `add` subtracts.
+pub fn buggy_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(
+        root.join("calc.sh"),
+        "#!/bin/sh\n# add A B: prints A + B\nadd() { echo $(($1 - $2)); }\nadd \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("test.sh"),
+        "#!/bin/sh\ngot=$(sh calc.sh 2 3)\nif [ \"$got\" = 5 ]; then echo PASS; else echo \"FAIL: add 2 3 gave $got\"; exit 1; fi\n",
+    )
+    .unwrap();
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "calc with a bug"]);
+    dir
+}
+
+/// The script of a model that fixes `buggy_repo`.
+pub fn fixing_script() -> Script {
+    script(json!([
+        {"reply": {"text": "Reading the code.", "tool_calls": [{"name": "read_file", "arguments": {"path": "calc.sh"}}],
+                   "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "cached_tokens": 0}}},
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sh test.sh"}}],
+                   "usage": {"prompt_tokens": 1100, "completion_tokens": 15, "cached_tokens": 900}}},
+        {"reply": {"text": "add subtracts; fixing.", "tool_calls": [{"name": "edit_file", "arguments": {"path": "calc.sh", "old_string": "$(($1 - $2))", "new_string": "$(($1 + $2))"}}],
+                   "usage": {"prompt_tokens": 1200, "completion_tokens": 40, "cached_tokens": 1000}}},
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sh test.sh"}}],
+                   "usage": {"prompt_tokens": 1300, "completion_tokens": 15, "cached_tokens": 1100}}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Fix add: it subtracted\n\nsh test.sh passes now."}}],
+                   "usage": {"prompt_tokens": 1400, "completion_tokens": 30, "cached_tokens": 1200}}}
+    ]))
+}
+
+pub fn script(steps: Value) -> Script {
+    Script::from_json(&json!({ "steps": steps }).to_string()).unwrap()
+}
+
+/// The binary under test, with its own home.
+pub struct Nightshift {
+    pub home: tempfile::TempDir,
+    pub base_url: String,
+}
+
+impl Nightshift {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Nightshift {
+            home: tempfile::tempdir().unwrap(),
+            base_url: base_url.into(),
+        }
+    }
+
+    pub async fn with_script(script: Script) -> (Self, ScriptedModel) {
+        let server = ScriptedModel::start(script).await.unwrap();
+        (Nightshift::new(server.base_url()), server)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nightshift"));
+        command
+            .args(args)
+            .env("NIGHTSHIFT_HOME", self.home.path())
+            .env("OPENAI_BASE_URL", &self.base_url)
+            .env("OPENAI_API_KEY", "test-key")
+            .env_remove("NIGHTSHIFT_MODEL")
+            .env_remove("NIGHTSHIFT_LOG");
+        command
+    }
+
+    /// Runs the binary to its end off the async runtime (the scripted server runs on it).
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut command = self.command(args);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let out = self.run(&["logs", id, "--json"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls `show --json` until `done` holds or the deadline passes.
+    pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let task = self.json(&["show", id, "--json"]).await;
+            if done(&task) {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "timed out; last: {task}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline: PathBuf = entry.path().join("cmdline");
+        if let Ok(bytes) = std::fs::read(cmdline) {
+            let text = String::from_utf8_lossy(&bytes).replace('\0', " ");
+            if text.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}

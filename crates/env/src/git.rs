@@ -1,0 +1,72 @@
+//! Running git: one place that sets the flags every call needs and turns failures into errors
+//! that quote git's own words.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+/// A git command that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("could not run git (is it installed and on PATH?): {0}")]
+    Spawn(std::io::Error),
+    #[error("`git {args}` failed (exit {code}): {stderr}")]
+    Failed {
+        args: String,
+        code: i32,
+        stderr: String,
+    },
+}
+
+/// Settings that keep a person's git configuration from getting in the way of an unattended
+/// run: no signing prompts, no hooks, no pagers, no credential prompts.
+const SAFE_CONFIG: [&str; 8] = [
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "tag.gpgsign=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "advice.detachedHead=false",
+];
+
+/// Runs `git -C dir args...` and returns its standard output, trimmed of the final newline.
+pub(crate) async fn git<I, S>(dir: &Path, args: I) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(SAFE_CONFIG)
+        .args(&args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_PAGER", "cat")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(GitError::Spawn)?;
+    if !output.status.success() {
+        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        return Err(GitError::Failed {
+            args: shown.join(" "),
+            code: output.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let mut stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if stdout.ends_with('\n') {
+        stdout.pop();
+    }
+    Ok(stdout)
+}

@@ -1,0 +1,13 @@
+//! Repositories for tasks: finding the source repository and its base commit, making the task's
+//! own working copy, and bringing the result back as a branch.
+//!
+//! Everything that changes a repository goes through the git command line, the same git the
+//! person uses, so hooks-free, config-respecting behaviour is what they would get by hand.
+
+mod git;
+mod repo;
+mod slug;
+
+pub use git::GitError;
+pub use repo::{CommitStats, EnvError, ResolvedBase, SourceRepo, WorkingCopy};
+pub use slug::{branch_name, slugify};

@@ -1,0 +1,342 @@
+//! The source repository a task starts from and the working copy it runs in.
+//!
+//! The working copy is a `git clone --local` of the source at the base commit: its objects are
+//! hard links to the source's where the filesystem allows (fast for large repositories), it
+//! stands alone (a sandbox that cannot see the source still has a working git), it never sees
+//! the source's uncommitted changes, and it has its own index and working tree, so nothing the
+//! agent does touches the person's checkout. The result comes back by fetching the task's commit into
+//! the source as a new branch ref; the person's working tree and current branch stay as they were.
+
+use std::path::{Path, PathBuf};
+
+use crate::git::{GitError, git};
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{path} is not a git repository ({detail})")]
+    NotARepository { path: PathBuf, detail: String },
+    #[error("the repository {repo} has no branch `{base}`{}", list_branches(.available))]
+    UnknownBase {
+        repo: PathBuf,
+        base: String,
+        available: Vec<String>,
+    },
+    #[error("the repository {repo} has no commits yet")]
+    EmptyRepository { repo: PathBuf },
+    #[error("the branch `{branch}` already exists in {repo}")]
+    BranchExists { repo: PathBuf, branch: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn list_branches(available: &[String]) -> String {
+    if available.is_empty() {
+        String::new()
+    } else {
+        format!(" (branches: {})", available.join(", "))
+    }
+}
+
+impl EnvError {
+    /// What the person can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            EnvError::NotARepository { .. } => {
+                Some("pass --repo the path of a git repository (run `git init` to make one)".into())
+            }
+            EnvError::UnknownBase { .. } => {
+                Some("pass --base one of the repository's branches, or omit it to use the checked-out branch".into())
+            }
+            EnvError::EmptyRepository { .. } => {
+                Some("commit something first: a task starts from a commit".into())
+            }
+            EnvError::BranchExists { .. } => Some("delete or rename the existing branch".into()),
+            EnvError::Git(_) | EnvError::Io { .. } => None,
+        }
+    }
+
+    /// True when the request itself was wrong, as opposed to git failing.
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            EnvError::NotARepository { .. }
+            | EnvError::UnknownBase { .. }
+            | EnvError::EmptyRepository { .. } => true,
+            EnvError::BranchExists { .. } | EnvError::Git(_) | EnvError::Io { .. } => false,
+        }
+    }
+}
+
+/// A person's repository that tasks start from and hand back to.
+#[derive(Debug, Clone)]
+pub struct SourceRepo {
+    root: PathBuf,
+}
+
+/// The base a task starts from: a branch name and the commit it pointed at when resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBase {
+    /// The branch, or `HEAD` when the source had a detached HEAD and no base was given.
+    pub name: String,
+    pub commit: String,
+}
+
+impl SourceRepo {
+    /// Opens the repository containing `path` (its top level, for a path inside a work tree).
+    pub async fn open(path: &Path) -> Result<SourceRepo, EnvError> {
+        let not_a_repo = |detail: String| EnvError::NotARepository {
+            path: path.into(),
+            detail,
+        };
+        if !path.is_dir() {
+            return Err(not_a_repo("no such directory".into()));
+        }
+        let root = git(path, ["rev-parse", "--show-toplevel"])
+            .await
+            .map_err(|err| not_a_repo(short_git_reason(&err)))?;
+        Ok(SourceRepo {
+            root: PathBuf::from(root),
+        })
+    }
+
+    /// The repository's top-level directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves `base` (a branch name) to its current commit; `None` is the checked-out branch.
+    pub async fn resolve_base(&self, base: Option<&str>) -> Result<ResolvedBase, EnvError> {
+        let name = match base {
+            Some(name) => name.to_string(),
+            None => match git(&self.root, ["symbolic-ref", "--quiet", "--short", "HEAD"]).await {
+                Ok(branch) => branch,
+                Err(_) => "HEAD".to_string(),
+            },
+        };
+        let rev = if name == "HEAD" {
+            "HEAD^{commit}".to_string()
+        } else {
+            format!("refs/heads/{name}^{{commit}}")
+        };
+        match git(&self.root, ["rev-parse", "--verify", "--quiet", &rev]).await {
+            Ok(commit) if !commit.is_empty() => Ok(ResolvedBase { name, commit }),
+            _ => {
+                let available = self.branches().await?;
+                if available.is_empty() {
+                    return Err(EnvError::EmptyRepository {
+                        repo: self.root.clone(),
+                    });
+                }
+                Err(EnvError::UnknownBase {
+                    repo: self.root.clone(),
+                    base: name,
+                    available,
+                })
+            }
+        }
+    }
+
+    /// Local branch names, at most 20.
+    pub async fn branches(&self) -> Result<Vec<String>, EnvError> {
+        let out = git(
+            &self.root,
+            [
+                "for-each-ref",
+                "--count=20",
+                "--format=%(refname:short)",
+                "refs/heads/",
+            ],
+        )
+        .await?;
+        Ok(out.lines().map(str::to_string).collect())
+    }
+
+    /// Whether the work tree has changes that are not committed (which a task does not see).
+    pub async fn has_uncommitted_changes(&self) -> Result<bool, EnvError> {
+        let status = git(
+            &self.root,
+            ["status", "--porcelain", "--untracked-files=normal"],
+        )
+        .await?;
+        Ok(!status.is_empty())
+    }
+
+    /// Makes the task's working copy at `dest` (which must not exist), checked out at `base`.
+    pub async fn checkout(
+        &self,
+        base: &ResolvedBase,
+        dest: &Path,
+    ) -> Result<WorkingCopy, EnvError> {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| EnvError::Io {
+                    what: format!("creating {}", parent.display()),
+                    source,
+                })?;
+        }
+        let parent = dest.parent().unwrap_or(Path::new("/"));
+        git(
+            parent,
+            [
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--local".as_ref(),
+                "--no-checkout".as_ref(),
+                self.root.as_os_str(),
+                dest.as_os_str(),
+            ],
+        )
+        .await?;
+        git(dest, ["checkout", "--quiet", "--detach", &base.commit]).await?;
+        Ok(WorkingCopy {
+            root: dest.to_path_buf(),
+            base_commit: base.commit.clone(),
+        })
+    }
+
+    /// Whether `branch` exists.
+    pub async fn has_branch(&self, branch: &str) -> Result<bool, EnvError> {
+        let rev = format!("refs/heads/{branch}");
+        Ok(git(&self.root, ["rev-parse", "--verify", "--quiet", &rev])
+            .await
+            .is_ok())
+    }
+}
+
+/// The last line of what git said, for short error messages.
+fn short_git_reason(err: &GitError) -> String {
+    match err {
+        GitError::Failed { stderr, .. } => stderr
+            .lines()
+            .last()
+            .unwrap_or("git refused")
+            .trim_start_matches("fatal: ")
+            .into(),
+        GitError::Spawn(_) => err.to_string(),
+    }
+}
+
+/// Size of a committed change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    pub files_changed: u32,
+    pub insertions: u32,
+    pub deletions: u32,
+}
+
+/// A task's own clone of the source repository.
+#[derive(Debug, Clone)]
+pub struct WorkingCopy {
+    root: PathBuf,
+    base_commit: String,
+}
+
+impl WorkingCopy {
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn base_commit(&self) -> &str {
+        &self.base_commit
+    }
+
+    /// Commits everything in the work tree (respecting .gitignore) with `message`, as
+    /// nightshift. Returns the new HEAD, or `None` when nothing changed since the base (commits
+    /// the agent made itself count as changes).
+    pub async fn commit_all(&self, message: &str) -> Result<Option<String>, EnvError> {
+        git(&self.root, ["add", "--all"]).await?;
+        let staged = git(&self.root, ["diff", "--cached", "--name-only"]).await?;
+        if !staged.is_empty() {
+            git(
+                &self.root,
+                [
+                    "-c",
+                    "user.name=nightshift",
+                    "-c",
+                    "user.email=nightshift@localhost",
+                    "commit",
+                    "--quiet",
+                    "--no-verify",
+                    "--message",
+                    message,
+                ],
+            )
+            .await?;
+        }
+        let head = git(&self.root, ["rev-parse", "HEAD"]).await?;
+        Ok(if head == self.base_commit {
+            None
+        } else {
+            Some(head)
+        })
+    }
+
+    /// The change from the base to HEAD, as a patch `git apply` takes.
+    pub async fn diff(&self) -> Result<String, EnvError> {
+        Ok(git(&self.root, ["diff", "--binary", &self.base_commit, "HEAD"]).await?)
+    }
+
+    /// Files, insertions and deletions from the base to HEAD.
+    pub async fn stats(&self) -> Result<CommitStats, EnvError> {
+        let numstat = git(&self.root, ["diff", "--numstat", &self.base_commit, "HEAD"]).await?;
+        let mut stats = CommitStats::default();
+        for line in numstat.lines() {
+            let mut fields = line.split('\t');
+            // Binary files show `-` for both counts.
+            let added = fields
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            let removed = fields
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            stats.files_changed += 1;
+            stats.insertions += added;
+            stats.deletions += removed;
+        }
+        Ok(stats)
+    }
+
+    /// Creates `branch` in the source repository at this working copy's HEAD. Only a new ref
+    /// is written there: its work tree, index and current branch are untouched.
+    pub async fn hand_off(&self, source: &SourceRepo, branch: &str) -> Result<String, EnvError> {
+        if source.has_branch(branch).await? {
+            return Err(EnvError::BranchExists {
+                repo: source.root.clone(),
+                branch: branch.into(),
+            });
+        }
+        let head = git(&self.root, ["rev-parse", "HEAD"]).await?;
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        git(
+            &source.root,
+            [
+                "fetch".as_ref(),
+                "--quiet".as_ref(),
+                "--no-tags".as_ref(),
+                "--no-write-fetch-head".as_ref(),
+                self.root.as_os_str(),
+                refspec.as_ref(),
+            ],
+        )
+        .await?;
+        Ok(head)
+    }
+
+    /// Deletes the working copy.
+    pub async fn remove(self) -> Result<(), EnvError> {
+        tokio::fs::remove_dir_all(&self.root)
+            .await
+            .map_err(|source| EnvError::Io {
+                what: format!("removing {}", self.root.display()),
+                source,
+            })
+    }
+}

@@ -1,0 +1,153 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use nightshift_env::{EnvError, SourceRepo};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn sample_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.path().join("a.txt"), "one\n").unwrap();
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-q", "-m", "first"]);
+    dir
+}
+
+#[tokio::test]
+async fn checkout_excludes_uncommitted_changes_and_hand_off_leaves_the_source_alone() {
+    let source_dir = sample_repo();
+    let src = source_dir.path();
+    std::fs::write(src.join("a.txt"), "dirty\n").unwrap();
+    std::fs::write(src.join("untracked.txt"), "x\n").unwrap();
+    let status_before = git(src, &["status", "--porcelain"]);
+
+    let source = SourceRepo::open(src).await.unwrap();
+    assert!(source.has_uncommitted_changes().await.unwrap());
+    let base = source.resolve_base(None).await.unwrap();
+    assert_eq!(base.name, "main");
+
+    let work = tempfile::tempdir().unwrap();
+    let copy = source
+        .checkout(&base, &work.path().join("wc"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(copy.root().join("a.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!copy.root().join("untracked.txt").exists());
+
+    assert_eq!(copy.commit_all("nothing").await.unwrap(), None);
+    std::fs::write(copy.root().join("a.txt"), "one\ntwo\n").unwrap();
+    std::fs::write(copy.root().join("new.txt"), "new\n").unwrap();
+    let head = copy.commit_all("Add two\n\nbody").await.unwrap().unwrap();
+    let stats = copy.stats().await.unwrap();
+    assert_eq!(
+        (stats.files_changed, stats.insertions, stats.deletions),
+        (2, 2, 0)
+    );
+    assert!(copy.diff().await.unwrap().contains("+two"));
+
+    let handed = copy
+        .hand_off(&source, "nightshift/abc-add-two")
+        .await
+        .unwrap();
+    assert_eq!(handed, head);
+    assert_eq!(git(src, &["rev-parse", "nightshift/abc-add-two"]), head);
+    assert_eq!(git(src, &["symbolic-ref", "--short", "HEAD"]), "main");
+    assert_eq!(git(src, &["status", "--porcelain"]), status_before);
+    assert_eq!(
+        std::fs::read_to_string(src.join("a.txt")).unwrap(),
+        "dirty\n"
+    );
+    assert_eq!(
+        git(
+            src,
+            &["log", "-1", "--format=%an %s", "nightshift/abc-add-two"]
+        ),
+        "nightshift Add two"
+    );
+
+    let again = copy
+        .hand_off(&source, "nightshift/abc-add-two")
+        .await
+        .unwrap_err();
+    assert!(matches!(again, EnvError::BranchExists { .. }));
+    copy.remove().await.unwrap();
+}
+
+#[tokio::test]
+async fn explains_bad_repositories_and_bases() {
+    let plain = tempfile::tempdir().unwrap();
+    let err = SourceRepo::open(plain.path()).await.unwrap_err();
+    assert!(matches!(err, EnvError::NotARepository { .. }), "{err}");
+    assert!(err.is_invalid_input());
+    assert!(err.hint().unwrap().contains("git init"));
+
+    let err = SourceRepo::open(&plain.path().join("missing"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no such directory"), "{err}");
+
+    let repo = sample_repo();
+    let source = SourceRepo::open(repo.path()).await.unwrap();
+    let err = source.resolve_base(Some("nope")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("no branch `nope`") && text.contains("main"),
+        "{text}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    git(empty.path(), &["init", "-q"]);
+    let source = SourceRepo::open(empty.path()).await.unwrap();
+    let err = source.resolve_base(None).await.unwrap_err();
+    assert!(matches!(err, EnvError::EmptyRepository { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_subdirectory_opens_the_whole_repository_and_other_bases_work() {
+    let repo = sample_repo();
+    git(repo.path(), &["checkout", "-q", "-b", "feature"]);
+    std::fs::create_dir(repo.path().join("sub")).unwrap();
+    std::fs::write(repo.path().join("sub/f.txt"), "f\n").unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "feature"]);
+    git(repo.path(), &["checkout", "-q", "main"]);
+
+    let source = SourceRepo::open(&repo.path().join("a.txt").with_file_name(""))
+        .await
+        .unwrap();
+    let base = source.resolve_base(Some("feature")).await.unwrap();
+    assert_eq!(base.commit, git(repo.path(), &["rev-parse", "feature"]));
+    let work = tempfile::tempdir().unwrap();
+    let copy = source
+        .checkout(&base, &work.path().join("wc"))
+        .await
+        .unwrap();
+    assert!(copy.root().join("sub/f.txt").exists());
+}

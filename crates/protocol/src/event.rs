@@ -1,0 +1,289 @@
+//! The event log's vocabulary. Each task has an append-only log of these; the CLI, the API and
+//! the web UI render nothing that is not in it.
+
+use std::ops::AddAssign;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{TaskId, TaskSpec, TaskState};
+
+/// One entry of a task's log, as stored and as printed by `nightshift logs --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub task_id: TaskId,
+    /// 1-based, gapless within a task.
+    pub seq: u64,
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Something that happened to a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The task was stored and waits for a worker. Always the first event.
+    Queued { spec: TaskSpec },
+    /// The task moved to a new state. `detail` says what the step is about, for humans.
+    StateChanged {
+        state: TaskState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A worker picked the task up.
+    Claimed { worker: String },
+    /// The task's working copy is ready at the base commit.
+    CheckedOut {
+        /// The branch the task started from.
+        base: String,
+        base_commit: String,
+        /// What was deliberately left out, e.g. uncommitted changes of the source repository.
+        note: String,
+    },
+    /// The environment the agent's commands run in.
+    SandboxStarted {
+        backend: String,
+        /// False when commands run directly on the host, without isolation.
+        isolated: bool,
+    },
+    /// A request is on its way to the model.
+    ModelRequest {
+        turn: u32,
+        model: String,
+        messages: u32,
+    },
+    /// The model answered.
+    ModelResponse {
+        turn: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCallRecord>,
+        usage: Usage,
+        stop_reason: String,
+        duration_ms: u64,
+    },
+    /// A tool call started.
+    ToolStarted {
+        call_id: String,
+        tool: String,
+        arguments: Value,
+    },
+    /// A tool call ended. `output` is what the model saw, already cut to size.
+    ToolFinished {
+        call_id: String,
+        tool: String,
+        ok: bool,
+        output: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        duration_ms: u64,
+    },
+    /// The agent revised its plan.
+    PlanUpdated { steps: Vec<PlanStep> },
+    /// The agent called `finish`.
+    AgentFinished { summary: String },
+    /// The result was committed on the task's branch in the source repository.
+    Committed {
+        branch: String,
+        commit: String,
+        files_changed: u32,
+        insertions: u32,
+        deletions: u32,
+        /// True when the work was committed although the task did not finish.
+        incomplete: bool,
+    },
+    /// Someone asked to cancel the task.
+    CancelRequested,
+    /// Something worth knowing that did not stop the task.
+    Warning { message: String },
+    /// Something stopped the task. `hint` says what to do about it.
+    Error {
+        kind: ErrorKind,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hint: Option<String>,
+    },
+    /// The task reached a terminal state. Always the last event.
+    Ended {
+        state: TaskState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+        usage: Usage,
+        turns: u32,
+        duration_ms: u64,
+    },
+}
+
+impl Event {
+    /// The `type` tag this event carries in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Queued { .. } => "queued",
+            Event::StateChanged { .. } => "state_changed",
+            Event::Claimed { .. } => "claimed",
+            Event::CheckedOut { .. } => "checked_out",
+            Event::SandboxStarted { .. } => "sandbox_started",
+            Event::ModelRequest { .. } => "model_request",
+            Event::ModelResponse { .. } => "model_response",
+            Event::ToolStarted { .. } => "tool_started",
+            Event::ToolFinished { .. } => "tool_finished",
+            Event::PlanUpdated { .. } => "plan_updated",
+            Event::AgentFinished { .. } => "agent_finished",
+            Event::Committed { .. } => "committed",
+            Event::CancelRequested => "cancel_requested",
+            Event::Warning { .. } => "warning",
+            Event::Error { .. } => "error",
+            Event::Ended { .. } => "ended",
+        }
+    }
+}
+
+/// Why a task stopped, in a form scripts can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself was wrong: no such repository, branch or model spec, an empty prompt.
+    InvalidInput,
+    /// A git operation failed.
+    Repository,
+    /// The model could not be reached.
+    ModelUnreachable,
+    /// The model refused the credentials.
+    ModelAuth,
+    /// The model answered something that is not the protocol.
+    ModelProtocol,
+    /// The model answered with another error.
+    Model,
+    /// The sandbox could not run a command.
+    Sandbox,
+    /// A budget ran out (turns, tokens, time).
+    Budget,
+    /// The task was cancelled.
+    Cancelled,
+    /// A bug or an unexpected condition in nightshift itself.
+    Internal,
+}
+
+/// A tool call as the model made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model sent them: parsed JSON when they parse, else the raw string.
+    pub arguments: Value,
+}
+
+/// Token counts, per call or summed over a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    /// The part of `input_tokens` served from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+impl AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.output_tokens += other.output_tokens;
+    }
+}
+
+/// One step of the agent's plan (`update_plan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub step: String,
+    pub status: PlanStepStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStepStatus {
+    Pending,
+    InProgress,
+    Completed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_flat_json_with_a_type_tag() {
+        let record = EventRecord {
+            task_id: TaskId::new(),
+            seq: 3,
+            at: Timestamp::UNIX_EPOCH,
+            event: Event::StateChanged {
+                state: TaskState::Running,
+                detail: None,
+            },
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["type"], "state_changed");
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["seq"], 3);
+        assert_eq!(json["at"], "1970-01-01T00:00:00Z");
+        let back: EventRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn kind_matches_the_serde_tag() {
+        let events = [
+            Event::CancelRequested,
+            Event::Warning {
+                message: "w".into(),
+            },
+            Event::AgentFinished {
+                summary: "s".into(),
+            },
+            Event::Ended {
+                state: TaskState::Failed,
+                summary: None,
+                usage: Usage::default(),
+                turns: 0,
+                duration_ms: 0,
+            },
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["type"], event.kind());
+        }
+    }
+
+    #[test]
+    fn usage_adds_up() {
+        let mut total = Usage::default();
+        total += Usage {
+            input_tokens: 10,
+            cached_input_tokens: 4,
+            output_tokens: 2,
+        };
+        total += Usage {
+            input_tokens: 5,
+            cached_input_tokens: 0,
+            output_tokens: 1,
+        };
+        assert_eq!(
+            total,
+            Usage {
+                input_tokens: 15,
+                cached_input_tokens: 4,
+                output_tokens: 3
+            }
+        );
+        assert_eq!(total.total(), 18);
+    }
+}

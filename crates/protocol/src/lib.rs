@@ -1,0 +1,19 @@
+//! The shared vocabulary of nightshift.
+//!
+//! Every other crate speaks in these types: the store persists them, the runner emits them, the
+//! CLI and the API render them. Keeping them in one crate without I/O means that the wire format
+//! (the JSON of `nightshift logs --json`, the API, the event log) has exactly one definition.
+
+mod event;
+mod id;
+mod task;
+mod text;
+
+pub use event::{ErrorKind, Event, EventRecord, PlanStep, PlanStepStatus, ToolCallRecord, Usage};
+pub use id::{ParseTaskIdError, TaskId};
+pub use task::{Task, TaskSpec, TaskState, UnknownTaskState};
+pub use text::{Truncated, truncate_middle};
+
+/// The version of the JSON shapes in this crate. Bumped (with a migration note in
+/// docs/json.md) whenever a field changes meaning or disappears; adding a field does not bump it.
+pub const SCHEMA_VERSION: u32 = 1;

@@ -1,0 +1,216 @@
+//! What a task is: the request (`TaskSpec`), where it stands (`TaskState`) and the row every
+//! listing shows (`Task`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{TaskId, Usage};
+
+/// What the person (or integration) asked for. Stored verbatim with the task; everything the
+/// runner resolves later (the base commit, the branch) lives on `Task` instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The source repository: an absolute path to a local git repository.
+    pub repo: String,
+    /// The branch to start from. `None` means the branch the source repository has checked out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// What to do, in the person's words.
+    pub prompt: String,
+    /// The model spec, e.g. `openai:gpt-4.1`.
+    pub model: String,
+    /// The most model turns the agent may take before the task stops.
+    pub max_turns: u32,
+}
+
+impl TaskSpec {
+    /// The default turn budget when none is given.
+    pub const DEFAULT_MAX_TURNS: u32 = 50;
+}
+
+/// Where a task stands. The order of the variants is the order of the lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Stored, waiting for a worker.
+    Queued,
+    /// A worker has it: checking out the repository and starting the sandbox.
+    Preparing,
+    /// The agent loop is running.
+    Running,
+    /// The agent finished; the result is being checked.
+    Verifying,
+    /// Committing the result and creating the branch.
+    HandingOff,
+    /// Done, with a branch to review.
+    Succeeded,
+    /// Ended without a usable result; the error event says why.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Queued,
+        TaskState::Preparing,
+        TaskState::Running,
+        TaskState::Verifying,
+        TaskState::HandingOff,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// A terminal state never changes again.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => true,
+            TaskState::Queued
+            | TaskState::Preparing
+            | TaskState::Running
+            | TaskState::Verifying
+            | TaskState::HandingOff => false,
+        }
+    }
+
+    /// The snake_case name used in JSON, the database and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Preparing => "preparing",
+            TaskState::Running => "running",
+            TaskState::Verifying => "verifying",
+            TaskState::HandingOff => "handing_off",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not one of the task states.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown task state `{0}` (expected one of queued, preparing, running, verifying, handing_off, succeeded, failed, cancelled)"
+)]
+pub struct UnknownTaskState(pub String);
+
+impl FromStr for TaskState {
+    type Err = UnknownTaskState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownTaskState(s.to_string()))
+    }
+}
+
+/// A task as listings show it: the spec plus what the run has resolved and measured so far.
+/// The event log is the truth; this row is a summary of it kept up to date by the runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// The commit the task started from, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
+    /// The branch created in the source repository, once handed off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit at the tip of `branch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_commit: Option<String>,
+    /// The agent's closing summary, or the reason the task ended without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Why the task failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Model turns taken.
+    pub turns: u32,
+    /// Tokens used across all model calls.
+    pub usage: Usage,
+    /// Set once someone asked to cancel; the worker stops at its next check.
+    pub cancel_requested: bool,
+}
+
+impl Task {
+    /// A freshly queued task.
+    pub fn queued(id: TaskId, spec: TaskSpec, now: Timestamp) -> Self {
+        Task {
+            id,
+            spec,
+            state: TaskState::Queued,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            base_commit: None,
+            branch: None,
+            head_commit: None,
+            summary: None,
+            error: None,
+            turns: 0,
+            usage: Usage::default(),
+            cancel_requested: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in TaskState::ALL {
+            assert_eq!(state.as_str().parse::<TaskState>().unwrap(), state);
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert!("done".parse::<TaskState>().is_err());
+    }
+
+    #[test]
+    fn only_three_states_are_terminal() {
+        let terminal: Vec<_> = TaskState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                TaskState::Succeeded,
+                TaskState::Failed,
+                TaskState::Cancelled
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields() {
+        let json = r#"{"repo":"/r","prompt":"p","model":"openai:m","max_turns":3,"colour":"red"}"#;
+        let err = serde_json::from_str::<TaskSpec>(json).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,47 @@
+//! Errors of the runner's two entry points.
+
+use nightshift_env::EnvError;
+use nightshift_model::ModelError;
+use nightshift_protocol::{TaskId, TaskState};
+use nightshift_store::StoreError;
+
+/// Why a task was not queued. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the prompt is empty: say what the task should do")]
+    EmptyPrompt,
+    #[error("max_turns must be at least 1")]
+    NoTurns,
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Repository(#[from] EnvError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl SubmitError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SubmitError::EmptyPrompt | SubmitError::NoTurns => None,
+            SubmitError::Model(err) => err.hint().map(str::to_string),
+            SubmitError::Repository(err) => err.hint(),
+            SubmitError::Store(_) => None,
+        }
+    }
+}
+
+/// Why a task could not be run at all. Failures of the task itself (a model that refuses, a
+/// git error) are not errors here: they end the task as failed, with an error event.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("task {id} is {state}, not queued; it cannot be started again")]
+    NotClaimable { id: TaskId, state: TaskState },
+    #[error("no task {0}")]
+    NoSuchTask(TaskId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] nightshift_agent::SinkError),
+}

@@ -1,0 +1,186 @@
+//! Where the agent's commands run.
+//!
+//! The runner and the agent only ever see the [`Sandbox`] and [`SandboxSession`] traits: a
+//! session is started per task, commands are executed into it, and closing it ends everything it
+//! started. Backends differ in how much they isolate; each says so through
+//! [`Sandbox::isolated`], and the runner records it in the task's log.
+
+mod output;
+mod unisolated;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+pub use output::HeadTailBuffer;
+pub use unisolated::Unisolated;
+
+/// What a session is started with.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// The task's working copy on the host.
+    pub workspace: PathBuf,
+    /// Variables set for every command, on top of the backend's clean base environment. Nothing
+    /// of the host's own environment is passed on unless it is listed here.
+    pub env: Vec<(String, String)>,
+}
+
+/// One command to run in a session.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// A shell command line, run by `bash -c` (or `sh -c` where there is no bash).
+    pub command: String,
+    /// The directory to run in, relative to the workspace. `None` is the workspace itself.
+    pub workdir: Option<PathBuf>,
+    /// How long the command may run before it and everything it started are killed.
+    pub timeout: Duration,
+    /// The most output bytes kept; beyond it the middle is dropped (see [`HeadTailBuffer`]).
+    pub output_limit: usize,
+    /// Bytes fed to the command's standard input; `None` gives it an empty one.
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl ExecRequest {
+    /// A request with the default timeout (10 minutes) and output limit (64 KiB).
+    pub fn new(command: impl Into<String>) -> Self {
+        ExecRequest {
+            command: command.into(),
+            workdir: None,
+            timeout: Duration::from_secs(600),
+            output_limit: 64 * 1024,
+            stdin: None,
+        }
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+    /// It ran past its timeout and was killed.
+    TimedOut,
+    /// The task was cancelled while it ran, and it was killed.
+    Cancelled,
+    /// It hit one of the session's resource limits and was stopped (or failed) because of it.
+    LimitExceeded(Limit),
+}
+
+/// Which resource limit a command hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The session's memory limit: the kernel's OOM killer stopped a process.
+    Memory,
+    /// The session's process limit: fork failed (a fork bomb, or too many threads).
+    Processes,
+    /// The workspace or /tmp size limit, or the largest file allowed.
+    Disk,
+}
+
+impl Limit {
+    /// A sentence for the agent and the task log.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Limit::Memory => {
+                "limit exceeded: the command ran out of the session's memory limit and was killed"
+            }
+            Limit::Processes => {
+                "limit exceeded: the command hit the session's process limit and was killed"
+            }
+            Limit::Disk => {
+                "limit exceeded: the command filled the session's disk limit (workspace or /tmp) and was stopped"
+            }
+        }
+    }
+}
+
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+
+    /// The shell-style exit code: the code itself, 128 + signal, 124 for a timeout (as
+    /// `timeout(1)` does), 130 for a cancellation (as an interrupt would) and 137 for a limit
+    /// (as a kill would).
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(signal) => 128 + signal,
+            ExitStatus::TimedOut => 124,
+            ExitStatus::Cancelled => 130,
+            ExitStatus::LimitExceeded(_) => 137,
+        }
+    }
+}
+
+/// What a command left behind.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub status: ExitStatus,
+    /// Standard output and standard error, interleaved as they arrived, lossily decoded as
+    /// UTF-8, with the middle cut out when longer than the request's limit.
+    pub output: String,
+    /// How many bytes of output were cut out.
+    pub omitted_bytes: u64,
+    pub duration: Duration,
+}
+
+/// Why a sandbox could not do what was asked. The command's own failure is not an error: it is
+/// an [`ExecOutput`] with a non-zero status.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the workspace {path} is not usable: {source}")]
+    Workspace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the working directory {0} is outside the workspace")]
+    WorkdirOutsideWorkspace(PathBuf),
+    #[error("could not start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("lost track of a running command: {0}")]
+    Wait(std::io::Error),
+    #[error("the session is closed")]
+    Closed,
+    #[error("could not build the sandbox: {0}")]
+    Setup(String),
+}
+
+/// A way of running a task's commands.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// The backend's name, as recorded in the task log.
+    fn backend(&self) -> &'static str;
+
+    /// Whether commands are isolated from the host. A backend that returns false must be named
+    /// so that nobody mistakes it for isolation.
+    fn isolated(&self) -> bool;
+
+    /// Starts a session for one task.
+    async fn start(&self, spec: SessionSpec) -> Result<Box<dyn SandboxSession>, SandboxError>;
+}
+
+/// A task's live sandbox: commands run one after another in the same environment.
+#[async_trait]
+pub trait SandboxSession: Send + Sync {
+    /// The workspace as a host path, where file tools read and write.
+    fn workspace(&self) -> &Path;
+
+    /// Runs one command. Returns once it has ended (or was killed for its timeout or a
+    /// cancellation) and its output has been collected.
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutput, SandboxError>;
+
+    /// Ends the session and every process it started.
+    async fn close(&self) -> Result<(), SandboxError>;
+}

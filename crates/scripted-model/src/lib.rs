@@ -1,0 +1,304 @@
+//! A model server that answers from a script, over real HTTP on loopback.
+//!
+//! Tests, benchmarks and the offline demo need a model that says exactly what they want, fails
+//! exactly how they want, and tells them afterwards what it was asked. [`ScriptedModel`] speaks
+//! OpenAI Chat Completions on `127.0.0.1` (streamed and not), answers each request with the
+//! next [`Step`] of a [`Script`], and records every request body. Going through a real socket
+//! means the client under test runs its real HTTP, SSE and retry code.
+
+mod answer;
+mod script;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::answer::AnswerContext;
+pub use crate::script::{
+    BrokenStream, ErrorReply, Malformed, Reply, Script, ScriptError, ScriptedToolCall,
+    ScriptedUsage, Step,
+};
+
+/// A running scripted model. Dropping it stops the server.
+#[derive(Debug)]
+pub struct ScriptedModel {
+    address: SocketAddr,
+    state: Arc<Mutex<ServerState>>,
+    stop: CancellationToken,
+    server: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct ServerState {
+    steps: Vec<Step>,
+    /// The step answering the next request, and how often it has answered already.
+    position: usize,
+    repeated: u32,
+    chunk_size: usize,
+    served: usize,
+    requests: Vec<Value>,
+    /// The number of the next tool call id.
+    next_call: u64,
+}
+
+#[derive(Clone)]
+struct Shared {
+    state: Arc<Mutex<ServerState>>,
+    stop: CancellationToken,
+}
+
+impl ScriptedModel {
+    /// Starts serving `script` on a free port of `127.0.0.1`.
+    pub async fn start(script: Script) -> io::Result<ScriptedModel> {
+        script
+            .validate()
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let address = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(ServerState {
+            steps: script.steps,
+            position: 0,
+            repeated: 0,
+            chunk_size: script.chunk_size,
+            served: 0,
+            requests: Vec::new(),
+            next_call: 1,
+        }));
+        let stop = CancellationToken::new();
+        let shared = Shared {
+            state: state.clone(),
+            stop: stop.clone(),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/chat/completions", post(chat_completions))
+            .fallback(not_found)
+            .with_state(shared);
+        let shutdown = stop.clone().cancelled_owned();
+        let server = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::warn!(error = %err, "the scripted model server failed");
+            }
+        });
+        tracing::debug!(%address, "scripted model listening");
+        Ok(ScriptedModel {
+            address,
+            state,
+            stop,
+            server: Some(server),
+        })
+    }
+
+    /// The base URL to configure a client with: `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.address)
+    }
+
+    /// The socket the server listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Every request body received so far, in order (a body that is not JSON as a string).
+    pub fn requests(&self) -> Vec<Value> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// How many requests were answered from the script (not counting "script exhausted").
+    pub fn served(&self) -> usize {
+        lock(&self.state).served
+    }
+
+    /// Stops the server and waits (briefly) for open connections to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+        }
+    }
+}
+
+impl Drop for ScriptedModel {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl ServerState {
+    /// Records a request and picks its answer, or says why there is none.
+    fn turn(&mut self, body: &Bytes) -> Result<(Step, AnswerContext), (StatusCode, String)> {
+        let request = serde_json::from_slice::<Value>(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        self.requests.push(request.clone());
+        if !request.is_object() {
+            let message = "the request body is not a JSON object".to_string();
+            return Err((StatusCode::BAD_REQUEST, message));
+        }
+        let Some(step) = self.next_step() else {
+            let message = format!("script exhausted after {} steps", self.served);
+            return Err((StatusCode::INTERNAL_SERVER_ERROR, message));
+        };
+        self.served += 1;
+        let context = AnswerContext {
+            model: request
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("scripted")
+                .to_string(),
+            stream: request
+                .get("stream")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            include_usage: request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            chunk_size: self.chunk_size,
+            request_bytes: body.len(),
+            first_call: self.next_call,
+            answer: self.served,
+        };
+        if let Step::Reply(reply) = &step {
+            self.next_call += reply.tool_calls.len() as u64;
+        }
+        Ok((step, context))
+    }
+
+    fn next_step(&mut self) -> Option<Step> {
+        loop {
+            let step = self.steps.get(self.position)?;
+            if self.repeated < step.times() {
+                self.repeated += 1;
+                return Some(step.clone());
+            }
+            self.position += 1;
+            self.repeated = 0;
+        }
+    }
+}
+
+fn lock(state: &Mutex<ServerState>) -> MutexGuard<'_, ServerState> {
+    // A panic elsewhere must not hide what was recorded.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn chat_completions(State(shared): State<Shared>, body: Bytes) -> Response {
+    let (step, context) = match lock(&shared.state).turn(&body) {
+        Ok(turn) => turn,
+        Err((status, message)) => return error_response(status, &message),
+    };
+    let stream = context.stream;
+    tracing::debug!(step = ?step, stream, "scripted model answering");
+    match step {
+        Step::Reply(reply) => {
+            if let Some(delay) = reply.delay_ms {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                    _ = shared.stop.cancelled() => {
+                        return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+                    }
+                }
+            }
+            if stream && !reply.ignore_stream {
+                event_stream(context.stream(&reply), false)
+            } else {
+                axum::Json(context.whole(&reply)).into_response()
+            }
+        }
+        Step::Error(error) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, content_type(&error.body));
+            for (name, value) in &error.headers {
+                // Checked by `Script::validate`.
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+            let status =
+                StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, headers, error.body).into_response()
+        }
+        Step::BrokenStream(broken) => {
+            if stream {
+                event_stream(context.broken_stream(broken.text.as_deref()), true)
+            } else {
+                let start = r#"{"id":"chatcmpl-broken","choices":[{"index":0,"message":{"#;
+                body_then_cut(vec![start.to_string()], "application/json", true)
+            }
+        }
+        Step::Malformed(malformed) => {
+            if stream {
+                event_stream(vec![format!("data: {}\n\n", malformed.body)], false)
+            } else {
+                ([(header::CONTENT_TYPE, "application/json")], malformed.body).into_response()
+            }
+        }
+    }
+}
+
+fn event_stream(events: Vec<String>, cut: bool) -> Response {
+    body_then_cut(events, "text/event-stream", cut)
+}
+
+/// A response streamed in `pieces`; with `cut`, the connection is then dropped mid-body.
+fn body_then_cut(pieces: Vec<String>, content_type: &'static str, cut: bool) -> Response {
+    use futures::StreamExt;
+    let pieces = futures::stream::iter(pieces.into_iter().map(|piece| Ok(Bytes::from(piece))));
+    let cut = futures::stream::iter(cut.then_some(())).then(|()| async {
+        // Give hyper time to flush what came before: it drops unsent data on a body error.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the script cuts the stream here",
+        ))
+    });
+    let body = Body::from_stream(pieces.chain(cut));
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn content_type(body: &str) -> HeaderValue {
+    if serde_json::from_str::<Value>(body).is_ok() {
+        HeaderValue::from_static("application/json")
+    } else {
+        HeaderValue::from_static("text/plain; charset=utf-8")
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "scripted_model"}});
+    (status, axum::Json(body)).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let message =
+        format!("the scripted model serves POST /v1/chat/completions, not {method} {uri}");
+    error_response(StatusCode::NOT_FOUND, &message)
+}

@@ -1,0 +1,443 @@
+//! Tasks in a real SQLite file: storing, reading, listing, finding, claiming and cancelling.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use nightshift_protocol::{Event, TaskId, TaskState, Usage};
+use nightshift_store::{CancelOutcome, SqliteStore, Store, StoreError, TaskFilter};
+
+use common::{create, now, open, queued};
+
+#[tokio::test]
+async fn a_created_task_reads_back_exactly_with_its_queued_event() {
+    let t = open().await;
+    let task = queued("add a readme");
+
+    let first = t.store.create_task(&task).await.unwrap();
+
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.task_id, task.id);
+    assert_eq!(first.at, task.created_at);
+    assert_eq!(
+        first.event,
+        Event::Queued {
+            spec: task.spec.clone()
+        }
+    );
+    assert_eq!(t.store.get_task(task.id).await.unwrap(), Some(task.clone()));
+    assert_eq!(t.store.events(task.id, 0, 0).await.unwrap(), vec![first]);
+}
+
+#[tokio::test]
+async fn times_are_kept_to_the_millisecond() {
+    let t = open().await;
+    let at: jiff::Timestamp = "2025-06-01T12:34:56.789123456Z".parse().unwrap();
+    let task = nightshift_protocol::Task::queued(TaskId::new(), common::spec("p"), at);
+    let first = t.store.create_task(&task).await.unwrap();
+    let stored = t.store.get_task(task.id).await.unwrap().unwrap();
+    assert_eq!(stored.created_at.to_string(), "2025-06-01T12:34:56.789Z");
+    assert_eq!(first.at, stored.created_at);
+}
+
+#[tokio::test]
+async fn only_queued_tasks_can_be_created() {
+    let t = open().await;
+    let mut task = queued("p");
+    task.state = TaskState::Running;
+    let error = t.store.create_task(&task).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StoreError::NotQueued {
+                state: TaskState::Running,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(t.store.get_task(task.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_task_id_cannot_be_stored_twice() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+    let error = t.store.create_task(&task).await.unwrap_err();
+    assert!(matches!(error, StoreError::Database { .. }), "{error}");
+    // The failed transaction left no second `Queued` event behind.
+    assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_tasks_are_none() {
+    let t = open().await;
+    assert_eq!(t.store.get_task(TaskId::new()).await.unwrap(), None);
+    assert!(
+        t.store
+            .events(TaskId::new(), 0, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Ids sort by creation time, but two made in the same millisecond may not be in creation
+/// order; listings promise newest-id first, so that is what the tests expect.
+fn newest_first(ids: &[TaskId]) -> Vec<TaskId> {
+    let mut ids = ids.to_vec();
+    ids.sort_by(|a, b| b.cmp(a));
+    ids
+}
+
+fn ids(tasks: &[nightshift_protocol::Task]) -> Vec<TaskId> {
+    tasks.iter().map(|task| task.id).collect()
+}
+
+#[tokio::test]
+async fn listings_are_newest_first_and_page_with_before() {
+    let t = open().await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(create(&t.store, &format!("task {i}")).await.id);
+    }
+    let expected = newest_first(&created);
+
+    let all = t.store.list_tasks(&TaskFilter::default()).await.unwrap();
+    assert_eq!(ids(&all), expected);
+
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = TaskFilter {
+            before,
+            limit: 2,
+            ..TaskFilter::default()
+        };
+        let page = t.store.list_tasks(&filter).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        paged.extend(ids(&page));
+    }
+    assert_eq!(paged, expected);
+}
+
+#[tokio::test]
+async fn the_default_limit_is_100_and_the_largest_1000() {
+    let t = open().await;
+    for i in 0..105 {
+        create(&t.store, &format!("task {i}")).await;
+    }
+    let default = t.store.list_tasks(&TaskFilter::default()).await.unwrap();
+    assert_eq!(default.len(), 100);
+    let huge = TaskFilter {
+        limit: u32::MAX,
+        ..TaskFilter::default()
+    };
+    assert_eq!(t.store.list_tasks(&huge).await.unwrap().len(), 105);
+}
+
+#[tokio::test]
+async fn listings_filter_by_state() {
+    let t = open().await;
+    let waiting = create(&t.store, "waiting").await;
+    let claimed = create(&t.store, "claimed").await;
+    let cancelled = create(&t.store, "cancelled").await;
+    assert!(t.store.claim_task(claimed.id, "worker-1").await.unwrap());
+    t.store.request_cancel(cancelled.id).await.unwrap();
+
+    let only = |states: Vec<TaskState>| {
+        let store = t.store.clone();
+        async move {
+            let filter = TaskFilter {
+                states,
+                ..TaskFilter::default()
+            };
+            ids(&store.list_tasks(&filter).await.unwrap())
+        }
+    };
+    assert_eq!(only(vec![TaskState::Queued]).await, vec![waiting.id]);
+    assert_eq!(only(vec![TaskState::Preparing]).await, vec![claimed.id]);
+    assert_eq!(
+        only(vec![TaskState::Queued, TaskState::Cancelled]).await,
+        newest_first(&[waiting.id, cancelled.id])
+    );
+    assert!(only(vec![TaskState::Succeeded]).await.is_empty());
+    assert_eq!(only(vec![]).await.len(), 3);
+}
+
+#[tokio::test]
+async fn find_resolves_full_ids_prefixes_and_short_ids_in_any_case() {
+    let t = open().await;
+    let task = create(&t.store, "find me").await;
+    let _other = create(&t.store, "not me").await;
+    let id = task.id.to_string();
+
+    for reference in [
+        id.clone(),
+        id.to_ascii_uppercase(),
+        format!("  {id}\n"),
+        id[..16].to_string(),
+        id[..25].to_string(),
+        task.id.short(),
+        task.id.short().to_ascii_uppercase(),
+    ] {
+        let found = t.store.find_task(&reference).await;
+        assert_eq!(found.unwrap().id, task.id, "`{reference}`");
+    }
+}
+
+#[tokio::test]
+async fn find_reports_what_does_not_match() {
+    let t = open().await;
+    create(&t.store, "p").await;
+    let missing = TaskId::new();
+    for reference in [
+        missing.to_string(),
+        missing.short(),
+        "zzzz".to_string(),
+        // Too short to be a prefix.
+        "0".to_string(),
+        String::new(),
+        // LIKE wildcards match themselves only.
+        "%%%%".to_string(),
+        "________".to_string(),
+    ] {
+        let error = t.store.find_task(&reference).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::NotFound { .. }),
+            "`{reference}`: {error}"
+        );
+        assert!(error.to_string().contains("nightshift ls"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn find_lists_up_to_five_matches_of_an_ambiguous_prefix() {
+    let t = open().await;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(create(&t.store, &format!("task {i}")).await.id);
+    }
+    // Tasks made within days of each other share their first 4 characters (the time).
+    let prefix = created[0].to_string()[..4].to_string();
+    let error = t.store.find_task(&prefix).await.unwrap_err();
+    let StoreError::Ambiguous { reference, matches } = &error else {
+        panic!("expected ambiguous, got {error}");
+    };
+    assert_eq!(reference, &prefix);
+    assert_eq!(matches.len(), 5);
+    let newest: Vec<String> = newest_first(&created)
+        .iter()
+        .take(5)
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(matches, &newest);
+    assert!(error.to_string().contains(&matches[0]), "{error}");
+}
+
+#[tokio::test]
+async fn a_task_is_claimed_once() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+
+    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+    assert!(!t.store.claim_task(task.id, "worker-2").await.unwrap());
+    assert!(!t.store.claim_task(TaskId::new(), "worker-2").await.unwrap());
+
+    let claimed = t.store.get_task(task.id).await.unwrap().unwrap();
+    assert_eq!(claimed.state, TaskState::Preparing);
+    assert!(claimed.started_at.is_some());
+    assert!(claimed.updated_at >= task.updated_at);
+}
+
+#[tokio::test]
+async fn update_writes_every_field_but_keeps_a_cancel_request() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+    assert_eq!(
+        t.store.request_cancel(task.id).await.unwrap(),
+        CancelOutcome::Requested
+    );
+
+    // The worker's copy predates the request.
+    let mut mine = task.clone();
+    mine.state = TaskState::Running;
+    mine.updated_at = now();
+    mine.started_at = Some(now());
+    mine.base_commit = Some("a".repeat(40));
+    mine.branch = Some("nightshift/abcdefgh".into());
+    mine.head_commit = Some("b".repeat(40));
+    mine.summary = Some("did things".into());
+    mine.error = Some("and one went wrong".into());
+    mine.turns = 7;
+    mine.usage = Usage {
+        input_tokens: 1000,
+        cached_input_tokens: 400,
+        output_tokens: 250,
+    };
+    mine.cancel_requested = false;
+    t.store.update_task(&mine).await.unwrap();
+
+    let stored = t.store.get_task(task.id).await.unwrap().unwrap();
+    assert!(stored.cancel_requested);
+    assert_eq!(
+        stored,
+        nightshift_protocol::Task {
+            cancel_requested: true,
+            ..mine
+        }
+    );
+}
+
+#[tokio::test]
+async fn updating_an_unknown_task_is_not_found() {
+    let t = open().await;
+    let error = t.store.update_task(&queued("p")).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_task_ends_it_at_once() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+
+    let outcome = t.store.request_cancel(task.id).await.unwrap();
+
+    assert_eq!(outcome, CancelOutcome::CancelledWhileQueued);
+    let stored = t.store.get_task(task.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, TaskState::Cancelled);
+    assert!(stored.cancel_requested);
+    assert!(stored.finished_at.is_some());
+    assert_eq!(
+        stored.summary.as_deref(),
+        Some("cancelled before it started")
+    );
+    let events: Vec<_> = t.store.events(task.id, 0, 0).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(events[1].event, Event::CancelRequested);
+    assert_eq!(
+        events[2].event,
+        Event::Ended {
+            state: TaskState::Cancelled,
+            summary: Some("cancelled before it started".into()),
+            usage: Usage::default(),
+            turns: 0,
+            duration_ms: 0,
+        }
+    );
+    // No worker can pick it up any more, and cancelling again changes nothing.
+    assert!(!t.store.claim_task(task.id, "worker-1").await.unwrap());
+    assert_eq!(
+        t.store.request_cancel(task.id).await.unwrap(),
+        CancelOutcome::AlreadyEnded(TaskState::Cancelled)
+    );
+    assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn cancelling_a_running_task_sets_the_flag_and_logs_it_once() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+
+    assert_eq!(
+        t.store.request_cancel(task.id).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    assert_eq!(
+        t.store.request_cancel(task.id).await.unwrap(),
+        CancelOutcome::Requested
+    );
+
+    let stored = t.store.get_task(task.id).await.unwrap().unwrap();
+    assert!(stored.cancel_requested);
+    assert_eq!(stored.state, TaskState::Preparing);
+    let requests = t
+        .store
+        .events(task.id, 0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|record| record.event == Event::CancelRequested)
+        .count();
+    assert_eq!(requests, 1);
+}
+
+#[tokio::test]
+async fn cancelling_an_ended_task_changes_nothing() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+    let mut done = t.store.get_task(task.id).await.unwrap().unwrap();
+    done.state = TaskState::Succeeded;
+    done.finished_at = Some(now());
+    t.store.update_task(&done).await.unwrap();
+
+    assert_eq!(
+        t.store.request_cancel(task.id).await.unwrap(),
+        CancelOutcome::AlreadyEnded(TaskState::Succeeded)
+    );
+    assert_eq!(t.store.get_task(task.id).await.unwrap(), Some(done));
+    assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn cancelling_an_unknown_task_is_not_found() {
+    let t = open().await;
+    let error = t.store.request_cancel(TaskId::new()).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything_and_migrations_run_once() {
+    let t = open().await;
+    let task = create(&t.store, "p").await;
+    t.store
+        .append_event(
+            task.id,
+            &Event::Warning {
+                message: "w".into(),
+            },
+        )
+        .await
+        .unwrap();
+    t.store.close().await;
+
+    for _ in 0..2 {
+        let store = SqliteStore::open(t.home.path()).await.unwrap();
+        assert_eq!(store.get_task(task.id).await.unwrap(), Some(task.clone()));
+        store.close().await;
+    }
+    let store = SqliteStore::open(t.home.path()).await.unwrap();
+    let next = store
+        .append_event(task.id, &Event::CancelRequested)
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 3);
+}
+
+#[tokio::test]
+async fn the_database_is_in_wal_mode_with_its_migrations_recorded() {
+    use sqlx::Connection;
+
+    let t = open().await;
+    let url = t.home.path().join("nightshift.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(url);
+    let mut connection = sqlx::sqlite::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    assert!(t.home.path().join("blobs").is_dir());
+}
