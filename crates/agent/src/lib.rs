@@ -6,11 +6,13 @@
 //!
 //! [`Event`]: nightshift_protocol::Event
 
+mod governor;
 mod prompt;
 mod run;
 mod sink;
 pub mod tools;
 
+pub use governor::{Budget, CostFn, LOOP_REPEATS};
 pub use prompt::SYSTEM_PROMPT;
 pub use run::{Agent, AgentConfig, AgentError, AgentOutcome, AgentReport};
-pub use sink::{EventSink, SinkError};
+pub use sink::{EventSink, Inbox, SinkError};

@@ -1,5 +1,5 @@
 //! The agent loop: ask the model, run its tool calls, feed the results back, until it calls
-//! `finish`, runs out of turns, fails, or is cancelled.
+//! `finish`, a budget runs out, the model fails, or the task is cancelled.
 
 use std::time::Instant;
 
@@ -8,32 +8,24 @@ use nightshift_protocol::{Event, ToolCallRecord, Usage};
 use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
+use crate::governor::{Budget, CostFn, Governor, Verdict};
 use crate::prompt::SYSTEM_PROMPT;
 use crate::tools::{self, Control, ToolContext, ToolLimits};
-use crate::{EventSink, SinkError};
+use crate::{EventSink, Inbox, SinkError};
 
 /// How many answers without tool calls in a row the agent tolerates before it takes the last
 /// one as its summary.
 const MAX_TEXT_ONLY_ANSWERS: u32 = 2;
 
 /// What bounds a run.
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct AgentConfig {
-    /// The most model turns.
-    pub max_turns: u32,
+    pub budget: Budget,
     pub limits: ToolLimits,
     /// Passed to the model as its output limit per turn.
     pub max_output_tokens: Option<u32>,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig {
-            max_turns: 50,
-            limits: ToolLimits::default(),
-            max_output_tokens: None,
-        }
-    }
+    /// The model's price, when known: makes dollar budgets and cost reports possible.
+    pub cost: Option<CostFn>,
 }
 
 /// How a run ended.
@@ -41,8 +33,12 @@ impl Default for AgentConfig {
 pub enum AgentOutcome {
     /// The agent called `finish` (or answered in words twice without calling a tool).
     Finished { summary: String },
-    /// `max_turns` turns were taken without `finish`.
-    TurnsExhausted,
+    /// A budget ran out (or the agent looped); it had one turn to wrap up. `summary` is its
+    /// `finish` summary if it called `finish` in that turn.
+    BudgetExceeded {
+        reason: String,
+        summary: Option<String>,
+    },
     /// The cancel token fired.
     Cancelled,
     /// The model failed in a way retries did not cure.
@@ -55,6 +51,8 @@ pub struct AgentReport {
     pub outcome: AgentOutcome,
     pub usage: Usage,
     pub turns: u32,
+    /// Dollars spent on the model, when its price is known.
+    pub cost_usd: Option<f64>,
 }
 
 /// Why a run stopped without an outcome.
@@ -70,6 +68,8 @@ pub struct Agent<'a> {
     pub session: &'a dyn SandboxSession,
     pub sink: &'a dyn EventSink,
     pub config: &'a AgentConfig,
+    /// Messages for the running task, if anyone can send them.
+    pub inbox: Option<&'a dyn Inbox>,
 }
 
 impl Agent<'_> {
@@ -89,22 +89,56 @@ impl Agent<'_> {
             max_output_tokens: self.config.max_output_tokens,
         };
         let mut usage = Usage::default();
+        let mut cost_usd = 0.0;
         let mut text_only_answers = 0;
+        let mut governor = Governor::new(self.config.budget.clone());
+        let mut wrapping_up: Option<String> = None;
         let context = ToolContext {
             session: self.session,
             cancel,
             limits: &self.config.limits,
         };
+        let priced = self.config.cost.is_some();
+        let mut turn = 0;
 
-        for turn in 1..=self.config.max_turns {
-            let report = |outcome| AgentReport {
+        loop {
+            turn += 1;
+            let report = |outcome, turns| AgentReport {
                 outcome,
                 usage,
-                turns: turn - 1,
+                turns,
+                cost_usd: priced.then_some(cost_usd),
             };
             if cancel.is_cancelled() {
-                return Ok(report(AgentOutcome::Cancelled));
+                return Ok(report(AgentOutcome::Cancelled, turn - 1));
             }
+            if let Some(inbox) = self.inbox {
+                for message in inbox.drain() {
+                    request.messages.push(Message::User {
+                        content: format!(
+                            "Message from the person who delegated this task:\n{message}"
+                        ),
+                    });
+                }
+            }
+            if wrapping_up.is_none()
+                && let Verdict::WrapUp(reason) = governor.before_turn(turn, &usage, cost_usd)
+            {
+                self.sink
+                    .emit(Event::Warning {
+                        message: format!(
+                            "budget reached: {reason}; the agent has one turn to wrap up"
+                        ),
+                    })
+                    .await?;
+                request.messages.push(Message::User {
+                    content: format!(
+                        "Stop working: {reason}. This is your last turn. Call `finish` now with a summary of what is done, what is not, and what remains to do."
+                    ),
+                });
+                wrapping_up = Some(reason);
+            }
+
             self.sink
                 .emit(Event::ModelRequest {
                     turn,
@@ -115,16 +149,19 @@ impl Agent<'_> {
             let started = Instant::now();
             let response = match self.model.complete(&request, cancel, &mut |_| {}).await {
                 Ok(response) => response,
-                Err(ModelError::Cancelled) => return Ok(report(AgentOutcome::Cancelled)),
-                Err(error) => return Ok(report(AgentOutcome::ModelFailed(error))),
+                Err(ModelError::Cancelled) => return Ok(report(AgentOutcome::Cancelled, turn - 1)),
+                Err(error) => return Ok(report(AgentOutcome::ModelFailed(error), turn - 1)),
             };
             usage += response.usage;
+            let call_cost = self.config.cost.as_ref().map(|cost| cost(&response.usage));
+            cost_usd += call_cost.unwrap_or(0.0);
             self.sink
                 .emit(Event::ModelResponse {
                     turn,
                     text: response.text.clone(),
                     tool_calls: response.tool_calls.iter().map(record).collect(),
                     usage: response.usage,
+                    cost_usd: call_cost,
                     stop_reason: response
                         .stop_reason
                         .map_or("none", |reason| reason.as_str())
@@ -132,61 +169,66 @@ impl Agent<'_> {
                     duration_ms: started.elapsed().as_millis() as u64,
                 })
                 .await?;
-            let done = |outcome| AgentReport {
+            let report = |outcome| AgentReport {
                 outcome,
                 usage,
                 turns: turn,
+                cost_usd: priced.then_some(cost_usd),
             };
 
+            let mut finished = None;
             if response.tool_calls.is_empty() {
                 text_only_answers += 1;
-                let text = response.text.unwrap_or_default();
+                let text = response.text.clone().unwrap_or_default();
                 if text_only_answers >= MAX_TEXT_ONLY_ANSWERS && !text.trim().is_empty() {
                     self.sink
                         .emit(Event::Warning {
                             message: "the model stopped without calling `finish`; its last answer is taken as the summary".into(),
                         })
                         .await?;
-                    return Ok(done(AgentOutcome::Finished { summary: text }));
+                    finished = Some(text);
+                } else {
+                    request.messages.push(Message::Assistant {
+                        content: Some(text),
+                        tool_calls: vec![],
+                        reasoning: response.reasoning.clone(),
+                    });
+                    request.messages.push(Message::User {
+                        content: "Continue working with the tools. When the task is done, call `finish` with your summary.".into(),
+                    });
                 }
+            } else {
+                text_only_answers = 0;
+                // Reasoning goes back verbatim: providers require it (signed thinking blocks,
+                // encrypted reasoning items) to continue the same line of thought.
                 request.messages.push(Message::Assistant {
-                    content: Some(text),
-                    tool_calls: vec![],
+                    content: response.text.clone(),
+                    tool_calls: response.tool_calls.clone(),
+                    reasoning: response.reasoning.clone(),
                 });
-                request.messages.push(Message::User {
-                    content: "Continue working with the tools. When the task is done, call `finish` with your summary.".into(),
-                });
-                continue;
-            }
-            text_only_answers = 0;
-
-            request.messages.push(Message::Assistant {
-                content: response.text.clone(),
-                tool_calls: response.tool_calls.clone(),
-            });
-            let mut finished = None;
-            for call in &response.tool_calls {
-                let result = self.run_tool(call, &context).await?;
-                request.messages.push(Message::Tool {
-                    call_id: call.id.clone(),
-                    content: result.0,
-                });
-                if let Some(summary) = result.1 {
-                    finished = Some(summary);
-                }
-                if cancel.is_cancelled() {
-                    return Ok(done(AgentOutcome::Cancelled));
+                for call in &response.tool_calls {
+                    let (output, summary) = self.run_tool(call, &context).await?;
+                    governor.record_call(&call.name, &call.arguments, &output);
+                    request.messages.push(Message::Tool {
+                        call_id: call.id.clone(),
+                        content: output,
+                    });
+                    if summary.is_some() {
+                        finished = summary;
+                    }
+                    if cancel.is_cancelled() {
+                        return Ok(report(AgentOutcome::Cancelled));
+                    }
                 }
             }
-            if let Some(summary) = finished {
-                return Ok(done(AgentOutcome::Finished { summary }));
+            match (finished, wrapping_up.take()) {
+                (Some(summary), None) => return Ok(report(AgentOutcome::Finished { summary })),
+                (summary, Some(reason)) => {
+                    return Ok(report(AgentOutcome::BudgetExceeded { reason, summary }));
+                }
+                (None, None) => {}
             }
         }
-        Ok(AgentReport {
-            outcome: AgentOutcome::TurnsExhausted,
-            usage,
-            turns: self.config.max_turns,
-        })
     }
 
     /// Runs one call with its events; returns what the model sees and, for `finish`, the

@@ -1,4 +1,4 @@
-//! Where the agent's events go.
+//! Where the agent's events go, and where messages for it come from.
 
 use async_trait::async_trait;
 use nightshift_protocol::Event;
@@ -12,4 +12,11 @@ pub struct SinkError(pub String);
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn emit(&self, event: Event) -> Result<(), SinkError>;
+}
+
+/// Messages a person sent the task while it runs. The agent reads them between turns and
+/// hands them to the model as user messages, so a running task can be steered.
+pub trait Inbox: Send + Sync {
+    /// Takes every message that arrived since the last call, oldest first.
+    fn drain(&self) -> Vec<String>;
 }

@@ -33,9 +33,15 @@ pub enum Command {
     Diff(TaskArg),
     /// Stop a task.
     Cancel(TaskArg),
+    /// Say which isolation features this host has, and how to get the missing ones.
+    Doctor(DoctorArgs),
+    /// Work with the sandbox directly.
+    Sandbox(SandboxArgs),
     /// Try nightshift offline: a sample repository with a bug, fixed by a replay of recorded
     /// model answers through the real pipeline.
     Demo(DemoArgs),
+    /// Run queued tasks from the store until stopped (SIGTERM or Ctrl-C hands back what runs).
+    Worker(WorkerArgs),
     /// Run one queued task in this process (what `run` starts in the background).
     #[command(name = "__run-task", hide = true)]
     RunTask(RunTaskArgs),
@@ -55,6 +61,15 @@ pub struct RunArgs {
     /// The most model turns before the task stops.
     #[arg(long, default_value_t = TaskSpec::DEFAULT_MAX_TURNS)]
     pub max_turns: u32,
+    /// The most tokens (input plus output, all turns) before the task stops.
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// The most dollars of model usage before the task stops, e.g. 2.50 (needs a known price).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// The longest the agent may work, e.g. 90s, 30m, 1h30m [default and maximum: 59m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_time: Option<std::time::Duration>,
     /// Wait for the task to end, showing progress; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,
@@ -114,6 +129,57 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    #[command(subcommand)]
+    pub command: SandboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run one command exactly as an agent's command runs; exits with the command's code.
+    Exec(SandboxExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxExecArgs {
+    /// `none` (the default: only loopback inside), or hosts the egress proxy lets through,
+    /// comma-separated, with `*.` wildcards: `crates.io,*.crates.io`.
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// The directory mounted (as an overlay: it is never modified) at /workspace.
+    #[arg(long, default_value = ".")]
+    pub workspace: PathBuf,
+    /// Memory limit for everything in the sandbox, in bytes (suffixes K, M, G).
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// Process limit.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Timeout for the command.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The most tasks running at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// On shutdown, how long running tasks may go on before they are handed back to the queue.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct RunTaskArgs {
     pub id: String,
 }
@@ -121,4 +187,39 @@ pub struct RunTaskArgs {
 fn parse_state(text: &str) -> Result<TaskState, String> {
     text.parse()
         .map_err(|err: nightshift_protocol::UnknownTaskState| err.to_string())
+}
+
+/// `90s`, `30m`, `1h30m`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write it like 90s, 30m or 1h30m"))?;
+    std::time::Duration::try_from(parsed).map_err(|_| format!("`{text}` is negative"))
+}
+
+/// `512M`, `2G`, `1048576`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let multiplier: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(format!("`{text}` is not a size; write it like 512M or 2G")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("`{text}` is not a size; write it like 512M or 2G"))
 }

@@ -1,12 +1,16 @@
-//! NIGHTSHIFT_HOME: where the local store, working copies and worker logs live.
+//! NIGHTSHIFT_HOME: where the local store, working copies and worker logs live, and the
+//! runners built on it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nightshift_model::ProviderConfig;
-use nightshift_runner::{Runner, RunnerConfig};
-use nightshift_sandbox::Unisolated;
-use nightshift_store::{SqliteStore, Store};
+use nightshift_agent::CostFn;
+use nightshift_model::{ModelSpec, ProviderConfig, price_for};
+use nightshift_protocol::Usage;
+use nightshift_runner::{PriceLookup, Runner, RunnerConfig};
+use nightshift_sandbox::{HelperCommand, Namespaced, NamespacedConfig, Sandbox, Unisolated};
+use nightshift_store::{Store, open_store};
 
 use crate::output::Failure;
 
@@ -43,37 +47,102 @@ impl Home {
         self.root.join("workers").join(format!("{id}.log"))
     }
 
+    /// The store: PostgreSQL when `NIGHTSHIFT_DATABASE_URL` names one, else SQLite in the
+    /// home directory.
     pub async fn store(&self) -> Result<Arc<dyn Store>, Failure> {
-        let store = SqliteStore::open(&self.root).await.map_err(|err| {
-            Failure::error(format!(
-                "cannot open the store in {}: {err}",
-                self.root.display()
-            ))
-        })?;
-        Ok(Arc::new(store))
+        let url = std::env::var("NIGHTSHIFT_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty());
+        open_store(url.as_deref(), &self.root).await.map_err(|err| {
+            let place = url.map_or_else(|| self.root.display().to_string(), redact_url);
+            Failure::error(format!("cannot open the store ({place}): {err}"))
+        })
     }
 
-    /// A runner on this machine: the local store, the unisolated sandbox, and model settings
-    /// from the environment.
+    /// A runner for one task started by `run`.
     pub async fn runner(&self, providers: ProviderConfig) -> Result<Runner, Failure> {
-        let store = self.store().await?;
-        let config = RunnerConfig::new(self.root.join("work"), local_worker_name());
-        Ok(Runner::new(store, Arc::new(Unisolated), providers, config))
+        self.runner_named(
+            providers,
+            format!("local:{}:{}", hostname(), std::process::id()),
+        )
+        .await
     }
 
-    /// A runner that first settles tasks whose local worker died.
+    /// A runner for `nightshift worker`.
+    pub async fn worker_runner(&self, providers: ProviderConfig) -> Result<Runner, Failure> {
+        self.runner_named(
+            providers,
+            format!("worker:{}:{}", hostname(), std::process::id()),
+        )
+        .await
+    }
+
+    /// The namespaced sandbox, with its state under the home directory.
+    pub fn namespaced(&self) -> Result<Namespaced, Failure> {
+        let helper = HelperCommand::current_exe().map_err(|err| {
+            Failure::error(format!("cannot find the nightshift executable: {err}"))
+        })?;
+        Ok(Namespaced::new(NamespacedConfig::new(
+            helper,
+            self.root.join("sandbox"),
+        )))
+    }
+
+    /// The sandbox tasks run in: the namespaced one, unless `NIGHTSHIFT_SANDBOX=unisolated`
+    /// explicitly asks for none (every task then logs a warning).
+    pub fn sandbox(&self) -> Result<Arc<dyn Sandbox>, Failure> {
+        match std::env::var("NIGHTSHIFT_SANDBOX").ok().as_deref() {
+            None | Some("") | Some("namespaced") => Ok(Arc::new(self.namespaced()?)),
+            Some("unisolated") => {
+                tracing::warn!(
+                    "NIGHTSHIFT_SANDBOX=unisolated: the agent's commands run on this host without isolation"
+                );
+                Ok(Arc::new(Unisolated))
+            }
+            Some(other) => Err(Failure::usage(format!(
+                "NIGHTSHIFT_SANDBOX={other} is not a sandbox; use `namespaced` (the default) or `unisolated`"
+            ))),
+        }
+    }
+
+    async fn runner_named(
+        &self,
+        providers: ProviderConfig,
+        worker: String,
+    ) -> Result<Runner, Failure> {
+        let store = self.store().await?;
+        let mut config = RunnerConfig::new(self.root.join("work"), worker);
+        config.record_dir = std::env::var_os("NIGHTSHIFT_RECORD")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from);
+        let prices: PriceLookup = Arc::new(|spec: &ModelSpec| {
+            let price = price_for(spec, &BTreeMap::new())?;
+            Some(Arc::new(move |usage: &Usage| price.cost(usage)) as CostFn)
+        });
+        Ok(Runner::new(store, self.sandbox()?, providers, config).with_prices(prices))
+    }
+
+    /// A runner that first settles tasks whose worker died.
     pub async fn reconciled_runner(&self) -> Result<Runner, Failure> {
         let runner = self.runner(ProviderConfig::from_env()).await?;
         if let Err(err) = runner.reconcile(&local_worker_alive).await {
             tracing::warn!("could not check for abandoned tasks: {err}");
         }
+        if let Err(err) = runner.settle_expired().await {
+            tracing::warn!("could not check for lapsed leases: {err}");
+        }
         Ok(runner)
     }
 }
 
-/// `local:<host>:<pid>`: enough to tell later whether the worker still runs.
-pub fn local_worker_name() -> String {
-    format!("local:{}:{}", hostname(), std::process::id())
+/// A database URL without its password, for messages.
+fn redact_url(url: String) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url,
+    }
 }
 
 fn hostname() -> String {
@@ -83,25 +152,21 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Whether a worker named by [`local_worker_name`] still runs. Workers of other hosts are
-/// assumed alive: only their own host can tell.
+/// Whether a worker named `local:<host>:<pid>` or `worker:<host>:<pid>` still runs. Workers of
+/// other hosts are assumed alive: only their own host can tell (their leases settle them).
 fn local_worker_alive(worker: &str) -> bool {
     let mut parts = worker.splitn(3, ':');
-    let (Some("local"), Some(host), Some(pid)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some("local" | "worker"), Some(host), Some(pid)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
         return true;
     };
-    if host != hostname() {
-        return true;
-    }
-    if pid == std::process::id().to_string() {
+    if host != hostname() || pid == std::process::id().to_string() {
         return true;
     }
     // A live nightshift process with that pid; a reused pid runs some other program.
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => {
-            String::from_utf8_lossy(&cmdline).contains("nightshift")
-                || String::from_utf8_lossy(&cmdline).contains("__run-task")
-        }
+        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("nightshift"),
         Err(_) => false,
     }
 }

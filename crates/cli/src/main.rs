@@ -15,6 +15,8 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The sandbox re-executes this binary as its helper; that must happen before any thread.
+    nightshift_sandbox::run_helper_if_requested();
     // reqwest is built without a default TLS provider so that only ring is compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
@@ -46,6 +48,9 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Diff(args) => commands::diff::run(args).await,
         Command::Cancel(args) => commands::cancel::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Doctor(args) => commands::doctor::run(args),
+        Command::Sandbox(args) => commands::sandbox::run(args).await,
+        Command::Worker(args) => commands::worker::run_worker(args).await,
         Command::RunTask(args) => commands::worker::run_task(args).await,
     }
 }

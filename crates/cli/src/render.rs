@@ -18,6 +18,15 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// `$0.0123`: enough digits for cheap calls.
+pub fn dollars(cost: f64) -> String {
+    if cost >= 1.0 {
+        format!("${cost:.2}")
+    } else {
+        format!("${cost:.4}")
+    }
+}
+
 pub fn tokens(usage: &Usage) -> String {
     let mut text = format!("{} in", usage.input_tokens);
     if usage.cached_input_tokens > 0 {
@@ -213,6 +222,15 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::MessageReceived { text, from } => (
+            "message",
+            match from {
+                Some(from) => format!("from {from}"),
+                None => "from the person who delegated the task".into(),
+            },
+            Some(text.clone()),
+        ),
+        Event::Released { worker, reason } => ("released", format!("by {worker}: {reason}"), None),
         Event::Warning { message } => ("warning", message.clone(), None),
         Event::Error {
             kind,
@@ -233,14 +251,18 @@ pub fn event(record: &EventRecord) -> String {
             state,
             summary,
             usage,
+            cost_usd,
             turns,
             duration_ms,
         } => (
             "ended",
             format!(
-                "{state} after {} · {turns} turns · {} tokens",
+                "{state} after {} · {turns} turns · {} tokens{}",
                 duration(Duration::from_millis(*duration_ms)),
-                tokens(usage)
+                tokens(usage),
+                cost_usd
+                    .map(|cost| format!(" · {}", dollars(cost)))
+                    .unwrap_or_default()
             ),
             summary.clone(),
         ),

@@ -222,6 +222,9 @@ fn short_git_reason(err: &GitError) -> String {
     }
 }
 
+/// Where a working copy keeps the task's result for handing off.
+const RESULT_REF: &str = "refs/nightshift/result";
+
 /// Size of a committed change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommitStats {
@@ -246,45 +249,33 @@ impl WorkingCopy {
         &self.base_commit
     }
 
-    /// Commits everything in the work tree (respecting .gitignore) with `message`, as
-    /// nightshift. Returns the new HEAD, or `None` when nothing changed since the base (commits
-    /// the agent made itself count as changes).
-    pub async fn commit_all(&self, message: &str) -> Result<Option<String>, EnvError> {
-        git(&self.root, ["add", "--all"]).await?;
-        let staged = git(&self.root, ["diff", "--cached", "--name-only"]).await?;
-        if !staged.is_empty() {
-            git(
-                &self.root,
-                [
-                    "-c",
-                    "user.name=nightshift",
-                    "-c",
-                    "user.email=nightshift@localhost",
-                    "commit",
-                    "--quiet",
-                    "--no-verify",
-                    "--message",
-                    message,
-                ],
-            )
-            .await?;
-        }
-        let head = git(&self.root, ["rev-parse", "HEAD"]).await?;
-        Ok(if head == self.base_commit {
-            None
-        } else {
-            Some(head)
-        })
+    /// Fetches the commits of a bundle (made by `git bundle create FILE BASE..HEAD` from a
+    /// copy of this repository) and returns the commit its `HEAD` points at, kept under
+    /// `refs/nightshift/result`. Only git objects cross over, never configuration.
+    pub async fn import_bundle(&self, bundle: &Path) -> Result<String, EnvError> {
+        git(
+            &self.root,
+            [
+                "fetch".as_ref(),
+                "--quiet".as_ref(),
+                "--no-tags".as_ref(),
+                "--no-write-fetch-head".as_ref(),
+                bundle.as_os_str(),
+                format!("+HEAD:{RESULT_REF}").as_ref(),
+            ],
+        )
+        .await?;
+        Ok(git(&self.root, ["rev-parse", RESULT_REF]).await?)
     }
 
-    /// The change from the base to HEAD, as a patch `git apply` takes.
-    pub async fn diff(&self) -> Result<String, EnvError> {
-        Ok(git(&self.root, ["diff", "--binary", &self.base_commit, "HEAD"]).await?)
+    /// The change from the base to `head`, as a patch `git apply` takes.
+    pub async fn diff(&self, head: &str) -> Result<String, EnvError> {
+        Ok(git(&self.root, ["diff", "--binary", &self.base_commit, head]).await?)
     }
 
-    /// Files, insertions and deletions from the base to HEAD.
-    pub async fn stats(&self) -> Result<CommitStats, EnvError> {
-        let numstat = git(&self.root, ["diff", "--numstat", &self.base_commit, "HEAD"]).await?;
+    /// Files, insertions and deletions from the base to `head`.
+    pub async fn stats(&self, head: &str) -> Result<CommitStats, EnvError> {
+        let numstat = git(&self.root, ["diff", "--numstat", &self.base_commit, head]).await?;
         let mut stats = CommitStats::default();
         for line in numstat.lines() {
             let mut fields = line.split('\t');
@@ -304,17 +295,22 @@ impl WorkingCopy {
         Ok(stats)
     }
 
-    /// Creates `branch` in the source repository at this working copy's HEAD. Only a new ref
-    /// is written there: its work tree, index and current branch are untouched.
-    pub async fn hand_off(&self, source: &SourceRepo, branch: &str) -> Result<String, EnvError> {
+    /// Creates `branch` in the source repository at `head` (a commit of this working copy).
+    /// Only a new ref is written there: its work tree, index and current branch are untouched.
+    pub async fn hand_off(
+        &self,
+        source: &SourceRepo,
+        branch: &str,
+        head: &str,
+    ) -> Result<(), EnvError> {
         if source.has_branch(branch).await? {
             return Err(EnvError::BranchExists {
                 repo: source.root.clone(),
                 branch: branch.into(),
             });
         }
-        let head = git(&self.root, ["rev-parse", "HEAD"]).await?;
-        let refspec = format!("HEAD:refs/heads/{branch}");
+        git(&self.root, ["update-ref", RESULT_REF, head]).await?;
+        let refspec = format!("{RESULT_REF}:refs/heads/{branch}");
         git(
             &source.root,
             [
@@ -327,7 +323,7 @@ impl WorkingCopy {
             ],
         )
         .await?;
-        Ok(head)
+        Ok(())
     }
 
     /// Deletes the working copy.

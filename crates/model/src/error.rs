@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
-/// A failed model call.
-#[derive(Debug, thiserror::Error)]
+use serde::{Deserialize, Serialize};
+
+/// A failed model call. Serializable so that a cassette can record a failure and replay it.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ModelError {
     /// No connection could be made, or it broke before the answer was complete.
     #[error("could not reach the model at {url}: {detail}")]
@@ -35,6 +38,10 @@ pub enum ModelError {
     /// The task was cancelled while waiting for the model.
     #[error("cancelled")]
     Cancelled,
+    /// A replayed cassette has no answer for this request (`index`, 0-based, is the request's
+    /// place in the cassette), or, in strict mode, the request is not the recorded one.
+    #[error("the replayed conversation diverged from the cassette at request {index}: {detail}")]
+    ReplayDiverged { index: usize, detail: String },
 }
 
 impl ModelError {
@@ -49,19 +56,20 @@ impl ModelError {
             | ModelError::Rejected { .. }
             | ModelError::Malformed { .. }
             | ModelError::Config(_)
-            | ModelError::Cancelled => false,
+            | ModelError::Cancelled
+            | ModelError::ReplayDiverged { .. } => false,
         }
     }
 
     /// What the person should do about it.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            ModelError::Unreachable { .. } => {
-                Some("check OPENAI_BASE_URL (or the provider's base URL) and that the server is up")
-            }
-            ModelError::Unauthorized { .. } => {
-                Some("check OPENAI_API_KEY (or the provider's key) and its permissions")
-            }
+            ModelError::Unreachable { .. } => Some(
+                "check the provider's base URL (OPENAI_BASE_URL or ANTHROPIC_BASE_URL) and that the server is up",
+            ),
+            ModelError::Unauthorized { .. } => Some(
+                "check the provider's key (OPENAI_API_KEY or ANTHROPIC_API_KEY) and its permissions",
+            ),
             ModelError::RateLimited { .. } => {
                 Some("wait and run the task again, or lower the number of concurrent tasks")
             }
@@ -71,11 +79,16 @@ impl ModelError {
             ModelError::Rejected { .. } => {
                 Some("check the model name and that the provider supports tool calls")
             }
-            ModelError::Malformed { .. } => {
-                Some("the server may not speak the OpenAI Chat Completions protocol")
-            }
-            ModelError::Config(_) => Some("model specs look like openai:MODEL"),
+            ModelError::Malformed { .. } => Some(
+                "the server may not speak the protocol of the model spec (openai: is Chat Completions, openai-responses: the Responses API, anthropic: the Messages API)",
+            ),
+            ModelError::Config(_) => Some(
+                "model specs look like openai:MODEL, openai-responses:MODEL, anthropic:MODEL or replay:PATH",
+            ),
             ModelError::Cancelled => None,
+            ModelError::ReplayDiverged { .. } => Some(
+                "the conversation no longer matches the recording: record a new cassette with NIGHTSHIFT_RECORD, or replay without ?strict to serve the answers in order regardless",
+            ),
         }
     }
 }

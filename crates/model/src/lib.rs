@@ -3,21 +3,34 @@
 //! The agent builds a [`ModelRequest`] (system prompt, conversation, tool definitions) and asks a
 //! [`ModelClient`] for the answer as a stream of [`StreamEvent`]s; [`ModelClient::complete`]
 //! folds that stream into a [`ModelResponse`]. Providers translate to and from their wire
-//! protocol; nothing here knows what a tool does.
+//! protocol (OpenAI Chat Completions, OpenAI Responses, Anthropic Messages) over one shared
+//! HTTP transport; cassettes record calls and replay them. Nothing here knows what a tool does.
 
+mod anthropic;
+mod cassette;
+mod catalog;
 mod error;
+mod http;
 mod openai_chat;
+mod openai_responses;
+mod pricing;
 mod spec;
 mod types;
 
+pub use anthropic::AnthropicMessages;
+pub use catalog::{ModelLimits, limits};
 pub use error::ModelError;
 pub use openai_chat::OpenAiChat;
+pub use openai_responses::OpenAiResponses;
+pub use pricing::{PRICES_AS_OF, Pricing, price_for};
 pub use spec::{ModelSpec, Provider, ProviderConfig, connect};
 pub use types::{
-    Message, ModelRequest, ModelResponse, StopReason, StreamEvent, ToolCall, ToolSpec,
+    Message, ModelRequest, ModelResponse, ReasoningBlock, StopReason, StreamEvent, ToolCall,
+    ToolSpec,
 };
 
 use async_trait::async_trait;
+use futures::Stream;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
@@ -43,5 +56,29 @@ pub trait ModelClient: Send + Sync {
         on_event: &mut (dyn for<'event> FnMut(&'event StreamEvent) + Send),
     ) -> Result<ModelResponse, ModelError> {
         types::collect(self.stream(request), cancel, on_event).await
+    }
+}
+
+/// Decodes a body of server-sent events as `provider`'s protocol, with the same parser and
+/// decoder its client uses, without a network: for benchmarks and for reading captured
+/// streams. `chunks` is the body as it arrived, in pieces of any size.
+pub async fn decode_event_stream<S, B, E>(
+    provider: Provider,
+    chunks: S,
+) -> Result<Vec<StreamEvent>, ModelError>
+where
+    S: Stream<Item = Result<B, E>> + Send,
+    B: AsRef<[u8]>,
+    E: std::error::Error,
+{
+    match provider {
+        Provider::OpenAiChat => http::decode_body::<openai_chat::Decoder, _, _, _>(chunks).await,
+        Provider::OpenAiResponses => {
+            http::decode_body::<openai_responses::Decoder, _, _, _>(chunks).await
+        }
+        Provider::Anthropic => http::decode_body::<anthropic::Decoder, _, _, _>(chunks).await,
+        Provider::Replay { .. } => Err(ModelError::Config(
+            "a cassette is not a stream of server-sent events".into(),
+        )),
     }
 }

@@ -1,19 +1,44 @@
-//! Model specs (`openai:MODEL`) and the configuration that turns one into a client.
+//! Model specs (`openai:MODEL`, `anthropic:MODEL`, `replay:PATH`, ...) and the configuration
+//! that turns one into a client.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::{ModelClient, ModelError, OpenAiChat};
+use crate::cassette::{Recorder, Replay};
+use crate::{AnthropicMessages, ModelClient, ModelError, OpenAiChat, OpenAiResponses};
+
+/// What `replay:PATH` ends with to compare every request with the recorded one.
+const STRICT_SUFFIX: &str = "?strict";
 
 /// Which wire protocol a spec speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
-    /// OpenAI Chat Completions, and every server compatible with it.
+    /// OpenAI Chat Completions, and every server compatible with it: `openai:`.
     OpenAiChat,
+    /// OpenAI's Responses API: `openai-responses:`.
+    OpenAiResponses,
+    /// Anthropic's Messages API: `anthropic:`.
+    Anthropic,
+    /// Answers served from a recorded cassette: `replay:PATH`, or `replay:PATH?strict` to fail
+    /// on the first request that differs from the recorded one.
+    Replay { strict: bool },
 }
 
-/// A parsed model spec such as `openai:gpt-4.1`.
+impl Provider {
+    /// The prefix of specs for this provider.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Provider::OpenAiChat => "openai",
+            Provider::OpenAiResponses => "openai-responses",
+            Provider::Anthropic => "anthropic",
+            Provider::Replay { .. } => "replay",
+        }
+    }
+}
+
+/// A parsed model spec such as `openai:gpt-4.1`. For `replay:`, `model` is the cassette's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {
     pub provider: Provider,
@@ -24,24 +49,38 @@ impl FromStr for ModelSpec {
     type Err = ModelError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let supported = "openai, openai-responses, anthropic, replay";
         let Some((provider, model)) = text.split_once(':') else {
             return Err(ModelError::Config(format!(
-                "model spec `{text}` has no provider; write it as openai:MODEL"
+                "model spec `{text}` has no provider; write it as PROVIDER:MODEL, e.g. openai:gpt-4.1 (providers: {supported})"
             )));
         };
-        if model.trim().is_empty() {
-            return Err(ModelError::Config(format!(
-                "model spec `{text}` names no model"
-            )));
-        }
         let provider = match provider {
             "openai" => Provider::OpenAiChat,
+            "openai-responses" => Provider::OpenAiResponses,
+            "anthropic" => Provider::Anthropic,
+            "replay" => Provider::Replay {
+                strict: model.ends_with(STRICT_SUFFIX),
+            },
             other => {
                 return Err(ModelError::Config(format!(
-                    "unknown model provider `{other}` in `{text}` (supported: openai)"
+                    "unknown model provider `{other}` in `{text}` (supported: {supported})"
                 )));
             }
         };
+        let model = match provider {
+            Provider::Replay { strict: true } => &model[..model.len() - STRICT_SUFFIX.len()],
+            _ => model,
+        };
+        if model.trim().is_empty() {
+            let what = match provider {
+                Provider::Replay { .. } => "no cassette file",
+                _ => "no model",
+            };
+            return Err(ModelError::Config(format!(
+                "model spec `{text}` names {what}"
+            )));
+        }
         Ok(ModelSpec {
             provider,
             model: model.to_string(),
@@ -51,40 +90,59 @@ impl FromStr for ModelSpec {
 
 impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let provider = match self.provider {
-            Provider::OpenAiChat => "openai",
+        let suffix = match self.provider {
+            Provider::Replay { strict: true } => STRICT_SUFFIX,
+            _ => "",
         };
-        write!(f, "{provider}:{}", self.model)
+        write!(f, "{}:{}{suffix}", self.provider.prefix(), self.model)
     }
 }
 
-/// Keys and endpoints. Read from the environment once, at the edge (the CLI), and passed down,
-/// so tests never touch the process environment.
+/// Keys, endpoints and recording. Read from the environment once, at the edge (the CLI), and
+/// passed down, so tests never touch the process environment.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderConfig {
     pub openai_api_key: Option<String>,
     /// Defaults to `https://api.openai.com/v1`.
     pub openai_base_url: Option<String>,
+    pub anthropic_api_key: Option<String>,
+    /// Defaults to `https://api.anthropic.com` (requests go to `{base}/v1/messages`).
+    pub anthropic_base_url: Option<String>,
+    /// When set, every call is appended to this cassette file (JSON lines) as it completes.
+    pub record: Option<PathBuf>,
 }
 
 impl ProviderConfig {
-    /// Reads `OPENAI_API_KEY` and `OPENAI_BASE_URL`.
+    /// Reads `OPENAI_API_KEY`, `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY` and `ANTHROPIC_BASE_URL`.
+    /// Recording is per task, so `record` is left for the runner to set.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         ProviderConfig {
             openai_api_key: var("OPENAI_API_KEY"),
             openai_base_url: var("OPENAI_BASE_URL"),
+            anthropic_api_key: var("ANTHROPIC_API_KEY"),
+            anthropic_base_url: var("ANTHROPIC_BASE_URL"),
+            record: None,
         }
     }
 }
 
-/// Makes a client for `spec`.
+/// Makes a client for `spec`, recording to `config.record` when set.
 pub fn connect(
     spec: &ModelSpec,
     config: &ProviderConfig,
 ) -> Result<Arc<dyn ModelClient>, ModelError> {
-    match spec.provider {
-        Provider::OpenAiChat => Ok(Arc::new(OpenAiChat::new(spec.clone(), config)?)),
+    let client: Arc<dyn ModelClient> = match spec.provider {
+        Provider::OpenAiChat => Arc::new(OpenAiChat::new(spec.clone(), config)?),
+        Provider::OpenAiResponses => Arc::new(OpenAiResponses::new(spec.clone(), config)?),
+        Provider::Anthropic => Arc::new(AnthropicMessages::new(spec.clone(), config)?),
+        Provider::Replay { strict } => {
+            Arc::new(Replay::open(spec.clone(), Path::new(&spec.model), strict)?)
+        }
+    };
+    match &config.record {
+        Some(path) => Ok(Arc::new(Recorder::create(client, path)?)),
+        None => Ok(client),
     }
 }
 
@@ -94,23 +152,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_openai_specs() {
-        let spec: ModelSpec = "openai:gpt-4.1".parse().unwrap();
-        assert_eq!(spec.provider, Provider::OpenAiChat);
-        assert_eq!(spec.model, "gpt-4.1");
-        assert_eq!(spec.to_string(), "openai:gpt-4.1");
-        // Model names may themselves contain colons (e.g. Ollama tags).
-        assert_eq!(
-            "openai:qwen3:8b".parse::<ModelSpec>().unwrap().model,
-            "qwen3:8b"
-        );
+    fn parses_every_provider() {
+        for (text, provider, model) in [
+            ("openai:gpt-4.1", Provider::OpenAiChat, "gpt-4.1"),
+            // Model names may themselves contain colons (e.g. Ollama tags).
+            ("openai:qwen3:8b", Provider::OpenAiChat, "qwen3:8b"),
+            (
+                "openai-responses:o4-mini",
+                Provider::OpenAiResponses,
+                "o4-mini",
+            ),
+            (
+                "anthropic:claude-sonnet-4-5",
+                Provider::Anthropic,
+                "claude-sonnet-4-5",
+            ),
+            (
+                "replay:/tmp/t.jsonl",
+                Provider::Replay { strict: false },
+                "/tmp/t.jsonl",
+            ),
+            (
+                "replay:t.jsonl?strict",
+                Provider::Replay { strict: true },
+                "t.jsonl",
+            ),
+        ] {
+            let spec: ModelSpec = text.parse().unwrap();
+            assert_eq!(
+                (spec.provider, spec.model.as_str()),
+                (provider, model),
+                "{text}"
+            );
+            assert_eq!(spec.to_string(), text);
+        }
     }
 
     #[test]
     fn explains_bad_specs() {
-        for bad in ["gpt-4", "openai:", "claude:x"] {
-            let err = bad.parse::<ModelSpec>().unwrap_err().to_string();
-            assert!(err.contains(bad.split(':').next().unwrap()), "{err}");
+        for (bad, expected) in [
+            ("gpt-4", "has no provider"),
+            ("openai:", "names no model"),
+            ("anthropic:  ", "names no model"),
+            ("claude:x", "unknown model provider `claude`"),
+            ("replay:", "names no cassette file"),
+            ("replay:?strict", "names no cassette file"),
+        ] {
+            let err = bad.parse::<ModelSpec>().unwrap_err();
+            assert!(matches!(err, ModelError::Config(_)), "{bad}");
+            assert!(err.to_string().contains(expected), "{bad}: {err}");
         }
     }
 }

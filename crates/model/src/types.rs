@@ -35,6 +35,10 @@ pub enum Message {
         content: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<ToolCall>,
+        /// The reasoning that came with this answer ([`ModelResponse::reasoning`]), sent back
+        /// as it came.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reasoning: Vec<ReasoningBlock>,
     },
     /// The result of the assistant's tool call `call_id`.
     Tool {
@@ -51,6 +55,39 @@ pub struct ToolCall {
     pub name: String,
     /// The arguments exactly as the model sent them: a JSON text that may not parse.
     pub arguments: String,
+}
+
+/// Reasoning a model did before it answered, kept so that it goes back to the provider exactly
+/// as it came. Anthropic rejects a tool-use turn whose signed thinking was altered or dropped,
+/// and OpenAI's stateless Responses API only remembers the reasoning it is sent back. Each
+/// provider sends its own kind and drops the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReasoningBlock {
+    /// An Anthropic `thinking` block and the signature that vouches for it.
+    AnthropicThinking { thinking: String, signature: String },
+    /// An Anthropic `redacted_thinking` block: encrypted, unreadable.
+    AnthropicRedactedThinking { data: String },
+    /// An OpenAI Responses `reasoning` output item, whole (with its `encrypted_content`).
+    OpenAiReasoning { item: Value },
+}
+
+impl ReasoningBlock {
+    /// The readable part, for display: the thinking, or the reasoning summary.
+    pub fn text(&self) -> String {
+        match self {
+            ReasoningBlock::AnthropicThinking { thinking, .. } => thinking.clone(),
+            ReasoningBlock::AnthropicRedactedThinking { .. } => String::new(),
+            ReasoningBlock::OpenAiReasoning { item } => item
+                .get("summary")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        }
+    }
 }
 
 /// A tool the model may call.
@@ -103,6 +140,10 @@ pub enum StreamEvent {
     },
     /// More of tool call `index`'s arguments.
     ToolCallDelta { index: usize, arguments: String },
+    /// More of the model's readable reasoning (thinking or its summary), for live progress.
+    ReasoningDelta(String),
+    /// A finished block of reasoning, to be sent back with the next request.
+    Reasoning(ReasoningBlock),
     /// The answer is complete.
     Completed {
         usage: Usage,
@@ -117,6 +158,9 @@ pub struct ModelResponse {
     pub tool_calls: Vec<ToolCall>,
     pub usage: Usage,
     pub stop_reason: Option<StopReason>,
+    /// Reasoning to carry into the next request: copy it into [`Message::Assistant`]'s
+    /// `reasoning` along with `text` and `tool_calls`.
+    pub reasoning: Vec<ReasoningBlock>,
 }
 
 /// Folds a stream into a response. Fails with [`ModelError::Malformed`] if the stream ends
@@ -130,8 +174,7 @@ pub(crate) async fn collect(
         stream = stream => stream?,
         _ = cancel.cancelled() => return Err(ModelError::Cancelled),
     };
-    let mut response = ModelResponse::default();
-    let mut text = String::new();
+    let mut builder = ResponseBuilder::default();
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -144,8 +187,25 @@ pub(crate) async fn collect(
         };
         let event = event?;
         on_event(&event);
+        if let Some(response) = builder.push(event)? {
+            return Ok(response);
+        }
+    }
+}
+
+/// A response being put together from its events.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseBuilder {
+    response: ModelResponse,
+    text: String,
+}
+
+impl ResponseBuilder {
+    /// Adds one event; returns the whole response once it is [`StreamEvent::Completed`].
+    pub fn push(&mut self, event: StreamEvent) -> Result<Option<ModelResponse>, ModelError> {
+        let response = &mut self.response;
         match event {
-            StreamEvent::TextDelta(delta) => text.push_str(&delta),
+            StreamEvent::TextDelta(delta) => self.text.push_str(&delta),
             StreamEvent::ToolCallStarted { index, id, name } => {
                 if index != response.tool_calls.len() {
                     return Err(ModelError::Malformed {
@@ -169,15 +229,18 @@ pub(crate) async fn collect(
                 };
                 call.arguments.push_str(&arguments);
             }
+            StreamEvent::ReasoningDelta(_) => {}
+            StreamEvent::Reasoning(block) => response.reasoning.push(block),
             StreamEvent::Completed { usage, stop_reason } => {
                 response.usage = usage;
                 response.stop_reason = Some(stop_reason);
-                break;
+                let mut response = std::mem::take(response);
+                if !self.text.is_empty() {
+                    response.text = Some(std::mem::take(&mut self.text));
+                }
+                return Ok(Some(response));
             }
         }
+        Ok(None)
     }
-    if !text.is_empty() {
-        response.text = Some(text);
-    }
-    Ok(response)
 }

@@ -23,6 +23,7 @@ fn client_at(base_url: &str) -> OpenAiChat {
     let config = ProviderConfig {
         openai_api_key: Some("sk-test".into()),
         openai_base_url: Some(base_url.into()),
+        ..ProviderConfig::default()
     };
     OpenAiChat::new("openai:test-model".parse().unwrap(), &config)
         .unwrap()
@@ -419,6 +420,7 @@ async fn sends_the_conversation_in_openai_shape() {
                     name: "list_files".into(),
                     arguments: r#"{"path":"."}"#.into(),
                 }],
+                reasoning: vec![],
             },
             Message::Tool {
                 call_id: "call_1".into(),
@@ -431,6 +433,7 @@ async fn sends_the_conversation_in_openai_shape() {
                     name: "read_file".into(),
                     arguments: r#"{"path":"Cargo.toml"}"#.into(),
                 }],
+                reasoning: vec![],
             },
             Message::Tool {
                 call_id: "call_2".into(),
@@ -439,6 +442,7 @@ async fn sends_the_conversation_in_openai_shape() {
             Message::Assistant {
                 content: Some("It is a Rust crate.".into()),
                 tool_calls: vec![],
+                reasoning: vec![],
             },
             Message::User {
                 content: "Thanks.".into(),
@@ -479,6 +483,7 @@ async fn works_without_an_api_key() {
     let config = ProviderConfig {
         openai_api_key: None,
         openai_base_url: Some(server.base_url()),
+        ..ProviderConfig::default()
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = OpenAiChat::new("openai:qwen3:8b".parse().unwrap(), &config).unwrap();

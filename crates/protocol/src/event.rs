@@ -62,6 +62,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<ToolCallRecord>,
         usage: Usage,
+        /// Dollars this call cost, when the model's price is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
         stop_reason: String,
         duration_ms: u64,
     },
@@ -97,6 +100,14 @@ pub enum Event {
     },
     /// Someone asked to cancel the task.
     CancelRequested,
+    /// A person sent the task a message: steering while it runs, or a follow-up once it ended.
+    MessageReceived {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
+    /// The worker let go of the task (shutting down); it is queued again for another worker.
+    Released { worker: String, reason: String },
     /// Something worth knowing that did not stop the task.
     Warning { message: String },
     /// Something stopped the task. `hint` says what to do about it.
@@ -112,6 +123,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         summary: Option<String>,
         usage: Usage,
+        /// Dollars spent on the model, when its price is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
         turns: u32,
         duration_ms: u64,
     },
@@ -134,6 +148,8 @@ impl Event {
             Event::AgentFinished { .. } => "agent_finished",
             Event::Committed { .. } => "committed",
             Event::CancelRequested => "cancel_requested",
+            Event::MessageReceived { .. } => "message_received",
+            Event::Released { .. } => "released",
             Event::Warning { .. } => "warning",
             Event::Error { .. } => "error",
             Event::Ended { .. } => "ended",
@@ -253,6 +269,7 @@ mod tests {
                 state: TaskState::Failed,
                 summary: None,
                 usage: Usage::default(),
+                cost_usd: None,
                 turns: 0,
                 duration_ms: 0,
             },

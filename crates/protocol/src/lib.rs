@@ -8,11 +8,13 @@ mod event;
 mod id;
 mod task;
 mod text;
+mod token;
 
 pub use event::{ErrorKind, Event, EventRecord, PlanStep, PlanStepStatus, ToolCallRecord, Usage};
 pub use id::{ParseTaskIdError, TaskId};
 pub use task::{Task, TaskSpec, TaskState, UnknownTaskState};
 pub use text::{Truncated, truncate_middle};
+pub use token::{ApiToken, TokenScope, UnknownTokenScope};
 
 /// The version of the JSON shapes in this crate. Bumped (with a migration note in
 /// docs/json.md) whenever a field changes meaning or disappears; adding a field does not bump it.

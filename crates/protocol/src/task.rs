@@ -11,7 +11,7 @@ use crate::{TaskId, Usage};
 
 /// What the person (or integration) asked for. Stored verbatim with the task; everything the
 /// runner resolves later (the base commit, the branch) lives on `Task` instead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// The source repository: an absolute path to a local git repository.
@@ -25,6 +25,15 @@ pub struct TaskSpec {
     pub model: String,
     /// The most model turns the agent may take before the task stops.
     pub max_turns: u32,
+    /// The most tokens (input plus output, over all turns) before the task stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// The most dollars of model usage before the task stops (needs a known price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// The longest the agent may work, in seconds, before the task stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_secs: Option<u64>,
 }
 
 impl TaskSpec {
@@ -152,6 +161,12 @@ pub struct Task {
     pub usage: Usage,
     /// Set once someone asked to cancel; the worker stops at its next check.
     pub cancel_requested: bool,
+    /// The worker holding the task, while one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When the worker's hold on the task lapses unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Timestamp>,
 }
 
 impl Task {
@@ -173,6 +188,8 @@ impl Task {
             turns: 0,
             usage: Usage::default(),
             cancel_requested: false,
+            worker: None,
+            lease_expires_at: None,
         }
     }
 }

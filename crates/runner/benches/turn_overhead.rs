@@ -105,14 +105,17 @@ async fn main() {
         prompt: "bench".into(),
         model: "openai:bench".into(),
         max_turns: turns + 1,
+        max_tokens: None,
+        max_cost_usd: None,
+        max_duration_secs: None,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();
 
     let model_spec: ModelSpec = "openai:bench".parse().unwrap();
     let providers = ProviderConfig {
-        openai_api_key: None,
         openai_base_url: Some(server.base_url()),
+        ..ProviderConfig::default()
     };
     let model = nightshift_model::connect(&model_spec, &providers).unwrap();
     let session = Unisolated
@@ -128,7 +131,10 @@ async fn main() {
         marks: Mutex::new(Vec::new()),
     };
     let config = AgentConfig {
-        max_turns: turns + 1,
+        budget: nightshift_agent::Budget {
+            max_turns: turns + 1,
+            ..Default::default()
+        },
         ..AgentConfig::default()
     };
     let agent = Agent {
@@ -136,6 +142,7 @@ async fn main() {
         session: session.as_ref(),
         sink: &sink,
         config: &config,
+        inbox: None,
     };
     let started = Instant::now();
     let outcome = agent

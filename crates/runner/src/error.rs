@@ -10,8 +10,8 @@ use nightshift_store::StoreError;
 pub enum SubmitError {
     #[error("the prompt is empty: say what the task should do")]
     EmptyPrompt,
-    #[error("max_turns must be at least 1")]
-    NoTurns,
+    #[error("{0}")]
+    Budget(String),
     #[error("{0}")]
     Model(#[from] ModelError),
     #[error("{0}")]
@@ -24,7 +24,7 @@ impl SubmitError {
     /// What to do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            SubmitError::EmptyPrompt | SubmitError::NoTurns => None,
+            SubmitError::EmptyPrompt | SubmitError::Budget(_) => None,
             SubmitError::Model(err) => err.hint().map(str::to_string),
             SubmitError::Repository(err) => err.hint(),
             SubmitError::Store(_) => None,

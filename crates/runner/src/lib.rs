@@ -4,10 +4,13 @@
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
 mod error;
+mod handoff;
 mod lifecycle;
 mod reconcile;
 mod sink;
 mod submit;
+mod watch;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,8 +22,10 @@ use nightshift_sandbox::Sandbox;
 use nightshift_store::Store;
 
 pub use error::{RunnerError, SubmitError};
-pub use lifecycle::DIFF_BLOB;
+pub use handoff::DIFF_BLOB;
+pub use lifecycle::PriceLookup;
 pub use submit::TaskRequest;
+pub use worker::WorkerConfig;
 
 /// Everything a runner needs, passed in explicitly (no globals, no environment reads).
 pub struct Runner {
@@ -28,6 +33,7 @@ pub struct Runner {
     pub(crate) sandbox: Arc<dyn Sandbox>,
     pub(crate) providers: ProviderConfig,
     pub(crate) config: RunnerConfig,
+    pub(crate) cost: Option<PriceLookup>,
 }
 
 /// Paths and knobs of a runner.
@@ -37,18 +43,32 @@ pub struct RunnerConfig {
     pub work_dir: PathBuf,
     /// This worker's name in `claimed` events and task rows.
     pub worker: String,
-    /// How often a running task checks whether it was cancelled.
+    /// How often a running task checks for a cancel request or a message.
     pub cancel_poll: Duration,
+    /// How long a claim holds without renewal; a worker renews every third of it.
+    pub lease: Duration,
+    /// The longest any task may work, whatever it asks for.
+    pub max_duration: Option<Duration>,
+    /// Where to record each task's model traffic as a cassette, `<dir>/<task id>.jsonl`
+    /// (`NIGHTSHIFT_RECORD`).
+    pub record_dir: Option<PathBuf>,
     pub tool_limits: ToolLimits,
 }
 
 impl RunnerConfig {
+    /// The default lease: long enough to ride out a short database outage, short enough that
+    /// a dead worker's task is settled within minutes.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
     /// Defaults for a worker that keeps working copies under `work_dir`.
     pub fn new(work_dir: PathBuf, worker: String) -> Self {
         RunnerConfig {
             work_dir,
             worker,
             cancel_poll: Duration::from_millis(250),
+            lease: Self::DEFAULT_LEASE,
+            max_duration: Some(Duration::from_secs(59 * 60)),
+            record_dir: None,
             tool_limits: ToolLimits::default(),
         }
     }
@@ -66,10 +86,21 @@ impl Runner {
             sandbox,
             providers,
             config,
+            cost: None,
         }
+    }
+
+    /// Prices model usage, for dollar budgets and cost reports.
+    pub fn with_prices(mut self, lookup: PriceLookup) -> Self {
+        self.cost = Some(lookup);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
     }
 }

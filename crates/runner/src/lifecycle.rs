@@ -2,22 +2,26 @@
 //!
 //! Every path through here ends with exactly one `Ended` event and a terminal row, whatever
 //! failed on the way; work the agent did is committed to the task's branch even when the task
-//! fails or is cancelled, so nothing is lost.
+//! fails or is cancelled, so nothing is lost. The two exceptions are deliberate: a worker that
+//! shuts down hands the task back to the queue (`Released`), and a worker that lost its lease
+//! writes nothing more, since the task is no longer its own.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use nightshift_agent::{Agent, AgentConfig, AgentOutcome, SinkError};
-use nightshift_env::{EnvError, SourceRepo, WorkingCopy, branch_name};
+use nightshift_agent::{Agent, AgentConfig, AgentOutcome, Budget, CostFn, SinkError};
+use nightshift_env::{EnvError, SourceRepo};
 use nightshift_model::{ModelError, ModelSpec};
 use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
-use nightshift_sandbox::SessionSpec;
-use nightshift_store::Store;
-use tokio::task::JoinHandle;
+use nightshift_sandbox::{SandboxSession, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
+use crate::handoff::{HandoffError, Run, commit_message};
 use crate::sink::TaskLog;
+use crate::watch::{Watch, WatchConfig, watch};
 use crate::{Runner, RunnerError};
 
 /// How a run ended, before it is written down.
@@ -25,28 +29,47 @@ struct Ending {
     state: TaskState,
     summary: Option<String>,
     error: Option<String>,
+    cost_usd: Option<f64>,
     /// Keep the working copy: it holds work that could not be handed back.
     keep_copy: bool,
+    /// The worker is shutting down: the task goes back to the queue instead of ending.
+    released: bool,
 }
 
 impl Ending {
-    fn succeeded(summary: String) -> Self {
+    fn new(state: TaskState, summary: Option<String>, error: Option<String>) -> Self {
         Ending {
-            state: TaskState::Succeeded,
-            summary: Some(summary),
-            error: None,
+            state,
+            summary,
+            error,
+            cost_usd: None,
             keep_copy: false,
+            released: false,
+        }
+    }
+
+    fn released() -> Self {
+        Ending {
+            released: true,
+            ..Ending::new(TaskState::Queued, None, None)
         }
     }
 
     fn cancelled() -> Self {
-        Ending {
-            state: TaskState::Cancelled,
-            summary: Some("cancelled on request".into()),
-            error: None,
-            keep_copy: false,
-        }
+        Ending::new(
+            TaskState::Cancelled,
+            Some("cancelled on request".into()),
+            None,
+        )
     }
+}
+
+/// Why a run stopped early, besides its own outcome.
+pub(crate) struct Stops {
+    /// Cancelled by a person (or this process's caller).
+    pub(crate) cancel: CancellationToken,
+    /// The worker is shutting down: hand the task back to the queue instead of ending it.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Runner {
@@ -57,7 +80,11 @@ impl Runner {
         id: TaskId,
         cancel: CancellationToken,
     ) -> Result<Task, RunnerError> {
-        if !self.store.claim_task(id, &self.config.worker).await? {
+        if !self
+            .store
+            .claim_task(id, &self.config.worker, self.config.lease)
+            .await?
+        {
             let state = match self.store.get_task(id).await? {
                 Some(task) => task.state,
                 None => return Err(RunnerError::NoSuchTask(id)),
@@ -69,22 +96,84 @@ impl Runner {
             .get_task(id)
             .await?
             .ok_or(RunnerError::NoSuchTask(id))?;
+        self.run_claimed(
+            task,
+            Stops {
+                cancel,
+                shutdown: CancellationToken::new(),
+            },
+        )
+        .await
+    }
+
+    /// Runs a task this worker has claimed.
+    pub(crate) async fn run_claimed(&self, task: Task, stops: Stops) -> Result<Task, RunnerError> {
+        let id = task.id;
         let started = Instant::now();
         let log = TaskLog::new(self.store.clone(), task);
-        log.append(Event::Claimed {
-            worker: self.config.worker.clone(),
-        })
-        .await?;
+        let claimed = self
+            .store
+            .append_event(
+                id,
+                &Event::Claimed {
+                    worker: self.config.worker.clone(),
+                },
+            )
+            .await?;
 
-        let watcher = watch_for_cancel(
+        // One token stops the run, whichever reason fires.
+        let stop = CancellationToken::new();
+        let findings = Arc::new(Watch::default());
+        let watcher = watch(
             self.store.clone(),
             id,
-            cancel.clone(),
-            self.config.cancel_poll,
+            stop.clone(),
+            WatchConfig {
+                poll: self.config.cancel_poll,
+                lease: self.config.lease,
+                worker: self.config.worker.clone(),
+            },
+            findings.clone(),
+            claimed.seq,
         );
-        let ending = self.drive(&log, &cancel).await;
+        let relay = {
+            let stop = stop.clone();
+            let (cancel, shutdown) = (stops.cancel.clone(), stops.shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => stop.cancel(),
+                    _ = shutdown.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            })
+        };
+        let ending = self.drive(&log, &stop, &stops, &findings).await;
+        stop.cancel();
         watcher.abort();
+        relay.abort();
         let ending = ending?;
+
+        if findings.lease_lost.load(Ordering::SeqCst) {
+            return Ok(self
+                .store
+                .get_task(id)
+                .await?
+                .unwrap_or(log.snapshot().await));
+        }
+        if ending.released {
+            log.append(Event::Released {
+                worker: self.config.worker.clone(),
+                reason: "the worker is shutting down; another worker will start the task over"
+                    .into(),
+            })
+            .await?;
+            self.store.release_task(id, &self.config.worker).await?;
+            return Ok(self
+                .store
+                .get_task(id)
+                .await?
+                .unwrap_or(log.snapshot().await));
+        }
 
         let now = Timestamp::now();
         let task = log
@@ -99,6 +188,7 @@ impl Runner {
             state: ending.state,
             summary: ending.summary,
             usage: task.usage,
+            cost_usd: ending.cost_usd,
             turns: task.turns,
             duration_ms: started.elapsed().as_millis() as u64,
         })
@@ -106,7 +196,13 @@ impl Runner {
         Ok(task)
     }
 
-    async fn drive(&self, log: &TaskLog, cancel: &CancellationToken) -> Result<Ending, SinkError> {
+    async fn drive(
+        &self,
+        log: &TaskLog,
+        stop: &CancellationToken,
+        stops: &Stops,
+        watch: &Watch,
+    ) -> Result<Ending, SinkError> {
         let task = log.snapshot().await;
         set_state(
             log,
@@ -115,7 +211,7 @@ impl Runner {
         )
         .await?;
 
-        let source = match SourceRepo::open(std::path::Path::new(&task.spec.repo)).await {
+        let source = match SourceRepo::open(Path::new(&task.spec.repo)).await {
             Ok(source) => source,
             Err(err) => return fail_env(log, err).await,
         };
@@ -154,7 +250,13 @@ impl Runner {
         log.update(|task| task.base_commit = Some(base.commit.clone()))
             .await?;
 
-        let ending = self.run_agent(log, &task, &source, &copy, cancel).await?;
+        let run = Run {
+            log,
+            task: &task,
+            source: &source,
+            copy: &copy,
+        };
+        let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
             && let Err(err) = copy.remove().await
         {
@@ -168,17 +270,23 @@ impl Runner {
 
     async fn run_agent(
         &self,
-        log: &TaskLog,
-        task: &Task,
-        source: &SourceRepo,
-        copy: &WorkingCopy,
-        cancel: &CancellationToken,
+        run: &Run<'_>,
+        stop: &CancellationToken,
+        stops: &Stops,
+        watch: &Watch,
     ) -> Result<Ending, SinkError> {
-        let model = match task.spec.model.parse::<ModelSpec>() {
-            Ok(spec) => nightshift_model::connect(&spec, &self.providers),
-            Err(err) => Err(err),
+        let Run {
+            log, task, copy, ..
+        } = *run;
+        let spec = match task.spec.model.parse::<ModelSpec>() {
+            Ok(spec) => spec,
+            Err(err) => return fail_model(log, err).await,
         };
-        let model = match model {
+        let mut providers = self.providers.clone();
+        if let Some(dir) = &self.config.record_dir {
+            providers.record = Some(dir.join(format!("{}.jsonl", task.id)));
+        }
+        let model = match nightshift_model::connect(&spec, &providers) {
             Ok(model) => model,
             Err(err) => return fail_model(log, err).await,
         };
@@ -215,34 +323,60 @@ impl Runner {
             })
             .await?;
         }
-        if cancel.is_cancelled() {
-            let _ = session.close().await;
-            return Ok(Ending::cancelled());
-        }
-        set_state(log, TaskState::Running, None).await?;
-        let config = AgentConfig {
-            max_turns: task.spec.max_turns,
-            limits: self.config.tool_limits.clone(),
-            max_output_tokens: None,
+        let ending = if stop.is_cancelled() {
+            Ok(Ending::cancelled())
+        } else {
+            set_state(log, TaskState::Running, None).await?;
+            let config = AgentConfig {
+                budget: budget(task, self.config.max_duration),
+                limits: self.config.tool_limits.clone(),
+                max_output_tokens: None,
+                cost: self.cost.clone().and_then(|price| price(&spec)),
+            };
+            let agent = Agent {
+                model: model.as_ref(),
+                session: session.as_ref(),
+                sink: log,
+                config: &config,
+                inbox: Some(&watch.messages),
+            };
+            match agent.run(&task.spec.prompt, stop).await {
+                Ok(report) => {
+                    let cost = report.cost_usd;
+                    let shutting_down = stops.shutdown.is_cancelled()
+                        && !stops.cancel.is_cancelled()
+                        && !watch.cancel_requested.load(Ordering::SeqCst);
+                    self.conclude(run, session.as_ref(), report.outcome, shutting_down)
+                        .await
+                        .map(|ending| Ending {
+                            cost_usd: cost,
+                            ..ending
+                        })
+                }
+                Err(nightshift_agent::AgentError::Sink(err)) => Err(err),
+            }
         };
-        let agent = Agent {
-            model: model.as_ref(),
-            session: session.as_ref(),
-            sink: log,
-            config: &config,
-        };
-        let report = agent.run(&task.spec.prompt, cancel).await;
         if let Err(err) = session.close().await {
             log.append(Event::Warning {
                 message: format!("closing the sandbox: {err}"),
             })
             .await?;
         }
-        let report = report.map_err(|err| match err {
-            nightshift_agent::AgentError::Sink(sink) => sink,
-        })?;
+        ending
+    }
 
-        match report.outcome {
+    /// Turns the agent's outcome into the task's ending, handing back its work.
+    async fn conclude(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        outcome: AgentOutcome,
+        shutting_down: bool,
+    ) -> Result<Ending, SinkError> {
+        let Run {
+            log, task, copy, ..
+        } = *run;
+        match outcome {
             AgentOutcome::Finished { summary } => {
                 set_state(
                     log,
@@ -252,182 +386,71 @@ impl Runner {
                 .await?;
                 set_state(log, TaskState::HandingOff, Some("committing the result")).await?;
                 let message = commit_message(&summary, task, None);
-                match self
-                    .hand_back(log, task, source, copy, &message, false)
-                    .await
-                {
-                    Ok(true) => Ok(Ending::succeeded(summary)),
+                match self.hand_back(run, session, &message, false).await {
+                    Ok(true) => Ok(Ending::new(TaskState::Succeeded, Some(summary), None)),
                     Ok(false) => {
                         log.append(Event::Warning {
                             message: "the agent finished without changing any file; no branch was created".into(),
                         })
                         .await?;
-                        Ok(Ending::succeeded(summary))
+                        Ok(Ending::new(TaskState::Succeeded, Some(summary), None))
                     }
-                    Err(err) => handoff_failed(log, copy, err).await,
+                    Err(HandoffError::Sink(err)) => Err(err),
+                    Err(err) => {
+                        let message = format!("handing off failed: {err}");
+                        let hint = format!("the working copy is kept at {}", copy.root().display());
+                        let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
+                        Ok(Ending {
+                            keep_copy: true,
+                            ..ending
+                        })
+                    }
                 }
             }
-            AgentOutcome::TurnsExhausted => {
-                let reason = format!(
-                    "the agent used all {} turns without finishing",
-                    task.spec.max_turns
-                );
-                self.save_incomplete(log, task, source, copy, &reason)
+            AgentOutcome::BudgetExceeded { reason, summary } => {
+                self.save_incomplete(run, session, summary.as_deref(), &reason)
                     .await?;
-                fail(
+                let ending = fail(
                     log,
                     ErrorKind::Budget,
-                    reason,
-                    Some(
-                        "run it again with a larger --max-turns, or a more specific prompt".into(),
-                    ),
+                    format!("the task stopped: {reason}"),
+                    Some("run it again with a larger budget (--max-turns, --max-tokens, --max-cost, --max-time) or a more specific prompt".into()),
                 )
-                .await
+                .await?;
+                Ok(Ending { summary, ..ending })
             }
             AgentOutcome::Cancelled => {
-                self.save_incomplete(log, task, source, copy, "the task was cancelled")
+                if shutting_down {
+                    // The task goes back to the queue and starts over elsewhere; its branch
+                    // name must stay free for that run.
+                    return Ok(Ending::released());
+                }
+                self.save_incomplete(run, session, None, "the task was cancelled")
                     .await?;
                 Ok(Ending::cancelled())
             }
             AgentOutcome::ModelFailed(err) => {
-                self.save_incomplete(log, task, source, copy, &format!("the model failed: {err}"))
+                self.save_incomplete(run, session, None, &format!("the model failed: {err}"))
                     .await?;
                 fail_model(log, err).await
             }
         }
     }
-
-    /// Commits and hands back whatever the agent changed, marked incomplete; a failure here is
-    /// logged but does not hide the reason the task stopped.
-    async fn save_incomplete(
-        &self,
-        log: &TaskLog,
-        task: &Task,
-        source: &SourceRepo,
-        copy: &WorkingCopy,
-        reason: &str,
-    ) -> Result<(), SinkError> {
-        let message = commit_message("Incomplete work", task, Some(reason));
-        if let Err(err) = self
-            .hand_back(log, task, source, copy, &message, true)
-            .await
-        {
-            log.append(Event::Warning {
-                message: format!(
-                    "could not save the incomplete work ({err}); it is still in {}",
-                    copy.root().display()
-                ),
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Commits the working copy and creates the task's branch in the source repository.
-    /// Returns false when there was nothing to commit.
-    async fn hand_back(
-        &self,
-        log: &TaskLog,
-        task: &Task,
-        source: &SourceRepo,
-        copy: &WorkingCopy,
-        message: &str,
-        incomplete: bool,
-    ) -> Result<bool, HandoffError> {
-        let Some(_) = copy.commit_all(message).await? else {
-            return Ok(false);
-        };
-        let stats = copy.stats().await?;
-        let diff = copy.diff().await?;
-        self.store
-            .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
-            .await
-            .map_err(|err| HandoffError::Store(err.to_string()))?;
-        let branch = branch_name(&task.id.short(), &task.spec.prompt);
-        let head = copy.hand_off(source, &branch).await?;
-        log.update(|task| {
-            task.branch = Some(branch.clone());
-            task.head_commit = Some(head.clone());
-        })
-        .await?;
-        log.append(Event::Committed {
-            branch,
-            commit: head,
-            files_changed: stats.files_changed,
-            insertions: stats.insertions,
-            deletions: stats.deletions,
-            incomplete,
-        })
-        .await?;
-        Ok(true)
-    }
 }
 
-/// The blob holding the task's change as a patch (`nightshift diff`).
-pub const DIFF_BLOB: &str = "diff.patch";
-
-#[derive(Debug, thiserror::Error)]
-enum HandoffError {
-    #[error(transparent)]
-    Env(#[from] EnvError),
-    #[error("storing the diff: {0}")]
-    Store(String),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-}
-
-async fn handoff_failed(
-    log: &TaskLog,
-    copy: &WorkingCopy,
-    err: HandoffError,
-) -> Result<Ending, SinkError> {
-    if let HandoffError::Sink(sink) = err {
-        return Err(sink);
+/// The task's budget: its own limits, and the runner's wall-clock limit unless the task has a
+/// shorter one.
+fn budget(task: &Task, max_duration: Option<Duration>) -> Budget {
+    let own = task.spec.max_duration_secs.map(Duration::from_secs);
+    Budget {
+        max_turns: task.spec.max_turns,
+        max_tokens: task.spec.max_tokens,
+        max_cost_usd: task.spec.max_cost_usd,
+        max_duration: match (own, max_duration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
     }
-    let message = format!("handing off failed: {err}");
-    let hint = format!(
-        "the working copy is kept at {}; its commits can be fetched from there",
-        copy.root().display()
-    );
-    let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
-    Ok(Ending {
-        keep_copy: true,
-        ..ending
-    })
-}
-
-/// The commit message: the summary's first line as the subject, the rest as the body, and the
-/// task's id and prompt as trailers a reviewer can trace back.
-fn commit_message(summary: &str, task: &Task, incomplete: Option<&str>) -> String {
-    let summary = summary.trim();
-    let (subject, body) = summary.split_once('\n').unwrap_or((summary, ""));
-    let mut subject: String = subject.trim().chars().take(72).collect();
-    if subject.is_empty() {
-        subject = "nightshift task result".into();
-    }
-    let mut message = subject;
-    let body = body.trim();
-    if !body.is_empty() {
-        message.push_str("\n\n");
-        message.push_str(body);
-    }
-    if let Some(reason) = incomplete {
-        message.push_str(&format!("\n\nThis work is incomplete: {reason}."));
-    }
-    let prompt: String = task
-        .spec
-        .prompt
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect();
-    message.push_str(&format!(
-        "\n\nNightshift-Task: {}\nNightshift-Prompt: {prompt}\n",
-        task.id
-    ));
-    message
 }
 
 async fn set_state(log: &TaskLog, state: TaskState, detail: Option<&str>) -> Result<(), SinkError> {
@@ -451,12 +474,7 @@ async fn fail(
         hint,
     })
     .await?;
-    Ok(Ending {
-        state: TaskState::Failed,
-        summary: None,
-        error: Some(message),
-        keep_copy: false,
-    })
+    Ok(Ending::new(TaskState::Failed, None, Some(message)))
 }
 
 async fn fail_env(log: &TaskLog, err: EnvError) -> Result<Ending, SinkError> {
@@ -474,7 +492,7 @@ async fn fail_model(log: &TaskLog, err: ModelError) -> Result<Ending, SinkError>
         ModelError::Unreachable { .. } | ModelError::IdleTimeout(_) => ErrorKind::ModelUnreachable,
         ModelError::Unauthorized { .. } => ErrorKind::ModelAuth,
         ModelError::Malformed { .. } => ErrorKind::ModelProtocol,
-        ModelError::Config(_) => ErrorKind::InvalidInput,
+        ModelError::Config(_) | ModelError::ReplayDiverged { .. } => ErrorKind::InvalidInput,
         ModelError::Cancelled => return Ok(Ending::cancelled()),
         ModelError::RateLimited { .. }
         | ModelError::Server { .. }
@@ -484,25 +502,5 @@ async fn fail_model(log: &TaskLog, err: ModelError) -> Result<Ending, SinkError>
     fail(log, kind, err.to_string(), hint).await
 }
 
-/// Polls the store for a cancel request made by another process (`nightshift cancel`).
-fn watch_for_cancel(
-    store: Arc<dyn Store>,
-    id: TaskId,
-    cancel: CancellationToken,
-    poll: Duration,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(poll) => {}
-            }
-            if let Ok(Some(task)) = store.get_task(id).await
-                && task.cancel_requested
-            {
-                cancel.cancel();
-                return;
-            }
-        }
-    })
-}
+/// A model's price as a cost function, looked up per model spec.
+pub type PriceLookup = Arc<dyn Fn(&ModelSpec) -> Option<CostFn> + Send + Sync>;

@@ -1,16 +1,35 @@
-//! Settling tasks whose worker died. A detached local worker that is killed (or a machine that
-//! reboots) leaves its task in a non-terminal state; without this it would show as running
-//! forever.
+//! Settling tasks whose worker died. A worker that is killed (or a machine that reboots) leaves
+//! its task in a non-terminal state; without this it would show as running forever.
+//!
+//! Two signals say a worker is gone: its lease lapsed (any worker, on any machine, can see
+//! that), or, for a worker on this machine, its process no longer exists (seen at once, without
+//! waiting for the lease).
 
 use jiff::Timestamp;
-use nightshift_protocol::{ErrorKind, Event, TaskId, TaskState};
+use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
 use nightshift_store::TaskFilter;
 
 use crate::{Runner, RunnerError};
 
 impl Runner {
-    /// Fails every claimed, unfinished task whose worker `is_alive` says is gone, with an error
-    /// event that says so. Returns the tasks it settled.
+    /// Fails every task whose lease has lapsed. Returns the tasks it settled.
+    pub async fn settle_expired(&self) -> Result<Vec<TaskId>, RunnerError> {
+        let mut settled = Vec::new();
+        for task in self.store.expired_tasks().await? {
+            let worker = task.worker.clone().unwrap_or_else(|| "unknown".into());
+            let since = task
+                .lease_expires_at
+                .map(|at| format!(" since {}", at.strftime("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default();
+            let message = format!(
+                "the worker `{worker}` stopped renewing its lease{since}: it crashed, was killed, or lost the store"
+            );
+            settled.push(self.abandon(task, message).await?);
+        }
+        Ok(settled)
+    }
+
+    /// Fails every claimed, unfinished task whose worker `is_alive` says is gone.
     pub async fn reconcile(
         &self,
         is_alive: &(dyn Fn(&str) -> bool + Sync),
@@ -26,8 +45,8 @@ impl Runner {
             limit: 1000,
         };
         let mut settled = Vec::new();
-        for mut task in self.store.list_tasks(&filter).await? {
-            let Some(worker) = self.claimed_by(task.id).await? else {
+        for task in self.store.list_tasks(&filter).await? {
+            let Some(worker) = task.worker.clone() else {
                 continue;
             };
             if is_alive(&worker) {
@@ -36,58 +55,53 @@ impl Runner {
             let message = format!(
                 "the worker `{worker}` stopped before the task ended (it was killed or crashed)"
             );
-            self.store
-                .append_event(
-                    task.id,
-                    &Event::Error {
-                        kind: ErrorKind::Internal,
-                        message: message.clone(),
-                        hint: Some(
-                            "run the task again; its working copy was not handed back".into(),
-                        ),
-                    },
-                )
-                .await?;
-            let now = Timestamp::now();
-            task.state = TaskState::Failed;
-            task.error = Some(message);
-            task.finished_at = Some(now);
-            task.updated_at = now;
-            self.store.update_task(&task).await?;
-            let duration = task.started_at.map_or(0, |started| {
-                now.duration_since(started).as_millis().max(0) as u64
-            });
-            self.store
-                .append_event(
-                    task.id,
-                    &Event::Ended {
-                        state: TaskState::Failed,
-                        summary: None,
-                        usage: task.usage,
-                        turns: task.turns,
-                        duration_ms: duration,
-                    },
-                )
-                .await?;
-            settled.push(task.id);
+            settled.push(self.abandon(task, message).await?);
         }
         Ok(settled)
     }
 
-    /// The worker named by the task's last `claimed` event.
-    async fn claimed_by(&self, id: TaskId) -> Result<Option<String>, RunnerError> {
-        let mut worker = None;
-        let mut after = 0;
-        loop {
-            let page = self.store.events(id, after, 500).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for record in &page {
-                if let Event::Claimed { worker: name } = &record.event {
-                    worker = Some(name.clone());
-                }
-            }
+    /// Ends an abandoned task as failed, with an error event saying why.
+    async fn abandon(&self, mut task: Task, message: String) -> Result<TaskId, RunnerError> {
+        // Re-read: the worker may have finished it since the listing.
+        if let Some(current) = self.store.get_task(task.id).await?
+            && current.state.is_terminal()
+        {
+            return Ok(task.id);
         }
-        Ok(worker)
+        self.store
+            .append_event(
+                task.id,
+                &Event::Error {
+                    kind: ErrorKind::Internal,
+                    message: message.clone(),
+                    hint: Some(
+                        "run the task again; the work of the lost run was not handed back".into(),
+                    ),
+                },
+            )
+            .await?;
+        let now = Timestamp::now();
+        task.state = TaskState::Failed;
+        task.error = Some(message);
+        task.finished_at = Some(now);
+        task.updated_at = now;
+        self.store.update_task(&task).await?;
+        let duration = task.started_at.map_or(0, |started| {
+            now.duration_since(started).as_millis().max(0) as u64
+        });
+        self.store
+            .append_event(
+                task.id,
+                &Event::Ended {
+                    state: TaskState::Failed,
+                    summary: None,
+                    usage: task.usage,
+                    cost_usd: None,
+                    turns: task.turns,
+                    duration_ms: duration,
+                },
+            )
+            .await?;
+        Ok(task.id)
     }
 }

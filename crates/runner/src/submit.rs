@@ -1,5 +1,7 @@
 //! Turning a request into a queued task, after checking everything that can be checked before
-//! any work starts: the prompt, the model spec, the repository and the base branch.
+//! any work starts: the prompt, the model spec, the budgets, the repository and the base branch.
+
+use std::path::PathBuf;
 
 use jiff::Timestamp;
 use nightshift_env::SourceRepo;
@@ -11,11 +13,34 @@ use crate::{Runner, SubmitError};
 /// What a person asks for; `TaskSpec` is what gets stored once it is checked and resolved.
 #[derive(Debug, Clone)]
 pub struct TaskRequest {
-    pub repo: std::path::PathBuf,
+    pub repo: PathBuf,
     pub base: Option<String>,
     pub prompt: String,
     pub model: String,
     pub max_turns: u32,
+    pub max_tokens: Option<u64>,
+    pub max_cost_usd: Option<f64>,
+    pub max_duration_secs: Option<u64>,
+}
+
+impl TaskRequest {
+    /// A request with the default budget.
+    pub fn new(
+        repo: impl Into<PathBuf>,
+        prompt: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        TaskRequest {
+            repo: repo.into(),
+            base: None,
+            prompt: prompt.into(),
+            model: model.into(),
+            max_turns: TaskSpec::DEFAULT_MAX_TURNS,
+            max_tokens: None,
+            max_cost_usd: None,
+            max_duration_secs: None,
+        }
+    }
 }
 
 impl Runner {
@@ -27,7 +52,19 @@ impl Runner {
             return Err(SubmitError::EmptyPrompt);
         }
         if request.max_turns == 0 {
-            return Err(SubmitError::NoTurns);
+            return Err(SubmitError::Budget("max_turns must be at least 1".into()));
+        }
+        if request.max_tokens == Some(0) || request.max_duration_secs == Some(0) {
+            return Err(SubmitError::Budget(
+                "a token or time budget of 0 leaves no room to work".into(),
+            ));
+        }
+        if let Some(cost) = request.max_cost_usd
+            && !(cost.is_finite() && cost > 0.0)
+        {
+            return Err(SubmitError::Budget(format!(
+                "a dollar budget must be a positive amount, not {cost}"
+            )));
         }
         let model: ModelSpec = request.model.parse()?;
         let source = SourceRepo::open(&request.repo).await?;
@@ -38,6 +75,9 @@ impl Runner {
             prompt: prompt.to_string(),
             model: model.to_string(),
             max_turns: request.max_turns,
+            max_tokens: request.max_tokens,
+            max_cost_usd: request.max_cost_usd,
+            max_duration_secs: request.max_duration_secs,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;

@@ -5,6 +5,10 @@
 //! started. Backends differ in how much they isolate; each says so through
 //! [`Sandbox::isolated`], and the runner records it in the task's log.
 
+#[cfg(target_os = "linux")]
+mod doctor;
+#[cfg(target_os = "linux")]
+mod linux;
 mod output;
 mod unisolated;
 
@@ -16,6 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use output::HeadTailBuffer;
 pub use unisolated::Unisolated;
+
+#[cfg(target_os = "linux")]
+pub use doctor::{DoctorReport, Feature, doctor};
+#[cfg(target_os = "linux")]
+pub use linux::{
+    EgressEvent, EgressVerdict, HELPER_ARG, HelperCommand, Limits, Namespaced, NamespacedConfig,
+    NamespacedSession, NetworkPolicy, SANDBOX_ID, SessionOptions, run_helper_if_requested,
+};
 
 /// What a session is started with.
 #[derive(Debug, Clone)]
@@ -172,6 +184,13 @@ pub trait Sandbox: Send + Sync {
 pub trait SandboxSession: Send + Sync {
     /// The workspace as a host path, where file tools read and write.
     fn workspace(&self) -> &Path;
+
+    /// The host uid (and gid) that host-side writes into the workspace must use, when it is not
+    /// the caller's own: a root host creating files through a namespaced sandbox's view must
+    /// act as the uid that stands for the sandbox user, which root is not.
+    fn file_owner(&self) -> Option<u32> {
+        None
+    }
 
     /// Runs one command. Returns once it has ended (or was killed for its timeout or a
     /// cancellation) and its output has been collected.

@@ -1,5 +1,6 @@
 //! The bytes of one scripted answer, in the shapes OpenAI's Chat Completions uses: a stream of
-//! `chat.completion.chunk` events, or one `chat.completion` document.
+//! `chat.completion.chunk` events, or one `chat.completion` document. The other protocols'
+//! shapes are in `anthropic` and `responses`; what they share (ids, usage, splitting) is here.
 
 use serde_json::{Value, json};
 
@@ -35,6 +36,11 @@ impl AnswerContext {
 
     fn event(&self, data: &Value) -> String {
         format!("data: {data}\n\n")
+    }
+
+    /// A server-sent event with a name, as Anthropic and the Responses API send them.
+    pub fn named_event(&self, name: &str, data: &Value) -> String {
+        format!("event: {name}\ndata: {data}\n\n")
     }
 
     fn role_chunk(&self) -> String {
@@ -124,13 +130,30 @@ impl AnswerContext {
         })
     }
 
-    fn call_id(&self, index: usize) -> String {
-        format!("call_{}", self.first_call + index as u64)
+    /// The id of this answer's tool call `index`: `{prefix}{n}`, unique per server.
+    pub fn call_id(&self, index: usize) -> String {
+        self.id_with("call_", index)
+    }
+
+    pub fn id_with(&self, prefix: &str, index: usize) -> String {
+        format!("{prefix}{}", self.first_call + index as u64)
     }
 
     fn usage(&self, reply: &Reply) -> Value {
-        let usage = reply.usage.unwrap_or_else(|| {
+        let usage = self.counts(reply);
+        json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        })
+    }
+
+    /// The scripted usage, or an estimate at four bytes a token.
+    pub fn counts(&self, reply: &Reply) -> ScriptedUsage {
+        reply.usage.unwrap_or_else(|| {
             let output = reply.text.as_deref().map_or(0, str::len)
+                + reply.reasoning.as_deref().map_or(0, str::len)
                 + reply
                     .tool_calls
                     .iter()
@@ -141,17 +164,11 @@ impl AnswerContext {
                 completion_tokens: output.div_ceil(4) as u64,
                 cached_tokens: 0,
             }
-        });
-        json!({
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
         })
     }
 }
 
-fn finish_reason(reply: &Reply) -> &'static str {
+pub(crate) fn finish_reason(reply: &Reply) -> &'static str {
     if reply.tool_calls.is_empty() {
         "stop"
     } else {
@@ -160,13 +177,13 @@ fn finish_reason(reply: &Reply) -> &'static str {
 }
 
 /// Text in up to three deltas, as a model would stream it.
-fn split_text(text: &str) -> Vec<String> {
+pub(crate) fn split_text(text: &str) -> Vec<String> {
     let length = text.chars().count();
     split_every(text, length.div_ceil(3).max(1))
 }
 
 /// `text` in pieces of `size` characters (the last one shorter).
-fn split_every(text: &str, size: usize) -> Vec<String> {
+pub(crate) fn split_every(text: &str, size: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     chars
         .chunks(size.max(1))

@@ -2,13 +2,18 @@
 //!
 //! Tests, benchmarks and the offline demo need a model that says exactly what they want, fails
 //! exactly how they want, and tells them afterwards what it was asked. [`ScriptedModel`] speaks
-//! OpenAI Chat Completions on `127.0.0.1` (streamed and not), answers each request with the
-//! next [`Step`] of a [`Script`], and records every request body. Going through a real socket
-//! means the client under test runs its real HTTP, SSE and retry code.
+//! OpenAI Chat Completions (`POST /v1/chat/completions`), Anthropic Messages
+//! (`POST /v1/messages`) and OpenAI Responses (`POST /v1/responses`) on `127.0.0.1`, streamed
+//! and not: the path picks the protocol, and the same [`Script`] answers in each. Each request
+//! gets the next [`Step`], and every request is recorded. Going through a real socket means the
+//! client under test runs its real HTTP, SSE and retry code.
 
 mod answer;
+mod anthropic;
+mod responses;
 mod script;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -47,9 +52,28 @@ struct ServerState {
     repeated: u32,
     chunk_size: usize,
     served: usize,
-    requests: Vec<Value>,
+    requests: Vec<RecordedRequest>,
     /// The number of the next tool call id.
     next_call: u64,
+}
+
+/// One request as the server received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    /// The path it was posted to, e.g. `/v1/messages`.
+    pub path: String,
+    /// Its headers, names in lower case (only the first value of a repeated header).
+    pub headers: BTreeMap<String, String>,
+    /// Its body as JSON, or as a string when it is not JSON.
+    pub body: Value,
+}
+
+/// Which protocol a request speaks, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Chat,
+    Anthropic,
+    Responses,
 }
 
 #[derive(Clone)]
@@ -83,6 +107,9 @@ impl ScriptedModel {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/chat/completions", post(chat_completions))
+            .route("/v1/messages", post(anthropic_messages))
+            .route("/v1/responses", post(openai_responses))
+            .route("/responses", post(openai_responses))
             .fallback(not_found)
             .with_state(shared);
         let shutdown = stop.clone().cancelled_owned();
@@ -103,9 +130,16 @@ impl ScriptedModel {
         })
     }
 
-    /// The base URL to configure a client with: `http://127.0.0.1:PORT/v1`.
+    /// The base URL to configure an OpenAI client with (Chat Completions or Responses):
+    /// `http://127.0.0.1:PORT/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.address)
+    }
+
+    /// The base URL to configure an Anthropic client with, which appends `/v1/messages`:
+    /// `http://127.0.0.1:PORT`.
+    pub fn anthropic_base_url(&self) -> String {
+        format!("http://{}", self.address)
     }
 
     /// The socket the server listens on.
@@ -115,6 +149,16 @@ impl ScriptedModel {
 
     /// Every request body received so far, in order (a body that is not JSON as a string).
     pub fn requests(&self) -> Vec<Value> {
+        let state = lock(&self.state);
+        state
+            .requests
+            .iter()
+            .map(|request| request.body.clone())
+            .collect()
+    }
+
+    /// Every request received so far, in order, with its path and headers.
+    pub fn recorded(&self) -> Vec<RecordedRequest> {
         lock(&self.state).requests.clone()
     }
 
@@ -144,10 +188,27 @@ impl Drop for ScriptedModel {
 
 impl ServerState {
     /// Records a request and picks its answer, or says why there is none.
-    fn turn(&mut self, body: &Bytes) -> Result<(Step, AnswerContext), (StatusCode, String)> {
+    fn turn(
+        &mut self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<(Step, AnswerContext), (StatusCode, String)> {
         let request = serde_json::from_slice::<Value>(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-        self.requests.push(request.clone());
+        let mut recorded_headers = BTreeMap::new();
+        for (name, value) in headers {
+            if let Ok(value) = value.to_str() {
+                recorded_headers
+                    .entry(name.as_str().to_string())
+                    .or_insert_with(|| value.to_string());
+            }
+        }
+        self.requests.push(RecordedRequest {
+            path: uri.path().to_string(),
+            headers: recorded_headers,
+            body: request.clone(),
+        });
         if !request.is_object() {
             let message = "the request body is not a JSON object".to_string();
             return Err((StatusCode::BAD_REQUEST, message));
@@ -200,13 +261,46 @@ fn lock(state: &Mutex<ServerState>) -> MutexGuard<'_, ServerState> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn chat_completions(State(shared): State<Shared>, body: Bytes) -> Response {
-    let (step, context) = match lock(&shared.state).turn(&body) {
+async fn chat_completions(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(Protocol::Chat, shared, uri, headers, body).await
+}
+
+async fn anthropic_messages(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(Protocol::Anthropic, shared, uri, headers, body).await
+}
+
+async fn openai_responses(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(Protocol::Responses, shared, uri, headers, body).await
+}
+
+async fn answer(
+    protocol: Protocol,
+    shared: Shared,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (step, context) = match lock(&shared.state).turn(&uri, &headers, &body) {
         Ok(turn) => turn,
         Err((status, message)) => return error_response(status, &message),
     };
     let stream = context.stream;
-    tracing::debug!(step = ?step, stream, "scripted model answering");
+    tracing::debug!(step = ?step, stream, ?protocol, "scripted model answering");
     match step {
         Step::Reply(reply) => {
             if let Some(delay) = reply.delay_ms {
@@ -218,9 +312,19 @@ async fn chat_completions(State(shared): State<Shared>, body: Bytes) -> Response
                 }
             }
             if stream && !reply.ignore_stream {
-                event_stream(context.stream(&reply), false)
+                let events = match protocol {
+                    Protocol::Chat => context.stream(&reply),
+                    Protocol::Anthropic => context.anthropic_stream(&reply),
+                    Protocol::Responses => context.responses_stream(&reply),
+                };
+                event_stream(events, false)
             } else {
-                axum::Json(context.whole(&reply)).into_response()
+                let whole = match protocol {
+                    Protocol::Chat => context.whole(&reply),
+                    Protocol::Anthropic => context.anthropic_whole(&reply),
+                    Protocol::Responses => context.responses_whole(&reply),
+                };
+                axum::Json(whole).into_response()
             }
         }
         Step::Error(error) => {
@@ -241,9 +345,15 @@ async fn chat_completions(State(shared): State<Shared>, body: Bytes) -> Response
         }
         Step::BrokenStream(broken) => {
             if stream {
-                event_stream(context.broken_stream(broken.text.as_deref()), true)
+                let text = broken.text.as_deref();
+                let events = match protocol {
+                    Protocol::Chat => context.broken_stream(text),
+                    Protocol::Anthropic => context.anthropic_broken_stream(text),
+                    Protocol::Responses => context.responses_broken_stream(text),
+                };
+                event_stream(events, true)
             } else {
-                let start = r#"{"id":"chatcmpl-broken","choices":[{"index":0,"message":{"#;
+                let start = r#"{"id":"scripted-broken","choices":[{"index":0,"message":{"#;
                 body_then_cut(vec![start.to_string()], "application/json", true)
             }
         }
@@ -298,7 +408,8 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    let message =
-        format!("the scripted model serves POST /v1/chat/completions, not {method} {uri}");
+    let message = format!(
+        "the scripted model serves POST /v1/chat/completions, /v1/messages and /v1/responses, not {method} {uri}"
+    );
     error_response(StatusCode::NOT_FOUND, &message)
 }

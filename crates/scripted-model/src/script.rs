@@ -9,6 +9,7 @@
 //!     {"broken_stream": {"text": "I was about to"}},
 //!     {"malformed": {"body": "{not json"}},
 //!     {"reply": {"text": "Thinking...", "delay_ms": 500, "ignore_stream": true}},
+//!     {"reply": {"reasoning": "The tests fail because...", "text": "Found it."}},
 //!     {"reply": {"text": "Done.", "usage": {"prompt_tokens": 10, "completion_tokens": 2}}}
 //!   ]
 //! }
@@ -52,6 +53,12 @@ pub struct Reply {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ScriptedToolCall>,
+    /// Reasoning before the answer: a signed `thinking` block for Anthropic, an encrypted
+    /// `reasoning` item for the Responses API (Chat Completions leaves it out). The signature
+    /// and the encrypted content are made up, unique per answer, so a test can check they
+    /// come back verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     /// Reported usage. Without it, tokens are estimated at four bytes each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<ScriptedUsage>,
@@ -75,7 +82,9 @@ pub struct ScriptedToolCall {
     pub arguments: Value,
 }
 
-/// Token counts to report.
+/// Token counts to report. `prompt_tokens` counts all input, `cached_tokens` the part read from
+/// the prompt cache; each protocol reports them its own way (Anthropic counts the uncached
+/// input apart from cache reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedUsage {
@@ -216,6 +225,7 @@ impl Default for Reply {
         Reply {
             text: None,
             tool_calls: Vec::new(),
+            reasoning: None,
             usage: None,
             repeat: 1,
             delay_ms: None,

@@ -151,3 +151,118 @@ async fn records_bodies_that_are_not_json_and_names_the_right_path() {
     );
     server.shutdown().await;
 }
+
+/// The `(event, data)` pairs of a stream of named server-sent events.
+fn named_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|event| !event.is_empty())
+        .map(|event| {
+            let (name, data) = event.split_once('\n').unwrap();
+            let name = name.strip_prefix("event: ").unwrap().to_string();
+            let data = data.strip_prefix("data: ").unwrap();
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+fn reply_with_everything() -> Script {
+    Script::from_json(
+        r#"{"chunk_size": 4, "steps": [{"reply": {
+            "reasoning": "Hmm.",
+            "text": "Hi there",
+            "tool_calls": [{"name": "shell", "arguments": {"command": "ls -la"}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 4, "cached_tokens": 2}
+        }}]}"#,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn streams_anthropic_messages_events() {
+    let server = ScriptedModel::start(reply_with_everything()).await.unwrap();
+    let response = post(
+        &server,
+        "/v1/messages",
+        json!({"model": "m", "stream": true}),
+    )
+    .await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = named_events(&response.text().await.unwrap());
+    for (name, data) in &events {
+        assert_eq!(name, data["type"].as_str().unwrap());
+    }
+    let usage = &events[0].1["message"]["usage"];
+    assert_eq!(usage["input_tokens"], 7, "uncached input apart");
+    assert_eq!(usage["cache_read_input_tokens"], 2);
+    let starts: Vec<&str> = events
+        .iter()
+        .filter(|(name, _)| name == "content_block_start")
+        .map(|(_, data)| data["content_block"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(starts, ["thinking", "text", "tool_use"]);
+    let partial_json: String = events
+        .iter()
+        .filter_map(|(_, data)| data["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(partial_json, r#"{"command":"ls -la"}"#);
+    let signature = events
+        .iter()
+        .find_map(|(_, data)| data["delta"]["signature"].as_str())
+        .unwrap();
+    assert_eq!(signature, "scripted-signature-1");
+    let (name, end) = &events[events.len() - 2];
+    assert_eq!(name, "message_delta");
+    assert_eq!(end["delta"]["stop_reason"], "tool_use");
+    assert_eq!(events.last().unwrap().0, "message_stop");
+}
+
+#[tokio::test]
+async fn streams_openai_responses_events() {
+    let server = ScriptedModel::start(reply_with_everything()).await.unwrap();
+    let response = post(
+        &server,
+        "/v1/responses",
+        json!({"model": "m", "stream": true}),
+    )
+    .await;
+    let events = named_events(&response.text().await.unwrap());
+    let done: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_item.done")
+        .map(|(_, data)| &data["item"])
+        .collect();
+    assert_eq!(done[0]["encrypted_content"], "scripted-encrypted-1");
+    assert_eq!(done[1]["content"][0]["text"], "Hi there");
+    assert_eq!(done[2]["call_id"], "call_1");
+    let arguments: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.function_call_arguments.delta")
+        .map(|(_, data)| data["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, r#"{"command":"ls -la"}"#);
+    let (name, completed) = events.last().unwrap();
+    assert_eq!(name, "response.completed");
+    let usage = &completed["response"]["usage"];
+    assert_eq!(usage["input_tokens"], 9);
+    assert_eq!(usage["input_tokens_details"]["cached_tokens"], 2);
+    assert_eq!(completed["response"]["output"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn records_paths_and_headers() {
+    let server = ScriptedModel::start(Script::new([Step::text("a")]))
+        .await
+        .unwrap();
+    let url = format!("{}/v1/messages", server.anthropic_base_url());
+    http()
+        .post(url)
+        .header("x-api-key", "k")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let recorded = server.recorded();
+    assert_eq!(recorded[0].path, "/v1/messages");
+    assert_eq!(recorded[0].headers["x-api-key"], "k");
+    assert_eq!(recorded[0].body, json!({}));
+}

@@ -6,6 +6,8 @@
 //! [`StoreError::is_retryable`] or match on the variants.
 
 use std::io;
+
+use sqlx::error::DatabaseError;
 use std::path::PathBuf;
 
 use nightshift_protocol::{TaskId, TaskState};
@@ -40,13 +42,14 @@ pub enum StoreError {
     Database { context: String, cause: sqlx::Error },
 
     /// The database's schema could not be brought up to date when opening it.
+    /// `database` is a SQLite file's path or a PostgreSQL URL without its password.
     #[error(
-        "could not bring the database {path} up to date: {cause}; nothing was changed. If a \
-         newer nightshift has used this home, upgrade nightshift; otherwise move the file aside \
-         and start over"
+        "could not bring the database {database} up to date: {cause}; nothing was changed. If a \
+         newer nightshift has used this database, upgrade nightshift; if it is a SQLite file, \
+         you can also move it aside and start over"
     )]
     Migrate {
-        path: PathBuf,
+        database: String,
         cause: sqlx::migrate::MigrateError,
     },
 
@@ -99,8 +102,10 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether trying the same call again may succeed: the database was busy or locked for
-    /// longer than the busy timeout, a pooled connection was not available in time, or an I/O
-    /// error was transient. Everything else fails the same way again.
+    /// longer than the busy timeout, could not be reached (PostgreSQL down, restarting, or out of
+    /// connections), a transaction lost a serialization conflict, a pooled connection was not
+    /// available in time, or an I/O error was transient. Everything else fails the same way
+    /// again. The API server answers 503 to these.
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Database { cause, .. } => is_transient(cause),
@@ -139,15 +144,49 @@ const SQLITE_LOCKED: i64 = 6;
 
 fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|code| code.parse::<i64>().ok())
-            // sqlx reports the extended code; its low byte is the primary one.
-            .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED)),
+        sqlx::Error::Database(db) => {
+            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // sqlx reports the extended code; its low byte is the primary one.
+                sqlite
+                    .code()
+                    .and_then(|code| code.parse::<i64>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+            } else if let Some(postgres) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            {
+                is_transient_sqlstate(postgres.code())
+            } else {
+                false
+            }
+        }
         sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Io(cause) => is_transient_io(cause),
+        sqlx::Error::Io(cause) => is_transient_io(cause) || is_lost_connection(cause),
         _ => false,
     }
+}
+
+/// PostgreSQL's SQLSTATEs for "not now": connection trouble (class 08), serialization failures
+/// and deadlocks (class 40), too many connections (53300), and a server shutting down or
+/// starting up (57P01..57P03).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("40")
+        || matches!(code, "53300" | "57P01" | "57P02" | "57P03")
+}
+
+/// Network errors: the database server is down, restarting or unreachable.
+fn is_lost_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+    )
 }
 
 fn is_transient_io(error: &io::Error) -> bool {
@@ -158,10 +197,17 @@ fn is_transient_io(error: &io::Error) -> bool {
 }
 
 fn database_hint(error: &sqlx::Error) -> &'static str {
-    if is_transient(error) {
-        "another nightshift process held the database for too long; nothing was changed, try again"
-    } else {
-        "if this keeps happening, check the free space and permissions of the nightshift home"
+    match error {
+        sqlx::Error::Io(cause) if is_lost_connection(cause) => {
+            "the database could not be reached; nothing was changed, try again once it is back"
+        }
+        sqlx::Error::Configuration(_) => {
+            "check the database URL (NIGHTSHIFT_DATABASE_URL); nothing was changed"
+        }
+        _ if is_transient(error) => {
+            "the database was busy or unavailable; nothing was changed, try again"
+        }
+        _ => "if this keeps happening, check the database's free space and permissions",
     }
 }
 
@@ -199,5 +245,26 @@ mod tests {
         assert!(error.to_string().starts_with("appending an event failed"));
         let error = StoreError::database("appending an event", sqlx::Error::RowNotFound);
         assert!(!error.is_retryable());
+    }
+
+    #[test]
+    fn an_unreachable_database_is_retryable() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let error = StoreError::database("claiming a task", sqlx::Error::Io(refused));
+        assert!(error.is_retryable());
+        assert!(
+            error.to_string().contains("could not be reached"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn postgres_conflicts_and_shutdowns_are_retryable() {
+        for code in ["08006", "40001", "40P01", "53300", "57P01", "57P03"] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
     }
 }

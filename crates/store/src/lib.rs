@@ -1,21 +1,31 @@
-//! Persistence for nightshift: tasks, their append-only event logs, and blobs (diffs, logs,
-//! artifacts), behind one [`Store`] trait.
+//! Persistence for nightshift: tasks, their append-only event logs, the queue with its leases,
+//! API tokens, and blobs (diffs, logs, artifacts), behind one [`Store`] trait.
 //!
-//! Callers see only the trait, so a PostgreSQL store can stand beside the SQLite one without
-//! touching them. SQLite is the default: one file under `NIGHTSHIFT_HOME`, WAL mode, and write
-//! statements that take the write lock up front so that several processes (the CLI, detached
-//! workers) share it without "database is locked".
+//! Callers see only the trait, and pick a backend with [`open_store`]. SQLite is the default:
+//! one file under `NIGHTSHIFT_HOME`, WAL mode, and write statements that take the write lock up
+//! front so that several processes (the CLI, detached workers) share it without "database is
+//! locked". PostgreSQL serves many machines: the same statements where the two agree, `FOR
+//! UPDATE SKIP LOCKED` for the queue and LISTEN/NOTIFY to wake waiting workers.
 
 mod blobs;
 mod error;
+mod open;
+mod postgres;
+mod queries;
+mod rows;
+mod semantics;
 mod sqlite;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskState};
+use std::time::Duration;
+
+use nightshift_protocol::{ApiToken, Event, EventRecord, Task, TaskId, TaskState};
 
 pub use blobs::LocalBlobs;
 pub use error::StoreError;
+pub use open::open_store;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Which tasks a listing returns, newest first.
@@ -57,13 +67,60 @@ pub trait Store: Send + Sync {
     /// Tasks matching the filter, newest first.
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError>;
 
+    /// How many tasks are in each state (states with none are left out).
+    async fn count_tasks(&self) -> Result<Vec<(TaskState, u64)>, StoreError>;
+
     /// Writes every field of the task row except `cancel_requested`, which only
-    /// [`Store::request_cancel`] sets. Only the worker holding the task calls this.
+    /// [`Store::request_cancel`] sets, and `worker` and `lease_expires_at`, which only the
+    /// queue's methods (claim, renew, release) set: the values of those in `task` are ignored.
+    /// Only the worker holding the task calls this. A task that ends keeps the worker that last
+    /// held it (a record of who ran it) and its last lease, which [`Store::expired_tasks`]
+    /// ignores for ended tasks.
     async fn update_task(&self, task: &Task) -> Result<(), StoreError>;
 
-    /// Moves a queued task to `preparing` for `worker`. Returns false (and changes nothing) if
-    /// the task is not queued, e.g. because it was cancelled or another worker took it.
-    async fn claim_task(&self, id: TaskId, worker: &str) -> Result<bool, StoreError>;
+    /// Moves a queued task to `preparing` for `worker`, holding it for `lease` (sets `worker`
+    /// and `lease_expires_at`, and `started_at` to now). Returns false (and changes nothing) if
+    /// the task is not queued, e.g. because it was cancelled or another worker took it. Appends
+    /// no event: `Event::Claimed` is the caller's to log.
+    async fn claim_task(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Claims the oldest queued task for `worker` as [`Store::claim_task`] does, or returns
+    /// `None` when nothing is queued. Safe when many workers (processes, machines) call it at
+    /// once: each task goes to exactly one of them.
+    async fn claim_next(&self, worker: &str, lease: Duration) -> Result<Option<Task>, StoreError>;
+
+    /// Extends `worker`'s hold on a task to now + `lease`. Returns false when the worker no
+    /// longer holds it (it ended, was released, or its lease lapsed and it was taken over):
+    /// the worker must then stop working on it. A lease that lapsed but that nobody took over
+    /// is renewed. Touches nothing else (not even `updated_at`).
+    async fn renew_lease(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Puts a task `worker` holds back in the queue (state `queued`, no worker, no lease) for
+    /// another worker to start over, and wakes waiting workers. Returns false when the worker
+    /// does not hold it. Appends no event: `Event::Released` is the caller's to log, before
+    /// releasing (afterwards another worker may already be logging).
+    async fn release_task(&self, id: TaskId, worker: &str) -> Result<bool, StoreError>;
+
+    /// Claimed, unfinished tasks whose lease has lapsed (their worker died or hung), oldest
+    /// first. A claimed task without a lease (claimed before leases existed) counts as lapsed.
+    /// Leases are compared with this machine's clock: workers' clocks must agree to well
+    /// within a lease.
+    async fn expired_tasks(&self) -> Result<Vec<Task>, StoreError>;
+
+    /// Waits up to `timeout` for a task to be queued (or returns at once if one may be
+    /// waiting). Wake-ups may be spurious; callers then try [`Store::claim_next`]. SQLite looks
+    /// every 100 ms; PostgreSQL is woken by NOTIFY.
+    async fn wait_for_work(&self, timeout: Duration) -> Result<(), StoreError>;
 
     /// Asks for the task to stop. Appends `Event::CancelRequested` unless it already ended; a
     /// queued task is moved to `cancelled` (with its `Event::Ended`) directly.
@@ -87,4 +144,17 @@ pub trait Store: Send + Sync {
 
     /// A blob of the task, if stored.
     async fn get_blob(&self, id: TaskId, name: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Stores a new API token with the hash of its secret (the secret itself is never stored).
+    async fn create_token(&self, token: &ApiToken, secret_hash: &str) -> Result<(), StoreError>;
+
+    /// The unrevoked token whose secret hashes to `secret_hash`, if any; records the use (to
+    /// the minute: a lookup within a minute of the last recorded use only reads).
+    async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Every token, revoked ones included, newest first.
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Revokes the token `id`. Returns false if there is no such unrevoked token.
+    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
 }

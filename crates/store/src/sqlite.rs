@@ -11,15 +11,13 @@
 //! - Creating the database and running migrations happen under an exclusive file lock, because
 //!   switching to WAL cannot wait on `busy_timeout` and sqlx does not lock migrations on SQLite.
 
-mod rows;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use jiff::Timestamp;
-use nightshift_protocol::{Event, EventRecord, SCHEMA_VERSION, Task, TaskId, TaskState, Usage};
+use nightshift_protocol::{ApiToken, Event, EventRecord, SCHEMA_VERSION, Task, TaskId, TaskState};
 use sqlx::error::ErrorKind;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -28,8 +26,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::sqlite::rows::{EventRow, TaskColumns, TaskRow, select_tasks};
-use crate::{CancelOutcome, LocalBlobs, Store, StoreError, TaskFilter};
+use crate::rows::{self, EventRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns};
+use crate::semantics::{self, CancelWrite, Reference};
+use crate::{CancelOutcome, LocalBlobs, Store, StoreError, TaskFilter, queries};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -44,18 +43,6 @@ const BLOBS_DIR: &str = "blobs";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of the read pool.
 const READERS: u32 = 4;
-
-const DEFAULT_TASK_LIMIT: u32 = 100;
-const MAX_TASK_LIMIT: u32 = 1000;
-const DEFAULT_EVENT_LIMIT: u32 = 1000;
-const MAX_EVENT_LIMIT: u32 = 10_000;
-/// How many of the matching ids an ambiguous reference lists.
-const AMBIGUOUS_SHOWN: usize = 5;
-/// How many matches a lookup reads: one more than it lists, to know when to list.
-const AMBIGUOUS_READ: i64 = AMBIGUOUS_SHOWN as i64 + 1;
-
-/// What [`Store::request_cancel`] puts on a task that never started.
-const CANCELLED_WHILE_QUEUED: &str = "cancelled before it started";
 
 /// The [`Store`] on a SQLite file. Cheap to clone: clones share the connection pools.
 #[derive(Debug, Clone)]
@@ -155,7 +142,7 @@ async fn set_up(
         .run(&setup)
         .await
         .map_err(|cause| StoreError::Migrate {
-            path: path.to_path_buf(),
+            database: path.display().to_string(),
             cause,
         });
     setup.close().await;
@@ -203,33 +190,12 @@ impl Store for SqliteStore {
         let doing = || format!("storing the new task {}", task.id);
         let columns = TaskColumns::of(task)?;
         let mut tx = self.begin_immediate(doing).await?;
-        sqlx::query(
-            "INSERT INTO tasks (id, state, spec, repo, created_at, updated_at, started_at, \
-             finished_at, base_commit, branch, head_commit, summary, error, turns, input_tokens, \
-             cached_input_tokens, output_tokens, cancel_requested) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&columns.id)
-        .bind(columns.state)
-        .bind(&columns.spec)
-        .bind(&columns.repo)
-        .bind(columns.created_at)
-        .bind(columns.updated_at)
-        .bind(columns.started_at)
-        .bind(columns.finished_at)
-        .bind(&task.base_commit)
-        .bind(&task.branch)
-        .bind(&task.head_commit)
-        .bind(&task.summary)
-        .bind(&task.error)
-        .bind(columns.turns)
-        .bind(columns.input_tokens)
-        .bind(columns.cached_input_tokens)
-        .bind(columns.output_tokens)
-        .bind(task.cancel_requested)
-        .execute(&mut *tx)
-        .await
-        .map_err(|cause| StoreError::database(doing(), cause))?;
+        columns
+            .bind(sqlx::query::<Sqlite>(queries::INSERT_TASK))
+            .bind(task.cancel_requested)
+            .execute(&mut *tx)
+            .await
+            .map_err(|cause| StoreError::database(doing(), cause))?;
         let queued = Event::Queued {
             spec: task.spec.clone(),
         };
@@ -242,7 +208,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let row: Option<TaskRow> = sqlx::query_as(select_tasks!("WHERE id = ?"))
+        let row: Option<TaskRow> = sqlx::query_as(queries::GET_TASK)
             .bind(id.to_string())
             .fetch_optional(&self.reader)
             .await
@@ -251,131 +217,170 @@ impl Store for SqliteStore {
     }
 
     async fn find_task(&self, reference: &str) -> Result<Task, StoreError> {
-        let wanted = reference.trim().to_ascii_lowercase();
-        let not_found = || StoreError::NotFound {
-            reference: reference.trim().to_string(),
+        let (pattern, by_prefix, by_short_id) = match Reference::parse(reference) {
+            Reference::Id(id) => {
+                return self
+                    .get_task(id)
+                    .await?
+                    .ok_or_else(|| semantics::not_found(reference));
+            }
+            Reference::Nothing => return Err(semantics::not_found(reference)),
+            Reference::Pattern {
+                pattern,
+                by_prefix,
+                by_short_id,
+            } => (pattern, by_prefix, by_short_id),
         };
-        if let Ok(id) = wanted.parse::<TaskId>() {
-            return self.get_task(id).await?.ok_or_else(not_found);
-        }
-        let by_prefix = wanted.len() >= 4;
-        let by_short_id = wanted.len() == 8;
-        if !by_prefix && !by_short_id {
-            return Err(not_found());
-        }
-        let mut rows: Vec<TaskRow> = sqlx::query_as(select_tasks!(
-            "WHERE (?2 AND id LIKE ?1 || '%' ESCAPE '\\') \
-                OR (?3 AND id LIKE '%' || ?1 ESCAPE '\\') \
-             ORDER BY id DESC LIMIT ?4"
-        ))
-        .bind(escape_like(&wanted))
-        .bind(by_prefix)
-        .bind(by_short_id)
-        .bind(AMBIGUOUS_READ)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(|cause| StoreError::database(format!("looking up `{reference}`"), cause))?;
-        match rows.len() {
-            0 => Err(not_found()),
-            1 => rows.remove(0).into_task(),
-            _ => Err(StoreError::Ambiguous {
-                reference: reference.trim().to_string(),
-                matches: rows
-                    .iter()
-                    .take(AMBIGUOUS_SHOWN)
-                    .map(|row| row.id().to_string())
-                    .collect(),
-            }),
-        }
+        let rows: Vec<TaskRow> = sqlx::query_as(queries::FIND_TASKS)
+            .bind(pattern)
+            .bind(by_prefix)
+            .bind(by_short_id)
+            .bind(semantics::AMBIGUOUS_READ)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database(format!("looking up `{reference}`"), cause))?;
+        semantics::the_match(reference, rows)
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
-        let limit = match filter.limit {
-            0 => DEFAULT_TASK_LIMIT,
-            limit => limit.min(MAX_TASK_LIMIT),
-        };
-        let states = if filter.states.is_empty() {
-            None
-        } else {
-            let names: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
-            Some(serde_json::Value::from(names).to_string())
-        };
         let rows: Vec<TaskRow> = sqlx::query_as(select_tasks!(
-            "WHERE (?1 IS NULL OR id < ?1) \
-               AND (?2 IS NULL OR state IN (SELECT value FROM json_each(?2))) \
-             ORDER BY id DESC LIMIT ?3"
+            "WHERE ($1 IS NULL OR id < $1) \
+               AND ($2 IS NULL OR state IN (SELECT value FROM json_each($2))) \
+             ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.before.map(|id| id.to_string()))
-        .bind(states)
-        .bind(i64::from(limit))
+        .bind(semantics::states_json(filter))
+        .bind(semantics::task_limit(filter))
         .fetch_all(&self.reader)
         .await
         .map_err(|cause| StoreError::database("listing tasks", cause))?;
         rows.into_iter().map(TaskRow::into_task).collect()
     }
 
+    async fn count_tasks(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(queries::COUNT_TASKS)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database("counting tasks", cause))?;
+        rows::state_counts(rows)
+    }
+
     async fn update_task(&self, task: &Task) -> Result<(), StoreError> {
-        let columns = TaskColumns::of(task)?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET state = ?, spec = ?, repo = ?, created_at = ?, updated_at = ?, \
-             started_at = ?, finished_at = ?, base_commit = ?, branch = ?, head_commit = ?, \
-             summary = ?, error = ?, turns = ?, input_tokens = ?, cached_input_tokens = ?, \
-             output_tokens = ? \
-             WHERE id = ?",
-        )
-        .bind(columns.state)
-        .bind(&columns.spec)
-        .bind(&columns.repo)
-        .bind(columns.created_at)
-        .bind(columns.updated_at)
-        .bind(columns.started_at)
-        .bind(columns.finished_at)
-        .bind(&task.base_commit)
-        .bind(&task.branch)
-        .bind(&task.head_commit)
-        .bind(&task.summary)
-        .bind(&task.error)
-        .bind(columns.turns)
-        .bind(columns.input_tokens)
-        .bind(columns.cached_input_tokens)
-        .bind(columns.output_tokens)
-        .bind(&columns.id)
-        .execute(&self.writer)
-        .await
-        .map_err(|cause| StoreError::database(format!("updating task {}", task.id), cause))?;
+        let updated = TaskColumns::of(task)?
+            .bind(sqlx::query::<Sqlite>(queries::UPDATE_TASK))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| StoreError::database(format!("updating task {}", task.id), cause))?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound {
-                reference: columns.id,
+                reference: task.id.to_string(),
             });
         }
         Ok(())
     }
 
-    async fn claim_task(&self, id: TaskId, worker: &str) -> Result<bool, StoreError> {
-        let now = rows::millis(rows::now());
-        let claimed = sqlx::query(
-            "UPDATE tasks SET state = 'preparing', worker = ?, started_at = ?, updated_at = ? \
-             WHERE id = ? AND state = 'queued'",
-        )
-        .bind(worker)
-        .bind(now)
-        .bind(now)
-        .bind(id.to_string())
-        .execute(&self.writer)
-        .await
-        .map_err(|cause| StoreError::database(format!("claiming task {id}"), cause))?;
+    async fn claim_task(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = rows::now();
+        let claimed = sqlx::query(queries::CLAIM_TASK)
+            .bind(id.to_string())
+            .bind(worker)
+            .bind(rows::millis(now))
+            .bind(rows::lease_until(now, lease))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| StoreError::database(format!("claiming task {id}"), cause))?;
         Ok(claimed.rows_affected() == 1)
+    }
+
+    async fn claim_next(&self, worker: &str, lease: Duration) -> Result<Option<Task>, StoreError> {
+        let now = rows::now();
+        // One write statement: SQLite takes the write lock before the subquery reads, so no other
+        // process can pick the same row in between.
+        let row: Option<TaskRow> = sqlx::query_as(concat!(
+            "UPDATE tasks SET state = 'preparing', worker = $1, lease_expires_at = $3, \
+             started_at = $2, updated_at = $2 \
+             WHERE id = (SELECT id FROM tasks WHERE state = 'queued' ORDER BY id LIMIT 1) \
+               AND state = 'queued' \
+             RETURNING ",
+            task_columns!()
+        ))
+        .bind(worker)
+        .bind(rows::millis(now))
+        .bind(rows::lease_until(now, lease))
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(|cause| StoreError::database("claiming the next queued task", cause))?;
+        row.map(TaskRow::into_task).transpose()
+    }
+
+    async fn renew_lease(
+        &self,
+        id: TaskId,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(queries::RENEW_LEASE)
+            .bind(id.to_string())
+            .bind(worker)
+            .bind(rows::lease_until(rows::now(), lease))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("renewing the lease on task {id}"), cause)
+            })?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn release_task(&self, id: TaskId, worker: &str) -> Result<bool, StoreError> {
+        let released = sqlx::query(queries::RELEASE_TASK)
+            .bind(id.to_string())
+            .bind(worker)
+            .bind(rows::millis(rows::now()))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| StoreError::database(format!("releasing task {id}"), cause))?;
+        Ok(released.rows_affected() == 1)
+    }
+
+    async fn expired_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(queries::EXPIRED_TASKS)
+            .bind(rows::millis(rows::now()))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database("looking for lapsed leases", cause))?;
+        rows.into_iter().map(TaskRow::into_task).collect()
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) -> Result<(), StoreError> {
+        // Other processes write the queue too, and SQLite cannot tell us when: look every so
+        // often. A read in WAL mode costs microseconds and never blocks a writer.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let queued: bool = sqlx::query_scalar(queries::ANY_QUEUED)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(|cause| StoreError::database("looking for queued tasks", cause))?;
+            let now = tokio::time::Instant::now();
+            if queued || now >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep_until(deadline.min(now + semantics::QUEUE_POLL_INTERVAL)).await;
+        }
     }
 
     async fn request_cancel(&self, id: TaskId) -> Result<CancelOutcome, StoreError> {
         let doing = || format!("cancelling task {id}");
         let mut tx = self.begin_immediate(doing).await?;
-        let row: Option<(String, bool)> =
-            sqlx::query_as("SELECT state, cancel_requested FROM tasks WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|cause| StoreError::database(doing(), cause))?;
+        let row: Option<(String, bool)> = sqlx::query_as(queries::CANCEL_STATE)
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|cause| StoreError::database(doing(), cause))?;
         let Some((state, already_requested)) = row else {
             return Err(StoreError::NotFound {
                 reference: id.to_string(),
@@ -383,51 +388,30 @@ impl Store for SqliteStore {
         };
         let state = rows::parse_state(&state, || format!("task {id}'s state"))?;
         let now = rows::now();
-        let outcome = match state {
-            TaskState::Queued => {
-                sqlx::query(
-                    "UPDATE tasks SET state = 'cancelled', cancel_requested = 1, summary = ?, \
-                     finished_at = ?, updated_at = ? WHERE id = ?",
-                )
-                .bind(CANCELLED_WHILE_QUEUED)
-                .bind(rows::millis(now))
-                .bind(rows::millis(now))
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(|cause| StoreError::database(doing(), cause))?;
-                insert_event(&mut tx, id, &Event::CancelRequested, now).await?;
-                let ended = Event::Ended {
-                    state: TaskState::Cancelled,
-                    summary: Some(CANCELLED_WHILE_QUEUED.to_string()),
-                    usage: Usage::default(),
-                    turns: 0,
-                    duration_ms: 0,
-                };
-                insert_event(&mut tx, id, &ended, now).await?;
-                CancelOutcome::CancelledWhileQueued
-            }
-            TaskState::Preparing
-            | TaskState::Running
-            | TaskState::Verifying
-            | TaskState::HandingOff => {
-                if !already_requested {
-                    sqlx::query(
-                        "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                    )
-                    .bind(rows::millis(now))
+        let (outcome, write) = semantics::plan_cancel(state, already_requested);
+        match write {
+            CancelWrite::EndQueued => {
+                sqlx::query(queries::CANCEL_QUEUED)
                     .bind(id.to_string())
+                    .bind(semantics::CANCELLED_WHILE_QUEUED)
+                    .bind(rows::millis(now))
                     .execute(&mut *tx)
                     .await
                     .map_err(|cause| StoreError::database(doing(), cause))?;
-                    insert_event(&mut tx, id, &Event::CancelRequested, now).await?;
-                }
-                CancelOutcome::Requested
+                insert_event(&mut tx, id, &Event::CancelRequested, now).await?;
+                insert_event(&mut tx, id, &semantics::ended_while_queued(), now).await?;
             }
-            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {
-                CancelOutcome::AlreadyEnded(state)
+            CancelWrite::Flag => {
+                sqlx::query(queries::FLAG_CANCEL)
+                    .bind(id.to_string())
+                    .bind(rows::millis(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|cause| StoreError::database(doing(), cause))?;
+                insert_event(&mut tx, id, &Event::CancelRequested, now).await?;
             }
-        };
+            CancelWrite::Nothing => {}
+        }
         tx.commit()
             .await
             .map_err(|cause| StoreError::database(doing(), cause))?;
@@ -450,19 +434,15 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let limit = match limit {
-            0 => DEFAULT_EVENT_LIMIT,
-            limit => limit.min(MAX_EVENT_LIMIT),
-        };
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, at, body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(id.to_string())
-        .bind(rows::integer(after))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(|cause| StoreError::database(format!("reading the events of task {id}"), cause))?;
+        let rows: Vec<EventRow> = sqlx::query_as(queries::EVENTS)
+            .bind(id.to_string())
+            .bind(rows::integer(after))
+            .bind(semantics::event_limit(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("reading the events of task {id}"), cause)
+            })?;
         rows.into_iter().map(|row| row.into_record(id)).collect()
     }
 
@@ -472,6 +452,60 @@ impl Store for SqliteStore {
 
     async fn get_blob(&self, id: TaskId, name: &str) -> Result<Option<Bytes>, StoreError> {
         self.blobs.get(id, name).await
+    }
+
+    async fn create_token(&self, token: &ApiToken, secret_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(queries::INSERT_TOKEN)
+            .bind(&token.id)
+            .bind(&token.name)
+            .bind(token.scope.as_str())
+            .bind(secret_hash)
+            .bind(rows::millis(token.created_at))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| StoreError::database(format!("storing token {}", token.id), cause))?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        let doing = "looking up an API token";
+        let row: Option<TokenRow> = sqlx::query_as(queries::TOKEN_BY_HASH)
+            .bind(secret_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database(doing, cause))?;
+        let Some(token) = row.map(TokenRow::into_token).transpose()? else {
+            return Ok(None);
+        };
+        let now = rows::now();
+        if !semantics::use_worth_recording(&token, now) {
+            return Ok(Some(token));
+        }
+        let row: Option<TokenRow> = sqlx::query_as(queries::TOUCH_TOKEN)
+            .bind(&token.id)
+            .bind(rows::millis(now))
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(|cause| StoreError::database(doing, cause))?;
+        row.map(TokenRow::into_token).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let rows: Vec<TokenRow> = sqlx::query_as(queries::LIST_TOKENS)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database("listing API tokens", cause))?;
+        rows.into_iter().map(TokenRow::into_token).collect()
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let revoked = sqlx::query(queries::REVOKE_TOKEN)
+            .bind(id)
+            .bind(rows::millis(rows::now()))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| StoreError::database(format!("revoking token {id}"), cause))?;
+        Ok(revoked.rows_affected() == 1)
     }
 }
 
@@ -488,7 +522,7 @@ async fn insert_event(
     let body = rows::event_body(id, event)?;
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO events (task_id, seq, at, type, body, schema) \
-         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM events WHERE task_id = ?1 \
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM events WHERE task_id = $1 \
          RETURNING seq",
     )
     .bind(id.to_string())
@@ -514,28 +548,4 @@ async fn insert_event(
         at,
         event: event.clone(),
     })
-}
-
-/// `text` for use in `LIKE ... ESCAPE '\'`, matching itself literally.
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn like_wildcards_are_escaped() {
-        assert_eq!(escape_like("ab%c_d\\"), "ab\\%c\\_d\\\\");
-        assert_eq!(escape_like("01jz"), "01jz");
-    }
 }

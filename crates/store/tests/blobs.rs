@@ -1,18 +1,17 @@
-//! Blobs on the local file system, through the store.
+//! Blobs on the local file system, through a store of either backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use bytes::Bytes;
 use nightshift_protocol::TaskId;
-use nightshift_store::{LocalBlobs, Store, StoreError};
+use nightshift_store::{LocalBlobs, StoreError};
 
-use common::open;
+use common::TestStore;
 
-#[tokio::test]
-async fn a_blob_reads_back_and_lives_under_its_task() {
-    let t = open().await;
+async fn a_blob_reads_back_and_lives_under_its_task(t: TestStore) {
     let id = TaskId::new();
     let diff = Bytes::from_static(b"diff --git a/x b/x\n");
 
@@ -34,9 +33,7 @@ async fn a_blob_reads_back_and_lives_under_its_task() {
     assert_eq!(std::fs::read(file).unwrap(), diff);
 }
 
-#[tokio::test]
-async fn putting_again_replaces_the_blob() {
-    let t = open().await;
+async fn putting_again_replaces_the_blob(t: TestStore) {
     let id = TaskId::new();
     t.store
         .put_blob(
@@ -65,9 +62,7 @@ async fn putting_again_replaces_the_blob() {
     );
 }
 
-#[tokio::test]
-async fn missing_blobs_are_none() {
-    let t = open().await;
+async fn missing_blobs_are_none(t: TestStore) {
     let id = TaskId::new();
     assert_eq!(t.store.get_blob(id, "diff.patch").await.unwrap(), None);
     t.store
@@ -81,9 +76,7 @@ async fn missing_blobs_are_none() {
     );
 }
 
-#[tokio::test]
-async fn names_that_could_escape_are_refused() {
-    let t = open().await;
+async fn names_that_could_escape_are_refused(t: TestStore) {
     let id = TaskId::new();
     for name in [
         "",
@@ -126,3 +119,10 @@ async fn local_blobs_work_on_their_own_and_create_their_directory() {
         .unwrap();
     assert_eq!(blobs.get(id, "out.txt").await.unwrap().unwrap(), "hello");
 }
+
+on_every_backend!(
+    a_blob_reads_back_and_lives_under_its_task,
+    putting_again_replaces_the_blob,
+    missing_blobs_are_none,
+    names_that_could_escape_are_refused,
+);

@@ -1,29 +1,34 @@
 //! Several writers on one database: tokio tasks sharing a store, separately opened stores (as
-//! two processes would have), and real child processes. Sequence numbers must stay gapless and
-//! nobody may see "database is locked".
+//! two processes or machines would have), and, for SQLite, real child processes. Sequence
+//! numbers must stay gapless and nobody may see "database is locked".
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nightshift_protocol::{Event, TaskId};
 use nightshift_store::{CancelOutcome, SqliteStore, Store};
 
-use common::{create, open};
+use common::{TestStore, create};
+
+const LEASE: Duration = Duration::from_secs(60);
 
 /// Asserts that the task's log is numbered exactly 1..=expected.
-async fn assert_gapless(store: &impl Store, id: TaskId, expected: u64) {
+async fn assert_gapless(store: &dyn Store, id: TaskId, expected: u64) {
     let records = store.events(id, 0, 0).await.unwrap();
     let seqs: Vec<u64> = records.iter().map(|record| record.seq).collect();
     assert_eq!(seqs, (1..=expected).collect::<Vec<_>>());
 }
 
 /// Appends `count` warnings, each from its own spawned tokio task, and returns their numbers.
-async fn append_many(store: &SqliteStore, id: TaskId, writer: &str, count: usize) -> Vec<u64> {
+async fn append_many(store: &Arc<dyn Store>, id: TaskId, writer: &str, count: usize) -> Vec<u64> {
     let mut handles = Vec::new();
     for i in 0..count {
         let store = store.clone();
@@ -39,24 +44,25 @@ async fn append_many(store: &SqliteStore, id: TaskId, writer: &str, count: usize
     seqs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_tokio_tasks_append_without_gaps() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn many_tokio_tasks_append_without_gaps(t: TestStore) {
+    let task = create(&*t.store, "p").await;
 
     let seqs = append_many(&t.store, task.id, "a", 200).await;
 
     let unique: BTreeSet<u64> = seqs.iter().copied().collect();
     assert_eq!(unique.len(), 200, "duplicate sequence numbers");
-    assert_gapless(&t.store, task.id, 201).await;
+    assert_gapless(&*t.store, task.id, 201).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_stores_on_one_home_append_and_cancel_without_gaps() {
-    let t = open().await;
-    let other = SqliteStore::open(t.home.path()).await.unwrap();
-    let task = create(&t.store, "p").await;
-    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+async fn two_stores_on_one_database_append_and_cancel_without_gaps(t: TestStore) {
+    let other = t.another().await;
+    let task = create(&*t.store, "p").await;
+    assert!(
+        t.store
+            .claim_task(task.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
 
     let (from_first, from_second, cancelled) = tokio::join!(
         append_many(&t.store, task.id, "first", 150),
@@ -70,7 +76,7 @@ async fn two_stores_on_one_home_append_and_cancel_without_gaps() {
     assert_eq!(cancelled.unwrap(), CancelOutcome::Requested);
     let all: BTreeSet<u64> = from_first.iter().chain(&from_second).copied().collect();
     assert_eq!(all.len(), 300, "duplicate sequence numbers");
-    assert_gapless(&t.store, task.id, 302).await;
+    assert_gapless(&*t.store, task.id, 302).await;
     assert!(
         t.store
             .get_task(task.id)
@@ -81,11 +87,9 @@ async fn two_stores_on_one_home_append_and_cancel_without_gaps() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn only_one_of_many_claimants_wins() {
-    let t = open().await;
-    let other = SqliteStore::open(t.home.path()).await.unwrap();
-    let task = create(&t.store, "p").await;
+async fn only_one_of_many_claimants_wins(t: TestStore) {
+    let other = t.another().await;
+    let task = create(&*t.store, "p").await;
 
     let mut handles = Vec::new();
     for i in 0..20 {
@@ -95,7 +99,9 @@ async fn only_one_of_many_claimants_wins() {
             other.clone()
         };
         handles.push(tokio::spawn(async move {
-            store.claim_task(task.id, &format!("worker-{i}")).await
+            store
+                .claim_task(task.id, &format!("worker-{i}"), LEASE)
+                .await
         }));
     }
     let mut wins = 0;
@@ -183,8 +189,8 @@ fn spawn_child(home: &Path, id: TaskId) -> std::process::Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn separate_processes_append_without_gaps() {
     let home = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(home.path()).await.unwrap();
-    let task = create(&store, "p").await;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home.path()).await.unwrap());
+    let task = create(&*store, "p").await;
 
     let children: Vec<_> = (0..CHILDREN)
         .map(|_| spawn_child(home.path(), task.id))
@@ -210,7 +216,7 @@ async fn separate_processes_append_without_gaps() {
 
     assert_eq!(own.len(), CHILD_APPENDS);
     assert_gapless(
-        &store,
+        &*store,
         task.id,
         1 + (CHILDREN as u64 + 1) * CHILD_APPENDS as u64,
     )
@@ -228,7 +234,7 @@ async fn child_process_appender() {
     };
     let id: TaskId = id.to_str().unwrap().parse().unwrap();
     let home = Path::new(&home);
-    let store = SqliteStore::open(home).await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home).await.unwrap());
     let ready = home.join(format!("{READY_PREFIX}{}", std::process::id()));
     std::fs::write(ready, b"").unwrap();
     wait_for(|| home.join(GO_FILE).exists()).await;
@@ -240,5 +246,10 @@ async fn child_process_appender() {
     )
     .await;
     assert_eq!(seqs.len(), CHILD_APPENDS);
-    store.close().await;
 }
+
+on_every_backend!(
+    many_tokio_tasks_append_without_gaps,
+    two_stores_on_one_database_append_and_cancel_without_gaps,
+    only_one_of_many_claimants_wins,
+);

@@ -1,17 +1,19 @@
-//! The event log in a real SQLite file: numbering, paging and exact round trips.
+//! The event log on both backends: numbering, paging and exact round trips; and, in SQLite,
+//! how it is stored.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use nightshift_protocol::{
     ErrorKind, Event, PlanStep, PlanStepStatus, TaskId, TaskState, ToolCallRecord, Usage,
 };
-use nightshift_store::{Store, StoreError};
+use nightshift_store::StoreError;
 use serde_json::json;
 use sqlx::Connection;
 
-use common::{create, open, spec};
+use common::{TestStore, create, spec};
 
 /// One of every event, with the awkward values filled in: nested JSON, unicode, big numbers.
 fn every_event() -> Vec<Event> {
@@ -58,6 +60,7 @@ fn every_event() -> Vec<Event> {
                 output_tokens: 9,
             },
             stop_reason: "tool_calls".into(),
+            cost_usd: Some(0.0125),
             duration_ms: 1234,
         },
         Event::ToolStarted {
@@ -101,6 +104,18 @@ fn every_event() -> Vec<Event> {
             incomplete: false,
         },
         Event::CancelRequested,
+        Event::MessageReceived {
+            text: "also update the changelog".into(),
+            from: Some("tok_ci".into()),
+        },
+        Event::MessageReceived {
+            text: "thanks".into(),
+            from: None,
+        },
+        Event::Released {
+            worker: "host-b:77".into(),
+            reason: "shutting down".into(),
+        },
         Event::Warning {
             message: "careful".into(),
         },
@@ -113,16 +128,15 @@ fn every_event() -> Vec<Event> {
             state: TaskState::Failed,
             summary: None,
             usage: Usage::default(),
+            cost_usd: None,
             turns: 1,
             duration_ms: 99,
         },
     ]
 }
 
-#[tokio::test]
-async fn appends_are_numbered_from_one_without_gaps() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn appends_are_numbered_from_one_without_gaps(t: TestStore) {
+    let task = create(&*t.store, "p").await;
     let mut seqs = vec![1];
     for i in 0..20 {
         let event = Event::Warning {
@@ -133,7 +147,7 @@ async fn appends_are_numbered_from_one_without_gaps() {
     assert_eq!(seqs, (1..=21).collect::<Vec<u64>>());
 
     // Each task has its own numbering.
-    let other = create(&t.store, "other").await;
+    let other = create(&*t.store, "other").await;
     let first = t
         .store
         .append_event(other.id, &Event::CancelRequested)
@@ -142,10 +156,8 @@ async fn appends_are_numbered_from_one_without_gaps() {
     assert_eq!(first.seq, 2);
 }
 
-#[tokio::test]
-async fn every_event_round_trips_exactly() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn every_event_round_trips_exactly(t: TestStore) {
+    let task = create(&*t.store, "p").await;
     let mut appended = Vec::new();
     for event in every_event() {
         let record = t.store.append_event(task.id, &event).await.unwrap();
@@ -158,10 +170,8 @@ async fn every_event_round_trips_exactly() {
     assert_eq!(read, appended);
 }
 
-#[tokio::test]
-async fn events_page_with_after_and_limit() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn events_page_with_after_and_limit(t: TestStore) {
+    let task = create(&*t.store, "p").await;
     for i in 0..9 {
         t.store
             .append_event(
@@ -192,9 +202,7 @@ async fn events_page_with_after_and_limit() {
     assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 10);
 }
 
-#[tokio::test]
-async fn appending_to_an_unknown_task_is_not_found() {
-    let t = open().await;
+async fn appending_to_an_unknown_task_is_not_found(t: TestStore) {
     let error = t
         .store
         .append_event(TaskId::new(), &Event::CancelRequested)
@@ -213,8 +221,8 @@ async fn raw(home: &std::path::Path) -> sqlx::sqlite::SqliteConnection {
 
 #[tokio::test]
 async fn events_are_stored_as_their_own_tagged_json() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+    let t = common::sqlite().await;
+    let task = create(&*t.store, "p").await;
     let event = Event::Warning {
         message: "careful".into(),
     };
@@ -248,8 +256,8 @@ async fn events_are_stored_as_their_own_tagged_json() {
 
 #[tokio::test]
 async fn rows_that_do_not_decode_are_reported_as_corrupt() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+    let t = common::sqlite().await;
+    let task = create(&*t.store, "p").await;
     let mut db = raw(t.home.path()).await;
     sqlx::query("UPDATE events SET body = '{\"type\":\"teleported\"}' WHERE task_id = ?")
         .bind(task.id.to_string())
@@ -268,3 +276,10 @@ async fn rows_that_do_not_decode_are_reported_as_corrupt() {
     let error = t.store.get_task(task.id).await.unwrap_err();
     assert!(error.to_string().contains("sleeping"), "{error}");
 }
+
+on_every_backend!(
+    appends_are_numbered_from_one_without_gaps,
+    every_event_round_trips_exactly,
+    events_page_with_after_and_limit,
+    appending_to_an_unknown_task_is_not_found,
+);

@@ -1,17 +1,21 @@
-//! Tasks in a real SQLite file: storing, reading, listing, finding, claiming and cancelling.
+//! Tasks in a real SQLite file and a real PostgreSQL database: storing, reading, listing,
+//! finding, claiming and cancelling.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
+
+use std::time::Duration;
 
 use nightshift_protocol::{Event, TaskId, TaskState, Usage};
 use nightshift_store::{CancelOutcome, SqliteStore, Store, StoreError, TaskFilter};
 
-use common::{create, now, open, queued};
+use common::{TestStore, create, now, queued};
 
-#[tokio::test]
-async fn a_created_task_reads_back_exactly_with_its_queued_event() {
-    let t = open().await;
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn a_created_task_reads_back_exactly_with_its_queued_event(t: TestStore) {
     let task = queued("add a readme");
 
     let first = t.store.create_task(&task).await.unwrap();
@@ -29,9 +33,7 @@ async fn a_created_task_reads_back_exactly_with_its_queued_event() {
     assert_eq!(t.store.events(task.id, 0, 0).await.unwrap(), vec![first]);
 }
 
-#[tokio::test]
-async fn times_are_kept_to_the_millisecond() {
-    let t = open().await;
+async fn times_are_kept_to_the_millisecond(t: TestStore) {
     let at: jiff::Timestamp = "2025-06-01T12:34:56.789123456Z".parse().unwrap();
     let task = nightshift_protocol::Task::queued(TaskId::new(), common::spec("p"), at);
     let first = t.store.create_task(&task).await.unwrap();
@@ -40,9 +42,7 @@ async fn times_are_kept_to_the_millisecond() {
     assert_eq!(first.at, stored.created_at);
 }
 
-#[tokio::test]
-async fn only_queued_tasks_can_be_created() {
-    let t = open().await;
+async fn only_queued_tasks_can_be_created(t: TestStore) {
     let mut task = queued("p");
     task.state = TaskState::Running;
     let error = t.store.create_task(&task).await.unwrap_err();
@@ -59,19 +59,15 @@ async fn only_queued_tasks_can_be_created() {
     assert_eq!(t.store.get_task(task.id).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn a_task_id_cannot_be_stored_twice() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn a_task_id_cannot_be_stored_twice(t: TestStore) {
+    let task = create(&*t.store, "p").await;
     let error = t.store.create_task(&task).await.unwrap_err();
     assert!(matches!(error, StoreError::Database { .. }), "{error}");
     // The failed transaction left no second `Queued` event behind.
     assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn unknown_tasks_are_none() {
-    let t = open().await;
+async fn unknown_tasks_are_none(t: TestStore) {
     assert_eq!(t.store.get_task(TaskId::new()).await.unwrap(), None);
     assert!(
         t.store
@@ -94,12 +90,10 @@ fn ids(tasks: &[nightshift_protocol::Task]) -> Vec<TaskId> {
     tasks.iter().map(|task| task.id).collect()
 }
 
-#[tokio::test]
-async fn listings_are_newest_first_and_page_with_before() {
-    let t = open().await;
+async fn listings_are_newest_first_and_page_with_before(t: TestStore) {
     let mut created = Vec::new();
     for i in 0..5 {
-        created.push(create(&t.store, &format!("task {i}")).await.id);
+        created.push(create(&*t.store, &format!("task {i}")).await.id);
     }
     let expected = newest_first(&created);
 
@@ -123,11 +117,9 @@ async fn listings_are_newest_first_and_page_with_before() {
     assert_eq!(paged, expected);
 }
 
-#[tokio::test]
-async fn the_default_limit_is_100_and_the_largest_1000() {
-    let t = open().await;
+async fn the_default_limit_is_100_and_the_largest_1000(t: TestStore) {
     for i in 0..105 {
-        create(&t.store, &format!("task {i}")).await;
+        create(&*t.store, &format!("task {i}")).await;
     }
     let default = t.store.list_tasks(&TaskFilter::default()).await.unwrap();
     assert_eq!(default.len(), 100);
@@ -138,13 +130,16 @@ async fn the_default_limit_is_100_and_the_largest_1000() {
     assert_eq!(t.store.list_tasks(&huge).await.unwrap().len(), 105);
 }
 
-#[tokio::test]
-async fn listings_filter_by_state() {
-    let t = open().await;
-    let waiting = create(&t.store, "waiting").await;
-    let claimed = create(&t.store, "claimed").await;
-    let cancelled = create(&t.store, "cancelled").await;
-    assert!(t.store.claim_task(claimed.id, "worker-1").await.unwrap());
+async fn listings_filter_by_state(t: TestStore) {
+    let waiting = create(&*t.store, "waiting").await;
+    let claimed = create(&*t.store, "claimed").await;
+    let cancelled = create(&*t.store, "cancelled").await;
+    assert!(
+        t.store
+            .claim_task(claimed.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
     t.store.request_cancel(cancelled.id).await.unwrap();
 
     let only = |states: Vec<TaskState>| {
@@ -167,11 +162,9 @@ async fn listings_filter_by_state() {
     assert_eq!(only(vec![]).await.len(), 3);
 }
 
-#[tokio::test]
-async fn find_resolves_full_ids_prefixes_and_short_ids_in_any_case() {
-    let t = open().await;
-    let task = create(&t.store, "find me").await;
-    let _other = create(&t.store, "not me").await;
+async fn find_resolves_full_ids_prefixes_and_short_ids_in_any_case(t: TestStore) {
+    let task = create(&*t.store, "find me").await;
+    let _other = create(&*t.store, "not me").await;
     let id = task.id.to_string();
 
     for reference in [
@@ -188,10 +181,8 @@ async fn find_resolves_full_ids_prefixes_and_short_ids_in_any_case() {
     }
 }
 
-#[tokio::test]
-async fn find_reports_what_does_not_match() {
-    let t = open().await;
-    create(&t.store, "p").await;
+async fn find_reports_what_does_not_match(t: TestStore) {
+    create(&*t.store, "p").await;
     let missing = TaskId::new();
     for reference in [
         missing.to_string(),
@@ -213,12 +204,10 @@ async fn find_reports_what_does_not_match() {
     }
 }
 
-#[tokio::test]
-async fn find_lists_up_to_five_matches_of_an_ambiguous_prefix() {
-    let t = open().await;
+async fn find_lists_up_to_five_matches_of_an_ambiguous_prefix(t: TestStore) {
     let mut created = Vec::new();
     for i in 0..7 {
-        created.push(create(&t.store, &format!("task {i}")).await.id);
+        created.push(create(&*t.store, &format!("task {i}")).await.id);
     }
     // Tasks made within days of each other share their first 4 characters (the time).
     let prefix = created[0].to_string()[..4].to_string();
@@ -237,26 +226,48 @@ async fn find_lists_up_to_five_matches_of_an_ambiguous_prefix() {
     assert!(error.to_string().contains(&matches[0]), "{error}");
 }
 
-#[tokio::test]
-async fn a_task_is_claimed_once() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn a_task_is_claimed_once(t: TestStore) {
+    let task = create(&*t.store, "p").await;
 
-    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
-    assert!(!t.store.claim_task(task.id, "worker-2").await.unwrap());
-    assert!(!t.store.claim_task(TaskId::new(), "worker-2").await.unwrap());
+    assert!(
+        t.store
+            .claim_task(task.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !t.store
+            .claim_task(task.id, "worker-2", LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !t.store
+            .claim_task(TaskId::new(), "worker-2", LEASE)
+            .await
+            .unwrap()
+    );
 
     let claimed = t.store.get_task(task.id).await.unwrap().unwrap();
     assert_eq!(claimed.state, TaskState::Preparing);
     assert!(claimed.started_at.is_some());
     assert!(claimed.updated_at >= task.updated_at);
+    assert_eq!(claimed.worker.as_deref(), Some("worker-1"));
+    let lease = claimed
+        .lease_expires_at
+        .unwrap()
+        .duration_since(claimed.started_at.unwrap());
+    assert_eq!(lease.as_secs(), 60, "{lease:?}");
 }
 
-#[tokio::test]
-async fn update_writes_every_field_but_keeps_a_cancel_request() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
-    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+async fn update_writes_every_field_but_keeps_a_cancel_request(t: TestStore) {
+    let task = create(&*t.store, "p").await;
+    assert!(
+        t.store
+            .claim_task(task.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         t.store.request_cancel(task.id).await.unwrap(),
         CancelOutcome::Requested
@@ -279,30 +290,33 @@ async fn update_writes_every_field_but_keeps_a_cancel_request() {
         output_tokens: 250,
     };
     mine.cancel_requested = false;
+    // The hold is the queue's to change (claim, renew, release), not update's.
+    mine.worker = Some("someone else".into());
+    mine.lease_expires_at = None;
     t.store.update_task(&mine).await.unwrap();
 
     let stored = t.store.get_task(task.id).await.unwrap().unwrap();
     assert!(stored.cancel_requested);
+    assert_eq!(stored.worker.as_deref(), Some("worker-1"));
+    assert!(stored.lease_expires_at.is_some());
     assert_eq!(
         stored,
         nightshift_protocol::Task {
             cancel_requested: true,
+            worker: stored.worker.clone(),
+            lease_expires_at: stored.lease_expires_at,
             ..mine
         }
     );
 }
 
-#[tokio::test]
-async fn updating_an_unknown_task_is_not_found() {
-    let t = open().await;
+async fn updating_an_unknown_task_is_not_found(t: TestStore) {
     let error = t.store.update_task(&queued("p")).await.unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
 }
 
-#[tokio::test]
-async fn cancelling_a_queued_task_ends_it_at_once() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
+async fn cancelling_a_queued_task_ends_it_at_once(t: TestStore) {
+    let task = create(&*t.store, "p").await;
 
     let outcome = t.store.request_cancel(task.id).await.unwrap();
 
@@ -324,12 +338,18 @@ async fn cancelling_a_queued_task_ends_it_at_once() {
             state: TaskState::Cancelled,
             summary: Some("cancelled before it started".into()),
             usage: Usage::default(),
+            cost_usd: None,
             turns: 0,
             duration_ms: 0,
         }
     );
     // No worker can pick it up any more, and cancelling again changes nothing.
-    assert!(!t.store.claim_task(task.id, "worker-1").await.unwrap());
+    assert!(
+        !t.store
+            .claim_task(task.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         t.store.request_cancel(task.id).await.unwrap(),
         CancelOutcome::AlreadyEnded(TaskState::Cancelled)
@@ -337,11 +357,14 @@ async fn cancelling_a_queued_task_ends_it_at_once() {
     assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn cancelling_a_running_task_sets_the_flag_and_logs_it_once() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
-    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+async fn cancelling_a_running_task_sets_the_flag_and_logs_it_once(t: TestStore) {
+    let task = create(&*t.store, "p").await;
+    assert!(
+        t.store
+            .claim_task(task.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
 
     assert_eq!(
         t.store.request_cancel(task.id).await.unwrap(),
@@ -366,11 +389,14 @@ async fn cancelling_a_running_task_sets_the_flag_and_logs_it_once() {
     assert_eq!(requests, 1);
 }
 
-#[tokio::test]
-async fn cancelling_an_ended_task_changes_nothing() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
-    assert!(t.store.claim_task(task.id, "worker-1").await.unwrap());
+async fn cancelling_an_ended_task_changes_nothing(t: TestStore) {
+    let task = create(&*t.store, "p").await;
+    assert!(
+        t.store
+            .claim_task(task.id, "worker-1", LEASE)
+            .await
+            .unwrap()
+    );
     let mut done = t.store.get_task(task.id).await.unwrap().unwrap();
     done.state = TaskState::Succeeded;
     done.finished_at = Some(now());
@@ -384,18 +410,17 @@ async fn cancelling_an_ended_task_changes_nothing() {
     assert_eq!(t.store.events(task.id, 0, 0).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn cancelling_an_unknown_task_is_not_found() {
-    let t = open().await;
+async fn cancelling_an_unknown_task_is_not_found(t: TestStore) {
     let error = t.store.request_cancel(TaskId::new()).await.unwrap_err();
     assert!(matches!(error, StoreError::NotFound { .. }), "{error}");
 }
 
 #[tokio::test]
 async fn reopening_keeps_everything_and_migrations_run_once() {
-    let t = open().await;
-    let task = create(&t.store, "p").await;
-    t.store
+    let home = tempfile::tempdir().unwrap();
+    let first = SqliteStore::open(home.path()).await.unwrap();
+    let task = create(&first, "p").await;
+    first
         .append_event(
             task.id,
             &Event::Warning {
@@ -404,14 +429,14 @@ async fn reopening_keeps_everything_and_migrations_run_once() {
         )
         .await
         .unwrap();
-    t.store.close().await;
+    first.close().await;
 
     for _ in 0..2 {
-        let store = SqliteStore::open(t.home.path()).await.unwrap();
+        let store = SqliteStore::open(home.path()).await.unwrap();
         assert_eq!(store.get_task(task.id).await.unwrap(), Some(task.clone()));
         store.close().await;
     }
-    let store = SqliteStore::open(t.home.path()).await.unwrap();
+    let store = SqliteStore::open(home.path()).await.unwrap();
     let next = store
         .append_event(task.id, &Event::CancelRequested)
         .await
@@ -423,7 +448,7 @@ async fn reopening_keeps_everything_and_migrations_run_once() {
 async fn the_database_is_in_wal_mode_with_its_migrations_recorded() {
     use sqlx::Connection;
 
-    let t = open().await;
+    let t = common::sqlite().await;
     let url = t.home.path().join("nightshift.db");
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(url);
     let mut connection = sqlx::sqlite::SqliteConnection::connect_with(&options)
@@ -438,6 +463,27 @@ async fn the_database_is_in_wal_mode_with_its_migrations_recorded() {
         .fetch_one(&mut connection)
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     assert!(t.home.path().join("blobs").is_dir());
 }
+
+on_every_backend!(
+    a_created_task_reads_back_exactly_with_its_queued_event,
+    times_are_kept_to_the_millisecond,
+    only_queued_tasks_can_be_created,
+    a_task_id_cannot_be_stored_twice,
+    unknown_tasks_are_none,
+    listings_are_newest_first_and_page_with_before,
+    the_default_limit_is_100_and_the_largest_1000,
+    listings_filter_by_state,
+    find_resolves_full_ids_prefixes_and_short_ids_in_any_case,
+    find_reports_what_does_not_match,
+    find_lists_up_to_five_matches_of_an_ambiguous_prefix,
+    a_task_is_claimed_once,
+    update_writes_every_field_but_keeps_a_cancel_request,
+    updating_an_unknown_task_is_not_found,
+    cancelling_a_queued_task_ends_it_at_once,
+    cancelling_a_running_task_sets_the_flag_and_logs_it_once,
+    cancelling_an_ended_task_changes_nothing,
+    cancelling_an_unknown_task_is_not_found,
+);

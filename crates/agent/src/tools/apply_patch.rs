@@ -7,15 +7,12 @@
 //! which hunk of which file failed, what git looked for, and what to do next.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nightshift_model::ToolSpec;
+use nightshift_sandbox::{ExecRequest, ExitStatus};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 use super::call::parse_args;
 use super::patch_text::{FILE_SEPARATOR, PreparedPatch, prepare};
@@ -76,8 +73,7 @@ pub(crate) async fn run(arguments: &str, ctx: &ToolContext<'_>) -> ToolOutput {
         return ToolOutput::failure(format!("{NAME}: `patch` is empty; give a unified diff"));
     }
     let patch = prepare(&args.patch);
-    let root = ctx.session.workspace();
-    let git = match git_apply(root, &patch, ctx).await {
+    let git = match git_apply(&patch, ctx).await {
         Ok(git) => git,
         Err(output) => return output,
     };
@@ -97,72 +93,60 @@ struct GitApply {
     stderr: String,
 }
 
-async fn git_apply(
-    root: &Path,
-    patch: &PreparedPatch,
-    ctx: &ToolContext<'_>,
-) -> Result<GitApply, ToolOutput> {
-    let mut command = Command::new("git");
-    command
-        .args([
-            "apply",
-            "--numstat",
-            "--summary",
-            "--apply",
-            "--verbose",
-            "--recount",
-        ])
-        .arg("--whitespace=nowarn")
-        .arg(format!("-p{}", patch.strip))
-        .arg("-")
-        .current_dir(root)
-        .env_clear()
-        // English messages, which the failure explanation reads.
-        .env("LC_ALL", "C")
-        // Neither the host's git configuration nor a repository above the workspace may change
-        // how the patch applies.
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CEILING_DIRECTORIES", root.parent().unwrap_or(root))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(path) = std::env::var_os("PATH") {
-        command.env("PATH", path);
-    }
-    let mut child = command.spawn().map_err(|err| {
+/// Separates git's standard error from its standard output in the sandbox's combined output.
+const STDERR_MARK: &str = "\n@@nightshift: git apply stderr@@\n";
+
+/// Runs `git apply` inside the sandbox session, in the workspace, with the patch on its
+/// standard input: the agent's own git and filesystem view, and nothing of the host's git
+/// configuration. Standard error goes through a file so the two streams stay apart.
+async fn git_apply(patch: &PreparedPatch, ctx: &ToolContext<'_>) -> Result<GitApply, ToolOutput> {
+    let script = format!(
+        "err=$(mktemp) || exit 125\n\
+         LC_ALL=C GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
+         GIT_CEILING_DIRECTORIES=\"$(dirname \"$PWD\")\" \
+         git apply --numstat --summary --apply --verbose --recount --whitespace=nowarn -p{} - 2>\"$err\"\n\
+         status=$?\n\
+         printf '{}'\n\
+         cat \"$err\"; rm -f \"$err\"\n\
+         exit $status\n",
+        patch.strip,
+        STDERR_MARK.replace('\n', "\\n"),
+    );
+    let mut request = ExecRequest::new(script);
+    request.stdin = Some(patch.text.clone().into_bytes());
+    request.timeout = GIT_TIMEOUT;
+    request.output_limit = 1024 * 1024;
+    let output = ctx.session.exec(request, ctx.cancel).await.map_err(|err| {
         ToolOutput::failure(format!(
-            "{NAME}: could not start `git apply` ({err}); nothing was changed. Make the change \
-             with edit_file or write_file instead."
+            "{NAME}: could not run `git apply` in the sandbox ({err}); nothing was changed. Make \
+             the change with edit_file or write_file instead."
         ))
     })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let bytes = patch.text.clone().into_bytes();
-        tokio::spawn(async move {
-            // git stops reading early on a patch it cannot parse; its error says why.
-            let _ = stdin.write_all(&bytes).await;
-        });
-    }
-    let output = tokio::select! {
-        output = child.wait_with_output() => output,
-        _ = tokio::time::sleep(GIT_TIMEOUT) => {
+    match output.status {
+        ExitStatus::TimedOut => {
             return Err(ToolOutput::failure(format!(
                 "{NAME}: `git apply` did not finish within {}s and was stopped; check the \
                  workspace with shell (`git status`) before retrying.",
                 GIT_TIMEOUT.as_secs()
             )));
         }
-        _ = ctx.cancel.cancelled() => {
-            return Err(ToolOutput::failure(format!("{NAME}: [cancelled]")));
+        ExitStatus::Cancelled => return Err(ToolOutput::failure(format!("{NAME}: [cancelled]"))),
+        ExitStatus::Exited(127) => {
+            return Err(ToolOutput::failure(format!(
+                "{NAME}: git is not installed in the sandbox; nothing was changed. Make the \
+                 change with edit_file or write_file instead."
+            )));
         }
-    };
-    let output = output
-        .map_err(|err| ToolOutput::failure(format!("{NAME}: lost track of `git apply` ({err})")))?;
+        ExitStatus::Exited(_) | ExitStatus::Signaled(_) | ExitStatus::LimitExceeded(_) => {}
+    }
+    let (stdout, stderr) = output
+        .output
+        .split_once(STDERR_MARK)
+        .map_or((output.output.as_str(), ""), |(out, err)| (out, err));
     Ok(GitApply {
         success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout: stdout.to_string(),
+        stderr: stderr.to_string(),
     })
 }
 

@@ -52,3 +52,41 @@ where
         )),
     }
 }
+
+/// Like [`blocking`], acting as host uid and gid `owner` for file system access while `work`
+/// runs, when the sandbox asks for it ([`SandboxSession::file_owner`]): files the tools create
+/// must belong to the sandbox user, which a root host is not.
+///
+/// [`SandboxSession::file_owner`]: nightshift_sandbox::SandboxSession::file_owner
+pub(crate) async fn blocking_as<F>(owner: Option<u32>, tool: &'static str, work: F) -> ToolOutput
+where
+    F: FnOnce() -> ToolOutput + Send + 'static,
+{
+    blocking(tool, move || {
+        let _identity = owner.map(FsIdentity::assume);
+        work()
+    })
+    .await
+}
+
+/// The file system identity of the current thread, switched for as long as this lives.
+struct FsIdentity {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+}
+
+impl FsIdentity {
+    fn assume(id: u32) -> Self {
+        // setfsuid and setfsgid act on this thread only and return the previous ids.
+        let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(id));
+        let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(id));
+        FsIdentity { uid, gid }
+    }
+}
+
+impl Drop for FsIdentity {
+    fn drop(&mut self) {
+        nix::unistd::setfsuid(self.uid);
+        nix::unistd::setfsgid(self.gid);
+    }
+}

@@ -15,8 +15,12 @@ pub(crate) struct Workspace {
     dir: Dir,
     /// The workspace as the session names it.
     given: PathBuf,
-    /// The same directory with symlinks resolved, for recognizing absolute paths in it.
+    /// The same directory with symlinks resolved, for walking it.
     real: PathBuf,
+    /// What `realpath` says of the workspace: for a sandbox's live view through
+    /// `/proc/<pid>/root`, the path commands inside see (`/workspace`). Absolute paths under it
+    /// are the model's way of naming workspace files too.
+    alias: PathBuf,
 }
 
 /// Why a path cannot be used.
@@ -46,11 +50,19 @@ impl Workspace {
             source,
         };
         let dir = Dir::open_ambient_dir(root, cap_std::ambient_authority()).map_err(open_error)?;
-        let real = std::fs::canonicalize(root).map_err(open_error)?;
+        // realpath of a path through /proc/<pid>/root resolves to the sandbox's own view,
+        // which does not exist on the host: walk the given path then.
+        let alias = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let real = if alias.is_dir() {
+            alias.clone()
+        } else {
+            root.to_path_buf()
+        };
         Ok(Workspace {
             dir,
             given: root.to_path_buf(),
             real,
+            alias,
         })
     }
 
@@ -71,6 +83,7 @@ impl Workspace {
         let inside = if raw.is_absolute() {
             raw.strip_prefix(&self.given)
                 .or_else(|_| raw.strip_prefix(&self.real))
+                .or_else(|_| raw.strip_prefix(&self.alias))
                 .map_err(|_| PathError::Outside(path.to_string()))?
         } else {
             raw

@@ -8,7 +8,7 @@ use nightshift_model::ToolSpec;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::call::{blocking, parse_args};
+use super::call::{blocking_as, parse_args};
 use super::workspace::{Workspace, display};
 use super::{ToolContext, ToolOutput};
 
@@ -57,7 +57,8 @@ pub(crate) async fn run(arguments: &str, ctx: &ToolContext<'_>) -> ToolOutput {
         Err(output) => return output,
     };
     let root = ctx.session.workspace().to_path_buf();
-    blocking(NAME, move || match write(&root, &args) {
+    let owner = ctx.session.file_owner();
+    blocking_as(owner, NAME, move || match write(&root, &args) {
         Ok(message) => ToolOutput::success(message),
         Err(message) => ToolOutput::failure(format!("{NAME}: {message}")),
     })

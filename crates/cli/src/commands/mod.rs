@@ -2,9 +2,11 @@
 
 pub mod cancel;
 pub mod diff;
+pub mod doctor;
 pub mod follow;
 pub mod logs;
 pub mod ls;
 pub mod run;
+pub mod sandbox;
 pub mod show;
 pub mod worker;

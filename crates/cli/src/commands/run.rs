@@ -22,11 +22,12 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let home = Home::from_env()?;
     let runner = home.reconciled_runner().await?;
     let request = TaskRequest {
-        repo: args.repo.clone(),
         base: args.base.clone(),
-        prompt: args.prompt.join(" "),
-        model: args.model.clone(),
         max_turns: args.max_turns,
+        max_tokens: args.max_tokens,
+        max_cost_usd: args.max_cost,
+        max_duration_secs: args.max_time.map(|time| time.as_secs().max(1)),
+        ..TaskRequest::new(&args.repo, args.prompt.join(" "), &args.model)
     };
     let task = runner.submit(request).await.map_err(submit_failure)?;
     if let Err(failure) = spawn_worker(&home, task.id) {
@@ -54,7 +55,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 fn submit_failure(err: SubmitError) -> Failure {
     let hint = err.hint();
     let failure = match &err {
-        SubmitError::EmptyPrompt | SubmitError::NoTurns | SubmitError::Model(_) => {
+        SubmitError::EmptyPrompt | SubmitError::Budget(_) | SubmitError::Model(_) => {
             Failure::usage(err.to_string())
         }
         SubmitError::Repository(env) if env.is_invalid_input() => Failure::usage(err.to_string()),

@@ -1,4 +1,5 @@
-//! `nightshift __run-task ID`: the detached local worker that `run` starts. It runs one task
+//! `nightshift worker`: a long-running worker that takes tasks from the queue; and
+//! `nightshift __run-task ID`: the detached local worker that `run` starts, which runs one task
 //! to its end and exits, so a finished task leaves no process behind.
 
 use std::process::ExitCode;
@@ -7,7 +8,11 @@ use nightshift_model::ProviderConfig;
 use nightshift_runner::RunnerError;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::RunTaskArgs;
+use std::sync::Arc;
+
+use nightshift_runner::WorkerConfig;
+
+use crate::args::{RunTaskArgs, WorkerArgs};
 use crate::home::Home;
 use crate::output::{Failure, exit_for};
 
@@ -24,6 +29,29 @@ pub async fn run_task(args: RunTaskArgs) -> Result<ExitCode, Failure> {
         Err(err @ RunnerError::NotClaimable { .. }) => Err(Failure::usage(err.to_string())),
         Err(err) => Err(Failure::error(err.to_string())),
     }
+}
+
+pub async fn run_worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
+    let home = Home::from_env()?;
+    let runner = Arc::new(home.worker_runner(ProviderConfig::from_env()).await?);
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    eprintln!(
+        "worker {} running up to {} task(s) at once; SIGTERM or Ctrl-C stops it (running tasks get {} to finish, then go back to the queue)",
+        runner.config().worker,
+        args.concurrency,
+        crate::render::duration(args.grace)
+    );
+    let config = WorkerConfig {
+        concurrency: args.concurrency,
+        grace: args.grace,
+        ..WorkerConfig::default()
+    };
+    runner
+        .run_worker(config, shutdown)
+        .await
+        .map_err(|err| Failure::error(err.to_string()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM and SIGINT cancel the task (which then commits its work so far) instead of killing

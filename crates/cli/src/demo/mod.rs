@@ -42,8 +42,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         Failure::error(format!("cannot start the replay server on loopback: {err}"))
     })?;
     let providers = ProviderConfig {
-        openai_api_key: None,
         openai_base_url: Some(server.base_url()),
+        ..ProviderConfig::default()
     };
     let runner = home.runner(providers).await?;
 
@@ -55,11 +55,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         eprintln!("  working copy, the commands the agent runs, the commit and the branch.");
     }
     let request = TaskRequest {
-        repo: dir.clone(),
-        base: None,
-        prompt: PROMPT.into(),
-        model: "openai:recorded-demo".into(),
         max_turns: 10,
+        ..TaskRequest::new(&dir, PROMPT, "openai:recorded-demo")
     };
     let task = runner
         .submit(request)

@@ -8,11 +8,12 @@
 use nightshift_protocol::Usage;
 
 use super::wire::{self, Choice, Completion, WireToolCall};
+use crate::http::{Decode, excerpt};
 use crate::{ModelError, StopReason, StreamEvent};
 
 /// The state of one answer being decoded.
 #[derive(Debug, Default)]
-pub(super) struct Decoder {
+pub(crate) struct Decoder {
     calls: Vec<PendingCall>,
     /// How many tool calls have been announced: the next dense index.
     started: usize,
@@ -34,11 +35,6 @@ struct PendingCall {
 }
 
 impl Decoder {
-    /// Whether [`StreamEvent::Completed`] has been produced; nothing more may follow it.
-    pub fn is_completed(&self) -> bool {
-        self.completed
-    }
-
     /// Decodes the `data` of one server-sent event.
     pub fn data(&mut self, data: &str) -> Result<Vec<StreamEvent>, ModelError> {
         if data.trim() == "[DONE]" {
@@ -247,19 +243,33 @@ fn made_up_call_id() -> String {
     format!("call_{:016x}", rand::random::<u64>())
 }
 
-fn malformed(detail: String) -> ModelError {
-    ModelError::Malformed { detail }
+impl Decode for Decoder {
+    fn event(&mut self, _name: &str, data: &str) -> Result<Vec<StreamEvent>, ModelError> {
+        self.data(data)
+    }
+
+    fn end_of_stream(&mut self) -> Result<Vec<StreamEvent>, ModelError> {
+        Decoder::end_of_stream(self).map(|event| vec![event])
+    }
+
+    fn is_completed(&self) -> bool {
+        self.completed
+    }
+
+    fn whole(body: &str) -> Result<Vec<StreamEvent>, ModelError> {
+        Decoder::whole(body)
+    }
 }
 
-/// The start of a payload, for an error message.
-fn excerpt(text: &str) -> String {
-    super::cut(text, 200)
+fn malformed(detail: String) -> ModelError {
+    ModelError::Malformed { detail }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::http::Decode;
 
     fn decode(chunks: &[&str]) -> Result<Vec<StreamEvent>, ModelError> {
         let mut decoder = Decoder::default();

@@ -99,9 +99,11 @@ impl<'a> From<&'a Message> for ChatMessage<'a> {
     fn from(message: &'a Message) -> Self {
         match message {
             Message::User { content } => ChatMessage::User { content },
+            // Chat Completions has no way to send reasoning back; it is dropped.
             Message::Assistant {
                 content,
                 tool_calls,
+                reasoning: _,
             } => ChatMessage::Assistant {
                 content: content.as_deref(),
                 tool_calls: tool_calls.iter().map(ChatToolCall::from).collect(),
@@ -264,6 +266,7 @@ mod tests {
                         name: "t".into(),
                         arguments: "{}".into(),
                     }],
+                    reasoning: vec![],
                 },
                 Message::Tool {
                     call_id: "c".into(),

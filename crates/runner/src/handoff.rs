@@ -1,0 +1,246 @@
+//! Handing the agent's work back: commit it inside the sandbox, bring the commits out as a git
+//! bundle into the task's host working copy, and fetch them from there into the source
+//! repository as the task's branch.
+//!
+//! Only git objects cross from the sandbox to the host. Host git never runs in a repository
+//! whose configuration the agent could change (hooks, fsmonitor and the like would be code
+//! execution on the host), and a sandbox's live workspace may not even be a directory host git
+//! can work in.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use nightshift_agent::SinkError;
+use nightshift_env::{EnvError, SourceRepo, WorkingCopy, branch_name};
+use nightshift_protocol::{Event, Task};
+use nightshift_sandbox::{ExecRequest, SandboxSession};
+use tokio_util::sync::CancellationToken;
+
+use crate::Runner;
+use crate::sink::TaskLog;
+
+/// What a run works with, once its working copy exists.
+#[derive(Clone, Copy)]
+pub(crate) struct Run<'a> {
+    pub(crate) log: &'a TaskLog,
+    pub(crate) task: &'a Task,
+    pub(crate) source: &'a SourceRepo,
+    pub(crate) copy: &'a WorkingCopy,
+}
+
+/// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.
+const BUNDLE: &str = ".git/nightshift-handoff.bundle";
+
+/// The largest bundle handed back; larger results are refused rather than read into memory.
+const MAX_BUNDLE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// The blob holding the task's change as a patch (`nightshift diff`).
+pub const DIFF_BLOB: &str = "diff.patch";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandoffError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("storing the diff: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("committing in the sandbox failed: {0}")]
+    Commit(String),
+}
+
+impl Runner {
+    /// Commits the work in the sandbox and creates the task's branch in the source repository.
+    /// Returns false when there was nothing to commit.
+    pub(crate) async fn hand_back(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        message: &str,
+        incomplete: bool,
+    ) -> Result<bool, HandoffError> {
+        let Run {
+            log,
+            task,
+            source,
+            copy,
+        } = *run;
+        let Some(head) = commit_in_sandbox(session, copy, message).await? else {
+            return Ok(false);
+        };
+        let stats = copy.stats(&head).await?;
+        let diff = copy.diff(&head).await?;
+        self.store
+            .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
+            .await
+            .map_err(|err| HandoffError::Store(err.to_string()))?;
+        let branch = branch_name(&task.id.short(), &task.spec.prompt);
+        copy.hand_off(source, &branch, &head).await?;
+        log.update(|task| {
+            task.branch = Some(branch.clone());
+            task.head_commit = Some(head.clone());
+        })
+        .await?;
+        log.append(Event::Committed {
+            branch,
+            commit: head,
+            files_changed: stats.files_changed,
+            insertions: stats.insertions,
+            deletions: stats.deletions,
+            incomplete,
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Commits and hands back whatever the agent changed, marked incomplete; a failure here is
+    /// logged but does not hide the reason the task stopped.
+    pub(crate) async fn save_incomplete(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        summary: Option<&str>,
+        reason: &str,
+    ) -> Result<(), SinkError> {
+        let message = commit_message(summary.unwrap_or("Incomplete work"), run.task, Some(reason));
+        match self.hand_back(run, session, &message, true).await {
+            Ok(_) => Ok(()),
+            Err(HandoffError::Sink(err)) => Err(err),
+            Err(err) => {
+                run.log
+                    .append(Event::Warning {
+                        message: format!("could not save the incomplete work: {err}"),
+                    })
+                    .await
+            }
+        }
+    }
+}
+
+/// The commit message: the summary's first line as the subject, the rest as the body, and the
+/// task's id and prompt as trailers a reviewer can trace back.
+pub(crate) fn commit_message(summary: &str, task: &Task, incomplete: Option<&str>) -> String {
+    let summary = summary.trim();
+    let (subject, body) = summary.split_once('\n').unwrap_or((summary, ""));
+    let mut subject: String = subject.trim().chars().take(72).collect();
+    if subject.is_empty() {
+        subject = "nightshift task result".into();
+    }
+    let mut message = subject;
+    let body = body.trim();
+    if !body.is_empty() {
+        message.push_str("\n\n");
+        message.push_str(body);
+    }
+    if let Some(reason) = incomplete {
+        message.push_str(&format!("\n\nThis work is incomplete: {reason}."));
+    }
+    let prompt: String = task
+        .spec
+        .prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    message.push_str(&format!(
+        "\n\nNightshift-Task: {}\nNightshift-Prompt: {prompt}\n",
+        task.id
+    ));
+    message
+}
+
+/// Commits everything in the sandbox's workspace (respecting .gitignore) as nightshift, bundles
+/// the commits since the base, and fetches the bundle into the host working copy. Returns the
+/// new head, or `None` when nothing changed since the base (commits the agent made itself count
+/// as changes).
+async fn commit_in_sandbox(
+    session: &dyn SandboxSession,
+    copy: &WorkingCopy,
+    message: &str,
+) -> Result<Option<String>, HandoffError> {
+    let base = copy.base_commit();
+    let script = format!(
+        "set -e\n\
+         export LC_ALL=C GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0\n\
+         g() {{ git -c user.name=nightshift -c user.email=nightshift@localhost -c commit.gpgsign=false -c core.hooksPath=/dev/null \"$@\"; }}\n\
+         g add --all\n\
+         if ! g diff --cached --quiet; then g commit --quiet --no-verify --file=-; fi\n\
+         head=$(g rev-parse HEAD)\n\
+         rm -f {BUNDLE}\n\
+         if [ \"$head\" != {base} ]; then g bundle create --quiet {BUNDLE} {base}..HEAD; fi\n\
+         echo \"nightshift-head: $head\"\n"
+    );
+    let mut request = ExecRequest::new(script);
+    request.stdin = Some(message.as_bytes().to_vec());
+    request.timeout = Duration::from_secs(600);
+    // The commit must happen even when the task itself was cancelled.
+    let output = session
+        .exec(request, &CancellationToken::new())
+        .await
+        .map_err(|err| HandoffError::Commit(err.to_string()))?;
+    let head = output
+        .output
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("nightshift-head: "))
+        .map(str::trim)
+        .filter(|head| head.len() >= 40 && head.chars().all(|c| c.is_ascii_hexdigit()));
+    let (true, Some(head)) = (output.status.success(), head) else {
+        return Err(HandoffError::Commit(format!(
+            "git in the sandbox said (exit {}): {}",
+            output.status.code(),
+            output.output.trim()
+        )));
+    };
+    if head == base {
+        return Ok(None);
+    }
+    let bundle = copy_bundle_out(session.workspace(), copy.root()).await?;
+    let imported = copy.import_bundle(&bundle).await;
+    let _ = tokio::fs::remove_file(&bundle).await;
+    let imported = imported?;
+    if imported != head {
+        return Err(HandoffError::Commit(format!(
+            "the bundle holds {imported}, but the sandbox's HEAD is {head}"
+        )));
+    }
+    Ok(Some(head.to_string()))
+}
+
+/// Copies the bundle out of the live workspace into the host working copy's directory. The
+/// read goes through a capability handle on the workspace, so a symlink the agent planted
+/// cannot make the host read anything outside it.
+async fn copy_bundle_out(
+    workspace: &Path,
+    host_copy: &Path,
+) -> Result<std::path::PathBuf, HandoffError> {
+    let workspace = workspace.to_path_buf();
+    let target = host_copy.with_extension("handoff.bundle");
+    let destination = target.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let dir = cap_std::fs::Dir::open_ambient_dir(&workspace, cap_std::ambient_authority())
+            .map_err(|err| format!("opening the workspace {}: {err}", workspace.display()))?;
+        let file = dir
+            .open(BUNDLE)
+            .map_err(|err| format!("opening the bundle: {err}"))?;
+        let mut limited = file.into_std().take(MAX_BUNDLE_BYTES + 1);
+        let mut out = std::fs::File::create(&destination)
+            .map_err(|err| format!("creating {}: {err}", destination.display()))?;
+        let copied = std::io::copy(&mut limited, &mut out)
+            .map_err(|err| format!("copying the bundle: {err}"))?;
+        if copied > MAX_BUNDLE_BYTES {
+            return Err(format!(
+                "the result is larger than {} GiB",
+                MAX_BUNDLE_BYTES >> 30
+            ));
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|err| HandoffError::Commit(err.to_string()))?
+    .map_err(HandoffError::Commit)?;
+    Ok(target)
+}

@@ -1,0 +1,182 @@
+//! Side-by-side timings of the namespaced sandbox: session start plus `true` against bubblewrap
+//! with equivalent binds, `true` into a live session, and a session over a 10,000-file
+//! workspace. Prints the median and the 10th and 90th percentiles over N runs.
+//!
+//! `cargo bench -p nightshift-sandbox --bench sandbox -- [--runs N]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nightshift_sandbox::{
+    ExecRequest, HelperCommand, Namespaced, NamespacedConfig, SandboxSession, SessionOptions,
+    SessionSpec,
+};
+use tokio_util::sync::CancellationToken;
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{name:<48} median {:>7.2} ms   p10 {:>7.2} ms   p90 {:>7.2} ms   (n={})",
+        ms(at(0.5)),
+        ms(at(0.1)),
+        ms(at(0.9)),
+        samples.len()
+    );
+}
+
+fn bwrap_args(workspace: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.extend(["--tmpfs", "/"].map(String::from));
+    for dir in ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32"] {
+        let path = Path::new(dir);
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(path).unwrap_or_default();
+                args.extend(["--symlink".into(), target.display().to_string(), dir.into()]);
+            }
+            Ok(_) => args.extend(["--ro-bind".into(), dir.into(), dir.into()]),
+            Err(_) => {}
+        }
+    }
+    args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(String::from));
+    args.extend([
+        "--bind".into(),
+        workspace.display().to_string(),
+        "/workspace".into(),
+    ]);
+    args.extend(["--chdir", "/workspace", "true"].map(String::from));
+    args
+}
+
+fn make_repo(dir: &Path, files: usize) {
+    for i in 0..files {
+        let sub = dir.join(format!("d{:03}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&sub).unwrap();
+        }
+        std::fs::write(sub.join(format!("f{i}.rs")), format!("// file {i}\n")).unwrap();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50);
+    let state = tempfile::tempdir().unwrap();
+    let small = tempfile::tempdir().unwrap();
+    make_repo(small.path(), 10);
+    let large = tempfile::tempdir().unwrap();
+    make_repo(large.path(), 10_000);
+    let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
+    let backend = Namespaced::new(NamespacedConfig::new(helper, state.path()));
+    let cancel = CancellationToken::new();
+    let spec = |dir: &Path| SessionSpec {
+        workspace: dir.to_path_buf(),
+        env: vec![],
+    };
+    println!(
+        "runs per measurement: {runs}; euid {}",
+        nix::unistd::geteuid()
+    );
+
+    // Warm up the page cache and the helper binary.
+    for _ in 0..3 {
+        let s = backend
+            .start_with(spec(small.path()), SessionOptions::default())
+            .await
+            .unwrap();
+        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
+        s.close().await.unwrap();
+    }
+
+    let mut start_exec = Vec::new();
+    let mut full = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let s = backend
+            .start_with(spec(small.path()), SessionOptions::default())
+            .await
+            .unwrap();
+        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
+        start_exec.push(t.elapsed());
+        s.close().await.unwrap();
+        full.push(t.elapsed());
+    }
+    summary("namespaced: start + exec true", start_exec);
+    summary("namespaced: start + exec true + close", full);
+
+    if Command::new("bwrap").arg("--version").output().is_ok() {
+        let args = bwrap_args(small.path());
+        let mut bwrap = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let status = Command::new("bwrap")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            bwrap.push(t.elapsed());
+            assert!(status.success());
+        }
+        summary("bwrap --unshare-all, equivalent binds: true", bwrap);
+    } else {
+        println!("bwrap not installed: `apt-get install -y bubblewrap` to compare");
+    }
+
+    let session = backend
+        .start_with(spec(small.path()), SessionOptions::default())
+        .await
+        .unwrap();
+    let mut exec = Vec::new();
+    for _ in 0..runs * 4 {
+        let t = Instant::now();
+        session
+            .exec(ExecRequest::new("true"), &cancel)
+            .await
+            .unwrap();
+        exec.push(t.elapsed());
+    }
+    summary("exec true into a live session", exec);
+    session.close().await.unwrap();
+
+    let mut large_start = Vec::new();
+    let mut large_list = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let s = backend
+            .start_with(spec(large.path()), SessionOptions::default())
+            .await
+            .unwrap();
+        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
+        large_start.push(t.elapsed());
+        let t = Instant::now();
+        let out = s
+            .exec(ExecRequest::new("find . -type f | wc -l"), &cancel)
+            .await
+            .unwrap();
+        large_list.push(t.elapsed());
+        assert_eq!(out.output.trim(), "10000");
+        s.close().await.unwrap();
+    }
+    summary("10,000-file workspace: start + exec true", large_start);
+    summary("10,000-file workspace: find over the overlay", large_list);
+}

@@ -1,0 +1,580 @@
+//! Pid 1 of a session: builds the sandbox, confines itself (commands inherit it), then serves
+//! the host's requests until the host goes away. It reaps every process that ends in the
+//! sandbox, forwards termination signals to running commands, and runs each command in its own
+//! session and process group, with a clean environment, so that a timeout or a cancellation
+//! kills all of it while earlier background processes live on.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::super::wire::{self, HelperConfig, Reply, Request, WireStatus};
+use super::super::{confine, proxy_bridge};
+use super::{Handles, rootfs};
+use crate::HeadTailBuffer;
+
+/// How long to keep reading output after the command exited, for what its background
+/// processes still print while holding the pipe open.
+const PIPE_GRACE: Duration = Duration::from_millis(200);
+
+/// Signals forwarded to running commands.
+const FORWARDED: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+struct Running {
+    pgid: i32,
+    killed: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Exit statuses are delivered here, by pid, to the thread that started the process.
+    waiters: HashMap<i32, mpsc::Sender<i32>>,
+    running: HashMap<u64, Running>,
+    children: usize,
+}
+
+struct Shared {
+    table: Mutex<Table>,
+    spawned: Condvar,
+    out: Mutex<UnixStream>,
+    /// Written "0" by each command before it executes, to join the limited cgroup leaves.
+    cgroups: Vec<OwnedFd>,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send(&self, reply: &Reply, payload: &[u8]) {
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if wire::write_frame(&mut *out, reply, payload).is_err() {
+            // The host is gone: end the sandbox.
+            std::process::exit(0);
+        }
+    }
+}
+
+pub(crate) fn run(control: UnixStream, config: HelperConfig, handles: Handles, go: OwnedFd) -> ! {
+    let fail = |control: &UnixStream, message: String| -> ! {
+        let _ = wire::write_frame(&mut &*control, &Reply::SetupFailed { message }, &[]);
+        std::process::exit(1)
+    };
+    // SAFETY: prctl with integer arguments only changes this process's settings.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut handles = handles;
+    if let Err(message) = setup(&config, &mut handles) {
+        fail(&control, message)
+    }
+    let cgroups = std::mem::take(&mut handles.commands_cgroups);
+    drop(handles);
+    // Confinement applies to the calling thread and what it starts: it comes before any thread.
+    let confinement = match confine::apply(&config.rlimits) {
+        Ok(report) => report,
+        Err(message) => fail(&control, message),
+    };
+    if config.proxy
+        && let Err(message) = proxy_bridge::listen()
+    {
+        fail(&control, message)
+    }
+    // Commands run as our uid but without our capabilities, so the kernel keeps them out of
+    // our /proc entries (environ, fd, mem: a ptrace check that capabilities fail). We stay
+    // dumpable on purpose: the host user reaches the workspace through /proc/<us>/root, which a
+    // non-dumpable process would close to an unprivileged host.
+    if let Err(message) = block_forwarded_signals() {
+        fail(&control, message)
+    }
+    let mut byte = [0u8; 1];
+    if nix::unistd::read(&go, &mut byte) != Ok(1) {
+        std::process::exit(1);
+    }
+    drop(go);
+    serve(control, confinement, cgroups)
+}
+
+fn setup(config: &HelperConfig, handles: &mut Handles) -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    rootfs::build(config, handles)?;
+    nix::unistd::sethostname("nightshift").map_err(|e| format!("sethostname: {e}"))?;
+    loopback_up()
+}
+
+/// A new network namespace has only `lo`, and it starts down.
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: socket() with constant arguments; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: an all-zero ifreq is valid; we fill its name and flags.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq that lives across the call.
+    let ret = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    if ret < 0 {
+        return Err(format!("bringing lo up: {error}"));
+    }
+    Ok(())
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Pid 1 drops signals it has no handler for, so the forwarded ones get one; they are blocked
+/// in every thread and taken by `sigwait` in one.
+fn block_forwarded_signals() -> Result<(), String> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        let signal = Signal::try_from(signal).map_err(|e| e.to_string())?;
+        set.add(signal);
+        let action = SigAction::new(
+            SigHandler::Handler(ignore_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing and is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.map_err(|e| format!("sigaction: {e}"))?;
+    }
+    set.thread_block().map_err(|e| format!("sigprocmask: {e}"))
+}
+
+fn serve(control: UnixStream, confinement: Vec<String>, cgroups: Vec<OwnedFd>) -> ! {
+    let out = match control.try_clone() {
+        Ok(out) => out,
+        Err(_) => std::process::exit(1),
+    };
+    let shared = Arc::new(Shared {
+        table: Mutex::new(Table::default()),
+        spawned: Condvar::new(),
+        out: Mutex::new(out),
+        cgroups,
+    });
+    {
+        let shared = shared.clone();
+        if std::thread::Builder::new()
+            .spawn(move || reap(&shared))
+            .is_err()
+        {
+            std::process::exit(1);
+        }
+    }
+    {
+        let shared = shared.clone();
+        if std::thread::Builder::new()
+            .spawn(move || forward_signals(&shared))
+            .is_err()
+        {
+            std::process::exit(1);
+        }
+    }
+    shared.send(&Reply::Ready { confinement }, &[]);
+    let mut input = control;
+    loop {
+        let frame = match wire::read_frame::<Request>(&mut input) {
+            Ok(Some(frame)) => frame,
+            // The host is gone or broken: exiting pid 1 ends every process in the sandbox.
+            Ok(None) | Err(_) => std::process::exit(0),
+        };
+        match frame {
+            (
+                Request::Exec {
+                    id,
+                    command,
+                    cwd,
+                    env,
+                    timeout_ms,
+                    output_limit,
+                    stdin,
+                },
+                payload,
+            ) => {
+                let shared = shared.clone();
+                let job = Job {
+                    id,
+                    command,
+                    cwd: Path::new("/workspace").join(cwd),
+                    env,
+                    timeout: Duration::from_millis(timeout_ms),
+                    output_limit,
+                    stdin: stdin.then_some(payload),
+                };
+                let fallback = shared.clone();
+                let id = job.id;
+                let job = Arc::new(Mutex::new(Some(job)));
+                let start = |job: Arc<Mutex<Option<Job>>>, shared: Arc<Shared>| {
+                    std::thread::Builder::new().spawn(move || {
+                        let job = job.lock().ok().and_then(|mut j| j.take());
+                        if let Some(job) = job {
+                            job.run(&shared);
+                        }
+                    })
+                };
+                if start(job.clone(), shared.clone()).is_err() {
+                    // Out of processes (rlimits only, no cgroup): something, a fork bomb most
+                    // likely, holds them all. Pid 1 ends every other process and tries again.
+                    // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
+                    unsafe { libc::kill(-1, libc::SIGKILL) };
+                    std::thread::sleep(Duration::from_millis(200));
+                    if start(job, shared).is_err() {
+                        let status = WireStatus::SpawnFailed {
+                            message: "the sandbox's init could not start a thread".into(),
+                        };
+                        let reply = Reply::Done {
+                            id,
+                            status,
+                            omitted: 0,
+                            duration_ms: 0,
+                        };
+                        fallback.send(&reply, &[]);
+                    }
+                }
+            }
+            (Request::Kill { id }, _) => {
+                let pgid = shared.table().running.get(&id).map(|running| {
+                    running.killed.store(true, Ordering::SeqCst);
+                    running.pgid
+                });
+                if let Some(pgid) = pgid {
+                    // Not under the lock: the reaper needs it to collect the group's zombies.
+                    if std::thread::Builder::new()
+                        .spawn(move || kill_group(pgid))
+                        .is_err()
+                    {
+                        kill_group(pgid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Kills a process group until it is empty: a fork bomb may fork between two signals. Zombies
+/// still count as members until the reaper has collected them, so this waits for that too
+/// (about a second at most).
+fn kill_group(pgid: i32) {
+    for _ in 0..200 {
+        // SAFETY: kill with a negative pid signals a process group; no memory is involved.
+        if unsafe { libc::kill(-pgid, libc::SIGKILL) } != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reaps everything: our commands (whose status goes to their thread) and every orphan that
+/// the pid namespace hands to pid 1.
+fn reap(shared: &Shared) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a live local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            let mut table = shared.table();
+            if let Some(waiter) = table.waiters.remove(&pid) {
+                table.children = table.children.saturating_sub(1);
+                let _ = waiter.send(status);
+            }
+            continue;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        // No children at all: sleep until a command is started.
+        let table = shared.table();
+        if table.children > 0 {
+            continue;
+        }
+        let _unused = shared
+            .spawned
+            .wait_timeout(table, Duration::from_millis(500));
+    }
+}
+
+fn forward_signals(shared: &Shared) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        if let Ok(signal) = Signal::try_from(signal) {
+            set.add(signal);
+        }
+    }
+    loop {
+        let Ok(signal) = set.wait() else { continue };
+        let table = shared.table();
+        for running in table.running.values() {
+            // SAFETY: kill with a negative pid signals a process group; no memory is involved.
+            unsafe { libc::kill(-running.pgid, signal as libc::c_int) };
+        }
+    }
+}
+
+struct Job {
+    id: u64,
+    command: String,
+    cwd: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+    output_limit: usize,
+    stdin: Option<Vec<u8>>,
+}
+
+/// What the child needs after fork, prepared before it: nothing may allocate in between.
+struct Prepared {
+    shell: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, String> {
+    CString::new(bytes)
+        .map_err(|_| "a NUL byte in the command, its environment or its directory".into())
+}
+
+impl Job {
+    fn prepare(&self) -> Result<Prepared, String> {
+        let shell: &[u8] = if Path::new("/bin/bash").exists() {
+            b"/bin/bash"
+        } else {
+            b"/bin/sh"
+        };
+        if !self.cwd.is_dir() {
+            return Err(format!(
+                "the working directory {} does not exist",
+                self.cwd.display()
+            ));
+        }
+        Ok(Prepared {
+            shell: cstring(shell)?,
+            argv: vec![
+                cstring(shell)?,
+                cstring(b"-c")?,
+                cstring(self.command.as_bytes())?,
+            ],
+            envp: self
+                .env
+                .iter()
+                .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
+                .collect::<Result<_, _>>()?,
+            cwd: cstring(self.cwd.as_os_str().as_bytes())?,
+        })
+    }
+
+    fn run(self, shared: &Shared) {
+        let started = Instant::now();
+        let (status, output, omitted) = match self.execute(shared) {
+            Ok((status, buffer)) => (status, buffer.render(), buffer.omitted()),
+            Err(message) => (WireStatus::SpawnFailed { message }, String::new(), 0),
+        };
+        let reply = Reply::Done {
+            id: self.id,
+            status,
+            omitted,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        shared.send(&reply, output.as_bytes());
+    }
+
+    fn execute(&self, shared: &Shared) -> Result<(WireStatus, HeadTailBuffer), String> {
+        let prepared = self.prepare()?;
+        let (out_read, out_write) = pipe()?;
+        let (in_read, in_write) = pipe()?;
+        let (tx, rx) = mpsc::channel();
+        let killed = Arc::new(AtomicBool::new(false));
+        let pid = {
+            let mut table = shared.table();
+            let pid = spawn(
+                &prepared,
+                in_read.as_raw_fd(),
+                out_write.as_raw_fd(),
+                &shared.cgroups,
+            )?;
+            table.waiters.insert(pid, tx);
+            table.running.insert(
+                self.id,
+                Running {
+                    pgid: pid,
+                    killed: killed.clone(),
+                },
+            );
+            table.children += 1;
+            pid
+        };
+        shared.spawned.notify_all();
+        drop(out_write);
+        drop(in_read);
+        let stdin = self.stdin.clone().unwrap_or_default();
+        // Without a thread, the command gets an empty standard input (the pipe closes).
+        let _ = std::thread::Builder::new().spawn(move || {
+            // A command that does not read its input closes the pipe early; that is fine.
+            let mut rest: &[u8] = &stdin;
+            while !rest.is_empty() {
+                match nix::unistd::write(&in_write, rest) {
+                    Ok(n) if n > 0 => rest = &rest[n..],
+                    _ => break,
+                }
+            }
+        });
+        let outcome = self.collect(pid, &out_read, &rx, &killed);
+        shared.table().running.remove(&self.id);
+        Ok(outcome)
+    }
+
+    /// Reads output until the command has exited and its pipe is closed (or the grace period
+    /// after its exit has passed), killing its group on timeout.
+    fn collect(
+        &self,
+        pgid: i32,
+        output: &OwnedFd,
+        exited: &mpsc::Receiver<i32>,
+        killed: &AtomicBool,
+    ) -> (WireStatus, HeadTailBuffer) {
+        let mut buffer = HeadTailBuffer::new(self.output_limit);
+        let deadline = Instant::now() + self.timeout;
+        let mut timed_out = false;
+        let mut status: Option<i32> = None;
+        let mut pipe_open = true;
+        let mut grace_until: Option<Instant> = None;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if status.is_none() {
+                status = exited.try_recv().ok();
+            }
+            let now = Instant::now();
+            if status.is_some() && grace_until.is_none() {
+                grace_until = Some(now + PIPE_GRACE);
+            }
+            if status.is_some() && (!pipe_open || grace_until.is_some_and(|t| now >= t)) {
+                break;
+            }
+            if !timed_out && now >= deadline {
+                timed_out = true;
+                kill_group(pgid);
+            }
+            if !pipe_open {
+                // Only the exit status is missing.
+                let wait = if timed_out {
+                    Duration::from_millis(50)
+                } else {
+                    deadline - now
+                };
+                status = exited.recv_timeout(wait).ok();
+                continue;
+            }
+            let mut wait = Duration::from_millis(50);
+            if !timed_out {
+                wait = wait.min(deadline.saturating_duration_since(now));
+            }
+            if poll_readable(output.as_raw_fd(), wait) {
+                match nix::unistd::read(output, &mut chunk) {
+                    Ok(0) => pipe_open = false,
+                    Ok(n) => buffer.push(&chunk[..n]),
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    Err(_) => pipe_open = false,
+                }
+            }
+        }
+        let raw = status.unwrap_or(0);
+        let status = if killed.load(Ordering::SeqCst) {
+            WireStatus::Killed
+        } else if timed_out {
+            WireStatus::TimedOut
+        } else if libc::WIFEXITED(raw) {
+            WireStatus::Exited {
+                code: libc::WEXITSTATUS(raw),
+            }
+        } else {
+            WireStatus::Signaled {
+                signal: libc::WTERMSIG(raw),
+            }
+        };
+        (status, buffer)
+    }
+}
+
+fn poll_readable(fd: RawFd, wait: Duration) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = wait.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ret = unsafe { libc::poll(&mut pollfd, 1, millis) };
+    ret > 0
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+/// fork + execve, the child in a new session (so a new process group) with a default signal
+/// state. Between fork and execve the child only makes async-signal-safe calls.
+fn spawn(
+    prepared: &Prepared,
+    stdin: RawFd,
+    output: RawFd,
+    cgroups: &[OwnedFd],
+) -> Result<i32, String> {
+    let cgroups: Vec<RawFd> = cgroups.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = prepared.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: after fork the child only calls async-signal-safe functions on memory prepared
+    // before the fork, then execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: see above; every pointer refers to memory that outlives the call.
+        unsafe {
+            for fd in &cgroups {
+                libc::write(*fd, b"0".as_ptr().cast(), 1);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            for signal in FORWARDED.iter().chain(&[libc::SIGPIPE]) {
+                libc::signal(*signal, libc::SIG_DFL);
+            }
+            libc::setsid();
+            libc::dup2(stdin, 0);
+            libc::dup2(output, 1);
+            libc::dup2(output, 2);
+            if libc::chdir(prepared.cwd.as_ptr()) == 0 {
+                libc::execve(prepared.shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            }
+            let message = b"nightshift: could not start the shell\n";
+            libc::write(2, message.as_ptr().cast(), message.len());
+            libc::_exit(127);
+        }
+    }
+    Ok(pid)
+}

@@ -1,0 +1,325 @@
+//! The sandbox's file system, built by the init inside its new mount namespace: an empty tmpfs
+//! that becomes `/`, read-only binds of what programs need, a fresh /proc, a minimal /dev, a
+//! tmpfs /tmp and the workspace as an overlay. Nothing of the host is visible unless it is
+//! bound here, and the host's /home, /root, /run and /tmp never are.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use super::super::sys;
+use super::super::wire::HelperConfig;
+use super::Handles;
+
+/// Where the new root is assembled. Mounting over the host's /tmp in our own mount namespace
+/// hides nothing from the host, and every host path we need is already open as a descriptor.
+const NEW_ROOT: &str = "/tmp";
+
+/// Where the proxy's socket appears inside.
+pub const PROXY_SOCKET: &str = "/run/nightshift/proxy.sock";
+
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn err(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+fn inside(path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    Path::new(NEW_ROOT).join(relative)
+}
+
+fn mkdir_p(path: &Path, mode: u32) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| err("mkdir", path, e))
+}
+
+fn touch(path: &Path) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        mkdir_p(parent, 0o755)?;
+    }
+    std::fs::File::create(path)
+        .map(drop)
+        .map_err(|e| err("creating", path, e))
+}
+
+fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: &str) -> Result<(), String> {
+    mount(Some(fstype), target, Some(fstype), flags, Some(data))
+        .map_err(|e| err(&format!("mounting {fstype} on"), target, e))
+}
+
+/// A host path to reproduce inside.
+enum Source {
+    /// Opened in our mount namespace, bound from its descriptor.
+    Opened(OwnedFd),
+    /// A detached tree cloned by stage one while it was root.
+    Tree(OwnedFd),
+}
+
+/// One entry of the new root.
+enum Entry {
+    Dir(Source),
+    File(Source),
+    Symlink(PathBuf),
+}
+
+/// System directories every program needs, bound read-only at the same place.
+const SYSTEM_BINDS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc"];
+
+fn open_path(path: &Path) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| err("opening", path, e))
+}
+
+fn source(path: &Path, handles: &mut Handles) -> Result<Source, String> {
+    match handles.take(path) {
+        Some(tree) => Ok(Source::Tree(tree)),
+        None => open_path(path).map(Source::Opened),
+    }
+}
+
+/// Everything of the host the sandbox will show, opened before the host's root is hidden.
+fn open_entries(
+    config: &HelperConfig,
+    handles: &mut Handles,
+) -> Result<Vec<(PathBuf, Entry)>, String> {
+    let mut entries = Vec::new();
+    let extra = config.ro_binds.iter().map(PathBuf::as_path);
+    for path in SYSTEM_BINDS.iter().map(Path::new).chain(extra) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        let entry = if meta.file_type().is_symlink() {
+            Entry::Symlink(std::fs::read_link(path).map_err(|e| err("reading the link", path, e))?)
+        } else if meta.is_dir() {
+            Entry::Dir(source(path, handles)?)
+        } else {
+            Entry::File(source(path, handles)?)
+        };
+        entries.push((path.to_path_buf(), entry));
+    }
+    Ok(entries)
+}
+
+fn attach(source: &Source, target: &Path) -> Result<(), String> {
+    match source {
+        Source::Opened(fd) => {
+            let from = fd_path(fd);
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+            mount(
+                Some(from.as_str()),
+                target,
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(|e| err("binding", target, e))
+        }
+        Source::Tree(fd) => {
+            sys::move_mount_to(fd.as_fd(), target).map_err(|e| err("attaching", target, e))
+        }
+    }
+}
+
+fn bind(source: &Source, target: &Path, attrs: u64) -> Result<(), String> {
+    attach(source, target)?;
+    // mount_setattr sets the flags on every mount below too, which a remount would not.
+    sys::mount_setattr(None, target, true, attrs, None).map_err(|e| err("restricting", target, e))
+}
+
+/// Builds the root and switches to it. The process's cwd and root are the new `/` afterwards.
+pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making mounts private: {e}"))?;
+    let entries = open_entries(config, handles)?;
+    let workspace = source(&config.workspace, handles)?;
+    let state = source(&config.state, handles)?;
+
+    let root = Path::new(NEW_ROOT);
+    mount_fs(
+        "tmpfs",
+        root,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0755,size=16m",
+    )?;
+    let read_only = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    for (path, entry) in &entries {
+        let at = inside(path);
+        match entry {
+            Entry::Symlink(points_to) => {
+                if let Some(parent) = at.parent() {
+                    mkdir_p(parent, 0o755)?;
+                }
+                symlink(points_to, &at).map_err(|e| err("linking", &at, e))?;
+            }
+            Entry::Dir(source) => {
+                mkdir_p(&at, 0o755)?;
+                bind(source, &at, read_only)?;
+            }
+            Entry::File(source) => {
+                touch(&at)?;
+                bind(source, &at, read_only)?;
+            }
+        }
+    }
+    drop(entries);
+
+    build_dev(root)?;
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir, 0o555)?;
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", &proc_dir, hidden, "")?;
+
+    let tmp = root.join("tmp");
+    mkdir_p(&tmp, 0o755)?;
+    let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes.max(1 << 20));
+    mount_fs(
+        "tmpfs",
+        &tmp,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        &tmp_opts,
+    )?;
+    mkdir_p(&tmp.join("home"), 0o700)?;
+
+    mount_workspace(root, &workspace, &state, config.proxy)?;
+
+    switch_root(root)?;
+    // Nothing may be created in / itself; the writable places are their own mounts.
+    for path in ["/", "/dev"] {
+        sys::mount_setattr(None, Path::new(path), false, read_only, None)
+            .map_err(|e| err("making read-only", Path::new(path), e))?;
+    }
+    Ok(())
+}
+
+/// Device nodes cannot be created in a user namespace: the harmless ones are bound from the
+/// host's /dev, and a private devpts instance gives terminals that lead nowhere outside.
+fn build_dev(root: &Path) -> Result<(), String> {
+    let dev = root.join("dev");
+    mkdir_p(&dev, 0o755)?;
+    mount_fs("tmpfs", &dev, MsFlags::MS_NOSUID, "mode=0755,size=64k")?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        let at = dev.join(name);
+        touch(&at)?;
+        mount(
+            Some(&host),
+            &at,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| err("binding", &at, e))?;
+        sys::mount_setattr(None, &at, false, sys::MOUNT_ATTR_NOSUID, None)
+            .map_err(|e| err("restricting", &at, e))?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts, 0o755)?;
+    mount_fs(
+        "devpts",
+        &pts,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm, 0o755)?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=1777,size=64m",
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let at = dev.join(link);
+        symlink(to, &at).map_err(|e| err("linking", &at, e))?;
+    }
+    Ok(())
+}
+
+/// The workspace: the working copy as the lower layer, the session's directory as the upper,
+/// so that the host's copy is never written. Both are staged in the new root under their own
+/// names, and unmounted from there once the overlay holds them.
+fn mount_workspace(
+    root: &Path,
+    workspace: &Source,
+    state: &Source,
+    proxy: bool,
+) -> Result<(), String> {
+    let target = root.join("workspace");
+    mkdir_p(&target, 0o755)?;
+    let lower = root.join(".lower");
+    let staged = root.join(".state");
+    for (source, at) in [(workspace, &lower), (state, &staged)] {
+        mkdir_p(at, 0o755)?;
+        attach(source, at)?;
+    }
+    let base = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        staged.join("upper").display(),
+        staged.join("work").display()
+    );
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    // `userxattr` is what an overlay in a user namespace needs on recent kernels; older ones do
+    // not know it and work without.
+    mount_fs("overlay", &target, flags, &format!("{base},userxattr"))
+        .or_else(|first| mount_fs("overlay", &target, flags, &base).map_err(|_| first))?;
+    if proxy {
+        let at = inside(Path::new(PROXY_SOCKET));
+        touch(&at)?;
+        let socket = staged.join("proxy.sock");
+        mount(
+            Some(&socket),
+            &at,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| err("binding", &at, e))?;
+        sys::mount_setattr(
+            None,
+            &at,
+            false,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID,
+            None,
+        )
+        .map_err(|e| err("restricting", &at, e))?;
+    }
+    for at in [&lower, &staged] {
+        umount2(at, MntFlags::MNT_DETACH).map_err(|e| err("unmounting", at, e))?;
+        std::fs::remove_dir(at).map_err(|e| err("removing", at, e))?;
+    }
+    Ok(())
+}
+
+fn switch_root(root: &Path) -> Result<(), String> {
+    nix::unistd::chdir(root).map_err(|e| err("chdir", root, e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    // The old root is now stacked on top of the new one; detaching it leaves only ours.
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the host root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}

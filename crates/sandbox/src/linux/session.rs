@@ -1,0 +1,555 @@
+//! A live namespaced session, as the host holds it: the socket to its init, the init's pidfd,
+//! and the host resources (state directory, cgroups, proxy) that closing it, or dropping it,
+//! takes down. Limits are watched here, from counters the kernel keeps, so that a command that
+//! hits one ends with a clear [`ExitStatus::LimitExceeded`].
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::cgroup::{Counters, SessionCgroup};
+use super::proxy::EgressProxy;
+use super::wire::{self, Reply, Request, WireStatus};
+use super::{Limits, read_frame_async, sys};
+use crate::{ExecOutput, ExecRequest, ExitStatus, Limit, SandboxError, SandboxSession};
+
+/// Extra time the host gives the init past a command's own timeout before it gives up on it.
+const BACKSTOP: Duration = Duration::from_secs(30);
+
+/// Host resources of a session, released once.
+pub(crate) struct Resources {
+    pub state_dir: PathBuf,
+    pub cgroup: Option<Arc<SessionCgroup>>,
+    pub proxy: Option<EgressProxy>,
+}
+
+impl Resources {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Resources {
+            state_dir,
+            cgroup: None,
+            proxy: None,
+        }
+    }
+
+    /// Kills the sandbox (if `init` is given) and releases everything. Blocking.
+    pub fn teardown(mut self, init: Option<&OwnedFd>) {
+        if let Some(pidfd) = init {
+            let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+        }
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop();
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
+        remove_tree(&self.state_dir);
+    }
+}
+
+/// Removes a directory tree that a hostile command may have made hard to remove (directories
+/// without write or search permission).
+pub(crate) fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return;
+    }
+    fix_permissions(path);
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a sandbox state directory");
+    }
+}
+
+fn fix_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fix_permissions(&entry.path());
+            }
+        }
+    }
+}
+
+/// The last few KiB the helper wrote to its standard error, for setup failures.
+#[derive(Clone, Default)]
+pub(crate) struct StderrTail(
+    Arc<Mutex<String>>,
+    Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+);
+
+impl StderrTail {
+    pub fn collect(stderr: Option<tokio::process::ChildStderr>) -> Self {
+        let tail = StderrTail::default();
+        if let Some(mut stderr) = stderr {
+            let sink = tail.0.clone();
+            let handle = tokio::spawn(async move {
+                let mut chunk = vec![0u8; 4096];
+                while let Ok(n) = stderr.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                    tracing::debug!(target: "nightshift_sandbox::helper", "{}", text.trim_end());
+                    if let Ok(mut tail) = sink.lock() {
+                        tail.push_str(&text);
+                        if tail.len() > 8192 {
+                            let cut = tail.len() - 8192;
+                            let cut = (cut..tail.len())
+                                .find(|i| tail.is_char_boundary(*i))
+                                .unwrap_or(0);
+                            tail.drain(..cut);
+                        }
+                    }
+                }
+            });
+            if let Ok(mut slot) = tail.1.lock() {
+                *slot = Some(handle);
+            }
+        }
+        tail
+    }
+
+    /// Everything the helper wrote, once it has exited (or after a second).
+    pub async fn finished(&self) -> String {
+        let handle = self.1.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
+        }
+        self.text()
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+/// The environment every command starts from: nothing of the host's.
+pub(crate) fn base_env() -> Vec<(String, String)> {
+    let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    [
+        ("PATH", path),
+        ("HOME", "/tmp/home"),
+        ("TMPDIR", "/tmp"),
+        ("USER", "agent"),
+        ("LANG", "C.UTF-8"),
+        ("TERM", "dumb"),
+        ("NO_COLOR", "1"),
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("PAGER", "cat"),
+        ("GIT_PAGER", "cat"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub(crate) struct Parts {
+    pub stream: UnixStream,
+    pub child: tokio::process::Child,
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub resources: Resources,
+    pub upper: PathBuf,
+    pub limits: Limits,
+    pub env: Vec<(String, String)>,
+    pub report: Vec<String>,
+    pub stderr: StderrTail,
+    /// The host uid that stands for the sandbox user, when the host runs as root.
+    pub file_owner: Option<u32>,
+}
+
+struct Done {
+    status: WireStatus,
+    omitted: u64,
+    duration_ms: u64,
+    output: Vec<u8>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Done>>>>;
+
+/// A live namespaced session. See the module documentation.
+pub struct NamespacedSession {
+    workspace: PathBuf,
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    child: tokio::sync::Mutex<Option<tokio::process::Child>>,
+    resources: Mutex<Option<Resources>>,
+    cgroup: Option<Arc<SessionCgroup>>,
+    upper: PathBuf,
+    limits: Limits,
+    env: Vec<(String, String)>,
+    report: Vec<String>,
+    file_owner: Option<u32>,
+    closed: CancellationToken,
+    dead: CancellationToken,
+    torn_down: AtomicBool,
+    _stderr: StderrTail,
+}
+
+enum Reason {
+    Cancelled,
+    Limit(Limit),
+}
+
+impl NamespacedSession {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let (mut reader, writer) = parts.stream.into_split();
+        let pending: Pending = Arc::default();
+        let dead = CancellationToken::new();
+        {
+            let pending = pending.clone();
+            let dead = dead.clone();
+            tokio::spawn(async move {
+                while let Ok(Some((reply, output))) = read_frame_async(&mut reader).await {
+                    if let Reply::Done {
+                        id,
+                        status,
+                        omitted,
+                        duration_ms,
+                    } = reply
+                    {
+                        let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(Done {
+                                status,
+                                omitted,
+                                duration_ms,
+                                output,
+                            });
+                        }
+                    }
+                }
+                dead.cancel();
+                if let Ok(mut pending) = pending.lock() {
+                    pending.clear();
+                }
+            });
+        }
+        NamespacedSession {
+            workspace: PathBuf::from(format!("/proc/{}/root/workspace", parts.pid)),
+            pid: parts.pid,
+            pidfd: Arc::new(parts.pidfd),
+            writer: tokio::sync::Mutex::new(writer),
+            pending,
+            next_id: AtomicU64::new(1),
+            child: tokio::sync::Mutex::new(Some(parts.child)),
+            cgroup: parts.resources.cgroup.clone(),
+            resources: Mutex::new(Some(parts.resources)),
+            upper: parts.upper,
+            limits: parts.limits,
+            env: parts.env,
+            report: parts.report,
+            file_owner: parts.file_owner,
+            closed: CancellationToken::new(),
+            dead,
+            torn_down: AtomicBool::new(false),
+            _stderr: parts.stderr,
+        }
+    }
+
+    /// The init's pid as the host sees it.
+    pub fn init_pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// What isolation and limits this session got, one line per layer, for the task log.
+    pub fn report(&self) -> &[String] {
+        &self.report
+    }
+
+    /// The session's environment base (before each command's own additions).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    fn resolve_workdir(workdir: Option<&Path>) -> Result<PathBuf, SandboxError> {
+        let Some(relative) = workdir else {
+            return Ok(PathBuf::new());
+        };
+        let escapes = relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| matches!(c, Component::ParentDir));
+        if escapes {
+            return Err(SandboxError::WorkdirOutsideWorkspace(
+                relative.to_path_buf(),
+            ));
+        }
+        Ok(relative.to_path_buf())
+    }
+
+    async fn send(&self, request: &Request, payload: &[u8]) -> Result<(), SandboxError> {
+        let frame = wire::encode_frame(request, payload).map_err(SandboxError::Wait)?;
+        let mut writer = self.writer.lock().await;
+        writer
+            .write_all(&frame)
+            .await
+            .map_err(|e| gone(&e.to_string()))
+    }
+
+    fn counters(&self) -> Counters {
+        self.cgroup
+            .as_deref()
+            .map(SessionCgroup::counters)
+            .unwrap_or_default()
+    }
+
+    fn tmp_full(&self) -> bool {
+        let path = format!("/proc/{}/root/tmp", self.pid);
+        nix::sys::statvfs::statvfs(path.as_str()).is_ok_and(|s| s.blocks_available() == 0)
+    }
+
+    fn teardown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let resources = self.resources.lock().ok().and_then(|mut r| r.take());
+        if let Some(resources) = resources {
+            let pidfd = self.pidfd.clone();
+            // Removing a large upper layer takes a while: not on the caller's thread.
+            std::thread::spawn(move || resources.teardown(Some(&pidfd)));
+        }
+    }
+}
+
+fn gone(detail: &str) -> SandboxError {
+    SandboxError::Wait(std::io::Error::other(format!(
+        "the sandbox ended unexpectedly ({detail})"
+    )))
+}
+
+/// Bytes used under `dir`, stopping early once past `stop_at`.
+fn disk_usage(dir: &Path, stop_at: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            if total > stop_at {
+                return total;
+            }
+        }
+    }
+    total
+}
+
+#[async_trait]
+impl SandboxSession for NamespacedSession {
+    fn workspace(&self) -> &Path {
+        &self.workspace
+    }
+
+    fn file_owner(&self) -> Option<u32> {
+        self.file_owner
+    }
+
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutput, SandboxError> {
+        if self.closed.is_cancelled() {
+            return Err(SandboxError::Closed);
+        }
+        if self.dead.is_cancelled() {
+            return Err(gone("its init is gone"));
+        }
+        let cwd = Self::resolve_workdir(request.workdir.as_deref())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        let before = self.counters();
+        let tmp_full_before = self.tmp_full();
+        let started = Instant::now();
+        let exec = Request::Exec {
+            id,
+            command: request.command.clone(),
+            cwd,
+            env: self.env.clone(),
+            timeout_ms: request.timeout.as_millis().min(u64::MAX as u128) as u64,
+            output_limit: request.output_limit,
+            stdin: request.stdin.is_some(),
+        };
+        if let Err(e) = self
+            .send(&exec, request.stdin.as_deref().unwrap_or_default())
+            .await
+        {
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.remove(&id);
+            }
+            return Err(e);
+        }
+
+        let backstop = tokio::time::sleep(request.timeout + BACKSTOP);
+        tokio::pin!(backstop);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut next_disk_check = Instant::now();
+        // Usage when the command started: a workspace already over its limit must still let a
+        // command clean it up, so only growth past the limit counts.
+        let mut disk_baseline: Option<u64> = None;
+        let mut reason: Option<Reason> = None;
+        let done = loop {
+            tokio::select! {
+                done = &mut rx => match done {
+                    Ok(done) => break done,
+                    Err(_) => return Err(gone("its init is gone")),
+                },
+                _ = cancel.cancelled(), if reason.is_none() => {
+                    reason = Some(Reason::Cancelled);
+                    self.send(&Request::Kill { id }, &[]).await?;
+                }
+                _ = self.closed.cancelled(), if reason.is_none() => {
+                    reason = Some(Reason::Cancelled);
+                    let _ = self.send(&Request::Kill { id }, &[]).await;
+                }
+                _ = tick.tick(), if reason.is_none() => {
+                    let now = self.counters();
+                    let mut hit = if now.oom_kills > before.oom_kills {
+                        Some(Limit::Memory)
+                    } else if now.pids_max_hits > before.pids_max_hits {
+                        Some(Limit::Processes)
+                    } else {
+                        None
+                    };
+                    if let (None, Some(max)) = (hit, self.limits.workspace_bytes)
+                        && Instant::now() >= next_disk_check
+                    {
+                            let upper = self.upper.clone();
+                            let measured = Instant::now();
+                            let used = tokio::task::spawn_blocking(move || disk_usage(&upper, max))
+                                .await
+                                .unwrap_or(0);
+                            // Checking costs; check less often on large workspaces.
+                            next_disk_check = Instant::now()
+                                + Duration::from_secs(1).max(measured.elapsed() * 20);
+                            let baseline = *disk_baseline.get_or_insert(used);
+                            if used > max && used > baseline + (1 << 20) {
+                                hit = Some(Limit::Disk);
+                            }
+                    }
+                    if let Some(limit) = hit {
+                        reason = Some(Reason::Limit(limit));
+                        self.send(&Request::Kill { id }, &[]).await?;
+                        if limit == Limit::Processes
+                            && let Some(cgroup) = self.cgroup.clone()
+                        {
+                            // A bomb may have left the command's group (setsid): every command
+                            // process goes, background ones included; the init stays.
+                            let _ = tokio::task::spawn_blocking(move || cgroup.kill_commands()).await;
+                        }
+                    }
+                }
+                _ = &mut backstop => {
+                    if let Ok(mut pending) = self.pending.lock() {
+                        pending.remove(&id);
+                    }
+                    return Err(gone("a command outlived its timeout by far"));
+                }
+            }
+        };
+
+        let after = self.counters();
+        let status = match (reason, done.status) {
+            (_, WireStatus::SpawnFailed { message }) => {
+                return Err(SandboxError::Spawn {
+                    command: request.command,
+                    source: std::io::Error::other(message),
+                });
+            }
+            (Some(Reason::Cancelled), _) => ExitStatus::Cancelled,
+            (Some(Reason::Limit(limit)), _) => ExitStatus::LimitExceeded(limit),
+            (None, status) => {
+                let exited_badly = !matches!(status, WireStatus::Exited { code: 0 });
+                if after.oom_kills > before.oom_kills {
+                    ExitStatus::LimitExceeded(Limit::Memory)
+                } else if after.pids_max_hits > before.pids_max_hits && exited_badly {
+                    ExitStatus::LimitExceeded(Limit::Processes)
+                } else if status == (WireStatus::Signaled { signal: libc::SIGXFSZ })
+                    // A shell reports a child killed by SIGXFSZ as 128 + 25.
+                    || status == (WireStatus::Exited { code: 128 + libc::SIGXFSZ })
+                    || (exited_badly && !tmp_full_before && self.tmp_full())
+                {
+                    ExitStatus::LimitExceeded(Limit::Disk)
+                } else {
+                    match status {
+                        WireStatus::Exited { code } => ExitStatus::Exited(code),
+                        WireStatus::Signaled { signal } => ExitStatus::Signaled(signal),
+                        WireStatus::TimedOut => ExitStatus::TimedOut,
+                        WireStatus::Killed => ExitStatus::Cancelled,
+                        WireStatus::SpawnFailed { .. } => ExitStatus::Exited(127),
+                    }
+                }
+            }
+        };
+        let mut output = String::from_utf8_lossy(&done.output).into_owned();
+        if let ExitStatus::LimitExceeded(limit) = status {
+            output.push_str(&format!("\n[nightshift: {}]\n", limit.explain()));
+        }
+        let _ = done.duration_ms;
+        Ok(ExecOutput {
+            status,
+            output,
+            omitted_bytes: done.omitted,
+            duration: started.elapsed(),
+        })
+    }
+
+    async fn close(&self) -> Result<(), SandboxError> {
+        if self.closed.is_cancelled() {
+            return Ok(());
+        }
+        self.closed.cancel();
+        let _ = sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+        // The helper exits once its init has; the init, once every process of its pid
+        // namespace is gone. After this, nothing of the sandbox runs.
+        let child = self.child.lock().await.take();
+        if let Some(mut child) = child
+            && tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        let resources = self.resources.lock().ok().and_then(|mut r| r.take());
+        self.torn_down.store(true, Ordering::SeqCst);
+        if let Some(resources) = resources {
+            let pidfd = self.pidfd.clone();
+            tokio::task::spawn_blocking(move || resources.teardown(Some(&pidfd)))
+                .await
+                .map_err(|e| SandboxError::Wait(std::io::Error::other(e.to_string())))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NamespacedSession {
+    fn drop(&mut self) {
+        // Killing the init ends the pid namespace; the helper is killed by `kill_on_drop`.
+        let _ = sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+        self.teardown();
+    }
+}

@@ -1,0 +1,134 @@
+//! The sandbox as an unprivileged user gets it: no root to drop, no cgroups to create (limits
+//! fall back to rlimits), and the host user mapped to the sandbox user, so that files written
+//! from either side belong to both. Run as root, the test re-runs itself as `nobody`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nightshift_sandbox::{
+    Namespaced, NamespacedConfig, SandboxSession, SessionOptions, SessionSpec,
+};
+
+const STATE: &str = "NIGHTSHIFT_SANDBOX_TEST_STATE";
+const WORKSPACE: &str = "NIGHTSHIFT_SANDBOX_TEST_WORKSPACE";
+
+#[test]
+fn works_for_an_unprivileged_user() {
+    if !nix::unistd::geteuid().is_root() {
+        // Already unprivileged: the child test below does the work when given its directories.
+        return;
+    }
+    let Ok(setpriv) = which("setpriv") else {
+        eprintln!("setpriv is missing: skipping the unprivileged run");
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let state = base.path().join("state");
+    let workspace = base.path().join("workspace");
+    std::fs::create_dir_all(workspace.join("src")).unwrap();
+    std::fs::write(workspace.join("README.md"), "unprivileged host\n").unwrap();
+    std::fs::create_dir(&state).unwrap();
+    for path in [
+        base.path().to_path_buf(),
+        state.clone(),
+        workspace.clone(),
+        workspace.join("src"),
+        workspace.join("README.md"),
+    ] {
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    }
+    let output = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unprivileged_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(STATE, &state)
+        .env(WORKSPACE, &workspace)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("unprivileged run complete"), "{text}");
+    // Nothing left behind by the unprivileged host.
+    assert!(std::fs::read_dir(&state).unwrap().next().is_none());
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("README.md")).unwrap(),
+        "unprivileged host\n"
+    );
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|p| p.exists())
+        .ok_or(())
+}
+
+#[tokio::test]
+async fn unprivileged_child() {
+    let (Some(state), Some(workspace)) = (std::env::var_os(STATE), std::env::var_os(WORKSPACE))
+    else {
+        return;
+    };
+    assert!(!nix::unistd::geteuid().is_root());
+    let backend = Namespaced::new(NamespacedConfig::new(helper(), PathBuf::from(state)));
+    let session = backend
+        .start_with(
+            SessionSpec {
+                workspace: workspace.into(),
+                env: vec![],
+            },
+            SessionOptions::default(),
+        )
+        .await
+        .unwrap();
+    let report = session.report().join("\n");
+    println!("{report}");
+    assert!(report.contains("landlock: fully enforced"), "{report}");
+
+    let out = run(
+        &session,
+        "id -u; cat README.md; echo inside > made-inside.txt",
+    )
+    .await;
+    assert_eq!(out.output, "1000\nunprivileged host\n");
+    assert_eq!(read(&path_of(&session, "made-inside.txt")), "inside\n");
+    // The host user is the sandbox user: it can create files through workspace().
+    std::fs::write(path_of(&session, "made-outside.txt"), "outside\n").unwrap();
+    let out = run(
+        &session,
+        "cat made-outside.txt; stat -c %u made-outside.txt; echo more >> made-outside.txt",
+    )
+    .await;
+    assert_eq!(out.output, "outside\n1000\n");
+    assert_eq!(
+        read(&path_of(&session, "made-outside.txt")),
+        "outside\nmore\n"
+    );
+
+    // Without cgroups, a fork bomb meets RLIMIT_NPROC and its timeout; the session survives.
+    let out = run_for(&session, ":(){ :|:& };:", Duration::from_secs(3)).await;
+    println!("fork bomb without cgroups: {:?}", out.status);
+    let out = run(&session, "echo alive").await;
+    assert_eq!(out.output, "alive\n");
+
+    let init = session.init_pid();
+    session.close().await.unwrap();
+    assert!(!alive(init));
+    println!("unprivileged run complete");
+}

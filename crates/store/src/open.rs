@@ -1,0 +1,79 @@
+//! Choosing the backend from configuration: every binary (CLI, server, worker) opens its store
+//! through [`open_store`], so that one connection string is all it takes to move from a single
+//! machine's SQLite file to a PostgreSQL database shared by many.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::{PostgresStore, SqliteStore, Store, StoreError};
+
+/// The blobs directory inside the nightshift home, for either backend.
+const BLOBS_DIR: &str = "blobs";
+
+/// Opens the store `database` names (the CLI passes `NIGHTSHIFT_DATABASE_URL`):
+/// - `None`, or a `sqlite:` URL: the SQLite store in `home` (the URL's path is not used: the
+///   database always lives in the nightshift home, beside its blobs);
+/// - `postgres://…` or `postgresql://…`: that PostgreSQL database, with blobs in `home/blobs`.
+///
+/// Anything else is refused with a message naming the accepted forms.
+pub async fn open_store(database: Option<&str>, home: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(url) = database.map(str::trim).filter(|url| !url.is_empty()) else {
+        return Ok(Arc::new(SqliteStore::open(home).await?));
+    };
+    match scheme(url) {
+        Some("sqlite") => Ok(Arc::new(SqliteStore::open(home).await?)),
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            PostgresStore::connect(url, &home.join(BLOBS_DIR)).await?,
+        )),
+        _ => Err(StoreError::database(
+            "choosing the database",
+            sqlx::Error::Configuration(
+                format!(
+                    "`{}` is not a database URL nightshift knows: use postgres://USER:PASSWORD@HOST/NAME, \
+                     or leave NIGHTSHIFT_DATABASE_URL unset for the SQLite file in the nightshift home",
+                    without_credentials(url)
+                )
+                .into(),
+            ),
+        )),
+    }
+}
+
+/// The URL's scheme, lowercase.
+fn scheme(url: &str) -> Option<&'static str> {
+    let (scheme, _) = url.split_once(':')?;
+    ["sqlite", "postgres", "postgresql"]
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(scheme))
+}
+
+/// The URL with anything before an `@` (user and password) left out, for messages.
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_are_recognised_in_any_case() {
+        assert_eq!(scheme("postgres://h/db"), Some("postgres"));
+        assert_eq!(scheme("PostgreSQL://h/db"), Some("postgresql"));
+        assert_eq!(scheme("sqlite:nightshift.db"), Some("sqlite"));
+        assert_eq!(scheme("mysql://h/db"), None);
+        assert_eq!(scheme("nonsense"), None);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            without_credentials("mysql://me:secret@db:3306/x"),
+            "mysql://…@db:3306/x"
+        );
+        assert_eq!(without_credentials("mysql://db/x"), "mysql://db/x");
+    }
+}

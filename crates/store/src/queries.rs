@@ -1,0 +1,117 @@
+//! The statements SQLite and PostgreSQL run word for word. Both accept `$N` parameters, and the
+//! two schemas keep the same columns and types (times as 64-bit milliseconds, JSON as text), so
+//! one text serves both; each backend only binds and runs it. What the databases do differently
+//! (taking the write lock, picking a queued task, numbering events, listing by state) stays in
+//! the backend's own module.
+
+use crate::rows::{select_tasks, select_tokens, task_columns, token_columns};
+
+/// The states in which a worker holds a task: claimed, not yet ended. As SQL.
+macro_rules! held_states {
+    () => {
+        "('preparing', 'running', 'verifying', 'handing_off')"
+    };
+}
+
+/// `$1`..`$17` as [`crate::rows::TaskColumns::bind`] binds them, `$18` cancel_requested.
+pub(crate) const INSERT_TASK: &str = "INSERT INTO tasks (id, state, spec, repo, created_at, \
+     updated_at, started_at, finished_at, base_commit, branch, head_commit, summary, error, turns, \
+     input_tokens, cached_input_tokens, output_tokens, cancel_requested) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// Every column but `cancel_requested` (request_cancel's) and `worker`/`lease_expires_at`
+/// (the queue's). `$1`..`$17` as [`crate::rows::TaskColumns::bind`] binds them.
+pub(crate) const UPDATE_TASK: &str = "UPDATE tasks SET state = $2, spec = $3, repo = $4, \
+     created_at = $5, updated_at = $6, started_at = $7, finished_at = $8, base_commit = $9, \
+     branch = $10, head_commit = $11, summary = $12, error = $13, turns = $14, \
+     input_tokens = $15, cached_input_tokens = $16, output_tokens = $17 \
+     WHERE id = $1";
+
+pub(crate) const GET_TASK: &str = select_tasks!("WHERE id = $1");
+
+/// `$1` the escaped pattern, `$2` match as prefix, `$3` match as short id, `$4` limit.
+pub(crate) const FIND_TASKS: &str = select_tasks!(
+    "WHERE ($2 AND id LIKE $1 || '%' ESCAPE '\\') \
+        OR ($3 AND id LIKE '%' || $1 ESCAPE '\\') \
+     ORDER BY id DESC LIMIT $4"
+);
+
+pub(crate) const COUNT_TASKS: &str = "SELECT state, COUNT(*) FROM tasks GROUP BY state";
+
+/// `$1` id, `$2` worker, `$3` now, `$4` lease expiry.
+pub(crate) const CLAIM_TASK: &str = "UPDATE tasks SET state = 'preparing', worker = $2, \
+     lease_expires_at = $4, started_at = $3, updated_at = $3 \
+     WHERE id = $1 AND state = 'queued'";
+
+/// `$1` id, `$2` worker, `$3` new lease expiry.
+pub(crate) const RENEW_LEASE: &str = concat!(
+    "UPDATE tasks SET lease_expires_at = $3 WHERE id = $1 AND worker = $2 AND state IN ",
+    held_states!()
+);
+
+/// `$1` id, `$2` worker, `$3` now.
+pub(crate) const RELEASE_TASK: &str = concat!(
+    "UPDATE tasks SET state = 'queued', worker = NULL, lease_expires_at = NULL, \
+     updated_at = $3 WHERE id = $1 AND worker = $2 AND state IN ",
+    held_states!()
+);
+
+/// `$1` now. A held task without a lease can only come from before leases existed: it counts
+/// as lapsed.
+pub(crate) const EXPIRED_TASKS: &str = concat!(
+    select_tasks!("WHERE state IN "),
+    held_states!(),
+    " AND COALESCE(lease_expires_at, 0) < $1 ORDER BY id"
+);
+
+pub(crate) const ANY_QUEUED: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE state = 'queued')";
+
+/// `$1` id.
+pub(crate) const CANCEL_STATE: &str = "SELECT state, cancel_requested FROM tasks WHERE id = $1";
+
+/// `$1` id, `$2` summary, `$3` now.
+pub(crate) const CANCEL_QUEUED: &str = "UPDATE tasks SET state = 'cancelled', \
+     cancel_requested = TRUE, summary = $2, finished_at = $3, updated_at = $3 WHERE id = $1";
+
+/// `$1` id, `$2` now.
+pub(crate) const FLAG_CANCEL: &str =
+    "UPDATE tasks SET cancel_requested = TRUE, updated_at = $2 WHERE id = $1";
+
+/// `$1` task id, `$2` after seq, `$3` limit.
+pub(crate) const EVENTS: &str =
+    "SELECT seq, at, body FROM events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+
+/// `$1` id, `$2` name, `$3` scope, `$4` secret hash, `$5` created_at.
+pub(crate) const INSERT_TOKEN: &str = "INSERT INTO tokens (id, name, scope, secret_hash, \
+     created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL)";
+
+/// `$1` secret hash.
+pub(crate) const TOKEN_BY_HASH: &str =
+    select_tokens!("WHERE secret_hash = $1 AND revoked_at IS NULL");
+
+/// `$1` id, `$2` now. Returns the token as it is after recording the use.
+pub(crate) const TOUCH_TOKEN: &str = concat!(
+    "UPDATE tokens SET last_used_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+    token_columns!()
+);
+
+pub(crate) const LIST_TOKENS: &str = select_tokens!("ORDER BY created_at DESC, id DESC");
+
+/// `$1` id, `$2` now.
+pub(crate) const REVOKE_TOKEN: &str =
+    "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+
+#[cfg(test)]
+mod tests {
+    use nightshift_protocol::TaskState;
+
+    #[test]
+    fn held_states_are_the_claimed_unfinished_ones() {
+        let held: Vec<String> = TaskState::ALL
+            .into_iter()
+            .filter(|state| *state != TaskState::Queued && !state.is_terminal())
+            .map(|state| format!("'{state}'"))
+            .collect();
+        assert_eq!(held_states!(), format!("({})", held.join(", ")));
+    }
+}

@@ -1,0 +1,130 @@
+//! API tokens on both backends: stored by the hash of their secret, found by it, their use
+//! recorded, listed and revoked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+use jiff::Timestamp;
+use nightshift_protocol::{ApiToken, TokenScope};
+use nightshift_store::StoreError;
+
+use common::{TestStore, now};
+
+fn token(id: &str, scope: TokenScope, created_at: Timestamp) -> ApiToken {
+    ApiToken {
+        id: id.into(),
+        name: format!("{id}'s name"),
+        scope,
+        created_at,
+        last_used_at: None,
+        revoked_at: None,
+    }
+}
+
+async fn a_token_is_found_by_its_hash_and_its_use_recorded(t: TestStore) {
+    let created = token("tok_ci", TokenScope::Submit, now());
+    t.store.create_token(&created, "hash-of-ci").await.unwrap();
+
+    assert_eq!(
+        t.store.token_by_hash("hash-of-nothing").await.unwrap(),
+        None
+    );
+    let found = t.store.token_by_hash("hash-of-ci").await.unwrap().unwrap();
+    let used_at = found.last_used_at.expect("the use is recorded");
+    assert!(used_at >= created.created_at);
+    assert_eq!(
+        found,
+        ApiToken {
+            last_used_at: Some(used_at),
+            ..created.clone()
+        }
+    );
+    assert_eq!(
+        t.store.list_tokens().await.unwrap(),
+        std::slice::from_ref(&found)
+    );
+
+    // Uses are recorded to the minute: a second lookup right after is a plain read.
+    let again = t.store.token_by_hash("hash-of-ci").await.unwrap().unwrap();
+    assert_eq!(again, found);
+}
+
+async fn revoked_tokens_are_not_found_but_still_listed(t: TestStore) {
+    t.store
+        .create_token(&token("tok_old", TokenScope::Admin, now()), "hash-old")
+        .await
+        .unwrap();
+    t.store
+        .create_token(&token("tok_keep", TokenScope::Read, now()), "hash-keep")
+        .await
+        .unwrap();
+
+    assert!(t.store.revoke_token("tok_old").await.unwrap());
+    assert!(!t.store.revoke_token("tok_old").await.unwrap(), "only once");
+    assert!(!t.store.revoke_token("tok_missing").await.unwrap());
+
+    assert_eq!(t.store.token_by_hash("hash-old").await.unwrap(), None);
+    assert!(t.store.token_by_hash("hash-keep").await.unwrap().is_some());
+    let listed = t.store.list_tokens().await.unwrap();
+    let old = listed.iter().find(|token| token.id == "tok_old").unwrap();
+    assert!(old.revoked_at.is_some());
+    let kept = listed.iter().find(|token| token.id == "tok_keep").unwrap();
+    assert_eq!(kept.revoked_at, None);
+}
+
+async fn tokens_are_listed_newest_first(t: TestStore) {
+    let start = now();
+    for (i, scope) in [TokenScope::Read, TokenScope::Submit, TokenScope::Admin]
+        .into_iter()
+        .enumerate()
+    {
+        let created_at = start + jiff::SignedDuration::from_secs(i as i64);
+        t.store
+            .create_token(
+                &token(&format!("tok_{i}"), scope, created_at),
+                &format!("h{i}"),
+            )
+            .await
+            .unwrap();
+    }
+    let listed = t.store.list_tokens().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|token| token.id.as_str()).collect();
+    assert_eq!(ids, ["tok_2", "tok_1", "tok_0"]);
+    assert_eq!(listed[0].scope, TokenScope::Admin);
+    assert_eq!(listed[2].scope, TokenScope::Read);
+}
+
+async fn ids_and_secret_hashes_are_unique(t: TestStore) {
+    t.store
+        .create_token(&token("tok_a", TokenScope::Read, now()), "same-hash")
+        .await
+        .unwrap();
+    let error = t
+        .store
+        .create_token(&token("tok_b", TokenScope::Admin, now()), "same-hash")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Database { .. }), "{error}");
+    let error = t
+        .store
+        .create_token(&token("tok_a", TokenScope::Admin, now()), "other-hash")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Database { .. }), "{error}");
+    // Neither failed write changed what the first token grants.
+    let found = t.store.token_by_hash("same-hash").await.unwrap().unwrap();
+    assert_eq!(
+        (found.id.as_str(), found.scope),
+        ("tok_a", TokenScope::Read)
+    );
+    assert_eq!(t.store.list_tokens().await.unwrap().len(), 1);
+}
+
+on_every_backend!(
+    a_token_is_found_by_its_hash_and_its_use_recorded,
+    revoked_tokens_are_not_found_but_still_listed,
+    tokens_are_listed_newest_first,
+    ids_and_secret_hashes_are_unique,
+);
