@@ -6,6 +6,7 @@
 //!
 //! [`Event`]: nightshift_protocol::Event
 
+mod compact;
 mod governor;
 mod prompt;
 mod run;

@@ -8,6 +8,7 @@ use nightshift_protocol::{Event, ToolCallRecord, Usage};
 use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
+use crate::compact::{compact, is_context_overflow, needs_compaction};
 use crate::governor::{Budget, CostFn, Governor, Verdict};
 use crate::prompt::SYSTEM_PROMPT;
 use crate::tools::{self, Control, ToolContext, ToolLimits};
@@ -26,6 +27,9 @@ pub struct AgentConfig {
     pub max_output_tokens: Option<u32>,
     /// The model's price, when known: makes dollar budgets and cost reports possible.
     pub cost: Option<CostFn>,
+    /// The model's context window in tokens, when known: the conversation is compacted as it
+    /// nears it.
+    pub context_window: Option<u64>,
 }
 
 /// How a run ended.
@@ -139,6 +143,11 @@ impl Agent<'_> {
                 wrapping_up = Some(reason);
             }
 
+            if let Some(window) = self.config.context_window
+                && needs_compaction(&request, window)
+            {
+                self.compact(&mut request, window, false, cancel).await?;
+            }
             self.sink
                 .emit(Event::ModelRequest {
                     turn,
@@ -147,10 +156,25 @@ impl Agent<'_> {
                 })
                 .await?;
             let started = Instant::now();
-            let response = match self.model.complete(&request, cancel, &mut |_| {}).await {
-                Ok(response) => response,
-                Err(ModelError::Cancelled) => return Ok(report(AgentOutcome::Cancelled, turn - 1)),
-                Err(error) => return Ok(report(AgentOutcome::ModelFailed(error), turn - 1)),
+            let mut compacted_for_overflow = false;
+            let response = loop {
+                match self.model.complete(&request, cancel, &mut |_| {}).await {
+                    Ok(response) => break response,
+                    Err(ModelError::Cancelled) => {
+                        return Ok(report(AgentOutcome::Cancelled, turn - 1));
+                    }
+                    Err(error) if is_context_overflow(&error) && !compacted_for_overflow => {
+                        compacted_for_overflow = true;
+                        let window = self
+                            .config
+                            .context_window
+                            .unwrap_or_else(|| crate::compact::estimate_tokens(&request) * 3 / 4);
+                        if !self.compact(&mut request, window, true, cancel).await? {
+                            return Ok(report(AgentOutcome::ModelFailed(error), turn - 1));
+                        }
+                    }
+                    Err(error) => return Ok(report(AgentOutcome::ModelFailed(error), turn - 1)),
+                }
             };
             usage += response.usage;
             let call_cost = self.config.cost.as_ref().map(|cost| cost(&response.usage));
@@ -227,6 +251,39 @@ impl Agent<'_> {
                     return Ok(report(AgentOutcome::BudgetExceeded { reason, summary }));
                 }
                 (None, None) => {}
+            }
+        }
+    }
+
+    /// Compacts the conversation and logs it; false when there was nothing left to compact or
+    /// the summary could not be made.
+    async fn compact(
+        &self,
+        request: &mut ModelRequest,
+        window: u64,
+        force: bool,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SinkError> {
+        match compact(request, window, force, self.model, cancel).await {
+            Ok(Some(done)) => {
+                self.sink
+                    .emit(Event::ContextCompacted {
+                        before_tokens: done.before_tokens,
+                        after_tokens: done.after_tokens,
+                        masked: done.masked,
+                        summarized: done.summarized,
+                    })
+                    .await?;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(err) => {
+                self.sink
+                    .emit(Event::Warning {
+                        message: format!("could not summarize the conversation: {err}"),
+                    })
+                    .await?;
+                Ok(false)
             }
         }
     }

@@ -88,6 +88,54 @@ pub struct TaskView<'a> {
     pub short_id: String,
     #[serde(flatten)]
     pub task: &'a Task,
+    /// What the task cost, where it was worked out (`show`, `run --wait`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+}
+
+/// A task's cost, split the way hosted agents bill: model usage and machine time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cost {
+    /// Dollars of model usage, from the price table; `None` when the model's price is unknown.
+    pub model_usd: Option<f64>,
+    /// The task's wall-clock time in the sandbox.
+    pub machine_seconds: f64,
+    /// `machine_seconds` at `NIGHTSHIFT_MACHINE_USD_PER_HOUR`, when that is set.
+    pub machine_usd: Option<f64>,
+}
+
+impl Cost {
+    /// Adds up the model cost recorded in the task's events and prices its run time.
+    pub async fn of(
+        store: &std::sync::Arc<dyn nightshift_store::Store>,
+        task: &Task,
+    ) -> Result<Cost, Failure> {
+        let mut model_usd: Option<f64> = None;
+        let mut after = 0;
+        loop {
+            let page = store.events(task.id, after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for record in &page {
+                if let nightshift_protocol::Event::ModelResponse {
+                    cost_usd: Some(cost),
+                    ..
+                } = record.event
+                {
+                    *model_usd.get_or_insert(0.0) += cost;
+                }
+            }
+        }
+        let machine_seconds = crate::render::elapsed(task).as_secs_f64();
+        let rate = std::env::var("NIGHTSHIFT_MACHINE_USD_PER_HOUR")
+            .ok()
+            .and_then(|r| r.parse::<f64>().ok());
+        Ok(Cost {
+            model_usd,
+            machine_seconds,
+            machine_usd: rate.map(|rate| rate * machine_seconds / 3600.0),
+        })
+    }
 }
 
 impl<'a> TaskView<'a> {
@@ -96,6 +144,7 @@ impl<'a> TaskView<'a> {
             schema: SCHEMA_VERSION,
             short_id: task.id.short(),
             task,
+            cost: None,
         }
     }
 }

@@ -27,6 +27,23 @@ pub fn dollars(cost: f64) -> String {
     }
 }
 
+/// `$0.0123 model (prices of 2025-11) + $0.0040 machine (1m 12s)`.
+pub fn cost(cost: &crate::output::Cost) -> String {
+    let model = match cost.model_usd {
+        Some(usd) => format!(
+            "{} model (prices of {})",
+            dollars(usd),
+            nightshift_model::PRICES_AS_OF
+        ),
+        None => "model price unknown".to_string(),
+    };
+    let machine = duration(Duration::from_secs_f64(cost.machine_seconds));
+    match cost.machine_usd {
+        Some(usd) => format!("{model} + {} machine ({machine})", dollars(usd)),
+        None => format!("{model} · machine time {machine}"),
+    }
+}
+
 pub fn tokens(usage: &Usage) -> String {
     let mut text = format!("{} in", usage.input_tokens);
     if usage.cached_input_tokens > 0 {
@@ -222,6 +239,18 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::ContextCompacted {
+            before_tokens,
+            after_tokens,
+            masked,
+            summarized,
+        } => (
+            "compacted",
+            format!(
+                "context from ~{before_tokens} to ~{after_tokens} tokens: {masked} old outputs masked, {summarized} messages summarized"
+            ),
+            None,
+        ),
         Event::MessageReceived { text, from } => (
             "message",
             match from {

@@ -34,6 +34,9 @@ use futures::Stream;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
+/// How many times an answer cut off mid-way is asked for again.
+const MID_STREAM_RESTARTS: u32 = 2;
+
 /// A stream of one model answer.
 pub type ResponseStream = BoxStream<'static, Result<StreamEvent, ModelError>>;
 
@@ -55,7 +58,30 @@ pub trait ModelClient: Send + Sync {
         cancel: &CancellationToken,
         on_event: &mut (dyn for<'event> FnMut(&'event StreamEvent) + Send),
     ) -> Result<ModelResponse, ModelError> {
-        types::collect(self.stream(request), cancel, on_event).await
+        // A stream cut off mid-way cannot be resumed: the request is sent again and the
+        // partial answer dropped. Failures before the answer started are the client's own
+        // retries' business.
+        let mut restarts = 0;
+        loop {
+            match types::collect(self.stream(request), cancel, on_event).await {
+                Ok(response) => return Ok(response),
+                Err(failed)
+                    if failed.mid_stream
+                        && restarts < MID_STREAM_RESTARTS
+                        && matches!(
+                            failed.error,
+                            ModelError::Unreachable { .. } | ModelError::IdleTimeout(_)
+                        ) =>
+                {
+                    restarts += 1;
+                    tracing::warn!(
+                        "the model's answer was cut off ({}); asking again",
+                        failed.error
+                    );
+                }
+                Err(failed) => return Err(failed.error),
+            }
+        }
     }
 }
 

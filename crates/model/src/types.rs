@@ -169,11 +169,44 @@ pub(crate) async fn collect(
     stream: impl Future<Output = Result<ResponseStream, ModelError>>,
     cancel: &CancellationToken,
     on_event: &mut (dyn FnMut(&StreamEvent) + Send),
-) -> Result<ModelResponse, ModelError> {
+) -> Result<ModelResponse, Interrupted> {
     let mut stream = tokio::select! {
-        stream = stream => stream?,
-        _ = cancel.cancelled() => return Err(ModelError::Cancelled),
+        stream = stream => stream.map_err(Interrupted::before)?,
+        _ = cancel.cancelled() => return Err(Interrupted::before(ModelError::Cancelled)),
     };
+    collect_started(&mut stream, cancel, on_event)
+        .await
+        .map_err(Interrupted::during)
+}
+
+/// A failed [`collect`]: the error, and whether the answer had started arriving (the client's
+/// own retries only cover failures before it did).
+pub(crate) struct Interrupted {
+    pub(crate) error: ModelError,
+    pub(crate) mid_stream: bool,
+}
+
+impl Interrupted {
+    fn before(error: ModelError) -> Self {
+        Interrupted {
+            error,
+            mid_stream: false,
+        }
+    }
+
+    fn during(error: ModelError) -> Self {
+        Interrupted {
+            error,
+            mid_stream: true,
+        }
+    }
+}
+
+async fn collect_started(
+    stream: &mut ResponseStream,
+    cancel: &CancellationToken,
+    on_event: &mut (dyn FnMut(&StreamEvent) + Send),
+) -> Result<ModelResponse, ModelError> {
     let mut builder = ResponseBuilder::default();
     loop {
         let next = tokio::select! {

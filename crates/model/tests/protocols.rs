@@ -223,21 +223,42 @@ async fn retries_a_stream_broken_before_the_answer_started() {
 }
 
 #[tokio::test]
-async fn fails_a_stream_broken_mid_answer_without_retrying() {
+async fn asks_again_when_a_stream_breaks_mid_answer() {
     for protocol in PROTOCOLS {
         let server = serve(json!({"steps": [
+            {"broken_stream": {"text": "I will now"}},
+            {"reply": {"text": "the whole answer"}}
+        ]}))
+        .await;
+        let (response, events) = complete(&*client(protocol, &server)).await;
+        let response = response.unwrap();
+        assert_eq!(
+            response.text.as_deref(),
+            Some("the whole answer"),
+            "{protocol:?}"
+        );
+        assert!(!events.is_empty(), "the text before the cut was streamed");
+        assert_eq!(server.served(), 2);
+    }
+}
+
+#[tokio::test]
+async fn gives_up_when_every_answer_breaks_mid_way() {
+    for protocol in PROTOCOLS {
+        let server = serve(json!({"steps": [
+            {"broken_stream": {"text": "I will now"}},
+            {"broken_stream": {"text": "I will now"}},
             {"broken_stream": {"text": "I will now"}},
             {"reply": {"text": "never"}}
         ]}))
         .await;
-        let (response, events) = complete(&*client(protocol, &server)).await;
+        let (response, _) = complete(&*client(protocol, &server)).await;
         let err = response.unwrap_err();
         assert!(
             matches!(err, ModelError::Unreachable { .. }),
             "{protocol:?}: {err:?}"
         );
-        assert!(!events.is_empty(), "the text before the cut was streamed");
-        assert_eq!(server.served(), 1);
+        assert_eq!(server.served(), 3);
     }
 }
 

@@ -84,6 +84,14 @@ pub enum Event {
         exit_code: Option<i32>,
         duration_ms: u64,
     },
+    /// The conversation was shortened to fit the model's window: older tool outputs masked,
+    /// older turns summarized.
+    ContextCompacted {
+        before_tokens: u64,
+        after_tokens: u64,
+        masked: u32,
+        summarized: u32,
+    },
     /// The agent revised its plan.
     PlanUpdated { steps: Vec<PlanStep> },
     /// The agent called `finish`.
@@ -144,6 +152,7 @@ impl Event {
             Event::ModelResponse { .. } => "model_response",
             Event::ToolStarted { .. } => "tool_started",
             Event::ToolFinished { .. } => "tool_finished",
+            Event::ContextCompacted { .. } => "context_compacted",
             Event::PlanUpdated { .. } => "plan_updated",
             Event::AgentFinished { .. } => "agent_finished",
             Event::Committed { .. } => "committed",

@@ -332,6 +332,7 @@ impl Runner {
                 limits: self.config.tool_limits.clone(),
                 max_output_tokens: None,
                 cost: self.cost.clone().and_then(|price| price(&spec)),
+                context_window: Some(nightshift_model::limits(&spec).context_window),
             };
             let agent = Agent {
                 model: model.as_ref(),

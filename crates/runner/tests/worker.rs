@@ -375,3 +375,43 @@ async fn a_looping_agent_is_stopped_with_its_work_on_the_branch() {
         "1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_length_error_is_answered_by_compaction_then_a_retry() {
+    let overflow = json!({"error": {"code": "context_length_exceeded", "message": "This model's maximum context length is 8192 tokens."}});
+    let w = world(
+        json!([
+            {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "head -c 6000 /dev/zero | tr '\\0' x"}}]}},
+            {"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "a.txt", "content": "a\n"}}]}},
+            {"error": {"status": 400, "body": overflow.to_string()}},
+            {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "done"}}]}}
+        ]),
+        |_| {},
+    )
+    .await;
+    let id = w.submit("big outputs", |_| {}).await;
+    let task = w
+        .runner
+        .run_task(id, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::Succeeded, "{:?}", task.error);
+    let requests = w.server.requests();
+    assert_eq!(requests.len(), 4);
+    let retried = requests[3]["messages"].to_string();
+    assert!(
+        retried.contains("output removed to save context"),
+        "{retried}"
+    );
+    assert!(
+        !retried.contains("xxxxxxxxxx"),
+        "the big output was sent again"
+    );
+    let events = w.events(id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.event, Event::ContextCompacted { masked: 1, .. })),
+        "{events:#?}"
+    );
+}

@@ -15,7 +15,7 @@ use nightshift_store::Store;
 
 use crate::args::RunArgs;
 use crate::home::Home;
-use crate::output::{Failure, TaskView, exit_for, print_json};
+use crate::output::{Cost, Failure, TaskView, exit_for, print_json};
 use crate::render;
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
@@ -172,8 +172,12 @@ pub(crate) async fn wait(
     .await?;
     bar.finish_and_clear();
     let task = store.find_task(&task.id.to_string()).await?;
+    let cost = Cost::of(store, &task).await?;
     if json {
-        print_json(&TaskView::new(&task))?;
+        print_json(&TaskView {
+            cost: Some(cost),
+            ..TaskView::new(&task)
+        })?;
         return Ok(task);
     }
     println!(
@@ -183,6 +187,7 @@ pub(crate) async fn wait(
         task.turns,
         render::tokens(&task.usage)
     );
+    println!("cost      {}", render::cost(&cost));
     if let Some((branch, files, plus, minus, incomplete)) = committed {
         let note = if incomplete { " (incomplete work)" } else { "" };
         println!("branch    {branch}{note} · {files} files, +{plus} -{minus}");

@@ -99,6 +99,12 @@ impl Nightshift {
             .env("NIGHTSHIFT_HOME", self.home.path())
             .env("OPENAI_BASE_URL", &self.base_url)
             .env("OPENAI_API_KEY", "test-key")
+            .env("ANTHROPIC_BASE_URL", self.base_url.trim_end_matches("/v1"))
+            .env("ANTHROPIC_API_KEY", "test-key")
+            .env_remove("NIGHTSHIFT_RECORD")
+            .env_remove("NIGHTSHIFT_SANDBOX")
+            .env_remove("NIGHTSHIFT_DATABASE_URL")
+            .env_remove("NIGHTSHIFT_MACHINE_USD_PER_HOUR")
             .env_remove("NIGHTSHIFT_MODEL")
             .env_remove("NIGHTSHIFT_LOG");
         command
