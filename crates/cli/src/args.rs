@@ -37,11 +37,17 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Work with the sandbox directly.
     Sandbox(SandboxArgs),
+    /// A repository's environment configuration (.nightshift.toml or what is imported).
+    Env(EnvArgs),
     /// Try nightshift offline: a sample repository with a bug, fixed by a replay of recorded
     /// model answers through the real pipeline.
     Demo(DemoArgs),
     /// Run queued tasks from the store until stopped (SIGTERM or Ctrl-C hands back what runs).
     Worker(WorkerArgs),
+    /// Serve the HTTP API (and, by default, run workers in the same process).
+    Serve(ServeArgs),
+    /// Manage API tokens.
+    Token(TokenArgs),
     /// Run one queued task in this process (what `run` starts in the background).
     #[command(name = "__run-task", hide = true)]
     RunTask(RunTaskArgs),
@@ -135,6 +141,24 @@ pub struct DoctorArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[command(subcommand)]
+    pub command: EnvCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Print the effective configuration and where each value came from.
+    Check {
+        /// The repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
 pub struct SandboxArgs {
     #[command(subcommand)]
     pub command: SandboxCommand,
@@ -167,6 +191,46 @@ pub struct SandboxExecArgs {
     /// The command and its arguments.
     #[arg(required = true, last = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: std::net::SocketAddr,
+    /// Tasks this process runs at once; 0 serves the API only (run `nightshift worker`s).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// The model for tasks that name none.
+    #[arg(long, env = "NIGHTSHIFT_MODEL", default_value = "openai:gpt-4.1")]
+    pub model: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it on stdout (it is shown only this once).
+    Create {
+        /// What the token may do: read, submit (also create, message and cancel tasks) or
+        /// admin (also manage tokens).
+        #[arg(long, value_parser = parse_scope)]
+        scope: nightshift_protocol::TokenScope,
+        /// A name to recognize it by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -222,4 +286,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("`{text}` is not a size; write it like 512M or 2G"))
+}
+
+fn parse_scope(text: &str) -> Result<nightshift_protocol::TokenScope, String> {
+    text.parse()
+        .map_err(|err: nightshift_protocol::UnknownTokenScope| err.to_string())
 }

@@ -112,6 +112,13 @@ impl Home {
     ) -> Result<Runner, Failure> {
         let store = self.store().await?;
         let mut config = RunnerConfig::new(self.root.join("work"), worker);
+        if let Some(lease) = std::env::var("NIGHTSHIFT_LEASE")
+            .ok()
+            .filter(|l| !l.is_empty())
+        {
+            config.lease = crate::args::parse_duration(&lease)
+                .map_err(|err| Failure::usage(format!("NIGHTSHIFT_LEASE: {err}")))?;
+        }
         config.record_dir = std::env::var_os("NIGHTSHIFT_RECORD")
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from);

@@ -50,7 +50,10 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Demo(args) => demo::run(args).await,
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Sandbox(args) => commands::sandbox::run(args).await,
+        Command::Env(args) => commands::env::run(args).await,
         Command::Worker(args) => commands::worker::run_worker(args).await,
+        Command::Serve(args) => commands::serve::run(args).await,
+        Command::Token(args) => commands::token::run(args).await,
         Command::RunTask(args) => commands::worker::run_task(args).await,
     }
 }

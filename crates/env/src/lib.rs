@@ -4,10 +4,12 @@
 //! Everything that changes a repository goes through the git command line, the same git the
 //! person uses, so hooks-free, config-respecting behaviour is what they would get by hand.
 
+pub mod config;
 mod git;
 mod repo;
 mod slug;
 
+pub use config::{EnvConfig, Loaded, collect_agents_md, describe, render_agents_context};
 pub use git::GitError;
 pub use repo::{CommitStats, EnvError, ResolvedBase, SourceRepo, WorkingCopy};
 pub use slug::{branch_name, slugify};

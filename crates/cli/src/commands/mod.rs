@@ -3,10 +3,13 @@
 pub mod cancel;
 pub mod diff;
 pub mod doctor;
+pub mod env;
 pub mod follow;
 pub mod logs;
 pub mod ls;
 pub mod run;
 pub mod sandbox;
+pub mod serve;
 pub mod show;
+pub mod token;
 pub mod worker;

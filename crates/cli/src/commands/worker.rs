@@ -56,7 +56,7 @@ pub async fn run_worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
 
 /// SIGTERM and SIGINT cancel the task (which then commits its work so far) instead of killing
 /// the process mid-write.
-fn cancel_on_signals(cancel: CancellationToken) {
+pub fn cancel_on_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (

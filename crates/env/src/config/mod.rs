@@ -1,0 +1,176 @@
+//! A repository's environment configuration: `.nightshift.toml` at its root, or, when there is
+//! none, what can be imported from the tools it is already set up for (Copilot's setup steps,
+//! Cursor's environment, a devcontainer), over defaults that depend on the ecosystems it uses.
+//!
+//! Loading never guesses silently: every effective value carries its [`Origin`], unknown keys
+//! and unusable imported settings become warnings, and a value nightshift cannot honour is an
+//! error that names the file, line, column and key. Also here: the `AGENTS.md` files that go
+//! into the agent's context.
+//!
+//! Reading is synchronous: a handful of small files, read before a task starts.
+
+mod agents_md;
+mod describe;
+mod ecosystems;
+mod error;
+mod importers;
+mod provenance;
+mod schema;
+mod sections;
+mod toml_reader;
+mod units;
+mod validate;
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use agents_md::{
+    AGENTS_FILE, AGENTS_MD_CAP, AgentsDoc, collect_agents_md, render_agents_context,
+};
+pub use describe::describe;
+pub use ecosystems::{
+    DetectedEcosystem, Ecosystem, default_setup_hosts, detect_ecosystems,
+    detect_ecosystems_with_markers,
+};
+pub use error::{ConfigError, ConfigWarning, Location, WarningKind};
+pub use provenance::{Importer, Origin, Provenance};
+pub use schema::{
+    CONFIG_VERSION, Check, EnvConfig, Environment, Limits, Network, SecretScope, SecretSpec,
+};
+pub use units::{ByteSize, HumanDuration};
+
+/// The configuration file's name, at the repository root.
+pub const CONFIG_FILE: &str = ".nightshift.toml";
+
+/// Where the effective configuration came from as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// `.nightshift.toml` (path relative to the repository root).
+    File { path: PathBuf },
+    /// No `.nightshift.toml`; this importer's file was read.
+    Imported { importer: Importer, path: PathBuf },
+    /// Nothing to read: defaults only.
+    Defaults,
+}
+
+/// A loaded configuration with everything needed to explain it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Loaded {
+    pub config: EnvConfig,
+    pub source: ConfigSource,
+    /// Problems that did not stop loading; the values they concern were ignored.
+    pub warnings: Vec<ConfigWarning>,
+    /// Where each value came from, by key path (`environment.setup`).
+    pub provenance: Provenance,
+    /// The ecosystems seen in the repository, which decide the default setup network.
+    pub ecosystems: Vec<DetectedEcosystem>,
+}
+
+impl Loaded {
+    /// Where the value at `key` (`limits.wall_time`, `checks.test`) came from.
+    pub fn origin(&self, key: &str) -> Option<&Origin> {
+        self.provenance.get(key)
+    }
+}
+
+impl EnvConfig {
+    /// Reads the configuration of the repository at `repo_root`: `.nightshift.toml` if it
+    /// exists, else the first importer that applies, else defaults.
+    pub fn load(repo_root: &Path) -> Result<Loaded, ConfigError> {
+        let ecosystems = detect_ecosystems_with_markers(repo_root);
+        let registries = default_setup_hosts(
+            &ecosystems
+                .iter()
+                .map(|detected| detected.ecosystem)
+                .collect::<Vec<_>>(),
+        );
+        let mut config = EnvConfig::defaults(registries.clone());
+        let provenance = default_provenance(&ecosystems);
+
+        let file = repo_root.join(CONFIG_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let relative = Path::new(CONFIG_FILE);
+                let mut reader =
+                    toml_reader::TomlReader::new(repo_root, relative, &text, provenance);
+                reader.read_into(&mut config, &registries)?;
+                Ok(Loaded {
+                    config,
+                    source: ConfigSource::File {
+                        path: relative.to_path_buf(),
+                    },
+                    warnings: reader.warnings,
+                    provenance: reader.provenance,
+                    ecosystems,
+                })
+            }
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                let mut provenance = provenance;
+                let mut warnings = Vec::new();
+                let source =
+                    match importers::import(repo_root, &mut config, &mut provenance, &mut warnings)
+                    {
+                        Some((importer, path)) => ConfigSource::Imported { importer, path },
+                        None => ConfigSource::Defaults,
+                    };
+                Ok(Loaded {
+                    config,
+                    source,
+                    warnings,
+                    provenance,
+                    ecosystems,
+                })
+            }
+            Err(source) => Err(ConfigError::Read { path: file, source }),
+        }
+    }
+}
+
+/// Origins of the values every configuration has before anything is read.
+fn default_provenance(ecosystems: &[DetectedEcosystem]) -> Provenance {
+    let mut provenance = Provenance::default();
+    for key in [
+        "version",
+        "environment.workdir",
+        "environment.cache_key",
+        "environment.copy",
+        "limits.wall_time",
+        "limits.memory",
+        "limits.cpus",
+        "limits.pids",
+        "limits.disk",
+    ] {
+        provenance.set(key, Origin::default_value());
+    }
+    let registries = if ecosystems.is_empty() {
+        "no package ecosystem detected, so no hosts".to_string()
+    } else {
+        let seen: Vec<String> = ecosystems
+            .iter()
+            .map(|detected| {
+                format!(
+                    "{} from {}",
+                    detected.ecosystem.name(),
+                    detected.marker.display()
+                )
+            })
+            .collect();
+        format!("registries of {}", seen.join(", "))
+    };
+    provenance.set(
+        "network.setup",
+        Origin::Default {
+            reason: Some(registries),
+        },
+    );
+    provenance.set(
+        "network.agent",
+        Origin::Default {
+            reason: Some("no hosts".into()),
+        },
+    );
+    provenance
+}

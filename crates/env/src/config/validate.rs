@@ -1,0 +1,172 @@
+//! Checks shared by `.nightshift.toml` and the importers. Each returns the normalised value or a
+//! reason phrased to follow "`key` = value: ".
+
+use std::path::{Component, Path, PathBuf};
+
+/// A path relative to the repository root that stays inside it, normalised (`./a/../b` → `b`).
+/// Empty (the root itself) when `allow_root`.
+pub(crate) fn relative_path(raw: &str, allow_root: bool) -> Result<PathBuf, String> {
+    if raw.trim().is_empty() {
+        return Err("is empty; write a path relative to the repository root".into());
+    }
+    let path = Path::new(raw);
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir => {
+                return Err("is absolute; write a path relative to the repository root".into());
+            }
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !normal.pop() {
+                    return Err("leaves the repository; it must stay inside it".into());
+                }
+            }
+            Component::Normal(part) => normal.push(part),
+        }
+    }
+    if normal.as_os_str().is_empty() && !allow_root {
+        return Err("names the repository root itself; name a file inside it".into());
+    }
+    if normal.components().next() == Some(Component::Normal(".git".as_ref())) {
+        return Err("is inside .git, which nightshift manages itself".into());
+    }
+    Ok(normal)
+}
+
+/// Whether `relative` (already normalised by [`relative_path`]) resolves, through any symbolic
+/// links, to somewhere outside `repo_root`. Paths that do not exist yet cannot escape.
+pub(crate) fn escapes_through_links(repo_root: &Path, relative: &Path) -> bool {
+    let Ok(root) = repo_root.canonicalize() else {
+        return false;
+    };
+    match repo_root.join(relative).canonicalize() {
+        Ok(resolved) => !resolved.starts_with(&root),
+        Err(_) => false,
+    }
+}
+
+/// An environment variable name: a letter or `_`, then letters, digits or `_`.
+pub(crate) fn env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if starts_well && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err("is not a valid environment variable name (letters, digits and `_`, not starting with a digit)".into())
+    }
+}
+
+/// A host pattern for a network allowlist: `example.com`, `*.example.com`, optionally
+/// `:PORT`. Returned lowercased.
+pub(crate) fn host_pattern(raw: &str) -> Result<String, String> {
+    let pattern = raw.trim().to_ascii_lowercase();
+    if pattern.is_empty() {
+        return Err("is empty; write a host name such as \"api.example.com\"".into());
+    }
+    if pattern.contains("://") || pattern.contains('/') {
+        return Err("is a URL; write only the host name, such as \"api.example.com\"".into());
+    }
+    let (host, port) = match pattern.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (pattern.as_str(), None),
+    };
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|port| port != 0)
+    {
+        return Err(format!("has an invalid port `{port}`"));
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(
+            "is not a host pattern; write \"example.com\" or \"*.example.com\" (a `*` only as the first label)"
+                .into(),
+        );
+    }
+    Ok(pattern)
+}
+
+/// The name of a check: used in artifact names and events, so kept to a safe alphabet.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(())
+    } else {
+        Err("is not a valid check name (letters, digits, `-` and `_`)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_stay_inside() {
+        assert_eq!(
+            relative_path("./a/../b/", false).unwrap(),
+            PathBuf::from("b")
+        );
+        assert_eq!(relative_path(".", true).unwrap(), PathBuf::new());
+        assert!(
+            relative_path(".", false)
+                .unwrap_err()
+                .contains("root itself")
+        );
+        assert!(
+            relative_path("../x", true)
+                .unwrap_err()
+                .contains("leaves the repository")
+        );
+        assert!(
+            relative_path("a/../../x", true)
+                .unwrap_err()
+                .contains("leaves")
+        );
+        assert!(
+            relative_path("/etc/passwd", true)
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(
+            relative_path(".git/config", false)
+                .unwrap_err()
+                .contains(".git")
+        );
+        assert!(relative_path("  ", false).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn hosts_and_names() {
+        assert_eq!(host_pattern("API.example.com").unwrap(), "api.example.com");
+        assert_eq!(
+            host_pattern("*.example.com:8443").unwrap(),
+            "*.example.com:8443"
+        );
+        assert!(
+            host_pattern("https://example.com")
+                .unwrap_err()
+                .contains("URL")
+        );
+        assert!(host_pattern("exa*mple.com").is_err());
+        assert!(host_pattern("example.com:0").unwrap_err().contains("port"));
+        assert!(host_pattern("*").is_err());
+        assert!(env_name("RUST_LOG").is_ok());
+        assert!(env_name("_x1").is_ok());
+        assert!(env_name("1X").is_err());
+        assert!(env_name("A-B").is_err());
+        assert!(check_name("unit-tests").is_ok());
+        assert!(check_name("unit tests").is_err());
+    }
+}

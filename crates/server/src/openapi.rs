@@ -1,0 +1,242 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+//!
+//! The wire types live in `nightshift-protocol`, which stays free of HTTP concerns, so the
+//! schemas of the task, the event and the token are spelled out here as documentation-only
+//! structs. A test checks that they name exactly the fields the real types serialise.
+
+#![allow(dead_code)] // the *Doc structs exist only for their schemas
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::metrics::Health;
+use crate::tokens::{CreateToken, CreatedToken, TokenList};
+use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "nightshift",
+        description = "A self-hosted background coding agent: submit tasks, follow their event \
+            logs live, fetch the result. Every endpoint but /healthz and /api/openapi.json needs \
+            `Authorization: Bearer ns_...`. See docs/api.md."
+    ),
+    paths(
+        crate::tasks::create,
+        crate::tasks::list,
+        crate::tasks::show,
+        crate::events::events,
+        crate::tasks::cancel,
+        crate::tasks::message,
+        crate::tasks::diff,
+        crate::tasks::artifact,
+        crate::tokens::list,
+        crate::tokens::create,
+        crate::tokens::revoke,
+        crate::metrics::healthz,
+        crate::metrics::metrics,
+    ),
+    components(schemas(
+        TaskDoc, TaskSpecDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
+        EventPage, CancelView, CreateTask, SendMessage, CreateToken, CreatedToken, TokenList,
+        ErrorBody, ErrorDetail, Health,
+    )),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The API's OpenAPI 3.1 document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// Serves the document. Needs no token, so that clients can be generated from it.
+pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// A task, as `nightshift show --json` prints it. Optional fields are absent until known.
+#[derive(ToSchema)]
+#[schema(as = Task)]
+pub(crate) struct TaskDoc {
+    /// The version of this shape; changes only when a field changes meaning or disappears.
+    schema: u32,
+    /// The last 8 characters of `id`, as branch names and listings show it.
+    short_id: String,
+    /// 26 lowercase characters of Crockford base 32 (a ULID).
+    id: String,
+    spec: TaskSpecDoc,
+    state: TaskStateDoc,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+    #[schema(format = DateTime)]
+    started_at: Option<String>,
+    #[schema(format = DateTime)]
+    finished_at: Option<String>,
+    /// The commit the task started from.
+    base_commit: Option<String>,
+    /// The branch created in the source repository, once handed off.
+    branch: Option<String>,
+    head_commit: Option<String>,
+    /// The agent's closing summary.
+    summary: Option<String>,
+    /// Why the task failed.
+    error: Option<String>,
+    turns: u32,
+    usage: UsageDoc,
+    cancel_requested: bool,
+    /// The worker holding the task.
+    worker: Option<String>,
+    #[schema(format = DateTime)]
+    lease_expires_at: Option<String>,
+}
+
+/// What was asked for.
+#[derive(ToSchema)]
+#[schema(as = TaskSpec)]
+pub(crate) struct TaskSpecDoc {
+    repo: String,
+    base: Option<String>,
+    prompt: String,
+    model: String,
+    max_turns: u32,
+    max_tokens: Option<u64>,
+    max_cost_usd: Option<f64>,
+    max_duration_secs: Option<u64>,
+}
+
+/// Where a task stands; the last three are terminal.
+#[derive(ToSchema)]
+#[schema(as = TaskState)]
+#[allow(clippy::enum_variant_names)]
+pub(crate) enum TaskStateDoc {
+    #[schema(rename = "queued")]
+    Queued,
+    #[schema(rename = "preparing")]
+    Preparing,
+    #[schema(rename = "running")]
+    Running,
+    #[schema(rename = "verifying")]
+    Verifying,
+    #[schema(rename = "handing_off")]
+    HandingOff,
+    #[schema(rename = "succeeded")]
+    Succeeded,
+    #[schema(rename = "failed")]
+    Failed,
+    #[schema(rename = "cancelled")]
+    Cancelled,
+}
+
+/// Token counts.
+#[derive(ToSchema)]
+#[schema(as = Usage)]
+pub(crate) struct UsageDoc {
+    input_tokens: u64,
+    cached_input_tokens: u64,
+    output_tokens: u64,
+}
+
+/// One entry of a task's log: these four fields, plus the fields of its `type` (docs/cli.md
+/// lists them).
+#[derive(ToSchema)]
+#[schema(as = EventRecord)]
+pub(crate) struct EventRecordDoc {
+    task_id: String,
+    /// 1-based, gapless within a task; the SSE `id`.
+    seq: u64,
+    #[schema(format = DateTime)]
+    at: String,
+    /// `queued`, `state_changed`, ..., `message_received`, ..., `ended`; the SSE `event`.
+    #[schema(rename = "type")]
+    kind: String,
+}
+
+/// An API token, without its secret.
+#[derive(ToSchema)]
+#[schema(as = ApiToken)]
+pub(crate) struct ApiTokenDoc {
+    /// `tok_...`: used to revoke it.
+    id: String,
+    name: String,
+    /// `read`, `submit` or `admin`.
+    scope: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    last_used_at: Option<String>,
+    #[schema(format = DateTime)]
+    revoked_at: Option<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use jiff::Timestamp;
+    use nightshift_protocol::{Task, TaskId, TaskSpec};
+
+    use super::*;
+    use crate::TaskView;
+
+    fn properties(name: &str) -> BTreeSet<String> {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        doc["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {name}"))
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_task_schema_names_every_field_of_the_task_view() {
+        let mut task = Task::queued(
+            TaskId::new(),
+            TaskSpec {
+                repo: "/r".into(),
+                base: Some("main".into()),
+                prompt: "p".into(),
+                model: "openai:m".into(),
+                max_turns: 3,
+                max_tokens: Some(1),
+                max_cost_usd: Some(1.0),
+                max_duration_secs: Some(1),
+            },
+            Timestamp::UNIX_EPOCH,
+        );
+        task.started_at = Some(Timestamp::UNIX_EPOCH);
+        task.finished_at = Some(Timestamp::UNIX_EPOCH);
+        task.base_commit = Some("a".into());
+        task.branch = Some("b".into());
+        task.head_commit = Some("c".into());
+        task.summary = Some("s".into());
+        task.error = Some("e".into());
+        task.worker = Some("w".into());
+        task.lease_expires_at = Some(Timestamp::UNIX_EPOCH);
+        let json = serde_json::to_value(TaskView::from(task.clone())).unwrap();
+        let fields: BTreeSet<String> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(fields, properties("Task"));
+        let spec: BTreeSet<String> = json["spec"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(spec, properties("TaskSpec"));
+        let usage: BTreeSet<String> = json["usage"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(usage, properties("Usage"));
+    }
+}

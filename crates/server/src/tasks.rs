@@ -1,0 +1,408 @@
+//! The task endpoints: submit, list, show, cancel, message, diff and artifacts.
+//!
+//! Each handler checks what arrived, then calls the runner (submit) or the store (everything
+//! else); the decisions about a task's lifecycle stay in those crates.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskSpec, TaskState};
+use nightshift_runner::{DIFF_BLOB, TaskRequest};
+use nightshift_store::TaskFilter;
+
+use crate::auth::{Auth, Read, Submit};
+use crate::error::ErrorBody;
+use crate::openapi::{EventRecordDoc, TaskDoc};
+use crate::views::{CancelView, CreateTask, ListQuery, SendMessage, TaskList, TaskView};
+use crate::{ApiError, ServerState};
+
+/// Default and largest page of a task listing.
+const DEFAULT_LIST: u32 = 50;
+const MAX_LIST: u32 = 1000;
+
+/// Resolves a task reference from a URL: a full id, a unique prefix (4+ characters) or a short
+/// id. Anything that cannot be one is a 400, so that typos do not read as "not found".
+pub(crate) async fn find(state: &ServerState, reference: &str) -> Result<Task, ApiError> {
+    let valid_length = (4..=26).contains(&reference.len());
+    let crockford = reference.chars().all(|c| {
+        c.is_ascii_alphanumeric() && !matches!(c, 'i' | 'I' | 'l' | 'L' | 'o' | 'O' | 'u' | 'U')
+    });
+    if !valid_length || !crockford {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            format!(
+                "`{reference}` is not a task id: expected a full id (26 characters of Crockford \
+                 base 32), a unique prefix of at least 4 characters, or a short id (the last 8)"
+            ),
+        ));
+    }
+    state
+        .store()
+        .find_task(reference)
+        .await
+        .map_err(|e| ApiError::store("looking up a task", e))
+}
+
+/// Submits a task: checks the request and queues it.
+#[utoipa::path(
+    post, path = "/api/tasks", tag = "tasks",
+    request_body = CreateTask,
+    responses(
+        (status = 201, description = "Queued", body = TaskDoc),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "Wrong fields, or a request the runner rejects \
+            (empty prompt, unknown model, not a repository, unknown branch)", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    _auth: Auth<Submit>,
+    State(state): State<ServerState>,
+    body: Result<Json<CreateTask>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    if !std::path::Path::new(&body.repo).is_absolute() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_task",
+            format!(
+                "repo `{}` is not an absolute path; nothing was queued",
+                body.repo
+            ),
+        )
+        .with_hint(
+            "give the absolute path of a git repository on the machine the server runs on",
+        ));
+    }
+    let model = body
+        .model
+        .unwrap_or_else(|| state.config().default_model.clone());
+    let mut request = TaskRequest::new(body.repo, body.prompt, model);
+    request.base = body.base;
+    request.max_turns = body.max_turns.unwrap_or(TaskSpec::DEFAULT_MAX_TURNS);
+    request.max_tokens = body.max_tokens;
+    request.max_cost_usd = body.max_cost_usd;
+    request.max_duration_secs = body.max_duration_secs;
+    let task = state.runner().submit(request).await?;
+    tracing::info!(task = %task.id, repo = %task.spec.repo, "task submitted over the API");
+    let location = format!("/api/tasks/{}", task.id);
+    let mut response = (StatusCode::CREATED, Json(TaskView::from(task))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Lists tasks, newest first.
+#[utoipa::path(
+    get, path = "/api/tasks", tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, body = TaskList),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    _auth: Auth<Read>,
+    State(state): State<ServerState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<TaskList>, ApiError> {
+    let Query(query) = query?;
+    let states = match query.state.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(text) => text
+            .split(',')
+            .map(|s| s.trim().parse::<TaskState>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?,
+    };
+    let before = query
+        .before
+        .as_deref()
+        .map(|text| {
+            text.to_ascii_lowercase().parse::<TaskId>().map_err(|e| {
+                ApiError::bad_request("invalid_query", format!("before: {e}"))
+                    .with_hint("pass the `next_before` of the previous page")
+            })
+        })
+        .transpose()?;
+    let limit = match query.limit {
+        None => DEFAULT_LIST,
+        Some(limit @ 1..=MAX_LIST) => limit,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be between 1 and {MAX_LIST}"),
+            ));
+        }
+    };
+    let tasks = state
+        .store()
+        .list_tasks(&TaskFilter {
+            states,
+            before,
+            limit,
+        })
+        .await
+        .map_err(|e| ApiError::store("listing tasks", e))?;
+    let next_before = (tasks.len() as u32 == limit)
+        .then(|| tasks.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(TaskView::from).collect(),
+        next_before,
+    }))
+}
+
+/// One task.
+#[utoipa::path(
+    get, path = "/api/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "A full task id, a unique prefix (4+ characters) or a short id")),
+    responses(
+        (status = 200, body = TaskDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn show(
+    _auth: Auth<Read>,
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TaskView>, ApiError> {
+    let Path(id) = id?;
+    Ok(Json(find(&state, &id).await?.into()))
+}
+
+/// Asks a task to stop: a queued task is cancelled at once, a running one at its next check.
+#[utoipa::path(
+    post, path = "/api/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = String, Path, description = "A task id, prefix or short id")),
+    responses(
+        (status = 200, body = CancelView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn cancel(
+    auth: Auth<Submit>,
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<CancelView>, ApiError> {
+    let Path(id) = id?;
+    let task = find(&state, &id).await?;
+    let outcome = state
+        .store()
+        .request_cancel(task.id)
+        .await
+        .map_err(|e| ApiError::store("cancelling a task", e))?;
+    tracing::info!(task = %task.id, token = %auth.token.name, ?outcome, "cancel requested over the API");
+    state.hub().nudge(task.id);
+    let task = state
+        .store()
+        .get_task(task.id)
+        .await
+        .map_err(|e| ApiError::store("reading a cancelled task", e))?
+        .unwrap_or(task);
+    Ok(Json(CancelView::new(outcome, task)))
+}
+
+/// Sends a task a message: read by a running task between turns; for a task that has ended,
+/// the start of a follow-up run on the same branch.
+#[utoipa::path(
+    post, path = "/api/tasks/{id}/messages", tag = "tasks",
+    params(("id" = String, Path, description = "A task id, prefix or short id")),
+    request_body = SendMessage,
+    responses(
+        (status = 202, description = "Appended to the task's log as `message_received`", body = EventRecordDoc),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The task is being cancelled, or was cancelled before it ever ran", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn message(
+    auth: Auth<Submit>,
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<SendMessage>, JsonRejection>,
+) -> Result<(StatusCode, Json<EventRecord>), ApiError> {
+    let Path(id) = id?;
+    let Json(body) = body?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "text: the message is empty",
+        ));
+    }
+    let task = find(&state, &id).await?;
+    refuse_message(&task)?;
+    let record = state
+        .store()
+        .append_event(
+            task.id,
+            &Event::MessageReceived {
+                text: body.text,
+                from: Some(auth.token.name),
+            },
+        )
+        .await
+        .map_err(|e| ApiError::store("appending a message", e))?;
+    state.hub().nudge(task.id);
+    Ok((StatusCode::ACCEPTED, Json(record)))
+}
+
+/// Messages nobody would ever read are refused rather than silently kept.
+fn refuse_message(task: &Task) -> Result<(), ApiError> {
+    if task.state.is_terminal() && task.started_at.is_none() {
+        return Err(ApiError::conflict(format!(
+            "task {} was {} before it ever ran, so there is no run to follow up on; nothing was sent",
+            task.id.short(),
+            task.state
+        ))
+        .with_hint("submit a new task with POST /api/tasks"));
+    }
+    if task.cancel_requested && !task.state.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "task {} is being cancelled; nothing was sent",
+            task.id.short()
+        ))
+        .with_hint("wait for it to end, then send the message as a follow-up"));
+    }
+    Ok(())
+}
+
+/// The change the task handed back, as a patch `git apply` takes.
+#[utoipa::path(
+    get, path = "/api/tasks/{id}/diff", tag = "tasks",
+    params(("id" = String, Path, description = "A task id, prefix or short id")),
+    responses(
+        (status = 200, description = "The patch", content_type = "text/x-diff", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such task, or no diff (yet)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn diff(
+    _auth: Auth<Read>,
+    State(state): State<ServerState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    let task = find(&state, &id).await?;
+    let Some(bytes) = state
+        .store()
+        .get_blob(task.id, DIFF_BLOB)
+        .await
+        .map_err(|e| ApiError::store("reading a diff", e))?
+    else {
+        let why = if task.state.is_terminal() {
+            format!(
+                "task {} ended {} without a diff",
+                task.id.short(),
+                task.state
+            )
+        } else {
+            format!(
+                "task {} is {}: it has no diff yet",
+                task.id.short(),
+                task.state
+            )
+        };
+        return Err(ApiError::not_found(why));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// A file the task stored (logs, reports), byte for byte.
+#[utoipa::path(
+    get, path = "/api/tasks/{id}/artifacts/{name}", tag = "tasks",
+    params(
+        ("id" = String, Path, description = "A task id, prefix or short id"),
+        ("name" = String, Path, description = "1 to 200 letters, digits, `.`, `_` or `-`, not starting with `.`"),
+    ),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn artifact(
+    _auth: Auth<Read>,
+    State(state): State<ServerState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((id, name)) = path?;
+    if !valid_artifact_name(&name) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!(
+                "`{name}` is not an artifact name: use 1 to 200 letters, digits, `.`, `_` or `-`, \
+                 not starting with `.`"
+            ),
+        ));
+    }
+    let task = find(&state, &id).await?;
+    let Some(bytes) = state
+        .store()
+        .get_blob(task.id, &name)
+        .await
+        .map_err(|e| ApiError::store("reading an artifact", e))?
+    else {
+        return Err(ApiError::not_found(format!(
+            "task {} has no artifact `{name}`",
+            task.id.short()
+        )));
+    };
+    let disposition = format!("attachment; filename=\"{name}\"");
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from(bytes),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// The store's rule for blob names, checked here so a bad name is a 400 before any lookup.
+fn valid_artifact_name(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_names_cannot_escape() {
+        assert!(valid_artifact_name("diff.patch"));
+        assert!(valid_artifact_name("check-1_log.txt"));
+        for bad in ["", ".env", "..", "a/b", "a\\b", "a b", &"x".repeat(201)] {
+            assert!(!valid_artifact_name(bad), "{bad:?}");
+        }
+    }
+}
