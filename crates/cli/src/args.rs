@@ -33,6 +33,9 @@ pub enum Command {
     Diff(TaskArg),
     /// Stop a task.
     Cancel(TaskArg),
+    /// Send a task a message: a running task reads it before its next turn; a task that has
+    /// ended takes it as a follow-up.
+    Say(SayArgs),
     /// Say which isolation features this host has, and how to get the missing ones.
     Doctor(DoctorArgs),
     /// Work with the sandbox directly.
@@ -61,9 +64,10 @@ pub struct RunArgs {
     /// The branch to start from [default: the checked-out branch].
     #[arg(long)]
     pub base: Option<String>,
-    /// The model, as provider:model. OPENAI_API_KEY and OPENAI_BASE_URL configure `openai`.
-    #[arg(long, env = "NIGHTSHIFT_MODEL", default_value = "openai:gpt-4.1")]
-    pub model: String,
+    /// The model, as provider:model. OPENAI_API_KEY and OPENAI_BASE_URL configure `openai`
+    /// [default: openai:gpt-4.1; with NIGHTSHIFT_SERVER, the server's default].
+    #[arg(long, env = "NIGHTSHIFT_MODEL")]
+    pub model: Option<String>,
     /// The most model turns before the task stops.
     #[arg(long, default_value_t = TaskSpec::DEFAULT_MAX_TURNS)]
     pub max_turns: u32,
@@ -117,6 +121,18 @@ pub struct LogsArgs {
     /// One JSON object per event per line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SayArgs {
+    /// A task id, a unique prefix of one, or its short id.
+    pub id: String,
+    /// Print the `message_received` event as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// What to tell the agent.
+    #[arg(required = true, num_args = 1.., value_name = "MESSAGE")]
+    pub message: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! a branch.
 
 mod args;
+mod backend;
 mod commands;
 mod demo;
 mod home;
@@ -47,6 +48,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Logs(args) => commands::logs::run(args).await,
         Command::Diff(args) => commands::diff::run(args).await,
         Command::Cancel(args) => commands::cancel::run(args).await,
+        Command::Say(args) => commands::say::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Sandbox(args) => commands::sandbox::run(args).await,

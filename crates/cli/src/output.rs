@@ -106,14 +106,11 @@ pub struct Cost {
 
 impl Cost {
     /// Adds up the model cost recorded in the task's events and prices its run time.
-    pub async fn of(
-        store: &std::sync::Arc<dyn nightshift_store::Store>,
-        task: &Task,
-    ) -> Result<Cost, Failure> {
+    pub async fn of(backend: &crate::backend::Backend, task: &Task) -> Result<Cost, Failure> {
         let mut model_usd: Option<f64> = None;
         let mut after = 0;
         loop {
-            let page = store.events(task.id, after, 1000).await?;
+            let page = backend.events(task.id, after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             for record in &page {

@@ -239,6 +239,52 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::EnvironmentLoaded {
+            source,
+            checks,
+            has_setup,
+            has_maintenance,
+        } => {
+            let mut parts = Vec::new();
+            if *has_setup {
+                parts.push("setup".to_string());
+            }
+            if *has_maintenance {
+                parts.push("maintenance".to_string());
+            }
+            match checks.len() {
+                0 => parts.push("no checks".to_string()),
+                _ => parts.push(format!("checks: {}", checks.join(", "))),
+            }
+            ("env", format!("{source} · {}", parts.join(" · ")), None)
+        }
+        Event::CommandFinished {
+            phase,
+            name,
+            ok,
+            exit_code,
+            duration_ms,
+            output_tail,
+            ..
+        } => {
+            let phase = serde_json::to_value(phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let verdict = if *ok {
+                "ok".to_string()
+            } else {
+                format!("FAILED (exit {exit_code})")
+            };
+            (
+                "command",
+                format!(
+                    "{phase} {name}: {verdict} · {}",
+                    duration(Duration::from_millis(*duration_ms))
+                ),
+                (!*ok).then(|| output_tail.clone()),
+            )
+        }
         Event::ContextCompacted {
             before_tokens,
             after_tokens,

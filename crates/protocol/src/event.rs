@@ -42,6 +42,29 @@ pub enum Event {
         /// What was deliberately left out, e.g. uncommitted changes of the source repository.
         note: String,
     },
+    /// The repository's environment configuration was read.
+    EnvironmentLoaded {
+        /// `.nightshift.toml`, the importer used, or `defaults`.
+        source: String,
+        /// The names of the declared checks, in order.
+        checks: Vec<String>,
+        has_setup: bool,
+        has_maintenance: bool,
+    },
+    /// A command of the environment (not of the agent) ran: setup, maintenance or a check.
+    CommandFinished {
+        phase: CommandPhase,
+        /// The check's name, or the phase for setup and maintenance.
+        name: String,
+        command: String,
+        ok: bool,
+        exit_code: i32,
+        duration_ms: u64,
+        /// The end of the output; the whole output is the blob `artifact`, when stored.
+        output_tail: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        artifact: Option<String>,
+    },
     /// The environment the agent's commands run in.
     SandboxStarted {
         backend: String,
@@ -147,6 +170,8 @@ impl Event {
             Event::StateChanged { .. } => "state_changed",
             Event::Claimed { .. } => "claimed",
             Event::CheckedOut { .. } => "checked_out",
+            Event::EnvironmentLoaded { .. } => "environment_loaded",
+            Event::CommandFinished { .. } => "command_finished",
             Event::SandboxStarted { .. } => "sandbox_started",
             Event::ModelRequest { .. } => "model_request",
             Event::ModelResponse { .. } => "model_response",
@@ -184,6 +209,10 @@ pub enum ErrorKind {
     Model,
     /// The sandbox could not run a command.
     Sandbox,
+    /// The repository's setup or maintenance script failed.
+    Setup,
+    /// A declared check failed on the committed result.
+    Checks,
     /// A budget ran out (turns, tokens, time).
     Budget,
     /// The task was cancelled.
@@ -199,6 +228,15 @@ pub struct ToolCallRecord {
     pub name: String,
     /// The arguments as the model sent them: parsed JSON when they parse, else the raw string.
     pub arguments: Value,
+}
+
+/// Which environment command ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandPhase {
+    Setup,
+    Maintenance,
+    Check,
 }
 
 /// Token counts, per call or summed over a task.

@@ -10,7 +10,9 @@ mod task;
 mod text;
 mod token;
 
-pub use event::{ErrorKind, Event, EventRecord, PlanStep, PlanStepStatus, ToolCallRecord, Usage};
+pub use event::{
+    CommandPhase, ErrorKind, Event, EventRecord, PlanStep, PlanStepStatus, ToolCallRecord, Usage,
+};
 pub use id::{ParseTaskIdError, TaskId};
 pub use task::{Task, TaskSpec, TaskState, UnknownTaskState};
 pub use text::{Truncated, truncate_middle};

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nightshift_agent::SinkError;
+use nightshift_env::config::Loaded;
 use nightshift_env::{EnvError, SourceRepo, WorkingCopy, branch_name};
 use nightshift_protocol::{Event, Task};
 use nightshift_sandbox::{ExecRequest, SandboxSession};
@@ -27,6 +28,7 @@ pub(crate) struct Run<'a> {
     pub(crate) task: &'a Task,
     pub(crate) source: &'a SourceRepo,
     pub(crate) copy: &'a WorkingCopy,
+    pub(crate) env: &'a Loaded,
 }
 
 /// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.
@@ -60,38 +62,51 @@ impl Runner {
         message: &str,
         incomplete: bool,
     ) -> Result<bool, HandoffError> {
+        let Some(head) = commit_in_sandbox(session, run.copy, message).await? else {
+            return Ok(false);
+        };
+        self.publish(run, &head, incomplete).await?;
+        Ok(true)
+    }
+
+    /// Stores the diff of `head` (a commit in the host working copy) and creates the task's
+    /// branch at it in the source repository.
+    pub(crate) async fn publish(
+        &self,
+        run: &Run<'_>,
+        head: &str,
+        incomplete: bool,
+    ) -> Result<(), HandoffError> {
         let Run {
             log,
             task,
             source,
             copy,
+            ..
         } = *run;
-        let Some(head) = commit_in_sandbox(session, copy, message).await? else {
-            return Ok(false);
-        };
-        let stats = copy.stats(&head).await?;
-        let diff = copy.diff(&head).await?;
+        let stats = copy.stats(head).await?;
+        let diff = copy.diff(head).await?;
         self.store
             .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
             .await
             .map_err(|err| HandoffError::Store(err.to_string()))?;
         let branch = branch_name(&task.id.short(), &task.spec.prompt);
-        copy.hand_off(source, &branch, &head).await?;
+        copy.hand_off(source, &branch, head).await?;
         log.update(|task| {
             task.branch = Some(branch.clone());
-            task.head_commit = Some(head.clone());
+            task.head_commit = Some(head.to_string());
         })
         .await?;
         log.append(Event::Committed {
             branch,
-            commit: head,
+            commit: head.to_string(),
             files_changed: stats.files_changed,
             insertions: stats.insertions,
             deletions: stats.deletions,
             incomplete,
         })
         .await?;
-        Ok(true)
+        Ok(())
     }
 
     /// Commits and hands back whatever the agent changed, marked incomplete; a failure here is
@@ -156,7 +171,7 @@ pub(crate) fn commit_message(summary: &str, task: &Task, incomplete: Option<&str
 /// the commits since the base, and fetches the bundle into the host working copy. Returns the
 /// new head, or `None` when nothing changed since the base (commits the agent made itself count
 /// as changes).
-async fn commit_in_sandbox(
+pub(crate) async fn commit_in_sandbox(
     session: &dyn SandboxSession,
     copy: &WorkingCopy,
     message: &str,

@@ -3,6 +3,7 @@
 //!
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
+mod environment;
 mod error;
 mod handoff;
 mod lifecycle;

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use nightshift_agent::{Agent, AgentConfig, AgentOutcome, Budget, CostFn, SinkError};
-use nightshift_env::{EnvError, SourceRepo};
+use nightshift_env::config::Loaded;
+use nightshift_env::{EnvError, ResolvedBase, SourceRepo};
 use nightshift_model::{ModelError, ModelSpec};
-use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
+use nightshift_protocol::{CommandPhase, ErrorKind, Event, Task, TaskId, TaskState};
 use nightshift_sandbox::{SandboxSession, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::handoff::{HandoffError, Run, commit_message};
+use crate::environment;
+use crate::handoff::{HandoffError, Run, commit_in_sandbox, commit_message};
 use crate::sink::TaskLog;
 use crate::watch::{Watch, WatchConfig, watch};
 use crate::{Runner, RunnerError};
@@ -250,11 +252,35 @@ impl Runner {
         log.update(|task| task.base_commit = Some(base.commit.clone()))
             .await?;
 
+        let loaded = match environment::load(copy.root()).await {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                let _ = copy.remove().await;
+                let hint = Some(err.hint());
+                return fail(
+                    log,
+                    ErrorKind::InvalidInput,
+                    format!("the repository's configuration is invalid: {err}"),
+                    hint,
+                )
+                .await;
+            }
+        };
+        environment::announce(log, &loaded).await?;
+        environment::copy_untracked(
+            log,
+            source.root(),
+            copy.root(),
+            &loaded.config.environment.copy,
+        )
+        .await?;
+
         let run = Run {
             log,
             task: &task,
             source: &source,
             copy: &copy,
+            env: &loaded,
         };
         let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
@@ -290,14 +316,7 @@ impl Runner {
             Ok(model) => model,
             Err(err) => return fail_model(log, err).await,
         };
-        let session = match self
-            .sandbox
-            .start(SessionSpec {
-                workspace: copy.root().to_path_buf(),
-                env: vec![],
-            })
-            .await
-        {
+        let session = match self.sandbox.start(session_spec(copy.root(), run.env)).await {
             Ok(session) => session,
             Err(err) => {
                 return fail(
@@ -323,8 +342,14 @@ impl Runner {
             })
             .await?;
         }
-        let ending = if stop.is_cancelled() {
-            Ok(Ending::cancelled())
+        let prepared = if stop.is_cancelled() {
+            Some(Ending::cancelled())
+        } else {
+            self.run_environment_scripts(run, session.as_ref(), stop)
+                .await?
+        };
+        let ending = if let Some(ending) = prepared {
+            Ok(ending)
         } else {
             set_state(log, TaskState::Running, None).await?;
             let config = AgentConfig {
@@ -341,7 +366,17 @@ impl Runner {
                 config: &config,
                 inbox: Some(&watch.messages),
             };
-            match agent.run(&task.spec.prompt, stop).await {
+            let context = environment::agent_context(run.env, copy.root());
+            let prompt = if context.trim().is_empty() {
+                task.spec.prompt.clone()
+            } else {
+                format!(
+                    "{}\n\n# The task\n\n{}",
+                    context.trim_end(),
+                    task.spec.prompt
+                )
+            };
+            match agent.run(&prompt, stop).await {
                 Ok(report) => {
                     let cost = report.cost_usd;
                     let shutting_down = stops.shutdown.is_cancelled()
@@ -366,6 +401,249 @@ impl Runner {
         ending
     }
 
+    /// Runs the repository's setup and maintenance scripts in the session before the agent
+    /// starts. Returns the task's ending when one fails.
+    async fn run_environment_scripts(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        stop: &CancellationToken,
+    ) -> Result<Option<Ending>, SinkError> {
+        let environment = &run.env.config.environment;
+        let scripts = [
+            (CommandPhase::Setup, "setup", environment.setup.as_deref()),
+            (
+                CommandPhase::Maintenance,
+                "maintenance",
+                environment.maintenance.as_deref(),
+            ),
+        ];
+        for (phase, name, script) in scripts {
+            let Some(script) = script else { continue };
+            set_state(
+                run.log,
+                TaskState::Preparing,
+                Some(&format!("running the {name} script")),
+            )
+            .await?;
+            let outcome = environment::run_command(
+                run.log,
+                self.store.as_ref(),
+                run.task.id,
+                session,
+                environment.workdir.as_deref(),
+                phase,
+                name,
+                script,
+                None,
+                stop,
+            )
+            .await?;
+            if stop.is_cancelled() {
+                return Ok(Some(Ending::cancelled()));
+            }
+            if !outcome.ok {
+                let message = format!(
+                    "the {name} script failed (exit {}):\n{}",
+                    outcome.exit_code, outcome.tail
+                );
+                let hint = format!(
+                    "fix the {name} script in .nightshift.toml; its whole log is the artifact {name}.log"
+                );
+                return fail(run.log, ErrorKind::Setup, message, Some(hint))
+                    .await
+                    .map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The agent finished: commit its work, run the declared checks on the committed tree in a
+    /// fresh sandbox, and create the branch. A failing check fails the task; the branch stays.
+    async fn verify_and_publish(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        summary: String,
+    ) -> Result<Ending, SinkError> {
+        let log = run.log;
+        let checks = &run.env.config.checks;
+        set_state(log, TaskState::Verifying, Some("committing the result")).await?;
+        let message = commit_message(&summary, run.task, None);
+        let head = match commit_in_sandbox(session, run.copy, &message).await {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                log.append(Event::Warning {
+                    message: "the agent finished without changing any file; no branch was created"
+                        .into(),
+                })
+                .await?;
+                return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
+            }
+            Err(HandoffError::Sink(err)) => return Err(err),
+            Err(err) => return self.handoff_failed(log, run.copy, err).await,
+        };
+        let failed = if checks.is_empty() {
+            log.append(Event::Warning {
+                message: "no checks are declared ([checks] in .nightshift.toml): the result was not verified beyond the agent's own runs".into(),
+            })
+            .await?;
+            Vec::new()
+        } else {
+            set_state(
+                log,
+                TaskState::Verifying,
+                Some(&format!(
+                    "running {} check(s) on the committed tree in a fresh sandbox",
+                    checks.len()
+                )),
+            )
+            .await?;
+            self.verify(run, &head).await?
+        };
+        set_state(log, TaskState::HandingOff, Some("creating the branch")).await?;
+        match self.publish(run, &head, false).await {
+            Ok(()) => {}
+            Err(HandoffError::Sink(err)) => return Err(err),
+            Err(err) => return self.handoff_failed(log, run.copy, err).await,
+        }
+        if failed.is_empty() {
+            let summary = if checks.is_empty() {
+                format!(
+                    "{summary}\n\n(Not verified by nightshift: the repository declares no checks.)"
+                )
+            } else {
+                summary
+            };
+            return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
+        }
+        let names: Vec<String> = failed
+            .iter()
+            .map(|(name, code)| format!("`{name}` (exit {code})"))
+            .collect();
+        let ending = fail(
+            log,
+            ErrorKind::Checks,
+            format!("the agent finished, but check {} failed on the committed result", names.join(", ")),
+            Some("the branch has the work; each check's log is an artifact (check-NAME.log) and its tail is in `nightshift logs`".into()),
+        )
+        .await?;
+        Ok(Ending {
+            summary: Some(summary),
+            ..ending
+        })
+    }
+
+    /// Runs every declared check on `head` in a fresh sandbox: a new working copy of the
+    /// committed tree, the setup script again, nothing of the agent's session. Returns the
+    /// failed checks with their exit codes.
+    async fn verify(&self, run: &Run<'_>, head: &str) -> Result<Vec<(String, i32)>, SinkError> {
+        let log = run.log;
+        let config = &run.env.config;
+        let all_failed = |reason: String| {
+            config
+                .checks
+                .iter()
+                .map(|c| (format!("{} ({reason})", c.name), -1))
+                .collect::<Vec<_>>()
+        };
+        let dest = self.config.work_dir.join(format!("{}-verify", run.task.id));
+        if dest.exists() {
+            let _ = tokio::fs::remove_dir_all(&dest).await;
+        }
+        let committed = ResolvedBase {
+            name: "nightshift/result".into(),
+            commit: head.to_string(),
+        };
+        let tree = match SourceRepo::open(run.copy.root()).await {
+            Ok(host_copy) => host_copy.checkout(&committed, &dest).await,
+            Err(err) => Err(err),
+        };
+        let tree = match tree {
+            Ok(tree) => tree,
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!(
+                        "could not check out the committed tree for the checks: {err}"
+                    ),
+                })
+                .await?;
+                return Ok(all_failed("not run".into()));
+            }
+        };
+        let session = match self.sandbox.start(session_spec(tree.root(), run.env)).await {
+            Ok(session) => session,
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!("could not start a sandbox for the checks: {err}"),
+                })
+                .await?;
+                let _ = tree.remove().await;
+                return Ok(all_failed("not run".into()));
+            }
+        };
+        let never = CancellationToken::new();
+        let mut failed = Vec::new();
+        let environment = &config.environment;
+        let mut ready = true;
+        if let Some(setup) = environment.setup.as_deref() {
+            let outcome = environment::run_command(
+                log,
+                self.store.as_ref(),
+                run.task.id,
+                session.as_ref(),
+                environment.workdir.as_deref(),
+                CommandPhase::Setup,
+                "setup (verification)",
+                setup,
+                None,
+                &never,
+            )
+            .await?;
+            ready = outcome.ok;
+        }
+        for check in &config.checks {
+            if !ready {
+                failed.push((format!("{} (setup failed)", check.name), -1));
+                continue;
+            }
+            let outcome = environment::run_command(
+                log,
+                self.store.as_ref(),
+                run.task.id,
+                session.as_ref(),
+                environment.workdir.as_deref(),
+                CommandPhase::Check,
+                &check.name,
+                &check.run,
+                check.timeout.map(Into::into),
+                &never,
+            )
+            .await?;
+            if !outcome.ok {
+                failed.push((check.name.clone(), outcome.exit_code));
+            }
+        }
+        let _ = session.close().await;
+        let _ = tree.remove().await;
+        Ok(failed)
+    }
+
+    async fn handoff_failed(
+        &self,
+        log: &TaskLog,
+        copy: &nightshift_env::WorkingCopy,
+        err: HandoffError,
+    ) -> Result<Ending, SinkError> {
+        let message = format!("handing off failed: {err}");
+        let hint = format!("the working copy is kept at {}", copy.root().display());
+        let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
+        Ok(Ending {
+            keep_copy: true,
+            ..ending
+        })
+    }
+
     /// Turns the agent's outcome into the task's ending, handing back its work.
     async fn conclude(
         &self,
@@ -374,39 +652,10 @@ impl Runner {
         outcome: AgentOutcome,
         shutting_down: bool,
     ) -> Result<Ending, SinkError> {
-        let Run {
-            log, task, copy, ..
-        } = *run;
+        let log = run.log;
         match outcome {
             AgentOutcome::Finished { summary } => {
-                set_state(
-                    log,
-                    TaskState::Verifying,
-                    Some("no checks are declared for this repository; the agent's own test runs are in the log"),
-                )
-                .await?;
-                set_state(log, TaskState::HandingOff, Some("committing the result")).await?;
-                let message = commit_message(&summary, task, None);
-                match self.hand_back(run, session, &message, false).await {
-                    Ok(true) => Ok(Ending::new(TaskState::Succeeded, Some(summary), None)),
-                    Ok(false) => {
-                        log.append(Event::Warning {
-                            message: "the agent finished without changing any file; no branch was created".into(),
-                        })
-                        .await?;
-                        Ok(Ending::new(TaskState::Succeeded, Some(summary), None))
-                    }
-                    Err(HandoffError::Sink(err)) => Err(err),
-                    Err(err) => {
-                        let message = format!("handing off failed: {err}");
-                        let hint = format!("the working copy is kept at {}", copy.root().display());
-                        let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
-                        Ok(Ending {
-                            keep_copy: true,
-                            ..ending
-                        })
-                    }
-                }
+                self.verify_and_publish(run, session, summary).await
             }
             AgentOutcome::BudgetExceeded { reason, summary } => {
                 self.save_incomplete(run, session, summary.as_deref(), &reason)
@@ -505,3 +754,18 @@ async fn fail_model(log: &TaskLog, err: ModelError) -> Result<Ending, SinkError>
 
 /// A model's price as a cost function, looked up per model spec.
 pub type PriceLookup = Arc<dyn Fn(&ModelSpec) -> Option<CostFn> + Send + Sync>;
+
+/// A session for the working copy at `workspace` with the configuration's environment
+/// variables.
+fn session_spec(workspace: &Path, env: &Loaded) -> SessionSpec {
+    SessionSpec {
+        workspace: workspace.to_path_buf(),
+        env: env
+            .config
+            .environment
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use nightshift_store::CancelOutcome;
 
 use crate::args::TaskArg;
-use crate::home::Home;
+use crate::backend::Backend;
 use crate::output::Failure;
 
 pub async fn run(args: TaskArg) -> Result<ExitCode, Failure> {
-    let store = Home::from_env()?.store().await?;
-    let task = store.find_task(&args.id).await?;
+    let backend = Backend::from_env().await?;
+    let task = backend.find(&args.id).await?;
     let short = task.id.short();
-    match store.request_cancel(task.id).await? {
+    match backend.cancel(&task).await? {
         CancelOutcome::CancelledWhileQueued => println!("{short}: cancelled before it started"),
         CancelOutcome::Requested => {
             println!(

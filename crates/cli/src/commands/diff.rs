@@ -3,16 +3,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use nightshift_runner::DIFF_BLOB;
-
 use crate::args::TaskArg;
-use crate::home::Home;
+use crate::backend::Backend;
 use crate::output::Failure;
 
 pub async fn run(args: TaskArg) -> Result<ExitCode, Failure> {
-    let store = Home::from_env()?.store().await?;
-    let task = store.find_task(&args.id).await?;
-    let Some(patch) = store.get_blob(task.id, DIFF_BLOB).await? else {
+    let backend = Backend::from_env().await?;
+    let task = backend.find(&args.id).await?;
+    let Some(patch) = backend.diff(&task).await? else {
         let why = if task.state.is_terminal() {
             "it changed no files"
         } else {

@@ -1,41 +1,44 @@
-//! Reading a task's log as it grows. Local mode polls the store; the log is append-only with
-//! gapless sequence numbers, so "everything after seq N" never misses or repeats an event.
+//! Reading a task's log, whole or as it grows, from either backend: both stop at the task's
+//! `ended` event, so `logs` prints the same lines in local and remote mode.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::ops::ControlFlow;
 
 use nightshift_protocol::{Event, EventRecord, TaskId};
-use nightshift_store::Store;
 
+use crate::backend::Backend;
 use crate::output::Failure;
 
-const POLL: Duration = Duration::from_millis(100);
 const PAGE: u32 = 500;
 
-/// Calls `on_event` for every event of the task after `after`, in order. With `follow`, waits
-/// for new events until the task's `ended` event; without, stops at the current end.
+/// Calls `on_event` for every event of the task, in order, up to its `ended` event. With
+/// `follow`, waits for new events until then; without, stops at the current end.
 pub async fn events(
-    store: &Arc<dyn Store>,
+    backend: &Backend,
     id: TaskId,
     follow: bool,
     mut on_event: impl FnMut(&EventRecord) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
+    let mut until_ended = |record: &EventRecord| {
+        on_event(record)?;
+        Ok(match record.event {
+            Event::Ended { .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+    };
+    if follow {
+        return backend.follow(id, 0, &mut until_ended).await;
+    }
     let mut after = 0;
     loop {
-        let page = store.events(id, after, PAGE).await?;
+        let page = backend.events(id, after, PAGE).await?;
         for record in &page {
-            on_event(record)?;
             after = record.seq;
-            if matches!(record.event, Event::Ended { .. }) {
+            if let ControlFlow::Break(()) = until_ended(record)? {
                 return Ok(());
             }
         }
-        if page.len() as u32 == PAGE {
-            continue;
-        }
-        if !follow {
+        if (page.len() as u32) < PAGE {
             return Ok(());
         }
-        tokio::time::sleep(POLL).await;
     }
 }

@@ -4,16 +4,15 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::args::LogsArgs;
-use crate::home::Home;
+use crate::backend::Backend;
 use crate::output::Failure;
 use crate::render;
 
 pub async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
-    let runner = Home::from_env()?.reconciled_runner().await?;
-    let store = runner.store().clone();
-    let task = store.find_task(&args.id).await?;
+    let backend = Backend::from_env().await?;
+    let task = backend.find(&args.id).await?;
     let mut stdout = std::io::stdout().lock();
-    super::follow::events(&store, task.id, args.follow, |record| {
+    super::follow::events(&backend, task.id, args.follow, |record| {
         let line = if args.json {
             serde_json::to_string(record).map_err(|err| Failure::error(err.to_string()))?
         } else {

@@ -2,21 +2,14 @@
 
 use std::process::ExitCode;
 
-use nightshift_store::TaskFilter;
-
 use crate::args::LsArgs;
-use crate::home::Home;
+use crate::backend::Backend;
 use crate::output::{Failure, TaskView, print_json};
 use crate::render;
 
 pub async fn run(args: LsArgs) -> Result<ExitCode, Failure> {
-    let runner = Home::from_env()?.reconciled_runner().await?;
-    let filter = TaskFilter {
-        states: args.state,
-        before: None,
-        limit: args.limit,
-    };
-    let tasks = runner.store().list_tasks(&filter).await?;
+    let backend = Backend::from_env().await?;
+    let tasks = backend.list(&args.state, args.limit).await?;
     if args.json {
         let views: Vec<_> = tasks.iter().map(TaskView::new).collect();
         print_json(&views)?;

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod ls;
 pub mod run;
 pub mod sandbox;
+pub mod say;
 pub mod serve;
 pub mod show;
 pub mod token;

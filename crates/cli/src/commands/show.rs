@@ -3,14 +3,14 @@
 use std::process::ExitCode;
 
 use crate::args::ShowArgs;
-use crate::home::Home;
+use crate::backend::Backend;
 use crate::output::{Cost, Failure, TaskView, print_json};
 use crate::render;
 
 pub async fn run(args: ShowArgs) -> Result<ExitCode, Failure> {
-    let runner = Home::from_env()?.reconciled_runner().await?;
-    let task = runner.store().find_task(&args.id).await?;
-    let cost = Cost::of(runner.store(), &task).await?;
+    let backend = Backend::from_env().await?;
+    let task = backend.find(&args.id).await?;
+    let cost = Cost::of(&backend, &task).await?;
     if args.json {
         print_json(&TaskView {
             cost: Some(cost),

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
 use nightshift_model::ProviderConfig;
 use nightshift_runner::TaskRequest;
@@ -13,6 +14,7 @@ use nightshift_scripted_model::{Script, ScriptedModel};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::DemoArgs;
+use crate::backend::{Backend, Local};
 use crate::commands::run::wait;
 use crate::home::Home;
 use crate::output::{Failure, exit_for};
@@ -62,10 +64,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         .submit(request)
         .await
         .map_err(|err| Failure::error(err.to_string()))?;
-    let store = runner.store().clone();
+    let runner = Arc::new(runner);
+    let backend = Backend::Local(Local::in_process(runner.clone()));
     let id = task.id;
     let worker = tokio::spawn(async move { runner.run_task(id, CancellationToken::new()).await });
-    let waited = wait(&store, &task, args.json).await;
+    let waited = wait(&backend, &task, args.json).await;
     let finished = worker
         .await
         .map_err(|err| Failure::error(format!("the demo task crashed: {err}")))?

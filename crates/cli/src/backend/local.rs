@@ -1,0 +1,204 @@
+//! Local mode: the store in NIGHTSHIFT_HOME (or NIGHTSHIFT_DATABASE_URL), read and written
+//! from this process, and a detached `nightshift __run-task ID` worker for each task `run`
+//! queues, so that closing the terminal does not stop it.
+
+use std::fs::OpenOptions;
+use std::ops::ControlFlow;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskState};
+use nightshift_runner::{DIFF_BLOB, Runner, SubmitError, TaskRequest};
+use nightshift_store::{CancelOutcome, Store, TaskFilter};
+
+use super::{DEFAULT_MODEL, OnEvent, Submission};
+use crate::home::Home;
+use crate::output::Failure;
+
+/// How often following a log asks the store for new events.
+const POLL: Duration = Duration::from_millis(100);
+const PAGE: u32 = 500;
+
+pub struct Local {
+    /// Where detached workers log; `None` for a caller that runs its tasks itself (the demo).
+    home: Option<Home>,
+    runner: Arc<Runner>,
+}
+
+impl Local {
+    /// The store of NIGHTSHIFT_HOME, with tasks whose worker died settled first.
+    pub async fn from_env() -> Result<Local, Failure> {
+        let home = Home::from_env()?;
+        let runner = home.reconciled_runner().await?;
+        Ok(Local {
+            home: Some(home),
+            runner: Arc::new(runner),
+        })
+    }
+
+    /// A backend over `runner` that never starts workers: the caller runs what it submits.
+    pub fn in_process(runner: Arc<Runner>) -> Local {
+        Local { home: None, runner }
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.runner.store()
+    }
+
+    pub(super) async fn submit(&self, submission: Submission) -> Result<Task, Failure> {
+        let model = submission.model.as_deref().unwrap_or(DEFAULT_MODEL);
+        let request = TaskRequest {
+            base: submission.base,
+            max_turns: submission.max_turns,
+            max_tokens: submission.max_tokens,
+            max_cost_usd: submission.max_cost_usd,
+            max_duration_secs: submission.max_duration_secs,
+            ..TaskRequest::new(submission.repo, submission.prompt, model)
+        };
+        let task = self.runner.submit(request).await.map_err(submit_failure)?;
+        if let Some(home) = &self.home
+            && let Err(failure) = spawn_worker(home, task.id)
+        {
+            // Nothing will run it: take it off the queue rather than leave it waiting forever.
+            let _ = self.store().request_cancel(task.id).await;
+            return Err(failure);
+        }
+        Ok(task)
+    }
+
+    pub(super) async fn list(
+        &self,
+        states: &[TaskState],
+        limit: u32,
+    ) -> Result<Vec<Task>, Failure> {
+        let filter = TaskFilter {
+            states: states.to_vec(),
+            before: None,
+            limit,
+        };
+        Ok(self.store().list_tasks(&filter).await?)
+    }
+
+    pub(super) async fn find(&self, reference: &str) -> Result<Task, Failure> {
+        Ok(self.store().find_task(reference).await?)
+    }
+
+    pub(super) async fn events(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, Failure> {
+        Ok(self.store().events(id, after, limit).await?)
+    }
+
+    /// Polls the store. The log is append-only with gapless sequence numbers, so "everything
+    /// after seq N" never misses or repeats an event.
+    pub(super) async fn follow(
+        &self,
+        id: TaskId,
+        mut after: u64,
+        on_event: &mut OnEvent<'_>,
+    ) -> Result<(), Failure> {
+        loop {
+            let page = self.store().events(id, after, PAGE).await?;
+            for record in &page {
+                after = record.seq;
+                if let ControlFlow::Break(()) = on_event(record)? {
+                    return Ok(());
+                }
+            }
+            if page.len() as u32 != PAGE {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    pub(super) async fn diff(&self, task: &Task) -> Result<Option<Vec<u8>>, Failure> {
+        let patch = self.store().get_blob(task.id, DIFF_BLOB).await?;
+        Ok(patch.map(|bytes| bytes.to_vec()))
+    }
+
+    pub(super) async fn cancel(&self, task: &Task) -> Result<CancelOutcome, Failure> {
+        Ok(self.store().request_cancel(task.id).await?)
+    }
+
+    pub(super) async fn say(&self, task: &Task, text: &str) -> Result<EventRecord, Failure> {
+        refuse_message(task)?;
+        let event = Event::MessageReceived {
+            text: text.to_string(),
+            from: None,
+        };
+        Ok(self.store().append_event(task.id, &event).await?)
+    }
+}
+
+/// The server's rule (docs/api.md), so that a message is refused the same way in both modes:
+/// nobody would ever read a message to a task that never ran or is being cancelled.
+fn refuse_message(task: &Task) -> Result<(), Failure> {
+    let short = task.id.short();
+    if task.state.is_terminal() && task.started_at.is_none() {
+        return Err(Failure::usage(format!(
+            "task {short} was {} before it ever ran, so there is no run to follow up on; nothing was sent",
+            task.state
+        ))
+        .with_hint(Some("start a new task with `nightshift run`".into())));
+    }
+    if task.cancel_requested && !task.state.is_terminal() {
+        return Err(
+            Failure::usage(format!("task {short} is being cancelled; nothing was sent")).with_hint(
+                Some("wait for it to end, then send the message as a follow-up".into()),
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn submit_failure(err: SubmitError) -> Failure {
+    let hint = err.hint();
+    let failure = match &err {
+        SubmitError::EmptyPrompt | SubmitError::Budget(_) | SubmitError::Model(_) => {
+            Failure::usage(err.to_string())
+        }
+        SubmitError::Repository(env) if env.is_invalid_input() => Failure::usage(err.to_string()),
+        SubmitError::Repository(_) | SubmitError::Store(_) => Failure::error(err.to_string()),
+    };
+    failure.with_hint(hint)
+}
+
+/// Starts `nightshift __run-task ID` detached: its own session, no terminal, output to
+/// `NIGHTSHIFT_HOME/workers/ID.log`.
+fn spawn_worker(home: &Home, id: TaskId) -> Result<(), Failure> {
+    let exe = std::env::current_exe()
+        .map_err(|err| Failure::error(format!("cannot find the nightshift executable: {err}")))?;
+    let log_path = home.worker_log(&id.to_string());
+    let cannot = |err: std::io::Error| Failure::error(format!("cannot start the worker: {err}"));
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(cannot)?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(cannot)?;
+    let log_err = log.try_clone().map_err(cannot)?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("__run-task")
+        .arg(id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err));
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    command.spawn().map_err(cannot)?;
+    Ok(())
+}
