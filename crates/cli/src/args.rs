@@ -51,6 +51,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Manage API tokens.
     Token(TokenArgs),
+    /// Manage secrets: stored encrypted, redacted from everything a task records.
+    Secret(SecretArgs),
     /// Run one queued task in this process (what `run` starts in the background).
     #[command(name = "__run-task", hide = true)]
     RunTask(RunTaskArgs),
@@ -220,6 +222,22 @@ pub struct ServeArgs {
     /// The model for tasks that name none.
     #[arg(long, env = "NIGHTSHIFT_MODEL", default_value = "openai:gpt-4.1")]
     pub model: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    #[command(subcommand)]
+    pub command: SecretCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret; its value is read from standard input (one line, or all of it).
+    Set { name: String },
+    /// List the secrets' names (never their values).
+    Ls,
+    /// Delete a secret.
+    Rm { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nightshift_agent::CostFn;
+use nightshift_env::secrets::{SecretError, SecretKey};
 use nightshift_model::{ModelSpec, ProviderConfig, price_for};
 use nightshift_protocol::Usage;
 use nightshift_runner::{PriceLookup, Runner, RunnerConfig};
@@ -77,6 +78,16 @@ impl Home {
         .await
     }
 
+    /// The key secrets are sealed with: `NIGHTSHIFT_SECRET_KEY`, else `keys/secrets.key` under
+    /// the home directory (made on first use; outside the database on purpose).
+    pub fn secret_key(&self) -> Result<SecretKey, SecretError> {
+        let from_env = std::env::var("NIGHTSHIFT_SECRET_KEY").ok();
+        SecretKey::load(
+            from_env.as_deref(),
+            &self.root.join("keys").join("secrets.key"),
+        )
+    }
+
     /// The namespaced sandbox, with its state under the home directory.
     pub fn namespaced(&self) -> Result<Namespaced, Failure> {
         let helper = HelperCommand::current_exe().map_err(|err| {
@@ -126,7 +137,14 @@ impl Home {
             let price = price_for(spec, &BTreeMap::new())?;
             Some(Arc::new(move |usage: &Usage| price.cost(usage)) as CostFn)
         });
-        Ok(Runner::new(store, self.sandbox()?, providers, config).with_prices(prices))
+        let runner = Runner::new(store, self.sandbox()?, providers, config).with_prices(prices);
+        Ok(match self.secret_key() {
+            Ok(key) => runner.with_secret_key(key),
+            Err(err) => {
+                tracing::warn!("secrets are unavailable to tasks: {err}");
+                runner
+            }
+        })
     }
 
     /// A runner that first settles tasks whose worker died.

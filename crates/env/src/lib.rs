@@ -7,6 +7,7 @@
 pub mod config;
 mod git;
 mod repo;
+pub mod secrets;
 mod slug;
 
 pub use config::{EnvConfig, Loaded, collect_agents_md, describe, render_agents_context};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nightshift_agent::SinkError;
-use nightshift_env::config::{ConfigError, ConfigSource, EnvConfig, Loaded};
+use nightshift_env::config::{ConfigError, ConfigSource, EnvConfig, Loaded, SecretScope};
 use nightshift_env::{collect_agents_md, render_agents_context};
 use nightshift_protocol::{CommandPhase, Event, TaskId};
 use nightshift_sandbox::{ExecRequest, ExitStatus, SandboxSession};
@@ -204,6 +204,7 @@ pub(crate) async fn run_command(
     phase: CommandPhase,
     name: &str,
     command: &str,
+    env: &[(String, String)],
     timeout: Option<Duration>,
     cancel: &CancellationToken,
 ) -> Result<CommandOutcome, SinkError> {
@@ -211,7 +212,7 @@ pub(crate) async fn run_command(
         CommandPhase::Setup | CommandPhase::Maintenance => SETUP_TIMEOUT,
         CommandPhase::Check => CHECK_TIMEOUT,
     };
-    let mut request = ExecRequest::new(format!("set -e\n{command}"));
+    let mut request = ExecRequest::new(format!("{}set -e\n{command}", exports(env)));
     request.workdir = workdir
         .filter(|w| w.as_os_str() != ".")
         .map(Path::to_path_buf);
@@ -245,6 +246,7 @@ pub(crate) async fn run_command(
         CommandPhase::Setup => "setup.log".to_string(),
         CommandPhase::Maintenance => "maintenance.log".to_string(),
     };
+    let output = log.redact(&output);
     let stored = store
         .put_blob(task, &artifact, output.clone().into_bytes().into())
         .await
@@ -291,4 +293,35 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Shell `export` lines for `env`, values single-quoted.
+fn exports(env: &[(String, String)]) -> String {
+    env.iter()
+        .map(|(name, value)| format!("export {name}='{}'\n", value.replace('\'', r"'\''")))
+        .collect()
+}
+
+/// The secrets the configuration gives setup, as environment variables, or the names of those
+/// that are not set.
+pub(crate) fn setup_secrets(
+    loaded: &Loaded,
+    secrets: &[(String, String)],
+) -> Result<Vec<(String, String)>, Vec<String>> {
+    let mut env = Vec::new();
+    let mut missing = Vec::new();
+    for spec in &loaded.config.secrets {
+        if !matches!(spec.scope, SecretScope::Setup) {
+            continue;
+        }
+        match secrets.iter().find(|(name, _)| *name == spec.name) {
+            Some(found) => env.push(found.clone()),
+            None => missing.push(spec.name.clone()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(env)
+    } else {
+        Err(missing)
+    }
 }

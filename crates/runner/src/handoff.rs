@@ -29,6 +29,8 @@ pub(crate) struct Run<'a> {
     pub(crate) source: &'a SourceRepo,
     pub(crate) copy: &'a WorkingCopy,
     pub(crate) env: &'a Loaded,
+    /// The secrets setup gets as environment variables.
+    pub(crate) setup_env: &'a [(String, String)],
 }
 
 /// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.
@@ -50,6 +52,8 @@ pub(crate) enum HandoffError {
     Sink(#[from] SinkError),
     #[error("committing in the sandbox failed: {0}")]
     Commit(String),
+    #[error("the result contains the value of secret {}; it was not committed to a branch", .0.join(", "))]
+    SecretInResult(Vec<String>),
 }
 
 impl Runner {
@@ -86,6 +90,10 @@ impl Runner {
         } = *run;
         let stats = copy.stats(head).await?;
         let diff = copy.diff(head).await?;
+        let leaked = log.secrets_in(&diff);
+        if !leaked.is_empty() {
+            return Err(HandoffError::SecretInResult(leaked));
+        }
         self.store
             .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
             .await

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_agent::tools::ToolLimits;
+use nightshift_env::secrets::SecretKey;
 use nightshift_model::ProviderConfig;
 use nightshift_sandbox::Sandbox;
 use nightshift_store::Store;
@@ -35,6 +36,7 @@ pub struct Runner {
     pub(crate) providers: ProviderConfig,
     pub(crate) config: RunnerConfig,
     pub(crate) cost: Option<PriceLookup>,
+    pub(crate) secret_key: Option<Arc<SecretKey>>,
 }
 
 /// Paths and knobs of a runner.
@@ -88,12 +90,19 @@ impl Runner {
             providers,
             config,
             cost: None,
+            secret_key: None,
         }
     }
 
     /// Prices model usage, for dollar budgets and cost reports.
     pub fn with_prices(mut self, lookup: PriceLookup) -> Self {
         self.cost = Some(lookup);
+        self
+    }
+
+    /// Unseals stored secrets for tasks (redaction, setup variables).
+    pub fn with_secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(Arc::new(key));
         self
     }
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use nightshift_agent::{Agent, AgentConfig, AgentOutcome, Budget, CostFn, SinkError};
-use nightshift_env::config::Loaded;
+use nightshift_env::config::{Loaded, SecretScope};
+use nightshift_env::secrets::Redactor;
 use nightshift_env::{EnvError, ResolvedBase, SourceRepo};
 use nightshift_model::{ModelError, ModelSpec};
 use nightshift_protocol::{CommandPhase, ErrorKind, Event, Task, TaskId, TaskState};
@@ -267,6 +268,29 @@ impl Runner {
             }
         };
         environment::announce(log, &loaded).await?;
+        let secrets = self.load_secrets(log).await?;
+        log.redact_with(Redactor::new(&secrets));
+        let setup_env = match environment::setup_secrets(&loaded, &secrets) {
+            Ok(env) => env,
+            Err(missing) => {
+                let _ = copy.remove().await;
+                return fail(
+                    log,
+                    ErrorKind::InvalidInput,
+                    format!("the configuration gives setup the secret(s) {}, which are not set", missing.join(", ")),
+                    Some(format!("set each with `nightshift secret set NAME` (the value is read from stdin), e.g. `nightshift secret set {}`", missing[0])),
+                )
+                .await;
+            }
+        };
+        for spec in &loaded.config.secrets {
+            if matches!(spec.scope, SecretScope::Proxy { .. }) {
+                log.append(Event::Warning {
+                    message: format!("secret `{}` has scope `proxy`, which this version cannot inject yet; the task does not get it", spec.name),
+                })
+                .await?;
+            }
+        }
         environment::copy_untracked(
             log,
             source.root(),
@@ -281,6 +305,7 @@ impl Runner {
             source: &source,
             copy: &copy,
             env: &loaded,
+            setup_env: &setup_env,
         };
         let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
@@ -435,6 +460,11 @@ impl Runner {
                 phase,
                 name,
                 script,
+                if phase == CommandPhase::Setup {
+                    run.setup_env
+                } else {
+                    &[]
+                },
                 None,
                 stop,
             )
@@ -596,6 +626,7 @@ impl Runner {
                 CommandPhase::Setup,
                 "setup (verification)",
                 setup,
+                run.setup_env,
                 None,
                 &never,
             )
@@ -616,6 +647,7 @@ impl Runner {
                 CommandPhase::Check,
                 &check.name,
                 &check.run,
+                &[],
                 check.timeout.map(Into::into),
                 &never,
             )
@@ -629,6 +661,44 @@ impl Runner {
         Ok(failed)
     }
 
+    /// Every stored secret, unsealed with this worker's key; what cannot be unsealed is
+    /// reported and left out.
+    async fn load_secrets(&self, log: &TaskLog) -> Result<Vec<(String, String)>, SinkError> {
+        let sealed = match self.store.secrets().await {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!("could not read the stored secrets: {err}"),
+                })
+                .await?;
+                return Ok(Vec::new());
+            }
+        };
+        if sealed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(key) = &self.secret_key else {
+            log.append(Event::Warning {
+                message: "secrets are stored, but this worker has no secret key (NIGHTSHIFT_SECRET_KEY or the key file); tasks here get none".into(),
+            })
+            .await?;
+            return Ok(Vec::new());
+        };
+        let mut secrets = Vec::new();
+        for secret in sealed {
+            match key.unseal(&secret.name, &secret.sealed) {
+                Ok(value) => secrets.push((secret.name, value)),
+                Err(err) => {
+                    log.append(Event::Warning {
+                        message: err.to_string(),
+                    })
+                    .await?
+                }
+            }
+        }
+        Ok(secrets)
+    }
+
     async fn handoff_failed(
         &self,
         log: &TaskLog,
@@ -636,6 +706,11 @@ impl Runner {
         err: HandoffError,
     ) -> Result<Ending, SinkError> {
         let message = format!("handing off failed: {err}");
+        if let HandoffError::SecretInResult(_) = err {
+            // Keeping the working copy would keep the secret in the clear.
+            let hint = "the agent wrote a secret's value into the repository; its work was discarded so the value is stored nowhere. Run the task again, telling it not to write credentials into files".to_string();
+            return fail(log, ErrorKind::Repository, message, Some(hint)).await;
+        }
         let hint = format!("the working copy is kept at {}", copy.root().display());
         let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
         Ok(Ending {

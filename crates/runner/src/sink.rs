@@ -6,15 +6,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use nightshift_agent::{EventSink, SinkError};
+use nightshift_env::secrets::Redactor;
 use nightshift_protocol::{Event, Task};
 use nightshift_store::Store;
 use tokio::sync::Mutex;
 
-/// Appends events to one task's log and keeps its row current.
+/// Appends events to one task's log and keeps its row current. Secret values are redacted
+/// from everything it writes.
 #[derive(Clone)]
 pub(crate) struct TaskLog {
     store: Arc<dyn Store>,
     task: Arc<Mutex<Task>>,
+    redactor: Arc<std::sync::RwLock<Redactor>>,
 }
 
 impl TaskLog {
@@ -22,10 +25,49 @@ impl TaskLog {
         TaskLog {
             store,
             task: Arc::new(Mutex::new(task)),
+            redactor: Arc::new(std::sync::RwLock::new(Redactor::none())),
         }
     }
 
+    /// From now on, redact these secrets' values.
+    pub(crate) fn redact_with(&self, redactor: Redactor) {
+        if let Ok(mut current) = self.redactor.write() {
+            *current = redactor;
+        }
+    }
+
+    /// `text` with secret values replaced by `[secret:NAME]`.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        match self.redactor.read() {
+            Ok(redactor) => redactor.redact(text).into_owned(),
+            Err(_) => text.to_string(),
+        }
+    }
+
+    /// The names of secrets whose values occur in `text`.
+    pub(crate) fn secrets_in(&self, text: &str) -> Vec<String> {
+        self.redactor
+            .read()
+            .map(|r| r.found_in(text))
+            .unwrap_or_default()
+    }
+
+    fn redact_event(&self, event: Event) -> Event {
+        let Ok(redactor) = self.redactor.read() else {
+            return event;
+        };
+        if redactor.is_empty() {
+            return event;
+        }
+        let Ok(mut value) = serde_json::to_value(&event) else {
+            return event;
+        };
+        redact_strings(&mut value, &redactor);
+        serde_json::from_value(value).unwrap_or(event)
+    }
+
     pub(crate) async fn append(&self, event: Event) -> Result<(), SinkError> {
+        let event = self.redact_event(event);
         let id = self.task.lock().await.id;
         self.store
             .append_event(id, &event)
@@ -38,6 +80,8 @@ impl TaskLog {
     pub(crate) async fn update(&self, change: impl FnOnce(&mut Task)) -> Result<Task, SinkError> {
         let mut task = self.task.lock().await;
         change(&mut task);
+        task.summary = task.summary.take().map(|text| self.redact(&text));
+        task.error = task.error.take().map(|text| self.redact(&text));
         task.updated_at = Timestamp::now();
         self.store
             .update_task(&task)
@@ -63,5 +107,22 @@ impl EventSink for TaskLog {
             .await?;
         }
         self.append(event).await
+    }
+}
+
+fn redact_strings(value: &mut serde_json::Value, redactor: &Redactor) {
+    match value {
+        serde_json::Value::String(text) => {
+            if let std::borrow::Cow::Owned(redacted) = redactor.redact(text) {
+                *text = redacted;
+            }
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| redact_strings(item, redactor)),
+        serde_json::Value::Object(map) => map
+            .values_mut()
+            .for_each(|item| redact_strings(item, redactor)),
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
     }
 }

@@ -122,7 +122,7 @@ impl ApiError {
                     .with_hint("GET /api/tasks lists tasks")
             }
             StoreError::Ambiguous { .. } => ApiError::bad_request("invalid_id", error.to_string()),
-            StoreError::InvalidBlobName { .. } => {
+            StoreError::InvalidBlobName { .. } | StoreError::InvalidSecretName { .. } => {
                 ApiError::bad_request("invalid_name", error.to_string())
             }
             StoreError::NotQueued { .. }

@@ -71,6 +71,13 @@ pub enum StoreError {
     )]
     InvalidBlobName { name: String },
 
+    /// A secret name outside the alphabet of environment variable names.
+    #[error(
+        "`{name}` is not a valid secret name: use 1 to 128 ASCII letters, digits or `_`, \
+         starting with a letter or `_` (like an environment variable)"
+    )]
+    InvalidSecretName { name: String },
+
     /// A value could not be turned into JSON for storing. Nothing was stored.
     #[error(
         "could not write {what} as JSON: {cause}; nothing was stored (this is a bug in \
@@ -120,6 +127,7 @@ impl StoreError {
             | StoreError::NotQueued { .. }
             | StoreError::Blob { .. }
             | StoreError::InvalidBlobName { .. }
+            | StoreError::InvalidSecretName { .. }
             | StoreError::Serialize { .. }
             | StoreError::Corrupt { .. } => false,
         }

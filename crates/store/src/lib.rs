@@ -39,6 +39,14 @@ pub struct TaskFilter {
     pub limit: u32,
 }
 
+/// A secret as stored: its name and its encrypted value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub name: String,
+    pub sealed: Vec<u8>,
+    pub updated_at: jiff::Timestamp,
+}
+
 /// What happened when cancellation was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -157,4 +165,14 @@ pub trait Store: Send + Sync {
 
     /// Revokes the token `id`. Returns false if there is no such unrevoked token.
     async fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Stores (or replaces) the secret `name` as `sealed`: its value encrypted by the caller,
+    /// which keeps the key apart from the store. The store never sees a value in the clear.
+    async fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError>;
+
+    /// Every secret, sealed, by name.
+    async fn secrets(&self) -> Result<Vec<SealedSecret>, StoreError>;
+
+    /// Deletes the secret `name`. Returns false if there was none.
+    async fn delete_secret(&self, name: &str) -> Result<bool, StoreError>;
 }

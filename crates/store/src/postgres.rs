@@ -28,9 +28,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use crate::postgres::wakeups::{QUEUE_CHANNEL, Wakeups};
-use crate::rows::{self, EventRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns};
+use crate::rows::{
+    self, EventRow, SecretRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns,
+};
 use crate::semantics::{self, CancelWrite, Reference};
-use crate::{CancelOutcome, LocalBlobs, Store, StoreError, TaskFilter, queries};
+use crate::{CancelOutcome, LocalBlobs, SealedSecret, Store, StoreError, TaskFilter, queries};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -479,6 +481,38 @@ impl Store for PostgresStore {
             .await
             .map_err(|cause| StoreError::database(format!("revoking token {id}"), cause))?;
         Ok(revoked.rows_affected() == 1)
+    }
+
+    async fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        semantics::check_secret_name(name)?;
+        sqlx::query(queries::PUT_SECRET)
+            .bind(name)
+            .bind(sealed)
+            .bind(rows::millis(rows::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database(format!("storing the secret `{name}`"), cause))?;
+        Ok(())
+    }
+
+    async fn secrets(&self) -> Result<Vec<SealedSecret>, StoreError> {
+        let rows: Vec<SecretRow> = sqlx::query_as(queries::SECRETS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database("listing secrets", cause))?;
+        rows.into_iter().map(SecretRow::into_secret).collect()
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        semantics::check_secret_name(name)?;
+        let deleted = sqlx::query(queries::DELETE_SECRET)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("deleting the secret `{name}`"), cause)
+            })?;
+        Ok(deleted.rows_affected() == 1)
     }
 }
 

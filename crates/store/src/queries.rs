@@ -101,6 +101,17 @@ pub(crate) const LIST_TOKENS: &str = select_tokens!("ORDER BY created_at DESC, i
 pub(crate) const REVOKE_TOKEN: &str =
     "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
 
+/// `$1` name, `$2` sealed value, `$3` now. Inserts or replaces.
+pub(crate) const PUT_SECRET: &str = "INSERT INTO secrets (name, sealed, updated_at) \
+     VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at";
+
+/// Byte order of the names on both (PostgreSQL's column is `COLLATE "C"`).
+pub(crate) const SECRETS: &str = "SELECT name, sealed, updated_at FROM secrets ORDER BY name";
+
+/// `$1` name.
+pub(crate) const DELETE_SECRET: &str = "DELETE FROM secrets WHERE name = $1";
+
 #[cfg(test)]
 mod tests {
     use nightshift_protocol::TaskState;

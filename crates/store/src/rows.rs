@@ -12,7 +12,7 @@ use nightshift_protocol::{
 use sqlx::query::Query;
 use sqlx::{Database, Encode, Type};
 
-use crate::StoreError;
+use crate::{SealedSecret, StoreError};
 
 /// Every column a `Task` is made of, as one string literal (sqlx takes only `&'static str`
 /// queries), for `SELECT` and `RETURNING`.
@@ -267,6 +267,26 @@ impl TokenRow {
                 .transpose()?,
             id: self.id,
             name: self.name,
+        })
+    }
+}
+
+/// A `secrets` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretRow {
+    name: String,
+    sealed: Vec<u8>,
+    updated_at: i64,
+}
+
+impl SecretRow {
+    pub(crate) fn into_secret(self) -> Result<SealedSecret, StoreError> {
+        Ok(SealedSecret {
+            updated_at: from_millis(self.updated_at, || {
+                format!("secret {}'s updated_at", self.name)
+            })?,
+            name: self.name,
+            sealed: self.sealed,
         })
     }
 }

@@ -29,6 +29,27 @@ pub(crate) const TOKEN_USE_PRECISION: Duration = Duration::from_secs(60);
 /// How often SQLite's [`crate::Store::wait_for_work`] looks for queued tasks.
 pub(crate) const QUEUE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The longest secret name accepted.
+const MAX_SECRET_NAME_LEN: usize = 128;
+
+/// Checks that `name` can name a secret: 1 to 128 characters of `[A-Za-z0-9_]`, starting with a
+/// letter or `_`, so that it can also be an environment variable's name.
+pub(crate) fn check_secret_name(name: &str) -> Result<(), StoreError> {
+    let valid = name.len() <= MAX_SECRET_NAME_LEN
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSecretName {
+            name: name.to_string(),
+        })
+    }
+}
+
 /// The row limit of a task listing.
 pub(crate) fn task_limit(filter: &TaskFilter) -> i64 {
     i64::from(match filter.limit {
@@ -185,6 +206,42 @@ fn escape_like(text: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_names_are_like_environment_variables() {
+        let longest = "S".repeat(MAX_SECRET_NAME_LEN);
+        for good in [
+            "a",
+            "_",
+            "GITHUB_TOKEN",
+            "_private2",
+            "x9",
+            longest.as_str(),
+        ] {
+            assert!(check_secret_name(good).is_ok(), "{good}");
+        }
+        let long = "S".repeat(MAX_SECRET_NAME_LEN + 1);
+        for bad in [
+            "",
+            "9lives",
+            "a-b",
+            "a.b",
+            "a b",
+            "a/b",
+            "é",
+            "A=1",
+            " A",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(
+                    check_secret_name(bad),
+                    Err(StoreError::InvalidSecretName { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn like_wildcards_are_escaped() {

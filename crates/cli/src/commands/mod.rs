@@ -10,6 +10,7 @@ pub mod ls;
 pub mod run;
 pub mod sandbox;
 pub mod say;
+pub mod secret;
 pub mod serve;
 pub mod show;
 pub mod token;
