@@ -239,6 +239,15 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::FollowUpStarted { task_id } => (
+            "follow-up",
+            format!(
+                "a message started follow-up task {} ({})",
+                task_id.short(),
+                task_id
+            ),
+            None,
+        ),
         Event::EnvironmentLoaded {
             source,
             checks,

@@ -260,3 +260,84 @@ async fn the_offline_demo_runs_the_real_pipeline() {
     assert!(outputs[0].contains("FAIL"), "{outputs:?}");
     assert!(outputs[1].contains("PASS"), "{outputs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_to_an_ended_task_continues_its_work_on_the_same_branch() {
+    let repo = buggy_repo();
+    let mut steps: Value = serde_json::to_value(fixing_script()).unwrap()["steps"].clone();
+    steps.as_array_mut().unwrap().extend([
+        json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "add() adds.\n"}}]}}),
+        json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Documented add"}}]}}),
+    ]);
+    let (ns, server) = Nightshift::with_script(script(steps)).await;
+    let first = ns
+        .run(&[
+            "run",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            "openai:m",
+            "--wait",
+            "--json",
+            "fix add",
+        ])
+        .await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    let first: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let branch = first["branch"].as_str().unwrap().to_string();
+    let first_head = first["head_commit"].as_str().unwrap().to_string();
+
+    let said = ns
+        .run(&[
+            "say",
+            first["id"].as_str().unwrap(),
+            "Also",
+            "document",
+            "add",
+        ])
+        .await;
+    assert!(said.status.success(), "{}", stderr(&said));
+    assert!(
+        stderr(&said).contains("follow-up task"),
+        "{}",
+        stderr(&said)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let follow_up_id = loop {
+        let events = ns.events(first["id"].as_str().unwrap()).await;
+        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
+            break started["task_id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let follow_up = ns
+        .wait_for(&follow_up_id, |t| t["state"] == "succeeded")
+        .await;
+    assert_eq!(follow_up["spec"]["follows"], first["id"]);
+    assert_eq!(
+        follow_up["branch"].as_str().unwrap(),
+        branch,
+        "the same branch continues"
+    );
+    // The branch moved forward: the fix, then the notes on top of it.
+    assert_eq!(
+        git(repo.path(), &["rev-parse", &format!("{branch}~1")]),
+        first_head
+    );
+    assert_eq!(
+        git(repo.path(), &["show", &format!("{branch}:NOTES.md")]),
+        "add() adds."
+    );
+    // The follow-up's agent was told what came before.
+    let context = server.requests()[5]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        context.contains("fix add")
+            && context.contains("Fix add: it subtracted")
+            && context.ends_with("Also document add"),
+        "{context}"
+    );
+}

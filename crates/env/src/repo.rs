@@ -296,14 +296,17 @@ impl WorkingCopy {
     }
 
     /// Creates `branch` in the source repository at `head` (a commit of this working copy).
-    /// Only a new ref is written there: its work tree, index and current branch are untouched.
+    /// Only a ref is written there: its work tree, index and current branch are untouched.
+    /// With `update`, an existing branch is moved to `head`, but only forward: if someone
+    /// committed to it meanwhile, the update is refused rather than losing their commits.
     pub async fn hand_off(
         &self,
         source: &SourceRepo,
         branch: &str,
         head: &str,
+        update: bool,
     ) -> Result<(), EnvError> {
-        if source.has_branch(branch).await? {
+        if !update && source.has_branch(branch).await? {
             return Err(EnvError::BranchExists {
                 repo: source.root.clone(),
                 branch: branch.into(),

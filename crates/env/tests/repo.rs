@@ -93,7 +93,7 @@ async fn checkout_excludes_uncommitted_changes_and_hand_off_leaves_the_source_al
     );
     assert!(copy.diff(&head).await.unwrap().contains("+two"));
 
-    copy.hand_off(&source, "nightshift/abc-add-two", &head)
+    copy.hand_off(&source, "nightshift/abc-add-two", &head, false)
         .await
         .unwrap();
     assert_eq!(git(src, &["rev-parse", "nightshift/abc-add-two"]), head);
@@ -109,7 +109,7 @@ async fn checkout_excludes_uncommitted_changes_and_hand_off_leaves_the_source_al
     );
 
     let again = copy
-        .hand_off(&source, "nightshift/abc-add-two", &head)
+        .hand_off(&source, "nightshift/abc-add-two", &head, false)
         .await
         .unwrap_err();
     assert!(matches!(again, EnvError::BranchExists { .. }));
@@ -166,4 +166,45 @@ async fn a_subdirectory_opens_the_whole_repository_and_other_bases_work() {
         .await
         .unwrap();
     assert!(copy.root().join("sub/f.txt").exists());
+}
+
+#[tokio::test]
+async fn an_update_moves_a_branch_only_forward() {
+    let source_dir = sample_repo();
+    let src = source_dir.path();
+    let source = SourceRepo::open(src).await.unwrap();
+    let base = source.resolve_base(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let copy = source
+        .checkout(&base, &work.path().join("wc"))
+        .await
+        .unwrap();
+    let commit = |message: &str| {
+        std::fs::write(copy.root().join("a.txt"), format!("{message}\n")).unwrap();
+        git(copy.root(), &["commit", "-q", "-am", message]);
+        git(copy.root(), &["rev-parse", "HEAD"])
+    };
+    let first = commit("first change");
+    copy.hand_off(&source, "nightshift/x", &first, false)
+        .await
+        .unwrap();
+    let second = commit("second change");
+    copy.hand_off(&source, "nightshift/x", &second, true)
+        .await
+        .unwrap();
+    assert_eq!(git(src, &["rev-parse", "nightshift/x"]), second);
+    // Someone else's commit on the branch is never overwritten.
+    git(src, &["checkout", "-q", "nightshift/x"]);
+    std::fs::write(src.join("theirs.txt"), "mine\n").unwrap();
+    git(src, &["add", "."]);
+    git(src, &["commit", "-q", "-m", "their commit"]);
+    git(src, &["checkout", "-q", "main"]);
+    let theirs = git(src, &["rev-parse", "nightshift/x"]);
+    let third = commit("third change");
+    assert!(
+        copy.hand_off(&source, "nightshift/x", &third, true)
+            .await
+            .is_err()
+    );
+    assert_eq!(git(src, &["rev-parse", "nightshift/x"]), theirs);
 }

@@ -137,6 +137,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
     },
+    /// A message to this ended task started a follow-up task on the same branch.
+    FollowUpStarted { task_id: TaskId },
     /// The worker let go of the task (shutting down); it is queued again for another worker.
     Released { worker: String, reason: String },
     /// Something worth knowing that did not stop the task.
@@ -183,6 +185,7 @@ impl Event {
             Event::Committed { .. } => "committed",
             Event::CancelRequested => "cancel_requested",
             Event::MessageReceived { .. } => "message_received",
+            Event::FollowUpStarted { .. } => "follow_up_started",
             Event::Released { .. } => "released",
             Event::Warning { .. } => "warning",
             Event::Error { .. } => "error",

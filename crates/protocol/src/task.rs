@@ -34,6 +34,10 @@ pub struct TaskSpec {
     /// The longest the agent may work, in seconds, before the task stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration_secs: Option<u64>,
+    /// The earlier task this one follows up on: it starts from that task's branch, with that
+    /// task's request and result as context, and hands back on the same branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follows: Option<TaskId>,
 }
 
 impl TaskSpec {

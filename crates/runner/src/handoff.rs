@@ -31,6 +31,8 @@ pub(crate) struct Run<'a> {
     pub(crate) env: &'a Loaded,
     /// The secrets setup gets as environment variables.
     pub(crate) setup_env: &'a [(String, String)],
+    /// For a follow-up: the earlier task, whose branch this run continues.
+    pub(crate) parent: Option<&'a Task>,
 }
 
 /// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.
@@ -98,8 +100,11 @@ impl Runner {
             .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
             .await
             .map_err(|err| HandoffError::Store(err.to_string()))?;
-        let branch = branch_name(&task.id.short(), &task.spec.prompt);
-        copy.hand_off(source, &branch, head).await?;
+        let (branch, update) = match run.parent.and_then(|parent| parent.branch.clone()) {
+            Some(branch) => (branch, true),
+            None => (branch_name(&task.id.short(), &task.spec.prompt), false),
+        };
+        copy.hand_off(source, &branch, head, update).await?;
         log.update(|task| {
             task.branch = Some(branch.clone());
             task.head_commit = Some(head.to_string());

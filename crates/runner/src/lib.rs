@@ -5,6 +5,7 @@
 
 mod environment;
 mod error;
+mod follow_up;
 mod handoff;
 mod lifecycle;
 mod reconcile;
@@ -24,6 +25,7 @@ use nightshift_sandbox::Sandbox;
 use nightshift_store::Store;
 
 pub use error::{RunnerError, SubmitError};
+pub use follow_up::MessageOutcome;
 pub use handoff::DIFF_BLOB;
 pub use lifecycle::PriceLookup;
 pub use submit::TaskRequest;

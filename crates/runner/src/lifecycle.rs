@@ -22,6 +22,7 @@ use nightshift_sandbox::{SandboxSession, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::environment;
+use crate::follow_up::{follow_up_base, follow_up_context};
 use crate::handoff::{HandoffError, Run, commit_in_sandbox, commit_message};
 use crate::sink::TaskLog;
 use crate::watch::{Watch, WatchConfig, watch};
@@ -218,7 +219,25 @@ impl Runner {
             Ok(source) => source,
             Err(err) => return fail_env(log, err).await,
         };
-        let base = match source.resolve_base(task.spec.base.as_deref()).await {
+        let parent = match self.followed(&task).await {
+            Ok(parent) => parent,
+            Err(err) => {
+                return fail(
+                    log,
+                    ErrorKind::Internal,
+                    format!("reading the task this one follows: {err}"),
+                    None,
+                )
+                .await;
+            }
+        };
+        let base_name = match &parent {
+            Some(parent) => follow_up_base(&source, parent)
+                .await
+                .or_else(|| task.spec.base.clone()),
+            None => task.spec.base.clone(),
+        };
+        let base = match source.resolve_base(base_name.as_deref()).await {
             Ok(base) => base,
             Err(err) => return fail_env(log, err).await,
         };
@@ -306,6 +325,7 @@ impl Runner {
             copy: &copy,
             env: &loaded,
             setup_env: &setup_env,
+            parent: parent.as_ref(),
         };
         let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
@@ -391,7 +411,10 @@ impl Runner {
                 config: &config,
                 inbox: Some(&watch.messages),
             };
-            let context = environment::agent_context(run.env, copy.root());
+            let mut context = environment::agent_context(run.env, copy.root());
+            if let Some(parent) = run.parent {
+                context.push_str(&format!("\n{}", follow_up_context(parent)));
+            }
             let prompt = if context.trim().is_empty() {
                 task.spec.prompt.clone()
             } else {

@@ -21,6 +21,8 @@ pub struct TaskRequest {
     pub max_tokens: Option<u64>,
     pub max_cost_usd: Option<f64>,
     pub max_duration_secs: Option<u64>,
+    /// The earlier task this one follows up on.
+    pub follows: Option<TaskId>,
 }
 
 impl TaskRequest {
@@ -39,6 +41,7 @@ impl TaskRequest {
             max_tokens: None,
             max_cost_usd: None,
             max_duration_secs: None,
+            follows: None,
         }
     }
 }
@@ -78,6 +81,7 @@ impl Runner {
             max_tokens: request.max_tokens,
             max_cost_usd: request.max_cost_usd,
             max_duration_secs: request.max_duration_secs,
+            follows: request.follows,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;

@@ -119,6 +119,8 @@ pub(crate) struct TaskSpecDoc {
     max_tokens: Option<u64>,
     max_cost_usd: Option<f64>,
     max_duration_secs: Option<u64>,
+    /// The id of the earlier task this one follows up on.
+    follows: Option<String>,
 }
 
 /// Where a task stands; the last three are terminal.
@@ -219,6 +221,7 @@ mod tests {
                 max_tokens: Some(1),
                 max_cost_usd: Some(1.0),
                 max_duration_secs: Some(1),
+                follows: Some(TaskId::new()),
             },
             Timestamp::UNIX_EPOCH,
         );

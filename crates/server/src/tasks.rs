@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskSpec, TaskState};
+use nightshift_protocol::{EventRecord, Task, TaskId, TaskSpec, TaskState};
 use nightshift_runner::{DIFF_BLOB, TaskRequest};
 use nightshift_store::TaskFilter;
 
@@ -248,17 +248,17 @@ pub(crate) async fn message(
     }
     let task = find(&state, &id).await?;
     refuse_message(&task)?;
-    let record = state
-        .store()
-        .append_event(
-            task.id,
-            &Event::MessageReceived {
-                text: body.text,
-                from: Some(auth.token.name),
-            },
-        )
+    // A message to a task that ended with a result starts a follow-up task on its branch,
+    // recorded in its log as `follow_up_started`; the workers pick it up like any task.
+    let outcome = state
+        .runner()
+        .message(task.id, &body.text, Some(auth.token.name))
         .await
-        .map_err(|e| ApiError::store("appending a message", e))?;
+        .map_err(|e| match e {
+            nightshift_runner::RunnerError::Store(e) => ApiError::store("appending a message", e),
+            other => ApiError::internal("appending a message", &other),
+        })?;
+    let record = outcome.record;
     state.hub().nudge(task.id);
     Ok((StatusCode::ACCEPTED, Json(record)))
 }

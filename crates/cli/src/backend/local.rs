@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskState};
+use nightshift_protocol::{EventRecord, Task, TaskId, TaskState};
 use nightshift_runner::{DIFF_BLOB, Runner, SubmitError, TaskRequest};
 use nightshift_store::{CancelOutcome, Store, TaskFilter};
 
@@ -126,11 +126,29 @@ impl Local {
 
     pub(super) async fn say(&self, task: &Task, text: &str) -> Result<EventRecord, Failure> {
         refuse_message(task)?;
-        let event = Event::MessageReceived {
-            text: text.to_string(),
-            from: None,
-        };
-        Ok(self.store().append_event(task.id, &event).await?)
+        let outcome = self
+            .runner
+            .message(task.id, text, None)
+            .await
+            .map_err(|err| Failure::error(err.to_string()))?;
+        if let Some(reason) = &outcome.follow_up_error {
+            eprintln!("warning: {reason}");
+        }
+        if let Some(follow_up) = &outcome.follow_up {
+            if let Some(home) = &self.home {
+                spawn_worker(home, follow_up.id)?;
+            }
+            eprintln!(
+                "{} had ended: follow-up task {} continues its work{}",
+                task.id.short(),
+                follow_up.id.short(),
+                task.branch
+                    .as_ref()
+                    .map(|b| format!(" on {b}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(outcome.record)
     }
 }
 

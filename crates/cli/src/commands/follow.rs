@@ -1,5 +1,5 @@
-//! Reading a task's log, whole or as it grows, from either backend: both stop at the task's
-//! `ended` event, so `logs` prints the same lines in local and remote mode.
+//! Reading a task's log, whole or as it grows, from either backend, so `logs` prints the same
+//! lines in local and remote mode. Following stops at the task's `ended` event.
 
 use std::ops::ControlFlow;
 
@@ -28,14 +28,14 @@ pub async fn events(
     if follow {
         return backend.follow(id, 0, &mut until_ended).await;
     }
+    // The whole log as it stands: a message after the end (which starts a follow-up task)
+    // comes after the `ended` event.
     let mut after = 0;
     loop {
         let page = backend.events(id, after, PAGE).await?;
         for record in &page {
             after = record.seq;
-            if let ControlFlow::Break(()) = until_ended(record)? {
-                return Ok(());
-            }
+            on_event(record)?;
         }
         if (page.len() as u32) < PAGE {
             return Ok(());

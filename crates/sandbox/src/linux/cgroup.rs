@@ -34,8 +34,15 @@ pub struct Counters {
     pub pids_max_hits: u64,
 }
 
-/// Where this process sits, per controller: (controller, directory).
-fn own_groups() -> Vec<(String, PathBuf, Version)> {
+/// Where this process sits, per controller: (controller, directory). Read once: a process of
+/// ours is not moved between cgroups, and every session's groups nest under these.
+fn own_groups() -> &'static [(String, PathBuf, Version)] {
+    static GROUPS: std::sync::OnceLock<Vec<(String, PathBuf, Version)>> =
+        std::sync::OnceLock::new();
+    GROUPS.get_or_init(read_own_groups)
+}
+
+fn read_own_groups() -> Vec<(String, PathBuf, Version)> {
     let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
         return Vec::new();
     };
@@ -120,6 +127,12 @@ pub(crate) fn is_stale(name: &str) -> bool {
 }
 
 /// Removes empty groups left by sessions of processes that died before tearing them down.
+pub(crate) fn sweep_stale_groups() {
+    for (_, parent, _) in own_groups() {
+        sweep_stale(parent);
+    }
+}
+
 fn sweep_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -160,9 +173,6 @@ impl SessionCgroup {
     /// controller could be used.
     pub fn create(name: &str, limits: &Limits) -> (Option<SessionCgroup>, Vec<String>) {
         let groups = own_groups();
-        for (_, parent, _) in &groups {
-            sweep_stale(parent);
-        }
         let mut notes = Vec::new();
         let mut v2_note = None;
         let v2 = groups
@@ -273,20 +283,30 @@ impl SessionCgroup {
         dirs
     }
 
-    /// The files the helper writes its pid to, joining the init's leaf of every group.
-    pub fn init_procs(&self) -> Vec<PathBuf> {
+    /// The file a single-threaded process writes `0` to, to move itself into `leaf`.
+    ///
+    /// In v1 that is `tasks`: moving one thread that is the caller skips the kernel's global
+    /// threadgroup lock, whose write side waits for an RCU grace period (about 14 ms on an idle
+    /// host) on every `cgroup.procs` write. A process that has a single thread moves whole.
+    fn join_file(&self, leaf: &str) -> Vec<PathBuf> {
+        let file = match self.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.procs",
+        };
         self.dirs()
             .into_iter()
-            .map(|d| d.join(INIT).join("cgroup.procs"))
+            .map(|d| d.join(leaf).join(file))
             .collect()
     }
 
-    /// The files every command writes its pid to, joining the limited leaf.
+    /// The files the helper writes `0` to, joining the init's leaf of every group.
+    pub fn init_procs(&self) -> Vec<PathBuf> {
+        self.join_file(INIT)
+    }
+
+    /// The files every command writes `0` to, joining the limited leaf.
     pub fn commands_procs(&self) -> Vec<PathBuf> {
-        self.dirs()
-            .into_iter()
-            .map(|d| d.join(COMMANDS).join("cgroup.procs"))
-            .collect()
+        self.join_file(COMMANDS)
     }
 
     /// What is limited, for the session's report.
@@ -393,7 +413,7 @@ fn apply_v1(controller: &str, dir: &Path, limits: &Limits) -> std::io::Result<()
 
 /// What the host offers, for the doctor: the version and the usable controllers.
 pub fn probe() -> (Option<Version>, Vec<String>) {
-    let groups = own_groups();
+    let groups = read_own_groups();
     let mut controllers = Vec::new();
     let mut version = None;
     for (controller, dir, v) in &groups {

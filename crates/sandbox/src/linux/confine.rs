@@ -13,7 +13,7 @@ use landlock::{
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule, TargetArch, sock_filter,
 };
 
 use super::wire::RlimitSpec;
@@ -29,8 +29,9 @@ const WRITABLE_FILES: &[&str] = &[
     "/dev/ptmx",
 ];
 
-/// Applies everything, returning one line per layer saying what was enforced.
-pub fn apply(rlimits: &RlimitSpec) -> Result<Vec<String>, String> {
+/// Applies everything, returning one line per layer saying what was enforced. `seccomp` is
+/// what [`compiled_filters`] gave the host.
+pub fn apply(rlimits: &RlimitSpec, seccomp: &[Vec<u64>]) -> Result<Vec<String>, String> {
     let mut report = Vec::new();
     apply_rlimits(rlimits)?;
     report.push(format!("rlimits: {}", describe_rlimits(rlimits)));
@@ -40,7 +41,7 @@ pub fn apply(rlimits: &RlimitSpec) -> Result<Vec<String>, String> {
     }
     report.push("no_new_privs: set".into());
     report.push(apply_landlock()?);
-    apply_seccomp()?;
+    apply_seccomp(seccomp)?;
     report.push(format!(
         "seccomp: {} syscalls denied, socket families restricted",
         denied().len()
@@ -230,8 +231,46 @@ fn build_filters() -> Result<Vec<BpfProgram>, String> {
     Ok(programs)
 }
 
-fn apply_seccomp() -> Result<(), String> {
-    for program in build_filters()? {
+/// The filters, compiled once per host process (compiling takes a few hundred microseconds,
+/// which every session start would pay in its helper), packed for the helper's configuration:
+/// one `u64` per instruction (code, jt, jf, k).
+pub fn compiled_filters() -> Result<Vec<Vec<u64>>, String> {
+    static COMPILED: std::sync::OnceLock<Result<Vec<Vec<u64>>, String>> =
+        std::sync::OnceLock::new();
+    COMPILED
+        .get_or_init(|| {
+            let programs = build_filters()?;
+            Ok(programs
+                .iter()
+                .map(|program| program.iter().map(pack).collect())
+                .collect())
+        })
+        .clone()
+}
+
+fn pack(insn: &sock_filter) -> u64 {
+    u64::from(insn.code)
+        | (u64::from(insn.jt) << 16)
+        | (u64::from(insn.jf) << 24)
+        | (u64::from(insn.k) << 32)
+}
+
+fn unpack(word: u64) -> sock_filter {
+    sock_filter {
+        code: word as u16,
+        jt: (word >> 16) as u8,
+        jf: (word >> 24) as u8,
+        k: (word >> 32) as u32,
+    }
+}
+
+fn apply_seccomp(programs: &[Vec<u64>]) -> Result<(), String> {
+    // The filter is mandatory: an empty or short list is a broken host, not a weaker sandbox.
+    if programs.len() != 2 || programs.iter().any(Vec::is_empty) {
+        return Err("seccomp: the host sent no filter".into());
+    }
+    for program in programs {
+        let program: BpfProgram = program.iter().copied().map(unpack).collect();
         seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))?;
     }
     Ok(())
@@ -246,5 +285,15 @@ mod tests {
         let programs = build_filters().unwrap();
         assert_eq!(programs.len(), 2);
         assert!(programs[0].len() > denied().len());
+    }
+
+    #[test]
+    fn packed_filters_unpack_to_the_same_program() {
+        let programs = build_filters().unwrap();
+        let packed = compiled_filters().unwrap();
+        for (program, packed) in programs.iter().zip(&packed) {
+            let unpacked: BpfProgram = packed.iter().copied().map(unpack).collect();
+            assert_eq!(&unpacked, program);
+        }
     }
 }

@@ -9,14 +9,16 @@
 mod cgroup;
 mod confine;
 pub(crate) mod helper;
+mod process;
 mod proxy;
 mod proxy_bridge;
 mod session;
 mod sys;
+mod trees;
 pub(crate) mod wire;
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
 
 pub use cgroup::Version as CgroupVersion;
@@ -37,6 +39,7 @@ pub(crate) use cgroup::probe as probe_cgroups;
 
 use crate::{Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
+use process::HelperProcess;
 use wire::{HelperConfig, Reply, RlimitSpec};
 
 /// How to start the helper: a program and the arguments that make it one.
@@ -153,6 +156,82 @@ pub const SANDBOX_ID: u32 = 1000;
 #[derive(Debug, Clone)]
 pub struct Namespaced {
     config: Arc<NamespacedConfig>,
+    warm: Arc<Warm>,
+}
+
+/// Once a backend has started more than one session, it keeps one helper started ahead of the
+/// next: executing the helper is a millisecond of every start, and a waiting helper has already
+/// made its user and network namespaces (which hold nothing of any session). It only waits for
+/// its configuration, and is killed with the backend.
+///
+/// Spares are started by one thread that lives as long as the process: a helper dies with the
+/// thread that started it (its parent-death signal), and a session's helper may have been a
+/// spare, so that thread must outlive every session (an async runtime's threads come and go).
+#[derive(Default)]
+struct Warm {
+    spare: std::sync::Mutex<Option<Helper>>,
+    starts: AtomicU64,
+}
+
+/// A request for a spare helper with these ids.
+struct Refill {
+    config: Arc<NamespacedConfig>,
+    ids: (u32, bool),
+}
+
+impl Warm {
+    /// Asks for a spare helper (if there is none), without waiting for it.
+    fn refill(self: &Arc<Self>, config: &Arc<NamespacedConfig>, host_id: u32, drop_root: bool) {
+        type Request = (std::sync::Weak<Warm>, Refill);
+        static STARTER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Request>>> =
+            std::sync::OnceLock::new();
+        let starter = STARTER.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Request>();
+            let started = std::thread::Builder::new()
+                .name("nightshift-spare".into())
+                .spawn(move || {
+                    while let Ok((warm, request)) = rx.recv() {
+                        if let Some(warm) = warm.upgrade() {
+                            warm.start_spare(request);
+                        }
+                    }
+                });
+            match started {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not start the spare helper thread");
+                    None
+                }
+            }
+        });
+        let request = Refill {
+            config: config.clone(),
+            ids: (host_id, drop_root),
+        };
+        if let Some(starter) = starter {
+            let _ = starter.send((Arc::downgrade(self), request));
+        }
+    }
+
+    fn start_spare(&self, request: Refill) {
+        let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_mut().is_some_and(|spare| spare.child.alive()) {
+            return;
+        }
+        let (host_id, drop_root) = request.ids;
+        match spawn_helper(&request.config, host_id, drop_root) {
+            Ok(helper) => *slot = Some(helper),
+            Err(e) => tracing::debug!(error = %e, "could not start a spare sandbox helper"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Warm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warm")
+            .field("starts", &self.starts.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 static SESSION_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -174,6 +253,7 @@ impl Namespaced {
     pub fn new(config: NamespacedConfig) -> Self {
         Namespaced {
             config: Arc::new(config),
+            warm: Arc::default(),
         }
     }
 
@@ -187,9 +267,8 @@ impl Namespaced {
         spec: SessionSpec,
         options: SessionOptions,
     ) -> Result<NamespacedSession, SandboxError> {
-        let workspace = tokio::fs::canonicalize(&spec.workspace)
-            .await
-            .map_err(|source| SandboxError::Workspace {
+        let workspace =
+            std::fs::canonicalize(&spec.workspace).map_err(|source| SandboxError::Workspace {
                 path: spec.workspace.clone(),
                 source,
             })?;
@@ -204,10 +283,10 @@ impl Namespaced {
         let network = options
             .network
             .unwrap_or_else(|| self.config.network.clone());
-        sweep_stale_state(&self.config.state_dir);
-        let name = session_name();
-        let mut resources = session::Resources::new(self.config.state_dir.join(&name));
+        sweep_stale_state_now_and_then(&self.config.state_dir);
 
+        // The helper first: executing it takes about a millisecond, in which this side prepares
+        // everything else. The helper waits for its configuration.
         let euid = nix::unistd::geteuid().as_raw();
         let drop_root = euid == 0;
         let host_id = if drop_root {
@@ -215,69 +294,55 @@ impl Namespaced {
         } else {
             euid
         };
-        let upper =
-            prepare_state(&resources.state_dir, drop_root.then_some(host_id)).map_err(|e| {
-                setup_error(format!("preparing {}: {e}", resources.state_dir.display()))
-            })?;
-
-        let (cgroup, mut notes) = SessionCgroup::create(&format!("nightshift-{name}"), &limits);
-        let cgroup = cgroup.map(Arc::new);
-        resources.cgroup = cgroup.clone();
-        if let Some(cgroup) = &cgroup {
-            notes.push(cgroup.describe());
-        }
-
-        let proxy = match &network {
-            NetworkPolicy::None => false,
-            NetworkPolicy::Allow(patterns) => {
-                let path = resources.state_dir.join("proxy.sock");
-                let proxy = proxy::EgressProxy::start(
-                    &path,
-                    patterns.clone(),
-                    options.egress_events.clone(),
-                    drop_root.then_some(host_id),
-                )
-                .map_err(|e| setup_error(format!("starting the egress proxy: {e}")))?;
-                resources.proxy = Some(proxy);
-                true
+        let helper = match self.take_spare(host_id, drop_root) {
+            Some(helper) => helper,
+            None => spawn_helper(&self.config, host_id, drop_root)?,
+        };
+        let name = session_name();
+        let mut resources = session::Resources::new(self.config.state_dir.join(&name));
+        let events = options.egress_events;
+        let prepared = self.prepare(
+            &workspace,
+            &limits,
+            &network,
+            events,
+            (host_id, drop_root),
+            &mut resources,
+        );
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                drop(helper); // kills it
+                resources.teardown(None);
+                return Err(error);
             }
         };
-
-        let has = |f: fn(&SessionCgroup) -> bool| cgroup.as_deref().is_some_and(f);
-        let rlimits = RlimitSpec {
-            nofile: Some(limits.open_files),
-            fsize: limits.workspace_bytes,
-            nproc: if has(SessionCgroup::has_pids) {
-                None
-            } else {
-                limits.pids
-            },
-            data: if has(SessionCgroup::has_memory) {
-                None
-            } else {
-                limits.memory_bytes
-            },
+        let fds: Vec<_> = prepared.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let sent = wire::encode_frame(&prepared.config, &[])
+            .and_then(|frame| wire::send_with_fds(&helper.control, &frame, &fds));
+        if let Err(e) = &sent {
+            // A helper that failed before reading its configuration said why on the socket:
+            // the handshake below reports that rather than a broken pipe.
+            tracing::debug!(error = %e, "sending the sandbox helper its configuration");
+        }
+        drop(prepared.fds);
+        // The cgroups while the helper builds the sandbox; the init joins them at the end.
+        let (cgroup_frame, mut notes) = match limit(&name, &limits, &mut resources) {
+            Ok(made) => made,
+            Err(error) => {
+                drop(helper); // kills it
+                resources.teardown(None);
+                return Err(error);
+            }
         };
-        let config = HelperConfig {
-            workspace: workspace.clone(),
-            state: resources.state_dir.clone(),
-            ro_binds: self.config.ro_binds.clone(),
-            host_id,
-            inside_id: SANDBOX_ID,
-            drop_root,
-            cgroup_procs: cgroup
-                .as_deref()
-                .map(SessionCgroup::init_procs)
-                .unwrap_or_default(),
-            cgroup_commands: cgroup
-                .as_deref()
-                .map(SessionCgroup::commands_procs)
-                .unwrap_or_default(),
-            tmp_bytes: limits.tmp_bytes,
-            rlimits,
-            proxy,
-        };
-        let started = self.spawn_helper(&config).await;
+        if let Err(e) = cgroup_frame.send(&helper.control) {
+            tracing::debug!(error = %e, "sending the sandbox helper its limits");
+        }
+        let started = self.handshake(helper).await;
+        if self.warm.starts.fetch_add(1, Ordering::Relaxed) > 0 {
+            // Now, not earlier: the spare's start would have slowed this one's.
+            self.warm.refill(&self.config, host_id, drop_root);
+        }
         let (child, stream, pid, confinement, stderr) = match started {
             Ok(started) => started,
             Err(error) => {
@@ -307,21 +372,104 @@ impl Namespaced {
             pid,
             pidfd,
             resources,
-            upper,
+            upper: prepared.upper,
             limits,
             env,
             report: notes,
             stderr,
-            file_owner: drop_root.then_some(host_id),
+            file_owner: prepared.file_owner,
         }))
     }
 
-    async fn spawn_helper(
+    /// The host's share of a session before the helper can start building it: its state
+    /// directory, proxy, and (as root) the mount trees, with the configuration and descriptors
+    /// that tell the helper about them.
+    fn prepare(
         &self,
-        config: &HelperConfig,
+        workspace: &Path,
+        limits: &Limits,
+        network: &NetworkPolicy,
+        egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
+        (host_id, drop_root): (u32, bool),
+        resources: &mut session::Resources,
+    ) -> Result<Prepared, SandboxError> {
+        let upper =
+            prepare_state(&resources.state_dir, drop_root.then_some(host_id)).map_err(|e| {
+                setup_error(format!("preparing {}: {e}", resources.state_dir.display()))
+            })?;
+
+        let proxy = match network {
+            NetworkPolicy::None => false,
+            NetworkPolicy::Allow(patterns) => {
+                let path = resources.state_dir.join("proxy.sock");
+                let proxy = proxy::EgressProxy::start(
+                    &path,
+                    patterns.clone(),
+                    egress_events,
+                    drop_root.then_some(host_id),
+                )
+                .map_err(|e| setup_error(format!("starting the egress proxy: {e}")))?;
+                resources.proxy = Some(proxy);
+                true
+            }
+        };
+
+        let mut fds = Vec::new();
+        let mut tree_paths = Vec::new();
+        if drop_root {
+            let trees = trees::open(
+                workspace,
+                &resources.state_dir,
+                &self.config.ro_binds,
+                host_id,
+            )
+            .map_err(setup_error)?;
+            for (path, fd) in trees {
+                tree_paths.push(path);
+                fds.push(fd);
+            }
+        }
+        let seccomp = confine::compiled_filters().map_err(setup_error)?;
+        let config = HelperConfig {
+            workspace: workspace.to_path_buf(),
+            state: resources.state_dir.clone(),
+            ro_binds: self.config.ro_binds.clone(),
+            host_id,
+            inside_id: SANDBOX_ID,
+            drop_root,
+            trees: tree_paths,
+            tmp_bytes: limits.tmp_bytes,
+            proxy,
+            seccomp,
+        };
+        Ok(Prepared {
+            config,
+            fds,
+            upper,
+            file_owner: drop_root.then_some(host_id),
+        })
+    }
+
+    /// The waiting helper, if there is one for these ids and it is still alive.
+    fn take_spare(&self, host_id: u32, drop_root: bool) -> Option<Helper> {
+        let spare = self
+            .warm
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut spare = spare?;
+        // A dead one (its parent thread ended, say) is dropped: reaped.
+        (spare.ids == (host_id, drop_root) && spare.child.alive()).then_some(spare)
+    }
+
+    /// Waits for the helper to report its init spawned and the sandbox ready.
+    async fn handshake(
+        &self,
+        helper: Helper,
     ) -> Result<
         (
-            tokio::process::Child,
+            HelperProcess,
             UnixStream,
             i32,
             Vec<String>,
@@ -329,36 +477,19 @@ impl Namespaced {
         ),
         SandboxError,
     > {
-        let (host_end, helper_end) =
-            StdUnixStream::pair().map_err(|e| setup_error(format!("socketpair: {e}")))?;
-        let helper = &self.config.helper;
-        let mut child = tokio::process::Command::new(&helper.program)
-            .args(&helper.args)
-            .arg(std::process::id().to_string())
-            .env_clear()
-            .stdin(Stdio::from(OwnedFd::from(helper_end)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                setup_error(format!(
-                    "starting the helper {}: {e}",
-                    helper.program.display()
-                ))
-            })?;
-        let stderr = session::StderrTail::collect(child.stderr.take());
-        host_end
+        let Helper {
+            child,
+            control,
+            stderr,
+            ..
+        } = helper;
+        let stderr = session::StderrTail::collect(stderr);
+        control
             .set_nonblocking(true)
             .map_err(|e| setup_error(format!("socket: {e}")))?;
         let mut stream =
-            UnixStream::from_std(host_end).map_err(|e| setup_error(format!("socket: {e}")))?;
+            UnixStream::from_std(control).map_err(|e| setup_error(format!("socket: {e}")))?;
         let handshake = async {
-            let frame = wire::encode_frame(config, &[]).map_err(|e| e.to_string())?;
-            stream
-                .write_all(&frame)
-                .await
-                .map_err(|e| format!("sending the configuration: {e}"))?;
             let pid = match read_reply(&mut stream).await? {
                 Reply::Spawned { pid } => pid,
                 Reply::SetupFailed { message } => return Err(message),
@@ -376,7 +507,7 @@ impl Namespaced {
             Ok(Err(message)) => message,
             Err(_) => format!("no answer within {:?}", self.config.start_timeout),
         };
-        let _ = child.kill().await;
+        drop(child); // kills it
         let tail = stderr.finished().await;
         let detail = if tail.trim().is_empty() {
             String::new()
@@ -387,6 +518,123 @@ impl Namespaced {
             "{failure}{detail}; `nightshift doctor` lists what this host lacks"
         )))
     }
+}
+
+/// The session's cgroups, as the second frame to the helper.
+struct CgroupFrame {
+    limits: wire::SessionLimits,
+    /// The init's leaves, then the commands' leaves, open for writing.
+    fds: Vec<OwnedFd>,
+}
+
+impl CgroupFrame {
+    fn send(self, control: &StdUnixStream) -> std::io::Result<()> {
+        let fds: Vec<_> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let frame = wire::encode_frame(&self.limits, &[])?;
+        wire::send_with_fds(control, &frame, &fds)
+    }
+}
+
+/// Creates the session's cgroups (recorded in `resources`) and says what the init is to join
+/// and which rlimits stand in for the controllers it lacks; with notes for the report.
+fn limit(
+    name: &str,
+    limits: &Limits,
+    resources: &mut session::Resources,
+) -> Result<(CgroupFrame, Vec<String>), SandboxError> {
+    let (cgroup, mut notes) = SessionCgroup::create(&format!("nightshift-{name}"), limits);
+    let cgroup = cgroup.map(Arc::new);
+    resources.cgroup = cgroup.clone();
+    if let Some(cgroup) = &cgroup {
+        notes.push(cgroup.describe());
+    }
+    let has = |f: fn(&SessionCgroup) -> bool| cgroup.as_deref().is_some_and(f);
+    let rlimits = RlimitSpec {
+        nofile: Some(limits.open_files),
+        fsize: limits.workspace_bytes,
+        nproc: if has(SessionCgroup::has_pids) {
+            None
+        } else {
+            limits.pids
+        },
+        data: if has(SessionCgroup::has_memory) {
+            None
+        } else {
+            limits.memory_bytes
+        },
+    };
+    let (init_leaves, command_leaves) = cgroup
+        .as_deref()
+        .map(|c| (c.init_procs(), c.commands_procs()))
+        .unwrap_or_default();
+    let mut fds = Vec::new();
+    for leaf in init_leaves.iter().chain(&command_leaves) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(leaf)
+            .map_err(|e| setup_error(format!("opening {}: {e}", leaf.display())))?;
+        fds.push(OwnedFd::from(file));
+    }
+    let frame = CgroupFrame {
+        limits: wire::SessionLimits {
+            init_cgroups: init_leaves.len(),
+            command_cgroups: command_leaves.len(),
+            rlimits,
+        },
+        fds,
+    };
+    Ok((frame, notes))
+}
+
+/// Starts the helper, with the other end of the control socket as its standard input.
+fn spawn_helper(
+    config: &NamespacedConfig,
+    host_id: u32,
+    drop_root: bool,
+) -> Result<Helper, SandboxError> {
+    let (host_end, helper_end) =
+        StdUnixStream::pair().map_err(|e| setup_error(format!("socketpair: {e}")))?;
+    let helper = &config.helper;
+    let mut child = std::process::Command::new(&helper.program)
+        .args(&helper.args)
+        .args(helper::helper_args(host_id, SANDBOX_ID, drop_root))
+        .env_clear()
+        .stdin(Stdio::from(OwnedFd::from(helper_end)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            setup_error(format!(
+                "starting the helper {}: {e}",
+                helper.program.display()
+            ))
+        })?;
+    let stderr = child.stderr.take();
+    Ok(Helper {
+        child: HelperProcess::new(child),
+        control: host_end,
+        stderr,
+        ids: (host_id, drop_root),
+    })
+}
+
+/// A helper process that has been started but not yet configured.
+struct Helper {
+    child: HelperProcess,
+    /// The host's end of the control socket, still blocking.
+    control: StdUnixStream,
+    stderr: Option<std::process::ChildStderr>,
+    /// The host id and whether it drops root, which it was started with.
+    ids: (u32, bool),
+}
+
+/// What [`Namespaced::prepare`] made of a session.
+struct Prepared {
+    config: HelperConfig,
+    /// Sent along with the configuration, in the order it lists them; closed once sent.
+    fds: Vec<OwnedFd>,
+    upper: PathBuf,
+    file_owner: Option<u32>,
 }
 
 async fn read_reply(stream: &mut (impl AsyncRead + Unpin)) -> Result<Reply, String> {
@@ -425,6 +673,38 @@ fn sweep_stale_state(state_dir: &Path) {
         if cgroup::is_stale(&entry.file_name().to_string_lossy()) {
             session::remove_tree(&entry.path());
         }
+    }
+}
+
+/// How often the state of dead processes is looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Sweeps `state_dir` (see [`sweep_stale_state`]) and the cgroups of dead processes, on the
+/// first session of this process and at most once a [`SWEEP_INTERVAL`] after that, on a thread
+/// of its own: what is swept belongs to processes that are gone, and no session waits for it.
+fn sweep_stale_state_now_and_then(state_dir: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<(PathBuf, std::time::Instant)>> =
+        std::sync::Mutex::new(Vec::new());
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match swept.iter_mut().find(|(dir, _)| dir == state_dir) {
+            Some((_, at)) if now.duration_since(*at) < SWEEP_INTERVAL => return,
+            Some((_, at)) => *at = now,
+            None => swept.push((state_dir.to_path_buf(), now)),
+        }
+    }
+    let state_dir = state_dir.to_path_buf();
+    let sweep = move || {
+        sweep_stale_state(&state_dir);
+        cgroup::sweep_stale_groups();
+    };
+    if std::thread::Builder::new()
+        .name("nightshift-sweep".into())
+        .spawn(sweep.clone())
+        .is_err()
+    {
+        sweep();
     }
 }
 

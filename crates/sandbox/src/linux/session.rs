@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{Counters, SessionCgroup};
+use super::process::HelperProcess;
 use super::proxy::EgressProxy;
 use super::wire::{self, Reply, Request, WireStatus};
 use super::{Limits, read_frame_async, sys};
@@ -50,10 +51,19 @@ impl Resources {
         if let Some(proxy) = self.proxy.take() {
             proxy.stop();
         }
-        if let Some(cgroup) = self.cgroup.take() {
-            cgroup.remove();
-        }
         remove_tree(&self.state_dir);
+        if let Some(cgroup) = self.cgroup.take() {
+            // The kernel may take a moment to let go of a group whose last process just died,
+            // and removing one needs nothing of the caller: not on its time.
+            let remove = move || cgroup.remove();
+            if let Err(e) = std::thread::Builder::new()
+                .name("nightshift-cgroup-rm".into())
+                .spawn(remove.clone())
+            {
+                tracing::debug!(error = %e, "removing a session's cgroups inline");
+                remove();
+            }
+        }
     }
 }
 
@@ -89,7 +99,8 @@ pub(crate) struct StderrTail(
 );
 
 impl StderrTail {
-    pub fn collect(stderr: Option<tokio::process::ChildStderr>) -> Self {
+    pub fn collect(stderr: Option<std::process::ChildStderr>) -> Self {
+        let stderr = stderr.and_then(|s| tokio::process::ChildStderr::from_std(s).ok());
         let tail = StderrTail::default();
         if let Some(mut stderr) = stderr {
             let sink = tail.0.clone();
@@ -156,7 +167,7 @@ pub(crate) fn base_env() -> Vec<(String, String)> {
 
 pub(crate) struct Parts {
     pub stream: UnixStream,
-    pub child: tokio::process::Child,
+    pub child: HelperProcess,
     pub pid: i32,
     pub pidfd: OwnedFd,
     pub resources: Resources,
@@ -186,7 +197,7 @@ pub struct NamespacedSession {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
-    child: tokio::sync::Mutex<Option<tokio::process::Child>>,
+    child: tokio::sync::Mutex<Option<HelperProcess>>,
     resources: Mutex<Option<Resources>>,
     cgroup: Option<Arc<SessionCgroup>>,
     upper: PathBuf,
@@ -527,12 +538,8 @@ impl SandboxSession for NamespacedSession {
         // The helper exits once its init has; the init, once every process of its pid
         // namespace is gone. After this, nothing of the sandbox runs.
         let child = self.child.lock().await.take();
-        if let Some(mut child) = child
-            && tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-        {
-            let _ = child.kill().await;
+        if let Some(child) = child {
+            child.wait_or_kill(Duration::from_secs(10)).await;
         }
         let resources = self.resources.lock().ok().and_then(|mut r| r.take());
         self.torn_down.store(true, Ordering::SeqCst);
@@ -548,7 +555,7 @@ impl SandboxSession for NamespacedSession {
 
 impl Drop for NamespacedSession {
     fn drop(&mut self) {
-        // Killing the init ends the pid namespace; the helper is killed by `kill_on_drop`.
+        // Killing the init ends the pid namespace; dropping the helper kills it too.
         let _ = sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
         self.teardown();
     }

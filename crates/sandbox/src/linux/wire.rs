@@ -6,6 +6,8 @@
 //! needs no negotiation, only bounds: a peer that sends a frame past the limits is broken.
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -32,16 +34,29 @@ pub struct HelperConfig {
     /// Whether the helper starts as host root and must drop to `host_id`, showing the
     /// root-owned working copy as the sandbox user's through an idmapped mount.
     pub drop_root: bool,
-    /// `cgroup.procs` files the helper joins before anything else.
-    pub cgroup_procs: Vec<PathBuf>,
-    /// `cgroup.procs` files every command joins before it executes (the limited leaves).
-    pub cgroup_commands: Vec<PathBuf>,
+    /// The host paths of the descriptors passed with this frame: detached mount trees the host
+    /// cloned as root (the workspace idmapped), one per path.
+    pub trees: Vec<PathBuf>,
     /// Size of the /tmp tmpfs in bytes.
     pub tmp_bytes: u64,
-    /// Resource limits applied to the init and inherited by every command.
-    pub rlimits: RlimitSpec,
     /// Whether `state/proxy.sock` is the egress proxy's socket, to bind into the sandbox.
     pub proxy: bool,
+    /// The seccomp filters, compiled by the host (see `confine::compiled_filters`).
+    pub seccomp: Vec<Vec<u64>>,
+}
+
+/// The second frame to the helper, sent once the host has made the session's cgroups (while the
+/// helper builds the sandbox): the init joins them before it confines itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// How many of the descriptors passed with this frame are the init's cgroup leaves (their
+    /// `tasks` or `cgroup.procs`, open for writing), which the init joins.
+    pub init_cgroups: usize,
+    /// How many descriptors follow those: the limited leaves, which every command joins before
+    /// it executes.
+    pub command_cgroups: usize,
+    /// Resource limits applied to the init and inherited by every command.
+    pub rlimits: RlimitSpec,
 }
 
 /// Resource limits as numbers; `None` leaves a limit as inherited.
@@ -176,6 +191,123 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
     Ok(Some((header, payload)))
 }
 
+/// The most descriptors one frame carries (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS: usize = 200;
+
+/// Writes an encoded frame on a blocking socket, the descriptors `fds` riding with its first
+/// byte.
+pub fn send_with_fds(socket: &UnixStream, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS || frame.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ));
+    }
+    let mut sent = 0;
+    if !fds.is_empty() {
+        let payload = std::mem::size_of_val(fds) as u32;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid; we fill the fields we use.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, aligned, and zeroed, so the
+        // first header exists and has room for `payload` bytes of data.
+        let ret = unsafe {
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(payload) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(header),
+                payload as usize,
+            );
+            libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        sent = ret as usize;
+    }
+    (&*socket).write_all(&frame[sent..])
+}
+
+/// Reads one frame from a blocking socket, with the descriptors sent along with it
+/// (close-on-exec); `Ok(None)` at a clean end of stream.
+pub fn read_frame_with_fds<T: for<'de> Deserialize<'de>>(
+    socket: &UnixStream,
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut prefix = [0u8; 8];
+    let mut filled = 0;
+    let mut fds = Vec::new();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) };
+    let mut control = vec![0u64; (space as usize).div_ceil(8)];
+    while filled < prefix.len() {
+        let mut iov = libc::iovec {
+            iov_base: prefix[filled..].as_mut_ptr().cast(),
+            iov_len: prefix.len() - filled,
+        };
+        // SAFETY: an all-zero msghdr is valid; we fill the fields we use.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = (control.len() * 8) as _;
+        // SAFETY: every buffer the header points to is live and as large as it says.
+        let ret = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if ret < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        // SAFETY: the kernel filled msg_control; the CMSG macros walk it within its length,
+        // and each SCM_RIGHTS payload is an array of descriptors now ours.
+        unsafe {
+            let mut header = libc::CMSG_FIRSTHDR(&msg);
+            while !header.is_null() {
+                if (*header).cmsg_level == libc::SOL_SOCKET
+                    && (*header).cmsg_type == libc::SCM_RIGHTS
+                {
+                    let data = libc::CMSG_DATA(header);
+                    let bytes = (*header).cmsg_len as usize - (data as usize - header as usize);
+                    for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                        fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                header = libc::CMSG_NXTHDR(&msg, header);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(io::Error::other("descriptors were truncated"));
+        }
+        match ret as usize {
+            0 if filled == 0 => return Ok(None),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => filled += n,
+        }
+    }
+    let (header_len, payload_len) = decode_lengths(prefix)?;
+    let mut header = vec![0u8; header_len];
+    (&*socket).read_exact(&mut header)?;
+    // Configuration frames carry no payload; read and drop one if there is.
+    io::copy(&mut socket.take(payload_len as u64), &mut io::sink())?;
+    let header = serde_json::from_slice(&header).map_err(io::Error::other)?;
+    Ok(Some((header, fds)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +351,22 @@ mod tests {
         assert!(decode_lengths(prefix).is_err());
         let mut input = prefix.as_slice();
         assert!(read_frame::<Reply>(&mut input).is_err());
+    }
+
+    #[test]
+    fn descriptors_travel_with_a_frame() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let frame = encode_frame(&Request::Kill { id: 3 }, &[]).unwrap();
+        send_with_fds(&a, &frame, &[file.as_raw_fd(), file.as_raw_fd()]).unwrap();
+        let (request, fds): (Request, _) = read_frame_with_fds(&b).unwrap().unwrap();
+        assert_eq!(request, Request::Kill { id: 3 });
+        assert_eq!(fds.len(), 2);
+        send_with_fds(&a, &frame, &[]).unwrap();
+        let (_, fds): (Request, _) = read_frame_with_fds(&b).unwrap().unwrap();
+        assert!(fds.is_empty());
+        drop(a);
+        assert!(read_frame_with_fds::<Request>(&b).unwrap().is_none());
     }
 
     #[test]

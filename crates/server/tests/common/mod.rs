@@ -122,6 +122,7 @@ impl Harness {
             max_tokens: None,
             max_cost_usd: None,
             max_duration_secs: None,
+            follows: None,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();

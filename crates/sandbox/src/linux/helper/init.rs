@@ -15,9 +15,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::super::wire::{self, HelperConfig, Reply, Request, WireStatus};
+use super::super::wire::{self, HelperConfig, Reply, Request, SessionLimits, WireStatus};
 use super::super::{confine, proxy_bridge};
-use super::{Handles, rootfs};
+use super::{Handles, NetworkJoin, join_network, rootfs};
 use crate::HeadTailBuffer;
 
 /// How long to keep reading output after the command exited, for what its background
@@ -73,7 +73,13 @@ impl Shared {
     }
 }
 
-pub(crate) fn run(control: UnixStream, config: HelperConfig, handles: Handles, go: OwnedFd) -> ! {
+pub(crate) fn run(
+    control: UnixStream,
+    config: HelperConfig,
+    handles: Handles,
+    go: OwnedFd,
+    network: NetworkJoin,
+) -> ! {
     let fail = |control: &UnixStream, message: String| -> ! {
         let _ = wire::write_frame(&mut &*control, &Reply::SetupFailed { message }, &[]);
         std::process::exit(1)
@@ -81,13 +87,16 @@ pub(crate) fn run(control: UnixStream, config: HelperConfig, handles: Handles, g
     // SAFETY: prctl with integer arguments only changes this process's settings.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     let mut handles = handles;
-    if let Err(message) = setup(&config, &mut handles) {
+    if let Err(message) = setup(&config, &mut handles, network) {
         fail(&control, message)
     }
-    let cgroups = std::mem::take(&mut handles.commands_cgroups);
     drop(handles);
+    let (limits, cgroups) = match join_cgroups(&control) {
+        Ok(joined) => joined,
+        Err(message) => fail(&control, message),
+    };
     // Confinement applies to the calling thread and what it starts: it comes before any thread.
-    let confinement = match confine::apply(&config.rlimits) {
+    let confinement = match confine::apply(&limits.rlimits, &config.seccomp) {
         Ok(report) => report,
         Err(message) => fail(&control, message),
     };
@@ -111,11 +120,34 @@ pub(crate) fn run(control: UnixStream, config: HelperConfig, handles: Handles, g
     serve(control, confinement, cgroups)
 }
 
-fn setup(config: &HelperConfig, handles: &mut Handles) -> Result<(), String> {
+fn setup(config: &HelperConfig, handles: &mut Handles, network: NetworkJoin) -> Result<(), String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     rootfs::build(config, handles)?;
     nix::unistd::sethostname("nightshift").map_err(|e| format!("sethostname: {e}"))?;
+    join_network(network)?;
     loopback_up()
+}
+
+/// Receives the session's cgroups (made by the host while we were being built), joins the
+/// init's leaves and makes the cgroup namespace there; returns the limits and the leaves that
+/// every command joins.
+fn join_cgroups(control: &UnixStream) -> Result<(SessionLimits, Vec<OwnedFd>), String> {
+    let (limits, fds): (SessionLimits, _) = wire::read_frame_with_fds(control)
+        .map_err(|e| format!("reading the limits: {e}"))?
+        .ok_or("the host closed the control socket")?;
+    if fds.len() != limits.init_cgroups + limits.command_cgroups {
+        return Err(format!("the host sent {} cgroup descriptors", fds.len()));
+    }
+    let mut fds = fds.into_iter();
+    for leaf in fds.by_ref().take(limits.init_cgroups) {
+        // `0` is the writer itself: a single thread (no other exists yet), which the kernel
+        // moves without taking its global lock. The host opened the file, and the kernel
+        // checks the opener's credentials.
+        nix::unistd::write(&leaf, b"0").map_err(|e| format!("joining a cgroup: {e}"))?;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("unshare: {e}"))?;
+    Ok((limits, fds.collect()))
 }
 
 /// A new network namespace has only `lo`, and it starts down.
@@ -174,6 +206,8 @@ fn serve(control: UnixStream, confinement: Vec<String>, cgroups: Vec<OwnedFd>) -
         out: Mutex::new(out),
         cgroups,
     });
+    // Ready first: the host's first command is read only after the threads below exist.
+    shared.send(&Reply::Ready { confinement }, &[]);
     {
         let shared = shared.clone();
         if std::thread::Builder::new()
@@ -192,7 +226,6 @@ fn serve(control: UnixStream, confinement: Vec<String>, cgroups: Vec<OwnedFd>) -
             std::process::exit(1);
         }
     }
-    shared.send(&Reply::Ready { confinement }, &[]);
     let mut input = control;
     loop {
         let frame = match wire::read_frame::<Request>(&mut input) {
@@ -404,16 +437,36 @@ impl Job {
         let prepared = self.prepare()?;
         let (out_read, out_write) = pipe()?;
         let (in_read, in_write) = pipe()?;
+        // An empty standard input needs no writer: closed before the command starts, the pipe
+        // reads as ended, and the init holds one descriptor less while the command runs.
+        let stdin = self.stdin.clone().unwrap_or_default();
+        let in_write = (!stdin.is_empty()).then_some(in_write);
         let (tx, rx) = mpsc::channel();
         let killed = Arc::new(AtomicBool::new(false));
-        let pid = {
-            let mut table = shared.table();
-            let pid = spawn(
+        let start = || {
+            let table = shared.table();
+            let spawned = spawn(
                 &prepared,
                 in_read.as_raw_fd(),
                 out_write.as_raw_fd(),
                 &shared.cgroups,
-            )?;
+            );
+            spawned.map(|pid| (table, pid))
+        };
+        let started = match start() {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // Out of processes (rlimits only, no cgroup): what a fork bomb that outlived
+                // its command leaves. As when a thread cannot start: pid 1 ends every other
+                // process, and tries again.
+                // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
+                unsafe { libc::kill(-1, libc::SIGKILL) };
+                std::thread::sleep(Duration::from_millis(200));
+                start()
+            }
+            other => other,
+        };
+        let pid = {
+            let (mut table, pid) = started.map_err(|e| format!("fork: {e}"))?;
             table.waiters.insert(pid, tx);
             table.running.insert(
                 self.id,
@@ -428,18 +481,19 @@ impl Job {
         shared.spawned.notify_all();
         drop(out_write);
         drop(in_read);
-        let stdin = self.stdin.clone().unwrap_or_default();
         // Without a thread, the command gets an empty standard input (the pipe closes).
-        let _ = std::thread::Builder::new().spawn(move || {
-            // A command that does not read its input closes the pipe early; that is fine.
-            let mut rest: &[u8] = &stdin;
-            while !rest.is_empty() {
-                match nix::unistd::write(&in_write, rest) {
-                    Ok(n) if n > 0 => rest = &rest[n..],
-                    _ => break,
+        if let Some(in_write) = in_write {
+            let _ = std::thread::Builder::new().spawn(move || {
+                // A command that does not read its input closes the pipe early; that is fine.
+                let mut rest: &[u8] = &stdin;
+                while !rest.is_empty() {
+                    match nix::unistd::write(&in_write, rest) {
+                        Ok(n) if n > 0 => rest = &rest[n..],
+                        _ => break,
+                    }
                 }
-            }
-        });
+            });
+        }
         let outcome = self.collect(pid, &out_read, &rx, &killed);
         shared.table().running.remove(&self.id);
         Ok(outcome)
@@ -540,7 +594,7 @@ fn spawn(
     stdin: RawFd,
     output: RawFd,
     cgroups: &[OwnedFd],
-) -> Result<i32, String> {
+) -> std::io::Result<i32> {
     let cgroups: Vec<RawFd> = cgroups.iter().map(|fd| fd.as_raw_fd()).collect();
     let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -550,7 +604,7 @@ fn spawn(
     // before the fork, then execve or _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
         // SAFETY: see above; every pointer refers to memory that outlives the call.

@@ -2,10 +2,13 @@
 //! argument, so that namespaces are created by a fresh single-threaded process and never by the
 //! host's async runtime.
 //!
-//! Stage one (this file) runs with the host's view: it joins the session's cgroups, opens every
-//! host path it will need as a descriptor (so that dropping root later cannot lose access to
-//! them), drops to the sandbox's host uid when started as root, creates the namespaces, writes the
-//! uid and gid maps and forks the init (pid 1 of the new pid namespace). It then only waits: when
+//! Stage one (this file) runs with the host's view. Before its configuration arrives (a helper
+//! may be started ahead of its session), it drops to the sandbox's host uid when started as root,
+//! creates the user namespace with its uid and gid maps, and has a child make the network
+//! namespace. Then it receives the configuration with the descriptors the host opened for it
+//! (as root, the mount trees it cloned, which the dropped uid could not reach), creates the
+//! other namespaces and forks the init (pid 1 of the new pid namespace), which later receives
+//! the session's cgroups from the host. It then only waits: when
 //! it dies, the init dies with it (parent-death signal), and so does everything in the sandbox.
 
 mod init;
@@ -28,14 +31,12 @@ use super::wire::{self, HelperConfig, Reply};
 /// The hidden first argument that turns a binary into the sandbox helper.
 pub const HELPER_ARG: &str = "--nightshift-sandbox-helper";
 
-/// Mount trees cloned while still host root, for the host paths the sandbox's host uid may
-/// not be allowed to reach once root is dropped. Empty when not started as root: the init then
-/// opens every path itself.
+/// Mount trees the host cloned as root, for the host paths the sandbox's host uid may not be
+/// allowed to reach once root is dropped. Empty when not started as root: the init then opens
+/// every path itself.
 #[derive(Default)]
 pub(crate) struct Handles {
     pub trees: Vec<(PathBuf, OwnedFd)>,
-    /// The limited cgroup leaves, open for writing, for commands to join.
-    pub commands_cgroups: Vec<OwnedFd>,
 }
 
 impl Handles {
@@ -88,42 +89,51 @@ fn set_parent_death_signal() -> Result<(), String> {
     Ok(())
 }
 
+/// The helper's arguments after [`HELPER_ARG`]: what it can do before its configuration
+/// arrives, so that it does it while the host prepares the rest.
+struct Args {
+    /// The host's pid: if our parent is not it any more, the host is gone.
+    parent: i32,
+    /// The uid and gid to become when started as root (see [`HelperConfig::host_id`]).
+    host_id: u32,
+    inside_id: u32,
+    drop_root: bool,
+}
+
+impl Args {
+    fn parse(args: &[OsString]) -> Option<Self> {
+        let number = |i: usize| args.get(i)?.to_str()?.parse::<u64>().ok();
+        Some(Args {
+            parent: i32::try_from(number(0)?).ok()?,
+            host_id: u32::try_from(number(1)?).ok()?,
+            inside_id: u32::try_from(number(2)?).ok()?,
+            drop_root: number(3)? == 1,
+        })
+    }
+}
+
+/// The arguments the host passes after [`HELPER_ARG`].
+pub(crate) fn helper_args(host_id: u32, inside_id: u32, drop_root: bool) -> [String; 4] {
+    [
+        std::process::id().to_string(),
+        host_id.to_string(),
+        inside_id.to_string(),
+        u8::from(drop_root).to_string(),
+    ]
+}
+
 fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     set_parent_death_signal()?;
-    let expected_parent: i32 = args
-        .first()
-        .and_then(|arg| arg.to_str())
-        .and_then(|arg| arg.parse().ok())
-        .ok_or("missing parent pid argument")?;
-    if nix::unistd::getppid().as_raw() != expected_parent {
+    let args = Args::parse(&args).ok_or("missing or malformed arguments")?;
+    if nix::unistd::getppid().as_raw() != args.parent {
         return Err("the host exited before the sandbox started".into());
     }
     // Leave the host's session, so that nothing inside can reach its controlling terminal.
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-
-    // SAFETY: the host passes the control socket as standard input; we take ownership of it.
-    let mut control = unsafe { UnixStream::from_raw_fd(0) };
-    let (config, _): (HelperConfig, _) = wire::read_frame(&mut control)
-        .map_err(|e| format!("reading the configuration: {e}"))?
-        .ok_or("the host closed the control socket")?;
-    // Keep the socket off fd 0 and close-on-exec, so that no command inherits it.
-    let control = move_off_stdio(control)?;
-
-    for procs in &config.cgroup_procs {
-        std::fs::write(procs, std::process::id().to_string())
-            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
-    }
-
-    let mut handles = open_handles(&config)?;
-    for procs in &config.cgroup_commands {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(procs)
-            .map_err(|e| format!("opening {}: {e}", procs.display()))?;
-        handles.commands_cgroups.push(OwnedFd::from(file));
-    }
-    if config.drop_root {
-        drop_root(config.host_id)?;
+    // Everything of the host this process needs comes as descriptors the host opened: root is
+    // dropped first thing.
+    if args.drop_root {
+        drop_root(args.host_id)?;
         set_parent_death_signal()?;
         // Changing uid made us non-dumpable, which makes /proc/self root's: our own uid_map
         // would be out of reach. Nothing can see us but processes of the sandbox uid, and none
@@ -133,18 +143,34 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     }
     let host_uid = Uid::effective().as_raw();
     let host_gid = Gid::effective().as_raw();
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("unshare: {e} (are unprivileged user namespaces enabled?)"))?;
+    write_id_maps("self", args.inside_id, host_uid, host_gid)?;
+    // A network namespace takes longer to create than all the others together: a child makes
+    // it while the init builds the file system, and the init joins it once it is built.
+    let network = NetworkMaker::start()?;
 
+    // SAFETY: the host passes the control socket as standard input; we take ownership of it.
+    let control = unsafe { UnixStream::from_raw_fd(0) };
+    let (config, fds): (HelperConfig, _) = wire::read_frame_with_fds(&control)
+        .map_err(|e| format!("reading the configuration: {e}"))?
+        .ok_or("the host closed the control socket")?;
+    if (config.host_id, config.inside_id, config.drop_root)
+        != (args.host_id, args.inside_id, args.drop_root)
+    {
+        return Err("the configuration does not match the arguments".into());
+    }
+    // Keep the socket off fd 0 and close-on-exec, so that no command inherits it.
+    let control = move_off_stdio(control)?;
+    let handles = handles_from(&config, fds)?;
+    // The cgroup namespace is the init's to make, once it has joined its cgroups.
     nix::sched::unshare(
-        CloneFlags::CLONE_NEWUSER
-            | CloneFlags::CLONE_NEWNS
+        CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWCGROUP,
+            | CloneFlags::CLONE_NEWUTS,
     )
-    .map_err(|e| format!("unshare: {e} (are unprivileged user namespaces enabled?)"))?;
-    write_id_maps("self", config.inside_id, host_uid, host_gid)?;
+    .map_err(|e| format!("unshare: {e}"))?;
 
     let (go_read, go_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: this process is single-threaded (the helper runs before any thread is created),
@@ -152,11 +178,12 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(go_write);
-            init::run(control, config, handles, go_read)
+            init::run(control, config, handles, go_read, network.join)
         }
         ForkResult::Parent { child } => {
             drop(go_read);
             drop(handles);
+            drop(network.join);
             let sent = wire::write_frame(
                 &mut &control,
                 &Reply::Spawned {
@@ -172,9 +199,83 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
             if sent.is_err() {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             }
-            Ok(wait_for(child))
+            let code = wait_for(child);
+            // It has exited by now, or does once the init's end of its pipe is closed.
+            let _ = nix::sys::wait::waitpid(network.maker, None);
+            Ok(code)
         }
     }
+}
+
+/// The child that creates the session's network namespace, and what the init needs to join it.
+struct NetworkMaker {
+    maker: Pid,
+    join: NetworkJoin,
+}
+
+/// Held by the init: `ready` yields `y` once the namespace exists (`n` if it could not be
+/// made), `pidfd` names the process that holds it, and closing `hold` lets that process exit.
+pub(crate) struct NetworkJoin {
+    pub ready: OwnedFd,
+    pub pidfd: OwnedFd,
+    pub hold: OwnedFd,
+}
+
+impl NetworkMaker {
+    /// Forks the maker. Called after the user namespace exists (the network namespace belongs
+    /// to it) and before the pid namespace (the maker must not become its pid 1).
+    fn start() -> Result<Self, String> {
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (ready_read, ready_write) =
+            nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
+        let (hold_read, hold_write) =
+            nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
+        // SAFETY: this process is single-threaded, so the child may do anything after fork;
+        // it only unshares, writes, reads and exits.
+        match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+            ForkResult::Child => {
+                drop(ready_read);
+                drop(hold_write);
+                let made = nix::sched::unshare(CloneFlags::CLONE_NEWNET).is_ok();
+                let _ = nix::unistd::write(&ready_write, if made { b"y" } else { b"n" });
+                let mut byte = [0u8; 1];
+                let _ = nix::unistd::read(&hold_read, &mut byte);
+                // SAFETY: _exit skips the atexit handlers that belong to the helper.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                drop(ready_write);
+                drop(hold_read);
+                let pidfd = sys::pidfd_open(child.as_raw()).map_err(|e| {
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                    format!("pidfd_open: {e}")
+                })?;
+                Ok(NetworkMaker {
+                    maker: child,
+                    join: NetworkJoin {
+                        ready: ready_read,
+                        pidfd,
+                        hold: hold_write,
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Moves the calling process into the namespace the maker made.
+pub(crate) fn join_network(join: NetworkJoin) -> Result<(), String> {
+    let NetworkJoin { ready, pidfd, hold } = join;
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&ready, &mut byte) {
+        Ok(1) if byte[0] == b'y' => {}
+        _ => return Err("unshare: could not create the network namespace".into()),
+    }
+    nix::sched::setns(&pidfd, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("joining the network namespace: {e}"))?;
+    // The namespace is ours now; its maker may go.
+    drop(hold);
+    Ok(())
 }
 
 fn wait_for(child: Pid) -> i32 {
@@ -200,83 +301,18 @@ fn move_off_stdio(control: UnixStream) -> Result<UnixStream, String> {
     Ok(UnixStream::from(moved))
 }
 
-/// As root: detached copies of the workspace (idmapped), the state directory and the extra
-/// binds, which the dropped uid may not be able to reach by path.
-fn open_handles(config: &HelperConfig) -> Result<Handles, String> {
-    let mut handles = Handles::default();
-    if !config.drop_root {
-        return Ok(handles);
+/// Pairs the descriptors that came with the configuration with their paths.
+fn handles_from(config: &HelperConfig, fds: Vec<OwnedFd>) -> Result<Handles, String> {
+    if fds.len() != config.trees.len() {
+        return Err(format!(
+            "the host sent {} descriptors, not {}",
+            fds.len(),
+            config.trees.len()
+        ));
     }
-    handles.trees.push((
-        config.workspace.clone(),
-        idmapped_tree(&config.workspace, config.host_id)?,
-    ));
-    for path in std::iter::once(&config.state).chain(&config.ro_binds) {
-        if path.is_dir() {
-            let tree = sys::open_tree_clone(path)
-                .map_err(|e| format!("open_tree {}: {e}", path.display()))?;
-            handles.trees.push((path.clone(), tree));
-        }
-    }
-    Ok(handles)
-}
-
-/// A detached copy of the workspace mount in which files owned by host root appear owned by
-/// `host_id`, which the sandbox user maps to. Without it, a working copy created by a root host
-/// would be unwritable inside, or the sandbox user would have to be host root.
-fn idmapped_tree(workspace: &Path, host_id: u32) -> Result<OwnedFd, String> {
-    let userns = mapping_namespace(host_id)?;
-    let tree = sys::open_tree_clone(workspace)
-        .map_err(|e| format!("open_tree {}: {e}", workspace.display()))?;
-    sys::mount_setattr(
-        Some(tree.as_fd()),
-        Path::new(""),
-        true,
-        sys::MOUNT_ATTR_IDMAP,
-        Some(userns.as_fd()),
-    )
-    .map_err(|e| format!("idmapping {}: {e} (the filesystem may not support idmapped mounts; run nightshift as an unprivileged user instead)", workspace.display()))?;
-    Ok(tree)
-}
-
-/// A user namespace mapping 0 to `host_id`, held by a short-lived child.
-fn mapping_namespace(host_id: u32) -> Result<OwnedFd, String> {
-    let (ready_read, ready_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (done_read, done_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: single-threaded process; the child only calls unshare, write, read and _exit.
-    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            drop(ready_read);
-            drop(done_write);
-            let ok = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok();
-            let _ = nix::unistd::write(&ready_write, if ok { b"y" } else { b"n" });
-            let mut byte = [0u8; 1];
-            let _ = nix::unistd::read(&done_read, &mut byte);
-            // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
-            unsafe { libc::_exit(0) }
-        }
-        ForkResult::Parent { child } => {
-            drop(ready_write);
-            drop(done_read);
-            let mut byte = [0u8; 1];
-            let result = match nix::unistd::read(&ready_read, &mut byte) {
-                Ok(1) if byte[0] == b'y' => {
-                    let pid = child.as_raw().to_string();
-                    let ns = format!("/proc/{pid}/ns/user");
-                    write_id_maps(&pid, 0, host_id, host_id).and_then(|()| {
-                        // An O_PATH descriptor is not accepted as a namespace.
-                        std::fs::File::open(&ns)
-                            .map(OwnedFd::from)
-                            .map_err(|e| format!("opening {ns}: {e}"))
-                    })
-                }
-                _ => Err("could not create the idmapping namespace".to_string()),
-            };
-            drop(done_write);
-            let _ = nix::sys::wait::waitpid(child, None);
-            result
-        }
-    }
+    Ok(Handles {
+        trees: config.trees.iter().cloned().zip(fds).collect(),
+    })
 }
 
 /// Maps `inside` to the host ids in the user namespace of `/proc/<pid>`.

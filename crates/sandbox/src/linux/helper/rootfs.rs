@@ -13,9 +13,12 @@ use super::super::sys;
 use super::super::wire::HelperConfig;
 use super::Handles;
 
-/// Where the new root is assembled. Mounting over the host's /tmp in our own mount namespace
-/// hides nothing from the host, and every host path we need is already open as a descriptor.
-const NEW_ROOT: &str = "/tmp";
+/// Where the new root is assembled: in a tmpfs mounted over the host's /tmp in our own mount
+/// namespace (which hides nothing from the host: every host path we need is already open as a
+/// descriptor). That tmpfs also stages the overlay's layers, and goes with the host's root when
+/// it is detached, taking them along in the same unmount.
+const STAGING: &str = "/tmp";
+const NEW_ROOT: &str = "/tmp/root";
 
 /// Where the proxy's socket appears inside.
 pub const PROXY_SOCKET: &str = "/run/nightshift/proxy.sock";
@@ -153,7 +156,15 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
     let workspace = source(&config.workspace, handles)?;
     let state = source(&config.state, handles)?;
 
+    let staging = Path::new(STAGING);
+    mount_fs(
+        "tmpfs",
+        staging,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0700,size=64k",
+    )?;
     let root = Path::new(NEW_ROOT);
+    mkdir_p(root, 0o755)?;
     mount_fs(
         "tmpfs",
         root,
@@ -199,7 +210,7 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
     )?;
     mkdir_p(&tmp.join("home"), 0o700)?;
 
-    mount_workspace(root, &workspace, &state, config.proxy)?;
+    mount_workspace(root, staging, &workspace, &state, config.proxy)?;
 
     switch_root(root)?;
     // Nothing may be created in / itself; the writable places are their own mounts.
@@ -228,9 +239,10 @@ fn build_dev(root: &Path) -> Result<(), String> {
             None::<&str>,
         )
         .map_err(|e| err("binding", &at, e))?;
-        sys::mount_setattr(None, &at, false, sys::MOUNT_ATTR_NOSUID, None)
-            .map_err(|e| err("restricting", &at, e))?;
     }
+    // A bind ignores mount flags: nosuid on all the nodes at once.
+    sys::mount_setattr(None, &dev, true, sys::MOUNT_ATTR_NOSUID, None)
+        .map_err(|e| err("restricting", &dev, e))?;
     let pts = dev.join("pts");
     mkdir_p(&pts, 0o755)?;
     mount_fs(
@@ -261,18 +273,19 @@ fn build_dev(root: &Path) -> Result<(), String> {
 }
 
 /// The workspace: the working copy as the lower layer, the session's directory as the upper,
-/// so that the host's copy is never written. Both are staged in the new root under their own
-/// names, and unmounted from there once the overlay holds them.
+/// so that the host's copy is never written. Both are staged outside the new root, and go when
+/// the host's root is detached: the overlay holds them.
 fn mount_workspace(
     root: &Path,
+    staging: &Path,
     workspace: &Source,
     state: &Source,
     proxy: bool,
 ) -> Result<(), String> {
     let target = root.join("workspace");
     mkdir_p(&target, 0o755)?;
-    let lower = root.join(".lower");
-    let staged = root.join(".state");
+    let lower = staging.join("lower");
+    let staged = staging.join("state");
     for (source, at) in [(workspace, &lower), (state, &staged)] {
         mkdir_p(at, 0o755)?;
         attach(source, at)?;
@@ -308,10 +321,6 @@ fn mount_workspace(
             None,
         )
         .map_err(|e| err("restricting", &at, e))?;
-    }
-    for at in [&lower, &staged] {
-        umount2(at, MntFlags::MNT_DETACH).map_err(|e| err("unmounting", at, e))?;
-        std::fs::remove_dir(at).map_err(|e| err("removing", at, e))?;
     }
     Ok(())
 }
