@@ -30,13 +30,7 @@ impl Fixture {
         let workspace = outer.path().join("ws");
         std::fs::create_dir(&workspace).unwrap();
         std::fs::write(outer.path().join("secret.txt"), "top secret\n").unwrap();
-        let session = Unisolated
-            .start(SessionSpec {
-                workspace,
-                env: vec![],
-            })
-            .await
-            .unwrap();
+        let session = Unisolated.start(SessionSpec::new(workspace)).await.unwrap();
         Fixture {
             outer,
             session,

@@ -239,6 +239,22 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::Egress {
+            host,
+            port,
+            method,
+            allowed,
+            bytes_up,
+            bytes_down,
+            detail,
+        } => (
+            "egress",
+            format!(
+                "{method} {host}:{port} {} · {bytes_up} bytes up, {bytes_down} down",
+                if *allowed { "allowed" } else { "DENIED" }
+            ),
+            detail.clone(),
+        ),
         Event::FollowUpStarted { task_id } => (
             "follow-up",
             format!(

@@ -65,6 +65,18 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         artifact: Option<String>,
     },
+    /// A request through the sandbox's egress proxy, allowed or not.
+    Egress {
+        host: String,
+        port: u16,
+        /// `CONNECT` for HTTPS tunnels, else the HTTP method.
+        method: String,
+        allowed: bool,
+        bytes_up: u64,
+        bytes_down: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// The environment the agent's commands run in.
     SandboxStarted {
         backend: String,
@@ -174,6 +186,7 @@ impl Event {
             Event::CheckedOut { .. } => "checked_out",
             Event::EnvironmentLoaded { .. } => "environment_loaded",
             Event::CommandFinished { .. } => "command_finished",
+            Event::Egress { .. } => "egress",
             Event::SandboxStarted { .. } => "sandbox_started",
             Event::ModelRequest { .. } => "model_request",
             Event::ModelResponse { .. } => "model_response",

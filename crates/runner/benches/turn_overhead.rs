@@ -120,10 +120,7 @@ async fn main() {
     };
     let model = nightshift_model::connect(&model_spec, &providers).unwrap();
     let session = Unisolated
-        .start(SessionSpec {
-            workspace: workspace.path().to_path_buf(),
-            env: vec![],
-        })
+        .start(SessionSpec::new(workspace.path()))
         .await
         .unwrap();
     let sink = TimingSink {

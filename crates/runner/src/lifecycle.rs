@@ -18,7 +18,7 @@ use nightshift_env::secrets::Redactor;
 use nightshift_env::{EnvError, ResolvedBase, SourceRepo};
 use nightshift_model::{ModelError, ModelSpec};
 use nightshift_protocol::{CommandPhase, ErrorKind, Event, Task, TaskId, TaskState};
-use nightshift_sandbox::{SandboxSession, SessionSpec};
+use nightshift_sandbox::{EgressEvent, EgressVerdict, SandboxSession, SessionLimits, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::environment;
@@ -361,7 +361,21 @@ impl Runner {
             Ok(model) => model,
             Err(err) => return fail_model(log, err).await,
         };
-        let session = match self.sandbox.start(session_spec(copy.root(), run.env)).await {
+        let network = agent_network(run.env);
+        if network.len() > run.env.config.network.agent.len() {
+            log.append(Event::Warning {
+                message: format!(
+                    "setup runs in the agent's own sandbox session (cached setup layers are not built yet), so the agent may also reach the setup hosts: {}",
+                    network.join(", ")
+                ),
+            })
+            .await?;
+        }
+        let session = match self
+            .sandbox
+            .start(session_spec(copy.root(), log, run.env, network))
+            .await
+        {
             Ok(session) => session,
             Err(err) => {
                 return fail(
@@ -398,7 +412,13 @@ impl Runner {
         } else {
             set_state(log, TaskState::Running, None).await?;
             let config = AgentConfig {
-                budget: budget(task, self.config.max_duration),
+                budget: budget(
+                    task,
+                    Some(run.env.config.limits.wall_time.as_duration())
+                        .into_iter()
+                        .chain(self.config.max_duration)
+                        .min(),
+                ),
                 limits: self.config.tool_limits.clone(),
                 max_output_tokens: None,
                 cost: self.cost.clone().and_then(|price| price(&spec)),
@@ -624,7 +644,16 @@ impl Runner {
                 return Ok(all_failed("not run".into()));
             }
         };
-        let session = match self.sandbox.start(session_spec(tree.root(), run.env)).await {
+        let session = match self
+            .sandbox
+            .start(session_spec(
+                tree.root(),
+                log,
+                run.env,
+                agent_network(run.env),
+            ))
+            .await
+        {
             Ok(session) => session,
             Err(err) => {
                 log.append(Event::Warning {
@@ -854,10 +883,32 @@ async fn fail_model(log: &TaskLog, err: ModelError) -> Result<Ending, SinkError>
 pub type PriceLookup = Arc<dyn Fn(&ModelSpec) -> Option<CostFn> + Send + Sync>;
 
 /// A session for the working copy at `workspace` with the configuration's environment
-/// variables.
-fn session_spec(workspace: &Path, env: &Loaded) -> SessionSpec {
+/// variables, limits and network allowlist, its egress requests logged as task events.
+fn session_spec(
+    workspace: &Path,
+    log: &TaskLog,
+    env: &Loaded,
+    network: Vec<String>,
+) -> SessionSpec {
+    let limits = &env.config.limits;
+    let (egress, mut requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
+    let log = log.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            let _ = log
+                .append(Event::Egress {
+                    host: request.host,
+                    port: request.port,
+                    method: request.method,
+                    allowed: matches!(request.verdict, EgressVerdict::Allowed),
+                    bytes_up: request.bytes_up,
+                    bytes_down: request.bytes_down,
+                    detail: request.detail,
+                })
+                .await;
+        }
+    });
     SessionSpec {
-        workspace: workspace.to_path_buf(),
         env: env
             .config
             .environment
@@ -865,5 +916,29 @@ fn session_spec(workspace: &Path, env: &Loaded) -> SessionSpec {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        network,
+        limits: SessionLimits {
+            memory_bytes: Some(limits.memory.bytes()),
+            pids: limits.pids.map(u64::from),
+            cpus: limits.cpus,
+            disk_bytes: Some(limits.disk.bytes()),
+        },
+        egress: Some(egress),
+        ..SessionSpec::new(workspace)
     }
+}
+
+/// The hosts the agent's session may reach: the agent's allowlist, plus the setup allowlist
+/// while setup runs in the same session.
+fn agent_network(env: &Loaded) -> Vec<String> {
+    let network = &env.config.network;
+    let mut hosts = network.agent.clone();
+    if env.config.environment.setup.is_some() || env.config.environment.maintenance.is_some() {
+        for host in &network.setup {
+            if !hosts.contains(host) {
+                hosts.push(host.clone());
+            }
+        }
+    }
+    hosts
 }

@@ -88,10 +88,7 @@ async fn main() {
     let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
     let backend = Namespaced::new(NamespacedConfig::new(helper, state.path()));
     let cancel = CancellationToken::new();
-    let spec = |dir: &Path| SessionSpec {
-        workspace: dir.to_path_buf(),
-        env: vec![],
-    };
+    let spec = |dir: &Path| SessionSpec::new(dir);
     println!(
         "runs per measurement: {runs}; euid {}",
         nix::unistd::geteuid()

@@ -37,6 +37,38 @@ pub struct SessionSpec {
     /// Variables set for every command, on top of the backend's clean base environment. Nothing
     /// of the host's own environment is passed on unless it is listed here.
     pub env: Vec<(String, String)>,
+    /// Hosts the session may reach through the logging egress proxy (`host`, `*.host`,
+    /// `host:port`); empty means no network at all.
+    pub network: Vec<String>,
+    /// Resource limits; `None` fields keep the backend's defaults.
+    pub limits: SessionLimits,
+    /// Receives one record per request through the egress proxy, allowed or not.
+    #[cfg(target_os = "linux")]
+    pub egress: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
+}
+
+impl SessionSpec {
+    /// A session over `workspace` with a clean environment, no network and default limits.
+    pub fn new(workspace: impl Into<PathBuf>) -> Self {
+        SessionSpec {
+            workspace: workspace.into(),
+            env: Vec::new(),
+            network: Vec::new(),
+            limits: SessionLimits::default(),
+            #[cfg(target_os = "linux")]
+            egress: None,
+        }
+    }
+}
+
+/// Limits a session may ask for, whatever the backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionLimits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    /// How much the workspace may grow.
+    pub disk_bytes: Option<u64>,
 }
 
 /// One command to run in a session.

@@ -247,8 +247,8 @@ mod tests {
     async fn session(dir: &Path) -> Box<dyn SandboxSession> {
         Unisolated
             .start(SessionSpec {
-                workspace: dir.to_path_buf(),
                 env: vec![("GREETING".into(), "hi".into())],
+                ..SessionSpec::new(dir)
             })
             .await
             .unwrap()

@@ -129,8 +129,8 @@ async fn the_environment_is_clean_and_pid_1_is_ours() {
         .backend
         .start_with(
             nightshift_sandbox::SessionSpec {
-                workspace: fixture.workspace.path().to_path_buf(),
                 env: vec![("GREETING".into(), "hi".into())],
+                ..nightshift_sandbox::SessionSpec::new(fixture.workspace.path())
             },
             Default::default(),
         )

@@ -88,13 +88,7 @@ async fn unprivileged_child() {
     assert!(!nix::unistd::geteuid().is_root());
     let backend = Namespaced::new(NamespacedConfig::new(helper(), PathBuf::from(state)));
     let session = backend
-        .start_with(
-            SessionSpec {
-                workspace: workspace.into(),
-                env: vec![],
-            },
-            SessionOptions::default(),
-        )
+        .start_with(SessionSpec::new(workspace), SessionOptions::default())
         .await
         .unwrap();
     let report = session.report().join("\n");

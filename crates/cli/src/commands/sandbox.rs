@@ -49,13 +49,7 @@ async fn exec(args: SandboxExecArgs) -> Result<ExitCode, Failure> {
         egress_events: Some(events),
     };
     let session = sandbox
-        .start_with(
-            SessionSpec {
-                workspace,
-                env: vec![],
-            },
-            options,
-        )
+        .start_with(SessionSpec::new(workspace), options)
         .await
         .map_err(|err| {
             Failure::error(format!("cannot start the sandbox: {err}"))

@@ -740,8 +740,31 @@ impl Sandbox for Namespaced {
     }
 
     async fn start(&self, spec: SessionSpec) -> Result<Box<dyn SandboxSession>, SandboxError> {
-        Ok(Box::new(
-            self.start_with(spec, SessionOptions::default()).await?,
-        ))
+        // The backend-neutral parts of the spec, over this backend's configured defaults.
+        let mut limits = self.config.limits.clone();
+        let wanted = spec.limits;
+        if wanted.memory_bytes.is_some() {
+            limits.memory_bytes = wanted.memory_bytes;
+        }
+        if wanted.pids.is_some() {
+            limits.pids = wanted.pids;
+        }
+        if wanted.cpus.is_some() {
+            limits.cpus = wanted.cpus;
+        }
+        if wanted.disk_bytes.is_some() {
+            limits.workspace_bytes = wanted.disk_bytes;
+        }
+        let network = if spec.network.is_empty() {
+            NetworkPolicy::None
+        } else {
+            NetworkPolicy::Allow(spec.network.clone())
+        };
+        let options = SessionOptions {
+            network: Some(network),
+            limits: Some(limits),
+            egress_events: spec.egress.clone(),
+        };
+        Ok(Box::new(self.start_with(spec, options).await?))
     }
 }

@@ -43,10 +43,7 @@ impl Fixture {
     }
 
     pub fn spec(&self) -> SessionSpec {
-        SessionSpec {
-            workspace: self.workspace.path().to_path_buf(),
-            env: vec![],
-        }
+        SessionSpec::new(self.workspace.path())
     }
 
     pub async fn start(&self) -> NamespacedSession {
