@@ -78,6 +78,31 @@ impl Home {
         .await
     }
 
+    /// This installation's settings: `NIGHTSHIFT_CONFIG`, else `config.toml` in the home
+    /// directory; none when there is no such file.
+    pub fn settings(&self) -> Result<Settings, Failure> {
+        let path = std::env::var_os("NIGHTSHIFT_CONFIG")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("config.toml"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Settings::default());
+            }
+            Err(err) => {
+                return Err(Failure::usage(format!(
+                    "cannot read {}: {err}",
+                    path.display()
+                )));
+            }
+        };
+        toml::from_str(&text).map_err(|err| {
+            Failure::usage(format!("{} is not valid: {err}", path.display()))
+                .with_hint(Some("see docs/models.md for the [prices] table".into()))
+        })
+    }
+
     /// The key secrets are sealed with: `NIGHTSHIFT_SECRET_KEY`, else `keys/secrets.key` under
     /// the home directory (made on first use; outside the database on purpose).
     pub fn secret_key(&self) -> Result<SecretKey, SecretError> {
@@ -133,8 +158,9 @@ impl Home {
         config.record_dir = std::env::var_os("NIGHTSHIFT_RECORD")
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from);
-        let prices: PriceLookup = Arc::new(|spec: &ModelSpec| {
-            let price = price_for(spec, &BTreeMap::new())?;
+        let overrides = self.settings()?.prices;
+        let prices: PriceLookup = Arc::new(move |spec: &ModelSpec| {
+            let price = price_for(spec, &overrides)?;
             Some(Arc::new(move |usage: &Usage| price.cost(usage)) as CostFn)
         });
         let runner = Runner::new(store, self.sandbox()?, providers, config).with_prices(prices);
@@ -158,6 +184,17 @@ impl Home {
         }
         Ok(runner)
     }
+}
+
+/// Settings of this installation (`config.toml`), as opposed to a repository's
+/// `.nightshift.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Model prices (USD per million tokens) that replace or extend the built-in table, keyed
+    /// by the whole model spec or by the model name.
+    #[serde(default)]
+    pub prices: BTreeMap<String, nightshift_model::Pricing>,
 }
 
 /// A database URL without its password, for messages.

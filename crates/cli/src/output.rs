@@ -102,24 +102,35 @@ pub struct Cost {
     pub machine_seconds: f64,
     /// `machine_seconds` at `NIGHTSHIFT_MACHINE_USD_PER_HOUR`, when that is set.
     pub machine_usd: Option<f64>,
+    /// CPU time the task's sandboxes used, when the sandbox could measure it.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Cost {
     /// Adds up the model cost recorded in the task's events and prices its run time.
     pub async fn of(backend: &crate::backend::Backend, task: &Task) -> Result<Cost, Failure> {
         let mut model_usd: Option<f64> = None;
+        let mut cpu_seconds: Option<f64> = None;
         let mut after = 0;
         loop {
             let page = backend.events(task.id, after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             for record in &page {
-                if let nightshift_protocol::Event::ModelResponse {
-                    cost_usd: Some(cost),
-                    ..
-                } = record.event
-                {
-                    *model_usd.get_or_insert(0.0) += cost;
+                match record.event {
+                    nightshift_protocol::Event::ModelResponse {
+                        cost_usd: Some(cost),
+                        ..
+                    } => {
+                        *model_usd.get_or_insert(0.0) += cost;
+                    }
+                    nightshift_protocol::Event::Ended {
+                        cpu_seconds: Some(cpu),
+                        ..
+                    } => {
+                        *cpu_seconds.get_or_insert(0.0) += cpu;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -131,6 +142,7 @@ impl Cost {
             model_usd,
             machine_seconds,
             machine_usd: rate.map(|rate| rate * machine_seconds / 3600.0),
+            cpu_seconds,
         })
     }
 }

@@ -37,7 +37,10 @@ pub fn cost(cost: &crate::output::Cost) -> String {
         ),
         None => "model price unknown".to_string(),
     };
-    let machine = duration(Duration::from_secs_f64(cost.machine_seconds));
+    let mut machine = duration(Duration::from_secs_f64(cost.machine_seconds));
+    if let Some(cpu) = cost.cpu_seconds {
+        machine.push_str(&format!(", {cpu:.1}s CPU"));
+    }
     match cost.machine_usd {
         Some(usd) => format!("{model} + {} machine ({machine})", dollars(usd)),
         None => format!("{model} · machine time {machine}"),
@@ -354,6 +357,7 @@ pub fn event(record: &EventRecord) -> String {
             cost_usd,
             turns,
             duration_ms,
+            ..
         } => (
             "ended",
             format!(

@@ -75,3 +75,53 @@ async fn the_same_task_succeeds_with_every_protocol_and_costs_what_the_price_tab
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prices_from_config_toml_override_the_table() {
+    let repo = buggy_repo();
+    let (ns, _server) = Nightshift::with_script(fixing_script()).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        "[prices.\"openai:my-local-model\"]\ninput_per_mtok = 1.0\ncached_input_per_mtok = 0.0\noutput_per_mtok = 10.0\n",
+    )
+    .unwrap();
+    let out = ns
+        .run(&[
+            "run",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            "openai:my-local-model",
+            "--wait",
+            "--json",
+            "fix add",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = (1800.0 * 1.0 + 120.0 * 10.0) / 1_000_000.0;
+    let cost = task["cost"]["model_usd"].as_f64().unwrap();
+    assert!((cost - expected).abs() < 1e-9, "{cost} != {expected}");
+
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        "[prices.\"x\"]\ninput = 1\n",
+    )
+    .unwrap();
+    let out = ns
+        .run(&[
+            "run",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            "openai:m",
+            "fix add",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("config.toml is not valid"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -171,6 +171,9 @@ pub enum Event {
         /// Dollars spent on the model, when its price is known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cost_usd: Option<f64>,
+        /// CPU time the task's sandboxes used, where the sandbox can measure it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_seconds: Option<f64>,
         turns: u32,
         duration_ms: u64,
     },
@@ -333,6 +336,7 @@ mod tests {
                 summary: None,
                 usage: Usage::default(),
                 cost_usd: None,
+                cpu_seconds: None,
                 turns: 0,
                 duration_ms: 0,
             },

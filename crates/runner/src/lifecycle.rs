@@ -193,6 +193,7 @@ impl Runner {
             summary: ending.summary,
             usage: task.usage,
             cost_usd: ending.cost_usd,
+            cpu_seconds: log.cpu_seconds(),
             turns: task.turns,
             duration_ms: started.elapsed().as_millis() as u64,
         })
@@ -460,6 +461,7 @@ impl Runner {
                 Err(nightshift_agent::AgentError::Sink(err)) => Err(err),
             }
         };
+        log.add_cpu(session.cpu_seconds());
         if let Err(err) = session.close().await {
             log.append(Event::Warning {
                 message: format!("closing the sandbox: {err}"),
@@ -708,6 +710,7 @@ impl Runner {
                 failed.push((check.name.clone(), outcome.exit_code));
             }
         }
+        log.add_cpu(session.cpu_seconds());
         let _ = session.close().await;
         let _ = tree.remove().await;
         Ok(failed)

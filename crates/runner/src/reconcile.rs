@@ -97,6 +97,7 @@ impl Runner {
                     summary: None,
                     usage: task.usage,
                     cost_usd: None,
+                    cpu_seconds: None,
                     turns: task.turns,
                     duration_ms: duration,
                 },

@@ -18,6 +18,8 @@ pub(crate) struct TaskLog {
     store: Arc<dyn Store>,
     task: Arc<Mutex<Task>>,
     redactor: Arc<std::sync::RwLock<Redactor>>,
+    /// CPU seconds of the task's sandbox sessions, as far as they could be measured.
+    cpu_seconds: Arc<std::sync::Mutex<Option<f64>>>,
 }
 
 impl TaskLog {
@@ -26,7 +28,19 @@ impl TaskLog {
             store,
             task: Arc::new(Mutex::new(task)),
             redactor: Arc::new(std::sync::RwLock::new(Redactor::none())),
+            cpu_seconds: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// Adds a closing session's CPU time (when the sandbox could measure it).
+    pub(crate) fn add_cpu(&self, seconds: Option<f64>) {
+        if let (Some(seconds), Ok(mut total)) = (seconds, self.cpu_seconds.lock()) {
+            *total = Some(total.unwrap_or(0.0) + seconds);
+        }
+    }
+
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        self.cpu_seconds.lock().ok().and_then(|total| *total)
     }
 
     /// From now on, redact these secrets' values.

@@ -224,6 +224,11 @@ pub trait SandboxSession: Send + Sync {
         None
     }
 
+    /// CPU time the session's commands have used so far, where the backend can measure it.
+    fn cpu_seconds(&self) -> Option<f64> {
+        None
+    }
+
     /// Runs one command. Returns once it has ended (or was killed for its timeout or a
     /// cancellation) and its output has been collected.
     async fn exec(

@@ -175,6 +175,7 @@ pub(crate) fn ended_while_queued() -> Event {
         summary: Some(CANCELLED_WHILE_QUEUED.to_string()),
         usage: Usage::default(),
         cost_usd: None,
+        cpu_seconds: None,
         turns: 0,
         duration_ms: 0,
     }

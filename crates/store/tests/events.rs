@@ -129,6 +129,7 @@ fn every_event() -> Vec<Event> {
             summary: None,
             usage: Usage::default(),
             cost_usd: None,
+            cpu_seconds: None,
             turns: 1,
             duration_ms: 99,
         },

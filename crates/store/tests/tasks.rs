@@ -339,6 +339,7 @@ async fn cancelling_a_queued_task_ends_it_at_once(t: TestStore) {
             summary: Some("cancelled before it started".into()),
             usage: Usage::default(),
             cost_usd: None,
+            cpu_seconds: None,
             turns: 0,
             duration_ms: 0,
         }

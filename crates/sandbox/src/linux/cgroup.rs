@@ -338,6 +338,26 @@ impl SessionCgroup {
         }
     }
 
+    /// CPU time the session's commands have used, when the cpu controller (with cpuacct on
+    /// v1) is available.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let dir = self.cpu.as_ref()?.join(COMMANDS);
+        match self.version {
+            Version::V1 => {
+                let nanos: u64 = std::fs::read_to_string(dir.join("cpuacct.usage"))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(nanos as f64 / 1e9)
+            }
+            Version::V2 => {
+                let micros = counter(&self.cpu, "cpu.stat", "usage_usec");
+                Some(micros as f64 / 1e6)
+            }
+        }
+    }
+
     pub fn has_memory(&self) -> bool {
         self.memory.is_some()
     }

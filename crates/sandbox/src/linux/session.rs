@@ -376,6 +376,28 @@ impl SandboxSession for NamespacedSession {
         self.file_owner
     }
 
+    fn cpu_seconds(&self) -> Option<f64> {
+        if let Some(seconds) = self.cgroup.as_ref().and_then(|cgroup| cgroup.cpu_seconds()) {
+            return Some(seconds);
+        }
+        // pid 1 reaps every process of the session, so its own CPU time plus that of its
+        // waited-for children is the session's, for every command that has ended.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime, stime, cutime, cstime are fields 14-17 of stat; 12-15 after the name.
+        let ticks: u64 = fields
+            .get(11..15)?
+            .iter()
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum();
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100);
+        Some(ticks as f64 / per_second as f64)
+    }
+
     async fn exec(
         &self,
         request: ExecRequest,

@@ -147,6 +147,7 @@ impl Harness {
                 summary: Some("done".into()),
                 usage: Usage::default(),
                 cost_usd: None,
+                cpu_seconds: None,
                 turns: 1,
                 duration_ms: 5,
             },
