@@ -158,7 +158,17 @@ impl Home {
         config.record_dir = std::env::var_os("NIGHTSHIFT_RECORD")
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from);
-        let overrides = self.settings()?.prices;
+        let settings = self.settings()?;
+        // The environment wins; the settings file fills in what it leaves unset.
+        let from_file = settings.providers;
+        let mut providers = providers;
+        providers.openai_api_key = providers.openai_api_key.or(from_file.openai_api_key);
+        providers.openai_base_url = providers.openai_base_url.or(from_file.openai_base_url);
+        providers.anthropic_api_key = providers.anthropic_api_key.or(from_file.anthropic_api_key);
+        providers.anthropic_base_url = providers
+            .anthropic_base_url
+            .or(from_file.anthropic_base_url);
+        let overrides = settings.prices;
         let prices: PriceLookup = Arc::new(move |spec: &ModelSpec| {
             let price = price_for(spec, &overrides)?;
             Some(Arc::new(move |usage: &Usage| price.cost(usage)) as CostFn)
@@ -195,6 +205,19 @@ pub struct Settings {
     /// by the whole model spec or by the model name.
     #[serde(default)]
     pub prices: BTreeMap<String, nightshift_model::Pricing>,
+    /// Provider keys and endpoints, for what the environment variables leave unset.
+    #[serde(default)]
+    pub providers: ProviderSettings,
+}
+
+/// `[providers]` of `config.toml`. Keep the file readable by its owner only when it holds keys.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    pub openai_api_key: Option<String>,
+    pub openai_base_url: Option<String>,
+    pub anthropic_api_key: Option<String>,
+    pub anthropic_base_url: Option<String>,
 }
 
 /// A database URL without its password, for messages.

@@ -49,7 +49,12 @@ async fn a_task_fixes_the_bug_and_hands_back_a_branch() {
     assert_eq!(task["usage"]["cached_input_tokens"], 4200);
     assert_eq!(task["usage"]["output_tokens"], 120);
     // The sandbox's CPU time is measured, for the machine side of the cost.
-    assert!(task["cost"]["cpu_seconds"].as_f64().is_some_and(|cpu| cpu >= 0.0), "{task}");
+    assert!(
+        task["cost"]["cpu_seconds"]
+            .as_f64()
+            .is_some_and(|cpu| cpu >= 0.0),
+        "{task}"
+    );
     let id = task["id"].as_str().unwrap().to_string();
     let short = task["short_id"].as_str().unwrap();
     let branch = task["branch"].as_str().unwrap();

@@ -125,3 +125,39 @@ async fn prices_from_config_toml_override_the_table() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_endpoints_can_come_from_config_toml() {
+    let repo = buggy_repo();
+    let (ns, server) = Nightshift::with_script(fixing_script()).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!(
+            "[providers]\nopenai_base_url = \"{}\"\nopenai_api_key = \"from-config\"\n",
+            server.base_url()
+        ),
+    )
+    .unwrap();
+    let mut command = ns.command(&[
+        "run",
+        "--repo",
+        path_str(repo.path()),
+        "--model",
+        "openai:m",
+        "--wait",
+        "--json",
+        "fix add",
+    ]);
+    command
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let headers = &server.recorded()[0].headers;
+    assert_eq!(
+        headers.get("authorization").map(String::as_str),
+        Some("Bearer from-config")
+    );
+}
