@@ -1,7 +1,9 @@
 //! `/healthz` and the Prometheus `/metrics`, and the in-process counters behind them.
 //!
-//! Task counts come from the store at scrape time (so every server of a team reports the same
-//! queue); request counts and connected SSE clients are this process's own.
+//! Task counts and the totals over tasks (tokens, turns, run time, model dollars, sandbox
+//! failures) come from the store at scrape time, so every server of a team reports the same
+//! numbers whichever process or machine ran the tasks; request counts and connected SSE clients
+//! are this process's own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -102,6 +104,11 @@ pub(crate) async fn metrics(
         .count_tasks()
         .await
         .map_err(|e| ApiError::store("counting tasks for metrics", e))?;
+    let totals = state
+        .store()
+        .task_totals()
+        .await
+        .map_err(|e| ApiError::store("totalling tasks for metrics", e))?;
     let count_of = |wanted: TaskState| {
         counts
             .iter()
@@ -128,6 +135,55 @@ pub(crate) async fn metrics(
         text,
         "nightshift_queue_depth {}",
         count_of(TaskState::Queued)
+    );
+    let _ = writeln!(
+        text,
+        "# HELP nightshift_tokens_total Model tokens used by every task, by kind (cached_input is the part of input served from the provider's prompt cache)."
+    );
+    let _ = writeln!(text, "# TYPE nightshift_tokens_total counter");
+    for (kind, n) in [
+        ("input", totals.input_tokens),
+        ("cached_input", totals.cached_input_tokens),
+        ("output", totals.output_tokens),
+    ] {
+        let _ = writeln!(text, "nightshift_tokens_total{{kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        text,
+        "# HELP nightshift_turns_total Model turns taken by every task."
+    );
+    let _ = writeln!(text, "# TYPE nightshift_turns_total counter");
+    let _ = writeln!(text, "nightshift_turns_total {}", totals.turns);
+    let _ = writeln!(
+        text,
+        "# HELP nightshift_model_cost_usd_total Dollars spent on models by ended tasks whose model's price is known."
+    );
+    let _ = writeln!(text, "# TYPE nightshift_model_cost_usd_total counter");
+    let _ = writeln!(text, "nightshift_model_cost_usd_total {}", totals.model_usd);
+    let _ = writeln!(
+        text,
+        "# HELP nightshift_task_run_seconds Time from claim to end of the tasks that ran and ended."
+    );
+    let _ = writeln!(text, "# TYPE nightshift_task_run_seconds summary");
+    let _ = writeln!(
+        text,
+        "nightshift_task_run_seconds_sum {}",
+        totals.run_seconds_sum
+    );
+    let _ = writeln!(
+        text,
+        "nightshift_task_run_seconds_count {}",
+        totals.finished
+    );
+    let _ = writeln!(
+        text,
+        "# HELP nightshift_sandbox_failures_total Tasks' errors of kind sandbox (the sandbox could not run a command)."
+    );
+    let _ = writeln!(text, "# TYPE nightshift_sandbox_failures_total counter");
+    let _ = writeln!(
+        text,
+        "nightshift_sandbox_failures_total {}",
+        totals.sandbox_failures
     );
     let _ = writeln!(
         text,

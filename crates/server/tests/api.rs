@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Harness, error_of, git_repo, warning};
-use nightshift_protocol::TaskState;
+use nightshift_protocol::{ErrorKind, Event, TaskState, Usage};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -525,6 +525,50 @@ async fn health_metrics_and_openapi() {
     let h = Harness::start().await;
     h.queued_task("a").await;
     h.queued_task("b").await;
+    // One task that ran: its row's tokens, turns and times, its events' dollars and failures.
+    let ran = h.queued_task("c").await;
+    assert!(
+        h.store
+            .claim_task(ran.id, "worker-1", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let mut row = h.store.get_task(ran.id).await.unwrap().unwrap();
+    let started: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    row.state = TaskState::Failed;
+    row.started_at = Some(started);
+    row.finished_at = Some(started + jiff::SignedDuration::from_millis(42_500));
+    row.turns = 3;
+    row.usage = Usage {
+        input_tokens: 1200,
+        cached_input_tokens: 300,
+        output_tokens: 80,
+    };
+    h.store.update_task(&row).await.unwrap();
+    for kind in [ErrorKind::Sandbox, ErrorKind::Setup, ErrorKind::Sandbox] {
+        h.append(
+            ran.id,
+            Event::Error {
+                kind,
+                message: "no".into(),
+                hint: None,
+            },
+        )
+        .await;
+    }
+    h.append(
+        ran.id,
+        Event::Ended {
+            state: TaskState::Failed,
+            summary: None,
+            usage: row.usage,
+            cost_usd: Some(0.125),
+            cpu_seconds: None,
+            turns: 3,
+            duration_ms: 42_500,
+        },
+    )
+    .await;
     let health: Value = h
         .client
         .get(h.url("/healthz"))
@@ -555,6 +599,35 @@ async fn health_metrics_and_openapi() {
     );
     assert!(text.contains("nightshift_queue_depth 2"), "{text}");
     assert!(text.contains("nightshift_sse_clients 0"), "{text}");
+    for line in [
+        "# TYPE nightshift_tokens_total counter",
+        "nightshift_tokens_total{kind=\"input\"} 1200",
+        "nightshift_tokens_total{kind=\"cached_input\"} 300",
+        "nightshift_tokens_total{kind=\"output\"} 80",
+        "# TYPE nightshift_turns_total counter",
+        "nightshift_turns_total 3",
+        "# TYPE nightshift_model_cost_usd_total counter",
+        "nightshift_model_cost_usd_total 0.125",
+        "# TYPE nightshift_task_run_seconds summary",
+        "nightshift_task_run_seconds_sum 42.5",
+        "nightshift_task_run_seconds_count 1",
+        "# TYPE nightshift_sandbox_failures_total counter",
+        "nightshift_sandbox_failures_total 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from {text}"
+        );
+    }
+    for name in [
+        "nightshift_tokens_total",
+        "nightshift_turns_total",
+        "nightshift_model_cost_usd_total",
+        "nightshift_task_run_seconds",
+        "nightshift_sandbox_failures_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+    }
     assert!(
         text.contains(
             "nightshift_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"

@@ -58,6 +58,26 @@ pub enum CancelOutcome {
     AlreadyEnded(TaskState),
 }
 
+/// Totals over every task in the store, for metrics. Every process sharing the store sees the
+/// same numbers, whichever worker ran the tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskTotals {
+    /// Tokens of every task so far (running ones included), as the tasks' rows count them.
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    /// Model turns of every task so far.
+    pub turns: u64,
+    /// Tasks that ran and ended: claimed (`started_at` set) and finished (`finished_at` set).
+    pub finished: u64,
+    /// The sum over those tasks of `finished_at - started_at`, in seconds.
+    pub run_seconds_sum: f64,
+    /// Dollars spent on models: the sum of the `cost_usd` of every `ended` event that has one.
+    pub model_usd: f64,
+    /// `error` events of kind `sandbox`.
+    pub sandbox_failures: u64,
+}
+
 /// The one persistence interface of nightshift.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -77,6 +97,11 @@ pub trait Store: Send + Sync {
 
     /// How many tasks are in each state (states with none are left out).
     async fn count_tasks(&self) -> Result<Vec<(TaskState, u64)>, StoreError>;
+
+    /// Totals of tokens, turns, run time, model dollars and sandbox failures over every task.
+    /// Reads every task row, and the `ended` and `error` events through a partial index (not the
+    /// rest of the log): meant for scrapes, not for hot paths.
+    async fn task_totals(&self) -> Result<TaskTotals, StoreError>;
 
     /// Writes every field of the task row except `cancel_requested`, which only
     /// [`Store::request_cancel`] sets, and `worker` and `lease_expires_at`, which only the

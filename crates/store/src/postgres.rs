@@ -32,7 +32,9 @@ use crate::rows::{
     self, EventRow, SecretRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns,
 };
 use crate::semantics::{self, CancelWrite, Reference};
-use crate::{CancelOutcome, LocalBlobs, SealedSecret, Store, StoreError, TaskFilter, queries};
+use crate::{
+    CancelOutcome, LocalBlobs, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -222,6 +224,18 @@ impl Store for PostgresStore {
             .await
             .map_err(|cause| StoreError::database("counting tasks", cause))?;
         rows::state_counts(rows)
+    }
+
+    async fn task_totals(&self) -> Result<TaskTotals, StoreError> {
+        let tasks: rows::TaskTotalsRow = sqlx::query_as(queries::TASK_TOTALS)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database("totalling tasks", cause))?;
+        let events: (f64, i64) = sqlx::query_as(queries::POSTGRES_EVENT_TOTALS)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database("totalling events", cause))?;
+        rows::task_totals(tasks, events)
     }
 
     async fn update_task(&self, task: &Task) -> Result<(), StoreError> {

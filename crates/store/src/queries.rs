@@ -38,6 +38,35 @@ pub(crate) const FIND_TASKS: &str = select_tasks!(
 
 pub(crate) const COUNT_TASKS: &str = "SELECT state, COUNT(*) FROM tasks GROUP BY state";
 
+/// Sums over every task: input, cached input and output tokens, turns, the tasks that ran and
+/// ended, and their run time in milliseconds. Cast because PostgreSQL sums BIGINTs as NUMERIC.
+pub(crate) const TASK_TOTALS: &str = "SELECT \
+     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(turns), 0) AS BIGINT), \
+     COUNT(CASE WHEN started_at IS NOT NULL AND finished_at IS NOT NULL THEN 1 END), \
+     CAST(COALESCE(SUM(CASE WHEN started_at IS NOT NULL AND finished_at IS NOT NULL \
+         AND finished_at > started_at THEN finished_at - started_at END), 0) AS BIGINT) \
+     FROM tasks";
+
+/// Event totals, SQLite's JSON functions: the dollars of `ended` events and the count of
+/// `error` events of kind `sandbox`. The two databases share no JSON function, hence one text
+/// each ([`POSTGRES_EVENT_TOTALS`]).
+pub(crate) const SQLITE_EVENT_TOTALS: &str = "SELECT \
+     CAST(COALESCE(SUM(CASE WHEN type = 'ended' THEN json_extract(body, '$.cost_usd') END), 0) \
+         AS REAL), \
+     COUNT(CASE WHEN type = 'error' AND json_extract(body, '$.kind') = 'sandbox' THEN 1 END) \
+     FROM events WHERE type IN ('ended', 'error')";
+
+/// [`SQLITE_EVENT_TOTALS`] in PostgreSQL's JSON operators.
+pub(crate) const POSTGRES_EVENT_TOTALS: &str = "SELECT \
+     CAST(COALESCE(SUM(CASE WHEN type = 'ended' \
+         THEN CAST(CAST(body AS JSONB) ->> 'cost_usd' AS DOUBLE PRECISION) END), 0) \
+         AS DOUBLE PRECISION), \
+     COUNT(CASE WHEN type = 'error' AND CAST(body AS JSONB) ->> 'kind' = 'sandbox' THEN 1 END) \
+     FROM events WHERE type IN ('ended', 'error')";
+
 /// `$1` id, `$2` worker, `$3` now, `$4` lease expiry.
 pub(crate) const CLAIM_TASK: &str = "UPDATE tasks SET state = 'preparing', worker = $2, \
      lease_expires_at = $4, started_at = $3, updated_at = $3 \

@@ -304,6 +304,31 @@ pub(crate) fn state_counts(rows: Vec<(String, i64)>) -> Result<Vec<(TaskState, u
     Ok(counts)
 }
 
+/// The row of [`crate::queries::TASK_TOTALS`]: the four sums, the count of ended runs and their
+/// milliseconds.
+pub(crate) type TaskTotalsRow = (i64, i64, i64, i64, i64, i64);
+
+/// The totals from the rows of [`crate::queries::TASK_TOTALS`] and of the backend's event
+/// totals (dollars, sandbox failures).
+pub(crate) fn task_totals(
+    tasks: TaskTotalsRow,
+    (model_usd, sandbox_failures): (f64, i64),
+) -> Result<crate::TaskTotals, StoreError> {
+    let (input, cached, output, turns, finished, run_ms) = tasks;
+    Ok(crate::TaskTotals {
+        input_tokens: count(input, || "the total of input tokens".to_string())?,
+        cached_input_tokens: count(cached, || "the total of cached input tokens".to_string())?,
+        output_tokens: count(output, || "the total of output tokens".to_string())?,
+        turns: count(turns, || "the total of turns".to_string())?,
+        finished: count(finished, || "the number of ended runs".to_string())?,
+        run_seconds_sum: count(run_ms, || "the total run time".to_string())? as f64 / 1000.0,
+        model_usd,
+        sandbox_failures: count(sandbox_failures, || {
+            "the number of sandbox failures".to_string()
+        })?,
+    })
+}
+
 pub(crate) fn parse_state(
     text: &str,
     what: impl FnOnce() -> String,
