@@ -174,6 +174,13 @@ pub enum EnvCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Whether a task on this repository would find its setup layer in the cache, and if not,
+    /// which input changed since the last one was built.
+    Explain {
+        /// The repository (its working tree's lockfiles are what is hashed).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

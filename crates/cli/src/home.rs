@@ -148,6 +148,14 @@ impl Home {
     ) -> Result<Runner, Failure> {
         let store = self.store().await?;
         let mut config = RunnerConfig::new(self.root.join("work"), worker);
+        config.layers_dir = Some(self.root.join("layers"));
+        if let Some(budget) = std::env::var("NIGHTSHIFT_LAYERS_BUDGET")
+            .ok()
+            .filter(|b| !b.is_empty())
+        {
+            config.layers_budget = crate::args::parse_bytes(&budget)
+                .map_err(|err| Failure::usage(format!("NIGHTSHIFT_LAYERS_BUDGET: {err}")))?;
+        }
         if let Some(lease) = std::env::var("NIGHTSHIFT_LEASE")
             .ok()
             .filter(|l| !l.is_empty())

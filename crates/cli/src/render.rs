@@ -242,6 +242,15 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::SetupCache { key, hit, reasons } => (
+            "cache",
+            if *hit {
+                format!("setup layer {key}: hit")
+            } else {
+                format!("setup layer {key}: miss, building it")
+            },
+            (!reasons.is_empty()).then(|| reasons.join("\n")),
+        ),
         Event::Egress {
             host,
             port,

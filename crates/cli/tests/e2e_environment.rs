@@ -80,7 +80,7 @@ async fn setup_runs_before_the_agent_and_checks_verify_the_committed_result() {
         vec![
             ("setup".into(), "setup".into(), true),
             ("maintenance".into(), "maintenance".into(), true),
-            ("setup".into(), "setup (verification)".into(), true),
+            // The checks' fresh sandbox stacks the same setup layer: no second setup run.
             ("check".into(), "test".into(), true),
         ]
     );
@@ -244,4 +244,113 @@ async fn a_malformed_configuration_fails_with_its_position() {
             .contains(".nightshift.toml:1:"),
         "{task}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_second_task_starts_from_the_cached_setup_and_a_lockfile_change_says_why_it_missed() {
+    let repo = buggy_repo();
+    let root = repo.path();
+    std::fs::write(
+        root.join(".nightshift.toml"),
+        "[environment]\nsetup = \"sleep 1; mkdir -p deps; date +%s%N > deps/built-at\"\n",
+    )
+    .unwrap();
+    std::fs::write(root.join(".gitignore"), "deps/\n").unwrap();
+    std::fs::write(root.join("package-lock.json"), "{\"lockfileVersion\": 3}\n").unwrap();
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "setup with a lockfile"]);
+    let read_built_at = json!({"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "cat deps/built-at"}}]}});
+    let finish =
+        json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "looked"}}]}});
+    let (ns, _server) = Nightshift::with_script(script(json!([
+        read_built_at,
+        finish,
+        read_built_at,
+        finish,
+        read_built_at,
+        finish
+    ])))
+    .await;
+    let mut runs = Vec::new();
+    for round in 0..3 {
+        if round == 2 {
+            std::fs::write(
+                root.join("package-lock.json"),
+                "{\"lockfileVersion\": 3, \"packages\": {}}\n",
+            )
+            .unwrap();
+            git(root, &["commit", "-q", "-am", "new dependency"]);
+            let explained = stdout(&ns.run(&["env", "explain", "--repo", path_str(root)]).await);
+            assert!(
+                explained.contains("miss") && explained.contains("file:package-lock.json` changed"),
+                "{explained}"
+            );
+        } else if round == 1 {
+            let explained = stdout(&ns.run(&["env", "explain", "--repo", path_str(root)]).await);
+            assert!(
+                explained.contains("hit: the next task mounts"),
+                "{explained}"
+            );
+        }
+        let out = ns
+            .run(&[
+                "run",
+                "--repo",
+                path_str(root),
+                "--model",
+                "openai:m",
+                "--wait",
+                "--json",
+                "look",
+            ])
+            .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let events = ns.events(task["id"].as_str().unwrap()).await;
+        let cache = events
+            .iter()
+            .find(|e| e["type"] == "setup_cache")
+            .cloned()
+            .expect("a setup_cache event");
+        let shell = events
+            .iter()
+            .find(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
+            .unwrap();
+        let built_at = shell["output"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
+        let setups = events
+            .iter()
+            .filter(|e| e["type"] == "command_finished" && e["phase"] == "setup")
+            .count();
+        runs.push((cache, built_at, setups));
+    }
+    let (first, second, third) = (&runs[0], &runs[1], &runs[2]);
+    assert_eq!(first.0["hit"], false);
+    assert!(
+        first.0["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no setup layer"),
+        "{}",
+        first.0
+    );
+    assert_eq!(first.2, 1);
+    assert_eq!(second.0["hit"], true, "{}", second.0);
+    assert_eq!(second.2, 0, "a hit runs no setup");
+    assert_eq!(
+        second.1, first.1,
+        "the second task sees the layer the first one built"
+    );
+    assert_eq!(third.0["hit"], false);
+    let reasons = third.0["reasons"].to_string();
+    assert!(
+        reasons.contains("file:package-lock.json") && reasons.contains("changed"),
+        "{reasons}"
+    );
+    assert_ne!(third.1, first.1, "a miss builds a new layer");
 }

@@ -98,10 +98,13 @@ async fn a_secret_reaches_setup_only_and_appears_nowhere_in_the_clear() {
         logs.contains("agent sees: []"),
         "the agent's environment must not have the secret: {logs}"
     );
-    // Setup printed it and left it in /tmp, where the agent read it: redacted wherever recorded.
-    assert!(logs.contains("[secret:NPM_TOKEN]"), "{logs}");
+    // Setup printed it: redacted in the recorded output.
     assert!(!logs.contains(TOKEN));
     let json_logs = stdout(&ns.run(&["logs", id, "--json"]).await);
+    assert!(
+        json_logs.contains("the token is [secret:NPM_TOKEN]"),
+        "{json_logs}"
+    );
     assert!(!json_logs.contains(TOKEN));
     let found = files_containing(ns.home.path(), TOKEN);
     assert!(found.is_empty(), "the secret is in the clear in {found:?}");
@@ -114,7 +117,7 @@ async fn a_secret_reaches_setup_only_and_appears_nowhere_in_the_clear() {
 async fn a_result_containing_a_secret_is_not_committed() {
     let repo = repo_with_secret_setup();
     let (ns, _server) = Nightshift::with_script(script(json!([
-        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "cp /tmp/seen leaked.txt"}}]}},
+        {"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "leaked.txt", "content": format!("{TOKEN}\n")}}]}},
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "oops"}}]}}
     ])))
     .await;
@@ -180,4 +183,42 @@ async fn a_missing_secret_fails_the_task_saying_how_to_set_it() {
     assert_eq!(server.served(), 0);
     let bad = ns.run(&["secret", "set", "bad-name"]).await;
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
+    let repo = buggy_repo();
+    std::fs::write(
+        repo.path().join(".nightshift.toml"),
+        "[environment]\nsetup = \"echo $NPM_TOKEN > .npmrc-token\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "a careless setup"]);
+    let (ns, server) = Nightshift::with_script(fixing_script()).await;
+    set_secret(&ns, "NPM_TOKEN", TOKEN);
+    let out = ns
+        .run(&[
+            "run",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            "openai:m",
+            "--wait",
+            "--json",
+            "fix",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrote the value of secret NPM_TOKEN"),
+        "{task}"
+    );
+    assert_eq!(server.served(), 0);
+    let found = files_containing(ns.home.path(), TOKEN);
+    assert!(found.is_empty(), "the secret is in the clear in {found:?}");
 }

@@ -51,6 +51,14 @@ pub enum Event {
         has_setup: bool,
         has_maintenance: bool,
     },
+    /// The setup cache was consulted: a hit mounts the layer built before; a miss says why,
+    /// input by input, and builds it.
+    SetupCache {
+        key: String,
+        hit: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reasons: Vec<String>,
+    },
     /// A command of the environment (not of the agent) ran: setup, maintenance or a check.
     CommandFinished {
         phase: CommandPhase,
@@ -189,6 +197,7 @@ impl Event {
             Event::CheckedOut { .. } => "checked_out",
             Event::EnvironmentLoaded { .. } => "environment_loaded",
             Event::CommandFinished { .. } => "command_finished",
+            Event::SetupCache { .. } => "setup_cache",
             Event::Egress { .. } => "egress",
             Event::SandboxStarted { .. } => "sandbox_started",
             Event::ModelRequest { .. } => "model_request",

@@ -325,3 +325,44 @@ pub(crate) fn setup_secrets(
         Err(missing)
     }
 }
+
+/// The first file under `dir` (relative path) holding a secret's value, with its name. Files
+/// over 8 MiB are not read.
+pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String, PathBuf)> {
+    if !log.has_secrets() {
+        return None;
+    }
+    let log = log.clone();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut stack = vec![dir.clone()];
+        while let Some(current) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&current) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if meta.is_file()
+                    && meta.len() <= 8 << 20
+                    && let Ok(bytes) = std::fs::read(entry.path())
+                {
+                    let text = String::from_utf8_lossy(&bytes);
+                    if let Some(name) = log.secrets_in(&text).into_iter().next() {
+                        let relative = entry
+                            .path()
+                            .strip_prefix(&dir)
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default();
+                        return Some((name, relative));
+                    }
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -33,6 +33,8 @@ pub(crate) struct Run<'a> {
     pub(crate) setup_env: &'a [(String, String)],
     /// For a follow-up: the earlier task, whose branch this run continues.
     pub(crate) parent: Option<&'a Task>,
+    /// The cached setup layer(s) every session of the task stacks over its working copy.
+    pub(crate) layers: &'a [std::path::PathBuf],
 }
 
 /// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.

@@ -57,6 +57,10 @@ pub struct RunnerConfig {
     /// Where to record each task's model traffic as a cassette, `<dir>/<task id>.jsonl`
     /// (`NIGHTSHIFT_RECORD`).
     pub record_dir: Option<PathBuf>,
+    /// Where setup layers are cached; `None` runs setup in every task's own session.
+    pub layers_dir: Option<PathBuf>,
+    /// How many bytes of setup layers to keep before evicting the least recently used.
+    pub layers_budget: u64,
     pub tool_limits: ToolLimits,
 }
 
@@ -74,6 +78,8 @@ impl RunnerConfig {
             lease: Self::DEFAULT_LEASE,
             max_duration: Some(Duration::from_secs(59 * 60)),
             record_dir: None,
+            layers_dir: None,
+            layers_budget: 20 << 30,
             tool_limits: ToolLimits::default(),
         }
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use nightshift_agent::{Agent, AgentConfig, AgentOutcome, Budget, CostFn, SinkError};
-use nightshift_env::config::{Loaded, SecretScope};
+use nightshift_env::config::SecretScope;
 use nightshift_env::secrets::Redactor;
 use nightshift_env::{EnvError, ResolvedBase, SourceRepo};
 use nightshift_model::{ModelError, ModelSpec};
@@ -27,6 +27,8 @@ use crate::handoff::{HandoffError, Run, commit_in_sandbox, commit_message};
 use crate::sink::TaskLog;
 use crate::watch::{Watch, WatchConfig, watch};
 use crate::{Runner, RunnerError};
+use nightshift_env::cache::{CacheKey, Lookup, SetupCache};
+use std::path::PathBuf;
 
 /// How a run ended, before it is written down.
 struct Ending {
@@ -327,6 +329,7 @@ impl Runner {
             env: &loaded,
             setup_env: &setup_env,
             parent: parent.as_ref(),
+            layers: &[],
         };
         let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
@@ -362,7 +365,15 @@ impl Runner {
             Ok(model) => model,
             Err(err) => return fail_model(log, err).await,
         };
-        let network = agent_network(run.env);
+        let layers = match self.setup_layer(run, stop).await? {
+            Ok(layers) => layers,
+            Err(ending) => return Ok(ending),
+        };
+        let run = &Run {
+            layers: &layers,
+            ..*run
+        };
+        let network = agent_network(run);
         if network.len() > run.env.config.network.agent.len() {
             log.append(Event::Warning {
                 message: format!(
@@ -374,7 +385,7 @@ impl Runner {
         }
         let session = match self
             .sandbox
-            .start(session_spec(copy.root(), log, run.env, network))
+            .start(session_spec(copy.root(), run, network))
             .await
         {
             Ok(session) => session,
@@ -490,6 +501,9 @@ impl Runner {
         ];
         for (phase, name, script) in scripts {
             let Some(script) = script else { continue };
+            if phase == CommandPhase::Setup && !run.layers.is_empty() {
+                continue;
+            }
             set_state(
                 run.log,
                 TaskState::Preparing,
@@ -648,12 +662,7 @@ impl Runner {
         };
         let session = match self
             .sandbox
-            .start(session_spec(
-                tree.root(),
-                log,
-                run.env,
-                agent_network(run.env),
-            ))
+            .start(session_spec(tree.root(), run, agent_network(run)))
             .await
         {
             Ok(session) => session,
@@ -670,7 +679,11 @@ impl Runner {
         let mut failed = Vec::new();
         let environment = &config.environment;
         let mut ready = true;
-        if let Some(setup) = environment.setup.as_deref() {
+        if let Some(setup) = environment
+            .setup
+            .as_deref()
+            .filter(|_| run.layers.is_empty())
+        {
             let outcome = environment::run_command(
                 log,
                 self.store.as_ref(),
@@ -714,6 +727,151 @@ impl Runner {
         let _ = session.close().await;
         let _ = tree.remove().await;
         Ok(failed)
+    }
+
+    /// The setup layer of the task: from the cache on a hit; on a miss, built by running setup
+    /// in a session of its own (with the setup allowlist) and keeping its changes. Empty when
+    /// there is no setup, no cache, or the sandbox takes no layers (setup then runs in the
+    /// agent's session). The task's ending instead when setup fails.
+    async fn setup_layer(
+        &self,
+        run: &Run<'_>,
+        stop: &CancellationToken,
+    ) -> Result<Result<Vec<PathBuf>, Ending>, SinkError> {
+        let environment = &run.env.config.environment;
+        let (Some(setup), Some(dir)) = (environment.setup.as_deref(), &self.config.layers_dir)
+        else {
+            return Ok(Ok(Vec::new()));
+        };
+        if !self.sandbox.supports_layers() {
+            return Ok(Ok(Vec::new()));
+        }
+        let log = run.log;
+        set_state(
+            log,
+            TaskState::Preparing,
+            Some("looking for a cached setup layer"),
+        )
+        .await?;
+        let base = nightshift_env::cache::base_identity(self.sandbox.backend());
+        let key = CacheKey::compute(run.copy.root(), &run.env.config, &base);
+        let cache = SetupCache::new(dir, self.config.layers_budget);
+        let repo = run.task.spec.repo.clone();
+        let locked = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::task::spawn_blocking(move || cache.lock(&key).map_err(|e| e.to_string())).await
+        };
+        let _lock = match locked.map_err(|e| e.to_string()).and_then(|locked| locked) {
+            Ok(lock) => lock,
+            Err(err) => {
+                let message = format!("locking the setup cache: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+            }
+        };
+        let reasons = match cache.lookup(&repo, &key) {
+            Lookup::Hit { layer } => {
+                let hit = Event::SetupCache {
+                    key: key.key.clone(),
+                    hit: true,
+                    reasons: vec![],
+                };
+                log.append(hit).await?;
+                return Ok(Ok(vec![layer]));
+            }
+            Lookup::Miss { reasons } => reasons,
+        };
+        log.append(Event::SetupCache {
+            key: key.key.clone(),
+            hit: false,
+            reasons,
+        })
+        .await?;
+        let detail = "running the setup script to build its layer";
+        set_state(log, TaskState::Preparing, Some(detail)).await?;
+        let spec = session_spec(run.copy.root(), run, run.env.config.network.setup.clone());
+        let session = match self.sandbox.start(spec).await {
+            Ok(session) => session,
+            Err(err) => {
+                let hint = Some("run `nightshift doctor`".into());
+                return fail(log, ErrorKind::Sandbox, err.to_string(), hint)
+                    .await
+                    .map(Err);
+            }
+        };
+        let outcome = environment::run_command(
+            log,
+            self.store.as_ref(),
+            run.task.id,
+            session.as_ref(),
+            environment.workdir.as_deref(),
+            CommandPhase::Setup,
+            "setup",
+            setup,
+            run.setup_env,
+            None,
+            stop,
+        )
+        .await?;
+        log.add_cpu(session.cpu_seconds());
+        if !outcome.ok || stop.is_cancelled() {
+            let _ = session.close().await;
+            if stop.is_cancelled() {
+                return Ok(Err(Ending::cancelled()));
+            }
+            let message = format!(
+                "the setup script failed (exit {}); no layer was kept:\n{}",
+                outcome.exit_code, outcome.tail
+            );
+            let hint =
+                "fix the setup script in .nightshift.toml; its whole log is the artifact setup.log";
+            return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+                .await
+                .map(Err);
+        }
+        let kept = match cache.staging(&key) {
+            Ok(staged) => session
+                .close_keeping_changes(&staged)
+                .await
+                .map(|()| staged)
+                .map_err(|err| err.to_string()),
+            Err(err) => {
+                let _ = session.close().await;
+                Err(err.to_string())
+            }
+        };
+        let committed = match kept {
+            Ok(staged) => {
+                let (cache, key, repo) = (cache.clone(), key.clone(), repo.clone());
+                tokio::task::spawn_blocking(move || cache.commit(&repo, &key, &staged))
+                    .await
+                    .map_err(|err| err.to_string())
+                    .and_then(|done| done.map_err(|err| err.to_string()))
+            }
+            Err(err) => Err(err),
+        };
+        match committed {
+            Ok(layer) => {
+                // A layer is kept on disk: it must not hold a secret in the clear.
+                if let Some((name, file)) = environment::secret_in_tree(log, &layer).await {
+                    if let Some(dir) = layer.parent() {
+                        let _ = tokio::fs::remove_dir_all(dir).await;
+                    }
+                    let message = format!(
+                        "the setup script wrote the value of secret {name} into the workspace ({}); the layer was discarded",
+                        file.display()
+                    );
+                    let hint = "write credentials outside the workspace (e.g. in $HOME, which no layer keeps)";
+                    return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+                        .await
+                        .map(Err);
+                }
+                Ok(Ok(vec![layer]))
+            }
+            Err(err) => {
+                let message = format!("keeping the setup layer: {err}");
+                fail(log, ErrorKind::Internal, message, None).await.map(Err)
+            }
+        }
     }
 
     /// Every stored secret, unsealed with this worker's key; what cannot be unsealed is
@@ -887,12 +1045,8 @@ pub type PriceLookup = Arc<dyn Fn(&ModelSpec) -> Option<CostFn> + Send + Sync>;
 
 /// A session for the working copy at `workspace` with the configuration's environment
 /// variables, limits and network allowlist, its egress requests logged as task events.
-fn session_spec(
-    workspace: &Path,
-    log: &TaskLog,
-    env: &Loaded,
-    network: Vec<String>,
-) -> SessionSpec {
+fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>) -> SessionSpec {
+    let (log, env) = (run.log, run.env);
     let limits = &env.config.limits;
     let (egress, mut requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
     let log = log.clone();
@@ -927,16 +1081,19 @@ fn session_spec(
             disk_bytes: Some(limits.disk.bytes()),
         },
         egress: Some(egress),
+        layers: run.layers.to_vec(),
         ..SessionSpec::new(workspace)
     }
 }
 
 /// The hosts the agent's session may reach: the agent's allowlist, plus the setup allowlist
 /// while setup runs in the same session.
-fn agent_network(env: &Loaded) -> Vec<String> {
+fn agent_network(run: &Run<'_>) -> Vec<String> {
+    let env = run.env;
     let network = &env.config.network;
     let mut hosts = network.agent.clone();
-    if env.config.environment.setup.is_some() || env.config.environment.maintenance.is_some() {
+    let setup_in_session = env.config.environment.setup.is_some() && run.layers.is_empty();
+    if setup_in_session || env.config.environment.maintenance.is_some() {
         for host in &network.setup {
             if !hosts.contains(host) {
                 hosts.push(host.clone());

@@ -58,6 +58,11 @@ impl TaskLog {
         }
     }
 
+    /// Whether there are secrets to redact.
+    pub(crate) fn has_secrets(&self) -> bool {
+        self.redactor.read().map(|r| !r.is_empty()).unwrap_or(false)
+    }
+
     /// The names of secrets whose values occur in `text`.
     pub(crate) fn secrets_in(&self, text: &str) -> Vec<String> {
         self.redactor

@@ -45,6 +45,9 @@ pub struct SessionSpec {
     /// Receives one record per request through the egress proxy, allowed or not.
     #[cfg(target_os = "linux")]
     pub egress: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
+    /// Read-only layers stacked over the workspace, lowest first: each is the changes a
+    /// session kept with [`SandboxSession::close_keeping_changes`] (a cached setup).
+    pub layers: Vec<PathBuf>,
 }
 
 impl SessionSpec {
@@ -57,6 +60,7 @@ impl SessionSpec {
             limits: SessionLimits::default(),
             #[cfg(target_os = "linux")]
             egress: None,
+            layers: Vec::new(),
         }
     }
 }
@@ -209,6 +213,11 @@ pub trait Sandbox: Send + Sync {
 
     /// Starts a session for one task.
     async fn start(&self, spec: SessionSpec) -> Result<Box<dyn SandboxSession>, SandboxError>;
+
+    /// Whether sessions take [`SessionSpec::layers`] and can keep their changes as one.
+    fn supports_layers(&self) -> bool {
+        false
+    }
 }
 
 /// A task's live sandbox: commands run one after another in the same environment.
@@ -239,4 +248,15 @@ pub trait SandboxSession: Send + Sync {
 
     /// Ends the session and every process it started.
     async fn close(&self) -> Result<(), SandboxError>;
+
+    /// Ends the session like [`SandboxSession::close`], keeping what its commands changed in
+    /// the workspace as a directory at `dest` (on the same filesystem as the backend's state),
+    /// usable as a layer of later sessions. Backends without layers refuse.
+    async fn close_keeping_changes(&self, dest: &Path) -> Result<(), SandboxError> {
+        let _ = self.close().await;
+        Err(SandboxError::Setup(format!(
+            "this sandbox cannot keep a session's changes (wanted at {})",
+            dest.display()
+        )))
+    }
 }

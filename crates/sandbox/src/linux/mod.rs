@@ -301,8 +301,18 @@ impl Namespaced {
         let name = session_name();
         let mut resources = session::Resources::new(self.config.state_dir.join(&name));
         let events = options.egress_events;
+        let layers = spec
+            .layers
+            .iter()
+            .map(|layer| {
+                std::fs::canonicalize(layer).map_err(|source| SandboxError::Workspace {
+                    path: layer.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let prepared = self.prepare(
-            &workspace,
+            (&workspace, &layers),
             &limits,
             &network,
             events,
@@ -386,7 +396,7 @@ impl Namespaced {
     /// that tell the helper about them.
     fn prepare(
         &self,
-        workspace: &Path,
+        (workspace, layers): (&Path, &[PathBuf]),
         limits: &Limits,
         network: &NetworkPolicy,
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
@@ -420,7 +430,7 @@ impl Namespaced {
             let trees = trees::open(
                 workspace,
                 &resources.state_dir,
-                &self.config.ro_binds,
+                self.config.ro_binds.iter().chain(layers),
                 host_id,
             )
             .map_err(setup_error)?;
@@ -441,6 +451,7 @@ impl Namespaced {
             tmp_bytes: limits.tmp_bytes,
             proxy,
             seccomp,
+            layers: layers.to_vec(),
         };
         Ok(Prepared {
             config,
@@ -733,6 +744,10 @@ fn prepare_state(state: &Path, owner: Option<u32>) -> std::io::Result<PathBuf> {
 impl Sandbox for Namespaced {
     fn backend(&self) -> &'static str {
         "namespaced"
+    }
+
+    fn supports_layers(&self) -> bool {
+        true
     }
 
     fn isolated(&self) -> bool {

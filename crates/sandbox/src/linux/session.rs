@@ -552,17 +552,41 @@ impl SandboxSession for NamespacedSession {
     }
 
     async fn close(&self) -> Result<(), SandboxError> {
+        self.shut_down(None).await
+    }
+
+    async fn close_keeping_changes(&self, dest: &Path) -> Result<(), SandboxError> {
+        if self.closed.is_cancelled() {
+            return Err(SandboxError::Closed);
+        }
+        self.shut_down(Some(dest)).await
+    }
+}
+
+impl NamespacedSession {
+    /// Kills everything in the session and releases its resources; with `keep`, first moves
+    /// the overlay's upper directory (what the session's commands changed) there.
+    async fn shut_down(&self, keep: Option<&Path>) -> Result<(), SandboxError> {
         if self.closed.is_cancelled() {
             return Ok(());
         }
         self.closed.cancel();
         let _ = sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
         // The helper exits once its init has; the init, once every process of its pid
-        // namespace is gone. After this, nothing of the sandbox runs.
+        // namespace is gone. After this, nothing of the sandbox runs, and the overlay went with
+        // its mount namespace: the upper directory is a plain directory.
         let child = self.child.lock().await.take();
         if let Some(child) = child {
             child.wait_or_kill(Duration::from_secs(10)).await;
         }
+        let kept = keep.map(|dest| {
+            std::fs::rename(&self.upper, dest).map_err(|e| {
+                SandboxError::Setup(format!(
+                    "keeping the session's changes at {}: {e}",
+                    dest.display()
+                ))
+            })
+        });
         let resources = self.resources.lock().ok().and_then(|mut r| r.take());
         self.torn_down.store(true, Ordering::SeqCst);
         if let Some(resources) = resources {
@@ -571,7 +595,7 @@ impl SandboxSession for NamespacedSession {
                 .await
                 .map_err(|e| SandboxError::Wait(std::io::Error::other(e.to_string())))?;
         }
-        Ok(())
+        kept.unwrap_or(Ok(()))
     }
 }
 

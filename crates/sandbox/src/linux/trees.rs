@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use super::sys;
 
 /// The trees of one session, each with the host path it stands for.
-pub(crate) fn open(
+pub(crate) fn open<'a>(
     workspace: &Path,
-    state: &Path,
-    ro_binds: &[PathBuf],
+    state: &'a Path,
+    others: impl Iterator<Item = &'a PathBuf>,
     host_id: u32,
 ) -> Result<Vec<(PathBuf, OwnedFd)>, String> {
     let mut trees = vec![(workspace.to_path_buf(), idmapped_tree(workspace, host_id)?)];
-    for path in std::iter::once(state).chain(ro_binds.iter().map(PathBuf::as_path)) {
+    for path in std::iter::once(state).chain(others.map(PathBuf::as_path)) {
         if path.is_dir() {
             let tree = sys::open_tree_clone(path)
                 .map_err(|e| format!("open_tree {}: {e}", path.display()))?;

@@ -43,6 +43,9 @@ pub struct HelperConfig {
     pub proxy: bool,
     /// The seccomp filters, compiled by the host (see `confine::compiled_filters`).
     pub seccomp: Vec<Vec<u64>>,
+    /// Read-only layers stacked over the workspace in the overlay, lowest first.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
 }
 
 /// The second frame to the helper, sent once the host has made the session's cgroups (while the

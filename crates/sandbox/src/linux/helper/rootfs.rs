@@ -155,6 +155,11 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
     let entries = open_entries(config, handles)?;
     let workspace = source(&config.workspace, handles)?;
     let state = source(&config.state, handles)?;
+    let layers = config
+        .layers
+        .iter()
+        .map(|layer| source(layer, handles))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let staging = Path::new(STAGING);
     mount_fs(
@@ -210,7 +215,7 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
     )?;
     mkdir_p(&tmp.join("home"), 0o700)?;
 
-    mount_workspace(root, staging, &workspace, &state, config.proxy)?;
+    mount_workspace(root, staging, (&workspace, &layers), &state, config.proxy)?;
 
     switch_root(root)?;
     // Nothing may be created in / itself; the writable places are their own mounts.
@@ -278,7 +283,7 @@ fn build_dev(root: &Path) -> Result<(), String> {
 fn mount_workspace(
     root: &Path,
     staging: &Path,
-    workspace: &Source,
+    (workspace, layers): (&Source, &[Source]),
     state: &Source,
     proxy: bool,
 ) -> Result<(), String> {
@@ -290,9 +295,17 @@ fn mount_workspace(
         mkdir_p(at, 0o755)?;
         attach(source, at)?;
     }
+    // Layers over the working copy, the last one topmost (overlayfs lists the top first).
+    let mut lowers = vec![lower.display().to_string()];
+    for (i, layer) in layers.iter().enumerate() {
+        let at = staging.join(format!("layer{i}"));
+        mkdir_p(&at, 0o755)?;
+        attach(layer, &at)?;
+        lowers.insert(0, at.display().to_string());
+    }
     let base = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowers.join(":"),
         staged.join("upper").display(),
         staged.join("work").display()
     );

@@ -1,0 +1,335 @@
+//! The setup cache: what a repository's setup script produced, kept as a layer keyed by
+//! everything that can change it, so the next task with the same key starts from the layer
+//! instead of running setup again.
+//!
+//! The key hashes the environment base, the setup script, the workdir, the architecture, and
+//! the contents of the repository's lockfiles and `cache_key` files. A miss says why: each
+//! input that differs from the last layer built for the same repository, with its old and new
+//! hash. Layers live under one directory, one per key (`<key>/layer`, `<key>/manifest.json`);
+//! the least recently used are evicted when they outgrow the budget, and a lock per key makes
+//! two tasks that need the same missing layer build it once.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::EnvConfig;
+
+/// Lockfiles that pin what setup installs, looked for in the repository root and the workdir.
+const LOCKFILES: &[&str] = &[
+    "Cargo.lock",
+    "package-lock.json",
+    "npm-shrinkwrap.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "bun.lockb",
+    "poetry.lock",
+    "Pipfile.lock",
+    "uv.lock",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "go.sum",
+    "Gemfile.lock",
+    "composer.lock",
+    "mix.lock",
+    "flake.lock",
+];
+
+/// What goes into a cache key, by name: `base`, `setup`, `workdir`, `arch`, `file:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub key: String,
+    pub inputs: BTreeMap<String, String>,
+}
+
+impl CacheKey {
+    /// The key of the setup of the working copy at `root` under `config`, for the environment
+    /// base `base` (what the sandbox is built from, e.g. the host's OS release).
+    pub fn compute(root: &Path, config: &EnvConfig, base: &str) -> CacheKey {
+        let mut inputs = BTreeMap::new();
+        inputs.insert("base".to_string(), digest(base.as_bytes()));
+        let setup = config.environment.setup.as_deref().unwrap_or("");
+        inputs.insert("setup".to_string(), digest(setup.as_bytes()));
+        let workdir = config
+            .environment
+            .workdir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."));
+        inputs.insert("workdir".to_string(), workdir.display().to_string());
+        inputs.insert("arch".to_string(), std::env::consts::ARCH.to_string());
+        let mut files: Vec<PathBuf> = Vec::new();
+        // The workdir's own lockfiles too, when it is not the root ("." and "" are the root).
+        let normalized: PathBuf = workdir
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let dirs = if normalized.as_os_str().is_empty() {
+            vec![PathBuf::new()]
+        } else {
+            vec![PathBuf::new(), normalized]
+        };
+        for dir in dirs {
+            for name in LOCKFILES {
+                let path = dir.join(name);
+                if root.join(&path).is_file() && !files.contains(&path) {
+                    files.push(path);
+                }
+            }
+        }
+        for pattern in &config.environment.cache_key {
+            if let Ok(glob) = globset::Glob::new(pattern) {
+                let matcher = glob.compile_matcher();
+                for entry in walk_files(root) {
+                    if matcher.is_match(&entry) && !files.contains(&entry) {
+                        files.push(entry);
+                    }
+                }
+            }
+        }
+        for file in files {
+            let hash = std::fs::read(root.join(&file))
+                .map(|bytes| digest(&bytes))
+                .unwrap_or_else(|_| "unreadable".into());
+            inputs.insert(format!("file:{}", file.display()), hash);
+        }
+        let canonical = serde_json::to_vec(&inputs).unwrap_or_default();
+        CacheKey {
+            key: digest(&canonical)[..32].to_string(),
+            inputs,
+        }
+    }
+}
+
+/// Files under `root` (relative), skipping `.git`, for `cache_key` globs.
+fn walk_files(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let relative = dir.join(entry.file_name());
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() && entry.file_name() != ".git" => stack.push(relative),
+                Ok(kind) if kind.is_file() => found.push(relative),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// What a setup layer is built on: the sandbox backend and the host's OS release, whose files
+/// the sandbox shows read-only under every layer.
+pub fn base_identity(backend: &str) -> String {
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    format!("{backend}\n{release}")
+}
+
+fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The answer of [`SetupCache::lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The layer for this key, ready to mount.
+    Hit { layer: PathBuf },
+    /// No layer; why, input by input.
+    Miss { reasons: Vec<String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    key: String,
+    inputs: BTreeMap<String, String>,
+    created_at: String,
+}
+
+/// The directory of setup layers.
+#[derive(Debug, Clone)]
+pub struct SetupCache {
+    root: PathBuf,
+    budget_bytes: u64,
+}
+
+/// Held while a key's layer is looked up and, on a miss, built.
+pub struct KeyLock {
+    _file: File,
+}
+
+impl SetupCache {
+    /// Layers under `root`, evicted beyond `budget_bytes`.
+    pub fn new(root: impl Into<PathBuf>, budget_bytes: u64) -> SetupCache {
+        SetupCache {
+            root: root.into(),
+            budget_bytes,
+        }
+    }
+
+    /// Waits for and takes the build lock of `key` (blocking: call it off async threads).
+    pub fn lock(&self, key: &CacheKey) -> std::io::Result<KeyLock> {
+        let dir = self.root.join("locks");
+        std::fs::create_dir_all(&dir)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{}.lock", key.key)))?;
+        file.lock()?;
+        Ok(KeyLock { _file: file })
+    }
+
+    /// The layer for `key`, or why there is none, compared with the last layer built for the
+    /// same repository (`repo` identifies it).
+    pub fn lookup(&self, repo: &str, key: &CacheKey) -> Lookup {
+        let layer = self.root.join(&key.key).join("layer");
+        if layer.is_dir() {
+            // Last use, for eviction.
+            let _ = File::create(self.root.join(&key.key).join("last-used"));
+            return Lookup::Hit { layer };
+        }
+        let previous = std::fs::read(self.index(repo))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok());
+        let Some(previous) = previous else {
+            return Lookup::Miss {
+                reasons: vec!["no setup layer was built for this repository yet".into()],
+            };
+        };
+        let mut reasons = Vec::new();
+        for (name, new) in &key.inputs {
+            match previous.inputs.get(name) {
+                Some(old) if old == new => {}
+                Some(old) => reasons.push(format!(
+                    "`{name}` changed ({} -> {})",
+                    short(old),
+                    short(new)
+                )),
+                None => reasons.push(format!("`{name}` is new ({})", short(new))),
+            }
+        }
+        for name in previous
+            .inputs
+            .keys()
+            .filter(|name| !key.inputs.contains_key(*name))
+        {
+            reasons.push(format!("`{name}` is gone"));
+        }
+        if reasons.is_empty() {
+            reasons.push("the layer built for these inputs was evicted".into());
+        }
+        Lookup::Miss { reasons }
+    }
+
+    /// Where a session should leave its changes for `key` before [`SetupCache::commit`]: on
+    /// the cache's filesystem, so the commit is a rename.
+    pub fn staging(&self, key: &CacheKey) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("staging");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}-{}", key.key, std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        Ok(path)
+    }
+
+    /// Keeps the changes at `staged` as the layer of `key` and returns its path. The
+    /// repository's `.git` is never part of a layer: it belongs to each task's own base.
+    pub fn commit(&self, repo: &str, key: &CacheKey, staged: &Path) -> std::io::Result<PathBuf> {
+        let git = staged.join(".git");
+        if git.exists() {
+            std::fs::remove_dir_all(&git)?;
+        }
+        let dir = self.root.join(&key.key);
+        std::fs::create_dir_all(&dir)?;
+        let layer = dir.join("layer");
+        if layer.exists() {
+            std::fs::remove_dir_all(&layer)?;
+        }
+        std::fs::rename(staged, &layer)?;
+        let manifest = Manifest {
+            key: key.key.clone(),
+            inputs: key.inputs.clone(),
+            created_at: unix_seconds(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("manifest.json"), &json)?;
+        std::fs::create_dir_all(self.root.join("index"))?;
+        std::fs::write(self.index(repo), &json)?;
+        let _ = File::create(dir.join("last-used"));
+        self.evict(&key.key);
+        Ok(layer)
+    }
+
+    fn index(&self, repo: &str) -> PathBuf {
+        self.root
+            .join("index")
+            .join(format!("{}.json", &digest(repo.as_bytes())[..16]))
+    }
+
+    /// Removes least recently used layers, never `keep`, until the rest fit the budget.
+    fn evict(&self, keep: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        let mut layers: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|entry| entry.path().join("layer").is_dir())
+            .map(|entry| {
+                let dir = entry.path();
+                let used = std::fs::metadata(dir.join("last-used"))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (used, size_of(&dir.join("layer")), dir)
+            })
+            .collect();
+        let mut total: u64 = layers.iter().map(|(_, size, _)| size).sum();
+        layers.sort_by_key(|(used, _, _)| *used);
+        for (_, size, dir) in layers {
+            if total <= self.budget_bytes {
+                break;
+            }
+            if dir.file_name().is_some_and(|name| name == keep) {
+                continue;
+            }
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                total = total.saturating_sub(size);
+            }
+        }
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+fn unix_seconds() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default()
+}
+
+/// Bytes of the files under `path` (symlinks not followed).
+fn size_of(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
