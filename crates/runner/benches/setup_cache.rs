@@ -27,7 +27,14 @@ fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=b", "-c", "user.email=b@b", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .status()
         .unwrap()
@@ -41,7 +48,11 @@ fn repo(setup: Option<&str>) -> tempfile::TempDir {
     std::fs::write(dir.path().join("package-lock.json"), "{}\n").unwrap();
     std::fs::write(dir.path().join(".gitignore"), "deps/\n").unwrap();
     if let Some(setup) = setup {
-        std::fs::write(dir.path().join(".nightshift.toml"), format!("[environment]\nsetup = \"{setup}\"\n")).unwrap();
+        std::fs::write(
+            dir.path().join(".nightshift.toml"),
+            format!("[environment]\nsetup = \"{setup}\"\n"),
+        )
+        .unwrap();
     }
     git(dir.path(), &["init", "-q", "-b", "main"]);
     git(dir.path(), &["add", "."]);
@@ -51,12 +62,26 @@ fn repo(setup: Option<&str>) -> tempfile::TempDir {
 
 /// Milliseconds from `claimed` to the first `model_request` of the task.
 async fn start_ms(runner: &Runner, store: &Arc<dyn Store>, repo: &Path) -> f64 {
-    let task = runner.submit(TaskRequest::new(repo, "bench", "openai:bench")).await.unwrap();
-    let done = runner.run_task(task.id, CancellationToken::new()).await.unwrap();
+    let task = runner
+        .submit(TaskRequest::new(repo, "bench", "openai:bench"))
+        .await
+        .unwrap();
+    let done = runner
+        .run_task(task.id, CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(done.state, TaskState::Succeeded, "{:?}", done.error);
     let events = store.events(task.id, 0, 1000).await.unwrap();
-    let claimed = events.iter().find(|e| matches!(e.event, Event::Claimed { .. })).unwrap().at;
-    let asked = events.iter().find(|e| matches!(e.event, Event::ModelRequest { .. })).unwrap().at;
+    let claimed = events
+        .iter()
+        .find(|e| matches!(e.event, Event::Claimed { .. }))
+        .unwrap()
+        .at;
+    let asked = events
+        .iter()
+        .find(|e| matches!(e.event, Event::ModelRequest { .. }))
+        .unwrap()
+        .at;
     asked.duration_since(claimed).as_secs_f64() * 1000.0
 }
 
@@ -78,8 +103,14 @@ fn main() {
     // The sandbox re-executes this binary as its helper.
     nightshift_sandbox::run_helper_if_requested();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
-    let setup_seconds: u64 = std::env::var("SETUP_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let setup_seconds: u64 = std::env::var("SETUP_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     tokio::runtime::Runtime::new().unwrap().block_on(async move {
         let script = Script::from_json(
             &serde_json::json!({"steps": [{"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "done"}}], "repeat": 1000}}]}).to_string(),
