@@ -3,14 +3,17 @@
 //!
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
+mod ending;
 mod environment;
 mod error;
 mod follow_up;
 mod handoff;
 mod lifecycle;
+mod prepare;
 mod reconcile;
 mod sink;
 mod submit;
+mod verify;
 mod watch;
 mod worker;
 

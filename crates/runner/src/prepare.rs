@@ -1,0 +1,287 @@
+//! Preparing a task's environment: the cached setup layer (looked up, or built in a session of
+//! its own), the maintenance script, and the sandbox sessions that stack the layer.
+
+use std::path::{Path, PathBuf};
+
+use nightshift_agent::SinkError;
+use nightshift_env::cache::{CacheKey, Lookup, SetupCache};
+use nightshift_protocol::{CommandPhase, ErrorKind, Event, TaskState};
+use nightshift_sandbox::{EgressEvent, EgressVerdict, SandboxSession, SessionLimits, SessionSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::Runner;
+use crate::ending::{Ending, fail, set_state};
+use crate::environment;
+use crate::handoff::Run;
+
+impl Runner {
+    /// Runs the repository's setup and maintenance scripts in the session before the agent
+    /// starts. Returns the task's ending when one fails.
+    pub(crate) async fn run_environment_scripts(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        stop: &CancellationToken,
+    ) -> Result<Option<Ending>, SinkError> {
+        let environment = &run.env.config.environment;
+        let scripts = [
+            (CommandPhase::Setup, "setup", environment.setup.as_deref()),
+            (
+                CommandPhase::Maintenance,
+                "maintenance",
+                environment.maintenance.as_deref(),
+            ),
+        ];
+        for (phase, name, script) in scripts {
+            let Some(script) = script else { continue };
+            if phase == CommandPhase::Setup && !run.layers.is_empty() {
+                continue;
+            }
+            set_state(
+                run.log,
+                TaskState::Preparing,
+                Some(&format!("running the {name} script")),
+            )
+            .await?;
+            let outcome = environment::run_command(
+                run.log,
+                self.store.as_ref(),
+                run.task.id,
+                session,
+                environment.workdir.as_deref(),
+                phase,
+                name,
+                script,
+                if phase == CommandPhase::Setup {
+                    run.setup_env
+                } else {
+                    &[]
+                },
+                None,
+                stop,
+            )
+            .await?;
+            if stop.is_cancelled() {
+                return Ok(Some(Ending::cancelled()));
+            }
+            if !outcome.ok {
+                let message = format!(
+                    "the {name} script failed (exit {}):\n{}",
+                    outcome.exit_code, outcome.tail
+                );
+                let hint = format!(
+                    "fix the {name} script in .nightshift.toml; its whole log is the artifact {name}.log"
+                );
+                return fail(run.log, ErrorKind::Setup, message, Some(hint))
+                    .await
+                    .map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The setup layer of the task: from the cache on a hit; on a miss, built by running setup
+    /// in a session of its own (with the setup allowlist) and keeping its changes. Empty when
+    /// there is no setup, no cache, or the sandbox takes no layers (setup then runs in the
+    /// agent's session). The task's ending instead when setup fails.
+    pub(crate) async fn setup_layer(
+        &self,
+        run: &Run<'_>,
+        stop: &CancellationToken,
+    ) -> Result<Result<Vec<PathBuf>, Ending>, SinkError> {
+        let environment = &run.env.config.environment;
+        let (Some(setup), Some(dir)) = (environment.setup.as_deref(), &self.config.layers_dir)
+        else {
+            return Ok(Ok(Vec::new()));
+        };
+        if !self.sandbox.supports_layers() {
+            return Ok(Ok(Vec::new()));
+        }
+        let log = run.log;
+        set_state(
+            log,
+            TaskState::Preparing,
+            Some("looking for a cached setup layer"),
+        )
+        .await?;
+        let base = nightshift_env::cache::base_identity(self.sandbox.backend());
+        let key = CacheKey::compute(run.copy.root(), &run.env.config, &base);
+        let cache = SetupCache::new(dir, self.config.layers_budget);
+        let repo = run.task.spec.repo.clone();
+        let locked = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::task::spawn_blocking(move || cache.lock(&key).map_err(|e| e.to_string())).await
+        };
+        let _lock = match locked.map_err(|e| e.to_string()).and_then(|locked| locked) {
+            Ok(lock) => lock,
+            Err(err) => {
+                let message = format!("locking the setup cache: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+            }
+        };
+        let reasons = match cache.lookup(&repo, &key) {
+            Lookup::Hit { layer } => {
+                let hit = Event::SetupCache {
+                    key: key.key.clone(),
+                    hit: true,
+                    reasons: vec![],
+                };
+                log.append(hit).await?;
+                return Ok(Ok(vec![layer]));
+            }
+            Lookup::Miss { reasons } => reasons,
+        };
+        log.append(Event::SetupCache {
+            key: key.key.clone(),
+            hit: false,
+            reasons,
+        })
+        .await?;
+        let detail = "running the setup script to build its layer";
+        set_state(log, TaskState::Preparing, Some(detail)).await?;
+        let spec = session_spec(run.copy.root(), run, run.env.config.network.setup.clone());
+        let session = match self.sandbox.start(spec).await {
+            Ok(session) => session,
+            Err(err) => {
+                let hint = Some("run `nightshift doctor`".into());
+                return fail(log, ErrorKind::Sandbox, err.to_string(), hint)
+                    .await
+                    .map(Err);
+            }
+        };
+        let outcome = environment::run_command(
+            log,
+            self.store.as_ref(),
+            run.task.id,
+            session.as_ref(),
+            environment.workdir.as_deref(),
+            CommandPhase::Setup,
+            "setup",
+            setup,
+            run.setup_env,
+            None,
+            stop,
+        )
+        .await?;
+        log.add_cpu(session.cpu_seconds());
+        if !outcome.ok || stop.is_cancelled() {
+            let _ = session.close().await;
+            if stop.is_cancelled() {
+                return Ok(Err(Ending::cancelled()));
+            }
+            let message = format!(
+                "the setup script failed (exit {}); no layer was kept:\n{}",
+                outcome.exit_code, outcome.tail
+            );
+            let hint =
+                "fix the setup script in .nightshift.toml; its whole log is the artifact setup.log";
+            return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+                .await
+                .map(Err);
+        }
+        let kept = match cache.staging(&key) {
+            Ok(staged) => session
+                .close_keeping_changes(&staged)
+                .await
+                .map(|()| staged)
+                .map_err(|err| err.to_string()),
+            Err(err) => {
+                let _ = session.close().await;
+                Err(err.to_string())
+            }
+        };
+        let committed = match kept {
+            Ok(staged) => {
+                let (cache, key, repo) = (cache.clone(), key.clone(), repo.clone());
+                tokio::task::spawn_blocking(move || cache.commit(&repo, &key, &staged))
+                    .await
+                    .map_err(|err| err.to_string())
+                    .and_then(|done| done.map_err(|err| err.to_string()))
+            }
+            Err(err) => Err(err),
+        };
+        match committed {
+            Ok(layer) => {
+                // A layer is kept on disk: it must not hold a secret in the clear.
+                if let Some((name, file)) = environment::secret_in_tree(log, &layer).await {
+                    if let Some(dir) = layer.parent() {
+                        let _ = tokio::fs::remove_dir_all(dir).await;
+                    }
+                    let message = format!(
+                        "the setup script wrote the value of secret {name} into the workspace ({}); the layer was discarded",
+                        file.display()
+                    );
+                    let hint = "write credentials outside the workspace (e.g. in $HOME, which no layer keeps)";
+                    return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+                        .await
+                        .map(Err);
+                }
+                Ok(Ok(vec![layer]))
+            }
+            Err(err) => {
+                let message = format!("keeping the setup layer: {err}");
+                fail(log, ErrorKind::Internal, message, None).await.map(Err)
+            }
+        }
+    }
+}
+
+/// A session for the working copy at `workspace` with the configuration's environment
+/// variables, limits and network allowlist, its egress requests logged as task events.
+pub(crate) fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>) -> SessionSpec {
+    let (log, env) = (run.log, run.env);
+    let limits = &env.config.limits;
+    let (egress, mut requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
+    let log = log.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            let _ = log
+                .append(Event::Egress {
+                    host: request.host,
+                    port: request.port,
+                    method: request.method,
+                    allowed: matches!(request.verdict, EgressVerdict::Allowed),
+                    bytes_up: request.bytes_up,
+                    bytes_down: request.bytes_down,
+                    detail: request.detail,
+                })
+                .await;
+        }
+    });
+    SessionSpec {
+        env: env
+            .config
+            .environment
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        network,
+        limits: SessionLimits {
+            memory_bytes: Some(limits.memory.bytes()),
+            pids: limits.pids.map(u64::from),
+            cpus: limits.cpus,
+            disk_bytes: Some(limits.disk.bytes()),
+        },
+        egress: Some(egress),
+        layers: run.layers.to_vec(),
+        ..SessionSpec::new(workspace)
+    }
+}
+
+/// The hosts the agent's session may reach: the agent's allowlist, plus the setup allowlist
+/// while setup runs in the same session.
+pub(crate) fn agent_network(run: &Run<'_>) -> Vec<String> {
+    let env = run.env;
+    let network = &env.config.network;
+    let mut hosts = network.agent.clone();
+    let setup_in_session = env.config.environment.setup.is_some() && run.layers.is_empty();
+    if setup_in_session || env.config.environment.maintenance.is_some() {
+        for host in &network.setup {
+            if !hosts.contains(host) {
+                hosts.push(host.clone());
+            }
+        }
+    }
+    hosts
+}

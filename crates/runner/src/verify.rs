@@ -1,0 +1,219 @@
+//! Proving a result: commit the agent's work, run the declared checks on the committed tree in
+//! a fresh sandbox, and hand it back as a branch; a failing check fails the task.
+
+use nightshift_agent::SinkError;
+use nightshift_env::{ResolvedBase, SourceRepo};
+use nightshift_protocol::{CommandPhase, ErrorKind, Event, TaskState};
+use nightshift_sandbox::SandboxSession;
+use tokio_util::sync::CancellationToken;
+
+use crate::Runner;
+use crate::ending::{Ending, fail, set_state};
+use crate::environment;
+use crate::handoff::{HandoffError, Run, commit_in_sandbox, commit_message};
+use crate::prepare::{agent_network, session_spec};
+use crate::sink::TaskLog;
+
+impl Runner {
+    /// The agent finished: commit its work, run the declared checks on the committed tree in a
+    /// fresh sandbox, and create the branch. A failing check fails the task; the branch stays.
+    pub(crate) async fn verify_and_publish(
+        &self,
+        run: &Run<'_>,
+        session: &dyn SandboxSession,
+        summary: String,
+    ) -> Result<Ending, SinkError> {
+        let log = run.log;
+        let checks = &run.env.config.checks;
+        set_state(log, TaskState::Verifying, Some("committing the result")).await?;
+        let message = commit_message(&summary, run.task, None);
+        let head = match commit_in_sandbox(session, run.copy, &message).await {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                log.append(Event::Warning {
+                    message: "the agent finished without changing any file; no branch was created"
+                        .into(),
+                })
+                .await?;
+                return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
+            }
+            Err(HandoffError::Sink(err)) => return Err(err),
+            Err(err) => return self.handoff_failed(log, run.copy, err).await,
+        };
+        let failed = if checks.is_empty() {
+            log.append(Event::Warning {
+                message: "no checks are declared ([checks] in .nightshift.toml): the result was not verified beyond the agent's own runs".into(),
+            })
+            .await?;
+            Vec::new()
+        } else {
+            set_state(
+                log,
+                TaskState::Verifying,
+                Some(&format!(
+                    "running {} check(s) on the committed tree in a fresh sandbox",
+                    checks.len()
+                )),
+            )
+            .await?;
+            self.verify(run, &head).await?
+        };
+        set_state(log, TaskState::HandingOff, Some("creating the branch")).await?;
+        match self.publish(run, &head, false).await {
+            Ok(()) => {}
+            Err(HandoffError::Sink(err)) => return Err(err),
+            Err(err) => return self.handoff_failed(log, run.copy, err).await,
+        }
+        if failed.is_empty() {
+            let summary = if checks.is_empty() {
+                format!(
+                    "{summary}\n\n(Not verified by nightshift: the repository declares no checks.)"
+                )
+            } else {
+                summary
+            };
+            return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
+        }
+        let names: Vec<String> = failed
+            .iter()
+            .map(|(name, code)| format!("`{name}` (exit {code})"))
+            .collect();
+        let ending = fail(
+            log,
+            ErrorKind::Checks,
+            format!("the agent finished, but check {} failed on the committed result", names.join(", ")),
+            Some("the branch has the work; each check's log is an artifact (check-NAME.log) and its tail is in `nightshift logs`".into()),
+        )
+        .await?;
+        Ok(Ending {
+            summary: Some(summary),
+            ..ending
+        })
+    }
+
+    /// Runs every declared check on `head` in a fresh sandbox: a new working copy of the
+    /// committed tree, the setup script again, nothing of the agent's session. Returns the
+    /// failed checks with their exit codes.
+    async fn verify(&self, run: &Run<'_>, head: &str) -> Result<Vec<(String, i32)>, SinkError> {
+        let log = run.log;
+        let config = &run.env.config;
+        let all_failed = |reason: String| {
+            config
+                .checks
+                .iter()
+                .map(|c| (format!("{} ({reason})", c.name), -1))
+                .collect::<Vec<_>>()
+        };
+        let dest = self.config.work_dir.join(format!("{}-verify", run.task.id));
+        if dest.exists() {
+            let _ = tokio::fs::remove_dir_all(&dest).await;
+        }
+        let committed = ResolvedBase {
+            name: "nightshift/result".into(),
+            commit: head.to_string(),
+        };
+        let tree = match SourceRepo::open(run.copy.root()).await {
+            Ok(host_copy) => host_copy.checkout(&committed, &dest).await,
+            Err(err) => Err(err),
+        };
+        let tree = match tree {
+            Ok(tree) => tree,
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!(
+                        "could not check out the committed tree for the checks: {err}"
+                    ),
+                })
+                .await?;
+                return Ok(all_failed("not run".into()));
+            }
+        };
+        let session = match self
+            .sandbox
+            .start(session_spec(tree.root(), run, agent_network(run)))
+            .await
+        {
+            Ok(session) => session,
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!("could not start a sandbox for the checks: {err}"),
+                })
+                .await?;
+                let _ = tree.remove().await;
+                return Ok(all_failed("not run".into()));
+            }
+        };
+        let never = CancellationToken::new();
+        let mut failed = Vec::new();
+        let environment = &config.environment;
+        let mut ready = true;
+        if let Some(setup) = environment
+            .setup
+            .as_deref()
+            .filter(|_| run.layers.is_empty())
+        {
+            let outcome = environment::run_command(
+                log,
+                self.store.as_ref(),
+                run.task.id,
+                session.as_ref(),
+                environment.workdir.as_deref(),
+                CommandPhase::Setup,
+                "setup (verification)",
+                setup,
+                run.setup_env,
+                None,
+                &never,
+            )
+            .await?;
+            ready = outcome.ok;
+        }
+        for check in &config.checks {
+            if !ready {
+                failed.push((format!("{} (setup failed)", check.name), -1));
+                continue;
+            }
+            let outcome = environment::run_command(
+                log,
+                self.store.as_ref(),
+                run.task.id,
+                session.as_ref(),
+                environment.workdir.as_deref(),
+                CommandPhase::Check,
+                &check.name,
+                &check.run,
+                &[],
+                check.timeout.map(Into::into),
+                &never,
+            )
+            .await?;
+            if !outcome.ok {
+                failed.push((check.name.clone(), outcome.exit_code));
+            }
+        }
+        log.add_cpu(session.cpu_seconds());
+        let _ = session.close().await;
+        let _ = tree.remove().await;
+        Ok(failed)
+    }
+
+    pub(crate) async fn handoff_failed(
+        &self,
+        log: &TaskLog,
+        copy: &nightshift_env::WorkingCopy,
+        err: HandoffError,
+    ) -> Result<Ending, SinkError> {
+        let message = format!("handing off failed: {err}");
+        if let HandoffError::SecretInResult(_) = err {
+            // Keeping the working copy would keep the secret in the clear.
+            let hint = "the agent wrote a secret's value into the repository; its work was discarded so the value is stored nowhere. Run the task again, telling it not to write credentials into files".to_string();
+            return fail(log, ErrorKind::Repository, message, Some(hint)).await;
+        }
+        let hint = format!("the working copy is kept at {}", copy.root().display());
+        let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
+        Ok(Ending {
+            keep_copy: true,
+            ..ending
+        })
+    }
+}
