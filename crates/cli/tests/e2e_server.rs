@@ -208,6 +208,11 @@ async fn a_worker_killed_mid_task_leaves_no_task_running() {
     assert_eq!(events.last().unwrap()["type"], "ended");
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    // The dead worker's working copy is cleaned up with it.
+    assert!(
+        !ns.home.path().join("work").join(&id).exists(),
+        "the abandoned working copy is left"
+    );
     // Nothing of the sandbox survived its worker.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -68,6 +68,14 @@ impl Runner {
         {
             return Ok(task.id);
         }
+        // What the dead worker left on this machine: its working copies (a worker on another
+        // machine left nothing here, and these paths then do not exist).
+        for dir in [task.id.to_string(), format!("{}-verify", task.id)] {
+            let path = self.config.work_dir.join(dir);
+            if path.exists() {
+                let _ = tokio::fs::remove_dir_all(&path).await;
+            }
+        }
         self.store
             .append_event(
                 task.id,
@@ -75,7 +83,7 @@ impl Runner {
                     kind: ErrorKind::Internal,
                     message: message.clone(),
                     hint: Some(
-                        "run the task again; the work of the lost run was not handed back".into(),
+                        "run the task again; the lost run's work was not handed back, and its working copy was removed".into(),
                     ),
                 },
             )
