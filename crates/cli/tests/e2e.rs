@@ -266,6 +266,12 @@ async fn the_offline_demo_runs_the_real_pipeline() {
         .collect();
     assert!(outputs[0].contains("FAIL"), "{outputs:?}");
     assert!(outputs[1].contains("PASS"), "{outputs:?}");
+    // nightshift proved it itself: the declared check ran on the committed result.
+    let check = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
+        .unwrap();
+    assert_eq!(check["ok"], true, "{check}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

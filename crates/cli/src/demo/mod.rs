@@ -20,10 +20,11 @@ use crate::home::Home;
 use crate::output::{Failure, exit_for};
 
 const SCRIPT: &str = include_str!("script.json");
-const FILES: [(&str, &str); 3] = [
+const FILES: [(&str, &str); 4] = [
     ("fizzbuzz.sh", include_str!("fizzbuzz.sh")),
     ("test.sh", include_str!("test.sh")),
     ("README.md", include_str!("README.md")),
+    (".nightshift.toml", include_str!("nightshift.toml")),
 ];
 const PROMPT: &str =
     "The test in test.sh fails: 15 should print FizzBuzz. Find the bug and fix it.";
