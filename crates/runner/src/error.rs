@@ -44,4 +44,6 @@ pub enum RunnerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] nightshift_agent::SinkError),
+    #[error(transparent)]
+    MessageRefused(crate::follow_up::MessageRefusal),
 }

@@ -7,6 +7,18 @@ use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskState};
 
 use crate::{Runner, RunnerError, TaskRequest};
 
+/// Why a message was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageRefusal {
+    /// The task ended (cancelled, or failed to start) before it ever ran: there is no run to
+    /// steer or follow up on.
+    #[error("task {} was {state} before it ever ran, so there is no run to follow up on; nothing was sent", id.short())]
+    NeverRan { id: TaskId, state: TaskState },
+    /// Cancellation was requested and the task has not ended yet.
+    #[error("task {} is being cancelled; nothing was sent", id.short())]
+    BeingCancelled { id: TaskId },
+}
+
 /// What a message did.
 #[derive(Debug)]
 pub struct MessageOutcome {
@@ -28,16 +40,28 @@ impl Runner {
         text: &str,
         from: Option<String>,
     ) -> Result<MessageOutcome, RunnerError> {
-        let message = Event::MessageReceived {
-            text: text.to_string(),
-            from,
-        };
-        let record = self.store.append_event(id, &message).await?;
         let task = self
             .store
             .get_task(id)
             .await?
             .ok_or(RunnerError::NoSuchTask(id))?;
+        // Nobody would ever read these: refused rather than silently kept.
+        if task.state.is_terminal() && task.started_at.is_none() {
+            return Err(RunnerError::MessageRefused(MessageRefusal::NeverRan {
+                id,
+                state: task.state,
+            }));
+        }
+        if task.cancel_requested && !task.state.is_terminal() {
+            return Err(RunnerError::MessageRefused(
+                MessageRefusal::BeingCancelled { id },
+            ));
+        }
+        let message = Event::MessageReceived {
+            text: text.to_string(),
+            from,
+        };
+        let record = self.store.append_event(id, &message).await?;
         let continues = matches!(task.state, TaskState::Succeeded | TaskState::Failed)
             && task.started_at.is_some();
         let mut outcome = MessageOutcome {

@@ -28,7 +28,7 @@ use nightshift_sandbox::Sandbox;
 use nightshift_store::Store;
 
 pub use error::{RunnerError, SubmitError};
-pub use follow_up::MessageOutcome;
+pub use follow_up::{MessageOutcome, MessageRefusal};
 pub use handoff::DIFF_BLOB;
 pub use lifecycle::PriceLookup;
 pub use submit::TaskRequest;

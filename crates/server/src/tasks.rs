@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nightshift_protocol::{EventRecord, Task, TaskId, TaskSpec, TaskState};
-use nightshift_runner::{DIFF_BLOB, TaskRequest};
+use nightshift_runner::{DIFF_BLOB, MessageRefusal, TaskRequest};
 use nightshift_store::TaskFilter;
 
 use crate::auth::{Auth, Read, Submit};
@@ -247,7 +247,6 @@ pub(crate) async fn message(
         ));
     }
     let task = find(&state, &id).await?;
-    refuse_message(&task)?;
     // A message to a task that ended with a result starts a follow-up task on its branch,
     // recorded in its log as `follow_up_started`; the workers pick it up like any task.
     let outcome = state
@@ -256,31 +255,20 @@ pub(crate) async fn message(
         .await
         .map_err(|e| match e {
             nightshift_runner::RunnerError::Store(e) => ApiError::store("appending a message", e),
+            nightshift_runner::RunnerError::MessageRefused(refusal) => {
+                let hint = match refusal {
+                    MessageRefusal::NeverRan { .. } => "submit a new task with POST /api/tasks",
+                    MessageRefusal::BeingCancelled { .. } => {
+                        "wait for it to end, then send the message as a follow-up"
+                    }
+                };
+                ApiError::conflict(refusal.to_string()).with_hint(hint)
+            }
             other => ApiError::internal("appending a message", &other),
         })?;
     let record = outcome.record;
     state.hub().nudge(task.id);
     Ok((StatusCode::ACCEPTED, Json(record)))
-}
-
-/// Messages nobody would ever read are refused rather than silently kept.
-fn refuse_message(task: &Task) -> Result<(), ApiError> {
-    if task.state.is_terminal() && task.started_at.is_none() {
-        return Err(ApiError::conflict(format!(
-            "task {} was {} before it ever ran, so there is no run to follow up on; nothing was sent",
-            task.id.short(),
-            task.state
-        ))
-        .with_hint("submit a new task with POST /api/tasks"));
-    }
-    if task.cancel_requested && !task.state.is_terminal() {
-        return Err(ApiError::conflict(format!(
-            "task {} is being cancelled; nothing was sent",
-            task.id.short()
-        ))
-        .with_hint("wait for it to end, then send the message as a follow-up"));
-    }
-    Ok(())
 }
 
 /// The change the task handed back, as a patch `git apply` takes.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_protocol::{EventRecord, Task, TaskId, TaskState};
-use nightshift_runner::{DIFF_BLOB, Runner, SubmitError, TaskRequest};
+use nightshift_runner::{DIFF_BLOB, MessageRefusal, Runner, RunnerError, SubmitError, TaskRequest};
 use nightshift_store::{CancelOutcome, Store, TaskFilter};
 
 use super::{DEFAULT_MODEL, OnEvent, Submission};
@@ -125,12 +125,22 @@ impl Local {
     }
 
     pub(super) async fn say(&self, task: &Task, text: &str) -> Result<EventRecord, Failure> {
-        refuse_message(task)?;
         let outcome = self
             .runner
             .message(task.id, text, None)
             .await
-            .map_err(|err| Failure::error(err.to_string()))?;
+            .map_err(|err| match err {
+                RunnerError::MessageRefused(refusal) => {
+                    let hint = match refusal {
+                        MessageRefusal::NeverRan { .. } => "start a new task with `nightshift run`",
+                        MessageRefusal::BeingCancelled { .. } => {
+                            "wait for it to end, then send the message as a follow-up"
+                        }
+                    };
+                    Failure::usage(refusal.to_string()).with_hint(Some(hint.into()))
+                }
+                other => Failure::error(other.to_string()),
+            })?;
         if let Some(reason) = &outcome.follow_up_error {
             eprintln!("warning: {reason}");
         }
@@ -150,27 +160,6 @@ impl Local {
         }
         Ok(outcome.record)
     }
-}
-
-/// The server's rule (docs/api.md), so that a message is refused the same way in both modes:
-/// nobody would ever read a message to a task that never ran or is being cancelled.
-fn refuse_message(task: &Task) -> Result<(), Failure> {
-    let short = task.id.short();
-    if task.state.is_terminal() && task.started_at.is_none() {
-        return Err(Failure::usage(format!(
-            "task {short} was {} before it ever ran, so there is no run to follow up on; nothing was sent",
-            task.state
-        ))
-        .with_hint(Some("start a new task with `nightshift run`".into())));
-    }
-    if task.cancel_requested && !task.state.is_terminal() {
-        return Err(
-            Failure::usage(format!("task {short} is being cancelled; nothing was sent")).with_hint(
-                Some("wait for it to end, then send the message as a follow-up".into()),
-            ),
-        );
-    }
-    Ok(())
 }
 
 fn submit_failure(err: SubmitError) -> Failure {
