@@ -59,20 +59,8 @@ async fn setup_runs_before_the_agent_and_checks_verify_the_committed_result() {
         json!({"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "cat .setup-marker .env"}}]}}),
     );
     let (ns, server) = Nightshift::with_script(script(steps)).await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "fix add",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "fix add").await;
     assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(task["state"], "succeeded");
     let events = ns.events(task["id"].as_str().unwrap()).await;
     assert_eq!(
@@ -132,20 +120,8 @@ async fn a_failing_check_fails_the_task_with_its_log_and_keeps_the_branch() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Fixed add (I think)"}}]}}
     ])))
     .await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "fix add",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "fix add").await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(task["state"], "failed");
     assert!(
         task["error"]
@@ -186,20 +162,8 @@ async fn a_failing_setup_fails_the_task_while_preparing() {
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "bad setup"]);
     let (ns, server) = Nightshift::with_script(fixing_script()).await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "fix add",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "fix add").await;
     assert_eq!(out.status.code(), Some(1));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     let events = ns.events(task["id"].as_str().unwrap()).await;
     let error = events.iter().find(|e| e["type"] == "error").unwrap();
     assert_eq!(error["kind"], "setup");
@@ -223,20 +187,8 @@ async fn a_malformed_configuration_fails_with_its_position() {
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "broken config"]);
     let (ns, _server) = Nightshift::with_script(fixing_script()).await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "fix add",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "fix add").await;
     assert_eq!(out.status.code(), Some(1));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         task["error"]
             .as_str()

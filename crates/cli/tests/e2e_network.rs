@@ -52,20 +52,8 @@ async fn allowlisted_hosts_are_reached_through_the_proxy_and_everything_is_logge
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "checked the network"}}]}}
     ])))
     .await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "net",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "net").await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     let events = ns.events(task["id"].as_str().unwrap()).await;
     let shell = events
         .iter()
@@ -98,20 +86,8 @@ async fn without_an_allowlist_a_task_has_no_network() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "no network"}}]}}
     ])))
     .await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "net",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "net").await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     let events = ns.events(task["id"].as_str().unwrap()).await;
     let shell = events
         .iter()

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TOKEN: &str = "tok-5ecr3t-0123456789";
 
@@ -77,20 +77,8 @@ async fn a_secret_reaches_setup_only_and_appears_nowhere_in_the_clear() {
     let listed = ns.run(&["secret", "ls"]).await;
     assert!(stdout(&listed).contains("NPM_TOKEN") && !stdout(&listed).contains(TOKEN));
 
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "look",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "look").await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = task["id"].as_str().unwrap();
 
     let logs = stdout(&ns.run(&["logs", id]).await);
@@ -126,20 +114,8 @@ async fn a_result_containing_a_secret_is_not_committed() {
         repo.path(),
         &["for-each-ref", "--format=%(refname)", "refs/heads/"],
     );
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "leak",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "leak").await;
     assert_eq!(out.status.code(), Some(1));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         task["error"]
             .as_str()
@@ -162,20 +138,8 @@ async fn a_result_containing_a_secret_is_not_committed() {
 async fn a_missing_secret_fails_the_task_saying_how_to_set_it() {
     let repo = repo_with_secret_setup();
     let (ns, server) = Nightshift::with_script(fixing_script()).await;
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "fix",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "fix").await;
     assert_eq!(out.status.code(), Some(1));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         task["error"].as_str().unwrap().contains("NPM_TOKEN"),
         "{task}"
@@ -197,20 +161,8 @@ async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
     git(repo.path(), &["commit", "-q", "-m", "a careless setup"]);
     let (ns, server) = Nightshift::with_script(fixing_script()).await;
     set_secret(&ns, "NPM_TOKEN", TOKEN);
-    let out = ns
-        .run(&[
-            "run",
-            "--repo",
-            path_str(repo.path()),
-            "--model",
-            "openai:m",
-            "--wait",
-            "--json",
-            "fix",
-        ])
-        .await;
+    let (out, task) = ns.wait_task(repo.path(), "fix").await;
     assert_eq!(out.status.code(), Some(1));
-    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         task["error"]
             .as_str()

@@ -131,6 +131,25 @@ impl Nightshift {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// `run --repo REPO --model openai:m --wait --json PROMPT`: its output and the task it
+    /// printed (printed whether the task succeeded or not).
+    pub async fn wait_task(&self, repo: &Path, prompt: &str) -> (Output, Value) {
+        let args = [
+            "run",
+            "--repo",
+            path_str(repo),
+            "--model",
+            "openai:m",
+            "--wait",
+            "--json",
+            prompt,
+        ];
+        let out = self.run(&args).await;
+        let task = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|err| panic!("{args:?} printed no task ({err}): {}", stderr(&out)));
+        (out, task)
+    }
+
     pub async fn events(&self, id: &str) -> Vec<Value> {
         let out = self.run(&["logs", id, "--json"]).await;
         assert!(
