@@ -103,14 +103,16 @@ impl Home {
         })
     }
 
-    /// The key secrets are sealed with: `NIGHTSHIFT_SECRET_KEY`, else `keys/secrets.key` under
-    /// the home directory (made on first use; outside the database on purpose).
+    /// The key secrets are sealed with, made on first use: `NIGHTSHIFT_SECRET_KEY`, else
+    /// `keys/secrets.key` under the home directory (outside the database on purpose).
     pub fn secret_key(&self) -> Result<SecretKey, SecretError> {
+        let (from_env, file) = self.secret_key_source();
+        SecretKey::load(from_env.as_deref(), &file)
+    }
+
+    fn secret_key_source(&self) -> (Option<String>, PathBuf) {
         let from_env = std::env::var("NIGHTSHIFT_SECRET_KEY").ok();
-        SecretKey::load(
-            from_env.as_deref(),
-            &self.root.join("keys").join("secrets.key"),
-        )
+        (from_env, self.root.join("keys").join("secrets.key"))
     }
 
     /// The namespaced sandbox, with its state under the home directory.
@@ -182,8 +184,12 @@ impl Home {
             Some(Arc::new(move |usage: &Usage| price.cost(usage)) as CostFn)
         });
         let runner = Runner::new(store, self.sandbox()?, providers, config).with_prices(prices);
-        Ok(match self.secret_key() {
-            Ok(key) => runner.with_secret_key(key),
+        // Only an existing key: listing tasks must not make one, and with no key there are no
+        // secrets to unseal (a task says so if some are stored).
+        let (from_env, key_file) = self.secret_key_source();
+        Ok(match SecretKey::existing(from_env.as_deref(), &key_file) {
+            Ok(Some(key)) => runner.with_secret_key(key),
+            Ok(None) => runner,
             Err(err) => {
                 tracing::warn!("secrets are unavailable to tasks: {err}");
                 runner

@@ -71,6 +71,15 @@ impl SecretKey {
         }
     }
 
+    /// The key if there is one (`NIGHTSHIFT_SECRET_KEY`, else the key file), without making
+    /// one: what a worker needs to unseal secrets that were set.
+    pub fn existing(from_env: Option<&str>, path: &Path) -> Result<Option<SecretKey>, SecretError> {
+        if from_env.is_some_and(|hex| !hex.trim().is_empty()) || path.exists() {
+            return SecretKey::load(from_env, path).map(Some);
+        }
+        Ok(None)
+    }
+
     /// Encrypts `value` for the secret `name`.
     pub fn seal(&self, name: &str, value: &str) -> Vec<u8> {
         let nonce: [u8; NONCE_LEN] = rand::random();
@@ -263,7 +272,13 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/secrets.key");
+        assert!(
+            SecretKey::existing(None, &path).unwrap().is_none(),
+            "existing never makes a key"
+        );
+        assert!(!path.exists());
         let sealed = SecretKey::load(None, &path).unwrap().seal("A", "value-1");
+        assert!(SecretKey::existing(None, &path).unwrap().is_some());
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
