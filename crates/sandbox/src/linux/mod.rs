@@ -7,30 +7,33 @@
 //! helper (see [`helper`]) and talks to the init over a socket ([`wire`]).
 
 mod cgroup;
+mod config;
 mod confine;
 pub(crate) mod helper;
 mod process;
 mod proxy;
 mod proxy_bridge;
 mod session;
+mod state;
 mod sys;
 mod trees;
 pub(crate) mod wire;
 
-use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
 
 pub use cgroup::Version as CgroupVersion;
+pub use config::{
+    HelperCommand, Limits, NamespacedConfig, NetworkPolicy, SANDBOX_ID, SessionOptions,
+};
 pub use helper::{HELPER_ARG, run_helper_if_requested};
 pub use proxy::{EgressEvent, EgressVerdict};
 pub use session::NamespacedSession;
@@ -40,117 +43,8 @@ pub(crate) use cgroup::probe as probe_cgroups;
 use crate::{Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
 use process::HelperProcess;
+use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
 use wire::{HelperConfig, Reply, RlimitSpec};
-
-/// How to start the helper: a program and the arguments that make it one.
-#[derive(Debug, Clone)]
-pub struct HelperCommand {
-    pub program: PathBuf,
-    /// Arguments before the helper's own; [`HelperCommand::new`] sets `[HELPER_ARG]`, which
-    /// [`run_helper_if_requested`] recognises.
-    pub args: Vec<OsString>,
-}
-
-impl HelperCommand {
-    /// `program --nightshift-sandbox-helper`, for a binary whose `main` calls
-    /// [`run_helper_if_requested`] first.
-    pub fn new(program: impl Into<PathBuf>) -> Self {
-        HelperCommand {
-            program: program.into(),
-            args: vec![HELPER_ARG.into()],
-        }
-    }
-
-    /// The running executable as the helper.
-    pub fn current_exe() -> std::io::Result<Self> {
-        Ok(Self::new(std::env::current_exe()?))
-    }
-}
-
-/// Resource limits of a session.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    /// Memory of all processes together (cgroup), including what they write to /tmp.
-    pub memory_bytes: Option<u64>,
-    /// Processes and threads together (cgroup pids, or RLIMIT_NPROC without one).
-    pub pids: Option<u64>,
-    /// CPU time as a number of cores (cgroup cpu quota).
-    pub cpus: Option<f64>,
-    /// How much the workspace may grow over the working copy (and the largest single file).
-    pub workspace_bytes: Option<u64>,
-    /// Size of the /tmp tmpfs (counted in memory too).
-    pub tmp_bytes: u64,
-    /// RLIMIT_NOFILE.
-    pub open_files: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_bytes: Some(4 << 30),
-            pids: Some(1024),
-            cpus: None,
-            workspace_bytes: Some(10 << 30),
-            tmp_bytes: 1 << 30,
-            open_files: 8192,
-        }
-    }
-}
-
-/// What a session may reach over the network.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum NetworkPolicy {
-    /// Nothing: only the loopback interface of the sandbox itself.
-    #[default]
-    None,
-    /// HTTP and HTTPS (through CONNECT) to these hosts only, via the egress proxy. A pattern is
-    /// a host name, optionally starting with `*.` for any subdomain (`*.crates.io`), and
-    /// optionally ending with `:port` (any port otherwise).
-    Allow(Vec<String>),
-}
-
-/// How [`Namespaced`] builds sessions.
-#[derive(Debug, Clone)]
-pub struct NamespacedConfig {
-    pub helper: HelperCommand,
-    /// Where each session keeps its overlay's upper layer, in `<state_dir>/<session>`.
-    pub state_dir: PathBuf,
-    /// Host directories bound read-only at the same path (toolchains: ~/.cargo, ~/.rustup...).
-    pub ro_binds: Vec<PathBuf>,
-    pub limits: Limits,
-    pub network: NetworkPolicy,
-    /// When nightshift runs as root, the host uid and gid the sandbox user becomes: an id
-    /// that owns nothing on the host. (As any other user, the sandbox user is that user.)
-    pub root_host_id: u32,
-    /// How long building a session may take.
-    pub start_timeout: Duration,
-}
-
-impl NamespacedConfig {
-    pub fn new(helper: HelperCommand, state_dir: impl Into<PathBuf>) -> Self {
-        NamespacedConfig {
-            helper,
-            state_dir: state_dir.into(),
-            ro_binds: Vec::new(),
-            limits: Limits::default(),
-            network: NetworkPolicy::None,
-            root_host_id: 1_000_000,
-            start_timeout: Duration::from_secs(20),
-        }
-    }
-}
-
-/// Per-session overrides of the backend's configuration.
-#[derive(Debug, Default, Clone)]
-pub struct SessionOptions {
-    pub network: Option<NetworkPolicy>,
-    pub limits: Option<Limits>,
-    /// Receives one event per proxied request (allowed or denied).
-    pub egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
-}
-
-/// The uid and gid the sandbox user has inside.
-pub const SANDBOX_ID: u32 = 1000;
 
 /// Isolating backend. See the module documentation.
 #[derive(Debug, Clone)]
@@ -232,17 +126,6 @@ impl std::fmt::Debug for Warm {
             .field("starts", &self.starts.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-static SESSION_SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn session_name() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let seq = SESSION_SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("s{}-{seq}-{nanos:x}", std::process::id())
 }
 
 fn setup_error(message: impl Into<String>) -> SandboxError {
@@ -673,71 +556,6 @@ pub(crate) async fn read_frame_async(
     input.read_exact(&mut payload).await?;
     let reply = serde_json::from_slice(&header).map_err(std::io::Error::other)?;
     Ok(Some((reply, payload)))
-}
-
-/// Removes state directories of sessions whose process died without tearing them down.
-fn sweep_stale_state(state_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(state_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if cgroup::is_stale(&entry.file_name().to_string_lossy()) {
-            session::remove_tree(&entry.path());
-        }
-    }
-}
-
-/// How often the state of dead processes is looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Sweeps `state_dir` (see [`sweep_stale_state`]) and the cgroups of dead processes, on the
-/// first session of this process and at most once a [`SWEEP_INTERVAL`] after that, on a thread
-/// of its own: what is swept belongs to processes that are gone, and no session waits for it.
-fn sweep_stale_state_now_and_then(state_dir: &Path) {
-    static SWEPT: std::sync::Mutex<Vec<(PathBuf, std::time::Instant)>> =
-        std::sync::Mutex::new(Vec::new());
-    {
-        let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        match swept.iter_mut().find(|(dir, _)| dir == state_dir) {
-            Some((_, at)) if now.duration_since(*at) < SWEEP_INTERVAL => return,
-            Some((_, at)) => *at = now,
-            None => swept.push((state_dir.to_path_buf(), now)),
-        }
-    }
-    let state_dir = state_dir.to_path_buf();
-    let sweep = move || {
-        sweep_stale_state(&state_dir);
-        cgroup::sweep_stale_groups();
-    };
-    if std::thread::Builder::new()
-        .name("nightshift-sweep".into())
-        .spawn(sweep.clone())
-        .is_err()
-    {
-        sweep();
-    }
-}
-
-/// Creates `<state>/upper` and `<state>/work`, owned by `owner` when given; returns the upper.
-fn prepare_state(state: &Path, owner: Option<u32>) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state)?;
-    if let Some(id) = owner {
-        std::os::unix::fs::chown(state, Some(id), Some(id))?;
-    }
-    let upper = state.join("upper");
-    let work = state.join("work");
-    for dir in [&upper, &work] {
-        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-        if let Some(id) = owner {
-            std::os::unix::fs::chown(dir, Some(id), Some(id))?;
-        }
-    }
-    Ok(upper)
 }
 
 #[async_trait]

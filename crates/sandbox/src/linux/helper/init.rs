@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::super::wire::{self, HelperConfig, Reply, Request, SessionLimits, WireStatus};
 use super::super::{confine, proxy_bridge};
+use super::command::direct_command;
 use super::{Handles, NetworkJoin, join_network, rootfs};
 use crate::HeadTailBuffer;
 
@@ -597,63 +598,6 @@ fn poll_readable(fd: RawFd, wait: Duration) -> bool {
     // SAFETY: one valid pollfd for the duration of the call.
     let ret = unsafe { libc::poll(&mut pollfd, 1, millis) };
     ret > 0
-}
-
-/// Words the shell may treat specially: quoting, expansion, redirection, control operators,
-/// globbing, comments, history.
-const SHELL_SPECIAL: &[char] = &[
-    '\'', '"', '`', '$', '\\', ';', '&', '|', '<', '>', '(', ')', '{', '}', '[', ']', '*', '?',
-    '~', '#', '!', '\n', '\t', '\r',
-];
-
-/// Shell builtins and keywords: a command starting with one needs the shell.
-const SHELL_WORDS: &[&str] = &[
-    ".", ":", "alias", "bg", "bind", "break", "builtin", "case", "cd", "command", "continue",
-    "declare", "dirs", "disown", "echo", "enable", "eval", "exec", "exit", "export", "false", "fc",
-    "fg", "for", "function", "getopts", "hash", "help", "history", "if", "jobs", "kill", "let",
-    "local", "logout", "popd", "printf", "pushd", "pwd", "read", "readonly", "return", "select",
-    "set", "shift", "shopt", "source", "suspend", "test", "time", "times", "trap", "type",
-    "typeset", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
-];
-
-/// The program (resolved on the command's PATH) and argv of `command`, when it is a simple
-/// command the shell would run unchanged; `None` when it needs the shell.
-fn direct_command(command: &str, env: &[(String, String)]) -> Option<(PathBuf, Vec<String>)> {
-    if command.chars().any(|c| SHELL_SPECIAL.contains(&c)) {
-        return None;
-    }
-    let words: Vec<String> = command
-        .split(' ')
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect();
-    let first = words.first()?;
-    if first.contains('=') || SHELL_WORDS.contains(&first.as_str()) {
-        return None;
-    }
-    let program = if first.contains('/') {
-        PathBuf::from(first)
-    } else {
-        let path = env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())?;
-        path.split(':')
-            .filter(|dir| dir.starts_with('/'))
-            .map(|dir| Path::new(dir).join(first))
-            .find(|candidate| is_executable(candidate))?
-    };
-    if !program.is_absolute() || !is_executable(&program) {
-        return None;
-    }
-    Some((program, words))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {

@@ -11,6 +11,7 @@
 //! the session's cgroups from the host. It then only waits: when
 //! it dies, the init dies with it (parent-death signal), and so does everything in the sandbox.
 
+mod command;
 mod init;
 mod rootfs;
 

@@ -1,0 +1,119 @@
+//! What the namespaced backend is configured with: how to start its helper, the limits and
+//! network policy of its sessions, and per-session overrides.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::helper::HELPER_ARG;
+use super::proxy::EgressEvent;
+
+/// How to start the helper: a program and the arguments that make it one.
+#[derive(Debug, Clone)]
+pub struct HelperCommand {
+    pub program: PathBuf,
+    /// Arguments before the helper's own; [`HelperCommand::new`] sets `[HELPER_ARG]`, which
+    /// [`run_helper_if_requested`] recognises.
+    pub args: Vec<OsString>,
+}
+
+impl HelperCommand {
+    /// `program --nightshift-sandbox-helper`, for a binary whose `main` calls
+    /// [`run_helper_if_requested`] first.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        HelperCommand {
+            program: program.into(),
+            args: vec![HELPER_ARG.into()],
+        }
+    }
+
+    /// The running executable as the helper.
+    pub fn current_exe() -> std::io::Result<Self> {
+        Ok(Self::new(std::env::current_exe()?))
+    }
+}
+
+/// Resource limits of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Memory of all processes together (cgroup), including what they write to /tmp.
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads together (cgroup pids, or RLIMIT_NPROC without one).
+    pub pids: Option<u64>,
+    /// CPU time as a number of cores (cgroup cpu quota).
+    pub cpus: Option<f64>,
+    /// How much the workspace may grow over the working copy (and the largest single file).
+    pub workspace_bytes: Option<u64>,
+    /// Size of the /tmp tmpfs (counted in memory too).
+    pub tmp_bytes: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: Some(4 << 30),
+            pids: Some(1024),
+            cpus: None,
+            workspace_bytes: Some(10 << 30),
+            tmp_bytes: 1 << 30,
+            open_files: 8192,
+        }
+    }
+}
+
+/// What a session may reach over the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkPolicy {
+    /// Nothing: only the loopback interface of the sandbox itself.
+    #[default]
+    None,
+    /// HTTP and HTTPS (through CONNECT) to these hosts only, via the egress proxy. A pattern is
+    /// a host name, optionally starting with `*.` for any subdomain (`*.crates.io`), and
+    /// optionally ending with `:port` (any port otherwise).
+    Allow(Vec<String>),
+}
+
+/// How [`Namespaced`] builds sessions.
+#[derive(Debug, Clone)]
+pub struct NamespacedConfig {
+    pub helper: HelperCommand,
+    /// Where each session keeps its overlay's upper layer, in `<state_dir>/<session>`.
+    pub state_dir: PathBuf,
+    /// Host directories bound read-only at the same path (toolchains: ~/.cargo, ~/.rustup...).
+    pub ro_binds: Vec<PathBuf>,
+    pub limits: Limits,
+    pub network: NetworkPolicy,
+    /// When nightshift runs as root, the host uid and gid the sandbox user becomes: an id
+    /// that owns nothing on the host. (As any other user, the sandbox user is that user.)
+    pub root_host_id: u32,
+    /// How long building a session may take.
+    pub start_timeout: Duration,
+}
+
+impl NamespacedConfig {
+    pub fn new(helper: HelperCommand, state_dir: impl Into<PathBuf>) -> Self {
+        NamespacedConfig {
+            helper,
+            state_dir: state_dir.into(),
+            ro_binds: Vec::new(),
+            limits: Limits::default(),
+            network: NetworkPolicy::None,
+            root_host_id: 1_000_000,
+            start_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Per-session overrides of the backend's configuration.
+#[derive(Debug, Default, Clone)]
+pub struct SessionOptions {
+    pub network: Option<NetworkPolicy>,
+    pub limits: Option<Limits>,
+    /// Receives one event per proxied request (allowed or denied).
+    pub egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
+}
+
+/// The uid and gid the sandbox user has inside.
+pub const SANDBOX_ID: u32 = 1000;
