@@ -11,7 +11,7 @@ use nightshift_model::{ModelSpec, ProviderConfig, price_for};
 use nightshift_protocol::Usage;
 use nightshift_runner::{PriceLookup, Runner, RunnerConfig};
 use nightshift_sandbox::{HelperCommand, Namespaced, NamespacedConfig, Sandbox, Unisolated};
-use nightshift_store::{Store, open_store};
+use nightshift_store::{Store, open_blobs, open_store};
 
 use crate::output::Failure;
 
@@ -49,15 +49,23 @@ impl Home {
     }
 
     /// The store: PostgreSQL when `NIGHTSHIFT_DATABASE_URL` names one, else SQLite in the
-    /// home directory.
+    /// home directory; its blobs in the bucket or directory `NIGHTSHIFT_BLOB_URL` names (with
+    /// the `AWS_*` variables), else in the home directory.
     pub async fn store(&self) -> Result<Arc<dyn Store>, Failure> {
+        let blob_url = std::env::var("NIGHTSHIFT_BLOB_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty());
+        let blobs = open_blobs(blob_url.as_deref(), &self.root, std::env::vars())
+            .map_err(|err| Failure::usage(format!("NIGHTSHIFT_BLOB_URL: {err}")))?;
         let url = std::env::var("NIGHTSHIFT_DATABASE_URL")
             .ok()
             .filter(|url| !url.is_empty());
-        open_store(url.as_deref(), &self.root).await.map_err(|err| {
-            let place = url.map_or_else(|| self.root.display().to_string(), redact_url);
-            Failure::error(format!("cannot open the store ({place}): {err}"))
-        })
+        open_store(url.as_deref(), blobs, &self.root)
+            .await
+            .map_err(|err| {
+                let place = url.map_or_else(|| self.root.display().to_string(), redact_url);
+                Failure::error(format!("cannot open the store ({place}): {err}"))
+            })
     }
 
     /// A runner for one task started by `run`.
@@ -69,13 +77,22 @@ impl Home {
         .await
     }
 
-    /// A runner for `nightshift worker`.
+    /// A runner for `nightshift worker` and `nightshift serve`. Both check the blobs first: a
+    /// wrong bucket or key stops them here, rather than failing every task when it hands back
+    /// its diff (or every `diff` request).
     pub async fn worker_runner(&self, providers: ProviderConfig) -> Result<Runner, Failure> {
-        self.runner_named(
-            providers,
-            format!("worker:{}:{}", hostname(), std::process::id()),
-        )
-        .await
+        let runner = self
+            .runner_named(
+                providers,
+                format!("worker:{}:{}", hostname(), std::process::id()),
+            )
+            .await?;
+        runner
+            .store()
+            .check_blobs()
+            .await
+            .map_err(|err| Failure::error(format!("cannot use the blobs: {err}")))?;
+        Ok(runner)
     }
 
     /// This installation's settings: `NIGHTSHIFT_CONFIG`, else `config.toml` in the home

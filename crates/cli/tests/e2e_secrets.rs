@@ -1,5 +1,5 @@
-//! Secrets: set once, given to setup only, redacted from everything a task records, never
-//! stored in the clear, and never committed.
+//! Secrets: set once, given to setup as variables or to the egress proxy as headers, redacted
+//! from everything a task records, never stored in the clear, and never committed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,6 +7,7 @@ mod common;
 
 use std::io::Write;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::json;
@@ -173,4 +174,136 @@ async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
     assert_eq!(server.served(), 0);
     let found = files_containing(ns.home.path(), TOKEN);
     assert!(found.is_empty(), "the secret is in the clear in {found:?}");
+}
+
+/// An HTTPS service on loopback with a certificate from a CA of the test's own: it records the
+/// `authorization` header of every request and answers `hello`. Returns its port, the CA's
+/// certificate (PEM) and the headers seen.
+async fn https_service() -> (u16, String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e service CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let authorization = head
+                .lines()
+                .find_map(|line| line.strip_prefix("authorization: "))
+                .unwrap_or("none")
+                .to_string();
+            record.lock().unwrap().push(authorization);
+            let _ = tls
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                )
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (port, ca_pem, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_secret_reaches_its_host_as_a_header_and_never_the_sandbox() {
+    let (port, ca_pem, seen) = https_service().await;
+    let repo = buggy_repo();
+    std::fs::write(
+        repo.path().join(".nightshift.toml"),
+        format!(
+            "[network]\nagent = [\"127.0.0.1:{port}\"]\n\n[secrets]\nAPI_TOKEN = {{ scope = \"proxy\", hosts = [\"127.0.0.1:{port}\"] }}\n"
+        ),
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "call the service"]);
+    let (mut ns, _model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command":
+            format!("echo \"agent sees: [$API_TOKEN]\"; curl -sS --noproxy '' --max-time 10 https://127.0.0.1:{port}/v1/me; echo")}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called the service"}}]}}
+    ])))
+    .await;
+    // The worker trusts the service's CA (as it would a public one) through SSL_CERT_FILE.
+    let roots = ns.home.path().join("service-ca.pem");
+    std::fs::write(&roots, &ca_pem).unwrap();
+    ns.env
+        .push(("SSL_CERT_FILE".into(), path_str(&roots).to_string()));
+    set_secret(&ns, "API_TOKEN", TOKEN);
+
+    let (out, task) = ns.wait_task(repo.path(), "call").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(*seen.lock().unwrap(), [format!("Bearer {TOKEN}")]);
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    let shell = events
+        .iter()
+        .find(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
+        .unwrap();
+    let output = shell["output"].as_str().unwrap();
+    assert!(output.contains("agent sees: []"), "{output}");
+    assert!(output.contains("hello"), "{output}");
+    let egress = events.iter().find(|e| e["type"] == "egress").unwrap();
+    assert_eq!(
+        egress["detail"], "secret API_TOKEN added to 1 request",
+        "{egress}"
+    );
+    let found = files_containing(ns.home.path(), TOKEN);
+    assert!(found.is_empty(), "the secret is in the clear in {found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_secret_for_a_host_no_allowlist_reaches_is_called_out() {
+    let repo = buggy_repo();
+    std::fs::write(
+        repo.path().join(".nightshift.toml"),
+        "[secrets]\nAPI_TOKEN = { scope = \"proxy\", hosts = [\"api.example.com\"] }\n",
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "a secret for nowhere"]);
+    let (ns, _model) = Nightshift::with_script(fixing_script()).await;
+    set_secret(&ns, "API_TOKEN", TOKEN);
+    let (out, task) = ns.wait_task(repo.path(), "fix").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("secret `API_TOKEN` is for api.example.com, which neither [network].agent nor [network].setup allows")),
+        "{events:#?}"
+    );
 }

@@ -1,5 +1,6 @@
 //! The team setup end to end: `nightshift serve` with its API and workers, `nightshift worker`
-//! processes killed mid-task, many tasks at once, and two workers sharing PostgreSQL.
+//! processes killed mid-task, many tasks at once, two workers sharing PostgreSQL, and blobs in
+//! an S3-compatible bucket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use nightshift_test_s3::LoopbackS3;
 use serde_json::{Value, json};
 
 /// A running `nightshift serve`, stopped with SIGTERM when dropped.
@@ -486,4 +488,82 @@ async fn two_workers_on_postgresql_never_run_the_same_task_twice() {
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_and_its_workers_keep_blobs_in_an_s3_bucket() {
+    let s3 = LoopbackS3::start().unwrap();
+    let repo = buggy_repo();
+    let (mut ns, _model) = Nightshift::with_script(fixing_script()).await;
+    ns.env = s3.env();
+    ns.env
+        .push(("NIGHTSHIFT_BLOB_URL".into(), s3.url("nightshift/prod")));
+    let secret = token(&ns, "submit").await;
+    let mut server = Server::start(&ns, 1);
+    let client = http();
+    let created = client
+        .post(format!("{}/api/tasks", server.url))
+        .bearer_auth(&secret)
+        .json(&json!({"repo": path_str(repo.path()), "prompt": "Fix the add function"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let task = ns
+        .wait_for(&id, |task| {
+            ["succeeded", "failed", "cancelled"].contains(&task["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+
+    // The worker wrote the diff to the bucket, serve reads it from there: no blobs directory.
+    let stored =
+        std::fs::read_to_string(s3.object_file(&format!("nightshift/prod/tasks/{id}/diff.patch")))
+            .unwrap();
+    assert!(stored.contains("+add() { echo $(($1 + $2)); }"), "{stored}");
+    let served = client
+        .get(format!("{}/api/tasks/{id}/diff", server.url))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.text().await.unwrap(), stored);
+    let out = ns.run(&["diff", &id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), stored);
+    assert!(!ns.home.path().join("blobs").exists());
+    assert!(server.stop().success());
+
+    // A wrong secret key stops a worker (and serve) at start, saying why.
+    let wrong = "not-the-secret-key";
+    for args in [&["worker"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+        let mut command = ns.command(args);
+        command.env("AWS_SECRET_ACCESS_KEY", wrong);
+        let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let text = stderr(&out);
+        assert!(text.contains("refused the credentials"), "{args:?}: {text}");
+        assert!(text.contains("s3://nightshift/nightshift/prod"), "{text}");
+        assert!(!text.contains(wrong), "{text}");
+    }
+
+    // An unusable URL is refused before anything is opened, with the forms that work.
+    let mut command = ns.command(&["ls"]);
+    command.env("NIGHTSHIFT_BLOB_URL", "gs://bucket");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("s3://BUCKET/PREFIX"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -9,7 +9,7 @@ use nightshift_agent::SinkError;
 use nightshift_env::config::{ConfigError, ConfigSource, EnvConfig, Loaded, SecretScope};
 use nightshift_env::{collect_agents_md, render_agents_context};
 use nightshift_protocol::{CommandPhase, Event, TaskId};
-use nightshift_sandbox::{ExecRequest, ExitStatus, SandboxSession};
+use nightshift_sandbox::{Credential, ExecRequest, ExitStatus, SandboxSession};
 use nightshift_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -302,28 +302,95 @@ fn exports(env: &[(String, String)]) -> String {
         .collect()
 }
 
-/// The secrets the configuration gives setup, as environment variables, or the names of those
-/// that are not set.
-pub(crate) fn setup_secrets(
+/// What the configuration's secrets become in a task's sandboxes.
+#[derive(Debug, Default)]
+pub(crate) struct TaskSecrets {
+    /// Setup's environment variables.
+    pub setup_env: Vec<(String, String)>,
+    /// Headers the egress proxy adds for the sandbox.
+    pub credentials: Vec<Credential>,
+}
+
+/// The secrets the configuration names, as setup's environment variables and the egress
+/// proxy's credentials, or the names of those that are not set.
+pub(crate) fn task_secrets(
     loaded: &Loaded,
     secrets: &[(String, String)],
-) -> Result<Vec<(String, String)>, Vec<String>> {
-    let mut env = Vec::new();
+) -> Result<TaskSecrets, Vec<String>> {
+    let mut task = TaskSecrets::default();
     let mut missing = Vec::new();
     for spec in &loaded.config.secrets {
-        if !matches!(spec.scope, SecretScope::Setup) {
+        let Some((_, value)) = secrets.iter().find(|(name, _)| *name == spec.name) else {
+            missing.push(spec.name.clone());
             continue;
-        }
-        match secrets.iter().find(|(name, _)| *name == spec.name) {
-            Some(found) => env.push(found.clone()),
-            None => missing.push(spec.name.clone()),
+        };
+        match &spec.scope {
+            SecretScope::Setup => task.setup_env.push((spec.name.clone(), value.clone())),
+            SecretScope::Proxy {
+                hosts,
+                header,
+                format,
+            } => task.credentials.push(Credential {
+                name: spec.name.clone(),
+                hosts: hosts.clone(),
+                header: header.clone(),
+                value: format.replace("{value}", value),
+            }),
         }
     }
     if missing.is_empty() {
-        Ok(env)
+        Ok(task)
     } else {
         Err(missing)
     }
+}
+
+/// Why a proxy secret would never be sent, for each that would not: the backend has no egress
+/// proxy, or no allowlist of the configuration reaches one of its hosts.
+pub(crate) fn unsendable_credentials(
+    loaded: &Loaded,
+    credentials: &[Credential],
+    backend: Option<&str>,
+) -> Vec<String> {
+    let network = &loaded.config.network;
+    let reachable = |host: &str| {
+        network.agent.iter().chain(&network.setup).any(|pattern| {
+            let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+            let bare = |p: &str| {
+                p.rsplit_once(':')
+                    .map_or(p.to_string(), |(h, _)| h.to_string())
+            };
+            pattern == host
+                || bare(&pattern) == host
+                || pattern
+                    .strip_prefix("*.")
+                    .is_some_and(|suffix| host.ends_with(&format!(".{}", bare(suffix))))
+        })
+    };
+    let mut reasons = Vec::new();
+    for credential in credentials {
+        if let Some(backend) = backend {
+            reasons.push(format!(
+                "secret `{}` has scope `proxy`, but the {backend} backend has no egress proxy: it is never sent",
+                credential.name
+            ));
+            continue;
+        }
+        let unreached = credential
+            .hosts
+            .iter()
+            .filter(|host| !reachable(host))
+            .map(String::as_str)
+            .collect::<Vec<_>>();
+        if !unreached.is_empty() {
+            reasons.push(format!(
+                "secret `{}` is for {}, which neither [network].agent nor [network].setup allows: it is never sent there",
+                credential.name,
+                unreached.join(", ")
+            ));
+        }
+    }
+    reasons
 }
 
 /// The first file under `dir` (relative path) holding a secret's value, with its name. Files

@@ -31,6 +31,8 @@ pub(crate) struct Run<'a> {
     pub(crate) env: &'a Loaded,
     /// The secrets setup gets as environment variables.
     pub(crate) setup_env: &'a [(String, String)],
+    /// The secrets the egress proxy adds to requests of every session of the task.
+    pub(crate) credentials: &'a [nightshift_sandbox::Credential],
     /// For a follow-up: the earlier task, whose branch this run continues.
     pub(crate) parent: Option<&'a Task>,
     /// The cached setup layer(s) every session of the task stacks over its working copy.

@@ -14,7 +14,6 @@ use std::time::Instant;
 use jiff::Timestamp;
 use nightshift_agent::{Agent, AgentConfig, AgentOutcome, CostFn, SinkError};
 use nightshift_env::SourceRepo;
-use nightshift_env::config::SecretScope;
 use nightshift_env::secrets::Redactor;
 use nightshift_model::ModelSpec;
 use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
@@ -252,26 +251,24 @@ impl Runner {
         environment::announce(log, &loaded).await?;
         let secrets = self.load_secrets(log).await?;
         log.redact_with(Redactor::new(&secrets));
-        let setup_env = match environment::setup_secrets(&loaded, &secrets) {
-            Ok(env) => env,
+        let task_secrets = match environment::task_secrets(&loaded, &secrets) {
+            Ok(task_secrets) => task_secrets,
             Err(missing) => {
                 let _ = copy.remove().await;
                 return fail(
                     log,
                     ErrorKind::InvalidInput,
-                    format!("the configuration gives setup the secret(s) {}, which are not set", missing.join(", ")),
+                    format!("the configuration names the secret(s) {}, which are not set", missing.join(", ")),
                     Some(format!("set each with `nightshift secret set NAME` (the value is read from stdin), e.g. `nightshift secret set {}`", missing[0])),
                 )
                 .await;
             }
         };
-        for spec in &loaded.config.secrets {
-            if matches!(spec.scope, SecretScope::Proxy { .. }) {
-                log.append(Event::Warning {
-                    message: format!("secret `{}` has scope `proxy`, which this version cannot inject yet; the task does not get it", spec.name),
-                })
-                .await?;
-            }
+        let backend = (!self.sandbox.credentials()).then(|| self.sandbox.backend());
+        for message in
+            environment::unsendable_credentials(&loaded, &task_secrets.credentials, backend)
+        {
+            log.append(Event::Warning { message }).await?;
         }
         environment::copy_untracked(
             log,
@@ -287,7 +284,8 @@ impl Runner {
             source: &source,
             copy: &copy,
             env: &loaded,
-            setup_env: &setup_env,
+            setup_env: &task_secrets.setup_env,
+            credentials: &task_secrets.credentials,
             parent: parent.as_ref(),
             layers: &[],
         };

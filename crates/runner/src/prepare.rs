@@ -265,6 +265,7 @@ pub(crate) fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>
         },
         egress: Some(egress),
         layers: run.layers.to_vec(),
+        credentials: run.credentials.to_vec(),
         ..SessionSpec::new(workspace)
     }
 }

@@ -1,5 +1,6 @@
 //! The runner against a real SQLite store, real git repositories and a scripted model over
-//! loopback HTTP: the worker pool, shutdown, lapsed leases, steering messages and budgets.
+//! loopback HTTP: the worker pool, shutdown, lapsed leases, steering messages and budgets; and a
+//! task whose blobs go to a real S3-compatible server on loopback.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,8 @@ use nightshift_protocol::{Event, EventRecord, TaskId, TaskState};
 use nightshift_runner::{Runner, RunnerConfig, TaskRequest, WorkerConfig};
 use nightshift_sandbox::Unisolated;
 use nightshift_scripted_model::{Script, ScriptedModel};
-use nightshift_store::{SqliteStore, Store};
+use nightshift_store::{Blobs, SqliteStore, Store};
+use nightshift_test_s3::LoopbackS3;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -49,13 +51,32 @@ struct World {
 }
 
 async fn world(steps: serde_json::Value, tweak: impl FnOnce(&mut RunnerConfig)) -> World {
+    world_with(steps, tweak, &[], None).await
+}
+
+/// A world whose repository also holds `files`, and whose store keeps its blobs in `blobs`
+/// (else in the home directory).
+async fn world_with(
+    steps: serde_json::Value,
+    tweak: impl FnOnce(&mut RunnerConfig),
+    files: &[(&str, &str)],
+    blobs: Option<Blobs>,
+) -> World {
     let home = tempfile::tempdir().unwrap();
     let repo = tempfile::tempdir().unwrap();
     std::fs::write(repo.path().join("README"), "hello\n").unwrap();
+    for (path, content) in files {
+        std::fs::write(repo.path().join(path), content).unwrap();
+    }
     git(repo.path(), &["init", "-q", "-b", "main"]);
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "init"]);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home.path()).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(match blobs {
+        None => SqliteStore::open(home.path()).await.unwrap(),
+        Some(blobs) => SqliteStore::open_with_blobs(home.path(), blobs)
+            .await
+            .unwrap(),
+    });
     let server =
         ScriptedModel::start(Script::from_json(&json!({ "steps": steps }).to_string()).unwrap())
             .await
@@ -412,6 +433,57 @@ async fn a_context_length_error_is_answered_by_compaction_then_a_retry() {
         events
             .iter()
             .any(|e| matches!(e.event, Event::ContextCompacted { masked: 1, .. })),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_hands_its_diff_and_check_logs_to_an_s3_bucket() {
+    let s3 = LoopbackS3::start().unwrap();
+    let blobs = Blobs::from_url(&s3.url("nightshift"), s3.env()).unwrap();
+    let w = world_with(
+        write_and_finish(1),
+        |_| {},
+        &[(".nightshift.toml", "[checks]\nproof = \"cat done.txt\"\n")],
+        Some(blobs.clone()),
+    )
+    .await;
+    let id = w.submit("write done.txt", |_| {}).await;
+    let task = w
+        .runner
+        .run_task(id, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::Succeeded, "{:?}", task.error);
+
+    assert_eq!(
+        blobs.list(id).await.unwrap(),
+        [
+            "check-proof.log".to_string(),
+            nightshift_runner::DIFF_BLOB.to_string()
+        ]
+    );
+    let on_server = |name: &str| {
+        std::fs::read_to_string(s3.object_file(&format!("nightshift/tasks/{id}/{name}"))).unwrap()
+    };
+    let diff = on_server(nightshift_runner::DIFF_BLOB);
+    assert!(diff.contains("+++ b/done.txt"), "{diff}");
+    assert_eq!(
+        w.store
+            .get_blob(id, nightshift_runner::DIFF_BLOB)
+            .await
+            .unwrap()
+            .unwrap(),
+        diff.as_bytes()
+    );
+    assert!(on_server("check-proof.log").contains("done"));
+    let events = w.events(id).await;
+    assert!(
+        events.iter().any(|e| matches!(
+            &e.event,
+            Event::CommandFinished { artifact: Some(artifact), ok: true, .. }
+                if artifact == "check-proof.log"
+        )),
         "{events:#?}"
     );
 }

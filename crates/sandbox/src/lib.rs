@@ -25,8 +25,9 @@ pub use unisolated::Unisolated;
 pub use doctor::{DoctorReport, Feature, doctor};
 #[cfg(target_os = "linux")]
 pub use linux::{
-    EgressEvent, EgressVerdict, HELPER_ARG, HelperCommand, Limits, Namespaced, NamespacedConfig,
-    NamespacedSession, NetworkPolicy, SANDBOX_ID, SessionOptions, run_helper_if_requested,
+    CA_BUNDLE, EgressEvent, EgressVerdict, HELPER_ARG, HelperCommand, Limits, Namespaced,
+    NamespacedConfig, NamespacedSession, NetworkPolicy, SANDBOX_ID, SessionOptions,
+    run_helper_if_requested,
 };
 
 /// What a session is started with.
@@ -48,6 +49,33 @@ pub struct SessionSpec {
     /// Read-only layers stacked over the workspace, lowest first: each is the changes a
     /// session kept with [`SandboxSession::close_keeping_changes`] (a cached setup).
     pub layers: Vec<PathBuf>,
+    /// Secrets the egress proxy adds to HTTPS requests to their hosts; the session never holds
+    /// them. Only a backend with an egress proxy can use them (see [`Sandbox::credentials`]).
+    pub credentials: Vec<Credential>,
+}
+
+/// A secret sent as an HTTP header on the session's behalf: the egress proxy adds `header:
+/// value` to every HTTPS request to one of `hosts` (patterns as in [`SessionSpec::network`]),
+/// decrypting those connections with a certificate authority made for the session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The secret's name, for the log.
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub header: String,
+    /// The header's whole value, the secret included.
+    pub value: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .field("header", &self.header)
+            .field("value", &format_args!("[secret:{}]", self.name))
+            .finish()
+    }
 }
 
 impl SessionSpec {
@@ -61,6 +89,7 @@ impl SessionSpec {
             #[cfg(target_os = "linux")]
             egress: None,
             layers: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 }
@@ -216,6 +245,12 @@ pub trait Sandbox: Send + Sync {
 
     /// Whether sessions take [`SessionSpec::layers`] and can keep their changes as one.
     fn supports_layers(&self) -> bool {
+        false
+    }
+
+    /// Whether sessions send [`SessionSpec::credentials`] (through an egress proxy). A backend
+    /// that does not ignores them: the caller says so.
+    fn credentials(&self) -> bool {
         false
     }
 }

@@ -129,6 +129,7 @@ impl ApiError {
             | StoreError::Database { .. }
             | StoreError::Migrate { .. }
             | StoreError::Blob { .. }
+            | StoreError::BlobUrl { .. }
             | StoreError::Serialize { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Io { .. } => ApiError::internal(context, &error),

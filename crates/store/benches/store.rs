@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use nightshift_protocol::{Event, Task, TaskId, TaskSpec};
-use nightshift_store::{PostgresStore, SqliteStore, Store};
+use nightshift_store::{Blobs, PostgresStore, SqliteStore, Store};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
@@ -44,9 +44,12 @@ fn main() {
                 let name = format!("nightshift_bench_{}", TaskId::new());
                 admin(&server, &format!("CREATE DATABASE {name}")).await;
                 let store: Arc<dyn Store> = Arc::new(
-                    PostgresStore::connect_with(server.clone().database(&name), home.path())
-                        .await
-                        .unwrap(),
+                    PostgresStore::connect_with(
+                        server.clone().database(&name),
+                        Blobs::local(&home.path().join("blobs")).unwrap(),
+                    )
+                    .await
+                    .unwrap(),
                 );
                 measure_all("postgres", &store).await;
                 drop(store);

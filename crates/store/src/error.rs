@@ -6,6 +6,7 @@
 //! [`StoreError::is_retryable`] or match on the variants.
 
 use std::io;
+use std::sync::Arc;
 
 use sqlx::error::DatabaseError;
 use std::path::PathBuf;
@@ -53,16 +54,30 @@ pub enum StoreError {
         cause: sqlx::migrate::MigrateError,
     },
 
-    /// A blob could not be read or written.
+    /// A blob could not be read, written, listed or deleted. `action` says what was done to
+    /// `key` (if any); `place` is where the blobs are (a directory, or
+    /// `s3://bucket/prefix at endpoint`), never with credentials.
     #[error(
-        "could not {action} the blob `{key}`: {cause}; check the permissions and free space of \
-         the blobs directory under the nightshift home"
+        "could not {action}{} in {place}: {cause}; {}",
+        quoted(key),
+        blob_hint(place, cause)
     )]
     Blob {
         action: &'static str,
+        place: Arc<str>,
         key: String,
-        cause: object_store::Error,
+        /// Boxed: object_store's errors are large, and every result of the store carries room
+        /// for one.
+        cause: Box<object_store::Error>,
     },
+
+    /// `NIGHTSHIFT_BLOB_URL`, or the `AWS_*` settings that go with it, cannot be used. `url`
+    /// is shown without credentials.
+    #[error(
+        "cannot use the blob store `{url}`: {reason}; {}",
+        crate::blobs::ACCEPTED_BLOB_URLS
+    )]
+    BlobUrl { url: String, reason: String },
 
     /// A blob name that could escape its task's directory or is otherwise unusable as a file name.
     #[error(
@@ -122,10 +137,11 @@ impl StoreError {
                 _ => false,
             },
             StoreError::Io { cause, .. } => is_transient_io(cause),
+            StoreError::Blob { cause, .. } => is_unreachable(cause),
             StoreError::NotFound { .. }
             | StoreError::Ambiguous { .. }
             | StoreError::NotQueued { .. }
-            | StoreError::Blob { .. }
+            | StoreError::BlobUrl { .. }
             | StoreError::InvalidBlobName { .. }
             | StoreError::InvalidSecretName { .. }
             | StoreError::Serialize { .. }
@@ -144,6 +160,80 @@ impl StoreError {
     pub(crate) fn corrupt(what: impl Into<String>) -> Self {
         StoreError::Corrupt { what: what.into() }
     }
+}
+
+/// ` `key`` for messages, or nothing for no key.
+fn quoted(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" `{key}`")
+    }
+}
+
+/// What to do about a blob error, by what went wrong and where the blobs are.
+fn blob_hint(place: &str, cause: &object_store::Error) -> &'static str {
+    let remote = place.starts_with("s3://");
+    if !remote {
+        return "check the permissions and free space of that directory";
+    }
+    if crate::blobs::is_missing_bucket(cause) {
+        return "the bucket does not exist: create it, or correct the bucket in \
+                NIGHTSHIFT_BLOB_URL (and AWS_ENDPOINT_URL for an S3-compatible server)";
+    }
+    if is_refused(cause) {
+        return "the object store refused the credentials: check AWS_ACCESS_KEY_ID and \
+                AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), and that they may read, write, \
+                list and delete in the bucket";
+    }
+    if is_unreachable(cause) {
+        return "the object store could not be reached: check AWS_ENDPOINT_URL and that the \
+                server is up, then try again";
+    }
+    "check NIGHTSHIFT_BLOB_URL and the AWS_* settings that go with it"
+}
+
+/// Whether the object store refused the request's credentials or signature. Listings come back
+/// as `Generic` errors whatever the status, so S3's error codes and the status are looked for in
+/// the message too.
+fn is_refused(cause: &object_store::Error) -> bool {
+    match cause {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => true,
+        _ => {
+            let text = cause.to_string();
+            [
+                "SignatureDoesNotMatch",
+                "InvalidAccessKeyId",
+                "AccessDenied",
+                "403 Forbidden",
+                "401 Unauthorized",
+            ]
+            .iter()
+            .any(|code| text.contains(code))
+        }
+    }
+}
+
+/// Whether a blob request failed in transit (no connection, timed out, cut off) rather than
+/// being answered: trying again later may work.
+fn is_unreachable(cause: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(cause);
+    while let Some(error) = source {
+        if let Some(http) = error.downcast_ref::<HttpError>() {
+            return match http.kind() {
+                HttpErrorKind::Connect
+                | HttpErrorKind::Request
+                | HttpErrorKind::Timeout
+                | HttpErrorKind::Interrupted => true,
+                // Decode, Unknown and kinds added later: not something waiting fixes.
+                _ => false,
+            };
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// SQLite's primary result codes for "another connection holds the lock".

@@ -5,7 +5,9 @@
 //! one file under `NIGHTSHIFT_HOME`, WAL mode, and write statements that take the write lock up
 //! front so that several processes (the CLI, detached workers) share it without "database is
 //! locked". PostgreSQL serves many machines: the same statements where the two agree, `FOR
-//! UPDATE SKIP LOCKED` for the queue and LISTEN/NOTIFY to wake waiting workers.
+//! UPDATE SKIP LOCKED` for the queue and LISTEN/NOTIFY to wake waiting workers. Blobs go to a
+//! directory in the nightshift home or, for many machines, to an S3-compatible bucket
+//! ([`Blobs`], chosen with [`open_blobs`]).
 
 mod blobs;
 mod error;
@@ -22,9 +24,9 @@ use std::time::Duration;
 
 use nightshift_protocol::{ApiToken, Event, EventRecord, Task, TaskId, TaskState};
 
-pub use blobs::LocalBlobs;
+pub use blobs::Blobs;
 pub use error::StoreError;
-pub use open::open_store;
+pub use open::{open_blobs, open_store};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -177,6 +179,11 @@ pub trait Store: Send + Sync {
 
     /// A blob of the task, if stored.
     async fn get_blob(&self, id: TaskId, name: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Checks that the blobs can be reached and the credentials are accepted (one request that
+    /// lists nothing, for an object store bucket). Workers and servers call it at start-up, so
+    /// that a wrong bucket or key fails them at once rather than each task at its end.
+    async fn check_blobs(&self) -> Result<(), StoreError>;
 
     /// Stores a new API token with the hash of its secret (the secret itself is never stored).
     async fn create_token(&self, token: &ApiToken, secret_hash: &str) -> Result<(), StoreError>;

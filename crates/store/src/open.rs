@@ -1,30 +1,36 @@
-//! Choosing the backend from configuration: every binary (CLI, server, worker) opens its store
-//! through [`open_store`], so that one connection string is all it takes to move from a single
-//! machine's SQLite file to a PostgreSQL database shared by many.
+//! Choosing the backends from configuration: every binary (CLI, server, worker) opens its store
+//! through [`open_store`] and its blobs through [`open_blobs`], so that a connection string and
+//! a blob URL are all it takes to move from a single machine's SQLite file and blobs directory
+//! to a PostgreSQL database and an object store bucket shared by many.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{PostgresStore, SqliteStore, Store, StoreError};
+use crate::{Blobs, PostgresStore, SqliteStore, Store, StoreError};
 
-/// The blobs directory inside the nightshift home, for either backend.
-const BLOBS_DIR: &str = "blobs";
+/// The blobs directory inside the nightshift home, the default for either backend.
+pub(crate) const BLOBS_DIR: &str = "blobs";
 
-/// Opens the store `database` names (the CLI passes `NIGHTSHIFT_DATABASE_URL`):
+/// Opens the store `database` names (the CLI passes `NIGHTSHIFT_DATABASE_URL`), keeping blobs
+/// in `blobs` (see [`open_blobs`]):
 /// - `None`, or a `sqlite:` URL: the SQLite store in `home` (the URL's path is not used: the
-///   database always lives in the nightshift home, beside its blobs);
-/// - `postgres://…` or `postgresql://…`: that PostgreSQL database, with blobs in `home/blobs`.
+///   database always lives in the nightshift home);
+/// - `postgres://…` or `postgresql://…`: that PostgreSQL database.
 ///
 /// Anything else is refused with a message naming the accepted forms.
-pub async fn open_store(database: Option<&str>, home: &Path) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open_store(
+    database: Option<&str>,
+    blobs: Blobs,
+    home: &Path,
+) -> Result<Arc<dyn Store>, StoreError> {
     let Some(url) = database.map(str::trim).filter(|url| !url.is_empty()) else {
-        return Ok(Arc::new(SqliteStore::open(home).await?));
+        return Ok(Arc::new(SqliteStore::open_with_blobs(home, blobs).await?));
     };
     match scheme(url) {
-        Some("sqlite") => Ok(Arc::new(SqliteStore::open(home).await?)),
-        Some("postgres" | "postgresql") => Ok(Arc::new(
-            PostgresStore::connect(url, &home.join(BLOBS_DIR)).await?,
-        )),
+        Some("sqlite") => Ok(Arc::new(SqliteStore::open_with_blobs(home, blobs).await?)),
+        Some("postgres" | "postgresql") => {
+            Ok(Arc::new(PostgresStore::connect(url, blobs).await?))
+        }
         _ => Err(StoreError::database(
             "choosing the database",
             sqlx::Error::Configuration(
@@ -39,6 +45,25 @@ pub async fn open_store(database: Option<&str>, home: &Path) -> Result<Arc<dyn S
     }
 }
 
+/// Opens the blobs `url` names (the CLI passes `NIGHTSHIFT_BLOB_URL`, and the process
+/// environment as `env` for the `AWS_*` settings of an `s3://` URL):
+/// - `None` (or blank): the directory `blobs` in `home`, created if missing;
+/// - `s3://BUCKET[/PREFIX]` or `file:///PATH`: see [`Blobs::from_url`].
+///
+/// Sends nothing over the network; [`Blobs::check`] does. Anything else is refused with a
+/// message naming the accepted forms.
+pub fn open_blobs<I, K, V>(url: Option<&str>, home: &Path, env: I) -> Result<Blobs, StoreError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    match url.map(str::trim).filter(|url| !url.is_empty()) {
+        None => Blobs::local(&home.join(BLOBS_DIR)),
+        Some(url) => Blobs::from_url(url, env),
+    }
+}
+
 /// The URL's scheme, lowercase.
 fn scheme(url: &str) -> Option<&'static str> {
     let (scheme, _) = url.split_once(':')?;
@@ -48,7 +73,7 @@ fn scheme(url: &str) -> Option<&'static str> {
 }
 
 /// The URL with anything before an `@` (user and password) left out, for messages.
-fn without_credentials(url: &str) -> String {
+pub(crate) fn without_credentials(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
         _ => url.to_string(),

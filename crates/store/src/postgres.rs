@@ -10,11 +10,13 @@
 //! - Waiting workers are woken by `NOTIFY nightshift_queue` (sent by `create_task` and
 //!   `release_task`, delivered at commit) instead of polling.
 //!
-//! Blobs stay in a local directory for now (`object_store`'s file system store).
+//! Blobs are not in the database: they go to the [`Blobs`] the store is opened with. For many
+//! machines that is an object store bucket (`NIGHTSHIFT_BLOB_URL=s3://…`), which every server
+//! and worker reaches on its own; the default, a directory in the nightshift home, has to be
+//! shared between them (e.g. over NFS) for `serve` to find the diffs that workers wrote.
 
 mod wakeups;
 
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ use crate::rows::{
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    CancelOutcome, LocalBlobs, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -49,28 +51,27 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    blobs: LocalBlobs,
+    blobs: Blobs,
     wakeups: Wakeups,
 }
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`),
     /// brings its schema up to date, starts listening for queued tasks, and keeps blobs in
-    /// `blobs_dir` (created if missing).
-    pub async fn connect(url: &str, blobs_dir: &Path) -> Result<PostgresStore, StoreError> {
+    /// `blobs`.
+    pub async fn connect(url: &str, blobs: Blobs) -> Result<PostgresStore, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(|cause| {
             StoreError::database("reading the PostgreSQL URL (password not shown)", cause)
         })?;
-        PostgresStore::connect_with(options, blobs_dir).await
+        PostgresStore::connect_with(options, blobs).await
     }
 
     /// [`PostgresStore::connect`] with options already parsed.
     pub async fn connect_with(
         options: PgConnectOptions,
-        blobs_dir: &Path,
+        blobs: Blobs,
     ) -> Result<PostgresStore, StoreError> {
         let name = describe(&options);
-        let blobs = LocalBlobs::open(blobs_dir)?;
         // One connection of its own first, for migrations: if the server cannot be reached,
         // this says so at once (a pool would retry until its timeout and only report that).
         let mut setup = PgConnection::connect_with(&options)
@@ -441,6 +442,10 @@ impl Store for PostgresStore {
 
     async fn get_blob(&self, id: TaskId, name: &str) -> Result<Option<Bytes>, StoreError> {
         self.blobs.get(id, name).await
+    }
+
+    async fn check_blobs(&self) -> Result<(), StoreError> {
+        self.blobs.check().await
     }
 
     async fn create_token(&self, token: &ApiToken, secret_hash: &str) -> Result<(), StoreError> {

@@ -26,12 +26,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+use crate::open::BLOBS_DIR;
 use crate::rows::{
     self, EventRow, SecretRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns,
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    CancelOutcome, LocalBlobs, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -40,8 +41,6 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 const DATABASE_FILE: &str = "nightshift.db";
 /// Held (with `flock`) while a process creates or migrates the database.
 const SETUP_LOCK_FILE: &str = "nightshift.db.setup-lock";
-/// The blobs directory inside the nightshift home.
-const BLOBS_DIR: &str = "blobs";
 
 /// How long a statement waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,13 +54,19 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Several connections that only read.
     reader: SqlitePool,
-    blobs: LocalBlobs,
+    blobs: Blobs,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `home`: the database `home/nightshift.db`, brought
     /// up to date by the embedded migrations, and the blobs under `home/blobs`.
     pub async fn open(home: &Path) -> Result<SqliteStore, StoreError> {
+        let blobs = Blobs::local(&home.join(BLOBS_DIR))?;
+        SqliteStore::open_with_blobs(home, blobs).await
+    }
+
+    /// [`SqliteStore::open`] with the blobs somewhere else, e.g. in an object store bucket.
+    pub async fn open_with_blobs(home: &Path, blobs: Blobs) -> Result<SqliteStore, StoreError> {
         tokio::fs::create_dir_all(home)
             .await
             .map_err(|cause| StoreError::Io {
@@ -94,8 +99,7 @@ impl SqliteStore {
             .map_err(|cause| {
                 StoreError::database(format!("opening the database {}", path.display()), cause)
             })?;
-        let blobs = LocalBlobs::open(&home.join(BLOBS_DIR))?;
-        tracing::debug!(path = %path.display(), "store opened");
+        tracing::debug!(path = %path.display(), blobs = blobs.place(), "store opened");
         Ok(SqliteStore {
             writer,
             reader,
@@ -468,6 +472,10 @@ impl Store for SqliteStore {
 
     async fn get_blob(&self, id: TaskId, name: &str) -> Result<Option<Bytes>, StoreError> {
         self.blobs.get(id, name).await
+    }
+
+    async fn check_blobs(&self) -> Result<(), StoreError> {
+        self.blobs.check().await
     }
 
     async fn create_token(&self, token: &ApiToken, secret_hash: &str) -> Result<(), StoreError> {

@@ -1,4 +1,5 @@
-//! Blobs on the local file system, through a store of either backend.
+//! Blobs on the local file system, through a store of either backend; and blobs in a real
+//! S3-compatible server on loopback ([`LoopbackS3`]), reached over HTTP with signed requests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +8,8 @@ mod common;
 
 use bytes::Bytes;
 use nightshift_protocol::TaskId;
-use nightshift_store::{LocalBlobs, StoreError};
+use nightshift_store::{Blobs, StoreError};
+use nightshift_test_s3::{LoopbackS3, SECRET_KEY};
 
 use common::TestStore;
 
@@ -111,13 +113,187 @@ async fn names_that_could_escape_are_refused(t: TestStore) {
 #[tokio::test]
 async fn local_blobs_work_on_their_own_and_create_their_directory() {
     let root = tempfile::tempdir().unwrap();
-    let blobs = LocalBlobs::open(&root.path().join("nested/blobs")).unwrap();
+    let blobs = Blobs::local(&root.path().join("nested/blobs")).unwrap();
+    blobs.check().await.unwrap();
+    round_trip(&blobs).await;
     let id = TaskId::new();
     blobs
         .put(id, "out.txt", Bytes::from_static(b"hello"))
         .await
         .unwrap();
-    assert_eq!(blobs.get(id, "out.txt").await.unwrap().unwrap(), "hello");
+    let task_dir = root.path().join("nested/blobs/tasks").join(id.to_string());
+    assert_eq!(std::fs::read(task_dir.join("out.txt")).unwrap(), b"hello");
+    blobs.delete(id, "out.txt").await.unwrap();
+    assert!(!task_dir.exists(), "the empty task directory is removed");
+}
+
+/// Put, get, replace, list and delete, as every kind of blobs must do them.
+async fn round_trip(blobs: &Blobs) {
+    let id = TaskId::new();
+    let other = TaskId::new();
+    assert_eq!(blobs.list(id).await.unwrap(), Vec::<String>::new());
+    assert_eq!(blobs.get(id, "diff.patch").await.unwrap(), None);
+
+    blobs
+        .put(
+            id,
+            "diff.patch",
+            Bytes::from_static(b"first version, longer"),
+        )
+        .await
+        .unwrap();
+    blobs
+        .put(id, "diff.patch", Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    blobs
+        .put(id, "check-test.log", Bytes::from_static(b"ok\n"))
+        .await
+        .unwrap();
+    blobs.put(id, "empty.txt", Bytes::new()).await.unwrap();
+    blobs
+        .put(other, "diff.patch", Bytes::from_static(b"not mine"))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        blobs.get(id, "diff.patch").await.unwrap().unwrap(),
+        "second"
+    );
+    assert_eq!(
+        blobs.get(id, "empty.txt").await.unwrap(),
+        Some(Bytes::new())
+    );
+    assert_eq!(
+        blobs.list(id).await.unwrap(),
+        ["check-test.log", "diff.patch", "empty.txt"]
+    );
+
+    blobs.delete(id, "diff.patch").await.unwrap();
+    blobs.delete(id, "diff.patch").await.unwrap();
+    blobs.delete(id, "never-stored").await.unwrap();
+    assert_eq!(blobs.get(id, "diff.patch").await.unwrap(), None);
+    assert_eq!(
+        blobs.list(id).await.unwrap(),
+        ["check-test.log", "empty.txt"]
+    );
+    assert_eq!(
+        blobs.get(other, "diff.patch").await.unwrap().unwrap(),
+        "not mine"
+    );
+    assert!(matches!(
+        blobs.put(id, "../escape", Bytes::new()).await.unwrap_err(),
+        StoreError::InvalidBlobName { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_blobs_round_trip_under_their_prefix() {
+    let s3 = LoopbackS3::start().unwrap();
+    for prefix in ["", "teams/a"] {
+        let blobs = Blobs::from_url(&s3.url(prefix), s3.env()).unwrap();
+        blobs.check().await.unwrap();
+        round_trip(&blobs).await;
+
+        let id = TaskId::new();
+        blobs
+            .put(
+                id,
+                "diff.patch",
+                Bytes::from_static(b"diff --git a/x b/x\n"),
+            )
+            .await
+            .unwrap();
+        let key = format!("tasks/{id}/diff.patch");
+        let key = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}/{key}")
+        };
+        assert_eq!(
+            std::fs::read(s3.object_file(&key)).unwrap(),
+            b"diff --git a/x b/x\n",
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_blobs_round_trip_through_s3() {
+    let s3 = LoopbackS3::start().unwrap();
+    let blobs = Blobs::from_url(&s3.url(""), s3.env()).unwrap();
+    // 24 MiB that no compression or chunking bug would leave intact by chance.
+    let big: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let big = Bytes::from(big);
+    let id = TaskId::new();
+    blobs.put(id, "agent.log", big.clone()).await.unwrap();
+    let read = blobs.get(id, "agent.log").await.unwrap().unwrap();
+    assert_eq!(read.len(), big.len());
+    assert!(read == big, "the blob came back different");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_key_is_refused_and_said_so() {
+    let s3 = LoopbackS3::start().unwrap();
+    let wrong = "not-the-secret-key";
+    let blobs = Blobs::from_url(&s3.url("p"), s3.env_with_secret(wrong)).unwrap();
+    let id = TaskId::new();
+    let errors = [
+        blobs.check().await.unwrap_err(),
+        blobs
+            .put(id, "diff.patch", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err(),
+        blobs.get(id, "diff.patch").await.unwrap_err(),
+    ];
+    for error in errors {
+        assert!(matches!(error, StoreError::Blob { .. }), "{error}");
+        assert!(!error.is_retryable(), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("refused the credentials"), "{text}");
+        assert!(text.contains("AWS_SECRET_ACCESS_KEY"), "{text}");
+        assert!(text.contains(&s3.url("p")), "names the store: {text}");
+        assert!(!text.contains(wrong), "{text}");
+        assert!(!text.contains(SECRET_KEY), "{text}");
+    }
+    assert!(!s3.object_file(&format!("p/tasks/{id}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_an_error_rather_than_an_empty_store() {
+    let s3 = LoopbackS3::start().unwrap();
+    let blobs = Blobs::from_url("s3://no-such-bucket/x", s3.env()).unwrap();
+    let errors = [
+        blobs.check().await.unwrap_err(),
+        blobs.list(TaskId::new()).await.unwrap_err(),
+    ];
+    for error in errors {
+        assert!(matches!(error, StoreError::Blob { .. }), "{error}");
+        assert!(!error.is_retryable(), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("the bucket does not exist"), "{text}");
+        assert!(text.contains("s3://no-such-bucket/x"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_a_retryable_error() {
+    let s3 = LoopbackS3::start().unwrap();
+    // Port 1 on the loopback: nothing listens there, so connections are refused at once.
+    let mut env = s3.env();
+    for (name, value) in &mut env {
+        if name == "AWS_ENDPOINT_URL" {
+            *value = "http://127.0.0.1:1".into();
+        }
+    }
+    let blobs = Blobs::from_url(&s3.url(""), env).unwrap();
+    let error = blobs.check().await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("could not be reached"), "{text}");
+    assert!(text.contains("at http://127.0.0.1:1"), "{text}");
 }
 
 on_every_backend!(

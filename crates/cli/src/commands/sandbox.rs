@@ -47,6 +47,7 @@ async fn exec(args: SandboxExecArgs) -> Result<ExitCode, Failure> {
         network: Some(network),
         limits: Some(limits),
         egress_events: Some(events),
+        ..SessionOptions::default()
     };
     let session = sandbox
         .start_with(SessionSpec::new(workspace), options)

@@ -77,6 +77,8 @@ pub fn script(steps: Value) -> Script {
 pub struct Nightshift {
     pub home: tempfile::TempDir,
     pub base_url: String,
+    /// Variables set for every command, over the defaults.
+    pub env: Vec<(String, String)>,
 }
 
 impl Nightshift {
@@ -84,6 +86,7 @@ impl Nightshift {
         Nightshift {
             home: tempfile::tempdir().unwrap(),
             base_url: base_url.into(),
+            env: Vec::new(),
         }
     }
 
@@ -107,9 +110,11 @@ impl Nightshift {
             .env_remove("NIGHTSHIFT_SECRET_KEY")
             .env_remove("NIGHTSHIFT_SANDBOX")
             .env_remove("NIGHTSHIFT_DATABASE_URL")
+            .env_remove("NIGHTSHIFT_BLOB_URL")
             .env_remove("NIGHTSHIFT_MACHINE_USD_PER_HOUR")
             .env_remove("NIGHTSHIFT_MODEL")
-            .env_remove("NIGHTSHIFT_LOG");
+            .env_remove("NIGHTSHIFT_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 

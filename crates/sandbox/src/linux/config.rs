@@ -90,6 +90,10 @@ pub struct NamespacedConfig {
     pub root_host_id: u32,
     /// How long building a session may take.
     pub start_timeout: Duration,
+    /// PEM files whose certificates the egress proxy trusts for upstream servers, besides the
+    /// host's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the system store), when it adds a
+    /// credential to a host's requests.
+    pub upstream_roots: Vec<PathBuf>,
 }
 
 impl NamespacedConfig {
@@ -102,6 +106,7 @@ impl NamespacedConfig {
             network: NetworkPolicy::None,
             root_host_id: 1_000_000,
             start_timeout: Duration::from_secs(20),
+            upstream_roots: Vec::new(),
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct SessionOptions {
     pub limits: Option<Limits>,
     /// Receives one event per proxied request (allowed or denied).
     pub egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
+    /// Secrets the egress proxy adds to HTTPS requests to their hosts (with network allowed).
+    pub credentials: Vec<crate::Credential>,
 }
 
 /// The uid and gid the sandbox user has inside.

@@ -35,14 +35,16 @@ pub use config::{
     HelperCommand, Limits, NamespacedConfig, NetworkPolicy, SANDBOX_ID, SessionOptions,
 };
 pub use helper::{HELPER_ARG, run_helper_if_requested};
+pub use proxy::intercept::CA_BUNDLE;
 pub use proxy::{EgressEvent, EgressVerdict};
 pub use session::NamespacedSession;
 
 pub(crate) use cgroup::probe as probe_cgroups;
 
-use crate::{Sandbox, SandboxError, SandboxSession, SessionSpec};
+use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
 use process::HelperProcess;
+use proxy::intercept::{CA_BUNDLE_FILE, Interception};
 use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
 use wire::{HelperConfig, Reply, RlimitSpec};
 
@@ -197,7 +199,7 @@ impl Namespaced {
         let prepared = self.prepare(
             (&workspace, &layers),
             &limits,
-            &network,
+            (&network, options.credentials),
             events,
             (host_id, drop_root),
             &mut resources,
@@ -255,6 +257,9 @@ impl Namespaced {
         if resources.proxy.is_some() {
             env.extend(proxy::proxy_env());
         }
+        if prepared.config.ca_bundle {
+            env.extend(proxy::intercept::ca_env());
+        }
         for (key, value) in spec.env {
             env.retain(|(existing, _)| *existing != key);
             env.push((key, value));
@@ -281,7 +286,7 @@ impl Namespaced {
         &self,
         (workspace, layers): (&Path, &[PathBuf]),
         limits: &Limits,
-        network: &NetworkPolicy,
+        (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
         (host_id, drop_root): (u32, bool),
         resources: &mut session::Resources,
@@ -291,19 +296,32 @@ impl Namespaced {
                 setup_error(format!("preparing {}: {e}", resources.state_dir.display()))
             })?;
 
-        let proxy = match network {
-            NetworkPolicy::None => false,
+        let (proxy, ca_bundle) = match network {
+            NetworkPolicy::None => (false, false),
             NetworkPolicy::Allow(patterns) => {
+                let interception = if credentials.is_empty() {
+                    None
+                } else {
+                    let interception =
+                        Interception::new(credentials, self.config.upstream_roots.clone())
+                            .map_err(setup_error)?;
+                    let bundle = resources.state_dir.join(CA_BUNDLE_FILE);
+                    proxy::intercept::write_bundle(&bundle, interception.ca_pem())
+                        .map_err(|e| setup_error(format!("writing {}: {e}", bundle.display())))?;
+                    Some(Arc::new(interception))
+                };
+                let ca_bundle = interception.is_some();
                 let path = resources.state_dir.join("proxy.sock");
                 let proxy = proxy::EgressProxy::start(
                     &path,
                     patterns.clone(),
+                    interception,
                     egress_events,
                     drop_root.then_some(host_id),
                 )
                 .map_err(|e| setup_error(format!("starting the egress proxy: {e}")))?;
                 resources.proxy = Some(proxy);
-                true
+                (true, ca_bundle)
             }
         };
 
@@ -333,6 +351,7 @@ impl Namespaced {
             trees: tree_paths,
             tmp_bytes: limits.tmp_bytes,
             proxy,
+            ca_bundle,
             seccomp,
             layers: layers.to_vec(),
         };
@@ -568,6 +587,10 @@ impl Sandbox for Namespaced {
         true
     }
 
+    fn credentials(&self) -> bool {
+        true
+    }
+
     fn isolated(&self) -> bool {
         true
     }
@@ -597,6 +620,7 @@ impl Sandbox for Namespaced {
             network: Some(network),
             limits: Some(limits),
             egress_events: spec.egress.clone(),
+            credentials: spec.credentials.clone(),
         };
         Ok(Box::new(self.start_with(spec, options).await?))
     }

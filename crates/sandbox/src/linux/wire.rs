@@ -41,6 +41,10 @@ pub struct HelperConfig {
     pub tmp_bytes: u64,
     /// Whether `state/proxy.sock` is the egress proxy's socket, to bind into the sandbox.
     pub proxy: bool,
+    /// Whether `state/ca-bundle.pem` is a CA bundle (the host's roots and the session's CA) to
+    /// show at `CA_BUNDLE` and over the system bundles inside.
+    #[serde(default)]
+    pub ca_bundle: bool,
     /// The seccomp filters, compiled by the host (see `confine::compiled_filters`).
     pub seccomp: Vec<Vec<u64>>,
     /// Read-only layers stacked over the workspace in the overlay, lowest first.

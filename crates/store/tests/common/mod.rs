@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use nightshift_protocol::{Task, TaskId, TaskSpec};
-use nightshift_store::{PostgresStore, SqliteStore, Store};
+use nightshift_store::{Blobs, PostgresStore, SqliteStore, Store};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tempfile::TempDir;
@@ -62,11 +62,16 @@ impl TestStore {
         match &self.database {
             None => Arc::new(SqliteStore::open(self.home.path()).await.unwrap()),
             Some(database) => Arc::new(
-                PostgresStore::connect_with(database.options(), &self.home.path().join("blobs"))
+                PostgresStore::connect_with(database.options(), self.blobs())
                     .await
                     .unwrap(),
             ),
         }
+    }
+
+    /// The blobs of the store (and of [`TestStore::another`]): the home's `blobs` directory.
+    pub fn blobs(&self) -> Blobs {
+        Blobs::local(&self.home.path().join("blobs")).unwrap()
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -88,7 +93,8 @@ pub async fn sqlite() -> TestStore {
 pub async fn postgres() -> Option<TestStore> {
     let database = TestDatabase::create().await?;
     let home = tempfile::tempdir().unwrap();
-    let store = PostgresStore::connect_with(database.options(), &home.path().join("blobs"))
+    let blobs = Blobs::local(&home.path().join("blobs")).unwrap();
+    let store = PostgresStore::connect_with(database.options(), blobs)
         .await
         .unwrap();
     Some(TestStore {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use super::super::proxy::intercept::{CA_BUNDLE, CA_BUNDLE_FILE, SYSTEM_BUNDLES};
 use super::super::sys;
 use super::super::wire::HelperConfig;
 use super::Handles;
@@ -216,12 +217,45 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
     mkdir_p(&tmp.join("home"), 0o700)?;
 
     mount_workspace(root, staging, (&workspace, &layers), &state, config.proxy)?;
+    if config.ca_bundle {
+        bind_ca_bundle(&staging.join("state"))?;
+    }
 
     switch_root(root)?;
     // Nothing may be created in / itself; the writable places are their own mounts.
     for path in ["/", "/dev"] {
         sys::mount_setattr(None, Path::new(path), false, read_only, None)
             .map_err(|e| err("making read-only", Path::new(path), e))?;
+    }
+    Ok(())
+}
+
+/// The session's CA bundle at [`CA_BUNDLE`], and over every system bundle that is a regular
+/// file inside (a symlink is left alone: it could lead out of the new root before the switch).
+fn bind_ca_bundle(staged: &Path) -> Result<(), String> {
+    let bundle = staged.join(CA_BUNDLE_FILE);
+    let read_only = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    let at = inside(Path::new(CA_BUNDLE));
+    touch(&at)?;
+    let bind_at = |at: &Path| {
+        mount(
+            Some(&bundle),
+            at,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| err("binding", at, e))?;
+        sys::mount_setattr(None, at, false, read_only, None).map_err(|e| err("restricting", at, e))
+    };
+    bind_at(&at)?;
+    for system in SYSTEM_BUNDLES {
+        let at = inside(Path::new(system));
+        let regular = std::fs::canonicalize(&at).is_ok_and(|real| real == at)
+            && std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_file());
+        if regular {
+            bind_at(&at)?;
+        }
     }
     Ok(())
 }

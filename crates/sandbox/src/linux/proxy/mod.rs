@@ -6,9 +6,14 @@
 //!
 //! One request per client connection: a plain-HTTP request is sent upstream with
 //! `Connection: close`, so a client cannot reuse the connection for another host.
+//!
+//! A tunnel to a host that a session credential is for is not opaque: see [`intercept`].
+
+pub(crate) mod intercept;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -16,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use super::proxy_bridge::BRIDGE_PORT;
+use intercept::Interception;
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 64 * 1024;
@@ -52,10 +58,12 @@ pub(crate) struct EgressProxy {
 }
 
 impl EgressProxy {
-    /// Listens at `path` (owned by `owner` when given, so that the sandbox user may connect).
+    /// Listens at `path` (owned by `owner` when given, so that the sandbox user may connect),
+    /// adding the credentials of `interception` to requests to their hosts.
     pub fn start(
         path: &Path,
         patterns: Vec<String>,
+        interception: Option<Arc<Interception>>,
         events: Option<UnboundedSender<EgressEvent>>,
         owner: Option<u32>,
     ) -> std::io::Result<Self> {
@@ -63,13 +71,14 @@ impl EgressProxy {
         if let Some(id) = owner {
             std::os::unix::fs::chown(path, Some(id), Some(id))?;
         }
-        let allow = std::sync::Arc::new(Allowlist::new(&patterns));
+        let allow = Arc::new(Allowlist::new(&patterns));
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let allow = allow.clone();
                 let events = events.clone();
+                let interception = interception.clone();
                 tokio::spawn(async move {
-                    if let Some(event) = serve(client, &allow).await {
+                    if let Some(event) = serve(client, &allow, interception.as_deref()).await {
                         tracing::info!(
                             host = %event.host, port = event.port, method = %event.method,
                             verdict = ?event.verdict, up = event.bytes_up, down = event.bytes_down,
@@ -232,7 +241,11 @@ async fn resolve(host: &str, port: u16, rule: &str) -> Result<Vec<SocketAddr>, S
     Ok(addrs)
 }
 
-async fn serve(mut client: UnixStream, allow: &Allowlist) -> Option<EgressEvent> {
+async fn serve(
+    mut client: UnixStream,
+    allow: &Allowlist,
+    interception: Option<&Interception>,
+) -> Option<EgressEvent> {
     let (head, rest) = read_head(&mut client).await?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next()?.to_string();
@@ -308,6 +321,49 @@ async fn serve(mut client: UnixStream, allow: &Allowlist) -> Option<EgressEvent>
         }
     };
     event.verdict = EgressVerdict::Allowed;
+    let credentials = interception
+        .map(|i| i.for_host(&host, port))
+        .unwrap_or_default();
+    let names = credentials
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let (true, false, Some(interception)) = (connect, credentials.is_empty(), interception) {
+        if client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Some(event);
+        }
+        let tunnel = match interception
+            .serve(client, upstream, &host, &credentials)
+            .await
+        {
+            Ok(tunnel) => {
+                let plural = if tunnel.requests == 1 { "" } else { "s" };
+                event.detail = Some(format!(
+                    "secret {names} added to {} request{plural}",
+                    tunnel.requests
+                ));
+                tunnel
+            }
+            Err((reason, tunnel)) => {
+                event.verdict = EgressVerdict::Failed;
+                event.detail = Some(format!("secret {names} not sent: {reason}"));
+                tunnel
+            }
+        };
+        event.bytes_up = tunnel.bytes_up;
+        event.bytes_down = tunnel.bytes_down;
+        return Some(event);
+    }
+    if !credentials.is_empty() {
+        event.detail = Some(format!(
+            "secret {names} not added: secrets go over HTTPS only"
+        ));
+    }
     let mut up = 0u64;
     if connect {
         if client

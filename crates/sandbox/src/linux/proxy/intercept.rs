@@ -1,0 +1,502 @@
+//! Adding secrets on the way out. For a host that a [`Credential`] is for, the proxy ends the
+//! sandbox's TLS itself, with a certificate for that host from a certificate authority made for
+//! this session alone (trusted inside the sandbox and nowhere else; its key never leaves this
+//! process), adds the header to every request, and sends each on over a TLS connection of its
+//! own that verifies the real server against the host's trusted roots. Other hosts stay opaque
+//! tunnels, and plain HTTP never carries a secret.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, PROXY_AUTHORIZATION};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::Allowlist;
+use crate::Credential;
+
+/// Where the session's CA bundle (the host's roots and the session CA) appears inside.
+pub const CA_BUNDLE: &str = "/run/nightshift/ca-bundle.pem";
+
+/// The bundle's name in the session's state directory, where the host writes it.
+pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
+
+/// System bundle paths that, where they are regular files, are covered by the session's bundle
+/// inside the sandbox, so that programs that read the usual place trust the session CA too.
+pub const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// Variables that point TLS clients at the bundle, for those that do not read the system's.
+pub(crate) fn ca_env() -> Vec<(String, String)> {
+    [
+        "SSL_CERT_FILE",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "PIP_CERT",
+        "NODE_EXTRA_CA_CERTS",
+        "CARGO_HTTP_CAINFO",
+        "GIT_SSL_CAINFO",
+        "DENO_CERT",
+    ]
+    .into_iter()
+    .map(|key| (key.to_string(), CA_BUNDLE.to_string()))
+    .collect()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What the proxy needs to add credentials: which, for which hosts, and the means to end and
+/// re-originate TLS.
+pub(crate) struct Interception {
+    credentials: Vec<(Allowlist, Credential)>,
+    ca: SessionCa,
+    /// Extra PEM files trusted for upstream servers, beside the host's roots.
+    extra_roots: Vec<PathBuf>,
+    upstream: OnceLock<Result<Arc<ClientConfig>, String>>,
+}
+
+impl Interception {
+    /// Checks every credential's header and value, and makes the session CA.
+    pub fn new(credentials: Vec<Credential>, extra_roots: Vec<PathBuf>) -> Result<Self, String> {
+        for credential in &credentials {
+            HeaderName::from_bytes(credential.header.as_bytes()).map_err(|_| {
+                format!(
+                    "secret {}: `{}` is not a valid HTTP header name",
+                    credential.name, credential.header
+                )
+            })?;
+            HeaderValue::from_bytes(credential.value.as_bytes()).map_err(|_| {
+                format!(
+                    "secret {}: its value cannot be sent in an HTTP header (it holds a line break or another control character)",
+                    credential.name
+                )
+            })?;
+        }
+        let credentials = credentials
+            .into_iter()
+            .map(|credential| (Allowlist::new(&credential.hosts), credential))
+            .collect();
+        Ok(Interception {
+            credentials,
+            ca: SessionCa::new()?,
+            extra_roots,
+            upstream: OnceLock::new(),
+        })
+    }
+
+    /// The session CA's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.pem
+    }
+
+    /// The credentials for `host:port`.
+    pub fn for_host(&self, host: &str, port: u16) -> Vec<&Credential> {
+        self.credentials
+            .iter()
+            .filter(|(hosts, _)| hosts.allows(host, port).is_some())
+            .map(|(_, credential)| credential)
+            .collect()
+    }
+
+    fn upstream(&self) -> Result<Arc<ClientConfig>, String> {
+        self.upstream
+            .get_or_init(|| upstream_config(&self.extra_roots))
+            .clone()
+    }
+
+    /// Serves one tunnel to `host` whose client has been told the connection is established:
+    /// TLS with the sandbox under a session certificate, TLS to `upstream`, and HTTP/1.1 in
+    /// between with the credentials added to every request.
+    pub async fn serve(
+        &self,
+        client: UnixStream,
+        upstream: TcpStream,
+        host: &str,
+        credentials: &[&Credential],
+    ) -> Result<Tunnel, (String, Tunnel)> {
+        let counted = Counted::new(upstream);
+        let (up, down) = (counted.written.clone(), counted.read.clone());
+        let requests = Arc::new(AtomicU32::new(0));
+        let tunnel = |requests: &AtomicU32| Tunnel {
+            requests: requests.load(Ordering::Relaxed),
+            bytes_up: up.load(Ordering::Relaxed),
+            bytes_down: down.load(Ordering::Relaxed),
+        };
+        let accepted = match self.ca.server_config(host) {
+            Ok(server) => TlsAcceptor::from(server)
+                .accept(client)
+                .await
+                .map_err(|e| format!("TLS with the sandbox's client: {e}")),
+            Err(reason) => Err(reason),
+        };
+        let client = match accepted {
+            Ok(client) => client,
+            Err(reason) => return Err((reason, tunnel(&requests))),
+        };
+        let (sender, connection) = match self.connect(host, counted).await {
+            Ok(parts) => parts,
+            Err(reason) => {
+                // The client hears why, in HTTP over its own TLS, rather than a reset.
+                let message = format!("nightshift: {reason}\n");
+                let refuse = hyper::service::service_fn(move |_: Request<Incoming>| {
+                    let mut response = bad_gateway(&message);
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                    async move { Ok::<_, hyper::Error>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(client), refuse)
+                    .await;
+                return Err((reason, tunnel(&requests)));
+            }
+        };
+        let connection = tokio::spawn(connection);
+        let headers = credentials
+            .iter()
+            .filter_map(|credential| {
+                let name = HeaderName::from_bytes(credential.header.as_bytes()).ok()?;
+                let mut value = HeaderValue::from_bytes(credential.value.as_bytes()).ok()?;
+                value.set_sensitive(true);
+                Some((name, value))
+            })
+            .collect::<Vec<_>>();
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        let counter = requests.clone();
+        let host_name = host.to_string();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let (sender, headers, counter, host) = (
+                sender.clone(),
+                headers.clone(),
+                counter.clone(),
+                host_name.clone(),
+            );
+            async move {
+                request.headers_mut().remove(PROXY_AUTHORIZATION);
+                for (name, value) in headers {
+                    request.headers_mut().insert(name, value);
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                let mut sender = sender.lock().await;
+                let answer = match sender.ready().await {
+                    Ok(()) => sender.send_request(request).await,
+                    Err(e) => Err(e),
+                };
+                Ok::<_, hyper::Error>(match answer {
+                    Ok(response) => response.map(BodyExt::boxed),
+                    Err(e) => bad_gateway(&format!("nightshift: {host}: {e}\n")),
+                })
+            }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(client), service)
+            .await;
+        connection.abort();
+        let tunnel = tunnel(&requests);
+        match served {
+            Ok(()) => Ok(tunnel),
+            Err(e) if tunnel.requests > 0 => {
+                tracing::debug!(error = %e, host, "intercepted tunnel ended");
+                Ok(tunnel)
+            }
+            Err(e) => Err((format!("HTTP from the sandbox's client: {e}"), tunnel)),
+        }
+    }
+}
+
+impl Interception {
+    /// TLS to the real `host`, verified against the trusted roots, and HTTP/1.1 over it.
+    async fn connect(
+        &self,
+        host: &str,
+        upstream: Counted<TcpStream>,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Incoming>,
+            hyper::client::conn::http1::Connection<
+                TokioIo<tokio_rustls::client::TlsStream<Counted<TcpStream>>>,
+                Incoming,
+            >,
+        ),
+        String,
+    > {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host} is not a name TLS can verify: {e}"))?;
+        let upstream = TlsConnector::from(self.upstream()?)
+            .connect(name, upstream)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+            .await
+            .map_err(|e| format!("HTTP with {host}: {e}"))
+    }
+}
+
+/// What went through an intercepted tunnel.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tunnel {
+    pub requests: u32,
+    /// TLS bytes to and from the upstream server.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+fn bad_gateway(message: &str) -> Response<BoxBody<Bytes, hyper::Error>> {
+    let body = Full::new(Bytes::from(message.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response
+}
+
+/// The host's trusted roots (its system store, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set),
+/// read once per process.
+fn native_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::debug!(%error, "reading the host's trusted roots");
+        }
+        found.certs
+    })
+}
+
+fn upstream_config(extra: &[PathBuf]) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(native_roots().iter().cloned());
+    for path in extra {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("reading trusted roots from {}: {e}", path.display()))?;
+        roots.add_parsable_certificates(certs);
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "this host has no trusted root certificates to verify servers with ({added} read from its store)"
+        ));
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A certificate authority that lives as long as its session, and the server configurations
+/// it made, one per host.
+struct SessionCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+    servers: Mutex<HashMap<String, Arc<ServerConfig>>>,
+}
+
+impl SessionCa {
+    fn new() -> Result<Self, String> {
+        let failed = |e: rcgen::Error| format!("making the session's certificate authority: {e}");
+        let key = KeyPair::generate().map_err(failed)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "nightshift sandbox session CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).map_err(failed)?;
+        Ok(SessionCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+            servers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = servers.get(host) {
+            return Ok(config.clone());
+        }
+        let failed = |e: rcgen::Error| format!("making a certificate for {host}: {e}");
+        let key = KeyPair::generate().map_err(failed)?;
+        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(failed)?;
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).map_err(failed)?;
+        let key = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| format!("the key for {host}: {e}"))?;
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS server configuration: {e}"))?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .map_err(|e| format!("TLS server configuration for {host}: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        servers.insert(host.to_string(), config.clone());
+        Ok(config)
+    }
+}
+
+/// Writes the bundle the sandbox trusts: the host's system bundle (the first of
+/// [`SYSTEM_BUNDLES`] that exists) followed by the session CA.
+pub(crate) fn write_bundle(path: &Path, ca_pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bundle = SYSTEM_BUNDLES
+        .iter()
+        .find_map(|system| std::fs::read(system).ok())
+        .unwrap_or_default();
+    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(ca_pem.as_bytes());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
+    file.write_all(&bundle)
+}
+
+/// A stream that counts the bytes through it.
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> Self {
+        Counted {
+            inner,
+            read: Arc::default(),
+            written: Arc::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before) as u64;
+        self.read.fetch_add(read, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_match_their_hosts_only() {
+        let credential = |name: &str, hosts: &[&str]| Credential {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            header: "Authorization".into(),
+            value: "Bearer x".into(),
+        };
+        let interception = Interception::new(
+            vec![
+                credential("A", &["api.example.com"]),
+                credential("B", &["*.example.com:443"]),
+            ],
+            Vec::new(),
+        )
+        .unwrap();
+        let names = |host, port| {
+            interception
+                .for_host(host, port)
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("api.example.com", 443), ["A", "B"]);
+        assert_eq!(names("api.example.com", 80), ["A"]);
+        assert_eq!(names("example.com", 443), Vec::<String>::new());
+        assert!(
+            interception
+                .ca_pem()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+    }
+
+    #[test]
+    fn bad_headers_and_values_are_refused_without_the_value() {
+        let bad = |header: &str, value: &str| {
+            Interception::new(
+                vec![Credential {
+                    name: "TOKEN".into(),
+                    hosts: vec!["a.b".into()],
+                    header: header.into(),
+                    value: value.into(),
+                }],
+                Vec::new(),
+            )
+            .err()
+            .unwrap()
+        };
+        assert!(bad("Bad Header", "x").contains("not a valid HTTP header name"));
+        let error = bad("Authorization", "line\nbreak-s3cret");
+        assert!(error.contains("control character"), "{error}");
+        assert!(!error.contains("s3cret"));
+    }
+}
