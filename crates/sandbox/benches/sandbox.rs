@@ -1,5 +1,5 @@
-//! Side-by-side timings of the namespaced sandbox: session start plus `true` against bubblewrap
-//! with equivalent binds, `true` into a live session, and a session over a 10,000-file
+//! Side-by-side timings of the namespaced sandbox: session start plus `true` (with the spare
+//! helper a busy backend keeps, and without) against bubblewrap with equivalent binds, `true` into a live session, and a session over a 10,000-file
 //! workspace. Prints the median and the 10th and 90th percentiles over N runs.
 //!
 //! `cargo bench -p nightshift-sandbox --bench sandbox -- [--runs N]`
@@ -119,6 +119,22 @@ async fn main() {
     }
     summary("namespaced: start + exec true", start_exec);
     summary("namespaced: start + exec true + close", full);
+
+    // Without a spare helper: every session is a new backend's first.
+    let mut cold = Vec::new();
+    for _ in 0..runs {
+        let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
+        let fresh = Namespaced::new(NamespacedConfig::new(helper, state.path()));
+        let t = Instant::now();
+        let s = fresh
+            .start_with(spec(small.path()), SessionOptions::default())
+            .await
+            .unwrap();
+        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
+        cold.push(t.elapsed());
+        s.close().await.unwrap();
+    }
+    summary("namespaced, no spare helper: start + exec true", cold);
 
     if Command::new("bwrap").arg("--version").output().is_ok() {
         let args = bwrap_args(small.path());

@@ -287,3 +287,43 @@ async fn a_session_reports_its_confinement() {
     assert!(report.contains("cgroups v1"), "{report}");
     session.close().await.unwrap();
 }
+
+/// Host clock ticks since boot, as `/proc/<pid>/stat` counts a process's start.
+fn ticks_now() -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+    let seconds: f64 = uptime.split_whitespace().next().unwrap().parse().unwrap();
+    (seconds * 100.0) as u64
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
+fn stat_field(pid: i32, n: usize) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends at the last ')', start at field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(n - 3).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_session_from_a_spare_helper_runs_at_normal_priority() {
+    let fixture = Fixture::new();
+    // The second session asks for a spare once its first command is done; the third takes it.
+    for _ in 0..2 {
+        let session = fixture.start().await;
+        run(&session, "true").await;
+        session.close().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = ticks_now();
+    let session = fixture.start().await;
+    let init = session.init_pid();
+    // Its init existed before this session was asked for: it was the spare.
+    assert!(
+        stat_field(init, 22) + 20 < asked,
+        "the third session's init is not the spare"
+    );
+    // A spare waits at nice 19 (when the host is root); the session must not.
+    assert_eq!(stat_field(init, 19), 0);
+    let out = run(&session, "nice; cut -d' ' -f19 /proc/1/stat").await;
+    assert_eq!(out.output, "0\n0\n");
+    session.close().await.unwrap();
+}

@@ -14,6 +14,7 @@ mod process;
 mod proxy;
 mod proxy_bridge;
 mod session;
+mod spare;
 mod state;
 mod sys;
 mod trees;
@@ -22,9 +23,8 @@ pub(crate) mod wire;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -45,6 +45,7 @@ use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
 use process::HelperProcess;
 use proxy::intercept::{CA_BUNDLE_FILE, Interception};
+use spare::{Helper, NextSpare, Warm, spawn_helper};
 use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
 use wire::{HelperConfig, Reply, RlimitSpec};
 
@@ -53,81 +54,6 @@ use wire::{HelperConfig, Reply, RlimitSpec};
 pub struct Namespaced {
     config: Arc<NamespacedConfig>,
     warm: Arc<Warm>,
-}
-
-/// Once a backend has started more than one session, it keeps one helper started ahead of the
-/// next: executing the helper is a millisecond of every start, and a waiting helper has already
-/// made its user and network namespaces (which hold nothing of any session). It only waits for
-/// its configuration, and is killed with the backend.
-///
-/// Spares are started by one thread that lives as long as the process: a helper dies with the
-/// thread that started it (its parent-death signal), and a session's helper may have been a
-/// spare, so that thread must outlive every session (an async runtime's threads come and go).
-#[derive(Default)]
-struct Warm {
-    spare: std::sync::Mutex<Option<Helper>>,
-    starts: AtomicU64,
-}
-
-/// A request for a spare helper with these ids.
-struct Refill {
-    config: Arc<NamespacedConfig>,
-    ids: (u32, bool),
-}
-
-impl Warm {
-    /// Asks for a spare helper (if there is none), without waiting for it.
-    fn refill(self: &Arc<Self>, config: &Arc<NamespacedConfig>, host_id: u32, drop_root: bool) {
-        type Request = (std::sync::Weak<Warm>, Refill);
-        static STARTER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Request>>> =
-            std::sync::OnceLock::new();
-        let starter = STARTER.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Request>();
-            let started = std::thread::Builder::new()
-                .name("nightshift-spare".into())
-                .spawn(move || {
-                    while let Ok((warm, request)) = rx.recv() {
-                        if let Some(warm) = warm.upgrade() {
-                            warm.start_spare(request);
-                        }
-                    }
-                });
-            match started {
-                Ok(_) => Some(tx),
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not start the spare helper thread");
-                    None
-                }
-            }
-        });
-        let request = Refill {
-            config: config.clone(),
-            ids: (host_id, drop_root),
-        };
-        if let Some(starter) = starter {
-            let _ = starter.send((Arc::downgrade(self), request));
-        }
-    }
-
-    fn start_spare(&self, request: Refill) {
-        let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_mut().is_some_and(|spare| spare.child.alive()) {
-            return;
-        }
-        let (host_id, drop_root) = request.ids;
-        match spawn_helper(&request.config, host_id, drop_root) {
-            Ok(helper) => *slot = Some(helper),
-            Err(e) => tracing::debug!(error = %e, "could not start a spare sandbox helper"),
-        }
-    }
-}
-
-impl std::fmt::Debug for Warm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Warm")
-            .field("starts", &self.starts.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
 }
 
 fn setup_error(message: impl Into<String>) -> SandboxError {
@@ -181,7 +107,7 @@ impl Namespaced {
         };
         let helper = match self.take_spare(host_id, drop_root) {
             Some(helper) => helper,
-            None => spawn_helper(&self.config, host_id, drop_root)?,
+            None => spawn_helper(&self.config, host_id, drop_root, false)?,
         };
         let name = session_name();
         let mut resources = session::Resources::new(self.config.state_dir.join(&name));
@@ -234,10 +160,8 @@ impl Namespaced {
             tracing::debug!(error = %e, "sending the sandbox helper its limits");
         }
         let started = self.handshake(helper).await;
-        if self.warm.starts.fetch_add(1, Ordering::Relaxed) > 0 {
-            // Now, not earlier: the spare's start would have slowed this one's.
-            self.warm.refill(&self.config, host_id, drop_root);
-        }
+        let next_spare = (self.warm.starts.fetch_add(1, Ordering::Relaxed) > 0)
+            .then(|| NextSpare::after_start(&self.warm, &self.config, (host_id, drop_root)));
         let (child, stream, pid, confinement, stderr) = match started {
             Ok(started) => started,
             Err(error) => {
@@ -276,6 +200,7 @@ impl Namespaced {
             report: notes,
             stderr,
             file_owner: prepared.file_owner,
+            next_spare,
         }))
     }
 
@@ -394,6 +319,7 @@ impl Namespaced {
             child,
             control,
             stderr,
+            reniced,
             ..
         } = helper;
         let stderr = session::StderrTail::collect(stderr);
@@ -404,7 +330,21 @@ impl Namespaced {
             UnixStream::from_std(control).map_err(|e| setup_error(format!("socket: {e}")))?;
         let handshake = async {
             let pid = match read_reply(&mut stream).await? {
-                Reply::Spawned { pid } => pid,
+                Reply::Spawned { pid } => {
+                    // Single-threaded until it is ready, and with no child yet: the init
+                    // alone carries the priority to the sandbox.
+                    // SAFETY: setpriority with integer arguments.
+                    if reniced
+                        && unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 0) }
+                            != 0
+                    {
+                        return Err(format!(
+                            "restoring the priority of the sandbox's init: {}",
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                    pid
+                }
                 Reply::SetupFailed { message } => return Err(message),
                 other => return Err(format!("unexpected reply {other:?}")),
             };
@@ -497,48 +437,6 @@ fn limit(
         fds,
     };
     Ok((frame, notes))
-}
-
-/// Starts the helper, with the other end of the control socket as its standard input.
-fn spawn_helper(
-    config: &NamespacedConfig,
-    host_id: u32,
-    drop_root: bool,
-) -> Result<Helper, SandboxError> {
-    let (host_end, helper_end) =
-        StdUnixStream::pair().map_err(|e| setup_error(format!("socketpair: {e}")))?;
-    let helper = &config.helper;
-    let mut child = std::process::Command::new(&helper.program)
-        .args(&helper.args)
-        .args(helper::helper_args(host_id, SANDBOX_ID, drop_root))
-        .env_clear()
-        .stdin(Stdio::from(OwnedFd::from(helper_end)))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            setup_error(format!(
-                "starting the helper {}: {e}",
-                helper.program.display()
-            ))
-        })?;
-    let stderr = child.stderr.take();
-    Ok(Helper {
-        child: HelperProcess::new(child),
-        control: host_end,
-        stderr,
-        ids: (host_id, drop_root),
-    })
-}
-
-/// A helper process that has been started but not yet configured.
-struct Helper {
-    child: HelperProcess,
-    /// The host's end of the control socket, still blocking.
-    control: StdUnixStream,
-    stderr: Option<std::process::ChildStderr>,
-    /// The host id and whether it drops root, which it was started with.
-    ids: (u32, bool),
 }
 
 /// What [`Namespaced::prepare`] made of a session.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::cgroup::{Counters, SessionCgroup};
 use super::process::HelperProcess;
 use super::proxy::EgressProxy;
+use super::spare::NextSpare;
 use super::wire::{self, Reply, Request, WireStatus};
 use super::{Limits, read_frame_async, sys};
 use crate::{ExecOutput, ExecRequest, ExitStatus, Limit, SandboxError, SandboxSession};
@@ -178,6 +179,8 @@ pub(crate) struct Parts {
     pub stderr: StderrTail,
     /// The host uid that stands for the sandbox user, when the host runs as root.
     pub file_owner: Option<u32>,
+    /// Started by the first command's end (see `NextSpare`).
+    pub next_spare: Option<Arc<NextSpare>>,
 }
 
 struct Done {
@@ -209,6 +212,7 @@ pub struct NamespacedSession {
     dead: CancellationToken,
     torn_down: AtomicBool,
     _stderr: StderrTail,
+    next_spare: Option<Arc<NextSpare>>,
 }
 
 enum Reason {
@@ -269,6 +273,7 @@ impl NamespacedSession {
             dead,
             torn_down: AtomicBool::new(false),
             _stderr: parts.stderr,
+            next_spare: parts.next_spare,
         }
     }
 
@@ -448,7 +453,12 @@ impl SandboxSession for NamespacedSession {
         let done = loop {
             tokio::select! {
                 done = &mut rx => match done {
-                    Ok(done) => break done,
+                    Ok(done) => {
+                        if let Some(next) = &self.next_spare {
+                            next.start();
+                        }
+                        break done;
+                    }
                     Err(_) => return Err(gone("its init is gone")),
                 },
                 _ = cancel.cancelled(), if reason.is_none() => {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::super::wire::{self, HelperConfig, Reply, Request, SessionLimits, WireStatus};
 use super::super::{confine, proxy_bridge};
 use super::command::direct_command;
-use super::{Handles, NetworkJoin, join_network, rootfs};
+use super::{Expected, Handles, NetworkJoin, join_network, move_off_stdio, receive_config, rootfs};
 use crate::HeadTailBuffer;
 
 /// How long to keep reading output after the command exited, for what its background
@@ -74,21 +74,28 @@ impl Shared {
     }
 }
 
-pub(crate) fn run(
-    control: UnixStream,
-    config: HelperConfig,
-    handles: Handles,
-    go: OwnedFd,
-    network: NetworkJoin,
-) -> ! {
+pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network: NetworkJoin) -> ! {
     let fail = |control: &UnixStream, message: String| -> ! {
         let _ = wire::write_frame(&mut &*control, &Reply::SetupFailed { message }, &[]);
         std::process::exit(1)
     };
     // SAFETY: prctl with integer arguments only changes this process's settings.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    let mut handles = handles;
-    if let Err(message) = setup(&config, &mut handles, network) {
+    // What every session has, while the host has not said what this one is (a helper started
+    // ahead of its session waits here with it done).
+    let base = match setup_base() {
+        Ok(base) => base,
+        Err(message) => fail(&control, message),
+    };
+    let (config, mut handles) = match receive_config(&control, &expected) {
+        Ok(received) => received,
+        Err(message) => fail(&control, message),
+    };
+    // Keep the socket off fd 0 and close-on-exec, so that no command inherits it.
+    let Ok(control) = move_off_stdio(control) else {
+        std::process::exit(1)
+    };
+    if let Err(message) = setup(base, &config, &mut handles, network) {
         fail(&control, message)
     }
     drop(handles);
@@ -121,9 +128,18 @@ pub(crate) fn run(
     serve(control, confinement, cgroups)
 }
 
-fn setup(config: &HelperConfig, handles: &mut Handles, network: NetworkJoin) -> Result<(), String> {
+fn setup_base() -> Result<rootfs::Base, String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    rootfs::build(config, handles)?;
+    rootfs::build_base()
+}
+
+fn setup(
+    base: rootfs::Base,
+    config: &HelperConfig,
+    handles: &mut Handles,
+    network: NetworkJoin,
+) -> Result<(), String> {
+    rootfs::build(base, config, handles)?;
     nix::unistd::sethostname("nightshift").map_err(|e| format!("sethostname: {e}"))?;
     join_network(network)?;
     loopback_up()

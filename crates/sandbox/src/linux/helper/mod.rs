@@ -2,14 +2,16 @@
 //! argument, so that namespaces are created by a fresh single-threaded process and never by the
 //! host's async runtime.
 //!
-//! Stage one (this file) runs with the host's view. Before its configuration arrives (a helper
-//! may be started ahead of its session), it drops to the sandbox's host uid when started as root,
-//! creates the user namespace with its uid and gid maps, and has a child make the network
-//! namespace. Then it receives the configuration with the descriptors the host opened for it
-//! (as root, the mount trees it cloned, which the dropped uid could not reach), creates the
-//! other namespaces and forks the init (pid 1 of the new pid namespace), which later receives
-//! the session's cgroups from the host. It then only waits: when
-//! it dies, the init dies with it (parent-death signal), and so does everything in the sandbox.
+//! Stage one (this file) runs with the host's view. It does all it can before its configuration
+//! arrives, since a helper may be started ahead of its session (a spare, which waits at the
+//! lowest priority): it drops to the sandbox's host uid when started as root, creates the user
+//! namespace with its uid and gid maps, has a child make the network namespace, creates the
+//! mount, pid, ipc and uts namespaces and forks the init (pid 1 of the new pid namespace). The
+//! init builds what every session's root has, then receives the configuration with the
+//! descriptors the host opened for it (as root, the mount trees it cloned, which the dropped
+//! uid could not reach), finishes the root, and later receives the session's cgroups. Stage one
+//! then only waits: when it dies, the init dies with it (parent-death signal), and so does
+//! everything in the sandbox.
 
 mod command;
 mod init;
@@ -99,6 +101,9 @@ struct Args {
     host_id: u32,
     inside_id: u32,
     drop_root: bool,
+    /// Started ahead of its session: it waits at the lowest priority (the host, as root, gives
+    /// the init the normal one back when it takes the helper).
+    spare: bool,
 }
 
 impl Args {
@@ -109,17 +114,24 @@ impl Args {
             host_id: u32::try_from(number(1)?).ok()?,
             inside_id: u32::try_from(number(2)?).ok()?,
             drop_root: number(3)? == 1,
+            spare: number(4)? == 1,
         })
     }
 }
 
 /// The arguments the host passes after [`HELPER_ARG`].
-pub(crate) fn helper_args(host_id: u32, inside_id: u32, drop_root: bool) -> [String; 4] {
+pub(crate) fn helper_args(
+    host_id: u32,
+    inside_id: u32,
+    drop_root: bool,
+    spare: bool,
+) -> [String; 5] {
     [
         std::process::id().to_string(),
         host_id.to_string(),
         inside_id.to_string(),
         u8::from(drop_root).to_string(),
+        u8::from(spare).to_string(),
     ]
 }
 
@@ -128,6 +140,12 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     let args = Args::parse(&args).ok_or("missing or malformed arguments")?;
     if nix::unistd::getppid().as_raw() != args.parent {
         return Err("the host exited before the sandbox started".into());
+    }
+    if args.spare {
+        // Whatever this and its children do before the session is theirs yields to the host's
+        // running sessions; raising one's own nice value needs no privilege.
+        // SAFETY: setpriority with integer arguments only changes this process's priority.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
     }
     // Leave the host's session, so that nothing inside can reach its controlling terminal.
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
@@ -151,19 +169,8 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     // it while the init builds the file system, and the init joins it once it is built.
     let network = NetworkMaker::start()?;
 
-    // SAFETY: the host passes the control socket as standard input; we take ownership of it.
-    let control = unsafe { UnixStream::from_raw_fd(0) };
-    let (config, fds): (HelperConfig, _) = wire::read_frame_with_fds(&control)
-        .map_err(|e| format!("reading the configuration: {e}"))?
-        .ok_or("the host closed the control socket")?;
-    if (config.host_id, config.inside_id, config.drop_root)
-        != (args.host_id, args.inside_id, args.drop_root)
-    {
-        return Err("the configuration does not match the arguments".into());
-    }
-    // Keep the socket off fd 0 and close-on-exec, so that no command inherits it.
-    let control = move_off_stdio(control)?;
-    let handles = handles_from(&config, fds)?;
+    // The other namespaces, and the init forked into them, before the configuration arrives:
+    // the init builds the session-independent part of the root while it waits for it.
     // The cgroup namespace is the init's to make, once it has joined its cgroups.
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNS
@@ -172,6 +179,13 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
             | CloneFlags::CLONE_NEWUTS,
     )
     .map_err(|e| format!("unshare: {e}"))?;
+    // SAFETY: the host passes the control socket as standard input; we take ownership of it.
+    let control = unsafe { UnixStream::from_raw_fd(0) };
+    let expected = Expected {
+        host_id: args.host_id,
+        inside_id: args.inside_id,
+        drop_root: args.drop_root,
+    };
 
     let (go_read, go_write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: this process is single-threaded (the helper runs before any thread is created),
@@ -179,11 +193,10 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(go_write);
-            init::run(control, config, handles, go_read, network.join)
+            init::run(control, expected, go_read, network.join)
         }
         ForkResult::Parent { child } => {
             drop(go_read);
-            drop(handles);
             drop(network.join);
             let sent = wire::write_frame(
                 &mut &control,
@@ -291,7 +304,31 @@ fn wait_for(child: Pid) -> i32 {
     }
 }
 
-fn move_off_stdio(control: UnixStream) -> Result<UnixStream, String> {
+/// What the configuration must say, as the helper's arguments did.
+pub(crate) struct Expected {
+    host_id: u32,
+    inside_id: u32,
+    drop_root: bool,
+}
+
+/// Reads the configuration and the descriptors that come with it, once the host sends them.
+pub(crate) fn receive_config(
+    control: &UnixStream,
+    expected: &Expected,
+) -> Result<(HelperConfig, Handles), String> {
+    let (config, fds): (HelperConfig, _) = wire::read_frame_with_fds(control)
+        .map_err(|e| format!("reading the configuration: {e}"))?
+        .ok_or("the host closed the control socket")?;
+    if (config.host_id, config.inside_id, config.drop_root)
+        != (expected.host_id, expected.inside_id, expected.drop_root)
+    {
+        return Err("the configuration does not match the arguments".into());
+    }
+    let handles = handles_from(&config, fds)?;
+    Ok((config, handles))
+}
+
+pub(crate) fn move_off_stdio(control: UnixStream) -> Result<UnixStream, String> {
     let moved = control
         .as_fd()
         .try_clone_to_owned()

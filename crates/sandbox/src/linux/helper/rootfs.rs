@@ -87,30 +87,40 @@ fn open_path(path: &Path) -> Result<OwnedFd, String> {
         .map_err(|e| err("opening", path, e))
 }
 
-fn source(path: &Path, handles: &mut Handles) -> Result<Source, String> {
+fn source(path: &Path, handles: &mut Handles, base: Option<&Base>) -> Result<Source, String> {
     match handles.take(path) {
         Some(tree) => Ok(Source::Tree(tree)),
-        None => open_path(path).map(Source::Opened),
+        None => open_path(&reachable(path, base)).map(Source::Opened),
     }
 }
 
-/// Everything of the host the sandbox will show, opened before the host's root is hidden.
-fn open_entries(
-    config: &HelperConfig,
+/// Where a host path can be reached once [`Base`] is built: a path under the host's /tmp,
+/// which the staging tmpfs now covers, through the descriptor of the /tmp it covers.
+fn reachable(path: &Path, base: Option<&Base>) -> PathBuf {
+    match (path.strip_prefix(STAGING), base) {
+        (Ok(rest), Some(base)) => Path::new(&fd_path(&base.host_tmp)).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Host paths the sandbox will show, opened before the host's root is hidden.
+fn open_entries<'a>(
+    paths: impl Iterator<Item = &'a Path>,
     handles: &mut Handles,
+    base: Option<&Base>,
 ) -> Result<Vec<(PathBuf, Entry)>, String> {
     let mut entries = Vec::new();
-    let extra = config.ro_binds.iter().map(PathBuf::as_path);
-    for path in SYSTEM_BINDS.iter().map(Path::new).chain(extra) {
-        let Ok(meta) = std::fs::symlink_metadata(path) else {
+    for path in paths {
+        let host = reachable(path, base);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
             continue;
         };
         let entry = if meta.file_type().is_symlink() {
-            Entry::Symlink(std::fs::read_link(path).map_err(|e| err("reading the link", path, e))?)
+            Entry::Symlink(std::fs::read_link(&host).map_err(|e| err("reading the link", path, e))?)
         } else if meta.is_dir() {
-            Entry::Dir(source(path, handles)?)
+            Entry::Dir(source(path, handles, base)?)
         } else {
-            Entry::File(source(path, handles)?)
+            Entry::File(source(path, handles, base)?)
         };
         entries.push((path.to_path_buf(), entry));
     }
@@ -143,8 +153,17 @@ fn bind(source: &Source, target: &Path, attrs: u64) -> Result<(), String> {
     sys::mount_setattr(None, target, true, attrs, None).map_err(|e| err("restricting", target, e))
 }
 
-/// Builds the root and switches to it. The process's cwd and root are the new `/` afterwards.
-pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String> {
+/// What every session's root has, built before the session's configuration arrives: the
+/// staging tmpfs, the new root with the system directories, /dev and /proc.
+pub struct Base {
+    /// The host's /tmp, which the staging tmpfs covers.
+    host_tmp: OwnedFd,
+}
+
+const READ_ONLY: u64 = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+
+/// Builds [`Base`] in a new mount namespace (and as pid 1 of a new pid namespace, for /proc).
+pub fn build_base() -> Result<Base, String> {
     mount(
         None::<&str>,
         "/",
@@ -153,16 +172,13 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
         None::<&str>,
     )
     .map_err(|e| format!("making mounts private: {e}"))?;
-    let entries = open_entries(config, handles)?;
-    let workspace = source(&config.workspace, handles)?;
-    let state = source(&config.state, handles)?;
-    let layers = config
-        .layers
-        .iter()
-        .map(|layer| source(layer, handles))
-        .collect::<Result<Vec<_>, _>>()?;
-
+    let entries = open_entries(
+        SYSTEM_BINDS.iter().map(Path::new),
+        &mut Handles::default(),
+        None,
+    )?;
     let staging = Path::new(STAGING);
+    let host_tmp = open_path(staging)?;
     mount_fs(
         "tmpfs",
         staging,
@@ -177,34 +193,32 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         "mode=0755,size=16m",
     )?;
-    let read_only = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-    for (path, entry) in &entries {
-        let at = inside(path);
-        match entry {
-            Entry::Symlink(points_to) => {
-                if let Some(parent) = at.parent() {
-                    mkdir_p(parent, 0o755)?;
-                }
-                symlink(points_to, &at).map_err(|e| err("linking", &at, e))?;
-            }
-            Entry::Dir(source) => {
-                mkdir_p(&at, 0o755)?;
-                bind(source, &at, read_only)?;
-            }
-            Entry::File(source) => {
-                touch(&at)?;
-                bind(source, &at, read_only)?;
-            }
-        }
-    }
-    drop(entries);
-
+    place_entries(entries)?;
     build_dev(root)?;
     let proc_dir = root.join("proc");
     mkdir_p(&proc_dir, 0o555)?;
     let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", &proc_dir, hidden, "")?;
+    Ok(Base { host_tmp })
+}
 
+/// Finishes the root over [`Base`] with what the configuration names (its read-only binds, a
+/// /tmp of its size, the workspace) and switches to it. The process's cwd and root are the new
+/// `/` afterwards.
+pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result<(), String> {
+    let base = Some(&base);
+    let entries = open_entries(config.ro_binds.iter().map(PathBuf::as_path), handles, base)?;
+    let workspace = source(&config.workspace, handles, base)?;
+    let state = source(&config.state, handles, base)?;
+    let layers = config
+        .layers
+        .iter()
+        .map(|layer| source(layer, handles, base))
+        .collect::<Result<Vec<_>, _>>()?;
+    place_entries(entries)?;
+
+    let root = Path::new(NEW_ROOT);
+    let staging = Path::new(STAGING);
     let tmp = root.join("tmp");
     mkdir_p(&tmp, 0o755)?;
     let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes.max(1 << 20));
@@ -224,8 +238,32 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
     switch_root(root)?;
     // Nothing may be created in / itself; the writable places are their own mounts.
     for path in ["/", "/dev"] {
-        sys::mount_setattr(None, Path::new(path), false, read_only, None)
+        sys::mount_setattr(None, Path::new(path), false, READ_ONLY, None)
             .map_err(|e| err("making read-only", Path::new(path), e))?;
+    }
+    Ok(())
+}
+
+/// Reproduces `entries` read-only at the same places in the new root.
+fn place_entries(entries: Vec<(PathBuf, Entry)>) -> Result<(), String> {
+    for (path, entry) in &entries {
+        let at = inside(path);
+        match entry {
+            Entry::Symlink(points_to) => {
+                if let Some(parent) = at.parent() {
+                    mkdir_p(parent, 0o755)?;
+                }
+                symlink(points_to, &at).map_err(|e| err("linking", &at, e))?;
+            }
+            Entry::Dir(source) => {
+                mkdir_p(&at, 0o755)?;
+                bind(source, &at, READ_ONLY)?;
+            }
+            Entry::File(source) => {
+                touch(&at)?;
+                bind(source, &at, READ_ONLY)?;
+            }
+        }
     }
     Ok(())
 }
@@ -234,7 +272,6 @@ pub fn build(config: &HelperConfig, handles: &mut Handles) -> Result<(), String>
 /// file inside (a symlink is left alone: it could lead out of the new root before the switch).
 fn bind_ca_bundle(staged: &Path) -> Result<(), String> {
     let bundle = staged.join(CA_BUNDLE_FILE);
-    let read_only = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     let at = inside(Path::new(CA_BUNDLE));
     touch(&at)?;
     let bind_at = |at: &Path| {
@@ -246,7 +283,7 @@ fn bind_ca_bundle(staged: &Path) -> Result<(), String> {
             None::<&str>,
         )
         .map_err(|e| err("binding", at, e))?;
-        sys::mount_setattr(None, at, false, read_only, None).map_err(|e| err("restricting", at, e))
+        sys::mount_setattr(None, at, false, READ_ONLY, None).map_err(|e| err("restricting", at, e))
     };
     bind_at(&at)?;
     for system in SYSTEM_BUNDLES {
