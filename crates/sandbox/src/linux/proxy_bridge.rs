@@ -18,6 +18,8 @@ pub fn listen() -> Result<(), String> {
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
+            // Relayed writes go out as they come (no wait for a delayed acknowledgement).
+            let _ = client.set_nodelay(true);
             std::thread::spawn(move || {
                 if let Ok(upstream) = UnixStream::connect(PROXY_SOCKET) {
                     let _ = relay(client, upstream);
