@@ -303,7 +303,9 @@ impl Agent<'_> {
             })
             .await?;
         let started = Instant::now();
-        let output = tools::run(&call.name, &call.arguments, context).await;
+        let mut output = tools::run(&call.name, &call.arguments, context).await;
+        // Secrets go neither into the log nor to the model.
+        output.text = self.sink.redact(&output.text);
         self.sink
             .emit(Event::ToolFinished {
                 call_id: call.id.clone(),

@@ -12,6 +12,13 @@ pub struct SinkError(pub String);
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn emit(&self, event: Event) -> Result<(), SinkError>;
+
+    /// `text` as the model may see it: a sink that knows the task's secrets replaces their
+    /// values (a command's output can hold one, e.g. a server that echoes the header the egress
+    /// proxy added).
+    fn redact(&self, text: &str) -> String {
+        text.to_string()
+    }
 }
 
 /// Messages a person sent the task while it runs. The agent reads them between turns and

@@ -97,8 +97,6 @@ async fn a_secret_reaches_setup_only_and_appears_nowhere_in_the_clear() {
     assert!(!json_logs.contains(TOKEN));
     let found = files_containing(ns.home.path(), TOKEN);
     assert!(found.is_empty(), "the secret is in the clear in {found:?}");
-    // The model saw what the agent's command printed (the agent could read what setup left
-    // in /tmp); what nightshift stores is redacted.
     assert_eq!(server.served(), 2);
 }
 
@@ -177,7 +175,7 @@ async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
 }
 
 /// An HTTPS service on loopback with a certificate from a CA of the test's own: it records the
-/// `authorization` header of every request and answers `hello`. Returns its port, the CA's
+/// `authorization` header of every request and answers with it. Returns its port, the CA's
 /// certificate (PEM) and the headers seen.
 async fn https_service() -> (u16, String, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -225,12 +223,14 @@ async fn https_service() -> (u16, String, Arc<Mutex<Vec<String>>>) {
                 .find_map(|line| line.strip_prefix("authorization: "))
                 .unwrap_or("none")
                 .to_string();
+            // Echoed, as a debugging endpoint would: the agent's output then holds the secret.
+            let body = format!("hello, you sent {authorization}");
             record.lock().unwrap().push(authorization);
-            let _ = tls
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-                )
-                .await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(response.as_bytes()).await;
             let _ = tls.shutdown().await;
         }
     });
@@ -250,7 +250,7 @@ async fn a_proxy_secret_reaches_its_host_as_a_header_and_never_the_sandbox() {
     .unwrap();
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "call the service"]);
-    let (mut ns, _model) = Nightshift::with_script(script(json!([
+    let (mut ns, model) = Nightshift::with_script(script(json!([
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command":
             format!("echo \"agent sees: [$API_TOKEN]\"; curl -sS --noproxy '' --max-time 10 https://127.0.0.1:{port}/v1/me; echo")}}]}},
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called the service"}}]}}
@@ -273,7 +273,17 @@ async fn a_proxy_secret_reaches_its_host_as_a_header_and_never_the_sandbox() {
         .unwrap();
     let output = shell["output"].as_str().unwrap();
     assert!(output.contains("agent sees: []"), "{output}");
-    assert!(output.contains("hello"), "{output}");
+    assert!(
+        output.contains("hello, you sent Bearer [secret:API_TOKEN]"),
+        "{output}"
+    );
+    // What came back from the service went to the model redacted too.
+    let sent = serde_json::to_string(&model.requests()).unwrap();
+    assert!(
+        sent.contains("you sent Bearer [secret:API_TOKEN]"),
+        "{sent}"
+    );
+    assert!(!sent.contains(TOKEN), "the model was sent the secret");
     let egress = events.iter().find(|e| e["type"] == "egress").unwrap();
     assert_eq!(
         egress["detail"], "secret API_TOKEN added to 1 request",

@@ -116,6 +116,10 @@ impl TaskLog {
 
 #[async_trait]
 impl EventSink for TaskLog {
+    fn redact(&self, text: &str) -> String {
+        TaskLog::redact(self, text)
+    }
+
     async fn emit(&self, event: Event) -> Result<(), SinkError> {
         if let Event::ModelResponse { turn, usage, .. } = &event {
             let (turn, usage) = (*turn, *usage);

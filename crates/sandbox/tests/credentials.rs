@@ -131,6 +131,34 @@ async fn the_proxy_adds_the_secret_and_the_sandbox_never_holds_it() {
 }
 
 #[tokio::test]
+async fn a_decrypted_tunnel_carries_requests_for_its_own_host_only() {
+    let (port, ca) = echo_https(true).await;
+    let mut setup = start(&[port], &ca).await;
+    let url = format!("https://127.0.0.1:{port}/x");
+    let curl = "curl --noproxy '' -sS -o /dev/null -w '%{http_code}\\n'";
+    let out = run(
+        &setup.session,
+        &format!(
+            "{curl} -H 'Host: attacker.example' {url}; {curl} --request-target https://attacker.example/x {url}; {curl} -X TRACE {url}; curl --noproxy '' -sS {url}"
+        ),
+    )
+    .await;
+    // Another site behind the same server (by Host or absolute target) and TRACE are refused;
+    // a plain request still gets the secret.
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert_eq!(lines[..3], ["421", "421", "405"], "{}", out.output);
+    assert!(
+        out.output
+            .contains(&format!("authorization: Bearer {SECRET}"))
+    );
+    assert!(out.output.contains(&format!("host: 127.0.0.1:{port}")));
+    for _ in 0..4 {
+        next_event(&mut setup.events).await;
+    }
+    setup.session.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_unverifiable_server_never_gets_the_secret_and_the_client_hears_why() {
     // Self-signed: not from the CA the proxy trusts.
     let (port, ca) = echo_https(false).await;

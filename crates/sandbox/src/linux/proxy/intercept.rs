@@ -133,11 +133,14 @@ impl Interception {
     /// between with the credentials added to every request.
     pub async fn serve(
         &self,
-        client: UnixStream,
+        (client, early): (UnixStream, Vec<u8>),
         upstream: TcpStream,
-        host: &str,
+        (host, port): (&str, u16),
         credentials: &[&Credential],
     ) -> Result<Tunnel, (String, Tunnel)> {
+        // What the client sent right behind its CONNECT (its TLS hello, when it did not wait
+        // for the answer) comes first.
+        let client = Prefixed::new(early, client);
         let counted = Counted::new(upstream);
         let (up, down) = (counted.written.clone(), counted.read.clone());
         let requests = Arc::new(AtomicU32::new(0));
@@ -196,6 +199,9 @@ impl Interception {
                 host_name.clone(),
             );
             async move {
+                if let Err((status, why)) = pin_to_tunnel(&mut request, &host, port) {
+                    return Ok(refusal(status, &format!("nightshift: {why}\n")));
+                }
                 request.headers_mut().remove(PROXY_AUTHORIZATION);
                 for (name, value) in headers {
                     request.headers_mut().insert(name, value);
@@ -213,8 +219,19 @@ impl Interception {
             }
         });
         let served = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(client), service)
-            .await;
+            .serve_connection(TokioIo::new(client), service);
+        tokio::pin!(served);
+        let mut connection = connection;
+        let served = tokio::select! {
+            served = served.as_mut() => served,
+            // The server closed its end (an idle keep-alive timeout, say): the client's
+            // connection closes too, after the request in flight, so that it reconnects
+            // rather than taking a 502 for its next request.
+            _ = &mut connection => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
         connection.abort();
         let tunnel = tunnel(&requests);
         match served {
@@ -266,12 +283,99 @@ pub(crate) struct Tunnel {
 }
 
 fn bad_gateway(message: &str) -> Response<BoxBody<Bytes, hyper::Error>> {
+    refusal(StatusCode::BAD_GATEWAY, message)
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response<BoxBody<Bytes, hyper::Error>> {
     let body = Full::new(Bytes::from(message.to_string()))
         .map_err(|never| match never {})
         .boxed();
     let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    *response.status_mut() = status;
     response
+}
+
+/// Holds a request in a decrypted tunnel to the tunnel's own host, so that the secret added to
+/// it reaches that host and nothing else behind the same server: the request target becomes
+/// origin-form, its `Host` must name the tunnel's host (it is set when missing), and methods
+/// that are not for the host's resources are refused.
+fn pin_to_tunnel<B>(
+    request: &mut Request<B>,
+    host: &str,
+    port: u16,
+) -> Result<(), (StatusCode, String)> {
+    use hyper::Method;
+    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} is not sent through a connection that carries a secret",
+                request.method()
+            ),
+        ));
+    }
+    let misdirected = |other: &str| {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this connection is for {host}:{port}; a request for {other} does not go through it"
+            ),
+        )
+    };
+    let uri = request.uri().clone();
+    if let Some(authority) = uri.authority() {
+        let default = if uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        if uri.scheme_str().is_some_and(|s| s != "https")
+            || !same_host(authority.host(), host)
+            || authority.port_u16().unwrap_or(default) != port
+        {
+            return Err(misdirected(authority.as_str()));
+        }
+        let origin = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| misdirected(authority.as_str()))?;
+        *request.uri_mut() = origin;
+    }
+    let expected = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let expected = if port == 443 {
+        expected
+    } else {
+        format!("{expected}:{port}")
+    };
+    let headers = request.headers_mut();
+    let named = headers.get_all(hyper::header::HOST).iter().count();
+    if let Some(given) = headers.get(hyper::header::HOST) {
+        let given = given.to_str().unwrap_or_default().to_string();
+        let parsed = given.parse::<hyper::http::uri::Authority>().ok();
+        let matches = parsed
+            .as_ref()
+            .is_some_and(|a| same_host(a.host(), host) && a.port_u16().unwrap_or(443) == port);
+        if named > 1 || !matches {
+            return Err(misdirected(&given));
+        }
+    }
+    headers.insert(
+        hyper::header::HOST,
+        HeaderValue::from_str(&expected).map_err(|_| misdirected(&expected))?,
+    );
+    Ok(())
+}
+
+fn same_host(given: &str, host: &str) -> bool {
+    let given = given.trim_start_matches('[').trim_end_matches(']');
+    given
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(host.trim_end_matches('.'))
 }
 
 /// The host's trusted roots (its system store, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set),
@@ -389,6 +493,58 @@ pub(crate) fn write_bundle(path: &Path, ca_pem: &str) -> std::io::Result<()> {
     file.write_all(&bundle)
 }
 
+/// A stream whose first bytes were read already: they are read again first.
+struct Prefixed<S> {
+    early: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(early: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            early,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.early.len() {
+            let n = buf.remaining().min(self.early.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.early[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A stream that counts the bytes through it.
 struct Counted<S> {
     inner: S,
@@ -476,6 +632,79 @@ mod tests {
             interception
                 .ca_pem()
                 .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+    }
+
+    fn request(method: &str, target: &str, host: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(target);
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_are_held_to_the_tunnels_host() {
+        let pin = |mut r: Request<()>, host: &str, port: u16| {
+            pin_to_tunnel(&mut r, host, port)
+                .map(|()| {
+                    (
+                        r.uri().to_string(),
+                        r.headers()["host"].to_str().unwrap().to_string(),
+                    )
+                })
+                .map_err(|(status, _)| status.as_u16())
+        };
+        let ok = |target: &str, given: Option<&str>| {
+            pin(request("GET", target, given), "api.example.com", 443)
+        };
+        assert_eq!(
+            ok("/v1/me", Some("api.example.com")),
+            Ok(("/v1/me".into(), "api.example.com".into()))
+        );
+        assert_eq!(
+            ok("/v1/me", Some("API.example.com.:443")),
+            Ok(("/v1/me".into(), "api.example.com".into()))
+        );
+        assert_eq!(
+            ok("/v1/me", None),
+            Ok(("/v1/me".into(), "api.example.com".into()))
+        );
+        assert_eq!(
+            ok("https://api.example.com/v1/me?x=1", Some("api.example.com")),
+            Ok(("/v1/me?x=1".into(), "api.example.com".into()))
+        );
+        // Another site behind the same front end, by Host or by an absolute target.
+        assert_eq!(ok("/v1/me", Some("attacker.example")), Err(421));
+        assert_eq!(ok("/v1/me", Some("api.example.com:8443")), Err(421));
+        assert_eq!(
+            ok("https://attacker.example/x", Some("api.example.com")),
+            Err(421)
+        );
+        assert_eq!(ok("http://api.example.com/x", None), Err(421));
+        for method in ["TRACE", "CONNECT"] {
+            let target = if method == "CONNECT" {
+                "api.example.com:443"
+            } else {
+                "/"
+            };
+            assert_eq!(
+                pin(request(method, target, None), "api.example.com", 443),
+                Err(405)
+            );
+        }
+        // Ports other than 443, and addresses.
+        assert_eq!(
+            pin(
+                request("GET", "/", Some("127.0.0.1:8443")),
+                "127.0.0.1",
+                8443
+            ),
+            Ok(("/".into(), "127.0.0.1:8443".into()))
+        );
+        assert_eq!(
+            pin(request("GET", "/", None), "::1", 8443),
+            Ok(("/".into(), "[::1]:8443".into()))
         );
     }
 

@@ -246,7 +246,7 @@ async fn serve(
     allow: &Allowlist,
     interception: Option<&Interception>,
 ) -> Option<EgressEvent> {
-    let (head, rest) = read_head(&mut client).await?;
+    let (head, mut rest) = read_head(&mut client).await?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next()?.to_string();
     let mut parts = request_line.split_whitespace();
@@ -342,8 +342,9 @@ async fn serve(
         {
             return Some(event);
         }
+        let early = std::mem::take(&mut rest);
         let tunnel = match interception
-            .serve(client, upstream, &host, &credentials)
+            .serve((client, early), upstream, (&host, port), &credentials)
             .await
         {
             Ok(tunnel) => {
