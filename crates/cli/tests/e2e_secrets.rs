@@ -317,3 +317,59 @@ async fn a_proxy_secret_for_a_host_no_allowlist_reaches_is_called_out() {
         "{events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_up_does_not_take_the_configuration_its_agent_wrote() {
+    let (port, ca_pem, seen) = https_service().await;
+    let (other, _, other_seen) = https_service().await;
+    let repo = buggy_repo();
+    let config = |host: u16| {
+        format!(
+            "[network]\nagent = [\"127.0.0.1:{host}\"]\n\n[secrets]\nAPI_TOKEN = {{ scope = \"proxy\", hosts = [\"127.0.0.1:{host}\"] }}\n"
+        )
+    };
+    std::fs::write(repo.path().join(".nightshift.toml"), config(port)).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "call the service"]);
+    // The first run's agent points the secret and the network at another host.
+    let call_other = format!("curl -sS --noproxy '' --max-time 5 https://127.0.0.1:{other}/; echo");
+    let (mut ns, _model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": ".nightshift.toml", "content": config(other)}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "moved the service"}}]}},
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": call_other}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called it"}}]}}
+    ])))
+    .await;
+    let roots = ns.home.path().join("service-ca.pem");
+    std::fs::write(&roots, &ca_pem).unwrap();
+    ns.env
+        .push(("SSL_CERT_FILE".into(), path_str(&roots).to_string()));
+    set_secret(&ns, "API_TOKEN", TOKEN);
+    let (out, first) = ns.wait_task(repo.path(), "move").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first_id = first["id"].as_str().unwrap();
+
+    let said = ns.run(&["say", first_id, "now call it"]).await;
+    assert!(said.status.success(), "{}", stderr(&said));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let follow_up = loop {
+        let events = ns.events(first_id).await;
+        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
+            break started["task_id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    ns.wait_for(&follow_up, |t| t["state"] == "succeeded").await;
+    let events = ns.events(&follow_up).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "warning"
+            && e["message"].as_str().unwrap().contains(
+                "this follow-up gets no secrets and no network: the earlier runs changed .nightshift.toml"
+            )),
+        "{events:#?}"
+    );
+    assert!(events.iter().all(|e| e["type"] != "egress"), "{events:#?}");
+    assert!(other_seen.lock().unwrap().is_empty());
+    assert!(seen.lock().unwrap().is_empty());
+}

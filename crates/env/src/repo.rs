@@ -200,6 +200,19 @@ impl SourceRepo {
         })
     }
 
+    /// Which of `paths` differ between the commits `from` and `to`.
+    pub async fn changed_paths(
+        &self,
+        from: &str,
+        to: &str,
+        paths: &[&str],
+    ) -> Result<Vec<String>, EnvError> {
+        let mut args = vec!["diff", "--name-only", from, to, "--"];
+        args.extend(paths);
+        let listed = git(&self.root, args).await?;
+        Ok(listed.lines().map(str::to_string).collect())
+    }
+
     /// Whether `branch` exists.
     pub async fn has_branch(&self, branch: &str) -> Result<bool, EnvError> {
         let rev = format!("refs/heads/{branch}");

@@ -249,9 +249,25 @@ impl Runner {
             }
         };
         environment::announce(log, &loaded).await?;
+        let mut loaded = loaded;
+        let trusted = match &parent {
+            Some(parent) => {
+                self.trusted_configuration(log, &source, parent, &base.commit)
+                    .await?
+            }
+            None => true,
+        };
+        if !trusted {
+            loaded.config.network.agent.clear();
+            loaded.config.network.setup.clear();
+        }
         let secrets = self.load_secrets(log).await?;
         log.redact_with(Redactor::new(&secrets));
-        let task_secrets = match environment::task_secrets(&loaded, &secrets) {
+        let task_secrets = match trusted {
+            false => Ok(environment::TaskSecrets::default()),
+            true => environment::task_secrets(&loaded, &secrets),
+        };
+        let task_secrets = match task_secrets {
             Ok(task_secrets) => task_secrets,
             Err(missing) => {
                 let _ = copy.remove().await;
@@ -442,6 +458,50 @@ impl Runner {
 
     /// Every stored secret, unsealed with this worker's key; what cannot be unsealed is
     /// reported and left out.
+    /// Whether a follow-up may use its configuration as it stands: not when the earlier runs'
+    /// branch changed a configuration file since the commit a person chose for the first of
+    /// them. The agent wrote those changes; they must not decide where secrets go or what the
+    /// sandbox may reach. Says so in a warning when they may not.
+    async fn trusted_configuration(
+        &self,
+        log: &TaskLog,
+        source: &SourceRepo,
+        parent: &nightshift_protocol::Task,
+        base: &str,
+    ) -> Result<bool, SinkError> {
+        let mut first = parent.clone();
+        let mut steps = 0;
+        while let Some(earlier) = first.spec.follows {
+            steps += 1;
+            match self.store.get_task(earlier).await {
+                Ok(Some(task)) if steps < 1000 => first = task,
+                _ => break,
+            }
+        }
+        let changed = match (&first.spec.follows, &first.base_commit) {
+            (None, Some(chosen)) => source
+                .changed_paths(chosen, base, &nightshift_env::config::config_files())
+                .await
+                .map_err(|err| err.to_string()),
+            _ => Err("the commit the first task started from is not known".into()),
+        };
+        let why = match changed {
+            Ok(changed) if changed.is_empty() => return Ok(true),
+            Ok(changed) => format!(
+                "the earlier runs changed {} on the branch",
+                changed.join(", ")
+            ),
+            Err(err) => format!("its configuration could not be compared ({err})"),
+        };
+        log.append(Event::Warning {
+            message: format!(
+                "this follow-up gets no secrets and no network: {why}, and a configuration an agent wrote does not decide where secrets go or what the sandbox may reach; commit the change to your branch yourself (or start a new task from it) to use it"
+            ),
+        })
+        .await?;
+        Ok(false)
+    }
+
     async fn load_secrets(&self, log: &TaskLog) -> Result<Vec<(String, String)>, SinkError> {
         let sealed = match self.store.secrets().await {
             Ok(sealed) => sealed,

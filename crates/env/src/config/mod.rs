@@ -44,6 +44,16 @@ pub use units::{ByteSize, HumanDuration};
 /// The configuration file's name, at the repository root.
 pub const CONFIG_FILE: &str = ".nightshift.toml";
 
+/// Every file the configuration can come from, relative to the repository root: the
+/// configuration file and each importer's.
+pub fn config_files() -> Vec<&'static str> {
+    let mut files = vec![CONFIG_FILE];
+    for importer in Importer::ALL {
+        files.extend(importer.candidates());
+    }
+    files
+}
+
 /// Where the effective configuration came from as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -35,17 +35,21 @@ pub(crate) struct Sourced {
 }
 
 impl Importer {
-    /// The importer's file in `repo_root`, relative to it, if there is one.
-    pub fn find(self, repo_root: &Path) -> Option<PathBuf> {
-        let candidates: &[&str] = match self {
+    /// The files this importer reads, relative to the repository root, the first found wins.
+    pub fn candidates(self) -> &'static [&'static str] {
+        match self {
             Importer::CopilotSetupSteps => &[
                 ".github/workflows/copilot-setup-steps.yml",
                 ".github/workflows/copilot-setup-steps.yaml",
             ],
             Importer::Cursor => &[".cursor/environment.json"],
             Importer::Devcontainer => &[".devcontainer/devcontainer.json", ".devcontainer.json"],
-        };
-        candidates
+        }
+    }
+
+    /// The importer's file in `repo_root`, relative to it, if there is one.
+    pub fn find(self, repo_root: &Path) -> Option<PathBuf> {
+        self.candidates()
             .iter()
             .map(PathBuf::from)
             .find(|candidate| repo_root.join(candidate).is_file())
