@@ -345,6 +345,34 @@ pub(crate) fn task_secrets(
     }
 }
 
+/// Whether two host patterns (`host`, `*.domain`, each with an optional `:port`) can match the
+/// same host and port.
+fn patterns_overlap(a: &str, b: &str) -> bool {
+    fn split(pattern: &str) -> (String, Option<&str>) {
+        let pattern = pattern.trim();
+        match pattern.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => (
+                host.trim_matches(['[', ']']).to_ascii_lowercase(),
+                Some(port),
+            ),
+            _ => (pattern.trim_matches(['[', ']']).to_ascii_lowercase(), None),
+        }
+    }
+    let ((a, a_port), (b, b_port)) = (split(a), split(b));
+    if let (Some(x), Some(y)) = (a_port, b_port)
+        && x != y
+    {
+        return false;
+    }
+    let under = |host: &str, domain: &str| host.ends_with(&format!(".{domain}"));
+    match (a.strip_prefix("*."), b.strip_prefix("*.")) {
+        (Some(x), Some(y)) => x == y || under(x, y) || under(y, x),
+        (Some(domain), None) => under(&b, domain),
+        (None, Some(domain)) => under(&a, domain),
+        (None, None) => a == b,
+    }
+}
+
 /// Why a proxy secret would never be sent, for each that would not: the backend has no egress
 /// proxy, or no allowlist of the configuration reaches one of its hosts.
 pub(crate) fn unsendable_credentials(
@@ -354,18 +382,11 @@ pub(crate) fn unsendable_credentials(
 ) -> Vec<String> {
     let network = &loaded.config.network;
     let reachable = |host: &str| {
-        network.agent.iter().chain(&network.setup).any(|pattern| {
-            let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
-            let bare = |p: &str| {
-                p.rsplit_once(':')
-                    .map_or(p.to_string(), |(h, _)| h.to_string())
-            };
-            pattern == host
-                || bare(&pattern) == host
-                || pattern
-                    .strip_prefix("*.")
-                    .is_some_and(|suffix| host.ends_with(&format!(".{}", bare(suffix))))
-        })
+        network
+            .agent
+            .iter()
+            .chain(&network.setup)
+            .any(|pattern| patterns_overlap(pattern, host))
     };
     let mut reasons = Vec::new();
     for credential in credentials {
@@ -432,4 +453,25 @@ pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String,
     .await
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::patterns_overlap;
+
+    #[test]
+    fn host_patterns_overlap_as_the_proxy_would_match_them() {
+        assert!(patterns_overlap("api.x.com", "api.x.com"));
+        assert!(patterns_overlap("API.x.com", "api.x.com:443"));
+        assert!(patterns_overlap("api.x.com:443", "api.x.com"));
+        assert!(!patterns_overlap("api.x.com:8443", "api.x.com:443"));
+        assert!(patterns_overlap("*.x.com", "api.x.com"));
+        assert!(patterns_overlap("api.x.com", "*.x.com"));
+        assert!(patterns_overlap("*.x.com", "*.api.x.com"));
+        assert!(!patterns_overlap("*.x.com", "x.com"));
+        assert!(!patterns_overlap("api.x.com", "api.y.com"));
+        assert!(!patterns_overlap("evilx.com", "*.x.com"));
+        assert!(patterns_overlap("127.0.0.1:3000", "127.0.0.1:3000"));
+        assert!(!patterns_overlap("127.0.0.1:3000", "127.0.0.1:3001"));
+    }
 }

@@ -325,5 +325,16 @@ async fn a_session_from_a_spare_helper_runs_at_normal_priority() {
     assert_eq!(stat_field(init, 19), 0);
     let out = run(&session, "nice; cut -d' ' -f19 /proc/1/stat").await;
     assert_eq!(out.output, "0\n0\n");
+    // Every thread of the init too (nice values are per thread).
+    for thread in std::fs::read_dir(format!("/proc/{init}/task")).unwrap() {
+        let tid: i32 = thread
+            .unwrap()
+            .file_name()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(stat_field(tid, 19), 0, "thread {tid} of the init");
+    }
     session.close().await.unwrap();
 }

@@ -87,8 +87,21 @@ fn v2_base(own: &Path) -> PathBuf {
 }
 
 /// Moves every process of `group` into its [`HOST_LEAF`] (made if missing), until none is
-/// left (a process may fork meanwhile).
+/// left (a process may fork meanwhile). Only when they are all this process and its
+/// descendants: a group shared with anything else (a login shell's scope, a container's root)
+/// is not nightshift's to rearrange, and sessions then do without cgroup v2 limits.
 fn evacuate(group: &Path) -> std::io::Result<()> {
+    let procs = std::fs::read_to_string(group.join("cgroup.procs"))?;
+    if let Some(foreign) = procs
+        .split_whitespace()
+        .filter_map(|pid| pid.parse::<i32>().ok())
+        .find(|pid| !is_ours(*pid))
+    {
+        return Err(std::io::Error::other(format!(
+            "{} also holds process {foreign}, which is not nightshift's, so it cannot hand controllers to sessions (run nightshift in a group of its own: systemd's Delegate=yes)",
+            group.display()
+        )));
+    }
     let leaf = group.join(HOST_LEAF);
     match std::fs::create_dir(&leaf) {
         Ok(()) => {}
@@ -113,6 +126,31 @@ fn evacuate(group: &Path) -> std::io::Result<()> {
         "processes keep appearing in {}",
         group.display()
     )))
+}
+
+/// Whether `pid` is this process or one of its descendants (a process that has exited in the
+/// meantime counts as ours: it holds nothing).
+fn is_ours(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let mut at = pid;
+    for _ in 0..4096 {
+        if at == me {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
+            return at == pid;
+        };
+        // The parent is the second field after the command name, which ends at the last ')'.
+        let parent = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<i32>().ok());
+        match parent {
+            Some(parent) if parent > 1 => at = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The mount point of a cgroup hierarchy (v1: the one with `controller` among its options).
@@ -551,6 +589,14 @@ mod tests {
         for pid in [std::process::id(), sleeper.id()] {
             write(&group, "cgroup.procs", &pid.to_string()).unwrap();
         }
+        // A process that is not ours (pid 1's child would do; the test's parent is handy) in
+        // the group: nothing moves.
+        let parent = std::os::unix::process::parent_id();
+        write(&group, "cgroup.procs", &parent.to_string()).unwrap();
+        let refused = evacuate(&group).unwrap_err().to_string();
+        assert!(refused.contains("not nightshift's"), "{refused}");
+        assert!(!group.join(HOST_LEAF).exists());
+        write(Path::new(&mount), "cgroup.procs", &parent.to_string()).unwrap();
         evacuate(&group).unwrap();
         let left = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
         let moved = std::fs::read_to_string(group.join(HOST_LEAF).join("cgroup.procs")).unwrap();

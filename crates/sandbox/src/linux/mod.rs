@@ -298,7 +298,14 @@ impl Namespaced {
             .take();
         let mut spare = spare?;
         // A dead one (its parent thread ended, say) is dropped: reaped.
-        (spare.ids == (host_id, drop_root) && spare.child.alive()).then_some(spare)
+        if spare.ids != (host_id, drop_root) || !spare.child.alive() {
+            return None;
+        }
+        if let Err(e) = spare.restore_priority() {
+            tracing::debug!(error = %e, "a spare sandbox helper could not be used");
+            return None;
+        }
+        Some(spare)
     }
 
     /// Waits for the helper to report its init spawned and the sandbox ready.
@@ -320,8 +327,11 @@ impl Namespaced {
             control,
             stderr,
             reniced,
+            early,
             ..
         } = helper;
+        // Read before the handshake: the priority was restored then.
+        let restored = early.is_some();
         let stderr = session::StderrTail::collect(stderr);
         control
             .set_nonblocking(true)
@@ -329,19 +339,14 @@ impl Namespaced {
         let mut stream =
             UnixStream::from_std(control).map_err(|e| setup_error(format!("socket: {e}")))?;
         let handshake = async {
-            let pid = match read_reply(&mut stream).await? {
+            let first = match early {
+                Some(reply) => reply,
+                None => read_reply(&mut stream).await?,
+            };
+            let pid = match first {
                 Reply::Spawned { pid } => {
-                    // Single-threaded until it is ready, and with no child yet: the init
-                    // alone carries the priority to the sandbox.
-                    // SAFETY: setpriority with integer arguments.
-                    if reniced
-                        && unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 0) }
-                            != 0
-                    {
-                        return Err(format!(
-                            "restoring the priority of the sandbox's init: {}",
-                            std::io::Error::last_os_error()
-                        ));
+                    if reniced && !restored {
+                        spare::normal_priority(pid)?;
                     }
                     pid
                 }

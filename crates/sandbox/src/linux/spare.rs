@@ -11,6 +11,7 @@ use super::config::{NamespacedConfig, SANDBOX_ID};
 use super::helper;
 use super::process::HelperProcess;
 use super::setup_error;
+use super::wire::Reply;
 use crate::SandboxError;
 
 /// Once a backend has started more than one session, it keeps one helper started ahead of the
@@ -164,6 +165,7 @@ pub(crate) fn spawn_helper(
         stderr,
         ids: (host_id, drop_root),
         reniced,
+        early: None,
     })
 }
 
@@ -177,4 +179,52 @@ pub(crate) struct Helper {
     pub ids: (u32, bool),
     /// Whether it waits at the lowest priority (see [`spawn_helper`]).
     pub reniced: bool,
+    /// Its first reply when it was read before the handshake (see [`Helper::restore_priority`]).
+    pub early: Option<Reply>,
+}
+
+impl Helper {
+    /// For a spare at the lowest priority: reads its first reply without waiting, if it is
+    /// there (a waiting spare sent `Spawned` long ago), and gives the init the normal priority
+    /// back before it learns its session, so that no thread it starts keeps the spare's.
+    /// Otherwise the handshake does it when `Spawned` arrives.
+    pub fn restore_priority(&mut self) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        if !self.reniced || self.early.is_some() {
+            return Ok(());
+        }
+        let mut ready = libc::pollfd {
+            fd: self.control.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call; no waiting.
+        if unsafe { libc::poll(&mut ready, 1, 0) } != 1 {
+            return Ok(());
+        }
+        // A frame is written whole, in one write: readable means all of it is there.
+        if let Ok(Some((reply, _))) = super::wire::read_frame::<Reply>(&mut &self.control) {
+            if let Reply::Spawned { pid } = reply {
+                normal_priority(pid)?;
+            }
+            self.early = Some(reply);
+        }
+        Ok(())
+    }
+}
+
+/// Gives the init `pid` (a spare's, single-threaded until it is ready) the normal priority. An
+/// init that is gone already is not an error here: the handshake reports why it went.
+pub(crate) fn normal_priority(pid: i32) -> Result<(), String> {
+    // SAFETY: setpriority with integer arguments.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 0) } == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(());
+    }
+    Err(format!(
+        "restoring the priority of the sandbox's init: {error}"
+    ))
 }
