@@ -268,8 +268,7 @@ fn place_entries(entries: Vec<(PathBuf, Entry)>) -> Result<(), String> {
     Ok(())
 }
 
-/// The session's CA bundle at [`CA_BUNDLE`], and over every system bundle that is a regular
-/// file inside (a symlink is left alone: it could lead out of the new root before the switch).
+/// The session's CA bundle at [`CA_BUNDLE`], and over every system bundle inside.
 fn bind_ca_bundle(staged: &Path) -> Result<(), String> {
     let bundle = staged.join(CA_BUNDLE_FILE);
     let at = inside(Path::new(CA_BUNDLE));
@@ -286,12 +285,18 @@ fn bind_ca_bundle(staged: &Path) -> Result<(), String> {
         sys::mount_setattr(None, at, false, READ_ONLY, None).map_err(|e| err("restricting", at, e))
     };
     bind_at(&at)?;
+    // A bundle that is a link (Fedora's and Arch's are) is covered where it leads, when that is
+    // inside the new root: a link resolved now, before the switch, could otherwise lead to the
+    // host's files, and those are left alone.
+    let mut covered = Vec::new();
     for system in SYSTEM_BUNDLES {
-        let at = inside(Path::new(system));
-        let regular = std::fs::canonicalize(&at).is_ok_and(|real| real == at)
-            && std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_file());
-        if regular {
-            bind_at(&at)?;
+        let Ok(real) = std::fs::canonicalize(inside(Path::new(system))) else {
+            continue;
+        };
+        let file = std::fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_file());
+        if file && real.starts_with(NEW_ROOT) && !covered.contains(&real) {
+            bind_at(&real)?;
+            covered.push(real);
         }
     }
     Ok(())
