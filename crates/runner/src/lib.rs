@@ -117,6 +117,12 @@ impl Runner {
         self
     }
 
+    /// Has the sandbox prepare for the next task's first session (see [`Sandbox::warm_up`]),
+    /// for a process that is about to run tasks.
+    pub fn warm_up(&self) {
+        self.sandbox.warm_up();
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nightshift_sandbox::{
-    ExecRequest, HelperCommand, Namespaced, NamespacedConfig, SandboxSession, SessionOptions,
-    SessionSpec,
+    ExecRequest, HelperCommand, Namespaced, NamespacedConfig, Sandbox, SandboxSession,
+    SessionOptions, SessionSpec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -135,6 +135,25 @@ async fn main() {
         s.close().await.unwrap();
     }
     summary("namespaced, no spare helper: start + exec true", cold);
+
+    // A new backend warmed up (as a worker or a task's process does when it starts), its first
+    // session once the spare is ready.
+    let mut warmed = Vec::new();
+    for _ in 0..runs {
+        let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
+        let fresh = Namespaced::new(NamespacedConfig::new(helper, state.path()));
+        fresh.warm_up();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        let s = fresh
+            .start_with(spec(small.path()), SessionOptions::default())
+            .await
+            .unwrap();
+        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
+        warmed.push(t.elapsed());
+        s.close().await.unwrap();
+    }
+    summary("namespaced, warmed up: first start + exec true", warmed);
 
     if Command::new("bwrap").arg("--version").output().is_ok() {
         let args = bwrap_args(small.path());

@@ -253,6 +253,10 @@ pub trait Sandbox: Send + Sync {
     fn credentials(&self) -> bool {
         false
     }
+
+    /// Prepares what the next session needs ahead of it, if the backend can (the namespaced
+    /// one starts a helper): for a process that will start a session soon, such as a worker.
+    fn warm_up(&self) {}
 }
 
 /// A task's live sandbox: commands run one after another in the same environment.

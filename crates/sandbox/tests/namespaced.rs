@@ -338,3 +338,29 @@ async fn a_session_from_a_spare_helper_runs_at_normal_priority() {
     }
     session.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn warming_up_prepares_the_first_session() {
+    let fixture = Fixture::new();
+    fixture.backend.warm_up();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = ticks_now();
+    let session = fixture.start().await;
+    let init = session.init_pid();
+    assert!(
+        stat_field(init, 22) + 20 < asked,
+        "the first session did not take the spare"
+    );
+    assert_eq!(stat_field(init, 19), 0);
+    run(&session, "true").await;
+    session.close().await.unwrap();
+    // The first session asked for the next spare once its command was done.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = ticks_now();
+    let session = fixture.start().await;
+    assert!(
+        stat_field(session.init_pid(), 22) + 20 < asked,
+        "no spare for the second session"
+    );
+    session.close().await.unwrap();
+}

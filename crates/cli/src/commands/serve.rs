@@ -26,6 +26,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     super::worker::cancel_on_signals(shutdown.clone());
 
     let workers = if args.workers > 0 {
+        runner.warm_up();
         let config = WorkerConfig {
             concurrency: args.workers,
             ..WorkerConfig::default()

@@ -22,6 +22,8 @@ pub async fn run_task(args: RunTaskArgs) -> Result<ExitCode, Failure> {
         .parse()
         .map_err(|err: nightshift_protocol::ParseTaskIdError| Failure::usage(err.to_string()))?;
     let runner = Home::from_env()?.runner(ProviderConfig::from_env()).await?;
+    // The sandbox's helper starts while the task is checked out.
+    runner.warm_up();
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
     match runner.run_task(id, cancel).await {
@@ -34,6 +36,7 @@ pub async fn run_task(args: RunTaskArgs) -> Result<ExitCode, Failure> {
 pub async fn run_worker(args: WorkerArgs) -> Result<ExitCode, Failure> {
     let home = Home::from_env()?;
     let runner = Arc::new(home.worker_runner(ProviderConfig::from_env()).await?);
+    runner.warm_up();
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     eprintln!(

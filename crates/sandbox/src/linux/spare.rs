@@ -78,7 +78,7 @@ struct Refill {
 
 impl Warm {
     /// Asks for a spare helper (if there is none), without waiting for it.
-    fn refill(self: &Arc<Self>, config: &Arc<NamespacedConfig>, host_id: u32, drop_root: bool) {
+    pub fn refill(self: &Arc<Self>, config: &Arc<NamespacedConfig>, host_id: u32, drop_root: bool) {
         type Request = (std::sync::Weak<Warm>, Refill);
         static STARTER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Request>>> =
             std::sync::OnceLock::new();
