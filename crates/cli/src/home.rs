@@ -55,7 +55,11 @@ impl Home {
         let blob_url = std::env::var("NIGHTSHIFT_BLOB_URL")
             .ok()
             .filter(|url| !url.trim().is_empty());
-        let blobs = open_blobs(blob_url.as_deref(), &self.root, std::env::vars())
+        // `vars()` would panic on a variable that is not UTF-8; such a one is no AWS setting.
+        let env = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
+        let blobs = open_blobs(blob_url.as_deref(), &self.root, env)
             .map_err(|err| Failure::usage(format!("NIGHTSHIFT_BLOB_URL: {err}")))?;
         let url = std::env::var("NIGHTSHIFT_DATABASE_URL")
             .ok()

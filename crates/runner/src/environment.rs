@@ -247,10 +247,19 @@ pub(crate) async fn run_command(
         CommandPhase::Maintenance => "maintenance.log".to_string(),
     };
     let output = log.redact(&output);
-    let stored = store
+    let stored = match store
         .put_blob(task, &artifact, output.clone().into_bytes().into())
         .await
-        .is_ok();
+    {
+        Ok(()) => true,
+        Err(err) => {
+            log.append(Event::Warning {
+                message: format!("{artifact} could not be stored: {err}"),
+            })
+            .await?;
+            false
+        }
+    };
     let tail = tail(&output);
     log.append(Event::CommandFinished {
         phase,

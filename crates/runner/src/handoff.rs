@@ -52,8 +52,6 @@ pub const DIFF_BLOB: &str = "diff.patch";
 pub(crate) enum HandoffError {
     #[error(transparent)]
     Env(#[from] EnvError),
-    #[error("storing the diff: {0}")]
-    Store(String),
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("committing in the sandbox failed: {0}")]
@@ -100,15 +98,26 @@ impl Runner {
         if !leaked.is_empty() {
             return Err(HandoffError::SecretInResult(leaked));
         }
-        self.store
-            .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
-            .await
-            .map_err(|err| HandoffError::Store(err.to_string()))?;
         let (branch, update) = match run.parent.and_then(|parent| parent.branch.clone()) {
             Some(branch) => (branch, true),
             None => (branch_name(&task.id.short(), &task.spec.prompt), false),
         };
+        // The branch first: it is the work. The stored diff is a copy of what the branch shows,
+        // and a blob store that is down must not cost the work.
         copy.hand_off(source, &branch, head, update).await?;
+        if let Err(err) = self
+            .store
+            .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
+            .await
+        {
+            log.append(Event::Warning {
+                message: format!(
+                    "the diff could not be stored ({err}); the branch {branch} has the work (`git diff {}..{branch}`)",
+                    copy.base_commit()
+                ),
+            })
+            .await?;
+        }
         log.update(|task| {
             task.branch = Some(branch.clone());
             task.head_commit = Some(head.to_string());

@@ -487,3 +487,60 @@ async fn a_task_hands_its_diff_and_check_logs_to_an_s3_bucket() {
         "{events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_store_that_is_down_costs_the_diff_copy_not_the_work() {
+    // Nothing listens there: every put fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let blobs = Blobs::from_url("s3://nowhere", env).unwrap();
+    let w = world_with(
+        write_and_finish(1),
+        |_| {},
+        &[(".nightshift.toml", "[checks]\nproof = \"cat done.txt\"\n")],
+        Some(blobs),
+    )
+    .await;
+    let id = w.submit("write done.txt", |_| {}).await;
+    let task = w
+        .runner
+        .run_task(id, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(task.state, TaskState::Succeeded, "{:?}", task.error);
+    let branch = task.branch.clone().unwrap();
+    assert_eq!(
+        git(w.repo.path(), &["show", &format!("{branch}:done.txt")]).trim(),
+        "done"
+    );
+    let warnings: Vec<String> = w
+        .events(id)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::Warning { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|m| m.starts_with("the diff could not be stored")
+                && m.contains(&format!("the branch {branch} has the work"))),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|m| m.starts_with("check-proof.log could not be stored")),
+        "{warnings:#?}"
+    );
+}

@@ -72,17 +72,39 @@ fn scheme(url: &str) -> Option<&'static str> {
         .find(|known| known.eq_ignore_ascii_case(scheme))
 }
 
-/// The URL with anything before an `@` (user and password) left out, for messages.
+/// The URL with anything before an `@` of its authority (user and password) and its query
+/// (which could carry a key) left out, for messages.
 pub(crate) fn without_credentials(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
-        _ => url.to_string(),
+    let (url, query) = match url.split_once(['?', '#']) {
+        Some((url, _)) => (url, "?…"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("{url}{query}");
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://…@{host}{path}{query}"),
+        None => format!("{scheme}://{authority}{path}{query}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_show_no_credentials() {
+        assert_eq!(
+            without_credentials("postgres://u:pw@db.internal:5432/ns"),
+            "postgres://…@db.internal:5432/ns"
+        );
+        assert_eq!(
+            without_credentials("s3://bucket/pre@fix?secret_access_key=abc"),
+            "s3://bucket/pre@fix?…"
+        );
+        assert_eq!(without_credentials("s3://bucket/p"), "s3://bucket/p");
+    }
 
     #[test]
     fn schemes_are_recognised_in_any_case() {

@@ -56,6 +56,14 @@ impl Local {
             max_duration_secs: submission.max_duration_secs,
             ..TaskRequest::new(submission.repo, submission.prompt, model)
         };
+        if self.home.is_some() {
+            // A bucket that cannot be used would fail the task only at its end, after the
+            // agent's work: say so now, before anything runs.
+            self.store()
+                .check_blobs()
+                .await
+                .map_err(|err| Failure::error(format!("cannot use the blobs: {err}")))?;
+        }
         let task = self.runner.submit(request).await.map_err(submit_failure)?;
         if let Some(home) = &self.home
             && let Err(failure) = spawn_worker(home, task.id)

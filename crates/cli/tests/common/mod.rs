@@ -115,6 +115,18 @@ impl Nightshift {
             .env_remove("NIGHTSHIFT_MODEL")
             .env_remove("NIGHTSHIFT_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        // The developer's own AWS settings would point the S3 tests elsewhere.
+        for (name, _) in std::env::vars_os() {
+            let aws = name.to_str().is_some_and(|n| n.starts_with("AWS_"));
+            if aws
+                && !self
+                    .env
+                    .iter()
+                    .any(|(k, _)| std::ffi::OsStr::new(k) == name)
+            {
+                command.env_remove(&name);
+            }
+        }
         command
     }
 

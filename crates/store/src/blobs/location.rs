@@ -121,6 +121,11 @@ where
         return Err("it names no bucket: s3://BUCKET or s3://BUCKET/PREFIX".into());
     }
     let prefix = url.path().trim_matches('/');
+    if prefix.contains('%') {
+        return Err(format!(
+            "the prefix `{prefix}` holds a `%` escape (a space or another character a URL must escape); use a prefix of letters, digits, `-`, `_`, `.` and `/`"
+        ));
+    }
     let prefix = object_store::path::Path::parse(prefix)
         .map_err(|err| format!("the prefix `{prefix}` is not usable as a key prefix: {err}"))?;
 
