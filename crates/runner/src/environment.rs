@@ -354,6 +354,40 @@ pub(crate) fn task_secrets(
     }
 }
 
+/// What to do about a failed setup or maintenance script: where it comes from, where its log
+/// is, and what the failure looks like it ran into (root-only commands, the network allowlist).
+pub(crate) fn script_hint(name: &str, script: &str, tail: &str) -> String {
+    let mut hint = format!(
+        "fix the {name} script (`nightshift env check` shows where it comes from); its whole log is the artifact {name}.log"
+    );
+    let words = |text: &str, any: &[&str]| {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .any(|word| any.contains(&word))
+    };
+    if words(
+        script,
+        &[
+            "sudo", "apt-get", "apt", "dnf", "yum", "apk", "zypper", "pacman",
+        ],
+    ) || tail.contains("sudo: ")
+        || tail.contains("are you root?")
+    {
+        hint.push_str(
+            "; the script runs as an unprivileged user over a read-only system (/usr, /etc), so system packages cannot be installed (no sudo): install tools with the language's package manager into the workspace or $HOME, or install them on the host",
+        );
+    }
+    if tail.contains("is not allowlisted")
+        || tail.contains("Could not resolve host")
+        || tail.contains("Temporary failure in name resolution")
+        || tail.contains("Name or service not known")
+    {
+        hint.push_str(
+            "; it reaches only the hosts of [network].setup, through the egress proxy: add the host it needs there (the task's egress events list what it asked for)",
+        );
+    }
+    hint
+}
+
 /// Whether two host patterns (`host`, `*.domain`, each with an optional `:port`) can match the
 /// same host and port.
 fn patterns_overlap(a: &str, b: &str) -> bool {
@@ -466,7 +500,30 @@ pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String,
 
 #[cfg(test)]
 mod tests {
-    use super::patterns_overlap;
+    use super::{patterns_overlap, script_hint};
+
+    #[test]
+    fn a_failed_script_gets_a_hint_for_what_it_ran_into() {
+        let plain = script_hint("setup", "npm ci", "npm ERR! missing script");
+        assert!(plain.contains("artifact setup.log"), "{plain}");
+        assert!(!plain.contains("unprivileged") && !plain.contains("[network]"));
+        let root = script_hint(
+            "setup",
+            "sudo apt-get install -y libpq-dev",
+            "sudo: not found",
+        );
+        assert!(
+            root.contains("system packages cannot be installed"),
+            "{root}"
+        );
+        let network = script_hint(
+            "setup",
+            "pip install -r requirements.txt",
+            "nightshift: files.pythonhosted.org:443 is not allowlisted for this task's network access",
+        );
+        assert!(network.contains("[network].setup"), "{network}");
+        assert!(!script_hint("setup", "./apt-tools/build.sh", "").contains("unprivileged"));
+    }
 
     #[test]
     fn host_patterns_overlap_as_the_proxy_would_match_them() {

@@ -69,9 +69,7 @@ impl Runner {
                     "the {name} script failed (exit {}):\n{}",
                     outcome.exit_code, outcome.tail
                 );
-                let hint = format!(
-                    "fix the {name} script in .nightshift.toml; its whole log is the artifact {name}.log"
-                );
+                let hint = environment::script_hint(name, script, &outcome.tail);
                 return fail(run.log, ErrorKind::Setup, message, Some(hint))
                     .await
                     .map(Some);
@@ -173,9 +171,8 @@ impl Runner {
                 "the setup script failed (exit {}); no layer was kept:\n{}",
                 outcome.exit_code, outcome.tail
             );
-            let hint =
-                "fix the setup script in .nightshift.toml; its whole log is the artifact setup.log";
-            return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+            let hint = environment::script_hint("setup", setup, &outcome.tail);
+            return fail(log, ErrorKind::Setup, message, Some(hint))
                 .await
                 .map(Err);
         }
