@@ -55,11 +55,7 @@ async fn allowlisted_hosts_are_reached_through_the_proxy_and_everything_is_logge
     let (out, task) = ns.wait_task(repo.path(), "net").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let events = ns.events(task["id"].as_str().unwrap()).await;
-    let shell = events
-        .iter()
-        .find(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
-        .unwrap();
-    let output = shell["output"].as_str().unwrap();
+    let output = shell_output(&events);
     assert!(output.contains("hello from the host"), "{output}");
     assert!(output.contains("denied: 403"), "{output}");
     let egress: Vec<&Value> = events.iter().filter(|e| e["type"] == "egress").collect();

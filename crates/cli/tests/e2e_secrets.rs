@@ -36,15 +36,9 @@ fn set_secret(ns: &Nightshift, name: &str, value: &str) {
 }
 
 fn repo_with_secret_setup() -> tempfile::TempDir {
-    let repo = buggy_repo();
-    std::fs::write(
-        repo.path().join(".nightshift.toml"),
+    buggy_repo_with_config(
         "[environment]\nsetup = \"echo the token is $NPM_TOKEN; echo $NPM_TOKEN > /tmp/seen\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
     )
-    .unwrap();
-    git(repo.path(), &["add", "."]);
-    git(repo.path(), &["commit", "-q", "-m", "setup with a secret"]);
-    repo
 }
 
 /// Every file under `dir` whose bytes contain `needle`.
@@ -150,14 +144,9 @@ async fn a_missing_secret_fails_the_task_saying_how_to_set_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
-    let repo = buggy_repo();
-    std::fs::write(
-        repo.path().join(".nightshift.toml"),
+    let repo = buggy_repo_with_config(
         "[environment]\nsetup = \"echo $NPM_TOKEN > .npmrc-token\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
-    )
-    .unwrap();
-    git(repo.path(), &["add", "."]);
-    git(repo.path(), &["commit", "-q", "-m", "a careless setup"]);
+    );
     let (ns, server) = Nightshift::with_script(fixing_script()).await;
     set_secret(&ns, "NPM_TOKEN", TOKEN);
     let (out, task) = ns.wait_task(repo.path(), "fix").await;
@@ -237,41 +226,35 @@ async fn https_service() -> (u16, String, Arc<Mutex<Vec<String>>>) {
     (port, ca_pem, seen)
 }
 
+/// The worker trusts the service's CA (as it would a public one) through `SSL_CERT_FILE`, and
+/// API_TOKEN is set.
+fn trust_and_set_token(ns: &mut Nightshift, ca_pem: &str) {
+    let roots = ns.home.path().join("service-ca.pem");
+    std::fs::write(&roots, ca_pem).unwrap();
+    ns.env
+        .push(("SSL_CERT_FILE".into(), path_str(&roots).to_string()));
+    set_secret(ns, "API_TOKEN", TOKEN);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_secret_reaches_its_host_as_a_header_and_never_the_sandbox() {
     let (port, ca_pem, seen) = https_service().await;
-    let repo = buggy_repo();
-    std::fs::write(
-        repo.path().join(".nightshift.toml"),
-        format!(
-            "[network]\nagent = [\"127.0.0.1:{port}\"]\n\n[secrets]\nAPI_TOKEN = {{ scope = \"proxy\", hosts = [\"127.0.0.1:{port}\"] }}\n"
-        ),
-    )
-    .unwrap();
-    git(repo.path(), &["add", "."]);
-    git(repo.path(), &["commit", "-q", "-m", "call the service"]);
+    let repo = buggy_repo_with_config(&format!(
+        "[network]\nagent = [\"127.0.0.1:{port}\"]\n\n[secrets]\nAPI_TOKEN = {{ scope = \"proxy\", hosts = [\"127.0.0.1:{port}\"] }}\n"
+    ));
     let (mut ns, model) = Nightshift::with_script(script(json!([
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command":
             format!("echo \"agent sees: [$API_TOKEN]\"; curl -sS --noproxy '' --max-time 10 https://127.0.0.1:{port}/v1/me; echo")}}]}},
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called the service"}}]}}
     ])))
     .await;
-    // The worker trusts the service's CA (as it would a public one) through SSL_CERT_FILE.
-    let roots = ns.home.path().join("service-ca.pem");
-    std::fs::write(&roots, &ca_pem).unwrap();
-    ns.env
-        .push(("SSL_CERT_FILE".into(), path_str(&roots).to_string()));
-    set_secret(&ns, "API_TOKEN", TOKEN);
+    trust_and_set_token(&mut ns, &ca_pem);
 
     let (out, task) = ns.wait_task(repo.path(), "call").await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(*seen.lock().unwrap(), [format!("Bearer {TOKEN}")]);
     let events = ns.events(task["id"].as_str().unwrap()).await;
-    let shell = events
-        .iter()
-        .find(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
-        .unwrap();
-    let output = shell["output"].as_str().unwrap();
+    let output = shell_output(&events);
     assert!(output.contains("agent sees: []"), "{output}");
     assert!(
         output.contains("hello, you sent Bearer [secret:API_TOKEN]"),
@@ -295,14 +278,9 @@ async fn a_proxy_secret_reaches_its_host_as_a_header_and_never_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_secret_for_a_host_no_allowlist_reaches_is_called_out() {
-    let repo = buggy_repo();
-    std::fs::write(
-        repo.path().join(".nightshift.toml"),
+    let repo = buggy_repo_with_config(
         "[secrets]\nAPI_TOKEN = { scope = \"proxy\", hosts = [\"api.example.com\"] }\n",
-    )
-    .unwrap();
-    git(repo.path(), &["add", "."]);
-    git(repo.path(), &["commit", "-q", "-m", "a secret for nowhere"]);
+    );
     let (ns, _model) = Nightshift::with_script(fixing_script()).await;
     set_secret(&ns, "API_TOKEN", TOKEN);
     let (out, task) = ns.wait_task(repo.path(), "fix").await;
@@ -322,15 +300,12 @@ async fn a_proxy_secret_for_a_host_no_allowlist_reaches_is_called_out() {
 async fn a_follow_up_does_not_take_the_configuration_its_agent_wrote() {
     let (port, ca_pem, seen) = https_service().await;
     let (other, _, other_seen) = https_service().await;
-    let repo = buggy_repo();
     let config = |host: u16| {
         format!(
             "[network]\nagent = [\"127.0.0.1:{host}\"]\n\n[secrets]\nAPI_TOKEN = {{ scope = \"proxy\", hosts = [\"127.0.0.1:{host}\"] }}\n"
         )
     };
-    std::fs::write(repo.path().join(".nightshift.toml"), config(port)).unwrap();
-    git(repo.path(), &["add", "."]);
-    git(repo.path(), &["commit", "-q", "-m", "call the service"]);
+    let repo = buggy_repo_with_config(&config(port));
     // The first run's agent points the secret and the network at another host.
     let call_other = format!("curl -sS --noproxy '' --max-time 5 https://127.0.0.1:{other}/; echo");
     let (mut ns, _model) = Nightshift::with_script(script(json!([
@@ -340,11 +315,7 @@ async fn a_follow_up_does_not_take_the_configuration_its_agent_wrote() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called it"}}]}}
     ])))
     .await;
-    let roots = ns.home.path().join("service-ca.pem");
-    std::fs::write(&roots, &ca_pem).unwrap();
-    ns.env
-        .push(("SSL_CERT_FILE".into(), path_str(&roots).to_string()));
-    set_secret(&ns, "API_TOKEN", TOKEN);
+    trust_and_set_token(&mut ns, &ca_pem);
     let (out, first) = ns.wait_task(repo.path(), "move").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let first_id = first["id"].as_str().unwrap();

@@ -8,8 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "../tests/common/https.rs"]
 mod https;
+
+use common::summary;
 
 use std::time::Duration;
 
@@ -18,18 +21,6 @@ use nightshift_sandbox::{
     SandboxSession, SessionOptions, SessionSpec,
 };
 use tokio_util::sync::CancellationToken;
-
-fn summary(name: &str, mut samples: Vec<f64>) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{name:<52} median {:>7.2} ms   p10 {:>7.2} ms   p90 {:>7.2} ms   (n={})",
-        at(0.5),
-        at(0.1),
-        at(0.9),
-        samples.len()
-    );
-}
 
 /// curl's `time_total` of each transfer, in milliseconds.
 fn times(output: &str) -> Vec<f64> {
@@ -42,13 +33,7 @@ fn times(output: &str) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
+    let runs = common::runs(100);
     let (with, with_ca) = https::echo_https(true).await;
     let (without, without_ca) = https::echo_https(true).await;
     let state = tempfile::tempdir().unwrap();

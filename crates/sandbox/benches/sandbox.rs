@@ -1,10 +1,13 @@
 //! Side-by-side timings of the namespaced sandbox: session start plus `true` (with the spare
-//! helper a busy backend keeps, and without) against bubblewrap with equivalent binds, `true` into a live session, and a session over a 10,000-file
-//! workspace. Prints the median and the 10th and 90th percentiles over N runs.
+//! helper a busy backend keeps, without one, and a warmed-up backend's first) against
+//! bubblewrap with equivalent binds, `true` into a live session, and a session over a
+//! 10,000-file workspace. Prints the median and the 10th and 90th percentiles over N runs.
 //!
 //! `cargo bench -p nightshift-sandbox --bench sandbox -- [--runs N]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,16 +19,11 @@ use nightshift_sandbox::{
 };
 use tokio_util::sync::CancellationToken;
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{name:<48} median {:>7.2} ms   p10 {:>7.2} ms   p90 {:>7.2} ms   (n={})",
-        ms(at(0.5)),
-        ms(at(0.1)),
-        ms(at(0.9)),
-        samples.len()
+/// [`common::summary`] of durations.
+fn summary(name: &str, samples: Vec<Duration>) {
+    common::summary(
+        name,
+        samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect(),
     );
 }
 
@@ -73,13 +71,7 @@ fn make_repo(dir: &Path, files: usize) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(50);
+    let runs = common::runs(50);
     let state = tempfile::tempdir().unwrap();
     let small = tempfile::tempdir().unwrap();
     make_repo(small.path(), 10);
@@ -120,40 +112,32 @@ async fn main() {
     summary("namespaced: start + exec true", start_exec);
     summary("namespaced: start + exec true + close", full);
 
-    // Without a spare helper: every session is a new backend's first.
-    let mut cold = Vec::new();
-    for _ in 0..runs {
-        let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
-        let fresh = Namespaced::new(NamespacedConfig::new(helper, state.path()));
-        let t = Instant::now();
-        let s = fresh
-            .start_with(spec(small.path()), SessionOptions::default())
-            .await
-            .unwrap();
-        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
-        cold.push(t.elapsed());
-        s.close().await.unwrap();
+    // Without a spare helper: every session is a new backend's first. Then a new backend warmed
+    // up (as a worker or a task's process does when it starts), its first session once the
+    // spare is ready.
+    for (name, warm) in [
+        ("namespaced, no spare helper: start + exec true", false),
+        ("namespaced, warmed up: first start + exec true", true),
+    ] {
+        let mut first = Vec::new();
+        for _ in 0..runs {
+            let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
+            let fresh = Namespaced::new(NamespacedConfig::new(helper, state.path()));
+            if warm {
+                fresh.warm_up();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let t = Instant::now();
+            let s = fresh
+                .start_with(spec(small.path()), SessionOptions::default())
+                .await
+                .unwrap();
+            s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
+            first.push(t.elapsed());
+            s.close().await.unwrap();
+        }
+        summary(name, first);
     }
-    summary("namespaced, no spare helper: start + exec true", cold);
-
-    // A new backend warmed up (as a worker or a task's process does when it starts), its first
-    // session once the spare is ready.
-    let mut warmed = Vec::new();
-    for _ in 0..runs {
-        let helper = HelperCommand::new(env!("CARGO_BIN_EXE_nightshift-sandbox-helper"));
-        let fresh = Namespaced::new(NamespacedConfig::new(helper, state.path()));
-        fresh.warm_up();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let t = Instant::now();
-        let s = fresh
-            .start_with(spec(small.path()), SessionOptions::default())
-            .await
-            .unwrap();
-        s.exec(ExecRequest::new("true"), &cancel).await.unwrap();
-        warmed.push(t.elapsed());
-        s.close().await.unwrap();
-    }
-    summary("namespaced, warmed up: first start + exec true", warmed);
 
     if Command::new("bwrap").arg("--version").output().is_ok() {
         let args = bwrap_args(small.path());

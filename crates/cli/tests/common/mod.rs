@@ -54,6 +54,15 @@ pub fn buggy_repo() -> tempfile::TempDir {
 }
 
 /// The script of a model that fixes `buggy_repo`.
+/// [`buggy_repo`] with `config` committed as its `.nightshift.toml`.
+pub fn buggy_repo_with_config(config: &str) -> tempfile::TempDir {
+    let repo = buggy_repo();
+    std::fs::write(repo.path().join(".nightshift.toml"), config).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "configure nightshift"]);
+    repo
+}
+
 pub fn fixing_script() -> Script {
     script(json!([
         {"reply": {"text": "Reading the code.", "tool_calls": [{"name": "read_file", "arguments": {"path": "calc.sh"}}],
@@ -193,6 +202,15 @@ impl Nightshift {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The output of the first `shell` tool call among a task's events.
+pub fn shell_output(events: &[Value]) -> &str {
+    let shell = events
+        .iter()
+        .find(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
+        .expect("a shell call");
+    shell["output"].as_str().expect("its output")
 }
 
 pub fn stdout(out: &Output) -> String {

@@ -98,13 +98,7 @@ impl Namespaced {
 
         // The helper first: executing it takes about a millisecond, in which this side prepares
         // everything else. The helper waits for its configuration.
-        let euid = nix::unistd::geteuid().as_raw();
-        let drop_root = euid == 0;
-        let host_id = if drop_root {
-            self.config.root_host_id
-        } else {
-            euid
-        };
+        let (host_id, drop_root) = self.host_ids();
         let helper = match self.take_spare(host_id, drop_root) {
             Some(helper) => helper,
             None => spawn_helper(&self.config, host_id, drop_root, false)?,
@@ -286,6 +280,21 @@ impl Namespaced {
             upper,
             file_owner: drop_root.then_some(host_id),
         })
+    }
+
+    /// The host uid the sandbox user stands for, and whether the helper starts as root and
+    /// drops to it: as root, the configured id that owns nothing; else our own uid.
+    fn host_ids(&self) -> (u32, bool) {
+        let euid = nix::unistd::geteuid().as_raw();
+        let drop_root = euid == 0;
+        (
+            if drop_root {
+                self.config.root_host_id
+            } else {
+                euid
+            },
+            drop_root,
+        )
     }
 
     /// The waiting helper, if there is one for these ids and it is still alive.
@@ -495,13 +504,7 @@ impl Sandbox for Namespaced {
     }
 
     fn warm_up(&self) {
-        let euid = nix::unistd::geteuid().as_raw();
-        let drop_root = euid == 0;
-        let host_id = if drop_root {
-            self.config.root_host_id
-        } else {
-            euid
-        };
+        let (host_id, drop_root) = self.host_ids();
         // As if a session had started: the first one takes this spare and asks for the next.
         self.warm.starts.fetch_max(1, Ordering::Relaxed);
         self.warm.refill(&self.config, host_id, drop_root);
