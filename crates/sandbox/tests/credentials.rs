@@ -234,3 +234,38 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+#[tokio::test]
+async fn other_clients_trust_the_session_ca_without_being_told() {
+    let (port, ca) = echo_https(true).await;
+    let setup = start(&[port], &ca).await;
+    let url = format!("https://127.0.0.1:{port}/from");
+    // Each through the proxy variables, with its own TLS stack and trust settings (Node's own
+    // `https` module reads no proxy variable at all: npm and the like do).
+    let clients = [
+        ("wget", format!("wget -q -O - {url}")),
+        (
+            "python3",
+            format!(
+                "python3 -c 'import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(\"{url}\").read().decode())'"
+            ),
+        ),
+    ];
+    let mut tried = Vec::new();
+    for (name, command) in clients {
+        if !std::path::Path::new("/usr/bin").join(name).exists() {
+            println!("{name}: not installed on this host, not tried");
+            continue;
+        }
+        let out = run(&setup.session, &format!("NO_PROXY= no_proxy= {command}")).await;
+        println!("{name}: {}", out.output);
+        tried.push((name, out.output));
+    }
+    for (name, output) in &tried {
+        assert!(
+            output.contains(&format!("authorization: Bearer {SECRET}")),
+            "{name}: {output}"
+        );
+    }
+    setup.session.close().await.unwrap();
+}
