@@ -388,73 +388,24 @@ pub(crate) fn script_hint(name: &str, script: &str, tail: &str) -> String {
     hint
 }
 
-/// Whether two host patterns (`host`, `*.domain`, each with an optional `:port`) can match the
-/// same host and port.
-fn patterns_overlap(a: &str, b: &str) -> bool {
-    fn split(pattern: &str) -> (String, Option<&str>) {
-        let pattern = pattern.trim();
-        match pattern.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') || host.ends_with(']') => (
-                host.trim_matches(['[', ']']).to_ascii_lowercase(),
-                Some(port),
-            ),
-            _ => (pattern.trim_matches(['[', ']']).to_ascii_lowercase(), None),
-        }
-    }
-    let ((a, a_port), (b, b_port)) = (split(a), split(b));
-    if let (Some(x), Some(y)) = (a_port, b_port)
-        && x != y
-    {
-        return false;
-    }
-    let under = |host: &str, domain: &str| host.ends_with(&format!(".{domain}"));
-    match (a.strip_prefix("*."), b.strip_prefix("*.")) {
-        (Some(x), Some(y)) => x == y || under(x, y) || under(y, x),
-        (Some(domain), None) => under(&b, domain),
-        (None, Some(domain)) => under(&a, domain),
-        (None, None) => a == b,
-    }
-}
-
-/// Why a proxy secret would never be sent, for each that would not: the backend has no egress
-/// proxy, or no allowlist of the configuration reaches one of its hosts.
+/// Why the proxy secrets would never be sent, when the backend has no egress proxy (hosts no
+/// allowlist reaches are a warning of the configuration itself).
 pub(crate) fn unsendable_credentials(
-    loaded: &Loaded,
     credentials: &[Credential],
     backend: Option<&str>,
 ) -> Vec<String> {
-    let network = &loaded.config.network;
-    let reachable = |host: &str| {
-        network
-            .agent
-            .iter()
-            .chain(&network.setup)
-            .any(|pattern| patterns_overlap(pattern, host))
+    let Some(backend) = backend else {
+        return Vec::new();
     };
-    let mut reasons = Vec::new();
-    for credential in credentials {
-        if let Some(backend) = backend {
-            reasons.push(format!(
+    credentials
+        .iter()
+        .map(|credential| {
+            format!(
                 "secret `{}` has scope `proxy`, but the {backend} backend has no egress proxy: it is never sent",
                 credential.name
-            ));
-            continue;
-        }
-        let unreached = credential
-            .hosts
-            .iter()
-            .filter(|host| !reachable(host))
-            .map(String::as_str)
-            .collect::<Vec<_>>();
-        if !unreached.is_empty() {
-            reasons.push(format!(
-                "secret `{}` is for {}, which neither [network].agent nor [network].setup allows: it is never sent there",
-                credential.name,
-                unreached.join(", ")
-            ));
-        }
-    }
-    reasons
+            )
+        })
+        .collect()
 }
 
 /// The first file under `dir` (relative path) holding a secret's value, with its name. Files
@@ -500,7 +451,7 @@ pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String,
 
 #[cfg(test)]
 mod tests {
-    use super::{patterns_overlap, script_hint};
+    use super::script_hint;
 
     #[test]
     fn a_failed_script_gets_a_hint_for_what_it_ran_into() {
@@ -523,21 +474,5 @@ mod tests {
         );
         assert!(network.contains("[network].setup"), "{network}");
         assert!(!script_hint("setup", "./apt-tools/build.sh", "").contains("unprivileged"));
-    }
-
-    #[test]
-    fn host_patterns_overlap_as_the_proxy_would_match_them() {
-        assert!(patterns_overlap("api.x.com", "api.x.com"));
-        assert!(patterns_overlap("API.x.com", "api.x.com:443"));
-        assert!(patterns_overlap("api.x.com:443", "api.x.com"));
-        assert!(!patterns_overlap("api.x.com:8443", "api.x.com:443"));
-        assert!(patterns_overlap("*.x.com", "api.x.com"));
-        assert!(patterns_overlap("api.x.com", "*.x.com"));
-        assert!(patterns_overlap("*.x.com", "*.api.x.com"));
-        assert!(!patterns_overlap("*.x.com", "x.com"));
-        assert!(!patterns_overlap("api.x.com", "api.y.com"));
-        assert!(!patterns_overlap("evilx.com", "*.x.com"));
-        assert!(patterns_overlap("127.0.0.1:3000", "127.0.0.1:3000"));
-        assert!(!patterns_overlap("127.0.0.1:3000", "127.0.0.1:3001"));
     }
 }

@@ -281,9 +281,7 @@ impl Runner {
             }
         };
         let backend = (!self.sandbox.credentials()).then(|| self.sandbox.backend());
-        for message in
-            environment::unsendable_credentials(&loaded, &task_secrets.credentials, backend)
-        {
+        for message in environment::unsendable_credentials(&task_secrets.credentials, backend) {
             log.append(Event::Warning { message }).await?;
         }
         environment::copy_untracked(

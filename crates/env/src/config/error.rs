@@ -119,6 +119,9 @@ pub enum WarningKind {
     /// A value kept as written though it probably does not mean what was intended (an unexpanded
     /// `${...}` reference, a variable set twice).
     Suspicious,
+    /// A setting that can never take effect as written (a proxy secret for hosts no allowlist
+    /// reaches).
+    Ineffective,
 }
 
 /// Something worth fixing that did not stop the configuration from loading.

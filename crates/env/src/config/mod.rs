@@ -40,6 +40,7 @@ pub use schema::{
     CONFIG_VERSION, Check, EnvConfig, Environment, Limits, Network, SecretScope, SecretSpec,
 };
 pub use units::{ByteSize, HumanDuration};
+pub use validate::patterns_overlap;
 
 /// The configuration file's name, at the repository root.
 pub const CONFIG_FILE: &str = ".nightshift.toml";
@@ -107,12 +108,14 @@ impl EnvConfig {
                 let mut reader =
                     toml_reader::TomlReader::new(repo_root, relative, &text, provenance);
                 reader.read_into(&mut config, &registries)?;
+                let mut warnings = reader.warnings;
+                warnings.extend(unreached_secret_hosts(&config, relative));
                 Ok(Loaded {
                     config,
                     source: ConfigSource::File {
                         path: relative.to_path_buf(),
                     },
-                    warnings: reader.warnings,
+                    warnings,
                     provenance: reader.provenance,
                     ecosystems,
                 })
@@ -137,6 +140,44 @@ impl EnvConfig {
             Err(source) => Err(ConfigError::Read { path: file, source }),
         }
     }
+}
+
+/// A warning for each proxy secret with hosts that neither allowlist reaches: the egress proxy
+/// would never send it there.
+fn unreached_secret_hosts(config: &EnvConfig, file: &Path) -> Vec<ConfigWarning> {
+    let network = &config.network;
+    let mut warnings = Vec::new();
+    for secret in &config.secrets {
+        let SecretScope::Proxy { hosts, .. } = &secret.scope else {
+            continue;
+        };
+        let unreached: Vec<&str> = hosts
+            .iter()
+            .filter(|host| {
+                !network
+                    .agent
+                    .iter()
+                    .chain(&network.setup)
+                    .any(|pattern| validate::patterns_overlap(pattern, host))
+            })
+            .map(String::as_str)
+            .collect();
+        if !unreached.is_empty() {
+            warnings.push(ConfigWarning {
+                kind: WarningKind::Ineffective,
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                key: Some(format!("secrets.{}.hosts", secret.name)),
+                message: format!(
+                    "secret `{}` is for {}, which neither [network].agent nor [network].setup allows: it is never sent there",
+                    secret.name,
+                    unreached.join(", ")
+                ),
+            });
+        }
+    }
+    warnings
 }
 
 /// Origins of the values every configuration has before anything is read.

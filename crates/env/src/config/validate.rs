@@ -46,6 +46,34 @@ pub(crate) fn escapes_through_links(repo_root: &Path, relative: &Path) -> bool {
     }
 }
 
+/// Whether two host patterns (`host`, `*.domain`, each with an optional `:port`) can match the
+/// same host and port.
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    fn split(pattern: &str) -> (String, Option<&str>) {
+        let pattern = pattern.trim();
+        match pattern.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => (
+                host.trim_matches(['[', ']']).to_ascii_lowercase(),
+                Some(port),
+            ),
+            _ => (pattern.trim_matches(['[', ']']).to_ascii_lowercase(), None),
+        }
+    }
+    let ((a, a_port), (b, b_port)) = (split(a), split(b));
+    if let (Some(x), Some(y)) = (a_port, b_port)
+        && x != y
+    {
+        return false;
+    }
+    let under = |host: &str, domain: &str| host.ends_with(&format!(".{domain}"));
+    match (a.strip_prefix("*."), b.strip_prefix("*.")) {
+        (Some(x), Some(y)) => x == y || under(x, y) || under(y, x),
+        (Some(domain), None) => under(&b, domain),
+        (None, Some(domain)) => under(&a, domain),
+        (None, None) => a == b,
+    }
+}
+
 /// An environment variable name: a letter or `_`, then letters, digits or `_`.
 pub(crate) fn env_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
@@ -145,6 +173,22 @@ mod tests {
                 .contains(".git")
         );
         assert!(relative_path("  ", false).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn host_patterns_overlap_as_the_proxy_would_match_them() {
+        assert!(patterns_overlap("api.x.com", "api.x.com"));
+        assert!(patterns_overlap("API.x.com", "api.x.com:443"));
+        assert!(patterns_overlap("api.x.com:443", "api.x.com"));
+        assert!(!patterns_overlap("api.x.com:8443", "api.x.com:443"));
+        assert!(patterns_overlap("*.x.com", "api.x.com"));
+        assert!(patterns_overlap("api.x.com", "*.x.com"));
+        assert!(patterns_overlap("*.x.com", "*.api.x.com"));
+        assert!(!patterns_overlap("*.x.com", "x.com"));
+        assert!(!patterns_overlap("api.x.com", "api.y.com"));
+        assert!(!patterns_overlap("evilx.com", "*.x.com"));
+        assert!(patterns_overlap("127.0.0.1:3000", "127.0.0.1:3000"));
+        assert!(!patterns_overlap("127.0.0.1:3000", "127.0.0.1:3001"));
     }
 
     #[test]
