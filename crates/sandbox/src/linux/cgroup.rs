@@ -572,6 +572,7 @@ mod tests {
     }
 
     const CHILD: &str = "NIGHTSHIFT_TEST_CGROUP2_AT";
+    const FOREIGN: &str = "NIGHTSHIFT_TEST_CGROUP2_FOREIGN";
 
     /// On a real cgroup v2 hierarchy (mounted by the parent test in a mount namespace of its
     /// own): a group holding this process and a child of it is emptied into its host leaf.
@@ -589,14 +590,14 @@ mod tests {
         for pid in [std::process::id(), sleeper.id()] {
             write(&group, "cgroup.procs", &pid.to_string()).unwrap();
         }
-        // A process that is not ours (pid 1's child would do; the test's parent is handy) in
-        // the group: nothing moves.
-        let parent = std::os::unix::process::parent_id();
-        write(&group, "cgroup.procs", &parent.to_string()).unwrap();
+        // A process that is not ours in the group (a sleeper the parent test started, not a
+        // descendant of this process): nothing moves.
+        let foreign = std::env::var(FOREIGN).unwrap();
+        write(&group, "cgroup.procs", &foreign).unwrap();
         let refused = evacuate(&group).unwrap_err().to_string();
         assert!(refused.contains("not nightshift's"), "{refused}");
         assert!(!group.join(HOST_LEAF).exists());
-        write(Path::new(&mount), "cgroup.procs", &parent.to_string()).unwrap();
+        write(Path::new(&mount), "cgroup.procs", &foreign).unwrap();
         evacuate(&group).unwrap();
         let left = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
         let moved = std::fs::read_to_string(group.join(HOST_LEAF).join("cgroup.procs")).unwrap();
@@ -636,11 +637,18 @@ mod tests {
             mount.path().display(),
             test.display()
         );
+        let mut foreign = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let output = std::process::Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .env(CHILD, mount.path())
+            .env(FOREIGN, foreign.id().to_string())
             .output()
             .unwrap();
+        foreign.kill().unwrap();
+        foreign.wait().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
