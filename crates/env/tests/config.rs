@@ -42,7 +42,7 @@ run = "cargo fmt --check"
 
 [network]
 setup = ["@registries", "github.com", "*.githubusercontent.com"]
-agent = ["docs.rs"]
+agent = ["docs.rs", "api.openai.com", "api.github.com"]
 
 [limits]
 wall_time = "1h30m"
@@ -121,7 +121,10 @@ fn a_full_file_round_trips_with_provenance() {
         "*.githubusercontent.com".to_string(),
     ]);
     assert_eq!(config.network.setup, setup_hosts);
-    assert_eq!(config.network.agent, ["docs.rs"]);
+    assert_eq!(
+        config.network.agent,
+        ["docs.rs", "api.openai.com", "api.github.com"]
+    );
 
     let limits = &config.limits;
     assert_eq!(limits.wall_time.as_duration(), Duration::from_secs(5400));
