@@ -77,9 +77,10 @@ impl Blobs {
         &self.place
     }
 
-    /// Checks that the blobs can be reached with the configured credentials, with one listing
-    /// that finds nothing: a missing bucket, refused credentials or an unreachable endpoint is
-    /// an error now rather than when a task hands back its diff.
+    /// Checks that the blobs can be reached, read and written with the configured credentials:
+    /// one listing that finds nothing, then a small probe object written and deleted under a
+    /// prefix no task can have. A missing bucket, refused or read-only credentials or an
+    /// unreachable endpoint is an error now rather than when a task hands back its diff.
     pub async fn check(&self) -> Result<(), StoreError> {
         let prefix = Key::from(CHECK_PREFIX);
         self.objects
@@ -89,6 +90,19 @@ impl Blobs {
             .map_err(|cause| {
                 self.error("check access to the blobs by listing", CHECK_PREFIX, cause)
             })?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("{CHECK_PREFIX}/probe-{}-{nanos}", std::process::id());
+        let probe = Key::from(name.as_str());
+        self.objects
+            .put(&probe, PutPayload::from_static(b"nightshift checks it may write here\n"))
+            .await
+            .map_err(|cause| self.error("check that blobs can be written", &name, cause))?;
+        self.objects
+            .delete(&probe)
+            .await
+            .map_err(|cause| self.error("check that blobs can be deleted", &name, cause))?;
         Ok(())
     }
 
