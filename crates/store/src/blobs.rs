@@ -96,7 +96,10 @@ impl Blobs {
         let name = format!("{CHECK_PREFIX}/probe-{}-{nanos}", std::process::id());
         let probe = Key::from(name.as_str());
         self.objects
-            .put(&probe, PutPayload::from_static(b"nightshift checks it may write here\n"))
+            .put(
+                &probe,
+                PutPayload::from_static(b"nightshift checks it may write here\n"),
+            )
             .await
             .map_err(|cause| self.error("check that blobs can be written", &name, cause))?;
         self.objects

@@ -186,6 +186,11 @@ fn blob_hint(place: &str, cause: &object_store::Error) -> &'static str {
                 AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), and that they may read, write, \
                 list and delete in the bucket";
     }
+    if is_untrusted_certificate(cause) {
+        return "the object store's TLS certificate is not trusted here: for a server with a \
+                CA of its own, add that CA to the system's trust store (or name a bundle with \
+                it in SSL_CERT_FILE)";
+    }
     if is_unreachable(cause) {
         return "the object store could not be reached: check AWS_ENDPOINT_URL and that the \
                 server is up, then try again";
@@ -215,10 +220,29 @@ fn is_refused(cause: &object_store::Error) -> bool {
     }
 }
 
+/// Whether the server's TLS certificate could not be verified: waiting does not fix that.
+fn is_untrusted_certificate(cause: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(cause);
+    while let Some(error) = source {
+        if error.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        let text = error.to_string();
+        if text.contains("invalid peer certificate") || text.contains("certificate verify") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 /// Whether a blob request failed in transit (no connection, timed out, cut off) rather than
-/// being answered: trying again later may work.
+/// being answered: trying again later may work. An untrusted certificate is no such failure.
 fn is_unreachable(cause: &object_store::Error) -> bool {
     use object_store::client::{HttpError, HttpErrorKind};
+    if is_untrusted_certificate(cause) {
+        return false;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(cause);
     while let Some(error) = source {
         if let Some(http) = error.downcast_ref::<HttpError>() {

@@ -296,6 +296,50 @@ async fn an_unreachable_endpoint_is_a_retryable_error() {
     assert!(text.contains("at http://127.0.0.1:1"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_not_retried_and_says_so() {
+    // An HTTPS endpoint whose self-signed certificate nothing here trusts.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = acceptor.accept(stream).await;
+        }
+    });
+    let s3 = LoopbackS3::start().unwrap();
+    let mut env = s3.env();
+    env.retain(|(name, _)| name != "AWS_ALLOW_HTTP");
+    for (name, value) in &mut env {
+        if name == "AWS_ENDPOINT_URL" {
+            *value = format!("https://127.0.0.1:{port}");
+        }
+    }
+    let blobs = Blobs::from_url(&s3.url(""), env).unwrap();
+    let error = blobs.check().await.unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    assert!(
+        error.to_string().contains("TLS certificate is not trusted"),
+        "{error}"
+    );
+}
+
 on_every_backend!(
     a_blob_reads_back_and_lives_under_its_task,
     putting_again_replaces_the_blob,
