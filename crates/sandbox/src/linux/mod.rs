@@ -35,7 +35,7 @@ pub use config::{
     HelperCommand, Limits, NamespacedConfig, NetworkPolicy, SANDBOX_ID, SessionOptions,
 };
 pub use helper::{HELPER_ARG, run_helper_if_requested};
-pub use proxy::intercept::CA_BUNDLE;
+pub use proxy::trust::CA_BUNDLE;
 pub use proxy::{EgressEvent, EgressVerdict};
 pub use session::NamespacedSession;
 
@@ -44,7 +44,8 @@ pub(crate) use cgroup::probe as probe_cgroups;
 use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
 use process::HelperProcess;
-use proxy::intercept::{CA_BUNDLE_FILE, Interception};
+use proxy::intercept::Interception;
+use proxy::trust::CA_BUNDLE_FILE;
 use spare::{Helper, NextSpare, Warm, spawn_helper};
 use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
 use wire::{HelperConfig, Reply, RlimitSpec};
@@ -176,7 +177,7 @@ impl Namespaced {
             env.extend(proxy::proxy_env());
         }
         if prepared.config.ca_bundle {
-            env.extend(proxy::intercept::ca_env());
+            env.extend(proxy::trust::ca_env());
         }
         for (key, value) in spec.env {
             env.retain(|(existing, _)| *existing != key);
@@ -225,7 +226,7 @@ impl Namespaced {
                         Interception::new(credentials, self.config.upstream_roots.clone())
                             .map_err(setup_error)?;
                     let bundle = resources.state_dir.join(CA_BUNDLE_FILE);
-                    proxy::intercept::write_bundle(&bundle, interception.ca_pem())
+                    proxy::trust::write_bundle(&bundle, interception.ca_pem())
                         .map_err(|e| setup_error(format!("writing {}: {e}", bundle.display())))?;
                     Some(Arc::new(interception))
                 };

@@ -5,28 +5,21 @@
 //! kills all of it while earlier background processes live on.
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::super::wire::{self, HelperConfig, Reply, Request, SessionLimits, WireStatus};
 use super::super::{confine, proxy_bridge};
-use super::command::direct_command;
+use super::job::Job;
 use super::{Expected, Handles, NetworkJoin, join_network, move_off_stdio, receive_config, rootfs};
-use crate::HeadTailBuffer;
-
-/// How long to keep reading output after the command exited, for what its background
-/// processes still print while holding the pipe open.
-const PIPE_GRACE: Duration = Duration::from_millis(200);
 
 /// Signals forwarded to running commands.
-const FORWARDED: [libc::c_int; 5] = [
+pub(super) const FORWARDED: [libc::c_int; 5] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGHUP,
@@ -34,35 +27,35 @@ const FORWARDED: [libc::c_int; 5] = [
     libc::SIGUSR2,
 ];
 
-struct Running {
-    pgid: i32,
-    killed: Arc<AtomicBool>,
+pub(super) struct Running {
+    pub pgid: i32,
+    pub killed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
-struct Table {
+pub(super) struct Table {
     /// Exit statuses are delivered here, by pid, to the thread that started the process.
-    waiters: HashMap<i32, mpsc::Sender<i32>>,
-    running: HashMap<u64, Running>,
-    children: usize,
+    pub waiters: HashMap<i32, mpsc::Sender<i32>>,
+    pub running: HashMap<u64, Running>,
+    pub children: usize,
 }
 
-struct Shared {
+pub(super) struct Shared {
     table: Mutex<Table>,
-    spawned: Condvar,
+    pub spawned: Condvar,
     out: Mutex<UnixStream>,
     /// Written "0" by each command before it executes, to join the limited cgroup leaves.
-    cgroups: Vec<OwnedFd>,
+    pub cgroups: Vec<OwnedFd>,
 }
 
 impl Shared {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+    pub(super) fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send(&self, reply: &Reply, payload: &[u8]) {
+    pub(super) fn send(&self, reply: &Reply, payload: &[u8]) {
         let mut out = self
             .out
             .lock()
@@ -326,7 +319,7 @@ fn serve(control: UnixStream, confinement: Vec<String>, cgroups: Vec<OwnedFd>) -
 /// Kills a process group until it is empty: a fork bomb may fork between two signals. Zombies
 /// still count as members until the reaper has collected them, so this waits for that too
 /// (about a second at most).
-fn kill_group(pgid: i32) {
+pub(super) fn kill_group(pgid: i32) {
     for _ in 0..200 {
         // SAFETY: kill with a negative pid signals a process group; no memory is involved.
         if unsafe { libc::kill(-pgid, libc::SIGKILL) } != 0 {
@@ -381,287 +374,4 @@ fn forward_signals(shared: &Shared) {
             unsafe { libc::kill(-running.pgid, signal as libc::c_int) };
         }
     }
-}
-
-struct Job {
-    id: u64,
-    command: String,
-    cwd: std::path::PathBuf,
-    env: Vec<(String, String)>,
-    timeout: Duration,
-    output_limit: usize,
-    stdin: Option<Vec<u8>>,
-}
-
-/// What the child needs after fork, prepared before it: nothing may allocate in between.
-struct Prepared {
-    shell: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
-    cwd: CString,
-}
-
-fn cstring(bytes: &[u8]) -> Result<CString, String> {
-    CString::new(bytes)
-        .map_err(|_| "a NUL byte in the command, its environment or its directory".into())
-}
-
-impl Job {
-    fn prepare(&self) -> Result<Prepared, String> {
-        let shell: &[u8] = if Path::new("/bin/bash").exists() {
-            b"/bin/bash"
-        } else {
-            b"/bin/sh"
-        };
-        if !self.cwd.is_dir() {
-            return Err(format!(
-                "the working directory {} does not exist",
-                self.cwd.display()
-            ));
-        }
-        let mut envp: Vec<CString> = self
-            .env
-            .iter()
-            .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
-            .collect::<Result<_, _>>()?;
-        let cwd = cstring(self.cwd.as_os_str().as_bytes())?;
-        // A simple command (a program and plain words, nothing the shell would interpret) is
-        // executed directly: the same result as `bash -c` without bash's start-up.
-        if let Some((program, words)) = direct_command(&self.command, &self.env) {
-            envp.push(cstring(format!("PWD={}", self.cwd.display()).as_bytes())?);
-            return Ok(Prepared {
-                shell: cstring(program.as_os_str().as_bytes())?,
-                argv: words
-                    .iter()
-                    .map(|w| cstring(w.as_bytes()))
-                    .collect::<Result<_, _>>()?,
-                envp,
-                cwd,
-            });
-        }
-        Ok(Prepared {
-            shell: cstring(shell)?,
-            argv: vec![
-                cstring(shell)?,
-                cstring(b"-c")?,
-                cstring(self.command.as_bytes())?,
-            ],
-            envp,
-            cwd,
-        })
-    }
-
-    fn run(self, shared: &Shared) {
-        let started = Instant::now();
-        let (status, output, omitted) = match self.execute(shared) {
-            Ok((status, buffer)) => (status, buffer.render(), buffer.omitted()),
-            Err(message) => (WireStatus::SpawnFailed { message }, String::new(), 0),
-        };
-        let reply = Reply::Done {
-            id: self.id,
-            status,
-            omitted,
-            duration_ms: started.elapsed().as_millis() as u64,
-        };
-        shared.send(&reply, output.as_bytes());
-    }
-
-    fn execute(&self, shared: &Shared) -> Result<(WireStatus, HeadTailBuffer), String> {
-        let prepared = self.prepare()?;
-        let (out_read, out_write) = pipe()?;
-        let (in_read, in_write) = pipe()?;
-        // An empty standard input needs no writer: closed before the command starts, the pipe
-        // reads as ended, and the init holds one descriptor less while the command runs.
-        let stdin = self.stdin.clone().unwrap_or_default();
-        let in_write = (!stdin.is_empty()).then_some(in_write);
-        let (tx, rx) = mpsc::channel();
-        let killed = Arc::new(AtomicBool::new(false));
-        let start = || {
-            let table = shared.table();
-            let spawned = spawn(
-                &prepared,
-                in_read.as_raw_fd(),
-                out_write.as_raw_fd(),
-                &shared.cgroups,
-            );
-            spawned.map(|pid| (table, pid))
-        };
-        let started = match start() {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                // Out of processes (rlimits only, no cgroup): what a fork bomb that outlived
-                // its command leaves. As when a thread cannot start: pid 1 ends every other
-                // process, and tries again.
-                // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
-                unsafe { libc::kill(-1, libc::SIGKILL) };
-                std::thread::sleep(Duration::from_millis(200));
-                start()
-            }
-            other => other,
-        };
-        let pid = {
-            let (mut table, pid) = started.map_err(|e| format!("fork: {e}"))?;
-            table.waiters.insert(pid, tx);
-            table.running.insert(
-                self.id,
-                Running {
-                    pgid: pid,
-                    killed: killed.clone(),
-                },
-            );
-            table.children += 1;
-            pid
-        };
-        shared.spawned.notify_all();
-        drop(out_write);
-        drop(in_read);
-        // Without a thread, the command gets an empty standard input (the pipe closes).
-        if let Some(in_write) = in_write {
-            let _ = std::thread::Builder::new().spawn(move || {
-                // A command that does not read its input closes the pipe early; that is fine.
-                let mut rest: &[u8] = &stdin;
-                while !rest.is_empty() {
-                    match nix::unistd::write(&in_write, rest) {
-                        Ok(n) if n > 0 => rest = &rest[n..],
-                        _ => break,
-                    }
-                }
-            });
-        }
-        let outcome = self.collect(pid, &out_read, &rx, &killed);
-        shared.table().running.remove(&self.id);
-        Ok(outcome)
-    }
-
-    /// Reads output until the command has exited and its pipe is closed (or the grace period
-    /// after its exit has passed), killing its group on timeout.
-    fn collect(
-        &self,
-        pgid: i32,
-        output: &OwnedFd,
-        exited: &mpsc::Receiver<i32>,
-        killed: &AtomicBool,
-    ) -> (WireStatus, HeadTailBuffer) {
-        let mut buffer = HeadTailBuffer::new(self.output_limit);
-        let deadline = Instant::now() + self.timeout;
-        let mut timed_out = false;
-        let mut status: Option<i32> = None;
-        let mut pipe_open = true;
-        let mut grace_until: Option<Instant> = None;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            if status.is_none() {
-                status = exited.try_recv().ok();
-            }
-            let now = Instant::now();
-            if status.is_some() && grace_until.is_none() {
-                grace_until = Some(now + PIPE_GRACE);
-            }
-            if status.is_some() && (!pipe_open || grace_until.is_some_and(|t| now >= t)) {
-                break;
-            }
-            if !timed_out && now >= deadline {
-                timed_out = true;
-                kill_group(pgid);
-            }
-            if !pipe_open {
-                // Only the exit status is missing.
-                let wait = if timed_out {
-                    Duration::from_millis(50)
-                } else {
-                    deadline - now
-                };
-                status = exited.recv_timeout(wait).ok();
-                continue;
-            }
-            let mut wait = Duration::from_millis(50);
-            if !timed_out {
-                wait = wait.min(deadline.saturating_duration_since(now));
-            }
-            if poll_readable(output.as_raw_fd(), wait) {
-                match nix::unistd::read(output, &mut chunk) {
-                    Ok(0) => pipe_open = false,
-                    Ok(n) => buffer.push(&chunk[..n]),
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                    Err(_) => pipe_open = false,
-                }
-            }
-        }
-        let raw = status.unwrap_or(0);
-        let status = if killed.load(Ordering::SeqCst) {
-            WireStatus::Killed
-        } else if timed_out {
-            WireStatus::TimedOut
-        } else if libc::WIFEXITED(raw) {
-            WireStatus::Exited {
-                code: libc::WEXITSTATUS(raw),
-            }
-        } else {
-            WireStatus::Signaled {
-                signal: libc::WTERMSIG(raw),
-            }
-        };
-        (status, buffer)
-    }
-}
-
-fn poll_readable(fd: RawFd, wait: Duration) -> bool {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = wait.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let ret = unsafe { libc::poll(&mut pollfd, 1, millis) };
-    ret > 0
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
-}
-
-/// fork + execve, the child in a new session (so a new process group) with a default signal
-/// state. Between fork and execve the child only makes async-signal-safe calls.
-fn spawn(
-    prepared: &Prepared,
-    stdin: RawFd,
-    output: RawFd,
-    cgroups: &[OwnedFd],
-) -> std::io::Result<i32> {
-    let cgroups: Vec<RawFd> = cgroups.iter().map(|fd| fd.as_raw_fd()).collect();
-    let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = prepared.envp.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: after fork the child only calls async-signal-safe functions on memory prepared
-    // before the fork, then execve or _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: see above; every pointer refers to memory that outlives the call.
-        unsafe {
-            for fd in &cgroups {
-                libc::write(*fd, b"0".as_ptr().cast(), 1);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            for signal in FORWARDED.iter().chain(&[libc::SIGPIPE]) {
-                libc::signal(*signal, libc::SIG_DFL);
-            }
-            libc::setsid();
-            libc::dup2(stdin, 0);
-            libc::dup2(output, 1);
-            libc::dup2(output, 2);
-            if libc::chdir(prepared.cwd.as_ptr()) == 0 {
-                libc::execve(prepared.shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            }
-            let message = b"nightshift: could not start the shell\n";
-            libc::write(2, message.as_ptr().cast(), message.len());
-            libc::_exit(127);
-        }
-    }
-    Ok(pid)
 }

@@ -15,6 +15,7 @@
 
 mod command;
 mod init;
+mod job;
 mod rootfs;
 
 pub use rootfs::PROXY_SOCKET;

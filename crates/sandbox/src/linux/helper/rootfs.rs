@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use super::super::proxy::intercept::{CA_BUNDLE, CA_BUNDLE_FILE, SYSTEM_BUNDLES};
+use super::super::proxy::trust::{CA_BUNDLE, CA_BUNDLE_FILE, SYSTEM_BUNDLES};
 use super::super::sys;
 use super::super::wire::HelperConfig;
 use super::Handles;

@@ -5,12 +5,9 @@
 //! own that verifies the real server against the host's trusted roots. Other hosts stay opaque
 //! tunnels, and plain HTTP never carries a secret.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -19,55 +16,15 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, PROXY_AUTHORIZATION};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::Allowlist;
+use super::streams::{Counted, Prefixed};
+use super::trust::{SessionCa, upstream_config};
 use crate::Credential;
-
-/// Where the session's CA bundle (the host's roots and the session CA) appears inside.
-pub const CA_BUNDLE: &str = "/run/nightshift/ca-bundle.pem";
-
-/// The bundle's name in the session's state directory, where the host writes it.
-pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
-
-/// System bundle paths that, where they are regular files, are covered by the session's bundle
-/// inside the sandbox, so that programs that read the usual place trust the session CA too.
-pub const SYSTEM_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
-/// Variables that point TLS clients at the bundle, for those that do not read the system's.
-pub(crate) fn ca_env() -> Vec<(String, String)> {
-    [
-        "SSL_CERT_FILE",
-        "CURL_CA_BUNDLE",
-        "REQUESTS_CA_BUNDLE",
-        "PIP_CERT",
-        "NODE_EXTRA_CA_CERTS",
-        "CARGO_HTTP_CAINFO",
-        "GIT_SSL_CAINFO",
-        "DENO_CERT",
-    ]
-    .into_iter()
-    .map(|key| (key.to_string(), CA_BUNDLE.to_string()))
-    .collect()
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// What the proxy needs to add credentials: which, for which hosts, and the means to end and
 /// re-originate TLS.
@@ -376,226 +333,6 @@ fn same_host(given: &str, host: &str) -> bool {
     given
         .trim_end_matches('.')
         .eq_ignore_ascii_case(host.trim_end_matches('.'))
-}
-
-/// The host's trusted roots (its system store, or `SSL_CERT_FILE`/`SSL_CERT_DIR` when set),
-/// read once per process.
-fn native_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::debug!(%error, "reading the host's trusted roots");
-        }
-        found.certs
-    })
-}
-
-fn upstream_config(extra: &[PathBuf]) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(native_roots().iter().cloned());
-    for path in extra {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("reading trusted roots from {}: {e}", path.display()))?;
-        roots.add_parsable_certificates(certs);
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "this host has no trusted root certificates to verify servers with ({added} read from its store)"
-        ));
-    }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// A certificate authority that lives as long as its session, and the server configurations
-/// it made, one per host.
-struct SessionCa {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    servers: Mutex<HashMap<String, Arc<ServerConfig>>>,
-}
-
-impl SessionCa {
-    fn new() -> Result<Self, String> {
-        let failed = |e: rcgen::Error| format!("making the session's certificate authority: {e}");
-        let key = KeyPair::generate().map_err(failed)?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "nightshift sandbox session CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).map_err(failed)?;
-        Ok(SessionCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-            servers: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
-        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(config) = servers.get(host) {
-            return Ok(config.clone());
-        }
-        let failed = |e: rcgen::Error| format!("making a certificate for {host}: {e}");
-        let key = KeyPair::generate().map_err(failed)?;
-        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(failed)?;
-        params.distinguished_name.push(DnType::CommonName, host);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer).map_err(failed)?;
-        let key = PrivateKeyDer::try_from(key.serialize_der())
-            .map_err(|e| format!("the key for {host}: {e}"))?;
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS server configuration: {e}"))?
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key)
-            .map_err(|e| format!("TLS server configuration for {host}: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let config = Arc::new(config);
-        servers.insert(host.to_string(), config.clone());
-        Ok(config)
-    }
-}
-
-/// Writes the bundle the sandbox trusts: the host's system bundle (the first of
-/// [`SYSTEM_BUNDLES`] that exists) followed by the session CA.
-pub(crate) fn write_bundle(path: &Path, ca_pem: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut bundle = SYSTEM_BUNDLES
-        .iter()
-        .find_map(|system| std::fs::read(system).ok())
-        .unwrap_or_default();
-    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
-        bundle.push(b'\n');
-    }
-    bundle.extend_from_slice(ca_pem.as_bytes());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(path)?;
-    file.write_all(&bundle)
-}
-
-/// A stream whose first bytes were read already: they are read again first.
-struct Prefixed<S> {
-    early: Vec<u8>,
-    at: usize,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    fn new(early: Vec<u8>, inner: S) -> Self {
-        Prefixed {
-            early,
-            at: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.at < self.early.len() {
-            let n = buf.remaining().min(self.early.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.early[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A stream that counts the bytes through it.
-struct Counted<S> {
-    inner: S,
-    read: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
-}
-
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Counted {
-            inner,
-            read: Arc::default(),
-            written: Arc::default(),
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len().saturating_sub(before) as u64;
-        self.read.fetch_add(read, Ordering::Relaxed);
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.written.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

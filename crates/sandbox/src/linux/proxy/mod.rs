@@ -10,6 +10,8 @@
 //! A tunnel to a host that a session credential is for is not opaque: see [`intercept`].
 
 pub(crate) mod intercept;
+mod streams;
+pub(crate) mod trust;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
