@@ -137,7 +137,7 @@ impl StoreError {
                 _ => false,
             },
             StoreError::Io { cause, .. } => is_transient_io(cause),
-            StoreError::Blob { cause, .. } => is_unreachable(cause),
+            StoreError::Blob { cause, .. } => is_unreachable(cause) || is_server_busy(cause),
             StoreError::NotFound { .. }
             | StoreError::Ambiguous { .. }
             | StoreError::NotQueued { .. }
@@ -195,6 +195,9 @@ fn blob_hint(place: &str, cause: &object_store::Error) -> &'static str {
         return "the object store could not be reached: check AWS_ENDPOINT_URL and that the \
                 server is up, then try again";
     }
+    if is_server_busy(cause) {
+        return "the object store answered that it is overloaded or failing: try again later";
+    }
     "check NIGHTSHIFT_BLOB_URL and the AWS_* settings that go with it"
 }
 
@@ -218,6 +221,15 @@ fn is_refused(cause: &object_store::Error) -> bool {
             .any(|code| text.contains(code))
         }
     }
+}
+
+/// Whether the object store answered that it is overloaded or failing (a 5xx or 429 status, or
+/// S3's `SlowDown`) after the client's own retries: later may work.
+fn is_server_busy(cause: &object_store::Error) -> bool {
+    let text = cause.to_string();
+    text.contains("SlowDown")
+        || text.contains("status code: 429")
+        || (500..600).any(|code| text.contains(&format!("status code: {code}")))
 }
 
 /// Whether the server's TLS certificate could not be verified: waiting does not fix that.
@@ -337,6 +349,28 @@ fn database_hint(error: &sqlx::Error) -> &'static str {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_object_store_is_retryable() {
+        let blob = |message: &str| StoreError::Blob {
+            action: "put",
+            place: "s3://b".into(),
+            key: "tasks/x/diff.patch".into(),
+            cause: Box::new(object_store::Error::Generic {
+                store: "S3",
+                source: message.to_string().into(),
+            }),
+        };
+        let busy = "Error performing PUT in 20s, after 3 retries: Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>";
+        assert!(blob(busy).is_retryable());
+        assert!(
+            blob("Server returned non-2xx status code: 429 Too Many Requests: ").is_retryable()
+        );
+        assert!(
+            !blob("Server returned non-2xx status code: 403 Forbidden: AccessDenied")
+                .is_retryable()
+        );
+    }
 
     #[test]
     fn not_found_says_what_to_do() {
