@@ -182,6 +182,56 @@ async fn escape_suite() {
     );
     proxied.close().await.unwrap();
 
+    // A secret the proxy adds for a host: nowhere inside (environment, files, processes, the
+    // CA bundle), and not sent over plain HTTP to a server the sandbox controls.
+    let canary = "escape-canary-5f1e7c";
+    let holding = fixture
+        .start_with(nightshift_sandbox::SessionOptions {
+            network: Some(nightshift_sandbox::NetworkPolicy::Allow(vec![format!(
+                "127.0.0.1:{port}"
+            )])),
+            credentials: vec![nightshift_sandbox::Credential {
+                name: "CANARY".into(),
+                hosts: vec![format!("127.0.0.1:{port}")],
+                header: "Authorization".into(),
+                value: format!("Bearer {canary}"),
+            }],
+            ..Default::default()
+        })
+        .await;
+    let out = run(
+        &holding,
+        &format!(
+            // The command line names the canary only in two halves, so that reading the
+            // processes' command lines does not find this command itself.
+            "env; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; half=escape-canary; grep -rsl \"$half-5f1e7c\" /run /tmp /workspace /etc/ssl /dev/shm; exec 3<>/dev/tcp/127.0.0.1/3128; printf 'GET http://127.0.0.1:{port}/ HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n' >&3; echo sent"
+        ),
+    )
+    .await;
+    // What the proxy forwarded to the host's server, waited for a few seconds at most.
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok((mut stream, _)) = listener.accept() {
+            use std::io::Read;
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            seen = String::from_utf8_lossy(&buf[..n]).into_owned();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    suite.check(
+        "read a secret the egress proxy adds",
+        !out.output.contains(canary) && !seen.contains(canary) && out.output.contains("sent"),
+        format!("{}\nthe host's server got: {seen}", out.output),
+    );
+    holding.close().await.unwrap();
+
     // A unix socket of the host, by path and abstract.
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("host.sock");
