@@ -143,6 +143,25 @@ async fn a_missing_secret_fails_the_task_saying_how_to_set_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_secret_at_the_end_of_a_large_file_is_found_too() {
+    // 12 MiB of zeros, then the value: a layer is read through, whatever the file's size.
+    let repo = buggy_repo_with_config(
+        "[environment]\nsetup = \"head -c 12582912 /dev/zero > vendor.bin; echo $NPM_TOKEN >> vendor.bin\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
+    );
+    let (ns, _server) = Nightshift::with_script(fixing_script()).await;
+    set_secret(&ns, "NPM_TOKEN", TOKEN);
+    let (out, task) = ns.wait_task(repo.path(), "fix").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrote the value of secret NPM_TOKEN into the workspace (vendor.bin)"),
+        "{task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
     let repo = buggy_repo_with_config(
         "[environment]\nsetup = \"echo $NPM_TOKEN > .npmrc-token\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",

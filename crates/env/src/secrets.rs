@@ -178,6 +178,8 @@ pub fn validate(name: &str, value: &str) -> Result<(), SecretError> {
 #[derive(Clone)]
 pub struct Redactor {
     matcher: Option<AhoCorasick>,
+    /// The same values for searching a stream (leftmost-longest matching cannot stream).
+    detector: Option<AhoCorasick>,
     replacements: Vec<String>,
     names: Vec<String>,
 }
@@ -198,8 +200,12 @@ impl Redactor {
                     .ok()
             })
             .flatten();
+        let detector = (!secrets.is_empty())
+            .then(|| AhoCorasick::new(secrets.iter().map(|(_, value)| value.as_str())).ok())
+            .flatten();
         Redactor {
             matcher,
+            detector,
             replacements: secrets
                 .iter()
                 .map(|(name, _)| format!("[secret:{name}]"))
@@ -227,6 +233,18 @@ impl Redactor {
         }
     }
 
+    /// The name of a secret whose value occurs in what `reader` yields, read through once in
+    /// pieces (a value split between two reads is found too).
+    pub fn found_in_reader(&self, reader: impl std::io::Read) -> std::io::Result<Option<String>> {
+        let Some(detector) = &self.detector else {
+            return Ok(None);
+        };
+        match detector.stream_find_iter(reader).next() {
+            Some(found) => Ok(Some(self.names[found?.pattern().as_usize()].clone())),
+            None => Ok(None),
+        }
+    }
+
     /// The names of the secrets whose values occur in `text`.
     pub fn found_in(&self, text: &str) -> Vec<String> {
         let Some(matcher) = &self.matcher else {
@@ -248,6 +266,32 @@ mod tests {
 
     fn key(dir: &Path) -> SecretKey {
         SecretKey::load(None, &dir.join("keys/secrets.key")).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_found_across_reads_of_a_stream() {
+        let redactor = Redactor::new(&[("TOKEN".into(), "s3cr3t-value-42".into())]);
+        let mut data = vec![b'x'; (1 << 16) - 5];
+        data.extend_from_slice(b"s3cr3t-value-42 and more");
+        // A reader that hands out a few bytes at a time: the value spans many reads.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(7).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        assert_eq!(
+            redactor.found_in_reader(Trickle(&data)).unwrap(),
+            Some("TOKEN".into())
+        );
+        assert_eq!(
+            redactor.found_in_reader(&b"nothing here"[..]).unwrap(),
+            None
+        );
+        assert_eq!(Redactor::none().found_in_reader(&data[..]).unwrap(), None);
     }
 
     #[test]

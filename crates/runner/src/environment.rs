@@ -408,8 +408,8 @@ pub(crate) fn unsendable_credentials(
         .collect()
 }
 
-/// The first file under `dir` (relative path) holding a secret's value, with its name. Files
-/// over 8 MiB are not read.
+/// The first file under `dir` (relative path) holding a secret's value, with its name. Every
+/// regular file is read through once, whatever its size (links are not followed).
 pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String, PathBuf)> {
     if !log.has_secrets() {
         return None;
@@ -427,18 +427,14 @@ pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String,
                 if meta.is_dir() {
                     stack.push(entry.path());
                 } else if meta.is_file()
-                    && meta.len() <= 8 << 20
-                    && let Ok(bytes) = std::fs::read(entry.path())
+                    && let Some(name) = log.secret_in_file(&entry.path())
                 {
-                    let text = String::from_utf8_lossy(&bytes);
-                    if let Some(name) = log.secrets_in(&text).into_iter().next() {
-                        let relative = entry
-                            .path()
-                            .strip_prefix(&dir)
-                            .map(Path::to_path_buf)
-                            .unwrap_or_default();
-                        return Some((name, relative));
-                    }
+                    let relative = entry
+                        .path()
+                        .strip_prefix(&dir)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    return Some((name, relative));
                 }
             }
         }

@@ -64,6 +64,16 @@ impl TaskLog {
     }
 
     /// The names of secrets whose values occur in `text`.
+    /// The name of a secret whose value is in the file at `path` (read through once).
+    pub(crate) fn secret_in_file(&self, path: &std::path::Path) -> Option<String> {
+        let file = std::fs::File::open(path).ok()?;
+        let redactor = self.redactor.read().ok()?;
+        redactor
+            .found_in_reader(std::io::BufReader::with_capacity(1 << 16, file))
+            .ok()
+            .flatten()
+    }
+
     pub(crate) fn secrets_in(&self, text: &str) -> Vec<String> {
         self.redactor
             .read()
