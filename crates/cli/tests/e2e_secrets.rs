@@ -10,7 +10,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use serde_json::json;
+use nightshift_scripted_model::ScriptedModel;
+use serde_json::{Value, json};
 
 const TOKEN: &str = "tok-5ecr3t-0123456789";
 
@@ -142,16 +143,26 @@ async fn a_missing_secret_fails_the_task_saying_how_to_set_it() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_secret_at_the_end_of_a_large_file_is_found_too() {
-    // 12 MiB of zeros, then the value: a layer is read through, whatever the file's size.
-    let repo = buggy_repo_with_config(
-        "[environment]\nsetup = \"head -c 12582912 /dev/zero > vendor.bin; echo $NPM_TOKEN >> vendor.bin\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
-    );
-    let (ns, _server) = Nightshift::with_script(fixing_script()).await;
+/// A task whose setup script (given NPM_TOKEN) is `setup`, run to its end: it fails. Returns
+/// the binary's home, the model server and the task.
+async fn task_with_setup_given_the_token(setup: &str) -> (Nightshift, ScriptedModel, Value) {
+    let repo = buggy_repo_with_config(&format!(
+        "[environment]\nsetup = \"{setup}\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n"
+    ));
+    let (ns, server) = Nightshift::with_script(fixing_script()).await;
     set_secret(&ns, "NPM_TOKEN", TOKEN);
     let (out, task) = ns.wait_task(repo.path(), "fix").await;
     assert_eq!(out.status.code(), Some(1));
+    (ns, server, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_at_the_end_of_a_large_file_is_found_too() {
+    // 12 MiB of zeros, then the value: a layer is read through, whatever the file's size.
+    let (_ns, _server, task) = task_with_setup_given_the_token(
+        "head -c 12582912 /dev/zero > vendor.bin; echo $NPM_TOKEN >> vendor.bin",
+    )
+    .await;
     assert!(
         task["error"]
             .as_str()
@@ -163,13 +174,8 @@ async fn a_secret_at_the_end_of_a_large_file_is_found_too() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_setup_that_writes_a_secret_into_the_workspace_is_not_cached() {
-    let repo = buggy_repo_with_config(
-        "[environment]\nsetup = \"echo $NPM_TOKEN > .npmrc-token\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
-    );
-    let (ns, server) = Nightshift::with_script(fixing_script()).await;
-    set_secret(&ns, "NPM_TOKEN", TOKEN);
-    let (out, task) = ns.wait_task(repo.path(), "fix").await;
-    assert_eq!(out.status.code(), Some(1));
+    let (ns, server, task) =
+        task_with_setup_given_the_token("echo $NPM_TOKEN > .npmrc-token").await;
     assert!(
         task["error"]
             .as_str()

@@ -227,9 +227,10 @@ fn is_refused(cause: &object_store::Error) -> bool {
 /// S3's `SlowDown`) after the client's own retries: later may work.
 fn is_server_busy(cause: &object_store::Error) -> bool {
     let text = cause.to_string();
-    text.contains("SlowDown")
-        || text.contains("status code: 429")
-        || (500..600).any(|code| text.contains(&format!("status code: {code}")))
+    let status = text
+        .split_once("status code: ")
+        .and_then(|(_, rest)| rest.get(..3)?.parse::<u16>().ok());
+    text.contains("SlowDown") || status.is_some_and(|code| code == 429 || code >= 500)
 }
 
 /// Whether the server's TLS certificate could not be verified: waiting does not fix that.

@@ -105,7 +105,7 @@ impl Namespaced {
             None => spawn_helper(&self.config, host_id, drop_root, false)?,
         };
         let name = session_name();
-        let mut resources = session::Resources::new(self.config.state_dir.join(&name));
+        let mut resources = state::Resources::new(self.config.state_dir.join(&name));
         let events = options.egress_events;
         let layers = spec
             .layers
@@ -209,7 +209,7 @@ impl Namespaced {
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
         (host_id, drop_root): (u32, bool),
-        resources: &mut session::Resources,
+        resources: &mut state::Resources,
     ) -> Result<Prepared, SandboxError> {
         let upper =
             prepare_state(&resources.state_dir, drop_root.then_some(host_id)).map_err(|e| {
@@ -328,7 +328,7 @@ impl Namespaced {
             UnixStream,
             i32,
             Vec<String>,
-            session::StderrTail,
+            process::StderrTail,
         ),
         SandboxError,
     > {
@@ -342,7 +342,7 @@ impl Namespaced {
         } = helper;
         // Read before the handshake: the priority was restored then.
         let restored = early.is_some();
-        let stderr = session::StderrTail::collect(stderr);
+        let stderr = process::StderrTail::collect(stderr);
         control
             .set_nonblocking(true)
             .map_err(|e| setup_error(format!("socket: {e}")))?;
@@ -408,7 +408,7 @@ impl CgroupFrame {
 fn limit(
     name: &str,
     limits: &Limits,
-    resources: &mut session::Resources,
+    resources: &mut state::Resources,
 ) -> Result<(CgroupFrame, Vec<String>), SandboxError> {
     let (cgroup, mut notes) = SessionCgroup::create(&format!("nightshift-{name}"), limits);
     let cgroup = cgroup.map(Arc::new);

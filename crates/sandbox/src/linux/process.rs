@@ -1,8 +1,12 @@
 //! The helper process as the host holds it: a plain child (not one of the async runtime's, so
 //! that one started ahead of time can serve a session started from any runtime), killed and
-//! reaped when dropped, awaited through a pidfd.
+//! reaped when dropped, awaited through a pidfd; and the tail of what it writes to its
+//! standard error, for setup failures.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use super::sys;
 
@@ -63,5 +67,59 @@ impl Drop for HelperProcess {
         if let Err(e) = reap {
             tracing::debug!(error = %e, "could not start a thread to reap the sandbox helper");
         }
+    }
+}
+
+/// The last few KiB the helper wrote to its standard error, for setup failures.
+#[derive(Clone, Default)]
+pub(crate) struct StderrTail(
+    Arc<Mutex<String>>,
+    Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+);
+
+impl StderrTail {
+    pub fn collect(stderr: Option<std::process::ChildStderr>) -> Self {
+        let stderr = stderr.and_then(|s| tokio::process::ChildStderr::from_std(s).ok());
+        let tail = StderrTail::default();
+        if let Some(mut stderr) = stderr {
+            let sink = tail.0.clone();
+            let handle = tokio::spawn(async move {
+                let mut chunk = vec![0u8; 4096];
+                while let Ok(n) = stderr.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                    tracing::debug!(target: "nightshift_sandbox::helper", "{}", text.trim_end());
+                    if let Ok(mut tail) = sink.lock() {
+                        tail.push_str(&text);
+                        if tail.len() > 8192 {
+                            let cut = tail.len() - 8192;
+                            let cut = (cut..tail.len())
+                                .find(|i| tail.is_char_boundary(*i))
+                                .unwrap_or(0);
+                            tail.drain(..cut);
+                        }
+                    }
+                }
+            });
+            if let Ok(mut slot) = tail.1.lock() {
+                *slot = Some(handle);
+            }
+        }
+        tail
+    }
+
+    /// Everything the helper wrote, once it has exited (or after a second).
+    pub async fn finished(&self) -> String {
+        let handle = self.1.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
+        }
+        self.text()
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
     }
 }

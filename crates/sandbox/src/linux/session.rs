@@ -11,140 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{Counters, SessionCgroup};
-use super::process::HelperProcess;
-use super::proxy::EgressProxy;
+use super::process::{HelperProcess, StderrTail};
 use super::spare::NextSpare;
+use super::state::Resources;
 use super::wire::{self, Reply, Request, WireStatus};
 use super::{Limits, read_frame_async, sys};
 use crate::{ExecOutput, ExecRequest, ExitStatus, Limit, SandboxError, SandboxSession};
 
 /// Extra time the host gives the init past a command's own timeout before it gives up on it.
 const BACKSTOP: Duration = Duration::from_secs(30);
-
-/// Host resources of a session, released once.
-pub(crate) struct Resources {
-    pub state_dir: PathBuf,
-    pub cgroup: Option<Arc<SessionCgroup>>,
-    pub proxy: Option<EgressProxy>,
-}
-
-impl Resources {
-    pub fn new(state_dir: PathBuf) -> Self {
-        Resources {
-            state_dir,
-            cgroup: None,
-            proxy: None,
-        }
-    }
-
-    /// Kills the sandbox (if `init` is given) and releases everything. Blocking.
-    pub fn teardown(mut self, init: Option<&OwnedFd>) {
-        if let Some(pidfd) = init {
-            let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
-        }
-        if let Some(proxy) = self.proxy.take() {
-            proxy.stop();
-        }
-        remove_tree(&self.state_dir);
-        if let Some(cgroup) = self.cgroup.take() {
-            // The kernel may take a moment to let go of a group whose last process just died,
-            // and removing one needs nothing of the caller: not on its time.
-            let remove = move || cgroup.remove();
-            if let Err(e) = std::thread::Builder::new()
-                .name("nightshift-cgroup-rm".into())
-                .spawn(remove.clone())
-            {
-                tracing::debug!(error = %e, "removing a session's cgroups inline");
-                remove();
-            }
-        }
-    }
-}
-
-/// Removes a directory tree that a hostile command may have made hard to remove (directories
-/// without write or search permission).
-pub(crate) fn remove_tree(path: &Path) {
-    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
-        return;
-    }
-    fix_permissions(path);
-    if let Err(e) = std::fs::remove_dir_all(path) {
-        tracing::warn!(path = %path.display(), error = %e, "could not remove a sandbox state directory");
-    }
-}
-
-fn fix_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                fix_permissions(&entry.path());
-            }
-        }
-    }
-}
-
-/// The last few KiB the helper wrote to its standard error, for setup failures.
-#[derive(Clone, Default)]
-pub(crate) struct StderrTail(
-    Arc<Mutex<String>>,
-    Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
-);
-
-impl StderrTail {
-    pub fn collect(stderr: Option<std::process::ChildStderr>) -> Self {
-        let stderr = stderr.and_then(|s| tokio::process::ChildStderr::from_std(s).ok());
-        let tail = StderrTail::default();
-        if let Some(mut stderr) = stderr {
-            let sink = tail.0.clone();
-            let handle = tokio::spawn(async move {
-                let mut chunk = vec![0u8; 4096];
-                while let Ok(n) = stderr.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
-                    tracing::debug!(target: "nightshift_sandbox::helper", "{}", text.trim_end());
-                    if let Ok(mut tail) = sink.lock() {
-                        tail.push_str(&text);
-                        if tail.len() > 8192 {
-                            let cut = tail.len() - 8192;
-                            let cut = (cut..tail.len())
-                                .find(|i| tail.is_char_boundary(*i))
-                                .unwrap_or(0);
-                            tail.drain(..cut);
-                        }
-                    }
-                }
-            });
-            if let Ok(mut slot) = tail.1.lock() {
-                *slot = Some(handle);
-            }
-        }
-        tail
-    }
-
-    /// Everything the helper wrote, once it has exited (or after a second).
-    pub async fn finished(&self) -> String {
-        let handle = self.1.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            let _ = tokio::time::timeout(Duration::from_secs(1), handle).await;
-        }
-        self.text()
-    }
-
-    pub fn text(&self) -> String {
-        self.0.lock().map(|t| t.clone()).unwrap_or_default()
-    }
-}
 
 /// The environment every command starts from: nothing of the host's.
 pub(crate) fn base_env() -> Vec<(String, String)> {

@@ -1,11 +1,17 @@
-//! Sessions' state directories on the host: their names, their overlay directories, and the
-//! sweeping of what dead processes left behind.
+//! Sessions' state on the host: their names, their state directories and overlay directories,
+//! the resources a session holds until it is torn down, and the sweeping of what dead processes
+//! left behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{cgroup, session};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use super::cgroup::SessionCgroup;
+use super::proxy::EgressProxy;
+use super::{cgroup, sys};
 
 static SESSION_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -25,7 +31,7 @@ fn sweep_stale_state(state_dir: &Path) {
     };
     for entry in entries.flatten() {
         if cgroup::is_stale(&entry.file_name().to_string_lossy()) {
-            session::remove_tree(&entry.path());
+            remove_tree(&entry.path());
         }
     }
 }
@@ -81,4 +87,68 @@ pub(super) fn prepare_state(state: &Path, owner: Option<u32>) -> std::io::Result
         }
     }
     Ok(upper)
+}
+
+/// Host resources of a session, released once.
+pub(crate) struct Resources {
+    pub state_dir: PathBuf,
+    pub cgroup: Option<Arc<SessionCgroup>>,
+    pub proxy: Option<EgressProxy>,
+}
+
+impl Resources {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Resources {
+            state_dir,
+            cgroup: None,
+            proxy: None,
+        }
+    }
+
+    /// Kills the sandbox (if `init` is given) and releases everything. Blocking.
+    pub fn teardown(mut self, init: Option<&OwnedFd>) {
+        if let Some(pidfd) = init {
+            let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+        }
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop();
+        }
+        remove_tree(&self.state_dir);
+        if let Some(cgroup) = self.cgroup.take() {
+            // The kernel may take a moment to let go of a group whose last process just died,
+            // and removing one needs nothing of the caller: not on its time.
+            let remove = move || cgroup.remove();
+            if let Err(e) = std::thread::Builder::new()
+                .name("nightshift-cgroup-rm".into())
+                .spawn(remove.clone())
+            {
+                tracing::debug!(error = %e, "removing a session's cgroups inline");
+                remove();
+            }
+        }
+    }
+}
+
+/// Removes a directory tree that a hostile command may have made hard to remove (directories
+/// without write or search permission).
+pub(crate) fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return;
+    }
+    fix_permissions(path);
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a sandbox state directory");
+    }
+}
+
+fn fix_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fix_permissions(&entry.path());
+            }
+        }
+    }
 }

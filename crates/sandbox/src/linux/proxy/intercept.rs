@@ -29,7 +29,7 @@ use crate::Credential;
 /// What the proxy needs to add credentials: which, for which hosts, and the means to end and
 /// re-originate TLS.
 pub(crate) struct Interception {
-    credentials: Vec<(Allowlist, Credential)>,
+    injections: Vec<Injection>,
     ca: SessionCa,
     /// Extra PEM files trusted for upstream servers, beside the host's roots.
     extra_roots: Vec<PathBuf>,
@@ -39,26 +39,12 @@ pub(crate) struct Interception {
 impl Interception {
     /// Checks every credential's header and value, and makes the session CA.
     pub fn new(credentials: Vec<Credential>, extra_roots: Vec<PathBuf>) -> Result<Self, String> {
-        for credential in &credentials {
-            HeaderName::from_bytes(credential.header.as_bytes()).map_err(|_| {
-                format!(
-                    "secret {}: `{}` is not a valid HTTP header name",
-                    credential.name, credential.header
-                )
-            })?;
-            HeaderValue::from_bytes(credential.value.as_bytes()).map_err(|_| {
-                format!(
-                    "secret {}: its value cannot be sent in an HTTP header (it holds a line break or another control character)",
-                    credential.name
-                )
-            })?;
-        }
-        let credentials = credentials
+        let injections = credentials
             .into_iter()
-            .map(|credential| (Allowlist::new(&credential.hosts), credential))
-            .collect();
+            .map(Injection::new)
+            .collect::<Result<_, _>>()?;
         Ok(Interception {
-            credentials,
+            injections,
             ca: SessionCa::new()?,
             extra_roots,
             upstream: OnceLock::new(),
@@ -71,11 +57,10 @@ impl Interception {
     }
 
     /// The credentials for `host:port`.
-    pub fn for_host(&self, host: &str, port: u16) -> Vec<&Credential> {
-        self.credentials
+    pub fn for_host(&self, host: &str, port: u16) -> Vec<&Injection> {
+        self.injections
             .iter()
-            .filter(|(hosts, _)| hosts.allows(host, port).is_some())
-            .map(|(_, credential)| credential)
+            .filter(|injection| injection.hosts.allows(host, port).is_some())
             .collect()
     }
 
@@ -93,7 +78,7 @@ impl Interception {
         (client, early): (UnixStream, Vec<u8>),
         upstream: TcpStream,
         (host, port): (&str, u16),
-        credentials: &[&Credential],
+        credentials: &[&Injection],
     ) -> Result<Tunnel, (String, Tunnel)> {
         // What the client sent right behind its CONNECT (its TLS hello, when it did not wait
         // for the answer) comes first.
@@ -138,12 +123,7 @@ impl Interception {
         let connection = tokio::spawn(connection);
         let headers = credentials
             .iter()
-            .filter_map(|credential| {
-                let name = HeaderName::from_bytes(credential.header.as_bytes()).ok()?;
-                let mut value = HeaderValue::from_bytes(credential.value.as_bytes()).ok()?;
-                value.set_sensitive(true);
-                Some((name, value))
-            })
+            .map(|injection| (injection.header.clone(), injection.value.clone()))
             .collect::<Vec<_>>();
         let sender = Arc::new(tokio::sync::Mutex::new(sender));
         let counter = requests.clone();
@@ -227,6 +207,39 @@ impl Interception {
         hyper::client::conn::http1::handshake(TokioIo::new(upstream))
             .await
             .map_err(|e| format!("HTTP with {host}: {e}"))
+    }
+}
+
+/// A credential as the proxy sends it: its hosts, and its header parsed once.
+pub(crate) struct Injection {
+    /// The secret's name, for the log.
+    pub name: String,
+    hosts: Allowlist,
+    header: HeaderName,
+    value: HeaderValue,
+}
+
+impl Injection {
+    fn new(credential: Credential) -> Result<Injection, String> {
+        let header = HeaderName::from_bytes(credential.header.as_bytes()).map_err(|_| {
+            format!(
+                "secret {}: `{}` is not a valid HTTP header name",
+                credential.name, credential.header
+            )
+        })?;
+        let mut value = HeaderValue::from_bytes(credential.value.as_bytes()).map_err(|_| {
+            format!(
+                "secret {}: its value cannot be sent in an HTTP header (it holds a line break or another control character)",
+                credential.name
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(Injection {
+            hosts: Allowlist::new(&credential.hosts),
+            name: credential.name,
+            header,
+            value,
+        })
     }
 }
 
