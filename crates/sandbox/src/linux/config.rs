@@ -83,6 +83,12 @@ pub struct NamespacedConfig {
     pub state_dir: PathBuf,
     /// Host directories bound read-only at the same path (toolchains: ~/.cargo, ~/.rustup...).
     pub ro_binds: Vec<PathBuf>,
+    /// Directories put before the default `PATH` inside, first first (a bound toolchain's
+    /// `bin`).
+    pub path_prefix: Vec<PathBuf>,
+    /// Variables every session gets over the clean base environment and under the session's
+    /// own (`RUSTUP_HOME` for a bound toolchain, say).
+    pub env: Vec<(String, String)>,
     pub limits: Limits,
     pub network: NetworkPolicy,
     /// When nightshift runs as root, the host uid and gid the sandbox user becomes: an id
@@ -102,6 +108,8 @@ impl NamespacedConfig {
             helper,
             state_dir: state_dir.into(),
             ro_binds: Vec::new(),
+            path_prefix: Vec::new(),
+            env: Vec::new(),
             limits: Limits::default(),
             network: NetworkPolicy::None,
             root_host_id: 1_000_000,

@@ -173,6 +173,7 @@ impl Namespaced {
         };
         notes.extend(confinement);
         let mut env = session::base_env();
+        session::apply_host_env(&mut env, &self.config.path_prefix, &self.config.env);
         if resources.proxy.is_some() {
             env.extend(proxy::proxy_env());
         }

@@ -48,6 +48,30 @@ pub(crate) fn base_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The host configuration's share of every session's environment: its variables over the base,
+/// and its directories before the base `PATH`.
+pub(crate) fn apply_host_env(
+    env: &mut Vec<(String, String)>,
+    path_prefix: &[PathBuf],
+    extra: &[(String, String)],
+) {
+    for (key, value) in extra {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.clone(), value.clone()));
+    }
+    if path_prefix.is_empty() {
+        return;
+    }
+    let mut dirs: Vec<String> = path_prefix
+        .iter()
+        .map(|dir| dir.display().to_string())
+        .collect();
+    if let Some((_, path)) = env.iter_mut().find(|(key, _)| key == "PATH") {
+        dirs.push(std::mem::take(path));
+        *path = dirs.join(":");
+    }
+}
+
 pub(crate) struct Parts {
     pub stream: UnixStream,
     pub child: HelperProcess,
