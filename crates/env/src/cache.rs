@@ -38,7 +38,13 @@ const LOCKFILES: &[&str] = &[
     "flake.lock",
 ];
 
-/// What goes into a cache key, by name: `base`, `setup`, `workdir`, `arch`, `file:PATH`.
+/// How a layer is laid out, as the sandbox reads it: `2` is `workspace/`, `home/` and
+/// `system/<name>/` (setup runs as root, and HOME is kept); `1` was the workspace alone. A layer
+/// of another layout is never used: the key differs, and the miss says `layout` changed.
+const LAYOUT: &str = "2";
+
+/// What goes into a cache key, by name: `layout`, `base`, `setup`, `workdir`, `arch`,
+/// `file:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheKey {
     pub key: String,
@@ -50,6 +56,7 @@ impl CacheKey {
     /// base `base` (what the sandbox is built from, e.g. the host's OS release).
     pub fn compute(root: &Path, config: &EnvConfig, base: &str) -> CacheKey {
         let mut inputs = BTreeMap::new();
+        inputs.insert("layout".to_string(), LAYOUT.to_string());
         inputs.insert("base".to_string(), digest(base.as_bytes()));
         let setup = config.environment.setup.as_deref().unwrap_or("");
         inputs.insert("setup".to_string(), digest(setup.as_bytes()));
@@ -241,7 +248,7 @@ impl SetupCache {
     /// Keeps the changes at `staged` as the layer of `key` and returns its path. The
     /// repository's `.git` is never part of a layer: it belongs to each task's own base.
     pub fn commit(&self, repo: &str, key: &CacheKey, staged: &Path) -> std::io::Result<PathBuf> {
-        let git = staged.join(".git");
+        let git = staged.join("workspace").join(".git");
         if git.exists() {
             std::fs::remove_dir_all(&git)?;
         }

@@ -13,9 +13,10 @@ fn config(setup: &str) -> EnvConfig {
 
 fn staged(dir: &Path, bytes: usize) -> std::path::PathBuf {
     let path = dir.join(format!("staged-{bytes}-{}", rand_suffix()));
-    std::fs::create_dir_all(path.join(".git")).unwrap();
-    std::fs::write(path.join(".git/index"), "x").unwrap();
-    std::fs::write(path.join("blob"), vec![b'x'; bytes]).unwrap();
+    std::fs::create_dir_all(path.join("workspace/.git")).unwrap();
+    std::fs::write(path.join("workspace/.git/index"), "x").unwrap();
+    std::fs::write(path.join("workspace/blob"), vec![b'x'; bytes]).unwrap();
+    std::fs::create_dir_all(path.join("home")).unwrap();
     path
 }
 
@@ -63,7 +64,11 @@ fn misses_explain_themselves_and_hits_find_the_layer_without_git() {
     );
     let _lock = cache.lock(&first).unwrap();
     let layer = cache.commit("r", &first, &staged(home.path(), 10)).unwrap();
-    assert!(!layer.join(".git").exists(), "a layer never carries .git");
+    assert!(
+        !layer.join("workspace/.git").exists(),
+        "a layer never carries .git"
+    );
+    assert!(layer.join("workspace/blob").exists() && layer.join("home").is_dir());
     assert_eq!(cache.lookup("r", &first), Lookup::Hit { layer });
     std::fs::write(repo.path().join("package-lock.json"), "2").unwrap();
     let second = CacheKey::compute(repo.path(), &config("npm ci"), "base");

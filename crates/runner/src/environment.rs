@@ -356,7 +356,9 @@ pub(crate) fn task_secrets(
 
 /// What to do about a failed setup or maintenance script: where it comes from, where its log
 /// is, and what the failure looks like it ran into (root-only commands, the network allowlist).
-pub(crate) fn script_hint(name: &str, script: &str, tail: &str) -> String {
+/// `root` says how the script ran: as root over a writable system (`Some(true)`), as root
+/// over a read-only one (`Some(false)`), or as the sandbox user (`None`).
+pub(crate) fn script_hint(name: &str, script: &str, tail: &str, root: Option<bool>) -> String {
     let mut hint = format!(
         "fix the {name} script (`nightshift env check` shows where it comes from); its whole log is the artifact {name}.log"
     );
@@ -364,17 +366,25 @@ pub(crate) fn script_hint(name: &str, script: &str, tail: &str) -> String {
         text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
             .any(|word| any.contains(&word))
     };
-    if words(
+    let system_packages = words(
         script,
         &[
-            "sudo", "apt-get", "apt", "dnf", "yum", "apk", "zypper", "pacman",
+            "sudo", "apt-get", "apt", "dpkg", "dnf", "yum", "apk", "zypper", "pacman",
         ],
     ) || tail.contains("sudo: ")
         || tail.contains("are you root?")
-    {
-        hint.push_str(
-            "; the script runs as an unprivileged user over a read-only system (/usr, /etc), so system packages cannot be installed (no sudo): install tools with the language's package manager into the workspace or $HOME, or install them on the host",
-        );
+        || tail.contains("Read-only file system");
+    match root {
+        _ if !system_packages => {}
+        None => hint.push_str(
+            "; the script runs as the sandbox user over a read-only system (/usr, /etc), so system packages cannot be installed: put system packages in the setup script (setup runs as root), or install tools into the workspace or $HOME",
+        ),
+        Some(false) => hint.push_str(
+            "; setup runs as root of its sandbox, but over a read-only system (/usr, /etc): a writable system needs nightshift itself to run as root (it maps a range of ids so that the system's owners exist inside); chown and package-manager failures come from that. Install tools into the workspace or $HOME instead, or on the host",
+        ),
+        Some(true) => hint.push_str(
+            "; setup runs as root over a writable copy of the system, so system package managers work: `apt-get update` first if the package lists are old, and let [network].setup reach the distribution's mirrors (`@registries` includes those of /etc/apt)",
+        ),
     }
     if tail.contains("is not allowlisted")
         || tail.contains("Could not resolve host")
@@ -451,24 +461,29 @@ mod tests {
 
     #[test]
     fn a_failed_script_gets_a_hint_for_what_it_ran_into() {
-        let plain = script_hint("setup", "npm ci", "npm ERR! missing script");
+        let plain = script_hint("setup", "npm ci", "npm ERR! missing script", Some(true));
         assert!(plain.contains("artifact setup.log"), "{plain}");
-        assert!(!plain.contains("unprivileged") && !plain.contains("[network]"));
-        let root = script_hint(
-            "setup",
-            "sudo apt-get install -y libpq-dev",
-            "sudo: not found",
-        );
+        assert!(!plain.contains("root") && !plain.contains("[network]"));
+        let apt = "sudo apt-get install -y libpq-dev";
+        let maintenance = script_hint("maintenance", apt, "Permission denied", None);
         assert!(
-            root.contains("system packages cannot be installed"),
-            "{root}"
+            maintenance.contains("system packages cannot be installed"),
+            "{maintenance}"
         );
+        let read_only = script_hint("setup", apt, "Read-only file system", Some(false));
+        assert!(
+            read_only.contains("nightshift itself to run as root"),
+            "{read_only}"
+        );
+        let writable = script_hint("setup", apt, "Unable to locate package", Some(true));
+        assert!(writable.contains("apt-get update"), "{writable}");
         let network = script_hint(
             "setup",
             "pip install -r requirements.txt",
             "nightshift: files.pythonhosted.org:443 is not allowlisted for this task's network access",
+            Some(true),
         );
         assert!(network.contains("[network].setup"), "{network}");
-        assert!(!script_hint("setup", "./apt-tools/build.sh", "").contains("unprivileged"));
+        assert!(!script_hint("setup", "./apt-tools/build.sh", "", None).contains("sandbox user"));
     }
 }

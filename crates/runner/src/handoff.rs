@@ -193,10 +193,55 @@ pub(crate) fn commit_message(summary: &str, task: &Task, incomplete: Option<&str
     message
 }
 
-/// Commits everything in the sandbox's workspace (respecting .gitignore) as nightshift, bundles
-/// the commits since the base, and fetches the bundle into the host working copy. Returns the
-/// new head, or `None` when nothing changed since the base (commits the agent made itself count
-/// as changes).
+/// Where, inside the workspace, the tree of the working copy as the agent found it is recorded
+/// when setup or maintenance changed it (see [`record_baseline`]).
+const BASELINE: &str = ".git/nightshift-baseline";
+
+/// The git settings every command of ours inside the sandbox runs with: none of the host's or
+/// the repository's hooks, no prompts, no signing.
+const GIT_PRELUDE: &str = "set -e\n\
+     export LC_ALL=C GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0\n\
+     g() { git -c user.name=nightshift -c user.email=nightshift@localhost -c commit.gpgsign=false -c core.hooksPath=/dev/null -c core.fsmonitor=false \"$@\"; }\n";
+
+/// Records the tree of the working copy as it stands before the agent starts, after setup and
+/// maintenance changed it: what they left is the agent's starting point, and the hand-back
+/// commits only what changed since (see [`commit_in_sandbox`]). The tree's objects go into the
+/// task's own `.git`; a temporary index keeps the real one as it was.
+pub(crate) async fn record_baseline(session: &dyn SandboxSession) -> Result<(), String> {
+    let script = format!(
+        "{GIT_PRELUDE}\
+         export GIT_INDEX_FILE=\"$(mktemp)\"\n\
+         trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT\n\
+         cp .git/index \"$GIT_INDEX_FILE\" 2>/dev/null || true\n\
+         g -c core.checkStat=minimal add --all\n\
+         g write-tree > {BASELINE}\n"
+    );
+    let mut request = ExecRequest::new(script);
+    request.timeout = Duration::from_secs(600);
+    let output = session
+        .exec(request, &CancellationToken::new())
+        .await
+        .map_err(|err| err.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "git in the sandbox said (exit {}): {}",
+            output.status.code(),
+            output.output.trim()
+        ))
+    }
+}
+
+/// Commits what the agent changed in the sandbox's workspace (respecting .gitignore) as
+/// nightshift, bundles the commits since the base, and fetches the bundle into the host working
+/// copy. Returns the new head, or `None` when nothing changed since the base (commits the agent
+/// made itself count as changes).
+///
+/// When setup or maintenance changed the working copy (a [`record_baseline`] exists), the
+/// commit is HEAD with every path the agent changed since that baseline taken from the
+/// workspace: a file setup generated and the agent left alone stays out of the branch; one the
+/// agent then edited, or deleted, is its change.
 pub(crate) async fn commit_in_sandbox(
     session: &dyn SandboxSession,
     copy: &WorkingCopy,
@@ -204,10 +249,20 @@ pub(crate) async fn commit_in_sandbox(
 ) -> Result<Option<String>, HandoffError> {
     let base = copy.base_commit();
     let script = format!(
-        "set -e\n\
-         export LC_ALL=C GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0\n\
-         g() {{ git -c user.name=nightshift -c user.email=nightshift@localhost -c commit.gpgsign=false -c core.hooksPath=/dev/null \"$@\"; }}\n\
+        "{GIT_PRELUDE}\
          g add --all\n\
+         baseline=$(cat {BASELINE} 2>/dev/null || true)\n\
+         if [ -n \"$baseline\" ] && g rev-parse --quiet --verify \"$baseline^{{tree}}\" >/dev/null; then\n\
+           final=$(g write-tree)\n\
+           export GIT_INDEX_FILE=\"$(mktemp)\"\n\
+           trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT\n\
+           g read-tree HEAD\n\
+           g diff --no-renames --name-only -z \"$baseline\" \"$final\" > \"$GIT_INDEX_FILE.paths\"\n\
+           if [ -s \"$GIT_INDEX_FILE.paths\" ]; then\n\
+             GIT_LITERAL_PATHSPECS=1 g reset --quiet --pathspec-from-file=\"$GIT_INDEX_FILE.paths\" --pathspec-file-nul \"$final\"\n\
+           fi\n\
+           rm -f \"$GIT_INDEX_FILE.paths\"\n\
+         fi\n\
          if ! g diff --cached --quiet; then g commit --quiet --no-verify --file=-; fi\n\
          head=$(g rev-parse HEAD)\n\
          rm -f {BUNDLE}\n\

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Runner;
 use crate::ending::{Ending, fail, set_state};
 use crate::environment;
-use crate::handoff::Run;
+use crate::handoff::{self, Run};
 
 impl Runner {
     /// Runs the repository's setup and maintenance scripts in the session before the agent
@@ -32,11 +32,13 @@ impl Runner {
                 environment.maintenance.as_deref(),
             ),
         ];
+        let mut ran = false;
         for (phase, name, script) in scripts {
             let Some(script) = script else { continue };
             if phase == CommandPhase::Setup && !run.layers.is_empty() {
                 continue;
             }
+            ran = true;
             set_state(
                 run.log,
                 TaskState::Preparing,
@@ -69,11 +71,18 @@ impl Runner {
                     "the {name} script failed (exit {}):\n{}",
                     outcome.exit_code, outcome.tail
                 );
-                let hint = environment::script_hint(name, script, &outcome.tail);
+                let hint = environment::script_hint(name, script, &outcome.tail, None);
                 return fail(run.log, ErrorKind::Setup, message, Some(hint))
                     .await
                     .map(Some);
             }
+        }
+        let changed = ran || run.layers.iter().any(|l| layer_changed_workspace(l));
+        if changed && let Err(message) = handoff::record_baseline(session).await {
+            let message = format!("recording what setup left in the working copy: {message}");
+            return fail(run.log, ErrorKind::Internal, message, None)
+                .await
+                .map(Some);
         }
         Ok(None)
     }
@@ -137,7 +146,12 @@ impl Runner {
         .await?;
         let detail = "running the setup script to build its layer";
         set_state(log, TaskState::Preparing, Some(detail)).await?;
-        let spec = session_spec(run.copy.root(), run, run.env.config.network.setup.clone());
+        // Setup runs as root of its sandbox (over a writable copy of the system where the
+        // backend can), as it would on a hosted agent's VM; the agent, later, does not.
+        let spec = SessionSpec {
+            root: true,
+            ..session_spec(run.copy.root(), run, self.setup_network(run))
+        };
         let session = match self.sandbox.start(spec).await {
             Ok(session) => session,
             Err(err) => {
@@ -171,7 +185,12 @@ impl Runner {
                 "the setup script failed (exit {}); no layer was kept:\n{}",
                 outcome.exit_code, outcome.tail
             );
-            let hint = environment::script_hint("setup", setup, &outcome.tail);
+            let hint = environment::script_hint(
+                "setup",
+                setup,
+                &outcome.tail,
+                Some(self.sandbox.writable_system()),
+            );
             return fail(log, ErrorKind::Setup, message, Some(hint))
                 .await
                 .map(Err);
@@ -205,10 +224,10 @@ impl Runner {
                         let _ = tokio::fs::remove_dir_all(dir).await;
                     }
                     let message = format!(
-                        "the setup script wrote the value of secret {name} into the workspace ({}); the layer was discarded",
+                        "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
                         file.display()
                     );
-                    let hint = "write credentials outside the workspace (e.g. in $HOME, which no layer keeps)";
+                    let hint = "a layer keeps the workspace, $HOME and the system directories: give the secret scope `proxy` (the egress proxy adds it to requests, and it never enters the sandbox), or remove what holds it before setup ends";
                     return fail(log, ErrorKind::Setup, message, Some(hint.into()))
                         .await
                         .map(Err);
@@ -221,6 +240,32 @@ impl Runner {
             }
         }
     }
+}
+
+impl Runner {
+    /// The hosts setup may reach: `[network].setup`, and where it holds the registries and
+    /// setup can install system packages, the distribution's mirrors from the host's apt
+    /// sources.
+    fn setup_network(&self, run: &Run<'_>) -> Vec<String> {
+        let network = &run.env.config.network;
+        let mut hosts = network.setup.clone();
+        if network.setup_registries && self.sandbox.writable_system() {
+            for host in nightshift_env::config::apt_source_hosts(Path::new("/etc/apt")) {
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
+            }
+        }
+        hosts
+    }
+}
+
+/// Whether a setup layer holds changes to the working copy (besides `.git`, which no layer
+/// keeps).
+fn layer_changed_workspace(layer: &Path) -> bool {
+    std::fs::read_dir(layer.join("workspace"))
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
 }
 
 /// A session for the working copy at `workspace` with the configuration's environment

@@ -52,6 +52,12 @@ pub struct SessionSpec {
     /// Secrets the egress proxy adds to HTTPS requests to their hosts; the session never holds
     /// them. Only a backend with an egress proxy can use them (see [`Sandbox::credentials`]).
     pub credentials: Vec<Credential>,
+    /// Commands run as root of the sandbox (uid 0 of its user namespace) rather than as the
+    /// sandbox user: a setup session. Where the backend can (see [`Sandbox::writable_system`]),
+    /// the system directories are then writable and a kept layer holds their changes, so that
+    /// system package managers work; files root makes belong to the sandbox user in later
+    /// sessions.
+    pub root: bool,
 }
 
 /// A secret sent as an HTTP header on the session's behalf: the egress proxy adds `header:
@@ -90,6 +96,7 @@ impl SessionSpec {
             egress: None,
             layers: Vec::new(),
             credentials: Vec::new(),
+            root: false,
         }
     }
 }
@@ -245,6 +252,12 @@ pub trait Sandbox: Send + Sync {
 
     /// Whether sessions take [`SessionSpec::layers`] and can keep their changes as one.
     fn supports_layers(&self) -> bool {
+        false
+    }
+
+    /// Whether a session with [`SessionSpec::root`] can change the system directories (and
+    /// keep the changes as a layer). The namespaced backend can when the host runs it as root.
+    fn writable_system(&self) -> bool {
         false
     }
 

@@ -20,7 +20,7 @@ async fn a_kept_session_becomes_a_layer_of_later_sessions() {
     assert!(out.status.success(), "{}", out.output);
     let layer = fixture.state.path().join("layer-1");
     setup.close_keeping_changes(&layer).await.unwrap();
-    assert!(layer.join("deps/lib.txt").exists());
+    assert!(layer.join("workspace/deps/lib.txt").exists());
     // The host's working copy never changed.
     assert!(fixture.workspace.path().join("README.md").exists());
     assert!(!fixture.workspace.path().join("deps").exists());
@@ -44,6 +44,174 @@ async fn a_kept_session_becomes_a_layer_of_later_sessions() {
     );
     task.close().await.unwrap();
     // The layer is read-only for the session that used it.
-    assert!(!layer.join("deps/own.txt").exists());
-    assert!(layer.join("deps/lib.txt").exists());
+    assert!(!layer.join("workspace/deps/own.txt").exists());
+    assert!(layer.join("workspace/deps/lib.txt").exists());
+}
+
+/// Starts a session over `layers` with `options`.
+async fn session_over(
+    fixture: &Fixture,
+    layers: &[std::path::PathBuf],
+    options: SessionOptions,
+) -> nightshift_sandbox::NamespacedSession {
+    let spec = SessionSpec {
+        layers: layers.to_vec(),
+        ..fixture.spec()
+    };
+    fixture.backend.start_with(spec, options).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_home_directory_is_writable_and_a_layer_keeps_it() {
+    let fixture = Fixture::new();
+    let setup = fixture.start().await;
+    let out = run(
+        &setup,
+        "echo $HOME; mkdir -p ~/.cache/deps && echo fetched > ~/.cache/deps/crate.txt",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(out.output, "/home/agent\n");
+    let layer = fixture.state.path().join("layer-home");
+    setup.close_keeping_changes(&layer).await.unwrap();
+    assert!(layer.join("home/.cache/deps/crate.txt").is_file());
+
+    let task = session_over(
+        &fixture,
+        std::slice::from_ref(&layer),
+        SessionOptions::default(),
+    )
+    .await;
+    let out = run(
+        &task,
+        "cat ~/.cache/deps/crate.txt && echo more >> ~/.cache/deps/crate.txt && stat -c %u ~/.cache/deps/crate.txt",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(out.output, "fetched\n1000\n");
+    task.close().await.unwrap();
+    // The task's own writes to HOME went to its upper directory, not into the layer.
+    assert_eq!(
+        std::fs::read_to_string(layer.join("home/.cache/deps/crate.txt")).unwrap(),
+        "fetched\n"
+    );
+}
+
+fn root_options() -> SessionOptions {
+    SessionOptions {
+        root: true,
+        ..SessionOptions::default()
+    }
+}
+
+fn host_is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: a writable system needs nightshift to run as root");
+    }
+    root
+}
+
+#[tokio::test]
+async fn a_root_session_changes_the_system_and_later_sessions_see_its_layer() {
+    if !host_is_root() {
+        return;
+    }
+    let fixture = Fixture::new();
+    let setup = fixture.start_with(root_options()).await;
+    let out = run(
+        &setup,
+        "set -e; id -u; printf '#!/bin/sh\\necho hello from the layer\\n' > /usr/local/bin/layer-hello; \
+         chmod 755 /usr/local/bin/layer-hello; echo configured > /etc/layer-test.conf; \
+         mkdir -p /opt/tool && echo v1 > /opt/tool/VERSION; echo kept > ~/from-setup; \
+         echo generated > generated.txt; sudo -E true; rm /etc/hostname 2>/dev/null || true",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(out.output, "0\n");
+    let layer = fixture.state.path().join("layer-root");
+    setup.close_keeping_changes(&layer).await.unwrap();
+    assert!(layer.join("system/usr/local/bin/layer-hello").is_file());
+    assert!(layer.join("system/etc/layer-test.conf").is_file());
+    // The host's own system is untouched.
+    assert!(!std::path::Path::new("/usr/local/bin/layer-hello").exists());
+    assert!(!std::path::Path::new("/etc/layer-test.conf").exists());
+
+    let task = session_over(
+        &fixture,
+        std::slice::from_ref(&layer),
+        SessionOptions::default(),
+    )
+    .await;
+    let out = run(
+        &task,
+        "id -u; layer-hello; cat /etc/layer-test.conf /opt/tool/VERSION ~/from-setup generated.txt; \
+         stat -c %u ~/from-setup generated.txt; echo more >> ~/from-setup && echo home-writable; \
+         touch /usr/local/bin/x 2>/dev/null || echo usr-read-only; test -e /etc/hostname || echo hostname-gone",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(
+        out.output,
+        "1000\nhello from the layer\nconfigured\nv1\nkept\ngenerated\n1000\n1000\nhome-writable\nusr-read-only\nhostname-gone\n"
+    );
+    task.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn root_inside_sees_no_host_secret_of_the_system_directories() {
+    if !host_is_root() {
+        return;
+    }
+    let fixture = Fixture::new();
+    let setup = fixture.start_with(root_options()).await;
+    // Every account is there, no password hash is; files other users may not read are gone;
+    // of /var only the package managers' state shows.
+    let out = run(
+        &setup,
+        "cut -d: -f2 /etc/shadow | sort -u; grep -c '^root:' /etc/shadow; \
+         test -e /etc/shadow- && echo backup-visible; \
+         find /etc /usr /opt -xdev -type f ! -perm -o=r 2>/dev/null | grep -v -x -e /etc/shadow -e /etc/gshadow; \
+         ls /var/log | wc -l; test -s /var/lib/dpkg/status && echo dpkg-status",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(out.output, "*\n1\n0\ndpkg-status\n");
+    setup.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_root_session_installs_a_debian_package_that_later_sessions_use() {
+    if !host_is_root() || !std::path::Path::new("/usr/bin/dpkg-deb").exists() {
+        eprintln!("skipped: needs root and dpkg");
+        return;
+    }
+    let fixture = Fixture::new();
+    let setup = fixture.start_with(root_options()).await;
+    let out = run(
+        &setup,
+        "set -e; mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/bin; \
+         printf 'Package: nightshift-layer-test\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: t <t@example.invalid>\\nDescription: test\\n' > /tmp/pkg/DEBIAN/control; \
+         printf '#!/bin/sh\\necho installed by dpkg\\n' > /tmp/pkg/usr/bin/nightshift-layer-test; \
+         chmod 755 /tmp/pkg/usr/bin/nightshift-layer-test; \
+         dpkg-deb --root-owner-group --build /tmp/pkg /tmp/test.deb >/dev/null; dpkg -i /tmp/test.deb >/dev/null; \
+         dpkg -s nightshift-layer-test | grep Status",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(out.output, "Status: install ok installed\n");
+    let layer = fixture.state.path().join("layer-dpkg");
+    setup.close_keeping_changes(&layer).await.unwrap();
+    let task = session_over(&fixture, &[layer], SessionOptions::default()).await;
+    let out = run(
+        &task,
+        "nightshift-layer-test; dpkg -s nightshift-layer-test | grep Status",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(
+        out.output,
+        "installed by dpkg\nStatus: install ok installed\n"
+    );
+    task.close().await.unwrap();
 }

@@ -138,7 +138,7 @@ async fn the_environment_is_clean_and_pid_1_is_ours() {
         .unwrap();
     let out = run(&session, "echo $GREETING; env | grep -c -e CARGO -e RUST || true; echo $HOME; ps -o pid= -o comm= -p 1").await;
     assert_eq!(
-        out.output, "hi\n0\n/tmp/home\n      1 nightshift-sand\n",
+        out.output, "hi\n0\n/home/agent\n      1 nightshift-sand\n",
         "host variables leaked"
     );
     session.close().await.unwrap();

@@ -10,6 +10,7 @@
 //! Reading is synchronous: a handful of small files, read before a task starts.
 
 mod agents_md;
+mod apt_sources;
 mod describe;
 mod ecosystems;
 mod error;
@@ -29,6 +30,7 @@ use serde::Serialize;
 pub use agents_md::{
     AGENTS_FILE, AGENTS_MD_CAP, AgentsDoc, collect_agents_md, render_agents_context,
 };
+pub use apt_sources::apt_source_hosts;
 pub use describe::describe;
 pub use ecosystems::{
     DetectedEcosystem, Ecosystem, default_setup_hosts, detect_ecosystems,

@@ -63,6 +63,11 @@ pub struct Network {
     pub setup: Vec<String>,
     /// Hosts the agent's commands and the checks may reach.
     pub agent: Vec<String>,
+    /// Whether `setup` holds the registries (it is the default, or lists `@registries`): a
+    /// setup that runs as root over a writable system then also reaches the distribution's
+    /// package mirrors (see [`super::apt_source_hosts`]).
+    #[serde(skip)]
+    pub setup_registries: bool,
 }
 
 /// Resource limits for a task's sandbox.
@@ -128,6 +133,7 @@ impl EnvConfig {
             network: Network {
                 setup: setup_hosts,
                 agent: Vec::new(),
+                setup_registries: true,
             },
             limits: Limits::default(),
             secrets: Vec::new(),

@@ -238,17 +238,15 @@ impl<'a> TomlReader<'a> {
         for (key, value) in table {
             let name: &str = key.get_ref();
             let full = join_key("network", name);
-            let target = match name {
-                "setup" => &mut config.network.setup,
-                "agent" => &mut config.network.agent,
-                _ => {
-                    self.unknown_key("network", key, NETWORK_KEYS);
-                    continue;
-                }
-            };
+            if !matches!(name, "setup" | "agent") {
+                self.unknown_key("network", key, NETWORK_KEYS);
+                continue;
+            }
             let mut hosts: Vec<String> = Vec::new();
+            let mut hosts_named_registries = false;
             for (raw, span) in self.strings(&full, value)? {
                 let expanded = if raw.trim() == REGISTRIES_ENTRY {
+                    hosts_named_registries = true;
                     registries.to_vec()
                 } else {
                     vec![
@@ -262,6 +260,13 @@ impl<'a> TomlReader<'a> {
                     }
                 }
             }
+            if name == "setup" {
+                config.network.setup_registries = hosts_named_registries;
+            }
+            let target = match name {
+                "setup" => &mut config.network.setup,
+                _ => &mut config.network.agent,
+            };
             *target = hosts;
             self.record(full, key);
         }

@@ -128,6 +128,8 @@ pub struct SessionOptions {
     pub egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
     /// Secrets the egress proxy adds to HTTPS requests to their hosts (with network allowed).
     pub credentials: Vec<crate::Credential>,
+    /// Commands run as root inside (see [`crate::SessionSpec::root`]).
+    pub root: bool,
 }
 
 /// The uid and gid the sandbox user has inside.

@@ -31,7 +31,11 @@ const WRITABLE_FILES: &[&str] = &[
 
 /// Applies everything, returning one line per layer saying what was enforced. `seccomp` is
 /// what [`compiled_filters`] gave the host.
-pub fn apply(rlimits: &RlimitSpec, seccomp: &[Vec<u64>]) -> Result<Vec<String>, String> {
+pub fn apply(
+    rlimits: &RlimitSpec,
+    seccomp: &[Vec<u64>],
+    writable: &[String],
+) -> Result<Vec<String>, String> {
     let mut report = Vec::new();
     apply_rlimits(rlimits)?;
     report.push(format!("rlimits: {}", describe_rlimits(rlimits)));
@@ -40,7 +44,7 @@ pub fn apply(rlimits: &RlimitSpec, seccomp: &[Vec<u64>]) -> Result<Vec<String>, 
         return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
     }
     report.push("no_new_privs: set".into());
-    report.push(apply_landlock()?);
+    report.push(apply_landlock(writable)?);
     apply_seccomp(seccomp)?;
     report.push(format!(
         "seccomp: {} syscalls denied, socket families restricted",
@@ -86,7 +90,7 @@ fn apply_rlimits(spec: &RlimitSpec) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_landlock() -> Result<String, String> {
+fn apply_landlock(writable: &[String]) -> Result<String, String> {
     let abi = ABI::V6;
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
@@ -98,6 +102,7 @@ fn apply_landlock() -> Result<String, String> {
         .and_then(|r| r.create())
         .and_then(|r| r.add_rules(path_beneath_rules(["/"], read)))
         .and_then(|r| r.add_rules(path_beneath_rules(WRITABLE_DIRS, all)))
+        .and_then(|r| r.add_rules(path_beneath_rules(writable, all)))
         .and_then(|r| r.add_rules(path_beneath_rules(WRITABLE_FILES, file)))
         .and_then(|r| r.restrict_self())
         .map_err(|e| format!("landlock: {e}"))?;
@@ -106,8 +111,12 @@ fn apply_landlock() -> Result<String, String> {
         RulesetStatus::PartiallyEnforced => "partially enforced (older kernel ABI)",
         RulesetStatus::NotEnforced => "not enforced (kernel without Landlock)",
     };
+    let mut places: Vec<&str> = vec!["/workspace"];
+    places.extend(writable.iter().map(String::as_str));
+    places.extend(["/tmp", "/dev/shm"]);
     Ok(format!(
-        "landlock: {enforced}; writes only under /workspace, /tmp, /dev/shm"
+        "landlock: {enforced}; writes only under {}",
+        places.join(", ")
     ))
 }
 

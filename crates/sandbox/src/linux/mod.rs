@@ -17,6 +17,7 @@ mod session;
 mod spare;
 mod state;
 mod sys;
+mod system;
 mod trees;
 pub(crate) mod wire;
 
@@ -43,6 +44,7 @@ pub(crate) use cgroup::probe as probe_cgroups;
 
 use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
+use helper::SYSTEM_DIRS;
 use process::HelperProcess;
 use proxy::intercept::Interception;
 use proxy::trust::CA_BUNDLE_FILE;
@@ -100,9 +102,15 @@ impl Namespaced {
         // The helper first: executing it takes about a millisecond, in which this side prepares
         // everything else. The helper waits for its configuration.
         let (host_id, drop_root) = self.host_ids();
-        let helper = match self.take_spare(host_id, drop_root) {
+        let ids = Ids::new(options.root, host_id, drop_root);
+        let spare = if options.root {
+            None
+        } else {
+            self.take_spare(host_id, drop_root)
+        };
+        let helper = match spare {
             Some(helper) => helper,
-            None => spawn_helper(&self.config, host_id, drop_root, false)?,
+            None => spawn_helper(&self.config, ids, false)?,
         };
         let name = session_name();
         let mut resources = state::Resources::new(self.config.state_dir.join(&name));
@@ -122,7 +130,7 @@ impl Namespaced {
             &limits,
             (&network, options.credentials),
             events,
-            (host_id, drop_root),
+            ids,
             &mut resources,
         );
         let prepared = match prepared {
@@ -174,6 +182,9 @@ impl Namespaced {
         notes.extend(confinement);
         let mut env = session::base_env();
         session::apply_host_env(&mut env, &self.config.path_prefix, &self.config.env);
+        if options.root {
+            session::root_env(&mut env, ids.writable_system());
+        }
         if resources.proxy.is_some() {
             env.extend(proxy::proxy_env());
         }
@@ -209,11 +220,15 @@ impl Namespaced {
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
-        (host_id, drop_root): (u32, bool),
+        ids: Ids,
         resources: &mut state::Resources,
     ) -> Result<Prepared, SandboxError> {
-        let upper =
-            prepare_state(&resources.state_dir, drop_root.then_some(host_id)).map_err(|e| {
+        let Ids {
+            host_id, drop_root, ..
+        } = ids;
+        let system = ids.writable_system().then_some((host_id, ids.range));
+        let upper = prepare_state(&resources.state_dir, drop_root.then_some(host_id), system)
+            .map_err(|e| {
                 setup_error(format!("preparing {}: {e}", resources.state_dir.display()))
             })?;
 
@@ -261,13 +276,20 @@ impl Namespaced {
                 fds.push(fd);
             }
         }
+        let mut system_trees = Vec::new();
+        if let Some((host_id, range)) = system {
+            for (name, fd) in trees::system(SYSTEM_DIRS, host_id, range).map_err(setup_error)? {
+                system_trees.push(name);
+                fds.push(fd);
+            }
+        }
         let seccomp = confine::compiled_filters().map_err(setup_error)?;
         let config = HelperConfig {
             workspace: workspace.to_path_buf(),
             state: resources.state_dir.clone(),
             ro_binds: self.config.ro_binds.clone(),
             host_id,
-            inside_id: SANDBOX_ID,
+            inside_id: ids.inside_id,
             drop_root,
             trees: tree_paths,
             tmp_bytes: limits.tmp_bytes,
@@ -275,6 +297,8 @@ impl Namespaced {
             ca_bundle,
             seccomp,
             layers: layers.to_vec(),
+            writable_system: system.is_some(),
+            system_trees,
         };
         Ok(Prepared {
             config,
@@ -386,6 +410,48 @@ impl Namespaced {
         Err(setup_error(format!(
             "{failure}{detail}; `nightshift doctor` lists what this host lacks"
         )))
+    }
+}
+
+/// Who a session's commands are inside, and which host ids stand for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ids {
+    /// The host uid (and gid) the sandbox user, or root inside, stands for.
+    pub host_id: u32,
+    /// Whether the helper starts as host root and drops to `host_id`.
+    pub drop_root: bool,
+    /// The uid commands run as inside: the sandbox user, or 0.
+    pub inside_id: u32,
+    /// How many ids from `inside_id` and `host_id` on the namespace maps.
+    pub range: u32,
+}
+
+/// How many ids a session whose commands run as root maps, when the host is root: enough for
+/// the system users and groups packages create.
+const ROOT_RANGE: u32 = 65_536;
+
+impl Ids {
+    /// The sandbox user's ids; or, with `root`, root's: over a range of ids from `host_id` on
+    /// when the host is root (so that the sandbox user, `host_id` elsewhere, is root here), else
+    /// the one id of the host's user.
+    fn new(root: bool, host_id: u32, drop_root: bool) -> Self {
+        let (inside_id, range) = match (root, drop_root) {
+            (false, _) => (SANDBOX_ID, 1),
+            (true, true) => (0, ROOT_RANGE),
+            (true, false) => (0, 1),
+        };
+        Ids {
+            host_id,
+            drop_root,
+            inside_id,
+            range,
+        }
+    }
+
+    /// Whether the system directories can be writable: only over a range of ids, in which the
+    /// host's owners exist.
+    fn writable_system(self) -> bool {
+        self.range > 1
     }
 }
 
@@ -501,6 +567,10 @@ impl Sandbox for Namespaced {
         true
     }
 
+    fn writable_system(&self) -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
     fn credentials(&self) -> bool {
         true
     }
@@ -542,6 +612,7 @@ impl Sandbox for Namespaced {
             limits: Some(limits),
             egress_events: spec.egress.clone(),
             credentials: spec.credentials.clone(),
+            root: spec.root,
         };
         Ok(Box::new(self.start_with(spec, options).await?))
     }

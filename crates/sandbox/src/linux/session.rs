@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::cgroup::{Counters, SessionCgroup};
 use super::process::{HelperProcess, StderrTail};
 use super::spare::NextSpare;
-use super::state::Resources;
+use super::state::{self, Resources};
 use super::wire::{self, Reply, Request, WireStatus};
 use super::{Limits, read_frame_async, sys};
 use crate::{ExecOutput, ExecRequest, ExitStatus, Limit, SandboxError, SandboxSession};
@@ -33,7 +33,7 @@ pub(crate) fn base_env() -> Vec<(String, String)> {
     let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     [
         ("PATH", path),
-        ("HOME", "/tmp/home"),
+        ("HOME", super::helper::HOME),
         ("TMPDIR", "/tmp"),
         ("USER", "agent"),
         ("LANG", "C.UTF-8"),
@@ -69,6 +69,25 @@ pub(crate) fn apply_host_env(
     if let Some((_, path)) = env.iter_mut().find(|(key, _)| key == "PATH") {
         dirs.push(std::mem::take(path));
         *path = dirs.join(":");
+    }
+}
+
+/// A session whose commands run as root: its user, and (with a writable system) the package
+/// managers told that nobody answers their questions, and a `sudo` after the system's own.
+pub(crate) fn root_env(env: &mut Vec<(String, String)>, writable_system: bool) {
+    let mut set = |key: &str, value: String| {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.to_string(), value));
+    };
+    set("USER", "root".into());
+    if writable_system {
+        set("DEBIAN_FRONTEND", "noninteractive".into());
+    }
+    if let Some((_, path)) = env.iter_mut().find(|(key, _)| key == "PATH")
+        && writable_system
+    {
+        path.push(':');
+        path.push_str(super::helper::ROOT_TOOLS);
     }
 }
 
@@ -495,8 +514,10 @@ impl NamespacedSession {
         if let Some(child) = child {
             child.wait_or_kill(Duration::from_secs(10)).await;
         }
+        let state_dir = self.upper.parent().map(Path::to_path_buf);
         let kept = keep.map(|dest| {
-            std::fs::rename(&self.upper, dest).map_err(|e| {
+            let state_dir = state_dir.as_deref().unwrap_or(Path::new("/nonexistent"));
+            state::keep_changes(state_dir, dest).map_err(|e| {
                 SandboxError::Setup(format!(
                     "keeping the session's changes at {}: {e}",
                     dest.display()

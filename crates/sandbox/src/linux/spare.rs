@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::config::{NamespacedConfig, SANDBOX_ID};
+use super::Ids;
+use super::config::NamespacedConfig;
 use super::helper;
 use super::process::HelperProcess;
 use super::setup_error;
@@ -116,7 +117,7 @@ impl Warm {
             return;
         }
         let (host_id, drop_root) = request.ids;
-        match spawn_helper(&request.config, host_id, drop_root, true) {
+        match spawn_helper(&request.config, Ids::new(false, host_id, drop_root), true) {
             Ok(helper) => *slot = Some(helper),
             Err(e) => tracing::debug!(error = %e, "could not start a spare sandbox helper"),
         }
@@ -136,17 +137,25 @@ impl std::fmt::Debug for Warm {
 /// (nobody else could lower a nice value again).
 pub(crate) fn spawn_helper(
     config: &NamespacedConfig,
-    host_id: u32,
-    drop_root: bool,
+    ids: Ids,
     spare: bool,
 ) -> Result<Helper, SandboxError> {
+    let Ids {
+        host_id, drop_root, ..
+    } = ids;
     let reniced = spare && nix::unistd::geteuid().is_root();
     let (host_end, helper_end) =
         StdUnixStream::pair().map_err(|e| setup_error(format!("socketpair: {e}")))?;
     let helper = &config.helper;
     let mut child = std::process::Command::new(&helper.program)
         .args(&helper.args)
-        .args(helper::helper_args(host_id, SANDBOX_ID, drop_root, reniced))
+        .args(helper::helper_args(
+            host_id,
+            ids.inside_id,
+            drop_root,
+            reniced,
+            ids.range,
+        ))
         .env_clear()
         .stdin(Stdio::from(OwnedFd::from(helper_end)))
         .stdout(Stdio::null())

@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use super::cgroup::SessionCgroup;
+use super::helper::SYSTEM_DIRS;
 use super::proxy::EgressProxy;
 use super::{cgroup, sys};
 
@@ -68,25 +69,76 @@ pub(super) fn sweep_stale_state_now_and_then(state_dir: &Path) {
     }
 }
 
-/// Creates `<state>/upper` and `<state>/work`, owned by `owner` when given; returns the upper.
-pub(super) fn prepare_state(state: &Path, owner: Option<u32>) -> std::io::Result<PathBuf> {
+/// The overlays' directories in a session's state directory, each `upper/` (what the session
+/// changed) and `work/` (overlayfs's own): the workspace's at the top, the home directory's in
+/// `home/`, each system directory's in `system/<name>/` (with a writable system). A kept layer
+/// uses the same names.
+const HOME_PART: &str = "home";
+const SYSTEM_PART: &str = "system";
+
+/// Creates the session's state directory and its overlays' directories, owned by `owner` when
+/// given; with `system` (the host id and range a writable system maps), seeds each system
+/// directory's upper (see [`super::system`]). Returns the workspace's upper directory.
+pub(super) fn prepare_state(
+    state: &Path,
+    owner: Option<u32>,
+    system: Option<(u32, u32)>,
+) -> Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state)?;
-    if let Some(id) = owner {
-        std::os::unix::fs::chown(state, Some(id), Some(id))?;
-    }
-    let upper = state.join("upper");
-    let work = state.join("work");
-    for dir in [&upper, &work] {
-        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let make = |dir: &Path| -> Result<(), String> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("creating", dir, e))?;
         if let Some(id) = owner {
-            std::os::unix::fs::chown(dir, Some(id), Some(id))?;
+            std::os::unix::fs::chown(dir, Some(id), Some(id))
+                .map_err(|e| io("setting the owner of", dir, e))?;
+        }
+        Ok(())
+    };
+    make(state)?;
+    let mut overlays = vec![state.to_path_buf(), state.join(HOME_PART)];
+    if system.is_some() {
+        make(&state.join(SYSTEM_PART))?;
+        for name in SYSTEM_DIRS {
+            overlays.push(state.join(SYSTEM_PART).join(name));
         }
     }
-    Ok(upper)
+    for dir in &overlays {
+        make(dir)?;
+        make(&dir.join("upper"))?;
+        make(&dir.join("work"))?;
+    }
+    if let Some((host_id, range)) = system {
+        for name in SYSTEM_DIRS {
+            let upper = state.join(SYSTEM_PART).join(name).join("upper");
+            super::system::seed_upper(name, &upper, host_id, range)?;
+        }
+    }
+    Ok(state.join("upper"))
+}
+
+/// Moves what a session changed out of its state directory into `dest`, as a layer: the
+/// workspace's changes in `workspace/`, the home directory's in `home/`, each system
+/// directory's in `system/<name>/`. The overlays must be gone (the session's mount namespace
+/// with them), so the upper directories are plain directories.
+pub(super) fn keep_changes(state: &Path, dest: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dest)?;
+    std::fs::rename(state.join("upper"), dest.join("workspace"))?;
+    std::fs::rename(state.join(HOME_PART).join("upper"), dest.join(HOME_PART))?;
+    let system = state.join(SYSTEM_PART);
+    if system.is_dir() {
+        std::fs::create_dir(dest.join(SYSTEM_PART))?;
+        for name in SYSTEM_DIRS {
+            std::fs::rename(
+                system.join(name).join("upper"),
+                dest.join(SYSTEM_PART).join(name),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Host resources of a session, released once.

@@ -40,6 +40,15 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 
 /// A detached copy of the mount tree at `path` (recursively), as a file descriptor.
 pub fn open_tree_clone(path: &Path) -> io::Result<OwnedFd> {
+    open_tree(path, AT_RECURSIVE)
+}
+
+/// A detached copy of the one mount at `path`, without the mounts below it.
+pub fn open_tree_clone_one(path: &Path) -> io::Result<OwnedFd> {
+    open_tree(path, 0)
+}
+
+fn open_tree(path: &Path, recursive: libc::c_uint) -> io::Result<OwnedFd> {
     let path = cstr(path)?;
     // SAFETY: the path is a valid NUL-terminated string; the flags are plain integers.
     let fd = check(unsafe {
@@ -47,7 +56,7 @@ pub fn open_tree_clone(path: &Path) -> io::Result<OwnedFd> {
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             path.as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recursive,
         )
     })?;
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.

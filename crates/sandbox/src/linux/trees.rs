@@ -17,7 +17,10 @@ pub(crate) fn open<'a>(
     others: impl Iterator<Item = &'a PathBuf>,
     host_id: u32,
 ) -> Result<Vec<(PathBuf, OwnedFd)>, String> {
-    let mut trees = vec![(workspace.to_path_buf(), idmapped_tree(workspace, host_id)?)];
+    let mut trees = vec![(
+        workspace.to_path_buf(),
+        idmapped_tree(workspace, host_id, 1)?,
+    )];
     for path in std::iter::once(state).chain(others.map(PathBuf::as_path)) {
         if path.is_dir() {
             let tree = sys::open_tree_clone(path)
@@ -28,13 +31,40 @@ pub(crate) fn open<'a>(
     Ok(trees)
 }
 
-/// A detached copy of the workspace mount in which files owned by host root appear owned by
-/// `host_id`, which the sandbox user maps to. Without it, a working copy created by a root host
-/// would be unwritable inside, or the sandbox user would have to be host root.
-fn idmapped_tree(workspace: &Path, host_id: u32) -> Result<OwnedFd, String> {
-    let userns = mapping_namespace(host_id)?;
-    let tree = sys::open_tree_clone(workspace)
-        .map_err(|e| format!("open_tree {}: {e}", workspace.display()))?;
+/// Idmapped copies of the host's system directories (`/<name>`, those that exist), in which
+/// host id `u` appears as `host_id + u` for `u` below `range`: the lower layers of a writable
+/// system, whose owners exist in a namespace that maps that range.
+pub(crate) fn system(
+    names: &[&str],
+    host_id: u32,
+    range: u32,
+) -> Result<Vec<(String, OwnedFd)>, String> {
+    let mut trees = Vec::new();
+    for name in names {
+        let path = Path::new("/").join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_dir()) {
+            trees.push((name.to_string(), idmapped_tree(&path, host_id, range)?));
+        }
+    }
+    Ok(trees)
+}
+
+/// A detached copy of the mount at `path` in which files owned by host root (and up to
+/// `range` ids from it) appear owned by `host_id` (and on). For the workspace, with a range of
+/// one: without it, a working copy created by a root host would be unwritable inside, or the
+/// sandbox user would have to be host root.
+fn idmapped_tree(path: &Path, host_id: u32, range: u32) -> Result<OwnedFd, String> {
+    let workspace = path;
+    let userns = mapping_namespace(host_id, range)?;
+    // The workspace with what is mounted in it; a system directory alone, since overlayfs
+    // sees nothing of the mounts below a lower layer, and one of a kind that cannot be
+    // idmapped would fail the whole tree.
+    let tree = if range == 1 {
+        sys::open_tree_clone(workspace)
+    } else {
+        sys::open_tree_clone_one(workspace)
+    }
+    .map_err(|e| format!("open_tree {}: {e}", workspace.display()))?;
     sys::mount_setattr(
         Some(tree.as_fd()),
         Path::new(""),
@@ -46,20 +76,23 @@ fn idmapped_tree(workspace: &Path, host_id: u32) -> Result<OwnedFd, String> {
     Ok(tree)
 }
 
-/// A user namespace mapping 0 to `host_id`, with no process in it: only mounts use it. Made
-/// once per host process and id (a fork and a namespace cost a millisecond or more).
-fn mapping_namespace(host_id: u32) -> Result<Arc<OwnedFd>, String> {
-    static CACHE: Mutex<Vec<(u32, Arc<OwnedFd>)>> = Mutex::new(Vec::new());
+/// A user namespace mapping `range` ids from 0 to `host_id` on, with no process in it: only
+/// mounts use it. Made once per host process and mapping (a fork and a namespace cost a
+/// millisecond or more).
+fn mapping_namespace(host_id: u32, range: u32) -> Result<Arc<OwnedFd>, String> {
+    /// Namespaces made so far, by the first host id and range they map.
+    type Made = Vec<((u32, u32), Arc<OwnedFd>)>;
+    static CACHE: Mutex<Made> = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, userns)) = cache.iter().find(|(id, _)| *id == host_id) {
+    if let Some((_, userns)) = cache.iter().find(|(ids, _)| *ids == (host_id, range)) {
         return Ok(userns.clone());
     }
-    let userns = Arc::new(create_mapping_namespace(host_id)?);
-    cache.push((host_id, userns.clone()));
+    let userns = Arc::new(create_mapping_namespace(host_id, range)?);
+    cache.push(((host_id, range), userns.clone()));
     Ok(userns)
 }
 
-fn create_mapping_namespace(host_id: u32) -> Result<OwnedFd, String> {
+fn create_mapping_namespace(host_id: u32, range: u32) -> Result<OwnedFd, String> {
     let (done_read, done_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (wait_on, close_on_child) = (done_read.as_raw_fd(), done_write.as_raw_fd());
@@ -100,7 +133,7 @@ fn create_mapping_namespace(host_id: u32) -> Result<OwnedFd, String> {
     let result = (|| {
         for file in ["uid_map", "gid_map"] {
             let path = format!("/proc/{pid}/{file}");
-            std::fs::write(&path, format!("0 {host_id} 1\n"))
+            std::fs::write(&path, format!("0 {host_id} {range}\n"))
                 .map_err(|e| format!("writing {path}: {e}"))?;
         }
         // An O_PATH descriptor is not accepted as a namespace.

@@ -47,9 +47,20 @@ pub struct HelperConfig {
     pub ca_bundle: bool,
     /// The seccomp filters, compiled by the host (see `confine::compiled_filters`).
     pub seccomp: Vec<Vec<u64>>,
-    /// Read-only layers stacked over the workspace in the overlay, lowest first.
+    /// Read-only layers, lowest first: each a directory whose `workspace/`, `home/` and
+    /// `system/<name>/` are stacked over the workspace, the home directory and the system
+    /// directories (see `rootfs::SYSTEM_DIRS`).
     #[serde(default)]
     pub layers: Vec<PathBuf>,
+    /// Whether the system directories are writable overlays whose changes the session keeps
+    /// (`state/system/<name>/upper`): commands run as root of a namespace that maps a range of
+    /// ids, over the host's directories idmapped to it.
+    #[serde(default)]
+    pub writable_system: bool,
+    /// The names of the system directories whose idmapped trees follow `trees`' descriptors,
+    /// in that order.
+    #[serde(default)]
+    pub system_trees: Vec<String>,
 }
 
 /// The second frame to the helper, sent once the host has made the session's cgroups (while the

@@ -97,7 +97,16 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
         Err(message) => fail(&control, message),
     };
     // Confinement applies to the calling thread and what it starts: it comes before any thread.
-    let confinement = match confine::apply(&limits.rlimits, &config.seccomp) {
+    let mut writable = vec![rootfs::HOME.to_string()];
+    if config.writable_system {
+        writable.extend(rootfs::SYSTEM_DIRS.iter().map(|name| format!("/{name}")));
+        // Commands run as root of our namespace, with its capabilities: none may read our
+        // descriptors (the control socket among them) or memory.
+        if let Err(message) = keep_commands_off_the_init() {
+            fail(&control, message)
+        }
+    }
+    let confinement = match confine::apply(&limits.rlimits, &config.seccomp, &writable) {
         Ok(report) => report,
         Err(message) => fail(&control, message),
     };
@@ -119,6 +128,30 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
     }
     drop(go);
     serve(control, confinement, cgroups)
+}
+
+/// For commands that run as root inside: no command gets CAP_SYS_PTRACE (the bounding set is
+/// inherited), and the init is not dumpable, so /proc/1's descriptors and memory stay closed
+/// to processes with the same uid. The host is root whenever commands are (a range of ids
+/// needs it), and reaches /proc/<init>/root all the same.
+fn keep_commands_off_the_init() -> Result<(), String> {
+    /// From linux/capability.h.
+    const CAP_SYS_PTRACE: libc::c_ulong = 19;
+    // SAFETY: prctl with integer arguments only changes this process's settings.
+    if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "dropping CAP_SYS_PTRACE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_DUMPABLE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn setup_base() -> Result<rootfs::Base, String> {

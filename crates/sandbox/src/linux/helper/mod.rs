@@ -18,7 +18,7 @@ mod init;
 mod job;
 mod rootfs;
 
-pub use rootfs::PROXY_SOCKET;
+pub use rootfs::{HOME, PROXY_SOCKET, ROOT_TOOLS, SYSTEM_DIRS};
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -41,12 +41,19 @@ pub const HELPER_ARG: &str = "--nightshift-sandbox-helper";
 #[derive(Default)]
 pub(crate) struct Handles {
     pub trees: Vec<(PathBuf, OwnedFd)>,
+    /// The host's system directories idmapped for a writable system, by name.
+    pub system: Vec<(String, OwnedFd)>,
 }
 
 impl Handles {
     fn take(&mut self, path: &Path) -> Option<OwnedFd> {
         let index = self.trees.iter().position(|(p, _)| p == path)?;
         Some(self.trees.swap_remove(index).1)
+    }
+
+    fn take_system(&mut self, name: &str) -> Option<OwnedFd> {
+        let index = self.system.iter().position(|(n, _)| n == name)?;
+        Some(self.system.swap_remove(index).1)
     }
 }
 
@@ -105,6 +112,10 @@ struct Args {
     /// Started ahead of its session: it waits at the lowest priority (the host, as root, gives
     /// the init the normal one back when it takes the helper).
     spare: bool,
+    /// How many ids, from `inside_id` and `host_id` on, the user namespace maps: 1, or a
+    /// whole range for a session whose commands run as root over a writable system (which
+    /// needs the host to be root, to write such a map).
+    range: u32,
 }
 
 impl Args {
@@ -116,6 +127,7 @@ impl Args {
             inside_id: u32::try_from(number(2)?).ok()?,
             drop_root: number(3)? == 1,
             spare: number(4)? == 1,
+            range: u32::try_from(number(5)?).ok().filter(|range| *range >= 1)?,
         })
     }
 }
@@ -126,13 +138,15 @@ pub(crate) fn helper_args(
     inside_id: u32,
     drop_root: bool,
     spare: bool,
-) -> [String; 5] {
+    range: u32,
+) -> [String; 6] {
     [
         std::process::id().to_string(),
         host_id.to_string(),
         inside_id.to_string(),
         u8::from(drop_root).to_string(),
         u8::from(spare).to_string(),
+        range.to_string(),
     ]
 }
 
@@ -150,6 +164,16 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     }
     // Leave the host's session, so that nothing inside can reach its controlling terminal.
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // A range of ids can only be mapped by a process privileged outside the new namespace: a
+    // child forked while we are still root writes our maps once we have made it.
+    let mapper = if args.range > 1 {
+        if !args.drop_root {
+            return Err("a range of ids needs the host to be root".into());
+        }
+        Some(IdMapper::start(args.inside_id, args.host_id, args.range)?)
+    } else {
+        None
+    };
     // Everything of the host this process needs comes as descriptors the host opened: root is
     // dropped first thing.
     if args.drop_root {
@@ -165,7 +189,10 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
     let host_gid = Gid::effective().as_raw();
     nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
         .map_err(|e| format!("unshare: {e} (are unprivileged user namespaces enabled?)"))?;
-    write_id_maps("self", args.inside_id, host_uid, host_gid)?;
+    match mapper {
+        Some(mapper) => mapper.map()?,
+        None => write_id_maps("self", args.inside_id, host_uid, host_gid)?,
+    }
     // A network namespace takes longer to create than all the others together: a child makes
     // it while the init builds the file system, and the init joins it once it is built.
     let network = NetworkMaker::start()?;
@@ -218,6 +245,67 @@ fn stage_one(args: Vec<OsString>) -> Result<i32, String> {
             // It has exited by now, or does once the init's end of its pipe is closed.
             let _ = nix::sys::wait::waitpid(network.maker, None);
             Ok(code)
+        }
+    }
+}
+
+/// A child that stays root in the host's user namespace just long enough to map a range of
+/// ids into ours, which only a process privileged there may do.
+struct IdMapper {
+    pid: Pid,
+    go: OwnedFd,
+    done: OwnedFd,
+}
+
+impl IdMapper {
+    /// Forks the mapper. Called while this process is still host root and single-threaded.
+    fn start(inside: u32, host: u32, range: u32) -> Result<Self, String> {
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (go_read, go_write) = nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
+        let (done_read, done_write) =
+            nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
+        // SAFETY: this process is single-threaded, so the child may do anything after fork; it
+        // only reads, writes two files and exits.
+        match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+            ForkResult::Child => {
+                drop(go_write);
+                drop(done_read);
+                let parent = nix::unistd::getppid().as_raw();
+                let mut byte = [0u8; 1];
+                let mapped = nix::unistd::read(&go_read, &mut byte) == Ok(1)
+                    && ["uid_map", "gid_map"].iter().all(|file| {
+                        std::fs::write(
+                            format!("/proc/{parent}/{file}"),
+                            format!("{inside} {host} {range}\n"),
+                        )
+                        .is_ok()
+                    });
+                let _ = nix::unistd::write(&done_write, if mapped { b"y" } else { b"n" });
+                // SAFETY: _exit skips the atexit handlers that belong to the helper.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                drop(go_read);
+                drop(done_write);
+                Ok(IdMapper {
+                    pid: child,
+                    go: go_write,
+                    done: done_read,
+                })
+            }
+        }
+    }
+
+    /// Has the mapper write our maps (we are in the new user namespace by now) and waits.
+    fn map(self) -> Result<(), String> {
+        let IdMapper { pid, go, done } = self;
+        let _ = nix::unistd::write(&go, b"g");
+        let mut byte = [0u8; 1];
+        let answered = nix::unistd::read(&done, &mut byte);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        match answered {
+            Ok(1) if byte[0] == b'y' => Ok(()),
+            _ => Err("mapping a range of ids into the user namespace failed".into()),
         }
     }
 }
@@ -342,15 +430,17 @@ pub(crate) fn move_off_stdio(control: UnixStream) -> Result<UnixStream, String> 
 
 /// Pairs the descriptors that came with the configuration with their paths.
 fn handles_from(config: &HelperConfig, fds: Vec<OwnedFd>) -> Result<Handles, String> {
-    if fds.len() != config.trees.len() {
+    let expected = config.trees.len() + config.system_trees.len();
+    if fds.len() != expected {
         return Err(format!(
-            "the host sent {} descriptors, not {}",
+            "the host sent {} descriptors, not {expected}",
             fds.len(),
-            config.trees.len()
         ));
     }
+    let mut fds = fds.into_iter();
     Ok(Handles {
-        trees: config.trees.iter().cloned().zip(fds).collect(),
+        trees: config.trees.iter().cloned().zip(fds.by_ref()).collect(),
+        system: config.system_trees.iter().cloned().zip(fds).collect(),
     })
 }
 

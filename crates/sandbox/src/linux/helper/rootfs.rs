@@ -203,8 +203,8 @@ pub fn build_base() -> Result<Base, String> {
 }
 
 /// Finishes the root over [`Base`] with what the configuration names (its read-only binds, a
-/// /tmp of its size, the workspace) and switches to it. The process's cwd and root are the new
-/// `/` afterwards.
+/// /tmp of its size, the workspace, the home directory and any system overlays) and switches to
+/// it. The process's cwd and root are the new `/` afterwards.
 pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result<(), String> {
     let base = Some(&base);
     let entries = open_entries(config.ro_binds.iter().map(PathBuf::as_path), handles, base)?;
@@ -218,7 +218,6 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
     place_entries(entries)?;
 
     let root = Path::new(NEW_ROOT);
-    let staging = Path::new(STAGING);
     let tmp = root.join("tmp");
     mkdir_p(&tmp, 0o755)?;
     let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes.max(1 << 20));
@@ -228,11 +227,13 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         &tmp_opts,
     )?;
-    mkdir_p(&tmp.join("home"), 0o700)?;
 
-    mount_workspace(root, staging, (&workspace, &layers), &state, config.proxy)?;
+    let staged = Staged::attach(Path::new(STAGING), &workspace, &state, &layers)?;
+    mount_workspace(root, &staged, config.proxy)?;
+    mount_home(&staged)?;
+    mount_system(root, &staged, config, handles)?;
     if config.ca_bundle {
-        bind_ca_bundle(&staging.join("state"))?;
+        bind_ca_bundle(&staged.state)?;
     }
 
     switch_root(root)?;
@@ -242,6 +243,178 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
             .map_err(|e| err("making read-only", Path::new(path), e))?;
     }
     Ok(())
+}
+
+/// The sandbox user's home directory inside: writable, and kept by a setup layer.
+pub const HOME: &str = "/home/agent";
+
+/// The system directories a writable system makes overlays of, by name (`/<name>` inside),
+/// and a layer can hold changes to (`system/<name>/`).
+pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var"];
+
+/// Where the helpers of a session whose commands run as root live inside (a `sudo` that only
+/// runs its command, when the system has none).
+pub const ROOT_TOOLS: &str = "/run/nightshift/bin";
+
+/// What [`build`] stages outside the new root: the working copy, the session's state directory,
+/// each layer, and an empty directory for overlays with nothing below them. The overlays hold
+/// on to them; they go with the host's root when it is detached.
+struct Staged {
+    lower: PathBuf,
+    state: PathBuf,
+    /// The layers' directories, lowest first.
+    layers: Vec<PathBuf>,
+    empty: PathBuf,
+}
+
+impl Staged {
+    fn attach(
+        staging: &Path,
+        workspace: &Source,
+        state: &Source,
+        layers: &[Source],
+    ) -> Result<Staged, String> {
+        let lower = staging.join("lower");
+        let staged_state = staging.join("state");
+        for (source, at) in [(workspace, &lower), (state, &staged_state)] {
+            mkdir_p(at, 0o755)?;
+            attach(source, at)?;
+        }
+        let mut staged_layers = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let at = staging.join(format!("layer{i}"));
+            mkdir_p(&at, 0o755)?;
+            attach(layer, &at)?;
+            staged_layers.push(at);
+        }
+        let empty = staging.join("empty");
+        mkdir_p(&empty, 0o755)?;
+        Ok(Staged {
+            lower,
+            state: staged_state,
+            layers: staged_layers,
+            empty,
+        })
+    }
+
+    /// The layers' parts at `part` (`workspace`, `home`, `system/usr`...), topmost first, as
+    /// overlayfs lists lower layers.
+    fn parts(&self, part: &str) -> Vec<PathBuf> {
+        self.layers
+            .iter()
+            .rev()
+            .map(|layer| layer.join(part))
+            .filter(|dir| dir.is_dir())
+            .collect()
+    }
+}
+
+/// An overlay at `target` of `lowers` (topmost first), writable into `upper` (with its `work`
+/// beside it) when given, read-only otherwise.
+fn mount_overlay(
+    target: &Path,
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+) -> Result<(), String> {
+    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let mut options = format!("lowerdir={}", lowers.join(":"));
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    match upper {
+        Some((upper, work)) => options.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        )),
+        None => flags |= MsFlags::MS_RDONLY,
+    }
+    // `userxattr` is what an overlay in a user namespace needs on recent kernels; older ones do
+    // not know it and work without.
+    mount_fs("overlay", target, flags, &format!("{options},userxattr"))
+        .or_else(|first| mount_fs("overlay", target, flags, &options).map_err(|_| first))
+}
+
+/// The home directory: the layers' homes under the session's own upper directory.
+fn mount_home(staged: &Staged) -> Result<(), String> {
+    let target = inside(Path::new(HOME));
+    mkdir_p(&target, 0o755)?;
+    let mut lowers = staged.parts("home");
+    lowers.push(staged.empty.clone());
+    let home = staged.state.join("home");
+    mount_overlay(
+        &target,
+        &lowers,
+        Some((&home.join("upper"), &home.join("work"))),
+    )
+}
+
+/// The system directories. With a writable system, each is an overlay of the host's directory
+/// (idmapped so that its owners exist inside) under the session's upper directory for it. Else
+/// a directory some layer changed is a read-only overlay of those changes over the host's, and
+/// the rest stay the plain binds of the base.
+fn mount_system(
+    root: &Path,
+    staged: &Staged,
+    config: &HelperConfig,
+    handles: &mut Handles,
+) -> Result<(), String> {
+    for name in SYSTEM_DIRS {
+        let mut lowers = staged.parts(&format!("system/{name}"));
+        let target = root.join(name);
+        if config.writable_system {
+            match handles.take_system(name) {
+                Some(tree) => {
+                    let at = Path::new(STAGING).join(format!("system-{name}"));
+                    mkdir_p(&at, 0o755)?;
+                    attach(&Source::Tree(tree), &at)?;
+                    lowers.push(at);
+                }
+                None => lowers.push(staged.empty.clone()),
+            }
+            mkdir_p(&target, 0o755)?;
+            let dir = staged.state.join("system").join(name);
+            mount_overlay(
+                &target,
+                &lowers,
+                Some((&dir.join("upper"), &dir.join("work"))),
+            )?;
+        } else if !lowers.is_empty() {
+            let host = Path::new("/").join(name);
+            lowers.push(if host.is_dir() {
+                host
+            } else {
+                staged.empty.clone()
+            });
+            mkdir_p(&target, 0o755)?;
+            mount_overlay(&target, &lowers, None)?;
+        }
+    }
+    if config.writable_system && !inside(Path::new("/usr/bin/sudo")).exists() {
+        write_sudo(&inside(Path::new(ROOT_TOOLS)))?;
+    }
+    Ok(())
+}
+
+/// Setup scripts written for hosted agents say `sudo apt-get install ...`. Commands of a
+/// writable system already run as root, so where the system has no sudo, this one runs the
+/// command it is given, dropping sudo's own options.
+fn write_sudo(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    const SCRIPT: &str = "#!/bin/sh\n\
+# nightshift: setup runs as root already; this sudo runs its command.\n\
+while [ $# -gt 0 ]; do\n\
+  case \"$1\" in\n\
+    -u|-g|-C|-D|-h|-p|-r|-t|-U|--user|--group) shift 2 ;;\n\
+    --) shift; break ;;\n\
+    -*) shift ;;\n\
+    *) break ;;\n\
+  esac\n\
+done\n\
+exec \"$@\"\n";
+    mkdir_p(dir, 0o755)?;
+    let path = dir.join("sudo");
+    std::fs::write(&path, SCRIPT).map_err(|e| err("writing", &path, e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| err("making executable", &path, e))
 }
 
 /// Reproduces `entries` read-only at the same places in the new root.
@@ -353,47 +526,22 @@ fn build_dev(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The workspace: the working copy as the lower layer, the session's directory as the upper,
-/// so that the host's copy is never written. Both are staged outside the new root, and go when
-/// the host's root is detached: the overlay holds them.
-fn mount_workspace(
-    root: &Path,
-    staging: &Path,
-    (workspace, layers): (&Source, &[Source]),
-    state: &Source,
-    proxy: bool,
-) -> Result<(), String> {
+/// The workspace: the working copy as the lowest layer, the layers' workspaces over it, and
+/// the session's directory as the upper, so that the host's copy is never written.
+fn mount_workspace(root: &Path, staged: &Staged, proxy: bool) -> Result<(), String> {
     let target = root.join("workspace");
     mkdir_p(&target, 0o755)?;
-    let lower = staging.join("lower");
-    let staged = staging.join("state");
-    for (source, at) in [(workspace, &lower), (state, &staged)] {
-        mkdir_p(at, 0o755)?;
-        attach(source, at)?;
-    }
-    // Layers over the working copy, the last one topmost (overlayfs lists the top first).
-    let mut lowers = vec![lower.display().to_string()];
-    for (i, layer) in layers.iter().enumerate() {
-        let at = staging.join(format!("layer{i}"));
-        mkdir_p(&at, 0o755)?;
-        attach(layer, &at)?;
-        lowers.insert(0, at.display().to_string());
-    }
-    let base = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        staged.join("upper").display(),
-        staged.join("work").display()
-    );
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    // `userxattr` is what an overlay in a user namespace needs on recent kernels; older ones do
-    // not know it and work without.
-    mount_fs("overlay", &target, flags, &format!("{base},userxattr"))
-        .or_else(|first| mount_fs("overlay", &target, flags, &base).map_err(|_| first))?;
+    let mut lowers = staged.parts("workspace");
+    lowers.push(staged.lower.clone());
+    mount_overlay(
+        &target,
+        &lowers,
+        Some((&staged.state.join("upper"), &staged.state.join("work"))),
+    )?;
     if proxy {
         let at = inside(Path::new(PROXY_SOCKET));
         touch(&at)?;
-        let socket = staged.join("proxy.sock");
+        let socket = staged.state.join("proxy.sock");
         mount(
             Some(&socket),
             &at,
