@@ -172,11 +172,13 @@ async fn root_inside_sees_no_host_secret_of_the_system_directories() {
         "cut -d: -f2 /etc/shadow | sort -u; grep -c '^root:' /etc/shadow; \
          test -e /etc/shadow- && echo backup-visible; \
          find /etc /usr /opt -xdev -type f ! -perm -o=r 2>/dev/null | grep -v -x -e /etc/shadow -e /etc/gshadow; \
-         ls /var/log | wc -l; test -s /var/lib/dpkg/status && echo dpkg-status",
+         ls /var/log | wc -l; test -s /var/lib/dpkg/status && echo dpkg-status; \
+         stat -c '%a %u' /usr /etc /var",
     )
     .await;
     assert!(out.status.success(), "{}", out.output);
-    assert_eq!(out.output, "*\n1\n0\ndpkg-status\n");
+    // The system directories are the host's mode and owner: every user inside reaches them.
+    assert_eq!(out.output, "*\n1\n0\ndpkg-status\n755 0\n755 0\n755 0\n");
     setup.close().await.unwrap();
 }
 

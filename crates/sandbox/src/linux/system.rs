@@ -46,17 +46,25 @@ const MAX_ENTRIES: usize = 2_000_000;
 /// `host_id + u`, for `u` below `range`.
 pub(crate) fn seed_upper(name: &str, upper: &Path, host_id: u32, range: u32) -> Result<(), String> {
     let host = Path::new("/").join(name);
-    let Ok(meta) = std::fs::symlink_metadata(&host) else {
+    let owner = Owner { host_id, range };
+    // The overlay's root shows the upper directory's mode and owner: the host directory's,
+    // so that every user inside can reach what is below (a package's own user, apt's _apt).
+    let meta = std::fs::symlink_metadata(&host).ok().filter(|m| m.is_dir());
+    let (mode, uid, gid) = meta
+        .as_ref()
+        .map_or((0o755, 0, 0), |m| (m.mode() & 0o7777, m.uid(), m.gid()));
+    std::os::unix::fs::lchown(upper, Some(owner.map(uid)), Some(owner.map(gid)))
+        .map_err(|e| io("setting the owner of", upper, e))?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("setting the mode of", upper, e))?;
+    let Some(meta) = meta else {
         return Ok(());
     };
-    if !meta.is_dir() {
-        return Ok(());
-    }
     let mut seed = Seed {
         upper: upper.to_path_buf(),
         host: host.clone(),
         device: meta.dev(),
-        owner: Owner { host_id, range },
+        owner,
         entries: 0,
     };
     if name == "var" {
