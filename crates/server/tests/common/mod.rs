@@ -150,6 +150,7 @@ impl Harness {
                 cpu_seconds: None,
                 turns: 1,
                 duration_ms: 5,
+                no_changes: false,
             },
         )
         .await
