@@ -86,6 +86,9 @@ pub fn exit_for(state: TaskState) -> ExitCode {
 pub struct TaskView<'a> {
     pub schema: u32,
     pub short_id: String,
+    /// The agent finished without changing anything ([`Task::no_changes`]); absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_changes: bool,
     #[serde(flatten)]
     pub task: &'a Task,
     /// What the task cost, where it was worked out (`show`, `run --wait`).
@@ -152,6 +155,7 @@ impl<'a> TaskView<'a> {
         TaskView {
             schema: SCHEMA_VERSION,
             short_id: task.id.short(),
+            no_changes: task.no_changes(),
             task,
             cost: None,
         }

@@ -366,16 +366,18 @@ pub fn event(record: &EventRecord) -> String {
             cost_usd,
             turns,
             duration_ms,
+            no_changes,
             ..
         } => (
             "ended",
             format!(
-                "{state} after {} · {turns} turns · {} tokens{}",
+                "{state} after {} · {turns} turns · {} tokens{}{}",
                 duration(Duration::from_millis(*duration_ms)),
                 tokens(usage),
                 cost_usd
                     .map(|cost| format!(" · {}", dollars(cost)))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if *no_changes { " · no changes" } else { "" },
             ),
             summary.clone(),
         ),
@@ -413,6 +415,9 @@ pub fn task(task: &Task) -> String {
             .unwrap_or("");
         let _ = writeln!(out, "Branch    {branch} at {head}");
     }
+    if task.no_changes() {
+        let _ = writeln!(out, "Changes   {}", no_changes(task));
+    }
     let _ = writeln!(out, "Model     {}", spec.model);
     let _ = writeln!(
         out,
@@ -443,10 +448,24 @@ fn indent_rest(text: &str) -> String {
     text.trim_end().replace('\n', "\n          ")
 }
 
-/// One `ls` row.
-pub fn task_row(task: &Task) -> String {
+/// What a task that changed nothing stands on, for `show` and `run --wait`.
+pub fn no_changes(task: &Task) -> String {
+    let head = task.head_commit.as_deref().unwrap_or("");
     format!(
-        "{}  {:<11} {:>8}  {:<7}  {}",
+        "none: the agent changed no file; the result is the commit it started from, {}",
+        &head[..head.len().min(12)]
+    )
+}
+
+/// One `ls` row; the prompt says `(no changes)` first when the agent changed nothing.
+pub fn task_row(task: &Task) -> String {
+    let mark = if task.no_changes() {
+        "(no changes) "
+    } else {
+        ""
+    };
+    format!(
+        "{}  {:<11} {:>8}  {:<7}  {mark}{}",
         task.id.short(),
         task.state.as_str(),
         duration(elapsed(task)),

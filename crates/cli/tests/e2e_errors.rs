@@ -266,3 +266,122 @@ async fn cancel_stops_a_running_task_and_keeps_its_work() {
         stdout(&again)
     );
 }
+
+/// Files and directories directly under `dir`, or none when it does not exist.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_provider_key_is_refused_at_submit_naming_the_variable() {
+    let repo = buggy_repo_with_config("[environment]\nsetup = \"touch setup-ran\"\n");
+    let ns = Nightshift::new("http://127.0.0.1:9/v1");
+    for (model, variable) in [
+        ("openai:gpt-x", "OPENAI_API_KEY"),
+        ("openai-responses:gpt-x", "OPENAI_API_KEY"),
+        ("anthropic:claude-x", "ANTHROPIC_API_KEY"),
+    ] {
+        let mut command = ns.command(&[
+            "run",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            model,
+            "--wait",
+            "fix add",
+        ]);
+        // The providers' own endpoints, and no keys.
+        for name in [
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+        ] {
+            command.env_remove(name);
+        }
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{model}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(variable), "{model}: {err}");
+        assert!(err.contains("hint:"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "refused at once"
+        );
+    }
+    assert_eq!(
+        ns.json(&["ls", "--json"]).await,
+        json!([]),
+        "nothing queued"
+    );
+    assert!(entries(&ns.home.path().join("work")).is_empty());
+    assert!(entries(&ns.home.path().join("workers")).is_empty());
+    assert!(!repo.path().join("setup-ran").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_server_needs_no_key_and_a_key_may_come_from_config_toml() {
+    let repo = buggy_repo();
+    // An OpenAI-compatible server on loopback (like Ollama): no key needed.
+    let (ns, server) = Nightshift::with_script(fixing_script()).await;
+    let mut command = ns.command(&[
+        "run",
+        "--repo",
+        path_str(repo.path()),
+        "--model",
+        "openai:m",
+        "--wait",
+        "--json",
+        "fix add",
+    ]);
+    command.env_remove("OPENAI_API_KEY");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        server.recorded()[0].headers.get("authorization"),
+        None,
+        "no key, none sent"
+    );
+
+    // The provider's own endpoint, with the key in config.toml: accepted.
+    let ns = Nightshift::new("http://127.0.0.1:9/v1");
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        "[providers]\nanthropic_api_key = \"from-config\"\n",
+    )
+    .unwrap();
+    let mut command = ns.command(&[
+        "run",
+        "--repo",
+        path_str(repo.path()),
+        "--model",
+        "anthropic:claude-x",
+        "fix add",
+    ]);
+    command
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
+        // Its worker must not reach the real provider from a test.
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("https_proxy", "http://127.0.0.1:9");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let _ = ns.run(&["cancel", &id]).await;
+    ns.wait_for(&id, |t| t["state"] == "cancelled" || t["state"] == "failed")
+        .await;
+}

@@ -127,6 +127,40 @@ impl ProviderConfig {
     }
 }
 
+impl ProviderConfig {
+    /// The environment variable of the API key `spec` needs and this configuration lacks, if
+    /// any: `OPENAI_API_KEY` for `openai:` and `openai-responses:`, `ANTHROPIC_API_KEY` for
+    /// `anthropic:`, none for `replay:`. Only the providers' own endpoints demand a key: with the
+    /// base URL pointing elsewhere (a local OpenAI-compatible server such as Ollama or vLLM, or
+    /// a proxy that adds its own key) a missing key is fine, as it is to the clients, which
+    /// then send none.
+    pub fn missing_key(&self, spec: &ModelSpec) -> Option<&'static str> {
+        let (key, base_url, default, variable) = match spec.provider {
+            Provider::OpenAiChat | Provider::OpenAiResponses => (
+                &self.openai_api_key,
+                &self.openai_base_url,
+                crate::openai_chat::DEFAULT_BASE_URL,
+                "OPENAI_API_KEY",
+            ),
+            Provider::Anthropic => (
+                &self.anthropic_api_key,
+                &self.anthropic_base_url,
+                crate::anthropic::DEFAULT_BASE_URL,
+                "ANTHROPIC_API_KEY",
+            ),
+            Provider::Replay { .. } => return None,
+        };
+        if crate::http::configured(key.as_deref()).is_some() {
+            return None;
+        }
+        let elsewhere = crate::http::configured(base_url.as_deref()).is_some_and(|url| {
+            !url.trim_end_matches('/')
+                .eq_ignore_ascii_case(default.trim_end_matches('/'))
+        });
+        (!elsewhere).then_some(variable)
+    }
+}
+
 /// Makes a client for `spec`, recording to `config.record` when set.
 pub fn connect(
     spec: &ModelSpec,
@@ -186,6 +220,65 @@ mod tests {
             );
             assert_eq!(spec.to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_key_is_needed_only_by_the_providers_own_endpoints() {
+        let spec = |text: &str| text.parse::<ModelSpec>().unwrap();
+        let none = ProviderConfig::default();
+        assert_eq!(
+            none.missing_key(&spec("openai:gpt-x")),
+            Some("OPENAI_API_KEY")
+        );
+        assert_eq!(
+            none.missing_key(&spec("openai-responses:o4-mini")),
+            Some("OPENAI_API_KEY")
+        );
+        assert_eq!(
+            none.missing_key(&spec("anthropic:claude-x")),
+            Some("ANTHROPIC_API_KEY")
+        );
+        assert_eq!(none.missing_key(&spec("replay:/tmp/c.jsonl")), None);
+
+        let keys = ProviderConfig {
+            openai_api_key: Some("k".into()),
+            anthropic_api_key: Some("k".into()),
+            ..ProviderConfig::default()
+        };
+        assert_eq!(keys.missing_key(&spec("openai:gpt-x")), None);
+        assert_eq!(keys.missing_key(&spec("anthropic:claude-x")), None);
+
+        let blank = ProviderConfig {
+            openai_api_key: Some("  ".into()),
+            ..ProviderConfig::default()
+        };
+        assert_eq!(
+            blank.missing_key(&spec("openai:gpt-x")),
+            Some("OPENAI_API_KEY")
+        );
+
+        // The default endpoint spelled out still needs the key; any other needs none.
+        let official = ProviderConfig {
+            openai_base_url: Some("https://api.openai.com/v1/".into()),
+            anthropic_base_url: Some("https://api.anthropic.com".into()),
+            ..ProviderConfig::default()
+        };
+        assert_eq!(
+            official.missing_key(&spec("openai:gpt-x")),
+            Some("OPENAI_API_KEY")
+        );
+        assert_eq!(
+            official.missing_key(&spec("anthropic:claude-x")),
+            Some("ANTHROPIC_API_KEY")
+        );
+        let local = ProviderConfig {
+            openai_base_url: Some("http://localhost:11434/v1".into()),
+            anthropic_base_url: Some("http://127.0.0.1:8080".into()),
+            ..ProviderConfig::default()
+        };
+        assert_eq!(local.missing_key(&spec("openai:qwen3:8b")), None);
+        assert_eq!(local.missing_key(&spec("openai-responses:m")), None);
+        assert_eq!(local.missing_key(&spec("anthropic:claude-x")), None);
     }
 
     #[test]

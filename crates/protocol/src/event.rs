@@ -184,6 +184,10 @@ pub enum Event {
         cpu_seconds: Option<f64>,
         turns: u32,
         duration_ms: u64,
+        /// True when the agent finished without changing anything: no branch was handed back
+        /// and the checks ran on the tree the task started from. Absent (false) otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_changes: bool,
     },
 }
 
@@ -239,7 +243,8 @@ pub enum ErrorKind {
     Sandbox,
     /// The repository's setup or maintenance script failed.
     Setup,
-    /// A declared check failed on the committed result.
+    /// A declared check failed on the committed result (or, when the agent changed nothing, on
+    /// the tree the task started from).
     Checks,
     /// A budget ran out (turns, tokens, time).
     Budget,
@@ -348,12 +353,39 @@ mod tests {
                 cpu_seconds: None,
                 turns: 0,
                 duration_ms: 0,
+                no_changes: true,
             },
         ];
         for event in events {
             let json = serde_json::to_value(&event).unwrap();
             assert_eq!(json["type"], event.kind());
         }
+    }
+
+    #[test]
+    fn ended_says_no_changes_only_when_true_and_reads_old_logs() {
+        let old = r#"{"type":"ended","state":"succeeded","usage":{"input_tokens":1,"output_tokens":2},"turns":1,"duration_ms":5}"#;
+        let event: Event = serde_json::from_str(old).unwrap();
+        let Event::Ended { no_changes, .. } = &event else {
+            panic!("{event:?}")
+        };
+        assert!(!no_changes);
+        let json = serde_json::to_value(&event).unwrap();
+        assert!(json.get("no_changes").is_none(), "{json}");
+        let unchanged = Event::Ended {
+            state: TaskState::Failed,
+            summary: None,
+            usage: Usage::default(),
+            cost_usd: None,
+            cpu_seconds: None,
+            turns: 1,
+            duration_ms: 5,
+            no_changes: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&unchanged).unwrap()["no_changes"],
+            true
+        );
     }
 
     #[test]

@@ -147,10 +147,12 @@ pub struct Task {
     /// The commit the task started from, once resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_commit: Option<String>,
-    /// The branch created in the source repository, once handed off.
+    /// The branch created in the source repository, once handed off; for a follow-up that
+    /// changed nothing, the branch it continued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
-    /// The commit at the tip of `branch`.
+    /// The commit of the result: the tip of `branch` as handed back, or, when the agent
+    /// finished without changing anything, the commit it started from (`base_commit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_commit: Option<String>,
     /// The agent's closing summary, or the reason the task ended without one.
@@ -174,6 +176,13 @@ pub struct Task {
 }
 
 impl Task {
+    /// Whether the agent finished without changing anything: its result is the commit it
+    /// started from, and the declared checks ran on that tree. Derived from the row (the result
+    /// is its base commit) rather than stored, so older rows read the same.
+    pub fn no_changes(&self) -> bool {
+        self.head_commit.is_some() && self.head_commit == self.base_commit
+    }
+
     /// A freshly queued task.
     pub fn queued(id: TaskId, spec: TaskSpec, now: Timestamp) -> Self {
         Task {
@@ -226,6 +235,29 @@ mod tests {
                 TaskState::Cancelled
             ]
         );
+    }
+
+    #[test]
+    fn no_changes_means_the_result_is_the_base_commit() {
+        let spec = TaskSpec {
+            repo: "/r".into(),
+            base: None,
+            prompt: "p".into(),
+            model: "openai:m".into(),
+            max_turns: 3,
+            max_tokens: None,
+            max_cost_usd: None,
+            max_duration_secs: None,
+            follows: None,
+        };
+        let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
+        assert!(!task.no_changes(), "nothing is known yet");
+        task.base_commit = Some("a".repeat(40));
+        assert!(!task.no_changes(), "no result yet");
+        task.head_commit = Some("b".repeat(40));
+        assert!(!task.no_changes(), "a result with changes");
+        task.head_commit = task.base_commit.clone();
+        assert!(task.no_changes());
     }
 
     #[test]

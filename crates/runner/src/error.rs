@@ -14,6 +14,17 @@ pub enum SubmitError {
     Budget(String),
     #[error("{0}")]
     Model(#[from] ModelError),
+    /// The model's provider needs an API key that this runner's provider configuration lacks:
+    /// the task could only fail once a worker got to it.
+    #[error(
+        "`{model}` needs an API key, and {variable} is not set (nor {} in [providers] of config.toml)",
+        variable.to_ascii_lowercase()
+    )]
+    MissingKey {
+        model: String,
+        /// The environment variable that holds the key, e.g. `OPENAI_API_KEY`.
+        variable: &'static str,
+    },
     #[error("{0}")]
     Repository(#[from] EnvError),
     #[error("{0}")]
@@ -26,6 +37,10 @@ impl SubmitError {
         match self {
             SubmitError::EmptyPrompt | SubmitError::Budget(_) => None,
             SubmitError::Model(err) => err.hint().map(str::to_string),
+            SubmitError::MissingKey { variable, .. } => Some(format!(
+                "set {variable} where the tasks run (for `nightshift run`, in its environment), or point {} at a server that needs no key (such as a local OpenAI-compatible one)",
+                variable.replace("_API_KEY", "_BASE_URL")
+            )),
             SubmitError::Repository(err) => err.hint(),
             SubmitError::Store(_) => None,
         }

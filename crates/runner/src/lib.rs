@@ -65,6 +65,10 @@ pub struct RunnerConfig {
     /// How many bytes of setup layers to keep before evicting the least recently used.
     pub layers_budget: u64,
     pub tool_limits: ToolLimits,
+    /// Refuse at submit a task whose model needs an API key the runner's provider
+    /// configuration lacks. Off for a process that only queues tasks for workers elsewhere,
+    /// whose keys it cannot see.
+    pub check_provider_keys: bool,
 }
 
 impl RunnerConfig {
@@ -84,6 +88,7 @@ impl RunnerConfig {
             layers_dir: None,
             layers_budget: 20 << 30,
             tool_limits: ToolLimits::default(),
+            check_provider_keys: true,
         }
     }
 }
@@ -108,6 +113,13 @@ impl Runner {
     /// Prices model usage, for dollar budgets and cost reports.
     pub fn with_prices(mut self, lookup: PriceLookup) -> Self {
         self.cost = Some(lookup);
+        self
+    }
+
+    /// Whether `submit` refuses a task whose model needs a key this runner lacks (on by
+    /// default; see [`RunnerConfig::check_provider_keys`]).
+    pub fn with_provider_key_check(mut self, check: bool) -> Self {
+        self.config.check_provider_keys = check;
         self
     }
 

@@ -157,6 +157,7 @@ impl Runner {
             cpu_seconds: log.cpu_seconds(),
             turns: task.turns,
             duration_ms: started.elapsed().as_millis() as u64,
+            no_changes: task.no_changes(),
         })
         .await?;
         Ok(task)

@@ -108,6 +108,7 @@ impl Runner {
                     cpu_seconds: None,
                     turns: task.turns,
                     duration_ms: duration,
+                    no_changes: false,
                 },
             )
             .await?;

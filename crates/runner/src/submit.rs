@@ -1,5 +1,6 @@
 //! Turning a request into a queued task, after checking everything that can be checked before
-//! any work starts: the prompt, the model spec, the budgets, the repository and the base branch.
+//! any work starts: the prompt, the model spec and its provider's key, the budgets, the
+//! repository and the base branch.
 
 use std::path::PathBuf;
 
@@ -70,6 +71,14 @@ impl Runner {
             )));
         }
         let model: ModelSpec = request.model.parse()?;
+        if self.config.check_provider_keys
+            && let Some(variable) = self.providers.missing_key(&model)
+        {
+            return Err(SubmitError::MissingKey {
+                model: model.to_string(),
+                variable,
+            });
+        }
         let source = SourceRepo::open(&request.repo).await?;
         let base = source.resolve_base(request.base.as_deref()).await?;
         let spec = TaskSpec {

@@ -1,5 +1,7 @@
 //! Proving a result: commit the agent's work, run the declared checks on the committed tree in
-//! a fresh sandbox, and hand it back as a branch; a failing check fails the task.
+//! a fresh sandbox, and hand it back as a branch; a failing check fails the task. A result that
+//! changes nothing is proved the same way, on the tree the task started from: "succeeded" never
+//! means "the checks were skipped".
 
 use nightshift_agent::SinkError;
 use nightshift_env::{ResolvedBase, SourceRepo};
@@ -10,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Runner;
 use crate::ending::{Ending, fail, set_state};
 use crate::environment;
+use crate::follow_up::follow_up_base;
 use crate::handoff::{HandoffError, Run, commit_in_sandbox, commit_message};
 use crate::prepare::{agent_network, session_spec};
 use crate::sink::TaskLog;
@@ -29,14 +32,7 @@ impl Runner {
         let message = commit_message(&summary, run.task, None);
         let head = match commit_in_sandbox(session, run.copy, &message).await {
             Ok(Some(head)) => head,
-            Ok(None) => {
-                log.append(Event::Warning {
-                    message: "the agent finished without changing any file; no branch was created"
-                        .into(),
-                })
-                .await?;
-                return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
-            }
+            Ok(None) => return self.verify_unchanged(run, summary).await,
             Err(HandoffError::Sink(err)) => return Err(err),
             Err(err) => return self.handoff_failed(log, run.copy, err).await,
         };
@@ -74,15 +70,84 @@ impl Runner {
             };
             return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
         }
-        let names: Vec<String> = failed
-            .iter()
-            .map(|(name, code)| format!("`{name}` (exit {code})"))
-            .collect();
         let ending = fail(
             log,
             ErrorKind::Checks,
-            format!("the agent finished, but check {} failed on the committed result", names.join(", ")),
+            format!("the agent finished, but check {} failed on the committed result", check_names(&failed)),
             Some("the branch has the work; each check's log is an artifact (check-NAME.log) and its tail is in `nightshift logs`".into()),
+        )
+        .await?;
+        Ok(Ending {
+            summary: Some(summary),
+            ..ending
+        })
+    }
+
+    /// The agent finished without changing any file: nothing is handed back, but the checks run
+    /// on the tree the task stands on (the base commit, or for a follow-up the tip of the branch
+    /// it continues), and a failing one fails the task. The result is recorded as that commit
+    /// (`head_commit == base_commit`), which is what "no changes" means on the task.
+    async fn verify_unchanged(&self, run: &Run<'_>, summary: String) -> Result<Ending, SinkError> {
+        let log = run.log;
+        let checks = &run.env.config.checks;
+        let base = run.copy.base_commit().to_string();
+        let short = &base[..base.len().min(12)];
+        // A follow-up started from the earlier task's branch when it still existed; it stays
+        // the task's branch, so that a follow-up of this one continues it too.
+        let branch = match run.parent {
+            Some(parent) => follow_up_base(run.source, parent).await,
+            None => None,
+        };
+        let (stands_on, left) = match &branch {
+            Some(branch) => (
+                format!("{branch} at {short}"),
+                format!("the branch {branch} was left as it was"),
+            ),
+            None => (
+                format!("the base commit {short}"),
+                "no branch was created".to_string(),
+            ),
+        };
+        log.append(Event::Warning {
+            message: format!("the agent finished without changing any file; {left}"),
+        })
+        .await?;
+        log.update(|task| {
+            task.head_commit = Some(base.clone());
+            if branch.is_some() {
+                task.branch = branch.clone();
+            }
+        })
+        .await?;
+        let failed = if checks.is_empty() {
+            log.append(Event::Warning {
+                message: "no checks are declared ([checks] in .nightshift.toml): the unchanged tree was not verified".into(),
+            })
+            .await?;
+            Vec::new()
+        } else {
+            set_state(
+                log,
+                TaskState::Verifying,
+                Some(&format!(
+                    "running {} check(s) on the unchanged tree ({stands_on}) in a fresh sandbox",
+                    checks.len()
+                )),
+            )
+            .await?;
+            self.verify(run, &base).await?
+        };
+        if failed.is_empty() {
+            return Ok(Ending::new(TaskState::Succeeded, Some(summary), None));
+        }
+        let ending = fail(
+            log,
+            ErrorKind::Checks,
+            format!(
+                "the agent finished without changing any file, and check {} failed on the tree it started from ({stands_on})",
+                check_names(&failed)
+            ),
+            Some("nothing was handed back: the checks fail on the unchanged tree, so the task is not done; each check's log is an artifact (check-NAME.log) and its tail is in `nightshift logs`".into()),
         )
         .await?;
         Ok(Ending {
@@ -216,4 +281,13 @@ impl Runner {
             ..ending
         })
     }
+}
+
+/// The failed checks as a message names them: `` `test` (exit 1), `lint` (exit 2) ``.
+fn check_names(failed: &[(String, i32)]) -> String {
+    failed
+        .iter()
+        .map(|(name, code)| format!("`{name}` (exit {code})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

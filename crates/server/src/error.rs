@@ -153,6 +153,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::EmptyPrompt
             | SubmitError::Budget(_)
             | SubmitError::Model(_)
+            | SubmitError::MissingKey { .. }
             | SubmitError::Repository(_) => {
                 let api = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

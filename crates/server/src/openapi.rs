@@ -91,9 +91,15 @@ pub(crate) struct TaskDoc {
     finished_at: Option<String>,
     /// The commit the task started from.
     base_commit: Option<String>,
-    /// The branch created in the source repository, once handed off.
+    /// The branch created in the source repository, once handed off; for a follow-up that
+    /// changed nothing, the branch it continued.
     branch: Option<String>,
+    /// The commit of the result: the tip of `branch` as handed back, or, when the agent changed
+    /// nothing, `base_commit`.
     head_commit: Option<String>,
+    /// Present (true) when the agent finished without changing anything: no branch was handed
+    /// back, and the declared checks ran on the tree the task started from.
+    no_changes: Option<bool>,
     /// The agent's closing summary.
     summary: Option<String>,
     /// Why the task failed.
@@ -229,7 +235,8 @@ mod tests {
         task.finished_at = Some(Timestamp::UNIX_EPOCH);
         task.base_commit = Some("a".into());
         task.branch = Some("b".into());
-        task.head_commit = Some("c".into());
+        // The result is the base commit: the agent changed nothing.
+        task.head_commit = Some("a".into());
         task.summary = Some("s".into());
         task.error = Some("e".into());
         task.worker = Some("w".into());

@@ -56,7 +56,8 @@ pub(crate) async fn find(state: &ServerState, reference: &str) -> Result<Task, A
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 422, description = "Wrong fields, or a request the runner rejects \
-            (empty prompt, unknown model, not a repository, unknown branch)", body = ErrorBody),
+            (empty prompt, unknown model, a model whose API key the workers lack, not a \
+            repository, unknown branch)", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
     security(("bearer" = []))

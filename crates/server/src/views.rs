@@ -14,6 +14,9 @@ use crate::openapi::{EventRecordDoc, TaskDoc};
 pub struct TaskView {
     pub schema: u32,
     pub short_id: String,
+    /// The agent finished without changing anything ([`Task::no_changes`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_changes: bool,
     #[serde(flatten)]
     pub task: Task,
 }
@@ -23,6 +26,7 @@ impl From<Task> for TaskView {
         TaskView {
             schema: SCHEMA_VERSION,
             short_id: task.id.short(),
+            no_changes: task.no_changes(),
             task,
         }
     }

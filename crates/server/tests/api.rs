@@ -117,6 +117,60 @@ async fn submitting_queues_a_task_that_reads_back_by_any_id_form() {
 }
 
 #[tokio::test]
+async fn a_model_whose_key_the_workers_lack_is_refused_naming_the_variable() {
+    let h = Harness::start_with(
+        std::time::Duration::from_millis(50),
+        nightshift_model::ProviderConfig::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git_repo(dir.path());
+    for (model, variable) in [
+        ("openai:gpt-x", "OPENAI_API_KEY"),
+        ("openai-responses:gpt-x", "OPENAI_API_KEY"),
+        ("anthropic:claude-x", "ANTHROPIC_API_KEY"),
+    ] {
+        let response = h
+            .post("/api/tasks", &h.submit)
+            .json(&json!({"repo": repo, "prompt": "fix it", "model": model}))
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, 422, "{model}: {error}");
+        assert_eq!(error["code"], "invalid_task", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(variable), "{model}: {message}");
+        assert!(message.contains("nothing was queued"), "{message}");
+        assert!(
+            error["hint"].as_str().unwrap().contains(variable),
+            "{error}"
+        );
+    }
+    // A cassette needs no key.
+    let response = h
+        .post("/api/tasks", &h.submit)
+        .json(&json!({"repo": repo, "prompt": "fix it", "model": "replay:/tmp/c.jsonl"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let listed: Value = h
+        .get("/api/tasks", &h.read)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["tasks"].as_array().unwrap().len(),
+        1,
+        "only the replay task was queued: {listed}"
+    );
+}
+
+#[tokio::test]
 async fn bad_input_gets_4xx_with_a_message() {
     let h = Harness::start().await;
     let send = |body: String| {

@@ -55,6 +55,7 @@ async fn health_metrics_and_openapi() {
             cpu_seconds: None,
             turns: 3,
             duration_ms: 42_500,
+            no_changes: false,
         },
     )
     .await;

@@ -178,6 +178,7 @@ pub(crate) fn ended_while_queued() -> Event {
         cpu_seconds: None,
         turns: 0,
         duration_ms: 0,
+        no_changes: false,
     }
 }
 

@@ -132,6 +132,7 @@ fn every_event() -> Vec<Event> {
             cpu_seconds: None,
             turns: 1,
             duration_ms: 99,
+            no_changes: false,
         },
     ]
 }

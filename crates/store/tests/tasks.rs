@@ -342,6 +342,7 @@ async fn cancelling_a_queued_task_ends_it_at_once(t: TestStore) {
             cpu_seconds: None,
             turns: 0,
             duration_ms: 0,
+            no_changes: false,
         }
     );
     // No worker can pick it up any more, and cancelling again changes nothing.

@@ -47,6 +47,7 @@ async fn run_to_the_end(
                 cpu_seconds: None,
                 turns,
                 duration_ms: u64::try_from(ran.as_millis()).unwrap(),
+                no_changes: false,
             },
         )
         .await

@@ -173,9 +173,10 @@ impl Local {
 fn submit_failure(err: SubmitError) -> Failure {
     let hint = err.hint();
     let failure = match &err {
-        SubmitError::EmptyPrompt | SubmitError::Budget(_) | SubmitError::Model(_) => {
-            Failure::usage(err.to_string())
-        }
+        SubmitError::EmptyPrompt
+        | SubmitError::Budget(_)
+        | SubmitError::Model(_)
+        | SubmitError::MissingKey { .. } => Failure::usage(err.to_string()),
         SubmitError::Repository(env) if env.is_invalid_input() => Failure::usage(err.to_string()),
         SubmitError::Repository(_) | SubmitError::Store(_) => Failure::error(err.to_string()),
     };

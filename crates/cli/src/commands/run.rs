@@ -133,6 +133,9 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
         println!("branch    {branch}{note} · {files} files, +{plus} -{minus}");
         println!("review    nightshift diff {short}   ·   git log -p {branch}");
     }
+    if task.no_changes() {
+        println!("changes   {}", render::no_changes(&task));
+    }
     if let Some(summary) = &task.summary {
         println!("summary   {}", summary.trim().replace('\n', "\n          "));
     }

@@ -15,7 +15,12 @@ use crate::output::Failure;
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let home = Home::from_env()?;
-    let runner = Arc::new(home.worker_runner(ProviderConfig::from_env()).await?);
+    // Without workers here, the keys that matter are those of the workers elsewhere.
+    let runner = home
+        .worker_runner(ProviderConfig::from_env())
+        .await?
+        .with_provider_key_check(args.workers > 0);
+    let runner = Arc::new(runner);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|err| Failure::usage(format!("cannot listen on {}: {err}", args.listen)))?;

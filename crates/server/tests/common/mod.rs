@@ -40,13 +40,22 @@ impl Harness {
 
     /// A server whose event feeds poll the store every `poll`.
     pub async fn start_with_poll(poll: Duration) -> Harness {
+        let providers = ProviderConfig {
+            openai_api_key: Some("test-key".into()),
+            ..ProviderConfig::default()
+        };
+        Harness::start_with(poll, providers).await
+    }
+
+    /// A server whose runner has `providers` (keys and endpoints).
+    pub async fn start_with(poll: Duration, providers: ProviderConfig) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let home = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home.path()).await.unwrap());
         let runner = Runner::new(
             store.clone(),
             Arc::new(Unisolated),
-            ProviderConfig::default(),
+            providers,
             RunnerConfig::new(home.path().join("work"), "test-worker".into()),
         );
         let mut config = ServerConfig::new("openai:test-model");
@@ -150,6 +159,7 @@ impl Harness {
                 cpu_seconds: None,
                 turns: 1,
                 duration_ms: 5,
+                no_changes: false,
             },
         )
         .await
