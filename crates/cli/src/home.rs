@@ -14,6 +14,7 @@ use nightshift_sandbox::{HelperCommand, Namespaced, NamespacedConfig, Sandbox, U
 use nightshift_store::{Store, open_blobs, open_store};
 
 use crate::output::Failure;
+use crate::toolchains::{HostPaths, HostToolchains, SandboxSettings};
 
 /// The local installation's data directory.
 pub struct Home {
@@ -102,10 +103,7 @@ impl Home {
     /// This installation's settings: `NIGHTSHIFT_CONFIG`, else `config.toml` in the home
     /// directory; none when there is no such file.
     pub fn settings(&self) -> Result<Settings, Failure> {
-        let path = std::env::var_os("NIGHTSHIFT_CONFIG")
-            .filter(|path| !path.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join("config.toml"));
+        let path = self.config_file();
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -119,8 +117,47 @@ impl Home {
             }
         };
         toml::from_str(&text).map_err(|err| {
-            Failure::usage(format!("{} is not valid: {err}", path.display()))
-                .with_hint(Some("see docs/models.md for the [prices] table".into()))
+            Failure::usage(format!("{} is not valid: {err}", path.display())).with_hint(Some(
+                "see docs/models.md for [prices] and [providers], docs/config.md for [sandbox]"
+                    .into(),
+            ))
+        })
+    }
+
+    /// The settings file: `NIGHTSHIFT_CONFIG`, else `config.toml` in the home directory.
+    pub fn config_file(&self) -> PathBuf {
+        std::env::var_os("NIGHTSHIFT_CONFIG")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("config.toml"))
+    }
+
+    /// What the `[sandbox]` checks protect and expand `~` to.
+    pub fn host_paths(&self) -> HostPaths {
+        HostPaths {
+            home: host_user_home(),
+            nightshift_home: self.root.clone(),
+            config_file: std::path::absolute(self.config_file())
+                .unwrap_or_else(|_| self.config_file()),
+        }
+    }
+
+    /// The host toolchains every sandbox of this installation sees (`[sandbox]` of the
+    /// settings), checked: a refused entry stops here, before any sandbox starts.
+    pub fn host_toolchains(&self) -> Result<HostToolchains, Failure> {
+        let settings = self.settings()?;
+        self.resolve_toolchains(&settings.sandbox)
+    }
+
+    fn resolve_toolchains(&self, sandbox: &SandboxSettings) -> Result<HostToolchains, Failure> {
+        let host = self.host_paths();
+        sandbox.resolve(&host).map_err(|err| {
+            Failure::usage(format!("{}: {err}", self.config_file().display())).with_hint(Some(
+                format!(
+                    "{}; nothing ran (see \"Toolchains from the host\" in docs/config.md)",
+                    err.hint(host.home.as_deref())
+                ),
+            ))
         })
     }
 
@@ -136,22 +173,24 @@ impl Home {
         (from_env, self.root.join("keys").join("secrets.key"))
     }
 
-    /// The namespaced sandbox, with its state under the home directory.
-    pub fn namespaced(&self) -> Result<Namespaced, Failure> {
+    /// The namespaced sandbox, with its state under the home directory and the host toolchains
+    /// of the settings bound read-only.
+    pub fn namespaced(&self, toolchains: &HostToolchains) -> Result<Namespaced, Failure> {
         let helper = HelperCommand::current_exe().map_err(|err| {
             Failure::error(format!("cannot find the nightshift executable: {err}"))
         })?;
-        Ok(Namespaced::new(NamespacedConfig::new(
-            helper,
-            self.root.join("sandbox"),
-        )))
+        let mut config = NamespacedConfig::new(helper, self.root.join("sandbox"));
+        config.ro_binds = toolchains.mounts.clone();
+        config.path_prefix = toolchains.path.clone();
+        config.env = toolchains.env.clone();
+        Ok(Namespaced::new(config))
     }
 
     /// The sandbox tasks run in: the namespaced one, unless `NIGHTSHIFT_SANDBOX=unisolated`
     /// explicitly asks for none (every task then logs a warning).
-    pub fn sandbox(&self) -> Result<Arc<dyn Sandbox>, Failure> {
+    pub fn sandbox(&self, toolchains: &HostToolchains) -> Result<Arc<dyn Sandbox>, Failure> {
         match std::env::var("NIGHTSHIFT_SANDBOX").ok().as_deref() {
-            None | Some("") | Some("namespaced") => Ok(Arc::new(self.namespaced()?)),
+            None | Some("") | Some("namespaced") => Ok(Arc::new(self.namespaced(toolchains)?)),
             Some("unisolated") => {
                 tracing::warn!(
                     "NIGHTSHIFT_SANDBOX=unisolated: the agent's commands run on this host without isolation"
@@ -190,6 +229,8 @@ impl Home {
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from);
         let settings = self.settings()?;
+        let toolchains = self.resolve_toolchains(&settings.sandbox)?;
+        config.host_binds = toolchains.binds.clone();
         // The environment wins; the settings file fills in what it leaves unset.
         let from_file = settings.providers;
         let mut providers = providers;
@@ -204,7 +245,8 @@ impl Home {
             let price = price_for(spec, &overrides)?;
             Some(Arc::new(move |usage: &Usage| price.cost(usage)) as CostFn)
         });
-        let runner = Runner::new(store, self.sandbox()?, providers, config).with_prices(prices);
+        let runner =
+            Runner::new(store, self.sandbox(&toolchains)?, providers, config).with_prices(prices);
         // Only an existing key: listing tasks must not make one, and with no key there are no
         // secrets to unseal (a task says so if some are stored).
         let (from_env, key_file) = self.secret_key_source();
@@ -243,6 +285,9 @@ pub struct Settings {
     /// Provider keys and endpoints, for what the environment variables leave unset.
     #[serde(default)]
     pub providers: ProviderSettings,
+    /// Host toolchains every sandbox sees (docs/config.md, "Toolchains from the host").
+    #[serde(default)]
+    pub sandbox: SandboxSettings,
 }
 
 /// `[providers]` of `config.toml`. Keep the file readable by its owner only when it holds keys.
@@ -263,6 +308,19 @@ fn redact_url(url: String) -> String {
         }
         _ => url,
     }
+}
+
+/// The host user's HOME: `$HOME`, else the user database's.
+pub fn host_user_home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|user| user.dir)
+        })
 }
 
 fn hostname() -> String {

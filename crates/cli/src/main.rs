@@ -8,6 +8,7 @@ mod demo;
 mod home;
 mod output;
 mod render;
+mod toolchains;
 
 use std::process::ExitCode;
 

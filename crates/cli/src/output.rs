@@ -56,6 +56,17 @@ impl Failure {
     }
 }
 
+/// The message and its hint, for a report that goes on after the failure.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
 impl From<nightshift_store::StoreError> for Failure {
     fn from(err: nightshift_store::StoreError) -> Self {
         match err {

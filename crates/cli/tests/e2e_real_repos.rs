@@ -167,25 +167,7 @@ impl LocalArchive {
             ),
         )
         .unwrap();
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let server = std::process::Command::new("/usr/bin/python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(&repo)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let (server, port) = serve(&repo);
         Some(LocalArchive {
             _dir: dir,
             server,
@@ -265,4 +247,195 @@ hello = "nightshift-hello"
         "no egress event for the archive"
     );
     drop(archive);
+}
+
+/// A sparse cargo registry served over loopback, holding one crate, `nsdep` 0.1.0 (`pub fn
+/// answer() -> u32 { 42 }`), packaged here with the host's cargo.
+struct LocalRegistry {
+    _dir: tempfile::TempDir,
+    server: std::process::Child,
+    port: u16,
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Starts `python3 -m http.server` over `dir` on a free loopback port.
+fn serve(dir: &Path) -> (std::process::Child, u16) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let server = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (server, port)
+}
+
+impl LocalRegistry {
+    fn start(cargo: &Path) -> LocalRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let krate = dir.path().join("nsdep");
+        std::fs::create_dir_all(krate.join("src")).unwrap();
+        std::fs::write(
+            krate.join("Cargo.toml"),
+            "[package]\nname = \"nsdep\"\nversion = \"0.1.0\"\nedition = \"2021\"\nlicense = \"MIT\"\ndescription = \"test\"\n",
+        )
+        .unwrap();
+        std::fs::write(krate.join("src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
+        let packaged = std::process::Command::new(cargo)
+            .args(["package", "--no-verify", "--allow-dirty", "--offline", "-q"])
+            .current_dir(&krate)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        assert!(packaged.status.success(), "{packaged:?}");
+        let crate_file = krate.join("target/package/nsdep-0.1.0.crate");
+        let served = dir.path().join("registry");
+        let download = served.join("crates/nsdep/0.1.0");
+        std::fs::create_dir_all(&download).unwrap();
+        std::fs::copy(&crate_file, download.join("download")).unwrap();
+        let sum = std::process::Command::new("sha256sum")
+            .arg(&crate_file)
+            .output()
+            .unwrap();
+        let sum = String::from_utf8(sum.stdout).unwrap();
+        let sum = sum.split_whitespace().next().unwrap().to_string();
+        let index = served.join("index");
+        std::fs::create_dir_all(index.join("ns/de")).unwrap();
+        std::fs::write(
+            index.join("ns/de/nsdep"),
+            format!(
+                "{{\"name\":\"nsdep\",\"vers\":\"0.1.0\",\"deps\":[],\"cksum\":\"{sum}\",\"features\":{{}},\"yanked\":false}}\n"
+            ),
+        )
+        .unwrap();
+        let (server, port) = serve(&served);
+        std::fs::write(
+            index.join("config.json"),
+            format!("{{\"dl\": \"http://127.0.0.1:{port}/crates\"}}\n"),
+        )
+        .unwrap();
+        LocalRegistry {
+            _dir: dir,
+            server,
+            port,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rust_crate_fetched_in_setup_builds_offline_with_the_hosts_toolchain() {
+    // The host's rustup toolchain, bound read-only by the installation's config.toml.
+    let Some(home) = std::env::var_os("HOME").map(std::path::PathBuf::from) else {
+        eprintln!("skipped: no HOME");
+        return;
+    };
+    let cargo = home.join(".cargo/bin/cargo");
+    if !home.join(".rustup/toolchains").is_dir() || !cargo.exists() {
+        eprintln!("skipped: no rustup toolchain under {}", home.display());
+        return;
+    }
+    let registry = LocalRegistry::start(&cargo);
+    let port = registry.port;
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::create_dir_all(root.join(".cargo")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nnsdep = \"0.1\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(".cargo/config.toml"),
+        format!(
+            "[source.crates-io]\nreplace-with = \"local\"\n\n[source.local]\nregistry = \"sparse+http://127.0.0.1:{port}/index/\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("src/lib.rs"),
+        "pub fn answer() -> u32 { nsdep::answer() + 1 }\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn answers() {\n        assert_eq!(super::answer(), 42);\n    }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
+    std::fs::write(
+        root.join(".nightshift.toml"),
+        format!(
+            r#"
+[environment]
+# The registry is on the host's loopback, which the sandbox reaches only through the proxy.
+setup = "export no_proxy= NO_PROXY=; cargo fetch --locked"
+
+[network]
+setup = ["127.0.0.1:{port}"]
+
+[checks]
+test = "cargo test --offline --locked"
+"#
+        ),
+    )
+    .unwrap();
+    // The lockfile, made on the host (which reaches its own loopback directly).
+    let locked = std::process::Command::new(&cargo)
+        .arg("generate-lockfile")
+        .current_dir(root)
+        .env("CARGO_HOME", root.join("target/cargo-home"))
+        .output()
+        .unwrap();
+    assert!(locked.status.success(), "{locked:?}");
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "a crate with a dependency"]);
+
+    let steps = json!([
+        shell("cargo test --offline --locked 2>&1 | tail -n 3"),
+        {"reply": {"tool_calls": [{"name": "edit_file", "arguments": {"path": "src/lib.rs", "old_string": "nsdep::answer() + 1", "new_string": "nsdep::answer()"}}]}},
+        shell("cargo test --offline --locked 2>&1 | grep 'test result'"),
+        finish("Fix answer")
+    ]);
+    let (mut ns, _server) = Nightshift::with_script(script(steps)).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        "[sandbox]\nbinds = [\"~/.rustup\", \"~/.cargo/bin\"]\npath = [\"~/.cargo/bin\"]\n",
+    )
+    .unwrap();
+    ns.env.push(("HOME".into(), home.display().to_string()));
+    let (out, task) = ns.wait_task(root, "fix answer").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    let setup = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "setup")
+        .unwrap();
+    assert_eq!(setup["ok"], true, "{setup}");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let outputs = shell_outputs(&events);
+    assert!(outputs[0].contains("test result: FAILED"), "{}", outputs[0]);
+    assert!(outputs[1].contains("test result: ok. 1 passed"), "{}", outputs[1]);
+    let check = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
+        .unwrap();
+    assert_eq!(check["ok"], true, "{check}");
+    let branch = task["branch"].as_str().unwrap();
+    let files = git(root, &["diff", "--name-only", &format!("main..{branch}")]);
+    assert_eq!(files, "src/lib.rs");
+    drop(registry);
 }

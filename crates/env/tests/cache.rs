@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use nightshift_env::cache::{CacheKey, Lookup, SetupCache};
+use nightshift_env::cache::{Base, CacheKey, Lookup, SetupCache, base_identity, bind_fingerprint};
 use nightshift_env::config::EnvConfig;
 
 fn config(setup: &str) -> EnvConfig {
@@ -31,24 +31,29 @@ fn rand_suffix() -> u64 {
 fn keys_follow_their_inputs() {
     let repo = tempfile::tempdir().unwrap();
     std::fs::write(repo.path().join("Cargo.lock"), "v1").unwrap();
-    let a = CacheKey::compute(repo.path(), &config("cargo fetch"), "base");
+    let a = CacheKey::compute(repo.path(), &config("cargo fetch"), &Base::system("base"));
     assert_eq!(
         a,
-        CacheKey::compute(repo.path(), &config("cargo fetch"), "base")
+        CacheKey::compute(repo.path(), &config("cargo fetch"), &Base::system("base"))
     );
     assert!(a.inputs.contains_key("file:Cargo.lock"));
     assert_ne!(
         a.key,
-        CacheKey::compute(repo.path(), &config("cargo build"), "base").key
+        CacheKey::compute(repo.path(), &config("cargo build"), &Base::system("base")).key
     );
     assert_ne!(
         a.key,
-        CacheKey::compute(repo.path(), &config("cargo fetch"), "other base").key
+        CacheKey::compute(
+            repo.path(),
+            &config("cargo fetch"),
+            &Base::system("other base")
+        )
+        .key
     );
     std::fs::write(repo.path().join("Cargo.lock"), "v2").unwrap();
     assert_ne!(
         a.key,
-        CacheKey::compute(repo.path(), &config("cargo fetch"), "base").key
+        CacheKey::compute(repo.path(), &config("cargo fetch"), &Base::system("base")).key
     );
 }
 
@@ -58,7 +63,7 @@ fn misses_explain_themselves_and_hits_find_the_layer_without_git() {
     let repo = tempfile::tempdir().unwrap();
     std::fs::write(repo.path().join("package-lock.json"), "1").unwrap();
     let cache = SetupCache::new(home.path().join("layers"), u64::MAX);
-    let first = CacheKey::compute(repo.path(), &config("npm ci"), "base");
+    let first = CacheKey::compute(repo.path(), &config("npm ci"), &Base::system("base"));
     assert!(
         matches!(cache.lookup("r", &first), Lookup::Miss { reasons } if reasons[0].contains("no setup layer"))
     );
@@ -71,7 +76,7 @@ fn misses_explain_themselves_and_hits_find_the_layer_without_git() {
     assert!(layer.join("workspace/blob").exists() && layer.join("home").is_dir());
     assert_eq!(cache.lookup("r", &first), Lookup::Hit { layer });
     std::fs::write(repo.path().join("package-lock.json"), "2").unwrap();
-    let second = CacheKey::compute(repo.path(), &config("npm ci"), "base");
+    let second = CacheKey::compute(repo.path(), &config("npm ci"), &Base::system("base"));
     let Lookup::Miss { reasons } = cache.lookup("r", &second) else {
         panic!("expected a miss")
     };
@@ -88,7 +93,13 @@ fn the_least_recently_used_layers_go_first_when_over_budget() {
     let cache = SetupCache::new(home.path().join("layers"), 2500);
     let repo = tempfile::tempdir().unwrap();
     let keys: Vec<CacheKey> = (0..3)
-        .map(|n| CacheKey::compute(repo.path(), &config(&format!("setup {n}")), "b"))
+        .map(|n| {
+            CacheKey::compute(
+                repo.path(),
+                &config(&format!("setup {n}")),
+                &Base::system("b"),
+            )
+        })
         .collect();
     let first = cache
         .commit("r", &keys[0], &staged(home.path(), 1000))
@@ -106,4 +117,110 @@ fn the_least_recently_used_layers_go_first_when_over_budget() {
         .unwrap();
     assert!(first.exists() && third.exists());
     assert!(!second.exists(), "the least recently used layer is evicted");
+}
+
+/// A rustup home with `toolchains` installed, as rustup lays it out.
+fn rustup_home(dir: &Path, toolchains: &[&str]) -> std::path::PathBuf {
+    let home = dir.join("rustup");
+    std::fs::create_dir_all(home.join("update-hashes")).unwrap();
+    std::fs::write(
+        home.join("settings.toml"),
+        "default_toolchain = \"stable-x86_64-unknown-linux-gnu\"\n",
+    )
+    .unwrap();
+    for name in toolchains {
+        std::fs::create_dir_all(home.join("toolchains").join(name).join("bin")).unwrap();
+        std::fs::write(home.join("update-hashes").join(name), "hash-1").unwrap();
+    }
+    home
+}
+
+#[test]
+fn a_toolchain_upgrade_misses_naming_the_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let rustup = rustup_home(dir.path(), &["stable-x86_64-unknown-linux-gnu"]);
+    let bin = dir.path().join("cargo-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("cargo"), "proxy").unwrap();
+    let binds = vec![rustup.clone(), bin.clone()];
+    let cache = SetupCache::new(dir.path().join("layers"), u64::MAX);
+    let first = CacheKey::compute(
+        repo.path(),
+        &config("cargo fetch"),
+        &base_identity("namespaced", &binds),
+    );
+    assert!(
+        first
+            .inputs
+            .contains_key(&format!("bind:{}", rustup.display()))
+    );
+    cache.commit("r", &first, &staged(dir.path(), 10)).unwrap();
+    let same = CacheKey::compute(
+        repo.path(),
+        &config("cargo fetch"),
+        &base_identity("namespaced", &binds),
+    );
+    assert!(matches!(cache.lookup("r", &same), Lookup::Hit { .. }));
+
+    // `rustup update stable`: same toolchain name, new channel hash.
+    std::fs::write(
+        rustup.join("update-hashes/stable-x86_64-unknown-linux-gnu"),
+        "hash-2",
+    )
+    .unwrap();
+    let upgraded = CacheKey::compute(
+        repo.path(),
+        &config("cargo fetch"),
+        &base_identity("namespaced", &binds),
+    );
+    let Lookup::Miss { reasons } = cache.lookup("r", &upgraded) else {
+        panic!("a toolchain upgrade must miss")
+    };
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with(&format!("`bind:{}` changed (", rustup.display())),
+        "{reasons:?}"
+    );
+
+    // Without the binds, each is said to be gone, and the system base is unchanged.
+    let unbound = CacheKey::compute(
+        repo.path(),
+        &config("cargo fetch"),
+        &base_identity("namespaced", &[]),
+    );
+    let Lookup::Miss { reasons } = cache.lookup("r", &unbound) else {
+        panic!("dropping the binds must miss")
+    };
+    assert_eq!(
+        reasons,
+        vec![
+            format!("`bind:{}` is gone", bin.display()),
+            format!("`bind:{}` is gone", rustup.display()),
+        ]
+    );
+}
+
+#[test]
+fn a_bind_fingerprint_sees_its_top_two_levels_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    std::fs::create_dir_all(go.join("src/runtime/deep")).unwrap();
+    std::fs::create_dir_all(go.join("bin")).unwrap();
+    std::fs::write(go.join("bin/go"), "v1").unwrap();
+    let before = bind_fingerprint(&go);
+    assert_eq!(before, bind_fingerprint(&go), "a fingerprint is stable");
+    // Deeper than two levels is not looked at: a fingerprint is cheap, not a walk.
+    std::fs::write(go.join("src/runtime/deep/file.go"), "x").unwrap();
+    assert_eq!(before, bind_fingerprint(&go));
+    std::fs::write(go.join("bin/gofmt"), "v1").unwrap();
+    assert_ne!(before, bind_fingerprint(&go));
+
+    let rustup = rustup_home(dir.path(), &["1.95.0-x86_64-unknown-linux-gnu"]);
+    let before = bind_fingerprint(&rustup);
+    // rustup's downloads and scratch directories are no part of what it provides.
+    std::fs::create_dir_all(rustup.join("downloads/partial")).unwrap();
+    assert_eq!(before, bind_fingerprint(&rustup));
+    std::fs::create_dir_all(rustup.join("toolchains/nightly-x86_64-unknown-linux-gnu")).unwrap();
+    assert_ne!(before, bind_fingerprint(&rustup));
 }

@@ -64,6 +64,9 @@ pub struct RunnerConfig {
     pub layers_dir: Option<PathBuf>,
     /// How many bytes of setup layers to keep before evicting the least recently used.
     pub layers_budget: u64,
+    /// The host paths the sandbox binds read-only (the installation's toolchains, canonical):
+    /// part of what a setup layer is built on, so each is an input of its cache key.
+    pub host_binds: Vec<PathBuf>,
     pub tool_limits: ToolLimits,
     /// Refuse at submit a task whose model needs an API key the runner's provider
     /// configuration lacks. Off for a process that only queues tasks for workers elsewhere,
@@ -87,6 +90,7 @@ impl RunnerConfig {
             record_dir: None,
             layers_dir: None,
             layers_budget: 20 << 30,
+            host_binds: Vec::new(),
             tool_limits: ToolLimits::default(),
             check_provider_keys: true,
         }

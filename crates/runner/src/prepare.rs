@@ -111,7 +111,8 @@ impl Runner {
             Some("looking for a cached setup layer"),
         )
         .await?;
-        let base = nightshift_env::cache::base_identity(self.sandbox.backend());
+        let base =
+            nightshift_env::cache::base_identity(self.sandbox.backend(), &self.config.host_binds);
         let key = CacheKey::compute(run.copy.root(), &run.env.config, &base);
         let cache = SetupCache::new(dir, self.config.layers_budget);
         let repo = run.task.spec.repo.clone();

@@ -8,6 +8,7 @@ use nightshift_env::config::EnvConfig;
 
 use crate::args::{EnvArgs, EnvCommand};
 use crate::output::{Failure, print_json};
+use crate::toolchains::hints::tools_of;
 
 pub async fn run(args: EnvArgs) -> Result<ExitCode, Failure> {
     match args.command {
@@ -23,10 +24,26 @@ pub async fn run(args: EnvArgs) -> Result<ExitCode, Failure> {
                     let hint = err.hint();
                     Failure::usage(err.to_string()).with_hint(Some(hint))
                 })?;
+            let ecosystems: Vec<_> = loaded.ecosystems.iter().map(|d| d.ecosystem).collect();
+            let tools = tools_of(&ecosystems);
+            let toolchains = crate::home::Home::from_env()
+                .and_then(|home| super::doctor::toolchain_report(&home, &tools));
+            let toolchains = match toolchains {
+                Ok(report) => report,
+                Err(failure) => Some(format!("Toolchains: cannot check them: {failure}\n")),
+            };
             if json {
                 print_json(&loaded)?;
+                // Standard output stays one JSON document.
+                if let Some(text) = toolchains {
+                    eprint!("{text}");
+                }
             } else {
                 print!("{}", nightshift_env::config::describe(&loaded));
+                if let Some(text) = toolchains {
+                    println!();
+                    print!("{text}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -51,8 +68,13 @@ async fn explain(repo: std::path::PathBuf) -> Result<ExitCode, Failure> {
         println!("no setup script: tasks on this repository have no setup layer to cache");
         return Ok(ExitCode::SUCCESS);
     }
-    let backend = home.sandbox()?.backend();
-    let key = CacheKey::compute(&root, &loaded.config, &base_identity(backend));
+    let toolchains = home.host_toolchains()?;
+    let backend = home.sandbox(&toolchains)?.backend();
+    let key = CacheKey::compute(
+        &root,
+        &loaded.config,
+        &base_identity(backend, &toolchains.binds),
+    );
     println!("setup layer key {}", key.key);
     for (name, value) in &key.inputs {
         println!("  {name:<28} {}", &value[..value.len().min(16)]);

@@ -21,7 +21,7 @@ pub async fn run(args: SandboxArgs) -> Result<ExitCode, Failure> {
 
 async fn exec(args: SandboxExecArgs) -> Result<ExitCode, Failure> {
     let home = Home::from_env()?;
-    let sandbox = home.namespaced()?;
+    let sandbox = home.namespaced(&home.host_toolchains()?)?;
     let network = match args.network.trim() {
         "none" | "" => NetworkPolicy::None,
         hosts => NetworkPolicy::Allow(

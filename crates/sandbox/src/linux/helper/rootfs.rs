@@ -111,6 +111,12 @@ fn open_entries<'a>(
 ) -> Result<Vec<(PathBuf, Entry)>, String> {
     let mut entries = Vec::new();
     for path in paths {
+        // A tree the host cloned as root is the directory, whether or not the dropped uid
+        // could reach it by path (a toolchain under /root, which is 0700).
+        if let Some(tree) = handles.take(path) {
+            entries.push((path.to_path_buf(), Entry::Dir(Source::Tree(tree))));
+            continue;
+        }
         let host = reachable(path, base);
         let Ok(meta) = std::fs::symlink_metadata(&host) else {
             continue;
