@@ -428,7 +428,11 @@ test = "cargo test --offline --locked"
     assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
     let outputs = shell_outputs(&events);
     assert!(outputs[0].contains("test result: FAILED"), "{}", outputs[0]);
-    assert!(outputs[1].contains("test result: ok. 1 passed"), "{}", outputs[1]);
+    assert!(
+        outputs[1].contains("test result: ok. 1 passed"),
+        "{}",
+        outputs[1]
+    );
     let check = events
         .iter()
         .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
