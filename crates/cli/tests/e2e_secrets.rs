@@ -167,9 +167,32 @@ async fn a_secret_at_the_end_of_a_large_file_is_found_too() {
         task["error"]
             .as_str()
             .unwrap()
-            .contains("wrote the value of secret NPM_TOKEN into the workspace (vendor.bin)"),
+            .contains("wrote the value of secret NPM_TOKEN into its layer (workspace/vendor.bin)"),
         "{task}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_written_into_home_by_setup_is_not_cached_either() {
+    // HOME is part of the layer now: an .npmrc holding the token would be served to every
+    // later task of the repository.
+    let (ns, _server, task) = task_with_setup_given_the_token(
+        "echo //registry.npmjs.org/:_authToken=$NPM_TOKEN > ~/.npmrc",
+    )
+    .await;
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("into its layer (home/.npmrc)") && error.contains("discarded"),
+        "{task}"
+    );
+    let layers = ns.home.path().join("layers");
+    let kept = std::fs::read_dir(&layers)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join("layer").exists())
+        .count();
+    assert_eq!(kept, 0, "no layer kept");
 }
 
 #[tokio::test(flavor = "multi_thread")]

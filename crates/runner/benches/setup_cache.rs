@@ -6,7 +6,12 @@
 //! (none here). Real git repositories, the real namespaced sandbox (this binary is also its
 //! helper), a SQLite store, and a scripted model on loopback that answers `finish` at once.
 //!
-//! Run: `cargo bench -p nightshift-runner --bench setup_cache` (RUNS=N, SETUP_SECONDS=S).
+//! With `RUST_CRATE=1`, also a real Rust crate: dependencies from crates.io (this reaches
+//! crates.io through the egress proxy), `cargo fetch` as setup with the host's rustup bound in,
+//! the layer's size, and a warm start over it.
+//!
+//! Run: `cargo bench -p nightshift-runner --bench setup_cache` (RUNS=N, SETUP_SECONDS=S,
+//! RUST_CRATE=1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,6 +90,53 @@ async fn start_ms(runner: &Runner, store: &Arc<dyn Store>, repo: &Path) -> f64 {
     asked.duration_since(claimed).as_secs_f64() * 1000.0
 }
 
+/// A crate with a few common dependencies from crates.io, its lockfile made here.
+fn rust_crate(cargo: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        "[package]\nname = \"bench-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\n\
+         regex = \"1\"\nanyhow = \"1\"\nclap = { version = \"4\", features = [\"derive\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
+    std::fs::write(
+        root.join(".nightshift.toml"),
+        "[environment]\nsetup = \"cargo fetch --locked\"\n",
+    )
+    .unwrap();
+    let locked = Command::new(cargo)
+        .arg("generate-lockfile")
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(locked.success());
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["add", "."]);
+    git(root, &["commit", "-q", "-m", "init"]);
+    dir
+}
+
+/// Bytes under `path`, links not followed.
+fn size_of(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 fn summary(name: &str, mut samples: Vec<f64>) {
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
@@ -120,7 +172,20 @@ fn main() {
         let home = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home.path()).await.unwrap());
         let helper = HelperCommand::current_exe().unwrap();
-        let sandbox = Arc::new(Namespaced::new(NamespacedConfig::new(helper, home.path().join("sandbox"))));
+        let mut sandbox_config = NamespacedConfig::new(helper, home.path().join("sandbox"));
+        // The host's rustup, as `[sandbox] binds` would give it (for RUST_CRATE).
+        let user_home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+        let cargo = user_home.join(".cargo/bin/cargo");
+        let rust_crate_wanted = std::env::var("RUST_CRATE").is_ok_and(|v| v == "1");
+        if rust_crate_wanted {
+            sandbox_config.ro_binds = vec![user_home.join(".rustup"), user_home.join(".cargo/bin")];
+            sandbox_config.path_prefix = vec![user_home.join(".cargo/bin")];
+            sandbox_config.env = vec![
+                ("RUSTUP_HOME".into(), user_home.join(".rustup").display().to_string()),
+                ("CARGO_HOME".into(), "/home/agent/.cargo".into()),
+            ];
+        }
+        let sandbox = Arc::new(Namespaced::new(sandbox_config));
         let mut config = RunnerConfig::new(home.path().join("work"), "bench".into());
         config.layers_dir = Some(home.path().join("layers"));
         let providers = ProviderConfig { openai_base_url: Some(server.base_url()), ..ProviderConfig::default() };
@@ -152,5 +217,20 @@ fn main() {
         };
         println!("warm minus no setup, medians: {:.1} ms (goal: under 100 ms)", median(warm.clone()) - median(no_setup));
         println!("cold / warm, medians: {:.0}x", cold / median(warm));
+
+        if rust_crate_wanted {
+            let krate = rust_crate(&cargo);
+            let before = size_of(&home.path().join("layers"));
+            let cold = start_ms(&runner, &store, krate.path()).await;
+            let layer_bytes = size_of(&home.path().join("layers")) - before;
+            let mut warm = Vec::new();
+            for _ in 0..runs {
+                warm.push(start_ms(&runner, &store, krate.path()).await);
+            }
+            println!("rust crate (serde, serde_json, regex, anyhow, clap; `cargo fetch`):");
+            summary("rust crate, cold (cargo fetch runs)", vec![cold]);
+            summary("rust crate, warm (layer mounted)", warm.clone());
+            println!("rust crate layer: {:.1} MiB", layer_bytes as f64 / (1 << 20) as f64);
+        }
     });
 }
