@@ -86,7 +86,43 @@ async fn unprivileged_child() {
         return;
     };
     assert!(!nix::unistd::geteuid().is_root());
-    let backend = Namespaced::new(NamespacedConfig::new(helper(), PathBuf::from(state)));
+    let state = PathBuf::from(state);
+    let workspace = PathBuf::from(workspace);
+    let backend = Namespaced::new(NamespacedConfig::new(helper(), &state));
+
+    // Setup runs as root inside, with the one id mapped: its HOME is kept, the system stays
+    // read-only, and later sessions own what it made.
+    let setup = backend
+        .start_with(
+            SessionSpec::new(&workspace),
+            SessionOptions {
+                root: true,
+                ..SessionOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let out = run(
+        &setup,
+        "id -u; echo kept > ~/from-setup; touch /usr/x 2>/dev/null || echo usr-read-only",
+    )
+    .await;
+    assert_eq!(out.output, "0\nusr-read-only\n");
+    let layer = state.parent().unwrap().join("layer");
+    setup.close_keeping_changes(&layer).await.unwrap();
+    let spec = SessionSpec {
+        layers: vec![layer.clone()],
+        ..SessionSpec::new(&workspace)
+    };
+    let later = backend
+        .start_with(spec, SessionOptions::default())
+        .await
+        .unwrap();
+    let out = run(&later, "cat ~/from-setup; stat -c %u ~/from-setup").await;
+    assert_eq!(out.output, "kept\n1000\n");
+    later.close().await.unwrap();
+    std::fs::remove_dir_all(&layer).unwrap();
+
     let session = backend
         .start_with(SessionSpec::new(workspace), SessionOptions::default())
         .await
