@@ -239,12 +239,45 @@ pub struct SecretArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
-    /// Store a secret; its value is read from standard input (one line, or all of it).
-    Set { name: String },
-    /// List the secrets' names (never their values).
+    /// Store a secret; its value is read from standard input (one line, or all of it). A new
+    /// secret must say which repositories' tasks may use it.
+    Set {
+        name: String,
+        #[command(flatten)]
+        repos: RepoGrants,
+    },
+    /// Let more repositories' tasks use a secret.
+    Grant {
+        name: String,
+        #[command(flatten)]
+        repos: RepoGrants,
+    },
+    /// Take repositories from a secret's grants.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        repos: RepoGrants,
+    },
+    /// List the secrets' names and grants (never their values).
     Ls,
     /// Delete a secret.
     Rm { name: String },
+}
+
+/// The repositories a secret is granted to (or revoked from).
+#[derive(Debug, Args, Clone, Default)]
+pub struct RepoGrants {
+    /// A repository whose tasks may use the secret: a local repository's path (any directory in
+    /// it), or its URL. Repeat for several.
+    #[arg(
+        long = "repo",
+        value_name = "PATH_OR_URL",
+        conflicts_with = "all_repos"
+    )]
+    pub repos: Vec<String>,
+    /// Every repository, present and future: an explicit choice.
+    #[arg(long)]
+    pub all_repos: bool,
 }
 
 #[derive(Debug, Args)]

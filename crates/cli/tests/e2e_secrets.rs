@@ -15,9 +15,16 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "tok-5ecr3t-0123456789";
 
+/// `secret set NAME --all-repos`, the value on standard input.
 fn set_secret(ns: &Nightshift, name: &str, value: &str) {
+    set_secret_with(ns, name, value, &["--all-repos"]);
+}
+
+fn set_secret_with(ns: &Nightshift, name: &str, value: &str, grants: &[&str]) {
+    let mut args = vec!["secret", "set", name];
+    args.extend_from_slice(grants);
     let mut child = ns
-        .command(&["secret", "set", name])
+        .command(&args)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -391,4 +398,96 @@ async fn a_follow_up_does_not_take_the_configuration_its_agent_wrote() {
     assert!(events.iter().all(|e| e["type"] != "egress"), "{events:#?}");
     assert!(other_seen.lock().unwrap().is_empty());
     assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_reaches_only_the_repositories_it_is_granted_to() {
+    let granted = repo_with_secret_setup();
+    let other = repo_with_secret_setup();
+    let (ns, _server) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "looked"}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "looked"}}]}}
+    ])))
+    .await;
+    // A new secret must say which repositories may use it.
+    let refused = ns.run(&["secret", "set", "NPM_TOKEN"]).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("--repo PATH_OR_URL"),
+        "{}",
+        stderr(&refused)
+    );
+    // Granted by a directory inside the repository: the grant is its top level.
+    let inside = granted.path().join("sub");
+    std::fs::create_dir(&inside).unwrap();
+    set_secret_with(&ns, "NPM_TOKEN", TOKEN, &["--repo", path_str(&inside)]);
+    let listed = stdout(&ns.run(&["secret", "ls"]).await);
+    let top = std::fs::canonicalize(granted.path()).unwrap();
+    assert!(
+        listed.contains(&format!("for {}", top.display())),
+        "{listed}"
+    );
+
+    // The other repository's configuration names the secret too: it gets nothing, and the
+    // task fails before anything runs, saying how to grant it.
+    let (out, task) = ns.wait_task(other.path(), "look").await;
+    assert_eq!(out.status.code(), Some(1));
+    let error = task["error"].as_str().unwrap();
+    assert!(error.contains("not granted to this repository"), "{task}");
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "command_finished" && e["phase"] == "setup"),
+        "setup must not run"
+    );
+    let hinted = events.iter().any(|e| {
+        e["hint"]
+            .as_str()
+            .is_some_and(|hint| hint.contains("nightshift secret grant NPM_TOKEN --repo"))
+    });
+    assert!(hinted, "{events:?}");
+
+    // The granted repository's setup gets it.
+    let (out, task) = ns.wait_task(granted.path(), "look").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json_logs = stdout(
+        &ns.run(&["logs", task["id"].as_str().unwrap(), "--json"])
+            .await,
+    );
+    assert!(
+        json_logs.contains("the token is [secret:NPM_TOKEN]"),
+        "{json_logs}"
+    );
+
+    // Granting the other one, then revoking it again.
+    let grant = ns
+        .run(&[
+            "secret",
+            "grant",
+            "NPM_TOKEN",
+            "--repo",
+            path_str(other.path()),
+        ])
+        .await;
+    assert!(grant.status.success(), "{}", stderr(&grant));
+    let revoke = ns
+        .run(&[
+            "secret",
+            "revoke",
+            "NPM_TOKEN",
+            "--repo",
+            path_str(granted.path()),
+        ])
+        .await;
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    let listed = stdout(&ns.run(&["secret", "ls"]).await);
+    let other_top = std::fs::canonicalize(other.path()).unwrap();
+    assert!(
+        listed.contains(&format!("for {}", other_top.display()))
+            && !listed.contains(&top.display().to_string()),
+        "{listed}"
+    );
+    let unknown = ns.run(&["secret", "grant", "NOPE", "--all-repos"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
 }

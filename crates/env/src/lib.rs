@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod config;
 mod git;
+pub mod grants;
 mod repo;
 pub mod secrets;
 mod slug;

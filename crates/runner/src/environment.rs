@@ -320,19 +320,73 @@ pub(crate) struct TaskSecrets {
     pub credentials: Vec<Credential>,
 }
 
+/// A stored secret, unsealed, with the repositories it is granted to.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredSecret {
+    pub name: String,
+    pub value: String,
+    pub repos: Vec<String>,
+}
+
+/// Why a task cannot have the secrets its configuration names.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SecretsRefused {
+    /// Not stored at all.
+    pub missing: Vec<String>,
+    /// Stored, but not granted to the task's repository.
+    pub ungranted: Vec<String>,
+}
+
+impl SecretsRefused {
+    /// The task's error and the hint that says how to fix it.
+    pub(crate) fn explain(&self, repo: &str) -> (String, String) {
+        let mut problems = Vec::new();
+        if !self.missing.is_empty() {
+            problems.push(format!(
+                "names the secret(s) {}, which are not set",
+                self.missing.join(", ")
+            ));
+        }
+        if !self.ungranted.is_empty() {
+            problems.push(format!(
+                "names the secret(s) {}, which are not granted to this repository ({repo})",
+                self.ungranted.join(", ")
+            ));
+        }
+        let message = format!("the configuration {}", problems.join(", and "));
+        let hint = match (self.missing.first(), self.ungranted.first()) {
+            (Some(name), _) => format!(
+                "set each with `nightshift secret set NAME --repo {repo}` (the value is read from stdin), e.g. `nightshift secret set {name} --repo {repo}`"
+            ),
+            (None, Some(name)) => format!(
+                "a secret reaches only the repositories it is granted to: `nightshift secret grant {name} --repo {repo}` (or `--all-repos`), if this repository's tasks should have it"
+            ),
+            (None, None) => String::new(),
+        };
+        (message, hint)
+    }
+}
+
 /// The secrets the configuration names, as setup's environment variables and the egress
-/// proxy's credentials, or the names of those that are not set.
+/// proxy's credentials, or why some cannot be given: not stored, or not granted to `repo`
+/// (the task's repository). The repository's configuration only asks; the grants decide.
 pub(crate) fn task_secrets(
     loaded: &Loaded,
-    secrets: &[(String, String)],
-) -> Result<TaskSecrets, Vec<String>> {
+    secrets: &[StoredSecret],
+    repo: &str,
+) -> Result<TaskSecrets, SecretsRefused> {
     let mut task = TaskSecrets::default();
-    let mut missing = Vec::new();
+    let mut refused = SecretsRefused::default();
     for spec in &loaded.config.secrets {
-        let Some((_, value)) = secrets.iter().find(|(name, _)| *name == spec.name) else {
-            missing.push(spec.name.clone());
+        let Some(stored) = secrets.iter().find(|stored| stored.name == spec.name) else {
+            refused.missing.push(spec.name.clone());
             continue;
         };
+        if !nightshift_env::grants::granted(&stored.repos, repo) {
+            refused.ungranted.push(spec.name.clone());
+            continue;
+        }
+        let value = &stored.value;
         match &spec.scope {
             SecretScope::Setup => task.setup_env.push((spec.name.clone(), value.clone())),
             SecretScope::Proxy {
@@ -347,10 +401,10 @@ pub(crate) fn task_secrets(
             }),
         }
     }
-    if missing.is_empty() {
+    if refused == SecretsRefused::default() {
         Ok(task)
     } else {
-        Err(missing)
+        Err(refused)
     }
 }
 

@@ -263,22 +263,22 @@ impl Runner {
             loaded.config.network.setup.clear();
         }
         let secrets = self.load_secrets(log).await?;
-        log.redact_with(Redactor::new(&secrets));
+        // Every stored secret is redacted, whichever this task may use.
+        let values: Vec<(String, String)> = secrets
+            .iter()
+            .map(|stored| (stored.name.clone(), stored.value.clone()))
+            .collect();
+        log.redact_with(Redactor::new(&values));
         let task_secrets = match trusted {
             false => Ok(environment::TaskSecrets::default()),
-            true => environment::task_secrets(&loaded, &secrets),
+            true => environment::task_secrets(&loaded, &secrets, &task.spec.repo),
         };
         let task_secrets = match task_secrets {
             Ok(task_secrets) => task_secrets,
-            Err(missing) => {
+            Err(refused) => {
                 let _ = copy.remove().await;
-                return fail(
-                    log,
-                    ErrorKind::InvalidInput,
-                    format!("the configuration names the secret(s) {}, which are not set", missing.join(", ")),
-                    Some(format!("set each with `nightshift secret set NAME` (the value is read from stdin), e.g. `nightshift secret set {}`", missing[0])),
-                )
-                .await;
+                let (message, hint) = refused.explain(&task.spec.repo);
+                return fail(log, ErrorKind::InvalidInput, message, Some(hint)).await;
             }
         };
         let backend = (!self.sandbox.credentials()).then(|| self.sandbox.backend());
@@ -501,7 +501,10 @@ impl Runner {
         Ok(false)
     }
 
-    async fn load_secrets(&self, log: &TaskLog) -> Result<Vec<(String, String)>, SinkError> {
+    async fn load_secrets(
+        &self,
+        log: &TaskLog,
+    ) -> Result<Vec<environment::StoredSecret>, SinkError> {
         let sealed = match self.store.secrets().await {
             Ok(sealed) => sealed,
             Err(err) => {
@@ -525,7 +528,11 @@ impl Runner {
         let mut secrets = Vec::new();
         for secret in sealed {
             match key.unseal(&secret.name, &secret.sealed) {
-                Ok(value) => secrets.push((secret.name, value)),
+                Ok(value) => secrets.push(environment::StoredSecret {
+                    name: secret.name,
+                    value,
+                    repos: secret.repos,
+                }),
                 Err(err) => {
                     log.append(Event::Warning {
                         message: err.to_string(),

@@ -41,12 +41,15 @@ pub struct TaskFilter {
     pub limit: u32,
 }
 
-/// A secret as stored: its name and its encrypted value.
+/// A secret as stored: its name, its encrypted value, and the repositories it is granted to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedSecret {
     pub name: String,
     pub sealed: Vec<u8>,
     pub updated_at: jiff::Timestamp,
+    /// The repositories whose tasks may use it, as the caller identified them (`*` for every
+    /// repository); none for a secret stored before grants existed.
+    pub repos: Vec<String>,
 }
 
 /// What happened when cancellation was asked for.
@@ -207,4 +210,8 @@ pub trait Store: Send + Sync {
 
     /// Deletes the secret `name`. Returns false if there was none.
     async fn delete_secret(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Replaces the repositories the secret `name` is granted to. Returns false if there is no
+    /// such secret. Storing a new value ([`Store::put_secret`]) keeps them.
+    async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError>;
 }

@@ -533,6 +533,21 @@ impl Store for PostgresStore {
             })?;
         Ok(deleted.rows_affected() == 1)
     }
+
+    async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError> {
+        semantics::check_secret_name(name)?;
+        let json = serde_json::to_string(repos)
+            .map_err(|err| StoreError::corrupt(format!("secret {name}'s repositories ({err})")))?;
+        let updated = sqlx::query(queries::SET_SECRET_REPOS)
+            .bind(name)
+            .bind(json)
+            .execute(&self.pool)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("granting the secret `{name}`"), cause)
+            })?;
+        Ok(updated.rows_affected() == 1)
+    }
 }
 
 /// Tells listening workers that a task was queued; delivered when the transaction commits.

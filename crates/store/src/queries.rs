@@ -136,7 +136,11 @@ pub(crate) const PUT_SECRET: &str = "INSERT INTO secrets (name, sealed, updated_
      ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at";
 
 /// Byte order of the names on both (PostgreSQL's column is `COLLATE "C"`).
-pub(crate) const SECRETS: &str = "SELECT name, sealed, updated_at FROM secrets ORDER BY name";
+pub(crate) const SECRETS: &str =
+    "SELECT name, sealed, updated_at, repos FROM secrets ORDER BY name";
+
+/// `$1` name, `$2` the repositories (JSON).
+pub(crate) const SET_SECRET_REPOS: &str = "UPDATE secrets SET repos = $2 WHERE name = $1";
 
 /// `$1` name.
 pub(crate) const DELETE_SECRET: &str = "DELETE FROM secrets WHERE name = $1";

@@ -277,16 +277,21 @@ pub(crate) struct SecretRow {
     name: String,
     sealed: Vec<u8>,
     updated_at: i64,
+    repos: String,
 }
 
 impl SecretRow {
     pub(crate) fn into_secret(self) -> Result<SealedSecret, StoreError> {
+        let repos = serde_json::from_str(&self.repos).map_err(|err| {
+            StoreError::corrupt(format!("secret {}'s repositories ({err})", self.name))
+        })?;
         Ok(SealedSecret {
             updated_at: from_millis(self.updated_at, || {
                 format!("secret {}'s updated_at", self.name)
             })?,
             name: self.name,
             sealed: self.sealed,
+            repos,
         })
     }
 }

@@ -501,6 +501,21 @@ impl Store for SqliteStore {
             })?;
         Ok(deleted.rows_affected() == 1)
     }
+
+    async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError> {
+        semantics::check_secret_name(name)?;
+        let json = serde_json::to_string(repos)
+            .map_err(|err| StoreError::corrupt(format!("secret {name}'s repositories ({err})")))?;
+        let updated = sqlx::query(queries::SET_SECRET_REPOS)
+            .bind(name)
+            .bind(json)
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("granting the secret `{name}`"), cause)
+            })?;
+        Ok(updated.rows_affected() == 1)
+    }
 }
 
 /// Appends `event` with the task's next sequence number. One statement computes the number and

@@ -174,8 +174,42 @@ async fn secrets_survive_reopening_the_store(mut t: TestStore) {
             name: "DEPLOY_KEY".into(),
             sealed: bytes,
             updated_at: stored[0].updated_at,
+            repos: vec![],
         }]
     );
+}
+
+async fn grants_are_replaced_and_survive_a_new_value(t: TestStore) {
+    t.store.put_secret("NPM_TOKEN", b"v1").await.unwrap();
+    assert_eq!(
+        t.store.secrets().await.unwrap()[0].repos,
+        Vec::<String>::new()
+    );
+    let repos = vec![
+        "/src/app".to_string(),
+        "https://example.com/org/repo".to_string(),
+    ];
+    assert!(t.store.set_secret_repos("NPM_TOKEN", &repos).await.unwrap());
+    assert_eq!(t.store.secrets().await.unwrap()[0].repos, repos);
+    // A new value keeps the grants.
+    t.store.put_secret("NPM_TOKEN", b"v2").await.unwrap();
+    let listed = t.store.secrets().await.unwrap();
+    assert_eq!(
+        (listed[0].sealed.as_slice(), &listed[0].repos),
+        (&b"v2"[..], &repos)
+    );
+    assert!(
+        t.store
+            .set_secret_repos("NPM_TOKEN", &["*".into()])
+            .await
+            .unwrap()
+    );
+    assert_eq!(t.another().await.secrets().await.unwrap()[0].repos, ["*"]);
+    assert!(!t.store.set_secret_repos("MISSING", &repos).await.unwrap());
+    assert!(matches!(
+        t.store.set_secret_repos("bad name", &repos).await,
+        Err(StoreError::InvalidSecretName { .. })
+    ));
 }
 
 on_every_backend!(
@@ -185,4 +219,5 @@ on_every_backend!(
     bad_names_are_refused_and_nothing_is_stored,
     bytes_round_trip_exactly,
     secrets_survive_reopening_the_store,
+    grants_are_replaced_and_survive_a_new_value,
 );
