@@ -491,3 +491,127 @@ async fn a_secret_reaches_only_the_repositories_it_is_granted_to() {
     let unknown = ns.run(&["secret", "grant", "NOPE", "--all-repos"]).await;
     assert_eq!(unknown.status.code(), Some(2));
 }
+
+/// What `script` prints on the host with `$T` set to the token: the forms the agent's
+/// commands below produce, computed the same way.
+fn host_shell(script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .env("T", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Transformations of a setup secret the agent read from a file: base64 at each alignment,
+/// reversed, hex, URL-encoded, wrapped over lines.
+const TRANSFORMS: [&str; 7] = [
+    "printf %s \"$T\" | base64",
+    "printf %s \"$T\" | rev",
+    "printf %s \"$T\" | xxd -p",
+    "printf %s \"$T\" | xxd -p -c 8",
+    "printf 'x%s' \"$T\" | base64 -w 16",
+    "printf 'xy%s!' \"$T\" | base64 | tr '+/' '-_'",
+    "printf %s \"$T\" | od -An -tx1 | tr -d '\\n' | sed 's/ /%/g'",
+];
+
+/// A repository whose setup leaves NPM_TOKEN in a file of its layer, compressed: the layer's
+/// scan cannot see it there, so the layer is kept and the agent can read the value.
+fn repo_with_a_compressed_token() -> tempfile::TempDir {
+    buggy_repo_with_config(
+        "[environment]\nsetup = \"echo $NPM_TOKEN | gzip > token.gz\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
+    )
+}
+
+/// Whether any 12 consecutive characters of a form (line breaks taken out) are in `text`.
+fn holds_a_piece_of(text: &str, form: &str) -> bool {
+    let form: Vec<char> = form.chars().filter(|c| !c.is_whitespace()).collect();
+    form.windows(12)
+        .any(|window| text.contains(&window.iter().collect::<String>()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_the_agent_encodes_or_reverses_is_redacted_in_every_form() {
+    let repo = repo_with_a_compressed_token();
+    let commands: Vec<String> = TRANSFORMS
+        .iter()
+        .map(|transform| format!("T=$(zcat token.gz); {transform}; echo"))
+        .collect();
+    let (ns, model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": commands.join("; ")}}]}},
+        {"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "notes.txt", "content": "looked at the token\n"}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "encoded it"}}]}}
+    ])))
+    .await;
+    set_secret(&ns, "NPM_TOKEN", TOKEN);
+    let (out, task) = ns.wait_task(repo.path(), "encode").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = task["id"].as_str().unwrap();
+
+    let events = ns.events(id).await;
+    let output = shell_output(&events);
+    // The agent had the value, in each form, and every one came out redacted.
+    assert_eq!(
+        output.matches("[secret:NPM_TOKEN]").count(),
+        TRANSFORMS.len(),
+        "{output}"
+    );
+    let logs = stdout(&ns.run(&["logs", id, "--json"]).await);
+    let diff = ns.run(&["diff", id]).await;
+    assert!(diff.status.success(), "{}", stderr(&diff));
+    let diff = stdout(&diff);
+    assert!(diff.contains("looked at the token"), "{diff}");
+    let sent = serde_json::to_string(&model.requests()).unwrap();
+    assert_eq!(model.served(), 3);
+    for transform in TRANSFORMS {
+        let form = host_shell(transform);
+        for (place, text) in [("logs", &logs), ("diff", &diff), ("model requests", &sent)] {
+            assert!(
+                !holds_a_piece_of(text, &form),
+                "`{transform}` ({form}) is in the {place}: {text}"
+            );
+        }
+        let line = form.lines().next().unwrap_or_default();
+        let found = files_containing(ns.home.path(), line);
+        assert!(found.is_empty(), "`{transform}` is in {found:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encoded_secret_in_a_binary_file_or_a_commit_message_is_not_committed() {
+    let repo = repo_with_a_compressed_token();
+    let before = git(
+        repo.path(),
+        &["for-each-ref", "--format=%(refname)", "refs/heads/"],
+    );
+    // A patch compresses a binary file; the agent's own commit carries a message, and the
+    // file is gone again from the last tree.
+    let command = "T=$(zcat token.gz); { printf '\\000'; printf %s \"$T\" | base64; } > blob.bin; \
+                   git add blob.bin && git -c user.name=a -c user.email=a@a commit -qm \"$(printf %s \"$T\" | xxd -p)\"; \
+                   git rm -q blob.bin";
+    let (ns, _model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": command}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "hid it"}}]}}
+    ])))
+    .await;
+    set_secret(&ns, "NPM_TOKEN", TOKEN);
+    let (out, task) = ns.wait_task(repo.path(), "hide").await;
+    assert_eq!(out.status.code(), Some(1), "{task}");
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .contains("contains the value of secret NPM_TOKEN"),
+        "{task}"
+    );
+    assert_eq!(
+        git(
+            repo.path(),
+            &["for-each-ref", "--format=%(refname)", "refs/heads/"]
+        ),
+        before
+    );
+    let diff = ns.run(&["diff", task["id"].as_str().unwrap()]).await;
+    assert!(!stdout(&diff).contains("blob.bin"), "{}", stdout(&diff));
+}

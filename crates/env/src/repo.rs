@@ -9,7 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::git::{GitError, git};
+use crate::git::{GitError, git, git_streamed};
+use crate::secrets::Redactor;
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +232,7 @@ fn short_git_reason(err: &GitError) -> String {
             .unwrap_or("git refused")
             .trim_start_matches("fatal: ")
             .into(),
-        GitError::Spawn(_) => err.to_string(),
+        GitError::Spawn(_) | GitError::Read { .. } => err.to_string(),
     }
 }
 
@@ -284,6 +285,43 @@ impl WorkingCopy {
     /// The change from the base to `head`, as a patch `git apply` takes.
     pub async fn diff(&self, head: &str) -> Result<String, EnvError> {
         Ok(git(&self.root, ["diff", "--binary", &self.base_commit, head]).await?)
+    }
+
+    /// The names of the secrets `redactor` finds, in any form, in what the commits from the
+    /// base to `head` would bring into the source repository: every new object's bytes as they
+    /// are, so binary files (which a patch compresses), file names, commit messages and
+    /// authors, and each commit on the way, not only the last (a value committed and removed
+    /// again is still in the branch's history).
+    pub async fn secrets_in_commits(
+        &self,
+        head: &str,
+        redactor: &Redactor,
+    ) -> Result<Vec<String>, EnvError> {
+        if redactor.is_empty() {
+            return Ok(Vec::new());
+        }
+        let range = format!("{}..{head}", self.base_commit);
+        let mut objects = git(
+            &self.root,
+            ["rev-list", "--objects", "--no-object-names", &range],
+        )
+        .await?;
+        objects.push('\n');
+        let (root, redactor) = (self.root.clone(), redactor.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            git_streamed(
+                &root,
+                &["cat-file", "--batch"],
+                objects.into_bytes(),
+                |out| redactor.names_in_reader(std::io::BufReader::with_capacity(1 << 16, out)),
+            )
+        })
+        .await
+        .map_err(|err| EnvError::Io {
+            what: "checking the result for secrets".into(),
+            source: std::io::Error::other(err.to_string()),
+        })??;
+        Ok(found)
     }
 
     /// Files, insertions and deletions from the base to `head`.

@@ -4,13 +4,14 @@
 //! Values are sealed with XChaCha20-Poly1305 under a key kept apart from the store: the store
 //! (SQLite or PostgreSQL) only ever holds sealed bytes, and the secret's name is bound into
 //! each seal so a sealed value cannot be passed off as another secret. Before anything a task
-//! produces is stored (events, logs, artifacts, diffs), a [`Redactor`] replaces every secret
-//! value in it by `[secret:NAME]`.
+//! produces is stored (events, logs, artifacts, diffs) or sent to the model, a [`Redactor`]
+//! replaces every secret value in it, plain or trivially encoded, by `[secret:NAME]`.
 
-use std::borrow::Cow;
+mod forms;
+mod redact;
+
 use std::path::{Path, PathBuf};
 
-use aho_corasick::AhoCorasick;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
@@ -19,6 +20,8 @@ const SEAL_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 /// Values shorter than this cannot be redacted reliably (they occur everywhere by chance).
 pub const MIN_SECRET_LEN: usize = 6;
+
+pub use redact::{Redactor, WITHHELD};
 
 /// What can go wrong with secrets.
 #[derive(Debug, thiserror::Error)]
@@ -174,124 +177,12 @@ pub fn validate(name: &str, value: &str) -> Result<(), SecretError> {
     Ok(())
 }
 
-/// Replaces secret values in text by `[secret:NAME]`.
-#[derive(Clone)]
-pub struct Redactor {
-    matcher: Option<AhoCorasick>,
-    /// The same values for searching a stream (leftmost-longest matching cannot stream).
-    detector: Option<AhoCorasick>,
-    replacements: Vec<String>,
-    names: Vec<String>,
-}
-
-impl Redactor {
-    /// A redactor for these `(name, value)` pairs. Longer values win where they overlap.
-    pub fn new(secrets: &[(String, String)]) -> Redactor {
-        let mut secrets: Vec<&(String, String)> = secrets
-            .iter()
-            .filter(|(_, value)| value.len() >= MIN_SECRET_LEN)
-            .collect();
-        secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
-        let matcher = (!secrets.is_empty())
-            .then(|| {
-                aho_corasick::AhoCorasickBuilder::new()
-                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-                    .build(secrets.iter().map(|(_, value)| value.as_str()))
-                    .ok()
-            })
-            .flatten();
-        let detector = (!secrets.is_empty())
-            .then(|| AhoCorasick::new(secrets.iter().map(|(_, value)| value.as_str())).ok())
-            .flatten();
-        Redactor {
-            matcher,
-            detector,
-            replacements: secrets
-                .iter()
-                .map(|(name, _)| format!("[secret:{name}]"))
-                .collect(),
-            names: secrets.iter().map(|(name, _)| name.clone()).collect(),
-        }
-    }
-
-    /// No secrets to redact.
-    pub fn none() -> Redactor {
-        Redactor::new(&[])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.matcher.is_none()
-    }
-
-    /// `text` with every secret value replaced.
-    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        match &self.matcher {
-            Some(matcher) if matcher.is_match(text) => {
-                Cow::Owned(matcher.replace_all(text, &self.replacements))
-            }
-            _ => Cow::Borrowed(text),
-        }
-    }
-
-    /// The name of a secret whose value occurs in what `reader` yields, read through once in
-    /// pieces (a value split between two reads is found too).
-    pub fn found_in_reader(&self, reader: impl std::io::Read) -> std::io::Result<Option<String>> {
-        let Some(detector) = &self.detector else {
-            return Ok(None);
-        };
-        match detector.stream_find_iter(reader).next() {
-            Some(found) => Ok(Some(self.names[found?.pattern().as_usize()].clone())),
-            None => Ok(None),
-        }
-    }
-
-    /// The names of the secrets whose values occur in `text`.
-    pub fn found_in(&self, text: &str) -> Vec<String> {
-        let Some(matcher) = &self.matcher else {
-            return Vec::new();
-        };
-        let mut found: Vec<String> = matcher
-            .find_iter(text)
-            .map(|m| self.names[m.pattern().as_usize()].clone())
-            .collect();
-        found.sort();
-        found.dedup();
-        found
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(dir: &Path) -> SecretKey {
         SecretKey::load(None, &dir.join("keys/secrets.key")).unwrap()
-    }
-
-    #[test]
-    fn secrets_are_found_across_reads_of_a_stream() {
-        let redactor = Redactor::new(&[("TOKEN".into(), "s3cr3t-value-42".into())]);
-        let mut data = vec![b'x'; (1 << 16) - 5];
-        data.extend_from_slice(b"s3cr3t-value-42 and more");
-        // A reader that hands out a few bytes at a time: the value spans many reads.
-        struct Trickle<'a>(&'a [u8]);
-        impl std::io::Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(7).min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
-        assert_eq!(
-            redactor.found_in_reader(Trickle(&data)).unwrap(),
-            Some("TOKEN".into())
-        );
-        assert_eq!(
-            redactor.found_in_reader(&b"nothing here"[..]).unwrap(),
-            None
-        );
-        assert_eq!(Redactor::none().found_in_reader(&data[..]).unwrap(), None);
     }
 
     #[test]
@@ -337,25 +228,6 @@ mod tests {
         let other = SecretKey::load(Some(&"ab".repeat(32)), &path).unwrap();
         assert!(other.unseal("A", &sealed).is_err());
         assert!(SecretKey::load(Some("xyz"), &path).is_err());
-    }
-
-    #[test]
-    fn redacts_every_value_longest_first() {
-        let redactor = Redactor::new(&[
-            ("SHORT".into(), "abcdef".into()),
-            ("LONG".into(), "abcdefghij".into()),
-            ("TINY".into(), "ab".into()),
-        ]);
-        assert_eq!(
-            redactor.redact("x abcdefghij y abcdef z ab"),
-            "x [secret:LONG] y [secret:SHORT] z ab"
-        );
-        assert!(matches!(redactor.redact("nothing here"), Cow::Borrowed(_)));
-        assert_eq!(
-            redactor.found_in("abcdef and abcdefghij"),
-            vec!["LONG".to_string(), "SHORT".to_string()]
-        );
-        assert!(Redactor::none().is_empty());
     }
 
     #[test]

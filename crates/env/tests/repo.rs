@@ -208,3 +208,69 @@ async fn an_update_moves_a_branch_only_forward() {
     );
     assert_eq!(git(src, &["rev-parse", "nightshift/x"]), theirs);
 }
+
+#[tokio::test]
+async fn secrets_are_found_anywhere_in_the_commits_of_a_result() {
+    use nightshift_env::secrets::Redactor;
+    const TOKEN: &str = "tok-5ecr3t-0123456789";
+    let source_dir = sample_repo();
+    let src = source_dir.path();
+    // Before the base: not the task's doing, and already in the source.
+    std::fs::write(src.join("old.txt"), format!("{TOKEN}\n")).unwrap();
+    git(src, &["add", "."]);
+    git(src, &["commit", "-q", "-m", "an old mistake"]);
+    let source = SourceRepo::open(src).await.unwrap();
+    let base = source.resolve_base(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let copy = source
+        .checkout(&base, &work.path().join("wc"))
+        .await
+        .unwrap();
+    let wc = copy.root();
+    let redactor = Redactor::new(&[("TOKEN".into(), TOKEN.into())]);
+    let commit = |message: &str| {
+        git(wc, &["add", "-A"]);
+        git(wc, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(wc, &["rev-parse", "HEAD"])
+    };
+
+    std::fs::write(wc.join("clean.txt"), "nothing to see\n").unwrap();
+    let clean = commit("clean");
+    assert!(
+        copy.secrets_in_commits(&clean, &redactor)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        copy.secrets_in_commits(&clean, &Redactor::none())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Each of these leaves the last tree clean, or hides the value from a text diff.
+    let mut binary = vec![0u8, 1, 2, 3];
+    binary.extend_from_slice(TOKEN.as_bytes());
+    std::fs::write(wc.join("blob.bin"), &binary).unwrap();
+    let in_binary = commit("binary");
+    std::fs::remove_file(wc.join("blob.bin")).unwrap();
+    let removed_again = commit("removed");
+    git(wc, &["reset", "-q", "--hard", &clean]);
+    let in_message = commit(&format!("the token is {}", hex::encode(TOKEN)));
+    git(wc, &["reset", "-q", "--hard", &clean]);
+    std::fs::write(wc.join("dG9rLTVlY3IzdC0wMTIzNDU2Nzg5"), "x").unwrap();
+    let in_name = commit("a name");
+    for head in [in_binary, removed_again, in_message, in_name] {
+        assert_eq!(
+            copy.secrets_in_commits(&head, &redactor).await.unwrap(),
+            ["TOKEN"],
+            "{head}"
+        );
+    }
+    assert!(
+        copy.secrets_in_commits("not-a-commit", &redactor)
+            .await
+            .is_err()
+    );
+}

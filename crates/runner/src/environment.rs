@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nightshift_agent::SinkError;
 use nightshift_env::config::{ConfigError, ConfigSource, EnvConfig, Loaded, SecretScope};
+use nightshift_env::secrets::Redactor;
 use nightshift_env::{collect_agents_md, render_agents_context};
 use nightshift_protocol::{CommandPhase, Event, TaskId};
 use nightshift_sandbox::{Credential, ExecRequest, ExitStatus, SandboxSession};
@@ -472,46 +473,124 @@ pub(crate) fn unsendable_credentials(
         .collect()
 }
 
-/// The first file under `dir` (relative path) holding a secret's value, with its name. Every
-/// regular file is read through once, whatever its size (links are not followed).
+/// The first file under `dir` (relative path) holding a secret's value in any form, with the
+/// secret's name. Every regular file is read through once, whatever its size; names and
+/// symlink targets are checked too (links are not followed). What cannot be read is reported
+/// the same way, in place of a name: it may hold a secret, and a layer is kept on disk.
 pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String, PathBuf)> {
     if !log.has_secrets() {
         return None;
     }
-    let log = log.clone();
+    let redactor = log.current_redactor();
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut stack = vec![dir.clone()];
-        while let Some(current) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&current) else {
-                continue;
+    tokio::task::spawn_blocking(move || scan_tree(&redactor, &dir))
+        .await
+        .unwrap_or_else(|err| {
+            Some((
+                format!("(unknown: the scan for secrets stopped: {err})"),
+                PathBuf::new(),
+            ))
+        })
+}
+
+fn scan_tree(redactor: &Redactor, dir: &Path) -> Option<(String, PathBuf)> {
+    let relative = |path: &Path| {
+        path.strip_prefix(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let unchecked = |path: &Path, err: std::io::Error| {
+        Some((
+            format!("(unknown: it could not be read to check it: {err})"),
+            relative(path),
+        ))
+    };
+    let found_in_bytes = |bytes: &[u8]| redactor.found_in_reader(bytes).ok().flatten();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let entries = match std::fs::read_dir(&current) {
+            Ok(entries) => entries,
+            Err(err) => return unchecked(&current, err),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(err) => return unchecked(&current, err),
             };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else if meta.is_file()
-                    && let Some(name) = log.secret_in_file(&entry.path())
-                {
-                    let relative = entry
-                        .path()
-                        .strip_prefix(&dir)
-                        .map(Path::to_path_buf)
-                        .unwrap_or_default();
-                    return Some((name, relative));
+            let path = entry.path();
+            if let Some(name) = found_in_bytes(entry.file_name().as_encoded_bytes()) {
+                return Some((name, relative(&path)));
+            }
+            // The entry itself, not what a symlink points at.
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(err) => return unchecked(&path, err),
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let found = std::fs::File::open(&path).and_then(|file| {
+                    redactor.found_in_reader(std::io::BufReader::with_capacity(1 << 16, file))
+                });
+                match found {
+                    Ok(Some(name)) => return Some((name, relative(&path))),
+                    Ok(None) => {}
+                    Err(err) => return unchecked(&path, err),
+                }
+            } else if meta.is_symlink() {
+                match std::fs::read_link(&path) {
+                    Ok(target) => {
+                        if let Some(name) = found_in_bytes(target.as_os_str().as_encoded_bytes()) {
+                            return Some((name, relative(&path)));
+                        }
+                    }
+                    Err(err) => return unchecked(&path, err),
                 }
             }
         }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
-    use super::script_hint;
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_layer_scan_finds_encoded_values_names_and_link_targets_and_fails_closed() {
+        const TOKEN: &str = "tok-5ecr3t-0123456789";
+        let redactor = Redactor::new(&[("TOKEN".into(), TOKEN.into())]);
+        let layer = |setup: &dyn Fn(&Path)| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("home/.cache")).unwrap();
+            std::fs::write(dir.path().join("home/.cache/clean"), "nothing\n").unwrap();
+            setup(dir.path());
+            scan_tree(&redactor, dir.path())
+        };
+        assert_eq!(layer(&|_| {}), None);
+        let found = layer(&|dir| {
+            let hex = hex_of(&format!("x{TOKEN}"));
+            std::fs::write(dir.join("home/.cache/hex"), hex).unwrap();
+        });
+        assert_eq!(found, Some(("TOKEN".into(), "home/.cache/hex".into())));
+        let found = layer(&|dir| {
+            let reversed: String = TOKEN.chars().rev().collect();
+            std::fs::write(dir.join(reversed), "").unwrap();
+        });
+        assert_eq!(found.unwrap().0, "TOKEN");
+        let found = layer(&|dir| {
+            std::os::unix::fs::symlink(format!("/tmp/{TOKEN}"), dir.join("link")).unwrap();
+        });
+        assert_eq!(found, Some(("TOKEN".into(), "link".into())));
+        let (name, _) = scan_tree(&redactor, Path::new("/nonexistent/layer")).unwrap();
+        assert!(name.starts_with("(unknown: it could not be read"), "{name}");
+    }
+
+    fn hex_of(text: &str) -> String {
+        text.bytes().map(|b| format!("{b:02x}")).collect()
+    }
 
     #[test]
     fn a_failed_script_gets_a_hint_for_what_it_ran_into() {

@@ -56,8 +56,10 @@ pub(crate) enum HandoffError {
     Sink(#[from] SinkError),
     #[error("committing in the sandbox failed: {0}")]
     Commit(String),
-    #[error("the result contains the value of secret {}; it was not committed to a branch", .0.join(", "))]
+    #[error("the result contains the value of secret {} (in the clear or encoded, in a file, a file name or a commit message); it was not committed to a branch", .0.join(", "))]
     SecretInResult(Vec<String>),
+    #[error("the result could not be checked for secrets ({0}); it was not committed to a branch")]
+    SecretCheck(EnvError),
 }
 
 impl Runner {
@@ -94,10 +96,23 @@ impl Runner {
         } = *run;
         let stats = copy.stats(head).await?;
         let diff = copy.diff(head).await?;
-        let leaked = log.secrets_in(&diff);
+        // The patch, and each new object's bytes: the patch compresses binary files and shows
+        // neither the commits on the way nor their messages. A check that cannot run fails
+        // the hand-off.
+        let mut leaked = log.secrets_in(&diff);
+        leaked.extend(
+            copy.secrets_in_commits(head, &log.current_redactor())
+                .await
+                .map_err(HandoffError::SecretCheck)?,
+        );
+        leaked.sort();
+        leaked.dedup();
         if !leaked.is_empty() {
             return Err(HandoffError::SecretInResult(leaked));
         }
+        // A safeguard: nothing was found, but the stored copy goes through the redactor like
+        // every other text a task stores.
+        let diff = log.redact(&diff);
         let (branch, update) = match run.parent.and_then(|parent| parent.branch.clone()) {
             Some(branch) => (branch, true),
             None => (branch_name(&task.id.short(), &task.spec.prompt), false),

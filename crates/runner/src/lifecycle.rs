@@ -429,6 +429,8 @@ impl Runner {
                     task.spec.prompt
                 )
             };
+            // AGENTS.md is read after setup ran, which may have written into it.
+            let prompt = log.redact(&prompt);
             match agent.run(&prompt, stop).await {
                 Ok(report) => {
                     let cost = report.cost_usd;

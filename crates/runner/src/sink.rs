@@ -1,7 +1,8 @@
 //! The agent's events, written to the task's log; model usage is also folded into the task row
 //! as it arrives, so listings show live token counts.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -17,7 +18,7 @@ use tokio::sync::Mutex;
 pub(crate) struct TaskLog {
     store: Arc<dyn Store>,
     task: Arc<Mutex<Task>>,
-    redactor: Arc<std::sync::RwLock<Redactor>>,
+    redactor: Arc<RwLock<Redactor>>,
     /// CPU seconds of the task's sandbox sessions, as far as they could be measured.
     cpu_seconds: Arc<std::sync::Mutex<Option<f64>>>,
 }
@@ -27,7 +28,7 @@ impl TaskLog {
         TaskLog {
             store,
             task: Arc::new(Mutex::new(task)),
-            redactor: Arc::new(std::sync::RwLock::new(Redactor::none())),
+            redactor: Arc::new(RwLock::new(Redactor::none())),
             cpu_seconds: Arc::new(std::sync::Mutex::new(None)),
         }
     }
@@ -45,58 +46,41 @@ impl TaskLog {
 
     /// From now on, redact these secrets' values.
     pub(crate) fn redact_with(&self, redactor: Redactor) {
-        if let Ok(mut current) = self.redactor.write() {
-            *current = redactor;
-        }
+        *self
+            .redactor
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = redactor;
+    }
+
+    /// The redactor, also when a panic poisoned its lock: the lock only ever guards a whole
+    /// redactor being swapped in, so what it holds is always usable, and redacting with it
+    /// beats passing text through unchecked.
+    fn redactor(&self) -> RwLockReadGuard<'_, Redactor> {
+        self.redactor.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A copy of the current redactor, for work off the async threads.
+    pub(crate) fn current_redactor(&self) -> Redactor {
+        self.redactor().clone()
     }
 
     /// `text` with secret values replaced by `[secret:NAME]`.
     pub(crate) fn redact(&self, text: &str) -> String {
-        match self.redactor.read() {
-            Ok(redactor) => redactor.redact(text).into_owned(),
-            Err(_) => text.to_string(),
-        }
+        self.redactor().redact(text).into_owned()
     }
 
     /// Whether there are secrets to redact.
     pub(crate) fn has_secrets(&self) -> bool {
-        self.redactor.read().map(|r| !r.is_empty()).unwrap_or(false)
+        !self.redactor().is_empty()
     }
 
     /// The names of secrets whose values occur in `text`.
-    /// The name of a secret whose value is in the file at `path` (read through once).
-    pub(crate) fn secret_in_file(&self, path: &std::path::Path) -> Option<String> {
-        let file = std::fs::File::open(path).ok()?;
-        let redactor = self.redactor.read().ok()?;
-        redactor
-            .found_in_reader(std::io::BufReader::with_capacity(1 << 16, file))
-            .ok()
-            .flatten()
-    }
-
     pub(crate) fn secrets_in(&self, text: &str) -> Vec<String> {
-        self.redactor
-            .read()
-            .map(|r| r.found_in(text))
-            .unwrap_or_default()
-    }
-
-    fn redact_event(&self, event: Event) -> Event {
-        let Ok(redactor) = self.redactor.read() else {
-            return event;
-        };
-        if redactor.is_empty() {
-            return event;
-        }
-        let Ok(mut value) = serde_json::to_value(&event) else {
-            return event;
-        };
-        redact_strings(&mut value, &redactor);
-        serde_json::from_value(value).unwrap_or(event)
+        self.redactor().found_in(text)
     }
 
     pub(crate) async fn append(&self, event: Event) -> Result<(), SinkError> {
-        let event = self.redact_event(event);
+        let event = redact_event(event, &self.redactor());
         let id = self.task.lock().await.id;
         self.store
             .append_event(id, &event)
@@ -143,19 +127,179 @@ impl EventSink for TaskLog {
     }
 }
 
-fn redact_strings(value: &mut serde_json::Value, redactor: &Redactor) {
+/// `event` with secret values replaced in every string it holds (keys of free-form objects,
+/// such as a tool call's arguments, included). An event that cannot be redacted is not passed
+/// on as it was: a warning saying it was left out takes its place.
+fn redact_event(event: Event, redactor: &Redactor) -> Event {
+    if redactor.is_empty() {
+        return event;
+    }
+    let kind = event.kind();
+    let left_out = |why: &str| {
+        Event::Warning {
+        message: redactor
+            .redact(&format!(
+                "a `{kind}` event was left out of the log: it could not be checked for secrets ({why})"
+            ))
+            .into_owned(),
+    }
+    };
+    let mut value = match serde_json::to_value(&event) {
+        Ok(value) => value,
+        Err(err) => return left_out(&err.to_string()),
+    };
+    if !redact_strings(&mut value, redactor) {
+        return event;
+    }
+    // A value can sit where only a fixed word fits (a state, an id): the redacted event then
+    // no longer reads back, and is left out.
+    // What serde says would quote the field, so it is not repeated.
+    serde_json::from_value(value)
+        .unwrap_or_else(|_| left_out("a secret's value is in one of its fixed fields"))
+}
+
+/// Redacts every string in `value`; whether anything changed.
+fn redact_strings(value: &mut serde_json::Value, redactor: &Redactor) -> bool {
     match value {
-        serde_json::Value::String(text) => {
-            if let std::borrow::Cow::Owned(redacted) = redactor.redact(text) {
+        serde_json::Value::String(text) => match redactor.redact(text) {
+            Cow::Owned(redacted) => {
                 *text = redacted;
+                true
             }
+            Cow::Borrowed(_) => false,
+        },
+        serde_json::Value::Array(items) => items.iter_mut().fold(false, |changed, item| {
+            redact_strings(item, redactor) | changed
+        }),
+        serde_json::Value::Object(map) => {
+            let keys_changed = map
+                .keys()
+                .any(|key| matches!(redactor.redact(key), Cow::Owned(_)));
+            if keys_changed {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(key, value)| (redactor.redact(&key).into_owned(), value))
+                    .collect();
+            }
+            map.values_mut().fold(keys_changed, |changed, item| {
+                redact_strings(item, redactor) | changed
+            })
         }
-        serde_json::Value::Array(items) => items
-            .iter_mut()
-            .for_each(|item| redact_strings(item, redactor)),
-        serde_json::Value::Object(map) => map
-            .values_mut()
-            .for_each(|item| redact_strings(item, redactor)),
-        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use nightshift_protocol::{TaskId, TaskSpec, TaskState};
+    use nightshift_store::SqliteStore;
+    use serde_json::json;
+
+    use super::*;
+
+    const TOKEN: &str = "tok-5ecr3t-0123456789";
+
+    async fn task_log(home: &std::path::Path) -> (TaskLog, Arc<dyn Store>, TaskId) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home).await.unwrap());
+        let spec = TaskSpec {
+            repo: "/r".into(),
+            base: None,
+            prompt: "p".into(),
+            model: "openai:m".into(),
+            max_turns: 3,
+            max_tokens: None,
+            max_cost_usd: None,
+            max_duration_secs: None,
+            follows: None,
+        };
+        let task = Task::queued(TaskId::new(), spec, Timestamp::now());
+        store.create_task(&task).await.unwrap();
+        let id = task.id;
+        (TaskLog::new(store.clone(), task), store, id)
+    }
+
+    fn token() -> Redactor {
+        Redactor::new(&[("TOKEN".into(), TOKEN.into())])
+    }
+
+    /// Panics while holding the redactor's write lock, as a bug elsewhere would.
+    fn poison(log: &TaskLog) {
+        let lock = log.redactor.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = lock.write().unwrap();
+            panic!("poisoning the redactor's lock on purpose");
+        })
+        .join();
+        assert!(log.redactor.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_lock_still_redacts_everything() {
+        let home = tempfile::tempdir().unwrap();
+        let (log, store, id) = task_log(home.path()).await;
+        log.redact_with(token());
+        poison(&log);
+        assert_eq!(log.redact(&format!("a {TOKEN} b")), "a [secret:TOKEN] b");
+        assert!(log.has_secrets());
+        assert_eq!(log.secrets_in(TOKEN), ["TOKEN"]);
+        log.append(Event::Warning {
+            message: format!("saw {TOKEN}"),
+        })
+        .await
+        .unwrap();
+        let task = log
+            .update(|task| task.error = Some(format!("failed with {TOKEN}")))
+            .await
+            .unwrap();
+        assert_eq!(task.error.as_deref(), Some("failed with [secret:TOKEN]"));
+        let stored = serde_json::to_string(&store.events(id, 0, 100).await.unwrap()).unwrap();
+        assert!(stored.contains("saw [secret:TOKEN]"), "{stored}");
+        assert!(!stored.contains(TOKEN), "{stored}");
+
+        // Secrets set after the lock was poisoned are used too.
+        log.redact_with(Redactor::new(&[("OTHER".into(), "another-value".into())]));
+        assert_eq!(log.redact("another-value"), "[secret:OTHER]");
+    }
+
+    #[test]
+    fn an_event_that_cannot_be_redacted_is_left_out_with_a_warning() {
+        // The value is a state's name: redacted, the event no longer reads back.
+        let redactor = Redactor::new(&[("WORD".into(), "succeeded".into())]);
+        let event = Event::StateChanged {
+            state: TaskState::Succeeded,
+            detail: None,
+        };
+        let Event::Warning { message } = redact_event(event, &redactor) else {
+            panic!("the event was passed on");
+        };
+        assert!(
+            message.contains("a `state_changed` event was left out of the log"),
+            "{message}"
+        );
+        assert!(!message.contains("succeeded"), "{message}");
+    }
+
+    #[test]
+    fn keys_and_nested_strings_of_an_event_are_redacted() {
+        let base64 = "dG9rLTVlY3IzdC0wMTIzNDU2Nzg5";
+        let event = Event::ToolStarted {
+            call_id: "c1".into(),
+            tool: "shell".into(),
+            arguments: json!({TOKEN: [{"command": format!("echo {base64} | base64 -d")}]}),
+        };
+        let redacted = serde_json::to_value(redact_event(event, &token())).unwrap();
+        assert_eq!(
+            redacted["arguments"],
+            json!({"[secret:TOKEN]": [{"command": "echo [secret:TOKEN] | base64 -d"}]})
+        );
+        let untouched = Event::Claimed { worker: "w".into() };
+        assert!(matches!(
+            redact_event(untouched, &token()),
+            Event::Claimed { .. }
+        ));
     }
 }

@@ -269,10 +269,18 @@ impl Runner {
         err: HandoffError,
     ) -> Result<Ending, SinkError> {
         let message = format!("handing off failed: {err}");
-        if let HandoffError::SecretInResult(_) = err {
-            // Keeping the working copy would keep the secret in the clear.
-            let hint = "the agent wrote a secret's value into the repository; its work was discarded so the value is stored nowhere. Run the task again, telling it not to write credentials into files".to_string();
-            return fail(log, ErrorKind::Repository, message, Some(hint)).await;
+        // Keeping the working copy would keep the secret in the clear.
+        let discarded = match err {
+            HandoffError::SecretInResult(_) => Some(
+                "the agent wrote a secret's value into the repository; its work was discarded so the value is stored nowhere. Run the task again, telling it not to write credentials into files",
+            ),
+            HandoffError::SecretCheck(_) => Some(
+                "the work was discarded, since it may hold a secret's value. Run the task again; if this repeats, the error says what git said",
+            ),
+            HandoffError::Env(_) | HandoffError::Sink(_) | HandoffError::Commit(_) => None,
+        };
+        if let Some(hint) = discarded {
+            return fail(log, ErrorKind::Repository, message, Some(hint.into())).await;
         }
         let hint = format!("the working copy is kept at {}", copy.root().display());
         let ending = fail(log, ErrorKind::Repository, message, Some(hint)).await?;
