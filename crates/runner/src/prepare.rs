@@ -224,10 +224,17 @@ impl Runner {
                     if let Some(dir) = layer.parent() {
                         let _ = tokio::fs::remove_dir_all(dir).await;
                     }
-                    let message = format!(
-                        "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
-                        file.display()
-                    );
+                    let message = match name.strip_prefix("(unknown: ") {
+                        Some(why) => format!(
+                            "the setup layer could not be checked for secrets ({}: {}); it was discarded",
+                            file.display(),
+                            why.trim_end_matches(')')
+                        ),
+                        None => format!(
+                            "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
+                            file.display()
+                        ),
+                    };
                     let hint = "a layer keeps the workspace, $HOME and the system directories: give the secret scope `proxy` (the egress proxy adds it to requests, and it never enters the sandbox), or remove what holds it before setup ends";
                     return fail(log, ErrorKind::Setup, message, Some(hint.into()))
                         .await
