@@ -3,6 +3,7 @@
 //!
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
+mod ceilings;
 mod ending;
 mod environment;
 mod error;
@@ -27,6 +28,7 @@ use nightshift_model::ProviderConfig;
 use nightshift_sandbox::Sandbox;
 use nightshift_store::Store;
 
+pub use ceilings::LimitCeilings;
 pub use error::{RunnerError, SubmitError};
 pub use follow_up::{MessageOutcome, MessageRefusal};
 pub use handoff::DIFF_BLOB;
@@ -68,6 +70,8 @@ pub struct RunnerConfig {
     /// part of what a setup layer is built on, so each is an input of its cache key.
     pub host_binds: Vec<PathBuf>,
     pub tool_limits: ToolLimits,
+    /// The most a task may use, whatever its repository's `[limits]` ask for.
+    pub limit_ceilings: LimitCeilings,
     /// Refuse at submit a task whose model needs an API key the runner's provider
     /// configuration lacks. Off for a process that only queues tasks for workers elsewhere,
     /// whose keys it cannot see.
@@ -92,6 +96,7 @@ impl RunnerConfig {
             layers_budget: 20 << 30,
             host_binds: Vec::new(),
             tool_limits: ToolLimits::default(),
+            limit_ceilings: LimitCeilings::default(),
             check_provider_keys: true,
         }
     }

@@ -251,6 +251,9 @@ impl Runner {
         };
         environment::announce(log, &loaded).await?;
         let mut loaded = loaded;
+        for message in self.config.limit_ceilings.apply(&mut loaded.config.limits) {
+            log.append(Event::Warning { message }).await?;
+        }
         let trusted = match &parent {
             Some(parent) => {
                 self.trusted_configuration(log, &source, parent, &base.commit)

@@ -1,0 +1,105 @@
+//! The host's ceilings on what a repository may ask for: its `.nightshift.toml` sets `[limits]`,
+//! but it is untrusted, so what it asks for is capped by the installation's own limits (the
+//! `[limits]` of NIGHTSHIFT_HOME/config.toml), with a warning naming each cap.
+
+use nightshift_env::config::{ByteSize, Limits};
+
+/// The most a task may use, whatever its repository asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitCeilings {
+    pub memory_bytes: u64,
+    pub pids: u32,
+    pub cpus: f64,
+    pub disk_bytes: u64,
+}
+
+impl Default for LimitCeilings {
+    /// 16 GiB of memory, 8,192 processes, every CPU of the host, 100 GiB of disk: room for a
+    /// large build, not for one task to take the machine.
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        LimitCeilings {
+            memory_bytes: 16 * ByteSize::GIB,
+            pids: 8192,
+            cpus,
+            disk_bytes: 100 * ByteSize::GIB,
+        }
+    }
+}
+
+impl LimitCeilings {
+    /// Lowers what `limits` asks for to the ceilings; one warning for each limit lowered.
+    pub(crate) fn apply(&self, limits: &mut Limits) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut capped = |what: &str, asked: String, ceiling: String| {
+            warnings.push(format!(
+                "the repository asks for limits.{what} = {asked}, more than this installation allows: the task gets {ceiling} (the [limits] of nightshift's config.toml set the ceilings)"
+            ));
+        };
+        if limits.memory.bytes() > self.memory_bytes {
+            capped(
+                "memory",
+                limits.memory.to_string(),
+                ByteSize::from_bytes(self.memory_bytes).to_string(),
+            );
+            limits.memory = ByteSize::from_bytes(self.memory_bytes);
+        }
+        if limits.disk.bytes() > self.disk_bytes {
+            capped(
+                "disk",
+                limits.disk.to_string(),
+                ByteSize::from_bytes(self.disk_bytes).to_string(),
+            );
+            limits.disk = ByteSize::from_bytes(self.disk_bytes);
+        }
+        match limits.pids {
+            Some(pids) if pids > self.pids => {
+                capped("pids", pids.to_string(), self.pids.to_string());
+                limits.pids = Some(self.pids);
+            }
+            _ => {}
+        }
+        match limits.cpus {
+            Some(cpus) if cpus > self.cpus => {
+                capped("cpus", cpus.to_string(), self.cpus.to_string());
+                limits.cpus = Some(self.cpus);
+            }
+            _ => {}
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_repository_asks_for_is_capped_with_a_warning_each() {
+        let ceilings = LimitCeilings {
+            memory_bytes: 8 * ByteSize::GIB,
+            pids: 2048,
+            cpus: 2.0,
+            disk_bytes: 20 * ByteSize::GIB,
+        };
+        let mut limits = Limits {
+            memory: ByteSize::from_bytes(1024 * ByteSize::GIB),
+            pids: Some(1_000_000),
+            cpus: Some(64.0),
+            disk: ByteSize::from_bytes(5 * ByteSize::GIB),
+            ..Limits::default()
+        };
+        let warnings = ceilings.apply(&mut limits);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("limits.memory") && warnings[0].contains("8"), "{warnings:?}");
+        assert_eq!(limits.memory.bytes(), 8 * ByteSize::GIB);
+        assert_eq!(limits.pids, Some(2048));
+        assert_eq!(limits.cpus, Some(2.0));
+        assert_eq!(limits.disk.bytes(), 5 * ByteSize::GIB, "under the ceiling: kept");
+        let mut modest = Limits::default();
+        assert!(LimitCeilings::default().apply(&mut modest).is_empty());
+        assert_eq!(modest, Limits::default());
+    }
+}
