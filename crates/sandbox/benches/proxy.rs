@@ -54,6 +54,8 @@ async fn main() {
         state.path().join("sessions"),
     );
     config.upstream_roots = vec![roots];
+    // Both services are on the host's loopback: a private destination the host must allow.
+    config.allow_private = vec![format!("127.0.0.1:{with}"), format!("127.0.0.1:{without}")];
     let backend = Namespaced::new(config);
     let session = backend
         .start_with(

@@ -25,8 +25,8 @@ pub use unisolated::Unisolated;
 pub use doctor::{DoctorReport, Feature, doctor};
 #[cfg(target_os = "linux")]
 pub use linux::{
-    CA_BUNDLE, EgressEvent, EgressVerdict, HELPER_ARG, HelperCommand, Limits, Namespaced,
-    NamespacedConfig, NamespacedSession, NetworkPolicy, SANDBOX_ID, SessionOptions,
+    CA_BUNDLE, EgressEvent, EgressLimits, EgressVerdict, HELPER_ARG, HelperCommand, Limits,
+    Namespaced, NamespacedConfig, NamespacedSession, NetworkPolicy, SANDBOX_ID, SessionOptions,
     run_helper_if_requested,
 };
 
@@ -39,7 +39,8 @@ pub struct SessionSpec {
     /// of the host's own environment is passed on unless it is listed here.
     pub env: Vec<(String, String)>,
     /// Hosts the session may reach through the logging egress proxy (`host`, `*.host`,
-    /// `host:port`); empty means no network at all.
+    /// `host:port`; without a port, 443 for HTTPS and 80 for plain HTTP); empty means no
+    /// network at all. Private destinations need the backend's host configuration too.
     pub network: Vec<String>,
     /// Resource limits; `None` fields keep the backend's defaults.
     pub limits: SessionLimits,

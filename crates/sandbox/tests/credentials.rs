@@ -26,13 +26,20 @@ struct Setup {
 }
 
 /// A session that may reach `ports` on 127.0.0.1 and adds [`SECRET`] to requests to the
-/// first one; the proxy trusts `ca` for upstream servers.
+/// first one; the proxy trusts `ca` for upstream servers, and the host allows those loopback
+/// ports.
 async fn start(ports: &[u16], ca: &str) -> Setup {
+    let allow_private = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    start_allowing(ports, ca, allow_private).await
+}
+
+async fn start_allowing(ports: &[u16], ca: &str, allow_private: Vec<String>) -> Setup {
     let roots = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(roots.path(), ca).unwrap();
     let mut fixture = Fixture::new();
     let mut config = NamespacedConfig::new(helper(), fixture.state.path());
     config.upstream_roots = vec![roots.path().to_path_buf()];
+    config.allow_private = allow_private;
     fixture.backend = Namespaced::new(config);
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     let session = fixture
@@ -179,6 +186,30 @@ async fn an_unverifiable_server_never_gets_the_secret_and_the_client_hears_why()
     let detail = event.detail.unwrap();
     assert!(
         detail.starts_with("secret API_TOKEN not sent: TLS with 127.0.0.1"),
+        "{detail}"
+    );
+    setup.session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_credentials_private_host_is_refused_unless_the_host_allows_it() {
+    let (port, ca) = echo_https(true).await;
+    // The repository's allowlist and the secret's hosts name the loopback server; the host's
+    // configuration does not.
+    let mut setup = start_allowing(&[port], &ca, Vec::new()).await;
+    let out = run(
+        &setup.session,
+        &format!("curl --noproxy '' -sS https://127.0.0.1:{port}/x 2>&1; echo exit=$?"),
+    )
+    .await;
+    assert!(!out.output.contains(SECRET), "{}", out.output);
+    assert!(!out.output.contains("GET /x"), "{}", out.output);
+    assert!(out.output.contains("403"), "{}", out.output);
+    let event = next_event(&mut setup.events).await;
+    assert_eq!(event.verdict, EgressVerdict::Denied);
+    let detail = event.detail.unwrap();
+    assert!(
+        detail.starts_with("127.0.0.1 is a loopback address"),
         "{detail}"
     );
     setup.session.close().await.unwrap();

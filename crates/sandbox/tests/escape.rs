@@ -182,10 +182,36 @@ async fn escape_suite() {
     );
     proxied.close().await.unwrap();
 
+    // A host loopback port that the (repository's) allowlist names, under several spellings:
+    // the host's configuration does not allow it.
+    let named = fixture
+        .start_with(nightshift_sandbox::SessionOptions {
+            network: Some(nightshift_sandbox::NetworkPolicy::Allow(vec![
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::ffff:127.0.0.1]:{port}"),
+                format!("0.0.0.0:{port}"),
+            ])),
+            ..Default::default()
+        })
+        .await;
+    let out = run(&named, &format!("for t in 127.0.0.1:{port} localhost:{port} '[::ffff:127.0.0.1]:{port}' 0.0.0.0:{port}; do exec 3<>/dev/tcp/127.0.0.1/3128; printf \"CONNECT $t HTTP/1.1\\r\\n\\r\\n\" >&3; head -c 12 <&3; echo; exec 3<&-; done; exec 3<>/dev/tcp/127.0.0.1/3128; printf 'GET http://127.0.0.1:{port}/ HTTP/1.1\\r\\n\\r\\n' >&3; head -c 12 <&3")).await;
+    let accepted = listener.accept().is_ok();
+    suite.check(
+        "reach a host loopback port the allowlist names",
+        out.output.matches("HTTP/1.1 403").count() == 5 && !accepted,
+        out.output.clone(),
+    );
+    named.close().await.unwrap();
+
     // A secret the proxy adds for a host: nowhere inside (environment, files, processes, the
     // CA bundle), and not sent over plain HTTP to a server the sandbox controls.
     let canary = "escape-canary-5f1e7c";
-    let holding = fixture
+    // The host allows its loopback port here, so that the request does reach the server.
+    let allowing = Fixture::with_config(|config| {
+        config.allow_private = vec![format!("127.0.0.1:{port}")];
+    });
+    let holding = allowing
         .start_with(nightshift_sandbox::SessionOptions {
             network: Some(nightshift_sandbox::NetworkPolicy::Allow(vec![format!(
                 "127.0.0.1:{port}"
@@ -208,26 +234,35 @@ async fn escape_suite() {
         ),
     )
     .await;
-    // What the proxy forwarded to the host's server, waited for a few seconds at most.
-    let mut seen = String::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        if let Ok((mut stream, _)) = listener.accept() {
-            use std::io::Read;
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-                .unwrap();
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            seen = String::from_utf8_lossy(&buf[..n]).into_owned();
-            break;
+    // What the proxy forwarded to the host's server, waited for a few seconds at most, off
+    // the runtime: the proxy runs on this test's runtime, and a blocking wait here would
+    // starve it (the server would then see nothing, and the check would prove nothing).
+    let waiting = listener.try_clone().unwrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok((mut stream, _)) = waiting.accept() {
+                use std::io::Read;
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        String::new()
+    })
+    .await
+    .unwrap();
     suite.check(
         "read a secret the egress proxy adds",
-        !out.output.contains(canary) && !seen.contains(canary) && out.output.contains("sent"),
+        !out.output.contains(canary)
+            && !seen.contains(canary)
+            && seen.starts_with("GET / HTTP/1.1")
+            && out.output.contains("sent"),
         format!("{}\nthe host's server got: {seen}", out.output),
     );
     holding.close().await.unwrap();

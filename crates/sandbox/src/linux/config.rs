@@ -70,9 +70,35 @@ pub enum NetworkPolicy {
     #[default]
     None,
     /// HTTP and HTTPS (through CONNECT) to these hosts only, via the egress proxy. A pattern is
-    /// a host name, optionally starting with `*.` for any subdomain (`*.crates.io`), and
-    /// optionally ending with `:port` (any port otherwise).
+    /// a host name or IP literal, optionally starting with `*.` for any subdomain
+    /// (`*.crates.io`), and optionally ending with `:port`; without one it allows port 443
+    /// for HTTPS (CONNECT) and 80 for plain HTTP, and no other. Whatever the list says, the
+    /// proxy refuses private destinations (loopback, link-local, RFC 1918 and the like, and
+    /// the host's own addresses) that [`NamespacedConfig::allow_private`] does not name.
     Allow(Vec<String>),
+}
+
+/// Bounds on a session's egress proxy, so that one session cannot take the host's resources
+/// (descriptors, memory, tasks) by holding connections open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressLimits {
+    /// Client connections served at once; one more is answered 503 and closed.
+    pub connections: usize,
+    /// How long a client has to send a whole request head (64 KiB at most), from connecting.
+    pub head_timeout: Duration,
+    /// How long a tunnel or a relayed request may pass no bytes either way before it is
+    /// closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for EgressLimits {
+    fn default() -> Self {
+        EgressLimits {
+            connections: 64,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// How [`Namespaced`] builds sessions.
@@ -100,6 +126,18 @@ pub struct NamespacedConfig {
     /// host's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the system store), when it adds a
     /// credential to a host's requests.
     pub upstream_roots: Vec<PathBuf>,
+    /// Private destinations the egress proxy may connect to when a session's allowlist lets
+    /// the request through: host names and IP literals, each optionally `:port` (as in
+    /// [`NetworkPolicy::Allow`]: without a port, 443 for HTTPS and 80 for plain HTTP), matched
+    /// against the requested host and against each address it resolves to. Private means
+    /// loopback, link-local, RFC 1918, 100.64.0.0/10, unique-local, unspecified, multicast and
+    /// broadcast addresses (in IPv4-mapped and NAT64 forms too), and the host's own addresses.
+    ///
+    /// Host configuration only: never fill it from a repository, whose allowlist is untrusted
+    /// input and would otherwise open the host's own services to the sandbox.
+    pub allow_private: Vec<String>,
+    /// Bounds on each session's egress proxy.
+    pub egress: EgressLimits,
 }
 
 impl NamespacedConfig {
@@ -115,6 +153,8 @@ impl NamespacedConfig {
             root_host_id: 1_000_000,
             start_timeout: Duration::from_secs(20),
             upstream_roots: Vec::new(),
+            allow_private: Vec::new(),
+            egress: EgressLimits::default(),
         }
     }
 }

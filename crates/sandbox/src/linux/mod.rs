@@ -33,7 +33,8 @@ use tokio::net::UnixStream;
 
 pub use cgroup::Version as CgroupVersion;
 pub use config::{
-    HelperCommand, Limits, NamespacedConfig, NetworkPolicy, SANDBOX_ID, SessionOptions,
+    EgressLimits, HelperCommand, Limits, NamespacedConfig, NetworkPolicy, SANDBOX_ID,
+    SessionOptions,
 };
 pub use helper::{HELPER_ARG, run_helper_if_requested};
 pub use proxy::trust::CA_BUNDLE;
@@ -248,9 +249,14 @@ impl Namespaced {
                 };
                 let ca_bundle = interception.is_some();
                 let path = resources.state_dir.join("proxy.sock");
+                let policy = proxy::ProxyPolicy {
+                    allowlist: proxy::Allowlist::new(patterns),
+                    allow_private: proxy::Allowlist::new(&self.config.allow_private),
+                    limits: self.config.egress.clone(),
+                };
                 let proxy = proxy::EgressProxy::start(
                     &path,
-                    patterns.clone(),
+                    policy,
                     interception,
                     egress_events,
                     drop_root.then_some(host_id),

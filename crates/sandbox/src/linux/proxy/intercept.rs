@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -15,16 +16,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, PROXY_AUTHORIZATION};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::Allowlist;
+use super::allowlist::{Allowlist, Via};
 use super::streams::{Counted, Prefixed};
 use super::trust::{SessionCa, upstream_config};
 use crate::Credential;
+use crate::linux::config::EgressLimits;
 
 /// What the proxy needs to add credentials: which, for which hosts, and the means to end and
 /// re-originate TLS.
@@ -56,11 +58,11 @@ impl Interception {
         &self.ca.pem
     }
 
-    /// The credentials for `host:port`.
-    pub fn for_host(&self, host: &str, port: u16) -> Vec<&Injection> {
+    /// The credentials for `host:port`, reached `via`.
+    pub fn for_host(&self, host: &str, port: u16, via: Via) -> Vec<&Injection> {
         self.injections
             .iter()
-            .filter(|injection| injection.hosts.allows(host, port).is_some())
+            .filter(|injection| injection.hosts.allows(host, port, via).is_some())
             .collect()
     }
 
@@ -72,37 +74,79 @@ impl Interception {
 
     /// Serves one tunnel to `host` whose client has been told the connection is established:
     /// TLS with the sandbox under a session certificate, TLS to `upstream`, and HTTP/1.1 in
-    /// between with the credentials added to every request.
+    /// between with the credentials added to every request. Each request head must arrive
+    /// within the head timeout, counted from when the connection is ready for it (so a kept
+    /// connection with no request for that long is closed, as a server's keep-alive timeout
+    /// would), and the tunnel ends when no bytes go to or from the upstream for the idle
+    /// timeout.
     pub async fn serve(
         &self,
         (client, early): (UnixStream, Vec<u8>),
-        upstream: TcpStream,
+        upstream: Counted<TcpStream>,
         (host, port): (&str, u16),
         credentials: &[&Injection],
+        limits: &EgressLimits,
     ) -> Result<Tunnel, (String, Tunnel)> {
-        // What the client sent right behind its CONNECT (its TLS hello, when it did not wait
-        // for the answer) comes first.
-        let client = Prefixed::new(early, client);
-        let counted = Counted::new(upstream);
-        let (up, down) = (counted.written.clone(), counted.read.clone());
+        let (up, down, activity) = (
+            upstream.written.clone(),
+            upstream.read.clone(),
+            upstream.activity.clone(),
+        );
         let requests = Arc::new(AtomicU32::new(0));
-        let tunnel = |requests: &AtomicU32| Tunnel {
+        let tunnel = || Tunnel {
             requests: requests.load(Ordering::Relaxed),
             bytes_up: up.load(Ordering::Relaxed),
             bytes_down: down.load(Ordering::Relaxed),
         };
-        let accepted = match self.ca.server_config(host) {
-            Ok(server) => TlsAcceptor::from(server)
-                .accept(client)
-                .await
-                .map_err(|e| format!("TLS with the sandbox's client: {e}")),
-            Err(reason) => Err(reason),
+        let served = self.intercept(
+            (client, early),
+            upstream,
+            (host, port),
+            credentials,
+            (limits.head_timeout, requests.clone()),
+        );
+        let outcome = tokio::select! {
+            outcome = served => outcome,
+            () = activity.idle(limits.idle_timeout) => {
+                if requests.load(Ordering::Relaxed) > 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no bytes either way for {} s",
+                        limits.idle_timeout.as_secs_f32()
+                    ))
+                }
+            }
         };
-        let client = match accepted {
-            Ok(client) => client,
-            Err(reason) => return Err((reason, tunnel(&requests))),
+        outcome
+            .map(|()| tunnel())
+            .map_err(|reason| (reason, tunnel()))
+    }
+
+    async fn intercept(
+        &self,
+        (client, early): (UnixStream, Vec<u8>),
+        upstream: Counted<TcpStream>,
+        (host, port): (&str, u16),
+        credentials: &[&Injection],
+        (head_timeout, requests): (Duration, Arc<AtomicU32>),
+    ) -> Result<(), String> {
+        // What the client sent right behind its CONNECT (its TLS hello, when it did not wait
+        // for the answer) comes first.
+        let client = Prefixed::new(early, client);
+        let server = || {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout);
+            builder
         };
-        let (sender, connection) = match self.connect(host, counted).await {
+        let server_config = self.ca.server_config(host)?;
+        let client = TlsAcceptor::from(server_config)
+            .accept(client)
+            .await
+            .map_err(|e| format!("TLS with the sandbox's client: {e}"))?;
+        let (sender, connection) = match self.connect(host, upstream).await {
             Ok(parts) => parts,
             Err(reason) => {
                 // The client hears why, in HTTP over its own TLS, rather than a reset.
@@ -114,10 +158,10 @@ impl Interception {
                         .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
                     async move { Ok::<_, hyper::Error>(response) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = server()
                     .serve_connection(TokioIo::new(client), refuse)
                     .await;
-                return Err((reason, tunnel(&requests)));
+                return Err(reason);
             }
         };
         let connection = tokio::spawn(connection);
@@ -155,8 +199,7 @@ impl Interception {
                 })
             }
         });
-        let served = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(client), service);
+        let served = server().serve_connection(TokioIo::new(client), service);
         tokio::pin!(served);
         let mut connection = connection;
         let served = tokio::select! {
@@ -170,14 +213,13 @@ impl Interception {
             }
         };
         connection.abort();
-        let tunnel = tunnel(&requests);
         match served {
-            Ok(()) => Ok(tunnel),
-            Err(e) if tunnel.requests > 0 => {
+            Ok(()) => Ok(()),
+            Err(e) if requests.load(Ordering::Relaxed) > 0 => {
                 tracing::debug!(error = %e, host, "intercepted tunnel ended");
-                Ok(tunnel)
+                Ok(())
             }
-            Err(e) => Err((format!("HTTP from the sandbox's client: {e}"), tunnel)),
+            Err(e) => Err(format!("HTTP from the sandbox's client: {e}")),
         }
     }
 }
@@ -368,16 +410,21 @@ mod tests {
             Vec::new(),
         )
         .unwrap();
-        let names = |host, port| {
+        let names = |host, port, via| {
             interception
-                .for_host(host, port)
+                .for_host(host, port, via)
                 .iter()
                 .map(|c| c.name.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names("api.example.com", 443), ["A", "B"]);
-        assert_eq!(names("api.example.com", 80), ["A"]);
-        assert_eq!(names("example.com", 443), Vec::<String>::new());
+        assert_eq!(names("api.example.com", 443, Via::Tunnel), ["A", "B"]);
+        // Without a port, a host's credential is for its usual port only.
+        assert_eq!(
+            names("api.example.com", 8443, Via::Tunnel),
+            Vec::<String>::new()
+        );
+        assert_eq!(names("api.example.com", 80, Via::PlainHttp), ["A"]);
+        assert_eq!(names("example.com", 443, Via::Tunnel), Vec::<String>::new());
         assert!(
             interception
                 .ca_pem()

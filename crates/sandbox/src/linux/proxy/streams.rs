@@ -4,8 +4,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// A stream whose first bytes were read already: they are read again first.
 pub(crate) struct Prefixed<S> {
@@ -59,11 +61,51 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// A stream that counts the bytes through it.
+/// When bytes last went through a connection, so that an idle one can be ended.
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last bytes.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis();
+        self.last
+            .fetch_max(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+
+    /// Completes once no bytes have gone through for `limit`.
+    pub async fn idle(&self, limit: Duration) {
+        loop {
+            let quiet = self.quiet_for();
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+}
+
+/// A stream that counts the bytes through it, and notes when they went.
 pub(crate) struct Counted<S> {
     inner: S,
     pub read: Arc<AtomicU64>,
     pub written: Arc<AtomicU64>,
+    pub activity: Arc<Activity>,
 }
 
 impl<S> Counted<S> {
@@ -72,6 +114,7 @@ impl<S> Counted<S> {
             inner,
             read: Arc::default(),
             written: Arc::default(),
+            activity: Arc::new(Activity::new()),
         }
     }
 }
@@ -85,7 +128,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before) as u64;
-        self.read.fetch_add(read, Ordering::Relaxed);
+        if read > 0 {
+            self.read.fetch_add(read, Ordering::Relaxed);
+            self.activity.touch();
+        }
         polled
     }
 }
@@ -97,8 +143,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
+        if let Poll::Ready(Ok(n)) = &polled
+            && *n > 0
+        {
             self.written.fetch_add(*n as u64, Ordering::Relaxed);
+            self.activity.touch();
         }
         polled
     }
