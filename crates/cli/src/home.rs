@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nightshift_agent::CostFn;
+use nightshift_env::config::{ByteSize, HumanDuration};
 use nightshift_env::secrets::{SecretError, SecretKey};
 use nightshift_model::{ModelSpec, ProviderConfig, price_for};
 use nightshift_protocol::Usage;
-use nightshift_runner::{PriceLookup, Runner, RunnerConfig};
+use nightshift_runner::{LimitCeilings, PriceLookup, Runner, RunnerConfig};
 use nightshift_sandbox::{HelperCommand, Namespaced, NamespacedConfig, Sandbox, Unisolated};
 use nightshift_store::{Store, open_blobs, open_store};
 
@@ -180,6 +182,7 @@ impl Home {
             Failure::error(format!("cannot find the nightshift executable: {err}"))
         })?;
         let mut config = NamespacedConfig::new(helper, self.root.join("sandbox"));
+        config.allow_private = self.settings()?.network.allow_private;
         config.ro_binds = toolchains.mounts.clone();
         config.path_prefix = toolchains.path.clone();
         config.env = toolchains.env.clone();
@@ -231,6 +234,14 @@ impl Home {
         let settings = self.settings()?;
         let toolchains = self.resolve_toolchains(&settings.sandbox)?;
         config.host_binds = toolchains.binds.clone();
+        let (ceilings, wall_time) = settings
+            .limits
+            .ceilings()
+            .map_err(|err| Failure::usage(format!("{}: {err}", self.config_file().display())))?;
+        config.limit_ceilings = ceilings;
+        if wall_time.is_some() {
+            config.max_duration = wall_time;
+        }
         // The environment wins; the settings file fills in what it leaves unset.
         let from_file = settings.providers;
         let mut providers = providers;
@@ -288,6 +299,72 @@ pub struct Settings {
     /// Host toolchains every sandbox sees (docs/config.md, "Toolchains from the host").
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    /// The most a task may use, whatever its repository's `[limits]` ask for.
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// What of the host's own network the sandboxes may reach.
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// `[limits]` of `config.toml`: ceilings, in the units of `.nightshift.toml`'s `[limits]`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub memory: Option<String>,
+    pub disk: Option<String>,
+    pub pids: Option<u32>,
+    pub cpus: Option<f64>,
+    /// The longest any task may work.
+    pub wall_time: Option<String>,
+}
+
+impl LimitSettings {
+    /// The ceilings, over the defaults for what is not set; and the longest a task may work.
+    fn ceilings(&self) -> Result<(LimitCeilings, Option<Duration>), String> {
+        let mut ceilings = LimitCeilings::default();
+        if let Some(memory) = &self.memory {
+            ceilings.memory_bytes = memory
+                .parse::<ByteSize>()
+                .map_err(|err| format!("[limits] memory = {memory:?}: {err}"))?
+                .bytes();
+        }
+        if let Some(disk) = &self.disk {
+            ceilings.disk_bytes = disk
+                .parse::<ByteSize>()
+                .map_err(|err| format!("[limits] disk = {disk:?}: {err}"))?
+                .bytes();
+        }
+        if let Some(pids) = self.pids {
+            ceilings.pids = pids;
+        }
+        if let Some(cpus) = self.cpus {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                return Err(format!("[limits] cpus = {cpus}: must be more than 0"));
+            }
+            ceilings.cpus = cpus;
+        }
+        let wall_time = match &self.wall_time {
+            Some(time) => Some(
+                time.parse::<HumanDuration>()
+                    .map_err(|err| format!("[limits] wall_time = {time:?}: {err}"))?
+                    .as_duration(),
+            ),
+            None => None,
+        };
+        Ok((ceilings, wall_time))
+    }
+}
+
+/// `[network]` of `config.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Private, loopback or this host's own addresses (or names that resolve to them) that a
+    /// task's allowlist may reach: `host` or `host:port`. A repository's allowlist alone never
+    /// reaches them.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
 }
 
 /// `[providers]` of `config.toml`. Keep the file readable by its owner only when it holds keys.

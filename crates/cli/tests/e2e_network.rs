@@ -52,6 +52,7 @@ async fn allowlisted_hosts_are_reached_through_the_proxy_and_everything_is_logge
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "checked the network"}}]}}
     ])))
     .await;
+    ns.allow_loopback(&[port]);
     let (out, task) = ns.wait_task(repo.path(), "net").await;
     assert!(out.status.success(), "{}", stderr(&out));
     let events = ns.events(task["id"].as_str().unwrap()).await;
@@ -94,4 +95,80 @@ async fn without_an_allowlist_a_task_has_no_network() {
         output.contains("unreachable") && !output.contains("hello from the host"),
         "{output}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_cannot_open_the_hosts_own_services_by_naming_them() {
+    // The repository's allowlist names the host's loopback service; the installation's
+    // config.toml does not allow it: the proxy refuses, saying why.
+    let port = host_service();
+    let repo = buggy_repo_with_config(&format!(
+        "[network]\nagent = [\"127.0.0.1:{port}\", \"localhost:{port}\"]\n"
+    ));
+    let (ns, _model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command":
+            format!("curl -s --noproxy '' --max-time 10 http://127.0.0.1:{port}/; echo; curl -s --noproxy '' --max-time 10 http://localhost:{port}/")}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "tried"}}]}}
+    ])))
+    .await;
+    let (out, task) = ns.wait_task(repo.path(), "net").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    let output = shell_output(&events);
+    assert!(!output.contains("hello from the host"), "{output}");
+    assert!(output.contains("allow_private"), "{output}");
+    let egress: Vec<&Value> = events.iter().filter(|e| e["type"] == "egress").collect();
+    assert_eq!(egress.len(), 2, "{egress:#?}");
+    assert!(egress.iter().all(|e| e["allowed"] == false), "{egress:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_installation_caps_the_limits_a_repository_asks_for() {
+    let repo = buggy_repo_with_config("[limits]\nmemory = \"512G\"\npids = 100000\n");
+    let (ns, _model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "nothing"}}]}}
+    ])))
+    .await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        "[limits]\nmemory = \"2G\"\npids = 512\n",
+    )
+    .unwrap();
+    let (_out, task) = ns.wait_task(repo.path(), "limits").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    let warnings: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "warning")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("limits.memory = 512") && w.contains("gets 2")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("limits.pids = 100000") && w.contains("gets 512")),
+        "{warnings:?}"
+    );
+    // A ceiling that does not parse stops the command, naming the file and the key.
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        "[limits]\nmemory = \"lots\"\n",
+    )
+    .unwrap();
+    let out = ns
+        .run(&[
+            "run",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            "openai:m",
+            "limits",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("[limits] memory"), "{}", stderr(&out));
 }

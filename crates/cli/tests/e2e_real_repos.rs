@@ -212,6 +212,7 @@ hello = "nightshift-hello"
         finish("Greet")
     ]);
     let (ns, _server) = Nightshift::with_script(script(steps)).await;
+    ns.allow_loopback(&[port]);
     let (out, task) = ns.wait_task(repo.path(), "say hello").await;
     let events = ns.events(task["id"].as_str().unwrap()).await;
     let setup = events
@@ -417,6 +418,7 @@ test = "cargo test --offline --locked"
         "[sandbox]\nbinds = [\"~/.rustup\", \"~/.cargo/bin\"]\npath = [\"~/.cargo/bin\"]\n",
     )
     .unwrap();
+    ns.allow_loopback(&[port]);
     ns.env.push(("HOME".into(), home.display().to_string()));
     let (out, task) = ns.wait_task(root, "fix answer").await;
     let events = ns.events(task["id"].as_str().unwrap()).await;

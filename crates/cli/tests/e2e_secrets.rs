@@ -303,6 +303,7 @@ async fn a_proxy_secret_reaches_its_host_as_a_header_and_never_the_sandbox() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called the service"}}]}}
     ])))
     .await;
+    ns.allow_loopback(&[port]);
     trust_and_set_token(&mut ns, &ca_pem);
 
     let (out, task) = ns.wait_task(repo.path(), "call").await;
@@ -370,6 +371,7 @@ async fn a_follow_up_does_not_take_the_configuration_its_agent_wrote() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "called it"}}]}}
     ])))
     .await;
+    ns.allow_loopback(&[port, other]);
     trust_and_set_token(&mut ns, &ca_pem);
     let (out, first) = ns.wait_task(repo.path(), "move").await;
     assert!(out.status.success(), "{}", stderr(&out));

@@ -93,11 +93,18 @@ mod tests {
         };
         let warnings = ceilings.apply(&mut limits);
         assert_eq!(warnings.len(), 3, "{warnings:?}");
-        assert!(warnings[0].contains("limits.memory") && warnings[0].contains("8"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("limits.memory") && warnings[0].contains("8"),
+            "{warnings:?}"
+        );
         assert_eq!(limits.memory.bytes(), 8 * ByteSize::GIB);
         assert_eq!(limits.pids, Some(2048));
         assert_eq!(limits.cpus, Some(2.0));
-        assert_eq!(limits.disk.bytes(), 5 * ByteSize::GIB, "under the ceiling: kept");
+        assert_eq!(
+            limits.disk.bytes(),
+            5 * ByteSize::GIB,
+            "under the ceiling: kept"
+        );
         let mut modest = Limits::default();
         assert!(LimitCeilings::default().apply(&mut modest).is_empty());
         assert_eq!(modest, Limits::default());

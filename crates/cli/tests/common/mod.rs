@@ -139,6 +139,20 @@ impl Nightshift {
         command
     }
 
+    /// Lets this installation's sandboxes reach these ports of the host's loopback (where the
+    /// tests' own services listen) when a task's allowlist names them: `[network]
+    /// allow_private` in `config.toml`, added to what the file holds.
+    pub fn allow_loopback(&self, ports: &[u16]) {
+        let file = self.home.path().join("config.toml");
+        let mut text = std::fs::read_to_string(&file).unwrap_or_default();
+        let entries: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        text.push_str(&format!(
+            "\n[network]\nallow_private = [{}]\n",
+            entries.join(", ")
+        ));
+        std::fs::write(&file, text).unwrap();
+    }
+
     /// Runs the binary to its end off the async runtime (the scripted server runs on it).
     pub async fn run(&self, args: &[&str]) -> Output {
         let mut command = self.command(args);
