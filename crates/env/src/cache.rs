@@ -116,6 +116,17 @@ impl CacheKey {
             inputs,
         }
     }
+
+    /// The same key for `repo`'s tasks only: a layer is what one repository's setup made, and
+    /// another repository that writes the same setup script and lockfiles must not be able to
+    /// build the layer this one's tasks then mount.
+    pub fn for_repository(mut self, repo: &str) -> CacheKey {
+        self.inputs
+            .insert("repository".to_string(), digest(repo.as_bytes()));
+        let canonical = serde_json::to_vec(&self.inputs).unwrap_or_default();
+        self.key = digest(&canonical)[..32].to_string();
+        self
+    }
 }
 
 /// Files under `root` (relative), skipping `.git`, for `cache_key` globs.

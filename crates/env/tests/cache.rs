@@ -224,3 +224,21 @@ fn a_bind_fingerprint_sees_its_top_two_levels_only() {
     std::fs::create_dir_all(rustup.join("toolchains/nightly-x86_64-unknown-linux-gnu")).unwrap();
     assert_ne!(before, bind_fingerprint(&rustup));
 }
+
+#[test]
+fn another_repository_with_the_same_setup_gets_a_key_of_its_own() {
+    let repo = tempfile::tempdir().unwrap();
+    let key = CacheKey::compute(repo.path(), &config("npm ci"), &Base::system("base"));
+    let mine = key.clone().for_repository("/src/app");
+    let theirs = key.for_repository("/src/other");
+    assert_ne!(
+        mine.key, theirs.key,
+        "a layer is never shared across repositories"
+    );
+    assert_eq!(
+        mine.key,
+        CacheKey::compute(repo.path(), &config("npm ci"), &Base::system("base"))
+            .for_repository("/src/app")
+            .key
+    );
+}

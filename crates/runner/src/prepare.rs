@@ -113,7 +113,8 @@ impl Runner {
         .await?;
         let base =
             nightshift_env::cache::base_identity(self.sandbox.backend(), &self.config.host_binds);
-        let key = CacheKey::compute(run.copy.root(), &run.env.config, &base);
+        let key = CacheKey::compute(run.copy.root(), &run.env.config, &base)
+            .for_repository(&run.task.spec.repo);
         let cache = SetupCache::new(dir, self.config.layers_budget);
         let repo = run.task.spec.repo.clone();
         let locked = {

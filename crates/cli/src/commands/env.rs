@@ -74,7 +74,8 @@ async fn explain(repo: std::path::PathBuf) -> Result<ExitCode, Failure> {
         &root,
         &loaded.config,
         &base_identity(backend, &toolchains.binds),
-    );
+    )
+    .for_repository(&root.display().to_string());
     println!("setup layer key {}", key.key);
     for (name, value) in &key.inputs {
         println!("  {name:<28} {}", &value[..value.len().min(16)]);
