@@ -208,41 +208,51 @@ impl Runner {
                 Err(err.to_string())
             }
         };
-        let committed = match kept {
-            Ok(staged) => {
-                let (cache, key, repo) = (cache.clone(), key.clone(), repo.clone());
-                tokio::task::spawn_blocking(move || cache.commit(&repo, &key, &staged))
-                    .await
-                    .map_err(|err| err.to_string())
-                    .and_then(|done| done.map_err(|err| err.to_string()))
+        let staged = match kept {
+            Ok(staged) => staged,
+            Err(err) => {
+                let message = format!("keeping the setup layer: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
             }
-            Err(err) => Err(err),
+        };
+        // A layer is kept on disk and served to later tasks: it must not hold a secret in the
+        // clear. It is checked while it is still staged, where nothing serves it, and so stays
+        // unserved even if removing it fails.
+        if let Some((name, file)) = environment::secret_in_tree(log, &staged).await {
+            if let Err(err) = tokio::fs::remove_dir_all(&staged).await {
+                log.append(Event::Warning {
+                    message: format!(
+                        "could not remove the refused setup layer at {} ({err}); it is never served",
+                        staged.display()
+                    ),
+                })
+                .await?;
+            }
+            let message = match name.strip_prefix("(unknown: ") {
+                Some(why) => format!(
+                    "the setup layer could not be checked for secrets ({}: {}); it was discarded",
+                    file.display(),
+                    why.trim_end_matches(')')
+                ),
+                None => format!(
+                    "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
+                    file.display()
+                ),
+            };
+            let hint = "a layer keeps the workspace, $HOME and the system directories: give the secret scope `proxy` (the egress proxy adds it to requests, and it never enters the sandbox), or remove what holds it before setup ends";
+            return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+                .await
+                .map(Err);
+        }
+        let committed = {
+            let (cache, key, repo) = (cache.clone(), key.clone(), repo.clone());
+            tokio::task::spawn_blocking(move || cache.commit(&repo, &key, &staged))
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|done| done.map_err(|err| err.to_string()))
         };
         match committed {
-            Ok(layer) => {
-                // A layer is kept on disk: it must not hold a secret in the clear.
-                if let Some((name, file)) = environment::secret_in_tree(log, &layer).await {
-                    if let Some(dir) = layer.parent() {
-                        let _ = tokio::fs::remove_dir_all(dir).await;
-                    }
-                    let message = match name.strip_prefix("(unknown: ") {
-                        Some(why) => format!(
-                            "the setup layer could not be checked for secrets ({}: {}); it was discarded",
-                            file.display(),
-                            why.trim_end_matches(')')
-                        ),
-                        None => format!(
-                            "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
-                            file.display()
-                        ),
-                    };
-                    let hint = "a layer keeps the workspace, $HOME and the system directories: give the secret scope `proxy` (the egress proxy adds it to requests, and it never enters the sandbox), or remove what holds it before setup ends";
-                    return fail(log, ErrorKind::Setup, message, Some(hint.into()))
-                        .await
-                        .map(Err);
-                }
-                Ok(Ok(vec![layer]))
-            }
+            Ok(layer) => Ok(Ok(vec![layer])),
             Err(err) => {
                 let message = format!("keeping the setup layer: {err}");
                 fail(log, ErrorKind::Internal, message, None).await.map(Err)
