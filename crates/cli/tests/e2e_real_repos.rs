@@ -445,3 +445,75 @@ test = "cargo test --offline --locked"
     assert_eq!(files, "src/lib.rs");
     drop(registry);
 }
+
+/// A directory of wheels served over loopback: `nshello` 1.0, whose `greet()` says hello.
+fn wheel_index() -> (tempfile::TempDir, std::process::Child, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import sys, zipfile\n\
+             with zipfile.ZipFile(sys.argv[1], 'w') as w:\n\
+             \x20   w.writestr('nshello/__init__.py', 'def greet():\\n    return \"hello from a wheel\"\\n')\n\
+             \x20   w.writestr('nshello-1.0.dist-info/METADATA', 'Metadata-Version: 2.1\\nName: nshello\\nVersion: 1.0\\n')\n\
+             \x20   w.writestr('nshello-1.0.dist-info/WHEEL', 'Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n')\n\
+             \x20   w.writestr('nshello-1.0.dist-info/RECORD', 'nshello/__init__.py,,\\nnshello-1.0.dist-info/METADATA,,\\nnshello-1.0.dist-info/WHEEL,,\\nnshello-1.0.dist-info/RECORD,,\\n')\n",
+        )
+        .arg(dir.path().join("nshello-1.0-py3-none-any.whl"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (server, port) = serve(dir.path());
+    (dir, server, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_package_setup_installs_with_pip_user_is_the_agents() {
+    let pip = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "--version"])
+        .output();
+    if !pip.is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: the system python3 has no pip (apt-get install python3-pip)");
+        return;
+    }
+    let (_dir, mut server, port) = wheel_index();
+    let repo = buggy_repo_with_config(&format!(
+        r#"
+[environment]
+# Debian marks its python as externally managed; --user into $HOME is what setup keeps.
+setup = "export no_proxy= NO_PROXY=; python3 -m pip install --user --break-system-packages --no-index --find-links http://127.0.0.1:{port}/ nshello"
+
+[network]
+setup = ["127.0.0.1:{port}"]
+
+[checks]
+import = "python3 -c 'import nshello; print(nshello.greet())'"
+"#
+    ));
+    let steps = json!([
+        shell("python3 -c 'import nshello; print(nshello.greet())' | tee greeting.txt"),
+        finish("Greet")
+    ]);
+    let (ns, _model) = Nightshift::with_script(script(steps)).await;
+    ns.allow_loopback(&[port]);
+    let (out, task) = ns.wait_task(repo.path(), "greet").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    let setup = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "setup")
+        .unwrap();
+    assert_eq!(setup["ok"], true, "{setup}");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    assert!(
+        shell_outputs(&events)[0].starts_with("hello from a wheel\n"),
+        "{:?}",
+        shell_outputs(&events)
+    );
+    let check = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
+        .unwrap();
+    assert_eq!(check["ok"], true, "{check}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
