@@ -10,6 +10,7 @@ mod git;
 mod repo;
 pub mod secrets;
 mod slug;
+pub mod tree_files;
 
 pub use config::{EnvConfig, Loaded, collect_agents_md, describe, render_agents_context};
 pub use git::GitError;
