@@ -2,11 +2,13 @@
 //! imported), the untracked files it asks for, its setup and maintenance scripts, its declared
 //! checks, and the context the agent gets from it (AGENTS.md, the checks it will be held to).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nightshift_agent::SinkError;
 use nightshift_env::config::{ConfigError, ConfigSource, EnvConfig, Loaded, SecretScope};
+use nightshift_env::tree_files::{Links, open_regular_in};
 use nightshift_env::{collect_agents_md, render_agents_context};
 use nightshift_protocol::{CommandPhase, Event, TaskId};
 use nightshift_sandbox::{Credential, ExecRequest, ExitStatus, SandboxSession};
@@ -92,6 +94,9 @@ pub(crate) async fn copy_untracked(
     Ok(())
 }
 
+/// The largest file `environment.copy` copies.
+const MAX_COPIED_BYTES: u64 = 256 * 1024 * 1024;
+
 fn copy_files(source_root: &Path, copy_root: &Path, paths: &[PathBuf]) -> Vec<String> {
     let mut notes = Vec::new();
     let mut excluded = String::new();
@@ -114,22 +119,32 @@ fn copy_files(source_root: &Path, copy_root: &Path, paths: &[PathBuf]) -> Vec<St
         }
     };
     for path in paths {
-        // cap-std refuses paths that leave the repository, by `..` or by symlink.
-        let bytes = match source.read(path) {
-            Ok(bytes) => bytes,
-            Err(err) => {
+        // Inside the checkout only (cap-std refuses `..` and links out), a regular file only
+        // (a FIFO is refused, not waited on), streamed and bounded.
+        let opened = match open_regular_in(&source, source_root, path, Links::FollowInside) {
+            Ok(opened) if opened.len > MAX_COPIED_BYTES => {
                 notes.push(format!(
-                    "environment.copy: `{}` was not copied: {err}",
-                    path.display()
+                    "environment.copy: `{}` was not copied: it is larger than {} MiB",
+                    path.display(),
+                    MAX_COPIED_BYTES >> 20
                 ));
+                continue;
+            }
+            Ok(opened) => opened,
+            Err(err) => {
+                notes.push(format!("environment.copy: {err}"));
                 continue;
             }
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = target.create_dir_all(parent);
         }
-        match target.write(path, bytes) {
-            Ok(()) => excluded.push_str(&format!("/{}\n", path.display())),
+        let copied = target.create(path).and_then(|out| {
+            let mut out = out.into_std();
+            std::io::copy(&mut opened.file.take(MAX_COPIED_BYTES), &mut out)
+        });
+        match copied {
+            Ok(_) => excluded.push_str(&format!("/{}\n", path.display())),
             Err(err) => notes.push(format!(
                 "environment.copy: `{}` could not be written: {err}",
                 path.display()
