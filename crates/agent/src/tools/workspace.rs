@@ -211,9 +211,9 @@ impl Workspace {
                  to the workspace root)"
             ),
             io::ErrorKind::PermissionDenied => format!("`{shown}` is not accessible: {err}"),
-            // A FIFO opened for writing with no reader.
+            // A socket, or a FIFO opened for writing with no reader.
             _ if err.raw_os_error() == Some(libc::ENXIO) => {
-                PathError::NotRegular(shown, "a FIFO or device").to_string()
+                PathError::NotRegular(shown, "a FIFO, socket or device").to_string()
             }
             _ => format!("`{shown}`: {err}"),
         }
