@@ -10,14 +10,17 @@
 //! the least recently used are evicted when they outgrow the budget, and a lock per key makes
 //! two tasks that need the same missing layer build it once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::EnvConfig;
+use crate::tree_files::{Links, TreeFileError, open_regular};
 
 /// Lockfiles that pin what setup installs, looked for in the repository root and the workdir.
 const LOCKFILES: &[&str] = &[
@@ -75,7 +78,8 @@ impl CacheKey {
             .unwrap_or_else(|| PathBuf::from("."));
         inputs.insert("workdir".to_string(), workdir.display().to_string());
         inputs.insert("arch".to_string(), std::env::consts::ARCH.to_string());
-        let mut files: Vec<PathBuf> = Vec::new();
+        let tree = Dir::open_ambient_dir(root, cap_std::ambient_authority()).ok();
+        let mut files: BTreeSet<PathBuf> = BTreeSet::new();
         // The workdir's own lockfiles too, when it is not the root ("." and "" are the root).
         let normalized: PathBuf = workdir
             .components()
@@ -89,26 +93,39 @@ impl CacheKey {
         for dir in dirs {
             for name in LOCKFILES {
                 let path = dir.join(name);
-                if root.join(&path).is_file() && !files.contains(&path) {
-                    files.push(path);
+                // Whatever stands there counts, link or FIFO; what it is decides the hash.
+                let present = tree.as_ref().is_some_and(|tree| {
+                    tree.symlink_metadata(&path)
+                        .is_ok_and(|meta| !meta.is_dir())
+                });
+                if present {
+                    files.insert(path);
                 }
             }
         }
-        for pattern in &config.environment.cache_key {
-            if let Ok(glob) = globset::Glob::new(pattern) {
-                let matcher = glob.compile_matcher();
-                for entry in walk_files(root) {
-                    if matcher.is_match(&entry) && !files.contains(&entry) {
-                        files.push(entry);
-                    }
+        let globs: Vec<_> = config
+            .environment
+            .cache_key
+            .iter()
+            .filter_map(|pattern| globset::Glob::new(pattern).ok())
+            .map(|glob| glob.compile_matcher())
+            .collect();
+        if let (false, Some(tree)) = (globs.is_empty(), &tree) {
+            let walked = walk_files(tree);
+            for entry in walked.files {
+                if globs.iter().any(|glob| glob.is_match(&entry)) {
+                    files.insert(entry);
                 }
+            }
+            if walked.cut {
+                inputs.insert(
+                    "walk".to_string(),
+                    format!("cut at {MAX_WALK_ENTRIES} entries"),
+                );
             }
         }
         for file in files {
-            let hash = std::fs::read(root.join(&file))
-                .map(|bytes| digest(&bytes))
-                .unwrap_or_else(|_| "unreadable".into());
-            inputs.insert(format!("file:{}", file.display()), hash);
+            inputs.insert(format!("file:{}", file.display()), file_hash(root, &file));
         }
         let canonical = serde_json::to_vec(&inputs).unwrap_or_default();
         CacheKey {
@@ -129,24 +146,105 @@ impl CacheKey {
     }
 }
 
-/// Files under `root` (relative), skipping `.git`, for `cache_key` globs.
-fn walk_files(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
+/// The hash of a lockfile or `cache_key` file of the working copy, read as the repository
+/// could not abuse it: inside the working copy, a regular file, streamed up to
+/// [`MAX_HASHED_BYTES`]. Anything else is described instead, so it still decides the key.
+fn file_hash(root: &Path, relative: &Path) -> String {
+    let opened = match open_regular(root, relative, Links::FollowInside) {
+        Ok(opened) => opened,
+        Err(TreeFileError::Outside { .. }) => return "outside the working copy".into(),
+        Err(TreeFileError::NotRegular { kind, .. }) => {
+            return format!("not a regular file: {kind}");
+        }
+        Err(_) => return "unreadable".into(),
+    };
+    if opened.len > MAX_HASHED_BYTES {
+        return format!("too large: {} bytes", opened.len);
+    }
+    let mut hasher = Sha256::new();
+    let mut reader = opened.file.take(MAX_HASHED_BYTES + 1);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n as u64;
+                hasher.update(&buffer[..n]);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return "unreadable".into(),
+        }
+    }
+    if total > MAX_HASHED_BYTES {
+        return format!("too large: over {MAX_HASHED_BYTES} bytes");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The most bytes of one lockfile or `cache_key` file hashed; a larger file's key input is its
+/// size.
+const MAX_HASHED_BYTES: u64 = 64 * 1024 * 1024;
+/// The most directory entries the `cache_key` walk looks at.
+const MAX_WALK_ENTRIES: usize = 100_000;
+
+/// The regular files of a working copy, for `cache_key` globs.
+struct Walked {
+    /// Relative to the root, skipping `.git`.
+    files: Vec<PathBuf>,
+    /// Whether the walk stopped at [`MAX_WALK_ENTRIES`].
+    cut: bool,
+}
+
+/// Files under `tree` (relative), skipping `.git`, for `cache_key` globs. Symbolic links are
+/// neither listed nor followed, and every directory is opened through its parent's handle, so
+/// the walk stays in the tree.
+fn walk_files(tree: &Dir) -> Walked {
+    let mut walked = Walked {
+        files: Vec::new(),
+        cut: false,
+    };
+    let Ok(top) = tree.try_clone() else {
+        return walked;
+    };
+    let mut stack = vec![(top, PathBuf::new())];
+    let mut seen = 0usize;
+    while let Some((dir, relative)) = stack.pop() {
+        let Ok(entries) = dir.entries() else {
             continue;
         };
         for entry in entries.flatten() {
-            let relative = dir.join(entry.file_name());
+            seen += 1;
+            if seen > MAX_WALK_ENTRIES {
+                walked.cut = true;
+                return walked;
+            }
+            let name = entry.file_name();
+            let path = relative.join(&name);
             match entry.file_type() {
-                Ok(kind) if kind.is_dir() && entry.file_name() != ".git" => stack.push(relative),
-                Ok(kind) if kind.is_file() => found.push(relative),
+                Ok(kind) if kind.is_dir() && name != ".git" => {
+                    if let Ok(child) = open_dir_nofollow(&dir, &name) {
+                        stack.push((child, path));
+                    }
+                }
+                Ok(kind) if kind.is_file() => walked.files.push(path),
                 _ => {}
             }
         }
     }
-    found
+    walked
+}
+
+/// The subdirectory `name` of `dir`, never through a symbolic link.
+fn open_dir_nofollow(dir: &Dir, name: &std::ffi::OsStr) -> std::io::Result<Dir> {
+    use cap_std::fs::OpenOptionsExt;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW);
+    Ok(Dir::from_std_file(
+        dir.open_with(name, &options)?.into_std(),
+    ))
 }
 
 /// What a setup layer is built on: the system the sandbox shows read-only under every layer, and

@@ -1,11 +1,20 @@
-//! Running git: one place that sets the flags every call needs and turns failures into errors
-//! that quote git's own words.
+//! Running git on the host: one place that sets the flags every call needs and turns failures
+//! into errors that quote git's own words.
+//!
+//! Host git works in the person's repository and in task working copies cloned from it, whose
+//! content is the untrusted repository's and into which bundles made by the agent are fetched.
+//! So it runs with none of the configuration that could execute programs or reach the network
+//! (hooks, fsmonitor, any transport but local files), checks every object it receives, and
+//! ignores whatever `GIT_*` variables the process inherited. The host's system and global
+//! configuration is left out too, except the settings a person's repository may need to be
+//! usable at all (see [`CARRIED_SETTINGS`]).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::Command;
+use tokio::sync::OnceCell;
 
 /// A git command that failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +34,10 @@ pub enum GitError {
     },
 }
 
-/// Settings that keep a person's git configuration from getting in the way of an unattended
-/// run: no signing prompts, no hooks, no pagers, no credential prompts.
-const SAFE_CONFIG: [&str; 8] = [
+/// Settings that keep git from running anything but itself and from trusting what it fetches:
+/// no signing, no hooks, no fsmonitor, no transport but local paths and bundles, every received
+/// object checked.
+const SAFE_CONFIG: [&str; 16] = [
     "-c",
     "commit.gpgsign=false",
     "-c",
@@ -35,8 +45,24 @@ const SAFE_CONFIG: [&str; 8] = [
     "-c",
     "core.hooksPath=/dev/null",
     "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "protocol.allow=never",
+    "-c",
+    "protocol.file.allow=always",
+    "-c",
+    "transfer.fsckObjects=true",
+    "-c",
     "advice.detachedHead=false",
 ];
+
+/// Settings of the host's system and global configuration that host git keeps: which
+/// repositories owned by someone else may be used (`safe.directory`), and the content filters
+/// (such as Git LFS) a checkout of the person's repository needs.
+const CARRIED_SETTINGS: &str = r"^(safe\.directory|filter\..+\.(clean|smudge|process|required))$";
+
+/// The `-c` arguments carrying [`CARRIED_SETTINGS`], read once.
+static CARRIED: OnceCell<Vec<OsString>> = OnceCell::const_new();
 
 /// Runs `git -C dir args...` and returns its standard output, trimmed of the final newline.
 pub(crate) async fn git<I, S>(dir: &Path, args: I) -> Result<String, GitError>
@@ -48,11 +74,21 @@ where
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
         .collect();
-    let output = Command::new("git")
+    let carried = CARRIED.get_or_init(carried_settings).await;
+    let mut command = Command::new("git");
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("GIT_")) {
+            command.env_remove(&name);
+        }
+    }
+    let output = command
         .arg("-C")
         .arg(dir)
         .args(SAFE_CONFIG)
+        .args(carried)
         .args(&args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
         .env("LC_ALL", "C")
@@ -87,11 +123,22 @@ pub(crate) fn git_streamed<T>(
 ) -> Result<T, GitError> {
     use std::io::{Read, Write};
     let shown = args.join(" ");
-    let mut child = std::process::Command::new("git")
+    let mut command = std::process::Command::new("git");
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("GIT_")) {
+            command.env_remove(&name);
+        }
+    }
+    // The carried settings are read by the first `git` call, which always comes first.
+    let carried = CARRIED.get().map(Vec::as_slice).unwrap_or_default();
+    let mut child = command
         .arg("-C")
         .arg(dir)
         .args(SAFE_CONFIG)
+        .args(carried)
         .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
         .env("LC_ALL", "C")
@@ -138,4 +185,37 @@ pub(crate) fn git_streamed<T>(
         });
     }
     Ok(result)
+}
+
+/// [`CARRIED_SETTINGS`] as the host's system and global configuration (and the environment the
+/// person gave nightshift) set them, as `-c name=value` arguments. Read outside any repository.
+async fn carried_settings() -> Vec<OsString> {
+    let mut carried = Vec::new();
+    for scope in ["--system", "--global"] {
+        let output = Command::new("git")
+            .args(["config", scope, "--null", "--get-regexp", CARRIED_SETTINGS])
+            .current_dir("/")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await;
+        // No such file, or no such setting: nothing to carry.
+        let Ok(output) = output else { continue };
+        for entry in output.stdout.split(|&b| b == 0) {
+            let Some(newline) = entry.iter().position(|&b| b == b'\n') else {
+                continue;
+            };
+            let (name, value) = (&entry[..newline], &entry[newline + 1..]);
+            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
+            else {
+                continue;
+            };
+            carried.push(OsString::from("-c"));
+            carried.push(OsString::from(format!("{name}={value}")));
+        }
+    }
+    carried
 }

@@ -11,6 +11,7 @@ pub mod grants;
 mod repo;
 pub mod secrets;
 mod slug;
+pub mod tree_files;
 
 pub use config::{EnvConfig, Loaded, collect_agents_md, describe, render_agents_context};
 pub use git::GitError;

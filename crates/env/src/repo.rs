@@ -29,6 +29,8 @@ pub enum EnvError {
     BranchExists { repo: PathBuf, branch: String },
     #[error(transparent)]
     Git(#[from] GitError),
+    #[error("{} is not a git bundle nightshift made: {reason}; nothing was fetched from it", .path.display())]
+    NotABundle { path: PathBuf, reason: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -58,7 +60,7 @@ impl EnvError {
                 Some("commit something first: a task starts from a commit".into())
             }
             EnvError::BranchExists { .. } => Some("delete or rename the existing branch".into()),
-            EnvError::Git(_) | EnvError::Io { .. } => None,
+            EnvError::NotABundle { .. } | EnvError::Git(_) | EnvError::Io { .. } => None,
         }
     }
 
@@ -68,7 +70,10 @@ impl EnvError {
             EnvError::NotARepository { .. }
             | EnvError::UnknownBase { .. }
             | EnvError::EmptyRepository { .. } => true,
-            EnvError::BranchExists { .. } | EnvError::Git(_) | EnvError::Io { .. } => false,
+            EnvError::BranchExists { .. }
+            | EnvError::NotABundle { .. }
+            | EnvError::Git(_)
+            | EnvError::Io { .. } => false,
         }
     }
 }
@@ -182,18 +187,35 @@ impl SourceRepo {
                 })?;
         }
         let parent = dest.parent().unwrap_or(Path::new("/"));
-        git(
-            parent,
-            [
-                "clone".as_ref(),
-                "--quiet".as_ref(),
-                "--local".as_ref(),
-                "--no-checkout".as_ref(),
-                self.root.as_os_str(),
-                dest.as_os_str(),
-            ],
-        )
-        .await?;
+        // A local clone hard-links the source's object files; a task handing back at the same
+        // moment writes (and renames away) temporary packs there, which fails the clone now and
+        // then ("hardlink different from source"). Such a clone is made again from scratch.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cloned = git(
+                parent,
+                [
+                    "clone".as_ref(),
+                    "--quiet".as_ref(),
+                    "--local".as_ref(),
+                    "--no-checkout".as_ref(),
+                    self.root.as_os_str(),
+                    dest.as_os_str(),
+                ],
+            )
+            .await;
+            match cloned {
+                Ok(_) => break,
+                Err(GitError::Failed { ref stderr, .. })
+                    if attempt < 3 && stderr.contains("tmp_") =>
+                {
+                    let _ = tokio::fs::remove_dir_all(dest).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         git(dest, ["checkout", "--quiet", "--detach", &base.commit]).await?;
         Ok(WorkingCopy {
             root: dest.to_path_buf(),
@@ -221,6 +243,45 @@ impl SourceRepo {
             .await
             .is_ok())
     }
+}
+
+/// The first line of a git bundle, by version.
+const BUNDLE_SIGNATURES: [&[u8]; 2] = [b"# v2 git bundle\n", b"# v3 git bundle\n"];
+
+/// Whether `path` is a regular file, not a symbolic link, that starts with a git bundle's
+/// signature. Opening never blocks (a FIFO is refused, not waited on).
+fn check_bundle(path: &Path) -> Result<(), EnvError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |reason: String| EnvError::NotABundle {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ELOOP) => refuse("it is a symbolic link".into()),
+            _ => refuse(format!("it cannot be opened ({err})")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|err| refuse(format!("it cannot be inspected ({err})")))?;
+    if !meta.is_file() {
+        let kind = crate::tree_files::describe_kind(&meta.file_type());
+        return Err(refuse(format!("it is {kind}, not a regular file")));
+    }
+    let mut head = Vec::with_capacity(16);
+    file.take(16)
+        .read_to_end(&mut head)
+        .map_err(|err| refuse(format!("it cannot be read ({err})")))?;
+    if !BUNDLE_SIGNATURES.contains(&head.as_slice()) {
+        return Err(refuse(
+            "it does not start with `# v2 git bundle` or `# v3 git bundle`".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The last line of what git said, for short error messages.
@@ -265,8 +326,17 @@ impl WorkingCopy {
 
     /// Fetches the commits of a bundle (made by `git bundle create FILE BASE..HEAD` from a
     /// copy of this repository) and returns the commit its `HEAD` points at, kept under
-    /// `refs/nightshift/result`. Only git objects cross over, never configuration.
+    /// `refs/nightshift/result`. Only git objects cross over, never configuration, and each is
+    /// checked (`transfer.fsckObjects`). The bundle comes from the agent: host git only opens
+    /// it once it is known to be a regular file (not a link) that starts as a git bundle does.
     pub async fn import_bundle(&self, bundle: &Path) -> Result<String, EnvError> {
+        let path = bundle.to_path_buf();
+        tokio::task::spawn_blocking(move || check_bundle(&path))
+            .await
+            .map_err(|err| EnvError::NotABundle {
+                path: bundle.to_path_buf(),
+                reason: format!("checking it failed: {err}"),
+            })??;
         git(
             &self.root,
             [

@@ -2,12 +2,14 @@
 //! imported), the untracked files it asks for, its setup and maintenance scripts, its declared
 //! checks, and the context the agent gets from it (AGENTS.md, the checks it will be held to).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nightshift_agent::SinkError;
 use nightshift_env::config::{ConfigError, ConfigSource, EnvConfig, Loaded, SecretScope};
 use nightshift_env::secrets::Redactor;
+use nightshift_env::tree_files::{Links, open_regular_in};
 use nightshift_env::{collect_agents_md, render_agents_context};
 use nightshift_protocol::{CommandPhase, Event, TaskId};
 use nightshift_sandbox::{Credential, ExecRequest, ExitStatus, SandboxSession};
@@ -93,6 +95,9 @@ pub(crate) async fn copy_untracked(
     Ok(())
 }
 
+/// The largest file `environment.copy` copies.
+const MAX_COPIED_BYTES: u64 = 256 * 1024 * 1024;
+
 fn copy_files(source_root: &Path, copy_root: &Path, paths: &[PathBuf]) -> Vec<String> {
     let mut notes = Vec::new();
     let mut excluded = String::new();
@@ -115,22 +120,32 @@ fn copy_files(source_root: &Path, copy_root: &Path, paths: &[PathBuf]) -> Vec<St
         }
     };
     for path in paths {
-        // cap-std refuses paths that leave the repository, by `..` or by symlink.
-        let bytes = match source.read(path) {
-            Ok(bytes) => bytes,
-            Err(err) => {
+        // Inside the checkout only (cap-std refuses `..` and links out), a regular file only
+        // (a FIFO is refused, not waited on), streamed and bounded.
+        let opened = match open_regular_in(&source, source_root, path, Links::FollowInside) {
+            Ok(opened) if opened.len > MAX_COPIED_BYTES => {
                 notes.push(format!(
-                    "environment.copy: `{}` was not copied: {err}",
-                    path.display()
+                    "environment.copy: `{}` was not copied: it is larger than {} MiB",
+                    path.display(),
+                    MAX_COPIED_BYTES >> 20
                 ));
+                continue;
+            }
+            Ok(opened) => opened,
+            Err(err) => {
+                notes.push(format!("environment.copy: {err}"));
                 continue;
             }
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = target.create_dir_all(parent);
         }
-        match target.write(path, bytes) {
-            Ok(()) => excluded.push_str(&format!("/{}\n", path.display())),
+        let copied = target.create(path).and_then(|out| {
+            let mut out = out.into_std();
+            std::io::copy(&mut opened.file.take(MAX_COPIED_BYTES), &mut out)
+        });
+        match copied {
+            Ok(_) => excluded.push_str(&format!("/{}\n", path.display())),
             Err(err) => notes.push(format!(
                 "environment.copy: `{}` could not be written: {err}",
                 path.display()
@@ -493,6 +508,10 @@ pub(crate) async fn secret_in_tree(log: &TaskLog, dir: &Path) -> Option<(String,
         })
 }
 
+/// Files up to this size are read through whatever they hold; above it, a file must be
+/// mostly data (see [`scan_tree`]).
+const SPARSE_SCAN_FLOOR: u64 = 64 << 20;
+
 fn scan_tree(redactor: &Redactor, dir: &Path) -> Option<(String, PathBuf)> {
     let relative = |path: &Path| {
         path.strip_prefix(dir)
@@ -529,6 +548,18 @@ fn scan_tree(redactor: &Redactor, dir: &Path) -> Option<(String, PathBuf)> {
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {
+                // A large file that is mostly holes (a sparse file setup made cost nothing to
+                // write) would take the scan ages to read through: it is not checked, and so
+                // discards the layer like any unchecked file.
+                use std::os::unix::fs::MetadataExt;
+                let allocated = meta.blocks().saturating_mul(512);
+                if meta.len() > SPARSE_SCAN_FLOOR && allocated < meta.len() / 2 {
+                    let err = std::io::Error::other(format!(
+                        "a sparse file of {} bytes with {allocated} allocated",
+                        meta.len()
+                    ));
+                    return unchecked(&path, err);
+                }
                 let found = std::fs::File::open(&path).and_then(|file| {
                     redactor.found_in_reader(std::io::BufReader::with_capacity(1 << 16, file))
                 });
@@ -586,6 +617,16 @@ mod tests {
         assert_eq!(found, Some(("TOKEN".into(), "link".into())));
         let (name, _) = scan_tree(&redactor, Path::new("/nonexistent/layer")).unwrap();
         assert!(name.starts_with("(unknown: it could not be read"), "{name}");
+        // A terabyte of holes is not read through: it is unchecked, found at once.
+        let started = Instant::now();
+        let (name, file) = layer(&|dir| {
+            let file = std::fs::File::create(dir.join("home/sparse")).unwrap();
+            file.set_len(1 << 40).unwrap();
+        })
+        .unwrap();
+        assert!(name.contains("a sparse file"), "{name}");
+        assert_eq!(file, PathBuf::from("home/sparse"));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     fn hex_of(text: &str) -> String {

@@ -7,12 +7,13 @@
 //! execution on the host), and a sandbox's live workspace may not even be a directory host git
 //! can work in.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use nightshift_agent::SinkError;
 use nightshift_env::config::Loaded;
+use nightshift_env::tree_files::{Links, open_regular};
 use nightshift_env::{EnvError, SourceRepo, WorkingCopy, branch_name};
 use nightshift_protocol::{Event, Task};
 use nightshift_sandbox::{ExecRequest, SandboxSession};
@@ -322,8 +323,10 @@ pub(crate) async fn commit_in_sandbox(
 }
 
 /// Copies the bundle out of the live workspace into the host working copy's directory. The
-/// read goes through a capability handle on the workspace, so a symlink the agent planted
-/// cannot make the host read anything outside it.
+/// agent may have put anything at the bundle's path, so it is opened inside the workspace
+/// only, never through a symbolic link, and only if it is a regular file (a FIFO is refused,
+/// not waited on); it must start as a git bundle does, and no more than
+/// [`MAX_BUNDLE_BYTES`] are copied.
 async fn copy_bundle_out(
     workspace: &Path,
     host_copy: &Path,
@@ -332,26 +335,127 @@ async fn copy_bundle_out(
     let target = host_copy.with_extension("handoff.bundle");
     let destination = target.clone();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let dir = cap_std::fs::Dir::open_ambient_dir(&workspace, cap_std::ambient_authority())
-            .map_err(|err| format!("opening the workspace {}: {err}", workspace.display()))?;
-        let file = dir
-            .open(BUNDLE)
-            .map_err(|err| format!("opening the bundle: {err}"))?;
-        let mut limited = file.into_std().take(MAX_BUNDLE_BYTES + 1);
+        let opened = open_regular(&workspace, Path::new(BUNDLE), Links::Refuse)
+            .map_err(|err| format!("the bundle of the result was refused: {err}"))?;
+        let too_large = || format!("the result is larger than {} GiB", MAX_BUNDLE_BYTES >> 30);
+        if opened.len > MAX_BUNDLE_BYTES {
+            return Err(too_large());
+        }
+        let mut limited = opened.file.take(MAX_BUNDLE_BYTES + 1);
+        let mut head = Vec::with_capacity(BUNDLE_SIGNATURE_LEN);
+        (&mut limited)
+            .take(BUNDLE_SIGNATURE_LEN as u64)
+            .read_to_end(&mut head)
+            .map_err(|err| format!("reading the bundle: {err}"))?;
+        if !is_bundle_signature(&head) {
+            return Err(format!(
+                "`{BUNDLE}` in the sandbox is not a git bundle (it does not start with \
+                 `# v2 git bundle` or `# v3 git bundle`); it was not handed to git"
+            ));
+        }
         let mut out = std::fs::File::create(&destination)
             .map_err(|err| format!("creating {}: {err}", destination.display()))?;
+        out.write_all(&head)
+            .map_err(|err| format!("copying the bundle: {err}"))?;
         let copied = std::io::copy(&mut limited, &mut out)
             .map_err(|err| format!("copying the bundle: {err}"))?;
-        if copied > MAX_BUNDLE_BYTES {
-            return Err(format!(
-                "the result is larger than {} GiB",
-                MAX_BUNDLE_BYTES >> 30
-            ));
+        if copied + head.len() as u64 > MAX_BUNDLE_BYTES {
+            return Err(too_large());
         }
         Ok(())
     })
     .await
     .map_err(|err| HandoffError::Commit(err.to_string()))?
-    .map_err(HandoffError::Commit)?;
+    .map_err(|err| {
+        let _ = std::fs::remove_file(&target);
+        HandoffError::Commit(err)
+    })?;
     Ok(target)
+}
+
+/// How long a git bundle's first line is, in both versions.
+const BUNDLE_SIGNATURE_LEN: usize = 16;
+
+fn is_bundle_signature(head: &[u8]) -> bool {
+    head == b"# v2 git bundle\n" || head == b"# v3 git bundle\n"
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::{BUNDLE, copy_bundle_out};
+
+    /// A workspace (`<dir>/ws`, with `.git/`) and where its host working copy would be.
+    fn places() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("ws");
+        std::fs::create_dir_all(workspace.join(".git")).unwrap();
+        let copy = dir.path().join("copy");
+        (dir, workspace, copy)
+    }
+
+    async fn copied(
+        workspace: &std::path::Path,
+        copy: &std::path::Path,
+    ) -> Result<Vec<u8>, String> {
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), copy_bundle_out(workspace, copy))
+                .await
+                .expect("copying the bundle blocked");
+        match result {
+            Ok(path) => Ok(std::fs::read(path).unwrap()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_real_bundle_is_copied_whole() {
+        let (_dir, workspace, copy) = places();
+        let bundle = b"# v2 git bundle\nabc HEAD\n\nPACK...".to_vec();
+        std::fs::write(workspace.join(BUNDLE), &bundle).unwrap();
+        assert_eq!(copied(&workspace, &copy).await.unwrap(), bundle);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_a_link_or_a_non_bundle_is_refused_without_blocking() {
+        let (dir, workspace, copy) = places();
+        let target = workspace.join(BUNDLE);
+        let status = std::process::Command::new("mkfifo")
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = copied(&workspace, &copy).await.unwrap_err();
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        assert!(!copy.with_extension("handoff.bundle").exists());
+
+        std::fs::remove_file(&target).unwrap();
+        let host = dir.path().join("host.bundle");
+        std::fs::write(&host, "# v2 git bundle\nhost\n").unwrap();
+        std::os::unix::fs::symlink(&host, &target).unwrap();
+        let err = copied(&workspace, &copy).await.unwrap_err();
+        assert!(err.contains("is a symbolic link"), "{err}");
+
+        std::fs::remove_file(&target).unwrap();
+        std::fs::write(&target, "[core]\n\tfsmonitor = touch /tmp/x\n").unwrap();
+        let err = copied(&workspace, &copy).await.unwrap_err();
+        assert!(err.contains("is not a git bundle"), "{err}");
+        assert!(!copy.with_extension("handoff.bundle").exists());
+
+        // `.git` itself linked out of the workspace.
+        std::fs::remove_dir_all(workspace.join(".git")).unwrap();
+        std::fs::create_dir(dir.path().join("hostgit")).unwrap();
+        std::fs::write(
+            dir.path().join("hostgit/nightshift-handoff.bundle"),
+            "# v2 git bundle\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("hostgit"), workspace.join(".git")).unwrap();
+        let err = copied(&workspace, &copy).await.unwrap_err();
+        assert!(err.contains("leads outside"), "{err}");
+    }
 }

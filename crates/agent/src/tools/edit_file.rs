@@ -4,6 +4,7 @@
 //! a loose match that edits the wrong place is worse than a refusal. The refusals say how to
 //! recover: where a near match is, or on which lines the ambiguous matches sit.
 
+use std::io::Read;
 use std::path::Path;
 
 use nightshift_model::ToolSpec;
@@ -19,6 +20,8 @@ pub(crate) const NAME: &str = "edit_file";
 const EXPECTED: &str =
     r#"{"path": string, "old_string": string, "new_string": string, "replace_all"?: boolean}"#;
 
+/// The largest file edit_file reads into memory to edit.
+const MAX_EDITED_BYTES: u64 = 32 * 1024 * 1024;
 /// Lines of unchanged context shown around the first edit.
 const CONTEXT_LINES: usize = 3;
 /// The most lines of the edited region shown.
@@ -122,9 +125,20 @@ fn edit(root: &Path, args: &Args) -> Result<String, String> {
     {
         return Err(format!("`{shown}` is a directory, not a file."));
     }
-    let bytes = workspace
-        .dir()
-        .read(&relative)
+    let (file, meta) = workspace
+        .open_regular(&relative)
+        .map_err(|message| format!("{message}."))?;
+    if meta.len() > MAX_EDITED_BYTES {
+        return Err(format!(
+            "`{shown}` is {} bytes, more than edit_file edits ({} MiB); change it with shell \
+             (for example sed) instead.",
+            meta.len(),
+            MAX_EDITED_BYTES >> 20
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_EDITED_BYTES)
+        .read_to_end(&mut bytes)
         .map_err(|err| format!("{}.", workspace.describe_error(&relative, &err)))?;
     let content = String::from_utf8(bytes).map_err(|_| {
         format!(
@@ -167,9 +181,8 @@ fn edit(root: &Path, args: &Args) -> Result<String, String> {
         content.replacen(old.as_str(), &new, 1)
     };
     workspace
-        .dir()
-        .write(&relative, updated.as_bytes())
-        .map_err(|err| format!("{}.", workspace.describe_error(&relative, &err)))?;
+        .write_regular(&relative, updated.as_bytes())
+        .map_err(|message| format!("{message}."))?;
 
     let count = if args.replace_all { positions.len() } else { 1 };
     let noun = if count == 1 {

@@ -73,13 +73,16 @@ fn list(root: &Path, args: &Args, max_entries: usize) -> Result<String, String> 
     let glob = compile_glob(&scope.root, args.glob.as_deref())?;
     let mut files = Vec::new();
     let mut forced = false;
+    let mut cut_note = None;
     if scope.is_file {
         files.push(display(&scope.target));
     } else {
-        forced = walk_files(&scope, glob.as_ref(), |entry| {
-            files.push(display(scope.relative(entry.path())));
+        let walked = walk_files(&workspace, &scope, glob.as_ref(), |found| {
+            files.push(display(found.relative));
             true
         });
+        forced = walked.forced;
+        cut_note = walked.cut_note();
     }
     files.sort();
 
@@ -106,6 +109,10 @@ fn list(root: &Path, args: &Args, max_entries: usize) -> Result<String, String> 
         text.push_str(&format!(
             "\n[note: `{where_}` is ignored by .gitignore; listed because it was asked for]"
         ));
+    }
+    if let Some(note) = cut_note {
+        text.push('\n');
+        text.push_str(&note);
     }
     Ok(text)
 }

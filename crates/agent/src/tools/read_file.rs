@@ -1,10 +1,11 @@
 //! `read_file`: a window of a text file, with line numbers the model can cite back in edits.
 //!
-//! The file is streamed line by line, so a large file costs memory only for the window shown;
-//! the whole file is still scanned once to report its line count, which is what lets the model
-//! page through it without guessing.
+//! The file is streamed line by line, so a large file costs memory only for the window shown
+//! (and a huge line only the part of it shown); the whole file is still scanned once to report
+//! its line count, which is what lets the model page through it without guessing, up to a
+//! bound past which the count is reported as partial.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use nightshift_model::ToolSpec;
@@ -22,6 +23,10 @@ const EXPECTED: &str = r#"{"path": string, "offset"?: integer (first line, 1-bas
 pub(crate) const DEFAULT_LIMIT: usize = 2000;
 /// Longer lines are cut, so one minified line cannot use up the whole window.
 pub(crate) const MAX_LINE_BYTES: usize = 2000;
+/// The most bytes of a line held in memory: enough to show [`MAX_LINE_BYTES`] of it.
+const KEPT_LINE_BYTES: usize = MAX_LINE_BYTES + 8;
+/// The most bytes of a file read, to count its lines and find the window.
+const MAX_SCANNED_BYTES: u64 = 256 * 1024 * 1024;
 /// How much of the start of a file is checked for NUL bytes to call it binary.
 const SNIFF_BYTES: usize = 8000;
 /// Room kept under the output limit for the paging note, so the cut never hides it.
@@ -115,26 +120,20 @@ fn read_window(
     budget: usize,
 ) -> Result<ToolOutput, String> {
     let shown = display(relative);
-    let target = if relative.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        relative
-    };
     let io_error = |err: std::io::Error| workspace.describe_error(relative, &err);
-    let meta = workspace.dir().metadata(target).map_err(io_error)?;
+    let (file, meta) = workspace.open_regular(relative)?;
+    let size = meta.len();
     if meta.is_dir() {
         return Err(format!(
             "`{shown}` is a directory, not a file; use list_files to see the files in it"
         ));
     }
-    if !meta.is_file() {
-        return Err(format!("`{shown}` is not a regular file"));
-    }
-    let file = workspace.dir().open(target).map_err(io_error)?;
-    let mut reader = BufReader::with_capacity(64 * 1024, file.into_std());
+    // Never more than MAX_SCANNED_BYTES, whatever the file claims to hold (a sparse file can
+    // claim terabytes).
+    let mut reader = BufReader::with_capacity(64 * 1024, file.take(MAX_SCANNED_BYTES));
     let head = reader.fill_buf().map_err(io_error)?;
     if head[..head.len().min(SNIFF_BYTES)].contains(&0) {
-        return Ok(binary(&shown, meta.len()));
+        return Ok(binary(&shown, size));
     }
 
     let mut text = String::new();
@@ -142,19 +141,21 @@ fn read_window(
     let mut number = 0usize;
     let mut last_shown = 0usize;
     let mut window_full = false;
+    let mut scanned = 0u64;
     loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io_error)? == 0 {
+        let read = read_line_capped(&mut reader, &mut line, KEPT_LINE_BYTES).map_err(io_error)?;
+        if read.consumed == 0 {
             break;
         }
+        scanned += read.consumed as u64;
         number += 1;
         if number < offset || window_full {
             continue;
         }
         if line.contains(&0) {
-            return Ok(binary(&shown, meta.len()));
+            return Ok(binary(&shown, size));
         }
-        let rendered = render_line(number, &line);
+        let rendered = render_cut_line(number, &line, read.omitted);
         let shown_lines = number - offset;
         if shown_lines >= limit || (shown_lines > 0 && text.len() + rendered.len() > budget) {
             window_full = true;
@@ -163,18 +164,34 @@ fn read_window(
         text.push_str(&rendered);
         last_shown = number;
     }
+    let counted_all = scanned < MAX_SCANNED_BYTES;
 
     let total = number;
     if total == 0 {
         return Ok(ToolOutput::success(format!("[`{shown}` is empty]")));
     }
     if offset > total {
+        if !counted_all {
+            return Err(format!(
+                "offset {offset} is past the first {total} lines of `{shown}`, which are all \
+                 read_file looks at (its first {} MiB); use shell (for example \
+                 `sed -n '{offset},+100p' {shown}`) to read further",
+                MAX_SCANNED_BYTES >> 20
+            ));
+        }
         return Err(format!(
             "offset {offset} is past the end of `{shown}`, which has {total} lines; call again \
              with an offset between 1 and {total}"
         ));
     }
-    if last_shown < total {
+    if !counted_all {
+        let next = last_shown + 1;
+        text.push_str(&format!(
+            "[file is larger than {} MiB, read_file's limit: {total} lines counted; showing \
+             {offset}-{last_shown}; call again with offset={next}, or use shell past the limit]",
+            MAX_SCANNED_BYTES >> 20
+        ));
+    } else if last_shown < total {
         let next = last_shown + 1;
         text.push_str(&format!(
             "[file has {total} lines; showing {offset}-{last_shown}; call again with offset={next}]"
@@ -185,6 +202,70 @@ fn read_window(
         ));
     }
     Ok(ToolOutput::success(text))
+}
+
+/// How much of a line [`read_line_capped`] read.
+struct LineRead {
+    /// Bytes read, line ending included; 0 at the end of the file.
+    consumed: usize,
+    /// Bytes of the line's content read past without being kept.
+    omitted: usize,
+}
+
+/// Reads the next line of `reader` into `line`, keeping at most `keep` bytes of it (the rest is
+/// read past, never held).
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    keep: usize,
+) -> std::io::Result<LineRead> {
+    line.clear();
+    let mut read = LineRead {
+        consumed: 0,
+        omitted: 0,
+    };
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if available.is_empty() {
+            return Ok(read);
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..=at], true),
+            None => (available, false),
+        };
+        let kept = chunk.len().min(keep.saturating_sub(line.len()));
+        line.extend_from_slice(&chunk[..kept]);
+        // A line ending read past is not content.
+        let ending = usize::from(done && kept < chunk.len());
+        read.omitted += chunk.len() - kept - ending;
+        read.consumed += chunk.len();
+        let used = chunk.len();
+        reader.consume(used);
+        if done {
+            return Ok(read);
+        }
+    }
+}
+
+/// [`render_line`] for a line of which `omitted` bytes were never read.
+fn render_cut_line(number: usize, kept: &[u8], omitted: usize) -> String {
+    if omitted == 0 {
+        return render_line(number, kept);
+    }
+    let decoded = String::from_utf8_lossy(kept);
+    let mut end = MAX_LINE_BYTES.min(decoded.len());
+    while !decoded.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = decoded.len() - end + omitted;
+    format!(
+        "{number:>6}\t{}… [line cut: {more} more bytes]\n",
+        &decoded[..end]
+    )
 }
 
 /// One line as `cat -n` prints it, without its line ending, cut when very long.

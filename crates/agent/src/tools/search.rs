@@ -1,6 +1,7 @@
 //! `search`: ripgrep's engine over the workspace, so the model finds code without spending
 //! `shell` calls (and output) on `grep -r` through build directories.
 
+use std::io::Read;
 use std::path::Path;
 
 use grep_regex::RegexMatcherBuilder;
@@ -19,6 +20,11 @@ use super::{ToolContext, ToolOutput};
 pub(crate) const NAME: &str = "search";
 const EXPECTED: &str = r#"{"pattern": string (regex), "path"?: string, "glob"?: string}"#;
 
+/// The most bytes of one file searched.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// About the longest line searched (the searcher holds a whole line in memory): a file is not
+/// searched past a longer one.
+const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Matching lines longer than this are cut in the output.
 const MAX_MATCH_LINE_BYTES: usize = 300;
 
@@ -103,19 +109,28 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
     let mut searcher = SearcherBuilder::new()
         .line_number(true)
         .binary_detection(BinaryDetection::quit(0))
+        .heap_limit(Some(MAX_LINE_BYTES))
         .build();
 
     let mut matches = Vec::new();
     let mut truncated = false;
     let mut files = 0usize;
+    let mut skipped: Vec<String> = Vec::new();
+    let mut partial: Vec<String> = Vec::new();
     let mut search_file = |relative: &Path| -> bool {
         // Opening through the workspace handle keeps even a file swapped for a symlink since
-        // the walk from leading outside.
-        let Ok(file) = workspace.dir().open(relative) else {
+        // the walk from leading outside; a FIFO or device swapped in is refused, not waited on.
+        let Ok((file, meta)) = workspace.open_regular(relative) else {
             return true;
         };
+        if !meta.is_file() {
+            return true;
+        }
         files += 1;
         let shown = display(relative);
+        if meta.len() > MAX_FILE_BYTES {
+            partial.push(shown.clone());
+        }
         let sink = Lossy(|number, line| {
             if matches.len() >= max_matches {
                 truncated = true;
@@ -128,18 +143,26 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
             ));
             Ok(true)
         });
-        // An unreadable file is skipped, as ripgrep does; the search goes on.
-        let _ = searcher.search_file(&matcher, &file.into_std(), sink);
+        // Only the first MAX_FILE_BYTES, and no line longer than MAX_LINE_BYTES is held: such
+        // a file is skipped from there on, as ripgrep skips an unreadable one.
+        if searcher
+            .search_reader(&matcher, file.take(MAX_FILE_BYTES), sink)
+            .is_err()
+        {
+            skipped.push(display(relative));
+        }
         !truncated
     };
     let mut forced = false;
+    let mut cut_note = None;
     if scope.is_file {
         search_file(&scope.target);
     } else {
-        forced = walk_files(&scope, glob.as_ref(), |entry| {
-            let is_symlink = entry.file_type().is_some_and(|kind| kind.is_symlink());
-            is_symlink || search_file(scope.relative(entry.path()))
+        let walked = walk_files(&workspace, &scope, glob.as_ref(), |found| {
+            found.is_symlink || search_file(found.relative)
         });
+        forced = walked.forced;
+        cut_note = walked.cut_note();
     }
 
     let where_ = display(&scope.target);
@@ -167,5 +190,38 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
             "\n[note: `{where_}` is ignored by .gitignore; searched because it was asked for]"
         ));
     }
+    if !skipped.is_empty() {
+        text.push_str(&format!(
+            "\n[note: not searched past a line longer than {} KiB or a read error: {}]",
+            MAX_LINE_BYTES >> 10,
+            some_of(&skipped)
+        ));
+    }
+    if !partial.is_empty() {
+        text.push_str(&format!(
+            "\n[note: only the first {} MiB searched of: {}]",
+            MAX_FILE_BYTES >> 20,
+            some_of(&partial)
+        ));
+    }
+    if let Some(note) = cut_note {
+        text.push('\n');
+        text.push_str(&note);
+    }
     Ok(text)
+}
+
+/// The first few of `paths`, and how many more.
+fn some_of(paths: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = paths
+        .iter()
+        .take(SHOWN)
+        .map(|path| format!("`{path}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > SHOWN {
+        text.push_str(&format!(" and {} more", paths.len() - SHOWN));
+    }
+    text
 }

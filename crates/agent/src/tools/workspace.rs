@@ -4,11 +4,17 @@
 //! elsewhere get a clear message), then every read and write goes through a `cap_std` directory
 //! handle, whose operations refuse to leave the directory by any route, symlinks included. The
 //! lexical step is for the message; `cap_std` is the guarantee.
+//!
+//! The tools run on the host over a workspace the agent controls, so files are opened only
+//! when they are regular files, checked on the open handle, and never with a blocking open: a
+//! FIFO the agent made would otherwise hang the host's open forever, and a device could be
+//! read without end.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
-use cap_std::fs::Dir;
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use nix::libc;
 
 /// The workspace directory, opened as a capability.
 pub(crate) struct Workspace {
@@ -38,6 +44,11 @@ pub(crate) enum PathError {
     InGitDir(String),
     #[error("`{0}` is a symlink whose target does not exist; write to the target path itself")]
     DanglingSymlink(String),
+    #[error(
+        "`{0}` is {1}, not a regular file; the file tools only read and write regular files \
+         (use shell to work with it)"
+    )]
+    NotRegular(String, &'static str),
     #[error("the workspace {path} cannot be opened: {source}")]
     Open { path: PathBuf, source: io::Error },
 }
@@ -143,6 +154,51 @@ impl Workspace {
         }
     }
 
+    /// Opens `relative` for reading if it is a regular file (symbolic links are followed inside
+    /// the workspace). The file type is checked on the opened handle, and the open itself never
+    /// blocks. A directory opens too, for the caller's own message. Returns the file and what
+    /// the handle says of it, or the message for the model.
+    pub(crate) fn open_regular(
+        &self,
+        relative: &Path,
+    ) -> Result<(std::fs::File, std::fs::Metadata), String> {
+        let mut options = OpenOptions::new();
+        options
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+        let file = self
+            .dir
+            .open_with(target(relative), &options)
+            .map_err(|err| self.describe_error(relative, &err))?
+            .into_std();
+        let meta = file
+            .metadata()
+            .map_err(|err| self.describe_error(relative, &err))?;
+        check_regular(relative, &meta.file_type())?;
+        Ok((file, meta))
+    }
+
+    /// Replaces the content of `relative` (created if missing) with `content`, if it is a
+    /// regular file: nothing is truncated or written before the opened handle says so, and the
+    /// open never blocks on a FIFO.
+    pub(crate) fn write_regular(&self, relative: &Path, content: &[u8]) -> Result<(), String> {
+        let mut options = OpenOptions::new();
+        options
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+        let file = self
+            .dir
+            .open_with(relative, &options)
+            .map_err(|err| self.describe_error(relative, &err))?
+            .into_std();
+        let io_error = |err: io::Error| self.describe_error(relative, &err);
+        let meta = file.metadata().map_err(io_error)?;
+        check_regular(relative, &meta.file_type())?;
+        file.set_len(0).map_err(io_error)?;
+        (&file).write_all(content).map_err(io_error)
+    }
+
     /// The message for an I/O error on `relative`, recognizing `cap_std`'s refusals.
     pub(crate) fn describe_error(&self, relative: &Path, err: &io::Error) -> String {
         let shown = display(relative);
@@ -155,8 +211,43 @@ impl Workspace {
                  to the workspace root)"
             ),
             io::ErrorKind::PermissionDenied => format!("`{shown}` is not accessible: {err}"),
+            // A socket, or a FIFO opened for writing with no reader.
+            _ if err.raw_os_error() == Some(libc::ENXIO) => {
+                PathError::NotRegular(shown, "a FIFO, socket or device").to_string()
+            }
             _ => format!("`{shown}`: {err}"),
         }
+    }
+}
+
+/// `relative` as `cap_std` takes it: the root is `.`.
+pub(crate) fn target(relative: &Path) -> &Path {
+    if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    }
+}
+
+/// Refuses anything but a regular file (directories get their own message from the callers).
+fn check_regular(relative: &Path, kind: &std::fs::FileType) -> Result<(), String> {
+    if kind.is_file() || kind.is_dir() {
+        return Ok(());
+    }
+    Err(PathError::NotRegular(display(relative), describe_kind(kind)).to_string())
+}
+
+/// What a file type is, for messages.
+fn describe_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "a special file"
     }
 }
 

@@ -91,10 +91,7 @@ fn write(root: &Path, args: &Args) -> Result<String, String> {
             .create_dir_all(parent)
             .map_err(|err| workspace.describe_error(parent, &err))?;
     }
-    workspace
-        .dir()
-        .write(&relative, args.content.as_bytes())
-        .map_err(|err| workspace.describe_error(&relative, &err))?;
+    workspace.write_regular(&relative, args.content.as_bytes())?;
     let bytes = args.content.len();
     let lines = args.content.lines().count();
     Ok(match previous {

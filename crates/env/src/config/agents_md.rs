@@ -9,6 +9,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::tree_files::{Links, TreeFileError, read_head};
+
 /// The file name looked for in each directory.
 pub const AGENTS_FILE: &str = "AGENTS.md";
 /// The most bytes of one `AGENTS.md` given to the agent.
@@ -50,7 +52,7 @@ pub fn collect_agents_md(repo_root: &Path, dirs_touched: &[PathBuf]) -> Vec<Agen
         }
     }
     dirs.into_iter()
-        .filter_map(|(_, dir)| read_doc(repo_root, &canonical_root, &dir.join(AGENTS_FILE)))
+        .filter_map(|(_, dir)| read_doc(repo_root, &dir.join(AGENTS_FILE)))
         .collect()
 }
 
@@ -79,20 +81,23 @@ fn inside(repo_root: &Path, canonical_root: &Path, path: &Path) -> Option<PathBu
     Some(normal)
 }
 
-fn read_doc(repo_root: &Path, canonical_root: &Path, relative: &Path) -> Option<AgentsDoc> {
-    let resolved = repo_root.join(relative).canonicalize().ok()?;
-    if !resolved.starts_with(canonical_root) || !resolved.is_file() {
-        return None;
-    }
-    let bytes = match std::fs::read(&resolved) {
-        Ok(bytes) => bytes,
+fn read_doc(repo_root: &Path, relative: &Path) -> Option<AgentsDoc> {
+    // Read inside the repository only, a regular file only, and no more than is shown.
+    let (bytes, len) = match read_head(
+        repo_root,
+        relative,
+        Links::FollowInside,
+        AGENTS_MD_CAP as u64,
+    ) {
+        Ok(read) => read,
+        Err(TreeFileError::NotFound { .. }) => return None,
         Err(err) => {
-            tracing::warn!(path = %resolved.display(), %err, "cannot read AGENTS.md; leaving it out");
+            tracing::warn!(%err, "cannot read AGENTS.md; leaving it out");
             return None;
         }
     };
     let text = String::from_utf8_lossy(&bytes);
-    let truncated = bytes.len() > AGENTS_MD_CAP;
+    let truncated = len > AGENTS_MD_CAP as u64;
     let content = if truncated {
         let mut end = AGENTS_MD_CAP.min(text.len());
         while !text.is_char_boundary(end) {
@@ -107,7 +112,7 @@ fn read_doc(repo_root: &Path, canonical_root: &Path, relative: &Path) -> Option<
         format!(
             "{cut}\n\n[{} is {} bytes; only the first {} are shown]",
             relative.display(),
-            bytes.len(),
+            len,
             cut.len()
         )
     } else {

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::tree_files::{Links, TreeFileError, read_regular};
+
 pub use agents_md::{
     AGENTS_FILE, AGENTS_MD_CAP, AgentsDoc, collect_agents_md, render_agents_context,
 };
@@ -104,7 +106,7 @@ impl EnvConfig {
         let provenance = default_provenance(&ecosystems);
 
         let file = repo_root.join(CONFIG_FILE);
-        match std::fs::read_to_string(&file) {
+        match read_config_file(repo_root, Path::new(CONFIG_FILE)) {
             Ok(text) => {
                 let relative = Path::new(CONFIG_FILE);
                 let mut reader =
@@ -142,6 +144,23 @@ impl EnvConfig {
             Err(source) => Err(ConfigError::Read { path: file, source }),
         }
     }
+}
+
+/// The most bytes of a configuration file (`.nightshift.toml` or an imported one) read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The text of the configuration file `relative`, read inside the repository (a symbolic link
+/// out of it, a FIFO or a huge file is an error, never a read of the host or a hang).
+pub(crate) fn read_config_file(repo_root: &Path, relative: &Path) -> std::io::Result<String> {
+    let bytes = read_regular(repo_root, relative, Links::FollowInside, MAX_CONFIG_BYTES).map_err(
+        |err| match err {
+            TreeFileError::NotFound { .. } => std::io::Error::from(ErrorKind::NotFound),
+            TreeFileError::Io { source, .. } => source,
+            refused => std::io::Error::other(refused.to_string()),
+        },
+    )?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "it is not UTF-8 text"))
 }
 
 /// A warning for each proxy secret with hosts that neither allowlist reaches: the egress proxy

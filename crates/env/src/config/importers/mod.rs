@@ -52,11 +52,15 @@ impl Importer {
         self.candidates()
             .iter()
             .map(PathBuf::from)
-            .find(|candidate| repo_root.join(candidate).is_file())
+            .find(|candidate| {
+                // What stands there, even a link or a FIFO: reading it says what is wrong.
+                std::fs::symlink_metadata(repo_root.join(candidate))
+                    .is_ok_and(|meta| !meta.is_dir())
+            })
     }
 
     fn read(self, repo_root: &Path, file: &Path) -> Result<Imported, ConfigWarning> {
-        let text = std::fs::read_to_string(repo_root.join(file)).map_err(|err| {
+        let text = super::read_config_file(repo_root, file).map_err(|err| {
             malformed(file, None, format!("cannot be read ({err}); it is skipped"))
         })?;
         match self {
