@@ -28,6 +28,14 @@ fn shell_outputs(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The `command_finished` event of `phase` (`setup`, `check`...), which must exist.
+fn finished<'a>(events: &'a [Value], phase: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == phase)
+        .unwrap_or_else(|| panic!("no {phase} command in {events:#?}"))
+}
+
 fn host_is_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
@@ -80,10 +88,7 @@ test = "sh test.sh && cat ~/.cache-marker"
         assert!(seen.contains(line), "{line} in {seen}");
     }
     // The check ran on the committed tree with the setup layer (HOME included).
-    let check = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
-        .unwrap();
+    let check = finished(&events, "check");
     assert_eq!(check["ok"], true, "{check}");
     assert!(check["output_tail"].as_str().unwrap().contains("cached"));
 
@@ -215,10 +220,7 @@ hello = "nightshift-hello"
     ns.allow_loopback(&[port]);
     let (out, task) = ns.wait_task(repo.path(), "say hello").await;
     let events = ns.events(task["id"].as_str().unwrap()).await;
-    let setup = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "setup")
-        .unwrap();
+    let setup = finished(&events, "setup");
     assert_eq!(setup["ok"], true, "{setup}");
     assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
     let seen = &shell_outputs(&events)[0];
@@ -232,10 +234,7 @@ hello = "nightshift-hello"
         !setup_output.contains("unsandboxed"),
         "apt could not drop to _apt: {setup_output}"
     );
-    let check = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
-        .unwrap();
+    let check = finished(&events, "check");
     assert_eq!(check["ok"], true, "{check}");
     // The host's system is untouched.
     assert!(!Path::new("/usr/bin/nightshift-hello").exists());
@@ -422,10 +421,7 @@ test = "cargo test --offline --locked"
     ns.env.push(("HOME".into(), home.display().to_string()));
     let (out, task) = ns.wait_task(root, "fix answer").await;
     let events = ns.events(task["id"].as_str().unwrap()).await;
-    let setup = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "setup")
-        .unwrap();
+    let setup = finished(&events, "setup");
     assert_eq!(setup["ok"], true, "{setup}");
     assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
     let outputs = shell_outputs(&events);
@@ -435,10 +431,7 @@ test = "cargo test --offline --locked"
         "{}",
         outputs[1]
     );
-    let check = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
-        .unwrap();
+    let check = finished(&events, "check");
     assert_eq!(check["ok"], true, "{check}");
     let branch = task["branch"].as_str().unwrap();
     let files = git(root, &["diff", "--name-only", &format!("main..{branch}")]);
@@ -498,10 +491,7 @@ import = "python3 -c 'import nshello; print(nshello.greet())'"
     ns.allow_loopback(&[port]);
     let (out, task) = ns.wait_task(repo.path(), "greet").await;
     let events = ns.events(task["id"].as_str().unwrap()).await;
-    let setup = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "setup")
-        .unwrap();
+    let setup = finished(&events, "setup");
     assert_eq!(setup["ok"], true, "{setup}");
     assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
     assert!(
@@ -509,10 +499,7 @@ import = "python3 -c 'import nshello; print(nshello.greet())'"
         "{:?}",
         shell_outputs(&events)
     );
-    let check = events
-        .iter()
-        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
-        .unwrap();
+    let check = finished(&events, "check");
     assert_eq!(check["ok"], true, "{check}");
     let _ = server.kill();
     let _ = server.wait();

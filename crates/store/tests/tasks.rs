@@ -465,7 +465,7 @@ async fn the_database_is_in_wal_mode_with_its_migrations_recorded() {
         .fetch_one(&mut connection)
         .await
         .unwrap();
-    assert_eq!(applied, 4);
+    assert_eq!(applied, 5);
     assert!(t.home.path().join("blobs").is_dir());
 }
 
