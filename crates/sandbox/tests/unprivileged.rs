@@ -104,10 +104,11 @@ async fn unprivileged_child() {
         .unwrap();
     let out = run(
         &setup,
-        "id -u; echo kept > ~/from-setup; touch /usr/x 2>/dev/null || echo usr-read-only",
+        "id -u; echo kept > ~/from-setup; touch /usr/x 2>/dev/null || echo usr-read-only; \
+         ls /proc/1/fd >/dev/null 2>&1 || echo init-closed",
     )
     .await;
-    assert_eq!(out.output, "0\nusr-read-only\n");
+    assert_eq!(out.output, "0\nusr-read-only\ninit-closed\n");
     let layer = state.parent().unwrap().join("layer");
     setup.close_keeping_changes(&layer).await.unwrap();
     let spec = SessionSpec {

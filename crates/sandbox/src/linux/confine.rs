@@ -164,6 +164,7 @@ fn denied() -> Vec<i64> {
         libc::SYS_open_by_handle_at,
         libc::SYS_quotactl,
         libc::SYS_acct,
+        libc::SYS_pidfd_getfd,
         libc::SYS_personality,
     ];
     #[cfg(target_arch = "x86_64")]

@@ -406,7 +406,12 @@ impl SandboxSession for NamespacedSession {
                     if let (None, Some(max)) = (hit, self.limits.workspace_bytes)
                         && Instant::now() >= next_disk_check
                     {
-                            let upper = self.upper.clone();
+                            // Everything the session writes to the host's disk: the
+                            // workspace's, the home directory's and the system's upper layers.
+                            let upper = self
+                                .upper
+                                .parent()
+                                .map_or_else(|| self.upper.clone(), Path::to_path_buf);
                             let measured = Instant::now();
                             let used = tokio::task::spawn_blocking(move || disk_usage(&upper, max))
                                 .await

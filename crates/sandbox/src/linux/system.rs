@@ -36,6 +36,20 @@ const VAR_SHOWN: &[&str] = &[
 /// users and groups), the password hashes do not.
 const SANITIZED: &[(&str, usize)] = &[("etc/shadow", 1), ("etc/gshadow", 1)];
 
+/// Names under /etc the account tools write while they change shadow files, hidden whether or
+/// not they exist when the session starts: the lower is the host's live /etc.
+const ALWAYS_HIDDEN: &[&str] = &[
+    "nshadow",
+    "ngshadow",
+    "shadow-",
+    "gshadow-",
+    "shadow+",
+    "gshadow+",
+    "npasswd",
+    "ngroup",
+    ".pwd.lock",
+];
+
 /// How many entries a seed walk looks at before it gives up (a host directory that large is
 /// not a system directory).
 const MAX_ENTRIES: usize = 2_000_000;
@@ -70,7 +84,18 @@ pub(crate) fn seed_upper(name: &str, upper: &Path, host_id: u32, range: u32) -> 
     if name == "var" {
         seed.var()
     } else {
-        seed.walk(Path::new(""))
+        seed.walk(Path::new(""))?;
+        if name == "etc" {
+            for hidden in ALWAYS_HIDDEN {
+                let relative = Path::new(hidden);
+                if !seed.upper.join(relative).exists() {
+                    let like = std::fs::symlink_metadata(&seed.host)
+                        .map_err(|e| io("reading", &seed.host, e))?;
+                    seed.hide(relative, &like)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -124,12 +149,10 @@ impl Seed {
     /// Looks at everything under `relative` (relative to the host directory).
     fn walk(&mut self, relative: &Path) -> Result<(), String> {
         let dir = self.host.join(relative);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            // Unreadable to root itself (a FUSE mount, say): nothing of it is shown either.
-            Err(_) => return Ok(()),
-        };
-        for entry in entries.flatten() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| io("listing (so as to hide what it holds)", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io("listing", &dir, e))?;
             self.entries += 1;
             if self.entries > MAX_ENTRIES {
                 return Err(format!(
@@ -138,7 +161,12 @@ impl Seed {
                 ));
             }
             let path = relative.join(entry.file_name());
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Gone since it was listed: nothing left to hide.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("reading", &self.host.join(&path), e)),
+            };
             if let Some((_, field)) = SANITIZED
                 .iter()
                 .find(|(file, _)| self.host.join(&path) == Path::new("/").join(file))
@@ -161,12 +189,17 @@ impl Seed {
 
     fn show_only(&mut self, relative: &Path, shown: &[&str]) -> Result<(), String> {
         let dir = self.host.join(relative);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        for entry in entries.flatten() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| io("listing (so as to hide what it holds)", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io("listing", &dir, e))?;
             let path = relative.join(entry.file_name());
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Gone since it was listed: nothing left to hide.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("reading", &self.host.join(&path), e)),
+            };
             let name = path.as_os_str().as_bytes();
             let exact = shown.iter().any(|s| s.as_bytes() == name);
             let prefix: Vec<&str> = shown

@@ -100,11 +100,14 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
     let mut writable = vec![rootfs::HOME.to_string()];
     if config.writable_system {
         writable.extend(rootfs::SYSTEM_DIRS.iter().map(|name| format!("/{name}")));
-        // Commands run as root of our namespace, with its capabilities: none may read our
-        // descriptors (the control socket among them) or memory.
-        if let Err(message) = keep_commands_off_the_init() {
-            fail(&control, message)
-        }
+    }
+    // Commands that run as root of our namespace have its capabilities: none may read our
+    // descriptors (the control socket among them) or memory. (An unprivileged host reaches a
+    // root session's files through its own commands, never through /proc/<init>/root.)
+    if config.inside_id == 0
+        && let Err(message) = keep_commands_off_the_init()
+    {
+        fail(&control, message)
     }
     let confinement = match confine::apply(&limits.rlimits, &config.seccomp, &writable) {
         Ok(report) => report,
@@ -132,8 +135,7 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
 
 /// For commands that run as root inside: no command gets CAP_SYS_PTRACE (the bounding set is
 /// inherited), and the init is not dumpable, so /proc/1's descriptors and memory stay closed
-/// to processes with the same uid. The host is root whenever commands are (a range of ids
-/// needs it), and reaches /proc/<init>/root all the same.
+/// to processes with the same uid.
 fn keep_commands_off_the_init() -> Result<(), String> {
     /// From linux/capability.h.
     const CAP_SYS_PTRACE: libc::c_ulong = 19;
