@@ -4,6 +4,9 @@
 
 use nightshift_env::config::{ByteSize, Limits};
 
+/// The processes a task gets when its repository does not say (the sandbox's default).
+const DEFAULT_PIDS: u32 = 1024;
+
 /// The most a task may use, whatever its repository asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitCeilings {
@@ -59,14 +62,22 @@ impl LimitCeilings {
                 capped("pids", pids.to_string(), self.pids.to_string());
                 limits.pids = Some(self.pids);
             }
-            _ => {}
+            Some(_) => {}
+            // Not asked for: the sandbox's usual 1024, never above the ceiling.
+            None => limits.pids = Some(self.pids.min(DEFAULT_PIDS)),
         }
         match limits.cpus {
             Some(cpus) if cpus > self.cpus => {
                 capped("cpus", cpus.to_string(), self.cpus.to_string());
                 limits.cpus = Some(self.cpus);
             }
-            _ => {}
+            Some(_) => {}
+            None => {
+                let host = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+                if self.cpus < host {
+                    limits.cpus = Some(self.cpus);
+                }
+            }
         }
         warnings
     }
@@ -107,6 +118,16 @@ mod tests {
         );
         let mut modest = Limits::default();
         assert!(LimitCeilings::default().apply(&mut modest).is_empty());
-        assert_eq!(modest, Limits::default());
+        assert_eq!(modest.memory, Limits::default().memory);
+        // What a repository leaves unset gets the default or the ceiling, silently.
+        let mut unset = Limits::default();
+        assert!(ceilings.apply(&mut unset).is_empty());
+        assert_eq!(
+            (unset.pids, unset.cpus.is_some()),
+            (
+                Some(1024),
+                2.0 < std::thread::available_parallelism().unwrap().get() as f64
+            )
+        );
     }
 }

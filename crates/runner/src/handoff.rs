@@ -226,8 +226,8 @@ const GIT_PRELUDE: &str = "set -e\n\
 pub(crate) async fn record_baseline(session: &dyn SandboxSession) -> Result<(), String> {
     let script = format!(
         "{GIT_PRELUDE}\
-         export GIT_INDEX_FILE=\"$(mktemp)\"\n\
-         trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT\n\
+         export GIT_INDEX_FILE=\"$(mktemp \"$PWD/.git/nightshift-index.XXXXXX\")\"\n\
+         trap 'rm -f \"$GIT_INDEX_FILE\" \"$GIT_INDEX_FILE.lock\" \"$GIT_INDEX_FILE.paths\"' EXIT\n\
          cp .git/index \"$GIT_INDEX_FILE\" 2>/dev/null || true\n\
          g -c core.checkStat=minimal add --all\n\
          g write-tree > {BASELINE}\n"
@@ -270,8 +270,8 @@ pub(crate) async fn commit_in_sandbox(
          baseline=$(cat {BASELINE} 2>/dev/null || true)\n\
          if [ -n \"$baseline\" ] && g rev-parse --quiet --verify \"$baseline^{{tree}}\" >/dev/null; then\n\
            final=$(g write-tree)\n\
-           export GIT_INDEX_FILE=\"$(mktemp)\"\n\
-           trap 'rm -f \"$GIT_INDEX_FILE\"' EXIT\n\
+           export GIT_INDEX_FILE=\"$(mktemp \"$PWD/.git/nightshift-index.XXXXXX\")\"\n\
+           trap 'rm -f \"$GIT_INDEX_FILE\" \"$GIT_INDEX_FILE.lock\" \"$GIT_INDEX_FILE.paths\"' EXIT\n\
            g read-tree HEAD\n\
            g diff --no-renames --name-only -z \"$baseline\" \"$final\" > \"$GIT_INDEX_FILE.paths\"\n\
            if [ -s \"$GIT_INDEX_FILE.paths\" ]; then\n\
