@@ -412,6 +412,7 @@ impl SetupCache {
 
     /// Waits for and takes the build lock of `key` (blocking: call it off async threads).
     pub fn lock(&self, key: &CacheKey) -> std::io::Result<KeyLock> {
+        self.make_private_root()?;
         let dir = self.root.join("locks");
         std::fs::create_dir_all(&dir)?;
         let file = File::options()
@@ -465,9 +466,18 @@ impl SetupCache {
         Lookup::Miss { reasons }
     }
 
+    /// The layer directory, readable by its owner only: a layer holds what a setup running as
+    /// root left (setuid programs among them), which no other user of the host may run.
+    fn make_private_root(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+
     /// Where a session should leave its changes for `key` before [`SetupCache::commit`]: on
     /// the cache's filesystem, so the commit is a rename.
     pub fn staging(&self, key: &CacheKey) -> std::io::Result<PathBuf> {
+        self.make_private_root()?;
         let dir = self.root.join("staging");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}-{}", key.key, std::process::id()));
