@@ -20,16 +20,18 @@ impl Default for LimitCeilings {
     /// 16 GiB of memory, 8,192 processes, every CPU of the host, 100 GiB of disk: room for a
     /// large build, not for one task to take the machine.
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get() as f64)
-            .unwrap_or(1.0);
         LimitCeilings {
             memory_bytes: 16 * ByteSize::GIB,
             pids: 8192,
-            cpus,
+            cpus: host_cpus(),
             disk_bytes: 100 * ByteSize::GIB,
         }
     }
+}
+
+/// The CPUs of this host.
+fn host_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 impl LimitCeilings {
@@ -72,12 +74,8 @@ impl LimitCeilings {
                 limits.cpus = Some(self.cpus);
             }
             Some(_) => {}
-            None => {
-                let host = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-                if self.cpus < host {
-                    limits.cpus = Some(self.cpus);
-                }
-            }
+            None if self.cpus < host_cpus() => limits.cpus = Some(self.cpus),
+            None => {}
         }
         warnings
     }

@@ -14,6 +14,7 @@ mod prepare;
 mod reconcile;
 mod sink;
 mod submit;
+mod task_secret_use;
 mod verify;
 mod watch;
 mod worker;

@@ -26,6 +26,7 @@ use crate::follow_up::{follow_up_base, follow_up_context};
 use crate::handoff::Run;
 use crate::prepare::{agent_network, session_spec};
 use crate::sink::TaskLog;
+use crate::task_secret_use;
 use crate::watch::{Watch, WatchConfig, watch};
 use crate::{Runner, RunnerError};
 
@@ -273,8 +274,8 @@ impl Runner {
             .collect();
         log.redact_with(Redactor::new(&values));
         let task_secrets = match trusted {
-            false => Ok(environment::TaskSecrets::default()),
-            true => environment::task_secrets(&loaded, &secrets, &task.spec.repo),
+            false => Ok(task_secret_use::TaskSecrets::default()),
+            true => task_secret_use::task_secrets(&loaded, &secrets, &task.spec.repo),
         };
         let task_secrets = match task_secrets {
             Ok(task_secrets) => task_secrets,
@@ -285,7 +286,7 @@ impl Runner {
             }
         };
         let backend = (!self.sandbox.credentials()).then(|| self.sandbox.backend());
-        for message in environment::unsendable_credentials(&task_secrets.credentials, backend) {
+        for message in task_secret_use::unsendable_credentials(&task_secrets.credentials, backend) {
             log.append(Event::Warning { message }).await?;
         }
         environment::copy_untracked(
@@ -509,7 +510,7 @@ impl Runner {
     async fn load_secrets(
         &self,
         log: &TaskLog,
-    ) -> Result<Vec<environment::StoredSecret>, SinkError> {
+    ) -> Result<Vec<task_secret_use::StoredSecret>, SinkError> {
         let sealed = match self.store.secrets().await {
             Ok(sealed) => sealed,
             Err(err) => {
@@ -533,7 +534,7 @@ impl Runner {
         let mut secrets = Vec::new();
         for secret in sealed {
             match key.unseal(&secret.name, &secret.sealed) {
-                Ok(value) => secrets.push(environment::StoredSecret {
+                Ok(value) => secrets.push(task_secret_use::StoredSecret {
                     name: secret.name,
                     value,
                     repos: secret.repos,

@@ -13,6 +13,7 @@ use crate::Runner;
 use crate::ending::{Ending, fail, set_state};
 use crate::environment;
 use crate::handoff::{self, Run};
+use crate::task_secret_use;
 
 impl Runner {
     /// Runs the repository's setup and maintenance scripts in the session before the agent
@@ -218,7 +219,7 @@ impl Runner {
         // A layer is kept on disk and served to later tasks: it must not hold a secret in the
         // clear. It is checked while it is still staged, where nothing serves it, and so stays
         // unserved even if removing it fails.
-        if let Some((name, file)) = environment::secret_in_tree(log, &staged).await {
+        if let Some((name, file)) = task_secret_use::secret_in_tree(log, &staged).await {
             if let Err(err) = tokio::fs::remove_dir_all(&staged).await {
                 log.append(Event::Warning {
                     message: format!(

@@ -45,6 +45,7 @@ pub(crate) use cgroup::probe as probe_cgroups;
 
 use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
 use cgroup::SessionCgroup;
+use config::Ids;
 use helper::SYSTEM_DIRS;
 use process::HelperProcess;
 use proxy::intercept::Interception;
@@ -416,48 +417,6 @@ impl Namespaced {
         Err(setup_error(format!(
             "{failure}{detail}; `nightshift doctor` lists what this host lacks"
         )))
-    }
-}
-
-/// Who a session's commands are inside, and which host ids stand for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ids {
-    /// The host uid (and gid) the sandbox user, or root inside, stands for.
-    pub host_id: u32,
-    /// Whether the helper starts as host root and drops to `host_id`.
-    pub drop_root: bool,
-    /// The uid commands run as inside: the sandbox user, or 0.
-    pub inside_id: u32,
-    /// How many ids from `inside_id` and `host_id` on the namespace maps.
-    pub range: u32,
-}
-
-/// How many ids a session whose commands run as root maps, when the host is root: enough for
-/// the system users and groups packages create.
-const ROOT_RANGE: u32 = 65_536;
-
-impl Ids {
-    /// The sandbox user's ids; or, with `root`, root's: over a range of ids from `host_id` on
-    /// when the host is root (so that the sandbox user, `host_id` elsewhere, is root here), else
-    /// the one id of the host's user.
-    fn new(root: bool, host_id: u32, drop_root: bool) -> Self {
-        let (inside_id, range) = match (root, drop_root) {
-            (false, _) => (SANDBOX_ID, 1),
-            (true, true) => (0, ROOT_RANGE),
-            (true, false) => (0, 1),
-        };
-        Ids {
-            host_id,
-            drop_root,
-            inside_id,
-            range,
-        }
-    }
-
-    /// Whether the system directories can be writable: only over a range of ids, in which the
-    /// host's owners exist.
-    fn writable_system(self) -> bool {
-        self.range > 1
     }
 }
 

@@ -7,8 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Ids;
-use super::config::NamespacedConfig;
+use super::config::{Ids, NamespacedConfig};
 use super::helper;
 use super::process::HelperProcess;
 use super::setup_error;
