@@ -50,6 +50,13 @@ pub struct SessionSpec {
     /// Read-only layers stacked over the workspace, lowest first: each is the changes a
     /// session kept with [`SandboxSession::close_keeping_changes`] (a cached setup).
     pub layers: Vec<PathBuf>,
+    /// The image the session's root is made of: its unpacked layers, lowest first, each a
+    /// directory in overlayfs's form (whiteouts as 0:0 character devices, opaque directories
+    /// marked). Empty means the host's system directories, as by default. With an image, nothing
+    /// of the host's `/usr` or `/etc` is visible, and `/usr`, `/etc`, `/opt` and `/var` are
+    /// writable in every session (a layer keeps a root session's changes to them); only
+    /// backends that [`Sandbox::supports_images`] take one.
+    pub image: Vec<PathBuf>,
     /// Secrets the egress proxy adds to HTTPS requests to their hosts; the session never holds
     /// them. Only a backend with an egress proxy can use them (see [`Sandbox::credentials`]).
     pub credentials: Vec<Credential>,
@@ -96,6 +103,7 @@ impl SessionSpec {
             #[cfg(target_os = "linux")]
             egress: None,
             layers: Vec::new(),
+            image: Vec::new(),
             credentials: Vec::new(),
             root: false,
         }
@@ -253,6 +261,11 @@ pub trait Sandbox: Send + Sync {
 
     /// Whether sessions take [`SessionSpec::layers`] and can keep their changes as one.
     fn supports_layers(&self) -> bool {
+        false
+    }
+
+    /// Whether sessions can take their root from an image ([`SessionSpec::image`]).
+    fn supports_images(&self) -> bool {
         false
     }
 

@@ -127,8 +127,18 @@ impl Namespaced {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let image = spec
+            .image
+            .iter()
+            .map(|layer| {
+                std::fs::canonicalize(layer).map_err(|source| SandboxError::Workspace {
+                    path: layer.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let prepared = self.prepare(
-            (&workspace, &layers),
+            (&workspace, &layers, &image),
             &limits,
             (&network, options.credentials),
             events,
@@ -185,7 +195,7 @@ impl Namespaced {
         let mut env = session::base_env();
         session::apply_host_env(&mut env, &self.config.path_prefix, &self.config.env);
         if options.root {
-            session::root_env(&mut env, ids.writable_system());
+            session::root_env(&mut env, prepared.config.writable_system);
         }
         if resources.proxy.is_some() {
             env.extend(proxy::proxy_env());
@@ -218,7 +228,7 @@ impl Namespaced {
     /// that tell the helper about them.
     fn prepare(
         &self,
-        (workspace, layers): (&Path, &[PathBuf]),
+        (workspace, layers, image): (&Path, &[PathBuf], &[PathBuf]),
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
@@ -228,11 +238,18 @@ impl Namespaced {
         let Ids {
             host_id, drop_root, ..
         } = ids;
-        let system = ids.writable_system().then_some((host_id, ids.range));
-        let upper = prepare_state(&resources.state_dir, drop_root.then_some(host_id), system)
-            .map_err(|e| {
-                setup_error(format!("preparing {}: {e}", resources.state_dir.display()))
-            })?;
+        // The host's system directories, writable over idmapped copies of them; an image's are
+        // writable in every session, over its layers.
+        let system = (ids.writable_system() && image.is_empty()).then_some((host_id, ids.range));
+        let upper = prepare_state(
+            &resources.state_dir,
+            drop_root.then_some(host_id),
+            state::Overlays {
+                system,
+                image: !image.is_empty(),
+            },
+        )
+        .map_err(|e| setup_error(format!("preparing {}: {e}", resources.state_dir.display())))?;
 
         let (proxy, ca_bundle) = match network {
             NetworkPolicy::None => (false, false),
@@ -274,7 +291,7 @@ impl Namespaced {
             let trees = trees::open(
                 workspace,
                 &resources.state_dir,
-                self.config.ro_binds.iter().chain(layers),
+                self.config.ro_binds.iter().chain(layers).chain(image),
                 host_id,
             )
             .map_err(setup_error)?;
@@ -304,7 +321,8 @@ impl Namespaced {
             ca_bundle,
             seccomp,
             layers: layers.to_vec(),
-            writable_system: system.is_some(),
+            image: image.to_vec(),
+            writable_system: system.is_some() || !image.is_empty(),
             system_trees,
         };
         Ok(Prepared {
@@ -529,6 +547,10 @@ impl Sandbox for Namespaced {
     }
 
     fn supports_layers(&self) -> bool {
+        true
+    }
+
+    fn supports_images(&self) -> bool {
         true
     }
 

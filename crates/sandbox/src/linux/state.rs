@@ -71,18 +71,29 @@ pub(super) fn sweep_stale_state_now_and_then(state_dir: &Path) {
 
 /// The overlays' directories in a session's state directory, each `upper/` (what the session
 /// changed) and `work/` (overlayfs's own): the workspace's at the top, the home directory's in
-/// `home/`, each system directory's in `system/<name>/` (with a writable system). A kept layer
-/// uses the same names.
+/// `home/`, each system directory's in `system/<name>/` (with a writable system), and an
+/// image's root in `root/`. A kept layer uses the same names but the root's, which it does not
+/// keep.
 const HOME_PART: &str = "home";
 const SYSTEM_PART: &str = "system";
+pub(super) const ROOT_PART: &str = "root";
+
+/// Which overlays a session has besides the workspace's and the home directory's.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Overlays {
+    /// A writable host system: the host id and range it maps (its uppers are seeded, see
+    /// [`super::system`]).
+    pub system: Option<(u32, u32)>,
+    /// An image as the root: its root and its system directories, all writable.
+    pub image: bool,
+}
 
 /// Creates the session's state directory and its overlays' directories, owned by `owner` when
-/// given; with `system` (the host id and range a writable system maps), seeds each system
-/// directory's upper (see [`super::system`]). Returns the workspace's upper directory.
+/// given. Returns the workspace's upper directory.
 pub(super) fn prepare_state(
     state: &Path,
     owner: Option<u32>,
-    system: Option<(u32, u32)>,
+    overlays: Overlays,
 ) -> Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
     let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
@@ -99,19 +110,22 @@ pub(super) fn prepare_state(
         Ok(())
     };
     make(state)?;
-    let mut overlays = vec![state.to_path_buf(), state.join(HOME_PART)];
-    if system.is_some() {
+    let mut dirs = vec![state.to_path_buf(), state.join(HOME_PART)];
+    if overlays.system.is_some() || overlays.image {
         make(&state.join(SYSTEM_PART))?;
         for name in SYSTEM_DIRS {
-            overlays.push(state.join(SYSTEM_PART).join(name));
+            dirs.push(state.join(SYSTEM_PART).join(name));
         }
     }
-    for dir in &overlays {
+    if overlays.image {
+        dirs.push(state.join(ROOT_PART));
+    }
+    for dir in &dirs {
         make(dir)?;
         make(&dir.join("upper"))?;
         make(&dir.join("work"))?;
     }
-    if let Some((host_id, range)) = system {
+    if let Some((host_id, range)) = overlays.system {
         for name in SYSTEM_DIRS {
             let upper = state.join(SYSTEM_PART).join(name).join("upper");
             super::system::seed_upper(name, &upper, host_id, range)?;

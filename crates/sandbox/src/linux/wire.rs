@@ -52,6 +52,10 @@ pub struct HelperConfig {
     /// directories (see `rootfs::SYSTEM_DIRS`).
     #[serde(default)]
     pub layers: Vec<PathBuf>,
+    /// The image the root is made of, when not the host's system: its layers' directories,
+    /// lowest first (see `SessionSpec::image`).
+    #[serde(default)]
+    pub image: Vec<PathBuf>,
     /// Whether the system directories are writable overlays whose changes the session keeps
     /// (`state/system/<name>/upper`): commands run as root of a namespace that maps a range of
     /// ids, over the host's directories idmapped to it.

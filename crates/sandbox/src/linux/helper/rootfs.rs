@@ -216,14 +216,21 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
     let entries = open_entries(config.ro_binds.iter().map(PathBuf::as_path), handles, base)?;
     let workspace = source(&config.workspace, handles, base)?;
     let state = source(&config.state, handles, base)?;
-    let layers = config
-        .layers
-        .iter()
-        .map(|layer| source(layer, handles, base))
-        .collect::<Result<Vec<_>, _>>()?;
+    let sources = |paths: &[PathBuf], handles: &mut Handles| {
+        paths
+            .iter()
+            .map(|layer| source(layer, handles, base))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let layers = sources(&config.layers, handles)?;
+    let image = sources(&config.image, handles)?;
+    let root = Path::new(NEW_ROOT);
+    let staged = Staged::attach(Path::new(STAGING), &workspace, &state, (&layers, &image))?;
+    if !staged.image.is_empty() {
+        replace_root(root, &staged)?;
+    }
     place_entries(entries)?;
 
-    let root = Path::new(NEW_ROOT);
     let tmp = root.join("tmp");
     mkdir_p(&tmp, 0o755)?;
     let tmp_opts = format!("mode=1777,size={}", config.tmp_bytes.max(1 << 20));
@@ -234,7 +241,6 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
         &tmp_opts,
     )?;
 
-    let staged = Staged::attach(Path::new(STAGING), &workspace, &state, &layers)?;
     mount_workspace(root, &staged, config.proxy)?;
     mount_home(&staged)?;
     mount_system(root, &staged, config, handles)?;
@@ -263,13 +269,15 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var"];
 pub const ROOT_TOOLS: &str = "/run/nightshift/bin";
 
 /// What [`build`] stages outside the new root: the working copy, the session's state directory,
-/// each layer, and an empty directory for overlays with nothing below them. The overlays hold
-/// on to them; they go with the host's root when it is detached.
+/// each layer, each of the image's layers, and an empty directory for overlays with nothing
+/// below them. The overlays hold on to them; they go with the host's root when it is detached.
 struct Staged {
     lower: PathBuf,
     state: PathBuf,
     /// The layers' directories, lowest first.
     layers: Vec<PathBuf>,
+    /// The image's layers' directories, lowest first.
+    image: Vec<PathBuf>,
     empty: PathBuf,
 }
 
@@ -278,7 +286,7 @@ impl Staged {
         staging: &Path,
         workspace: &Source,
         state: &Source,
-        layers: &[Source],
+        (layers, image): (&[Source], &[Source]),
     ) -> Result<Staged, String> {
         let lower = staging.join("lower");
         let staged_state = staging.join("state");
@@ -286,19 +294,26 @@ impl Staged {
             mkdir_p(at, 0o755)?;
             attach(source, at)?;
         }
-        let mut staged_layers = Vec::new();
-        for (i, layer) in layers.iter().enumerate() {
-            let at = staging.join(format!("layer{i}"));
-            mkdir_p(&at, 0o755)?;
-            attach(layer, &at)?;
-            staged_layers.push(at);
-        }
+        // Short names: overlayfs takes its lower directories in one page of options.
+        let stage = |sources: &[Source], prefix: &str| {
+            let mut staged = Vec::new();
+            for (i, source) in sources.iter().enumerate() {
+                let at = staging.join(format!("{prefix}{i}"));
+                mkdir_p(&at, 0o755)?;
+                attach(source, &at)?;
+                staged.push(at);
+            }
+            Ok::<_, String>(staged)
+        };
+        let staged_layers = stage(layers, "l")?;
+        let staged_image = stage(image, "i")?;
         let empty = staging.join("empty");
         mkdir_p(&empty, 0o755)?;
         Ok(Staged {
             lower,
             state: staged_state,
             layers: staged_layers,
+            image: staged_image,
             empty,
         })
     }
@@ -306,13 +321,49 @@ impl Staged {
     /// The layers' parts at `part` (`workspace`, `home`, `system/usr`...), topmost first, as
     /// overlayfs lists lower layers.
     fn parts(&self, part: &str) -> Vec<PathBuf> {
-        self.layers
-            .iter()
-            .rev()
-            .map(|layer| layer.join(part))
-            .filter(|dir| dir.is_dir())
-            .collect()
+        directories_at(&self.layers, part)
     }
+
+    /// The image's layers' parts at `part` (`usr`...), topmost first.
+    fn image_parts(&self, part: &str) -> Vec<PathBuf> {
+        directories_at(&self.image, part)
+    }
+}
+
+/// `part` of each of `layers` (lowest first) where it is a directory, topmost first. A link is
+/// not followed: this runs with the host's view, and an image's `usr` may lead anywhere.
+fn directories_at(layers: &[PathBuf], part: &str) -> Vec<PathBuf> {
+    layers
+        .iter()
+        .rev()
+        .map(|layer| layer.join(part))
+        .filter(|dir| std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir()))
+        .collect()
+}
+
+/// Makes the image the new root in place of the base's tmpfs and its binds of the host's
+/// system: an overlay of the image's layers, writable into the session's `root/` until [`build`]
+/// makes it read-only (mount points and the sandbox's own files are made in it meanwhile). The
+/// base's /dev and /proc move over to it.
+fn replace_root(root: &Path, staged: &Staged) -> Result<(), String> {
+    const MOVED: [&str; 2] = ["dev", "proc"];
+    let aside = Path::new(STAGING).join("aside");
+    let move_to = |from: &Path, to: &Path| {
+        mkdir_p(to, 0o755)?;
+        mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|e| err(&format!("moving {} to", from.display()), to, e))
+    };
+    for name in MOVED {
+        move_to(&root.join(name), &aside.join(name))?;
+    }
+    umount2(root, MntFlags::MNT_DETACH).map_err(|e| err("detaching", root, e))?;
+    let lowers: Vec<PathBuf> = staged.image.iter().rev().cloned().collect();
+    let dir = staged.state.join(super::super::state::ROOT_PART);
+    mount_overlay(root, &lowers, Some((&dir.join("upper"), &dir.join("work"))))?;
+    for name in MOVED {
+        move_to(&aside.join(name), &root.join(name))?;
+    }
+    Ok(())
 }
 
 /// An overlay at `target` of `lowers` (topmost first), writable into `upper` (with its `work`
@@ -365,16 +416,17 @@ fn mount_system(
 ) -> Result<(), String> {
     for name in SYSTEM_DIRS {
         let mut lowers = staged.parts(&format!("system/{name}"));
+        lowers.extend(staged.image_parts(name));
         let target = root.join(name);
         if config.writable_system {
-            match handles.take_system(name) {
-                Some(tree) => {
-                    let at = Path::new(STAGING).join(format!("system-{name}"));
-                    mkdir_p(&at, 0o755)?;
-                    attach(&Source::Tree(tree), &at)?;
-                    lowers.push(at);
-                }
-                None => lowers.push(staged.empty.clone()),
+            if let Some(tree) = handles.take_system(name) {
+                let at = Path::new(STAGING).join(format!("system-{name}"));
+                mkdir_p(&at, 0o755)?;
+                attach(&Source::Tree(tree), &at)?;
+                lowers.push(at);
+            }
+            if lowers.is_empty() {
+                lowers.push(staged.empty.clone());
             }
             mkdir_p(&target, 0o755)?;
             let dir = staged.state.join("system").join(name);
