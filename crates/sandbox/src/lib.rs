@@ -26,8 +26,8 @@ pub use doctor::{DoctorReport, Feature, doctor};
 #[cfg(target_os = "linux")]
 pub use linux::{
     CA_BUNDLE, EgressEvent, EgressLimits, EgressVerdict, HELPER_ARG, HelperCommand, Limits,
-    Namespaced, NamespacedConfig, NamespacedSession, NetworkPolicy, SANDBOX_ID, SessionOptions,
-    run_helper_if_requested,
+    Namespaced, NamespacedConfig, NamespacedSession, NetworkPolicy, ROOT_HOST_ID, SANDBOX_ID,
+    SessionOptions, run_helper_if_requested,
 };
 
 /// What a session is started with.
@@ -57,6 +57,9 @@ pub struct SessionSpec {
     /// writable in every session (a layer keeps a root session's changes to them); only
     /// backends that [`Sandbox::supports_images`] take one.
     pub image: Vec<PathBuf>,
+    /// The image's own environment variables: over the backend's base environment, under the
+    /// backend's own additions and [`SessionSpec::env`].
+    pub image_env: Vec<(String, String)>,
     /// Secrets the egress proxy adds to HTTPS requests to their hosts; the session never holds
     /// them. Only a backend with an egress proxy can use them (see [`Sandbox::credentials`]).
     pub credentials: Vec<Credential>,
@@ -104,6 +107,7 @@ impl SessionSpec {
             egress: None,
             layers: Vec::new(),
             image: Vec::new(),
+            image_env: Vec::new(),
             credentials: Vec::new(),
             root: false,
         }

@@ -217,3 +217,41 @@ async fn a_root_session_on_an_image_keeps_its_system_changes_as_a_layer() {
     assert_eq!(out.output, "installed\ncached\ndeleted\nID=layer1\n");
     task.close().await.unwrap();
 }
+
+#[test]
+fn an_image_is_the_root_for_an_unprivileged_user_too() {
+    if !nix::unistd::geteuid().is_root() {
+        // Already unprivileged: the test above is the one that matters here.
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+    else {
+        eprintln!(
+            "skipped: setpriv is missing (util-linux), so the image is not tried as `nobody`"
+        );
+        return;
+    };
+    // The same test, as `nobody`: the image's files are that user's, whiteouts made without
+    // privileges, and one id mapped.
+    let output = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_image_is_the_root_and_nothing_of_the_hosts_system_shows",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TMPDIR", "/tmp")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}

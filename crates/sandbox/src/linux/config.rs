@@ -150,7 +150,7 @@ impl NamespacedConfig {
             env: Vec::new(),
             limits: Limits::default(),
             network: NetworkPolicy::None,
-            root_host_id: 1_000_000,
+            root_host_id: ROOT_HOST_ID,
             start_timeout: Duration::from_secs(20),
             upstream_roots: Vec::new(),
             allow_private: Vec::new(),
@@ -174,6 +174,10 @@ pub struct SessionOptions {
 
 /// The uid and gid the sandbox user has inside.
 pub const SANDBOX_ID: u32 = 1000;
+
+/// The host uid (and gid) the sandbox user stands for when nightshift runs as root, by default
+/// (see [`NamespacedConfig::root_host_id`]): an id no host user has.
+pub const ROOT_HOST_ID: u32 = 1_000_000;
 
 /// Who a session's commands are inside, and which host ids stand for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use tokio::net::UnixStream;
 
 pub use cgroup::Version as CgroupVersion;
 pub use config::{
-    EgressLimits, HelperCommand, Limits, NamespacedConfig, NetworkPolicy, SANDBOX_ID,
+    EgressLimits, HelperCommand, Limits, NamespacedConfig, NetworkPolicy, ROOT_HOST_ID, SANDBOX_ID,
     SessionOptions,
 };
 pub use helper::{HELPER_ARG, run_helper_if_requested};
@@ -193,7 +193,13 @@ impl Namespaced {
         };
         notes.extend(confinement);
         let mut env = session::base_env();
-        session::apply_host_env(&mut env, &self.config.path_prefix, &self.config.env);
+        for (key, value) in &spec.image_env {
+            env.retain(|(existing, _)| existing != key);
+            env.push((key.clone(), value.clone()));
+        }
+        if spec.image.is_empty() {
+            session::apply_host_env(&mut env, &self.config.path_prefix, &self.config.env);
+        }
         if options.root {
             session::root_env(&mut env, prepared.config.writable_system);
         }
@@ -285,13 +291,20 @@ impl Namespaced {
             }
         };
 
+        // The host's toolchains belong to the host's system: a session on an image sees the
+        // image alone.
+        let ro_binds: &[PathBuf] = if image.is_empty() {
+            &self.config.ro_binds
+        } else {
+            &[]
+        };
         let mut fds = Vec::new();
         let mut tree_paths = Vec::new();
         if drop_root {
             let trees = trees::open(
                 workspace,
                 &resources.state_dir,
-                self.config.ro_binds.iter().chain(layers).chain(image),
+                ro_binds.iter().chain(layers).chain(image),
                 host_id,
             )
             .map_err(setup_error)?;
@@ -311,7 +324,7 @@ impl Namespaced {
         let config = HelperConfig {
             workspace: workspace.to_path_buf(),
             state: resources.state_dir.clone(),
-            ro_binds: self.config.ro_binds.clone(),
+            ro_binds: ro_binds.to_vec(),
             host_id,
             inside_id: ids.inside_id,
             drop_root,
