@@ -158,12 +158,13 @@ async fn the_image_is_the_root_and_nothing_of_the_hosts_system_shows() {
     .await;
     assert!(out.status.success(), "{}", out.output);
     assert_eq!(out.output, "2\n");
-    // Elsewhere the root is read-only.
-    let out = run(&session, "mkdir /srv-new").await;
-    assert!(!out.status.success(), "{}", out.output);
+    // So is the rest of the root, as a container's is.
+    let out = run(&session, "mkdir /srv-new && touch /srv-new/x").await;
+    assert!(out.status.success(), "{}", out.output);
     session.close().await.unwrap();
     assert_eq!(read(&image[0].join("opt/tool/VERSION")), "1\n");
     assert!(!image[0].join("usr/local").exists());
+    assert!(!image[0].join("srv-new").exists());
     assert!(fixture.state_is_empty());
 }
 
@@ -189,7 +190,7 @@ async fn a_root_session_on_an_image_keeps_its_system_changes_as_a_layer() {
         .unwrap();
     let out = run(
         &setup,
-        "id -u; stat -c %u /usr/bin/bash; mkdir -p /usr/share/tool && echo installed > /usr/share/tool/x && rm /etc/conf.d/b && echo cached > ~/.cache-file",
+        "id -u; stat -c %u /usr/bin/bash; mkdir -p /usr/share/tool /srv/app && echo installed > /usr/share/tool/x && echo app > /srv/app/f && rm /etc/conf.d/b && echo cached > ~/.cache-file",
     )
     .await;
     assert!(out.status.success(), "{}", out.output);
@@ -197,8 +198,18 @@ async fn a_root_session_on_an_image_keeps_its_system_changes_as_a_layer() {
     let layer = fixture.state.path().join("layer-image");
     setup.close_keeping_changes(&layer).await.unwrap();
     assert!(layer.join("system/usr/share/tool/x").is_file());
-    // Only what a layer holds is kept: not the root's mount points.
-    assert!(!layer.join("root").exists());
+    // The rest of the root is kept too, but not the sandbox's own mount points and files.
+    assert!(layer.join("root/srv/app/f").is_file());
+    for made in [
+        "workspace",
+        "tmp",
+        "proc",
+        "dev",
+        "run/nightshift",
+        "home/agent",
+    ] {
+        assert!(!layer.join("root").join(made).exists(), "{made} was kept");
+    }
 
     let task = fixture
         .backend
@@ -210,11 +221,11 @@ async fn a_root_session_on_an_image_keeps_its_system_changes_as_a_layer() {
         .unwrap();
     let out = run(
         &task,
-        "cat /usr/share/tool/x ~/.cache-file; test -e /etc/conf.d/b || echo deleted; cat /etc/os-release",
+        "cat /usr/share/tool/x ~/.cache-file /srv/app/f; test -e /etc/conf.d/b || echo deleted; cat /etc/os-release",
     )
     .await;
     assert!(out.status.success(), "{}", out.output);
-    assert_eq!(out.output, "installed\ncached\ndeleted\nID=layer1\n");
+    assert_eq!(out.output, "installed\ncached\napp\ndeleted\nID=layer1\n");
     task.close().await.unwrap();
 }
 

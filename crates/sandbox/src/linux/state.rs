@@ -71,9 +71,8 @@ pub(super) fn sweep_stale_state_now_and_then(state_dir: &Path) {
 
 /// The overlays' directories in a session's state directory, each `upper/` (what the session
 /// changed) and `work/` (overlayfs's own): the workspace's at the top, the home directory's in
-/// `home/`, each system directory's in `system/<name>/` (with a writable system), and an
-/// image's root in `root/`. A kept layer uses the same names but the root's, which it does not
-/// keep.
+/// `home/`, each system directory's in `system/<name>/` (with a writable system), and the rest
+/// of an image's root in `root/`. A kept layer uses the same names.
 const HOME_PART: &str = "home";
 const SYSTEM_PART: &str = "system";
 pub(super) const ROOT_PART: &str = "root";
@@ -142,6 +141,11 @@ pub(super) fn keep_changes(state: &Path, dest: &Path) -> std::io::Result<()> {
     std::fs::create_dir(dest)?;
     std::fs::rename(state.join("upper"), dest.join("workspace"))?;
     std::fs::rename(state.join(HOME_PART).join("upper"), dest.join(HOME_PART))?;
+    let root = state.join(ROOT_PART).join("upper");
+    if root.is_dir() {
+        forget_mount_points(&root);
+        std::fs::rename(&root, dest.join(ROOT_PART))?;
+    }
     let system = state.join(SYSTEM_PART);
     if system.is_dir() {
         std::fs::create_dir(dest.join(SYSTEM_PART))?;
@@ -153,6 +157,24 @@ pub(super) fn keep_changes(state: &Path, dest: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Takes out of an image root's upper directory what the sandbox made there for itself: the
+/// mount points (left where they are empty: the session could not reach below its mounts, but
+/// the image may have had content there) and its own files under `/run/nightshift`.
+fn forget_mount_points(upper: &Path) {
+    remove_tree(&upper.join("run/nightshift"));
+    for dir in [
+        "workspace",
+        "tmp",
+        "dev",
+        "proc",
+        "home/agent",
+        "home",
+        "run",
+    ] {
+        let _ = std::fs::remove_dir(upper.join(dir));
+    }
 }
 
 /// Host resources of a session, released once.

@@ -98,7 +98,11 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
     };
     // Confinement applies to the calling thread and what it starts: it comes before any thread.
     let mut writable = vec![rootfs::HOME.to_string()];
-    if config.writable_system {
+    if !config.image.is_empty() {
+        // An image's root is writable throughout, as a container's is; what may not change
+        // (/dev, the proxy's socket, the CA bundle) is on read-only mounts.
+        writable = vec!["/".to_string()];
+    } else if config.writable_system {
         writable.extend(rootfs::SYSTEM_DIRS.iter().map(|name| format!("/{name}")));
     }
     // Commands that run as root of our namespace have its capabilities: none may read our

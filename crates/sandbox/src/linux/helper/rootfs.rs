@@ -248,9 +248,12 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
         bind_ca_bundle(&staged.state)?;
     }
 
+    let image = !staged.image.is_empty();
     switch_root(root)?;
-    // Nothing may be created in / itself; the writable places are their own mounts.
-    for path in ["/", "/dev"] {
+    // Nothing may be created in / itself; the writable places are their own mounts. An image's
+    // root is writable, as a container's is: what a session writes there is its own.
+    let read_only: &[&str] = if image { &["/dev"] } else { &["/", "/dev"] };
+    for path in read_only {
         sys::mount_setattr(None, Path::new(path), false, READ_ONLY, None)
             .map_err(|e| err("making read-only", Path::new(path), e))?;
     }
@@ -342,9 +345,8 @@ fn directories_at(layers: &[PathBuf], part: &str) -> Vec<PathBuf> {
 }
 
 /// Makes the image the new root in place of the base's tmpfs and its binds of the host's
-/// system: an overlay of the image's layers, writable into the session's `root/` until [`build`]
-/// makes it read-only (mount points and the sandbox's own files are made in it meanwhile). The
-/// base's /dev and /proc move over to it.
+/// system: an overlay of the layers' `root/` parts over the image's layers, writable into the
+/// session's `root/`. The base's /dev and /proc move over to it.
 fn replace_root(root: &Path, staged: &Staged) -> Result<(), String> {
     const MOVED: [&str; 2] = ["dev", "proc"];
     let aside = Path::new(STAGING).join("aside");
@@ -357,7 +359,8 @@ fn replace_root(root: &Path, staged: &Staged) -> Result<(), String> {
         move_to(&root.join(name), &aside.join(name))?;
     }
     umount2(root, MntFlags::MNT_DETACH).map_err(|e| err("detaching", root, e))?;
-    let lowers: Vec<PathBuf> = staged.image.iter().rev().cloned().collect();
+    let mut lowers = staged.parts(super::super::state::ROOT_PART);
+    lowers.extend(staged.image.iter().rev().cloned());
     let dir = staged.state.join(super::super::state::ROOT_PART);
     mount_overlay(root, &lowers, Some((&dir.join("upper"), &dir.join("work"))))?;
     for name in MOVED {
