@@ -78,8 +78,8 @@ pub enum ImageError {
 
     /// Data did not hash to the digest that named it. The data was discarded.
     #[error(
-        "{what} {expected} does not match its digest (the data hashes to {actual}); it was \
-         discarded and no layer of it was kept: the source is corrupt or was tampered with"
+        "{what} should hash to {expected} but hashes to {actual}; it was discarded and nothing \
+         of it was kept: the source is corrupt or was tampered with"
     )]
     DigestMismatch {
         what: String,

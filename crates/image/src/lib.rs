@@ -11,6 +11,7 @@
 mod codec;
 mod credentials;
 mod error;
+mod extract;
 mod local;
 mod manifest;
 mod pull;
