@@ -1,0 +1,116 @@
+//! Registry credentials from the host's Docker configuration.
+//!
+//! People who already log in with `docker login` (or `skopeo login --authfile`) expect
+//! nightshift to pull what they can pull. Only the `auths` map with inline `auth` (base64
+//! `user:password`) or `username`/`password` is read; credential helpers and credential stores
+//! run other programs and are not consulted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+
+use crate::Credentials;
+use crate::reference::DOCKER_HUB;
+
+#[derive(serde::Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Credentials for `registry` (`host[:port]`, `docker.io` for Docker Hub) from
+/// `$DOCKER_CONFIG/config.json` or else `~/.docker/config.json`; `None` when there are none.
+pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
+    let path = match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => PathBuf::from(dir).join("config.json"),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".docker/config.json"),
+    };
+    docker_config_credentials_from(&path, registry)
+}
+
+/// Like [`docker_config_credentials`], from the given `config.json`.
+pub fn docker_config_credentials_from(path: &Path, registry: &str) -> Option<Credentials> {
+    let text = std::fs::read(path).ok()?;
+    let config: DockerConfig = match serde_json::from_slice(&text) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable docker config");
+            return None;
+        }
+    };
+    let wanted = normalize(registry);
+    let entry = config
+        .auths
+        .iter()
+        .find(|(key, _)| normalize(key) == wanted)
+        .map(|(_, entry)| entry)?;
+    if let Some(auth) = &entry.auth {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (username, password) = text.split_once(':')?;
+        return Some(Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+        });
+    }
+    Some(Credentials {
+        username: entry.username.clone()?,
+        password: entry.password.clone()?,
+    })
+}
+
+/// `https://index.docker.io/v1/`, `index.docker.io` and `docker.io` are one registry; other
+/// keys may carry a scheme and a path that Docker ignores.
+fn normalize(key: &str) -> String {
+    let key = key
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => DOCKER_HUB.to_string(),
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_inline_auth_and_docker_hub_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:x");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},
+                    "127.0.0.1:5000":{{"username":"bob","password":"pw"}}}},
+                    "credsStore":"desktop"}}"#
+            ),
+        )
+        .unwrap();
+        let hub = docker_config_credentials_from(&path, "docker.io").unwrap();
+        assert_eq!(
+            (hub.username.as_str(), hub.password.as_str()),
+            ("alice", "s3cret:x")
+        );
+        let local = docker_config_credentials_from(&path, "127.0.0.1:5000").unwrap();
+        assert_eq!(local.username, "bob");
+        assert!(docker_config_credentials_from(&path, "ghcr.io").is_none());
+    }
+}
