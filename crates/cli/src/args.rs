@@ -53,6 +53,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Manage secrets: stored encrypted, redacted from everything a task records.
     Secret(SecretArgs),
+    /// Manage the images tasks can start from (`[environment] image`, `run --image`).
+    Image(ImageArgs),
     /// Run one queued task in this process (what `run` starts in the background).
     #[command(name = "__run-task", hide = true)]
     RunTask(RunTaskArgs),
@@ -82,6 +84,12 @@ pub struct RunArgs {
     /// The longest the agent may work, e.g. 90s, 30m, 1h30m [default and maximum: 59m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_time: Option<std::time::Duration>,
+    /// Start the sandbox from this image instead of the host's system (and over the
+    /// repository's `[environment] image`): `REGISTRY/NAME[:TAG][@DIGEST]` (Docker Hub names
+    /// such as `rust:1.86` expand as Docker does), `oci:PATH[:TAG]`, `oci-archive:PATH`,
+    /// `docker-archive:PATH`.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
     /// Wait for the task to end, showing progress; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,
@@ -365,4 +373,32 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 fn parse_scope(text: &str) -> Result<nightshift_protocol::TokenScope, String> {
     text.parse()
         .map_err(|err: nightshift_protocol::UnknownTokenScope| err.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Fetch an image into the image store (its layers unpacked once, shared by every image
+    /// and task that uses them): `REGISTRY/NAME[:TAG][@DIGEST]` (`rust:1.86` on Docker Hub),
+    /// `oci:PATH[:TAG]`, `oci-archive:PATH`, `docker-archive:PATH`.
+    Pull {
+        reference: String,
+        /// Print the image as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the images in the store.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an image (its layers stay until `prune`, while other images use them).
+    Rm { reference: String },
+    /// Remove the layers no image in the store uses.
+    Prune,
 }

@@ -11,7 +11,7 @@ use nightshift_env::config::{ByteSize, HumanDuration};
 use nightshift_env::secrets::{SecretError, SecretKey};
 use nightshift_model::{ModelSpec, ProviderConfig, price_for};
 use nightshift_protocol::Usage;
-use nightshift_runner::{LimitCeilings, PriceLookup, Runner, RunnerConfig};
+use nightshift_runner::{ImageSettings, LimitCeilings, PriceLookup, Runner, RunnerConfig};
 use nightshift_sandbox::{HelperCommand, Namespaced, NamespacedConfig, Sandbox, Unisolated};
 use nightshift_store::{Store, open_blobs, open_store};
 
@@ -175,6 +175,22 @@ impl Home {
         (from_env, self.root.join("keys").join("secrets.key"))
     }
 
+    /// Where images are kept (`images/` under the home directory) and how they are fetched. As
+    /// root, an image's files are stored owned as the sandbox's ids see them (its root is the
+    /// sandbox's host id); otherwise they are the caller's.
+    pub fn image_settings(&self, settings: &Settings) -> ImageSettings {
+        let owner = if nix::unistd::geteuid().is_root() {
+            nightshift_image::Owner::Shift(nightshift_sandbox::ROOT_HOST_ID)
+        } else {
+            nightshift_image::Owner::Caller
+        };
+        ImageSettings {
+            dir: self.root.join("images"),
+            owner,
+            plain_http: settings.images.plain_http.clone(),
+        }
+    }
+
     /// The namespaced sandbox, with its state under the home directory and the host toolchains
     /// of the settings bound read-only.
     pub fn namespaced(&self, toolchains: &HostToolchains) -> Result<Namespaced, Failure> {
@@ -234,6 +250,7 @@ impl Home {
         let settings = self.settings()?;
         let toolchains = self.resolve_toolchains(&settings.sandbox)?;
         config.host_binds = toolchains.binds.clone();
+        config.images = Some(self.image_settings(&settings));
         let (ceilings, wall_time) = settings
             .limits
             .ceilings()
@@ -305,6 +322,19 @@ pub struct Settings {
     /// What of the host's own network the sandboxes may reach.
     #[serde(default)]
     pub network: NetworkSettings,
+    /// How images are fetched.
+    #[serde(default)]
+    pub images: ImageStoreSettings,
+}
+
+/// `[images]` of `config.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageStoreSettings {
+    /// Registries (`host:port`) spoken to over plain HTTP instead of HTTPS, such as a registry
+    /// on this machine's loopback.
+    #[serde(default)]
+    pub plain_http: Vec<String>,
 }
 
 /// `[limits]` of `config.toml`: ceilings, in the units of `.nightshift.toml`'s `[limits]`.

@@ -58,6 +58,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Serve(args) => commands::serve::run(args).await,
         Command::Token(args) => commands::token::run(args).await,
         Command::Secret(args) => commands::secret::run(args).await,
+        Command::Image(args) => commands::image::run(args).await,
         Command::RunTask(args) => commands::worker::run_task(args).await,
     }
 }

@@ -242,6 +242,39 @@ pub fn event(record: &EventRecord) -> String {
             None,
         ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
+        Event::ImageReady {
+            reference,
+            digest,
+            layers,
+        } => {
+            let fetched: Vec<_> = layers.iter().filter(|layer| layer.fetched).collect();
+            let bytes: u64 = fetched.iter().map(|layer| layer.bytes).sum();
+            (
+                "image",
+                format!(
+                    "{reference} at {} · {} layers, {} fetched ({bytes} bytes), {} from the store",
+                    &digest[..digest.len().min(19)],
+                    layers.len(),
+                    fetched.len(),
+                    layers.len() - fetched.len()
+                ),
+                None,
+            )
+        }
+        Event::BuildStep {
+            step,
+            key,
+            hit,
+            reasons,
+        } => (
+            "build",
+            if *hit {
+                format!("{step}: layer {key} from the cache")
+            } else {
+                format!("{step}: building layer {key}")
+            },
+            (!reasons.is_empty()).then(|| reasons.join("\n")),
+        ),
         Event::SetupCache { key, hit, reasons } => (
             "cache",
             if *hit {

@@ -48,8 +48,7 @@ const LOCKFILES: &[&str] = &[
 const LAYOUT: &str = "2";
 
 /// What goes into a cache key, by name: `layout`, `base`, `bind:PATH`, `setup`, `workdir`,
-/// `arch`,
-/// `file:PATH`.
+/// `arch`, `file:PATH`, `repository`, and `image` (`REFERENCE@DIGEST`) for a task on an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheKey {
     pub key: String,
@@ -140,6 +139,28 @@ impl CacheKey {
     pub fn for_repository(mut self, repo: &str) -> CacheKey {
         self.inputs
             .insert("repository".to_string(), digest(repo.as_bytes()));
+        self.rehashed()
+    }
+
+    /// The same key for a setup on the image `reference`, which resolved to the manifest
+    /// `digest`: a layer holds what setup changed over that image's files, and is used over no
+    /// other (a tag that moved is a miss that says where it points now).
+    pub fn on_image(mut self, reference: &str, digest: &str) -> CacheKey {
+        self.inputs
+            .insert("image".to_string(), format!("{reference}@{digest}"));
+        self.rehashed()
+    }
+
+    /// A key of these inputs alone (a step built over an image: its parent's key, the step).
+    pub fn of(inputs: BTreeMap<String, String>) -> CacheKey {
+        CacheKey {
+            key: String::new(),
+            inputs,
+        }
+        .rehashed()
+    }
+
+    fn rehashed(mut self) -> CacheKey {
         let canonical = serde_json::to_vec(&self.inputs).unwrap_or_default();
         self.key = digest(&canonical)[..32].to_string();
         self
@@ -265,6 +286,16 @@ impl Base {
             system: system.into(),
             binds: Vec::new(),
         }
+    }
+}
+
+/// The base of a sandbox whose root is an image: the backend alone. The image is an input of
+/// its own (see [`CacheKey::on_image`]), and nothing of the host shows through it, its system
+/// and its toolchains included.
+pub fn image_base_identity(backend: &str) -> Base {
+    Base {
+        system: format!("{backend}\nimage"),
+        binds: Vec::new(),
     }
 }
 
@@ -445,6 +476,7 @@ impl SetupCache {
         for (name, new) in &key.inputs {
             match previous.inputs.get(name) {
                 Some(old) if old == new => {}
+                Some(old) if name == "image" => reasons.push(image_change(old, new)),
                 Some(old) => reasons.push(format!(
                     "`{name}` changed ({} -> {})",
                     short(old),
@@ -550,6 +582,16 @@ impl SetupCache {
                 total = total.saturating_sub(size);
             }
         }
+    }
+}
+
+/// Why a layer built on the image `old` (`REFERENCE@DIGEST`) does not serve `new`.
+fn image_change(old: &str, new: &str) -> String {
+    match (old.rsplit_once('@'), new.rsplit_once('@')) {
+        (Some((old_ref, old_digest)), Some((new_ref, new_digest))) if old_ref == new_ref => {
+            format!("`image`: {new_ref} now points at {new_digest} (it was {old_digest})")
+        }
+        _ => format!("`image` changed ({old} -> {new})"),
     }
 }
 

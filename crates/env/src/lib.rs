@@ -4,6 +4,7 @@
 //! Everything that changes a repository goes through the git command line, the same git the
 //! person uses, so hooks-free, config-respecting behaviour is what they would get by hand.
 
+pub mod build;
 pub mod cache;
 pub mod config;
 mod git;

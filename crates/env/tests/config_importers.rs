@@ -102,10 +102,15 @@ fn devcontainer_lifecycle_commands_become_setup_and_maintenance() {
         })
     );
 
+    assert_eq!(
+        environment.image.as_deref(),
+        Some("mcr.microsoft.com/devcontainers/typescript-node:1-20-bullseye")
+    );
     let unsupported = warnings_of(&loaded, WarningKind::Unsupported);
-    assert_eq!(unsupported.len(), 2, "{unsupported:#?}");
-    assert!(unsupported[0].contains("`image` is not used"));
-    assert!(unsupported[1].contains("ghcr.io/devcontainers/features/docker-in-docker:2"));
+    assert_eq!(unsupported.len(), 1, "{unsupported:#?}");
+    assert!(unsupported[0].contains("ghcr.io/devcontainers/features/docker-in-docker:2"));
+    assert!(unsupported[0].contains("only local features"));
+    assert!(environment.build.is_none(), "no feature to build");
     let suspicious = warnings_of(&loaded, WarningKind::Suspicious);
     assert_eq!(suspicious.len(), 1, "{suspicious:#?}");
     assert!(suspicious[0].contains("remoteEnv.PATH"));

@@ -51,6 +51,27 @@ pub enum Event {
         has_setup: bool,
         has_maintenance: bool,
     },
+    /// The image the task's sandbox starts from was resolved and is in the image store: each
+    /// of its layers fetched now or found there.
+    ImageReady {
+        /// The reference as written in canonical form (`docker.io/library/rust:1.86`).
+        reference: String,
+        /// The manifest's digest it resolved to.
+        digest: String,
+        /// Lowest first.
+        layers: Vec<ImageLayerUse>,
+    },
+    /// A step built over the image (a Dockerfile's instruction, a devcontainer feature) was
+    /// looked for in the layer cache: a hit uses the layer built before; a miss says why and
+    /// builds it.
+    BuildStep {
+        /// `Dockerfile:12 RUN apt-get install -y jq`, `feature ./tool`.
+        step: String,
+        key: String,
+        hit: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reasons: Vec<String>,
+    },
     /// The setup cache was consulted: a hit mounts the layer built before; a miss says why,
     /// input by input, and builds it.
     SetupCache {
@@ -191,6 +212,16 @@ pub enum Event {
     },
 }
 
+/// One layer of an image, as a task used it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLayerUse {
+    pub digest: String,
+    /// Its compressed size.
+    pub bytes: u64,
+    /// Fetched for this task; `false`: the store had it.
+    pub fetched: bool,
+}
+
 impl Event {
     /// The `type` tag this event carries in JSON.
     pub fn kind(&self) -> &'static str {
@@ -201,6 +232,8 @@ impl Event {
             Event::CheckedOut { .. } => "checked_out",
             Event::EnvironmentLoaded { .. } => "environment_loaded",
             Event::CommandFinished { .. } => "command_finished",
+            Event::ImageReady { .. } => "image_ready",
+            Event::BuildStep { .. } => "build_step",
             Event::SetupCache { .. } => "setup_cache",
             Event::Egress { .. } => "egress",
             Event::SandboxStarted { .. } => "sandbox_started",
@@ -270,6 +303,9 @@ pub enum CommandPhase {
     Setup,
     Maintenance,
     Check,
+    /// A step nightshift builds over the task's image: a Dockerfile's `RUN`, a devcontainer
+    /// feature's install script.
+    Build,
 }
 
 /// Token counts, per call or summed over a task.

@@ -11,7 +11,8 @@ mod text;
 mod token;
 
 pub use event::{
-    CommandPhase, ErrorKind, Event, EventRecord, PlanStep, PlanStepStatus, ToolCallRecord, Usage,
+    CommandPhase, ErrorKind, Event, EventRecord, ImageLayerUse, PlanStep, PlanStepStatus,
+    ToolCallRecord, Usage,
 };
 pub use id::{ParseTaskIdError, TaskId};
 pub use task::{Task, TaskSpec, TaskState, UnknownTaskState};

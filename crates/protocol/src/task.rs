@@ -38,6 +38,11 @@ pub struct TaskSpec {
     /// task's request and result as context, and hands back on the same branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<TaskId>,
+    /// The image the task's sandbox starts from (`REGISTRY/NAME[:TAG][@DIGEST]`, `oci:PATH`,
+    /// ...), over the repository's `[environment] image`. `None`: the repository's, or the
+    /// host's system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl TaskSpec {
@@ -249,6 +254,7 @@ mod tests {
             max_cost_usd: None,
             max_duration_secs: None,
             follows: None,
+            image: None,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

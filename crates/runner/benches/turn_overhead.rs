@@ -109,6 +109,7 @@ async fn main() {
         max_cost_usd: None,
         max_duration_secs: None,
         follows: None,
+        image: None,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();

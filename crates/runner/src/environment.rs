@@ -224,7 +224,7 @@ pub(crate) async fn run_command(
     cancel: &CancellationToken,
 ) -> Result<CommandOutcome, SinkError> {
     let default_timeout = match phase {
-        CommandPhase::Setup | CommandPhase::Maintenance => SETUP_TIMEOUT,
+        CommandPhase::Setup | CommandPhase::Maintenance | CommandPhase::Build => SETUP_TIMEOUT,
         CommandPhase::Check => CHECK_TIMEOUT,
     };
     let mut request = ExecRequest::new(format!("{}set -e\n{command}", exports(env)));
@@ -260,6 +260,7 @@ pub(crate) async fn run_command(
         CommandPhase::Check => format!("check-{}.log", sanitize(name)),
         CommandPhase::Setup => "setup.log".to_string(),
         CommandPhase::Maintenance => "maintenance.log".to_string(),
+        CommandPhase::Build => format!("build-{}.log", sanitize(name)),
     };
     let output = log.redact(&output);
     let stored = match store

@@ -27,6 +27,9 @@ pub enum SubmitError {
     },
     #[error("{0}")]
     Repository(#[from] EnvError),
+    /// The image reference cannot be read.
+    #[error("{0}")]
+    Image(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -43,6 +46,7 @@ impl SubmitError {
             )),
             SubmitError::Repository(err) => err.hint(),
             SubmitError::Store(_) => None,
+            SubmitError::Image(_) => Some("write an image as `REGISTRY/NAME[:TAG][@DIGEST]` (or `rust:1.86` on Docker Hub), `oci:PATH[:TAG]`, `oci-archive:PATH` or `docker-archive:PATH`".into()),
         }
     }
 }

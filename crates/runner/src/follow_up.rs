@@ -80,6 +80,7 @@ impl Runner {
             max_cost_usd: spec.max_cost_usd,
             max_duration_secs: spec.max_duration_secs,
             follows: Some(task.id),
+            image: spec.image.clone(),
             ..TaskRequest::new(&spec.repo, text, &spec.model)
         };
         match self.submit(request).await {

@@ -38,6 +38,8 @@ pub(crate) struct Run<'a> {
     pub(crate) parent: Option<&'a Task>,
     /// The cached setup layer(s) every session of the task stacks over its working copy.
     pub(crate) layers: &'a [std::path::PathBuf],
+    /// The image every session of the task stands on; `None`: the host's system.
+    pub(crate) image: Option<&'a crate::image::TaskImage>,
 }
 
 /// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.

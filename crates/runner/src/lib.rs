@@ -3,12 +3,14 @@
 //!
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
+mod build;
 mod ceilings;
 mod ending;
 mod environment;
 mod error;
 mod follow_up;
 mod handoff;
+mod image;
 mod lifecycle;
 mod prepare;
 mod reconcile;
@@ -33,6 +35,7 @@ pub use ceilings::LimitCeilings;
 pub use error::{RunnerError, SubmitError};
 pub use follow_up::{MessageOutcome, MessageRefusal};
 pub use handoff::DIFF_BLOB;
+pub use image::ImageSettings;
 pub use lifecycle::PriceLookup;
 pub use submit::TaskRequest;
 pub use worker::WorkerConfig;
@@ -73,6 +76,8 @@ pub struct RunnerConfig {
     pub tool_limits: ToolLimits,
     /// The most a task may use, whatever its repository's `[limits]` ask for.
     pub limit_ceilings: LimitCeilings,
+    /// Where images are pulled to and how; `None`: tasks cannot start from an image.
+    pub images: Option<ImageSettings>,
     /// Refuse at submit a task whose model needs an API key the runner's provider
     /// configuration lacks. Off for a process that only queues tasks for workers elsewhere,
     /// whose keys it cannot see.
@@ -98,6 +103,7 @@ impl RunnerConfig {
             host_binds: Vec::new(),
             tool_limits: ToolLimits::default(),
             limit_ceilings: LimitCeilings::default(),
+            images: None,
             check_provider_keys: true,
         }
     }

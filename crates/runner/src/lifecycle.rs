@@ -307,6 +307,7 @@ impl Runner {
             credentials: &task_secrets.credentials,
             parent: parent.as_ref(),
             layers: &[],
+            image: None,
         };
         let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
@@ -341,6 +342,14 @@ impl Runner {
         let model = match nightshift_model::connect(&spec, &providers) {
             Ok(model) => model,
             Err(err) => return fail_model(log, err).await,
+        };
+        let image = match self.task_image(run, stop).await? {
+            Ok(image) => image,
+            Err(ending) => return Ok(ending),
+        };
+        let run = &Run {
+            image: image.as_ref(),
+            ..*run
         };
         let layers = match self.setup_layer(run, stop).await? {
             Ok(layers) => layers,

@@ -112,10 +112,19 @@ impl Runner {
             Some("looking for a cached setup layer"),
         )
         .await?;
-        let base =
-            nightshift_env::cache::base_identity(self.sandbox.backend(), &self.config.host_binds);
-        let key = CacheKey::compute(run.copy.root(), &run.env.config, &base)
-            .for_repository(&run.task.spec.repo);
+        let (backend, binds) = (self.sandbox.backend(), &self.config.host_binds);
+        let key = match run.image {
+            Some(image) => {
+                let base = nightshift_env::cache::image_base_identity(backend);
+                CacheKey::compute(run.copy.root(), &run.env.config, &base)
+                    .on_image(&image.reference, &image.key)
+            }
+            None => {
+                let base = nightshift_env::cache::base_identity(backend, binds);
+                CacheKey::compute(run.copy.root(), &run.env.config, &base)
+            }
+        }
+        .for_repository(&run.task.spec.repo);
         let cache = SetupCache::new(dir, self.config.layers_budget);
         let repo = run.task.spec.repo.clone();
         let locked = {
@@ -192,7 +201,7 @@ impl Runner {
                 "setup",
                 setup,
                 &outcome.tail,
-                Some(self.sandbox.writable_system()),
+                Some(self.sandbox.writable_system() || run.image.is_some()),
             );
             return fail(log, ErrorKind::Setup, message, Some(hint))
                 .await
@@ -264,20 +273,46 @@ impl Runner {
 
 impl Runner {
     /// The hosts setup may reach: `[network].setup`, and where it holds the registries and
-    /// setup can install system packages, the distribution's mirrors from the host's apt
-    /// sources.
-    fn setup_network(&self, run: &Run<'_>) -> Vec<String> {
+    /// setup can install system packages, the distribution's mirrors: from the image's apt
+    /// sources on an image, else from the host's.
+    pub(crate) fn setup_network(&self, run: &Run<'_>) -> Vec<String> {
         let network = &run.env.config.network;
         let mut hosts = network.setup.clone();
-        if network.setup_registries && self.sandbox.writable_system() {
-            for host in nightshift_env::config::apt_source_hosts(Path::new("/etc/apt")) {
+        let mirrors = match run.image {
+            _ if !network.setup_registries => Vec::new(),
+            Some(image) => image_apt_hosts(&image.layers),
+            None if self.sandbox.writable_system() => {
+                nightshift_env::config::apt_source_hosts(Path::new("/etc/apt"))
+            }
+            None => Vec::new(),
+        };
+        for host in mirrors {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        hosts
+    }
+}
+
+/// The package mirrors an image's apt sources name, over all its layers (a source a later layer
+/// removed only widens what setup may reach to another mirror). `etc` and `etc/apt` are looked
+/// at only where they are directories: a link in an image leads somewhere inside its root, not
+/// on the host.
+fn image_apt_hosts(layers: &[PathBuf]) -> Vec<String> {
+    let is_dir = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir());
+    let mut hosts = Vec::new();
+    for layer in layers.iter().rev() {
+        let etc_apt = layer.join("etc/apt");
+        if is_dir(&layer.join("etc")) && is_dir(&etc_apt) {
+            for host in nightshift_env::config::apt_source_hosts(&etc_apt) {
                 if !hosts.contains(&host) {
                     hosts.push(host);
                 }
             }
         }
-        hosts
     }
+    hosts
 }
 
 /// Whether a setup layer holds changes to the working copy (besides `.git`, which no layer
@@ -326,7 +361,19 @@ pub(crate) fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>
             disk_bytes: Some(limits.disk.bytes()),
         },
         egress: Some(egress),
-        layers: run.layers.to_vec(),
+        layers: run
+            .image
+            .map(|image| image.built.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .chain(run.layers)
+            .cloned()
+            .collect(),
+        image: run
+            .image
+            .map(|image| image.layers.clone())
+            .unwrap_or_default(),
+        image_env: run.image.map(|image| image.env.clone()).unwrap_or_default(),
         credentials: run.credentials.to_vec(),
         ..SessionSpec::new(workspace)
     }

@@ -215,6 +215,7 @@ mod tests {
             max_cost_usd: None,
             max_duration_secs: None,
             follows: None,
+            image: None,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         store.create_task(&task).await.unwrap();

@@ -24,6 +24,8 @@ pub struct TaskRequest {
     pub max_duration_secs: Option<u64>,
     /// The earlier task this one follows up on.
     pub follows: Option<TaskId>,
+    /// The image the task starts from, over the repository's (see [`TaskSpec::image`]).
+    pub image: Option<String>,
 }
 
 impl TaskRequest {
@@ -43,6 +45,7 @@ impl TaskRequest {
             max_cost_usd: None,
             max_duration_secs: None,
             follows: None,
+            image: None,
         }
     }
 }
@@ -79,6 +82,14 @@ impl Runner {
                 variable,
             });
         }
+        let image = match request.image.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(
+                nightshift_image::Reference::parse(text)
+                    .map_err(|err| SubmitError::Image(err.to_string()))?
+                    .to_string(),
+            ),
+        };
         let source = SourceRepo::open(&request.repo).await?;
         let base = source.resolve_base(request.base.as_deref()).await?;
         let spec = TaskSpec {
@@ -91,6 +102,7 @@ impl Runner {
             max_cost_usd: request.max_cost_usd,
             max_duration_secs: request.max_duration_secs,
             follows: request.follows,
+            image,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;

@@ -154,6 +154,7 @@ impl From<SubmitError> for ApiError {
             | SubmitError::Budget(_)
             | SubmitError::Model(_)
             | SubmitError::MissingKey { .. }
+            | SubmitError::Image(_)
             | SubmitError::Repository(_) => {
                 let api = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

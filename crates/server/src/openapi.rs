@@ -127,6 +127,8 @@ pub(crate) struct TaskSpecDoc {
     max_duration_secs: Option<u64>,
     /// The id of the earlier task this one follows up on.
     follows: Option<String>,
+    /// The image the task's sandbox starts from.
+    image: Option<String>,
 }
 
 /// Where a task stands; the last three are terminal.
@@ -228,6 +230,7 @@ mod tests {
                 max_cost_usd: Some(1.0),
                 max_duration_secs: Some(1),
                 follows: Some(TaskId::new()),
+                image: Some("debian:12".into()),
             },
             Timestamp::UNIX_EPOCH,
         );

@@ -90,6 +90,7 @@ pub(crate) async fn create(
     request.max_tokens = body.max_tokens;
     request.max_cost_usd = body.max_cost_usd;
     request.max_duration_secs = body.max_duration_secs;
+    request.image = body.image;
     let task = state.runner().submit(request).await?;
     tracing::info!(task = %task.id, repo = %task.spec.repo, "task submitted over the API");
     let location = format!("/api/tasks/{}", task.id);

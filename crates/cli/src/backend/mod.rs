@@ -34,6 +34,8 @@ pub struct Submission {
     pub max_tokens: Option<u64>,
     pub max_cost_usd: Option<f64>,
     pub max_duration_secs: Option<u64>,
+    /// The image to start from, over the repository's.
+    pub image: Option<String>,
 }
 
 /// Called with each event while following a log; `Break` stops following.

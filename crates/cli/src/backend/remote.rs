@@ -105,6 +105,8 @@ struct CreateTask<'a> {
     max_cost_usd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_duration_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
 }
 
 impl Remote {
@@ -170,6 +172,7 @@ impl Remote {
             max_tokens: submission.max_tokens,
             max_cost_usd: submission.max_cost_usd,
             max_duration_secs: submission.max_duration_secs,
+            image: submission.image.as_deref(),
         };
         let url = format!("{}/api/tasks", self.base);
         let result = self

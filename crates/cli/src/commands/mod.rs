@@ -5,6 +5,7 @@ pub mod diff;
 pub mod doctor;
 pub mod env;
 pub mod follow;
+pub mod image;
 pub mod logs;
 pub mod ls;
 pub mod run;

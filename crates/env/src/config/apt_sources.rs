@@ -9,8 +9,9 @@ use std::path::Path;
 pub fn apt_source_hosts(etc_apt: &Path) -> Vec<String> {
     let mut hosts = Vec::new();
     let mut read = |path: &Path, deb822: bool| {
-        // A sources file is small; a huge one is no sources file.
-        let Ok(meta) = std::fs::metadata(path) else {
+        // A sources file is small; a huge one is no sources file. A link is not followed: the
+        // directory may be an image's, whose links lead somewhere only inside its root.
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
             return;
         };
         if !meta.is_file() || meta.len() > 1 << 20 {
@@ -28,7 +29,12 @@ pub fn apt_source_hosts(etc_apt: &Path) -> Vec<String> {
         }
     };
     read(&etc_apt.join("sources.list"), false);
-    if let Ok(entries) = std::fs::read_dir(etc_apt.join("sources.list.d")) {
+    let parts = etc_apt.join("sources.list.d");
+    let is_dir = std::fs::symlink_metadata(&parts).is_ok_and(|meta| meta.is_dir());
+    if let Ok(entries) = std::fs::read_dir(&parts)
+        .map_err(drop)
+        .and_then(|entries| if is_dir { Ok(entries) } else { Err(()) })
+    {
         let mut paths: Vec<_> = entries.flatten().map(|entry| entry.path()).collect();
         paths.sort();
         for path in paths {

@@ -53,6 +53,46 @@ pub fn describe(loaded: &Loaded) -> String {
             None => "\".\" (the repository root)".into(),
         }),
     );
+    out.value(
+        "environment.image",
+        Some(match &environment.image {
+            Some(image) => format!("{image:?}"),
+            None => "none (the host's system)".into(),
+        }),
+    );
+    if let Some(build) = &environment.build {
+        if let Some(dockerfile) = &build.dockerfile {
+            out.value(
+                "environment.build.dockerfile",
+                Some(format!(
+                    "{:?} (context {:?}; its FROM is the image, each RUN, COPY and ADD a cached layer)",
+                    dockerfile.display().to_string(),
+                    build.context.display().to_string()
+                )),
+            );
+            for (name, value) in &build.args {
+                out.value(
+                    &format!("environment.build.args.{name}"),
+                    Some(format!("{value:?}")),
+                );
+            }
+        }
+        for feature in &build.features {
+            let options: Vec<String> = feature
+                .options
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.value(
+                &format!("environment.build.features.{:?}", feature.id),
+                Some(if options.is_empty() {
+                    "(defaults)".to_string()
+                } else {
+                    options.join(", ")
+                }),
+            );
+        }
+    }
     out.value("environment.cache_key", Some(list(&environment.cache_key)));
     let copy: Vec<String> = environment
         .copy

@@ -43,6 +43,30 @@ pub struct Environment {
     pub copy: Vec<PathBuf>,
     /// Plain environment variables for every command.
     pub env: BTreeMap<String, String>,
+    /// The image the sandbox's root is made of, as its canonical reference
+    /// (`docker.io/library/rust:1.86`, `oci:/path:tag`...); `None` is the host's system.
+    pub image: Option<String>,
+    /// What nightshift builds over the image itself: a Dockerfile's steps and devcontainer
+    /// features (from devcontainer.json).
+    pub build: Option<ImageBuild>,
+}
+
+/// A Dockerfile and features to build, as devcontainer.json's `build` and `features` say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImageBuild {
+    /// The Dockerfile, relative to the repository root; its `FROM` is the image.
+    pub dockerfile: Option<PathBuf>,
+    /// The build context COPY and ADD read from, relative to the repository root.
+    pub context: PathBuf,
+    /// Build arguments, over the Dockerfile's `ARG` defaults.
+    pub args: BTreeMap<String, String>,
+    /// Features to install over the image, in devcontainer.json's order.
+    pub features: Vec<crate::build::features::FeatureRequest>,
+    /// `overrideFeatureInstallOrder`.
+    pub feature_order: Vec<String>,
+    /// The folder of devcontainer.json, relative to the repository root: local features are
+    /// there.
+    pub config_dir: PathBuf,
 }
 
 /// A command whose success proves a task's result.

@@ -105,6 +105,12 @@ impl<'a> TomlReader<'a> {
                     environment.workdir =
                         Some(workdir).filter(|workdir| !workdir.as_os_str().is_empty());
                 }
+                "image" => {
+                    let raw = self.string(&full, value)?;
+                    let reference = nightshift_image::Reference::parse(raw.trim())
+                        .map_err(|err| self.invalid(&full, &value.span(), err.to_string()))?;
+                    environment.image = Some(reference.to_string());
+                }
                 "cache_key" => {
                     let mut patterns = Vec::new();
                     for (raw, span) in self.strings(&full, value)? {

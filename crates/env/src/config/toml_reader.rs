@@ -30,6 +30,7 @@ pub(crate) const ENVIRONMENT_KEYS: &[&str] = &[
     "cache_key",
     "copy",
     "env",
+    "image",
 ];
 pub(crate) const CHECK_KEYS: &[&str] = &["run", "timeout"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["setup", "agent"];

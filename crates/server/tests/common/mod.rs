@@ -132,6 +132,7 @@ impl Harness {
             max_cost_usd: None,
             max_duration_secs: None,
             follows: None,
+            image: None,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();

@@ -1,6 +1,7 @@
 //! `devcontainer.json`: its lifecycle commands become setup and maintenance, its environment
-//! variables become `env`. The container itself (image, Dockerfile, features) cannot be
-//! reproduced here, so each such setting is named in a warning rather than silently dropped.
+//! variables become `env`, and its `image` the image the sandbox starts from. What nightshift
+//! does not build yet (a Dockerfile, features) is named in a warning rather than silently
+//! dropped.
 
 use std::path::Path;
 
@@ -20,18 +21,6 @@ const START_COMMAND: &str = "postStartCommand";
 
 /// Settings with no equivalent here, and what that means for the person.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    (
-        "image",
-        "setup runs on nightshift's base, not in this image",
-    ),
-    (
-        "build",
-        "setup runs on nightshift's base; the Dockerfile is not built",
-    ),
-    (
-        "dockerFile",
-        "setup runs on nightshift's base; the Dockerfile is not built",
-    ),
     (
         "dockerComposeFile",
         "Docker Compose services are not started",
@@ -96,6 +85,22 @@ pub(super) fn read(file: &Path, text: &str) -> Result<Imported, ConfigWarning> {
         }
     }
 
+    match fields.get("image") {
+        Some(Value::String(image)) if !image.trim().is_empty() => {
+            imported.image = Some(Sourced {
+                value: image.clone(),
+                field: "image".into(),
+            });
+        }
+        Some(_) => imported.warnings.push(field_warning(
+            file,
+            WarningKind::Suspicious,
+            "image",
+            "`image` is not an image reference (a non-empty string); it is skipped".into(),
+        )),
+        None => {}
+    }
+
     for env_field in ["containerEnv", "remoteEnv"] {
         read_env(file, &fields, env_field, &mut imported);
     }
@@ -110,20 +115,7 @@ pub(super) fn read(file: &Path, text: &str) -> Result<Imported, ConfigWarning> {
             ));
         }
     }
-    if let Some(Value::Object(features)) = fields.get("features")
-        && !features.is_empty()
-    {
-        let names: Vec<&str> = features.keys().map(String::as_str).collect();
-        imported.warnings.push(field_warning(
-            file,
-            WarningKind::Unsupported,
-            "features",
-            format!(
-                "devcontainer features are not installed ({}); add what they install to the setup script",
-                names.join(", ")
-            ),
-        ));
-    }
+    imported.build = super::devcontainer_build::read(file, &fields, &mut imported.warnings);
     Ok(imported)
 }
 

@@ -9,6 +9,7 @@
 mod copilot;
 mod cursor;
 mod devcontainer;
+mod devcontainer_build;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,10 @@ use super::validate;
 pub(crate) struct Imported {
     pub(crate) setup: Option<Sourced>,
     pub(crate) maintenance: Option<Sourced>,
+    /// The image, as written.
+    pub(crate) image: Option<Sourced>,
+    /// A Dockerfile and features to build.
+    pub(crate) build: Option<crate::config::schema::ImageBuild>,
     /// In the order they should be applied: a later entry for the same name wins.
     pub(crate) env: Vec<(String, Sourced)>,
     pub(crate) warnings: Vec<ConfigWarning>,
@@ -130,6 +135,37 @@ fn apply(
     if let Some(maintenance) = imported.maintenance {
         config.environment.maintenance = Some(maintenance.value);
         provenance.set("environment.maintenance", origin(maintenance.field));
+    }
+    if let Some(build) = imported.build {
+        if build.dockerfile.is_some() {
+            provenance.set(
+                "environment.build.dockerfile",
+                origin("build.dockerfile".into()),
+            );
+        }
+        for feature in &build.features {
+            let key = format!("environment.build.features.{:?}", feature.id);
+            provenance.set(&key, origin(format!("features.{}", feature.id)));
+        }
+        config.environment.build = Some(build);
+    }
+    if let Some(image) = imported.image {
+        match nightshift_image::Reference::parse(image.value.trim()) {
+            Ok(reference) => {
+                config.environment.image = Some(reference.to_string());
+                provenance.set("environment.image", origin(image.field));
+            }
+            Err(err) => warnings.push(ConfigWarning {
+                kind: WarningKind::Suspicious,
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                key: Some(image.field),
+                message: format!(
+                    "the image cannot be used ({err}); the task starts from the host's system"
+                ),
+            }),
+        }
     }
     for (name, sourced) in imported.env {
         if let Err(reason) = validate::env_name(&name) {

@@ -1,0 +1,355 @@
+//! A Dockerfile's build context, read for `COPY` and `ADD`: the repository's files (untrusted),
+//! walked inside the context only (a link is copied as a link, never followed), regular files
+//! and directories and links only, with `.dockerignore` honoured and a bound on what is read.
+//! What a step copies is fingerprinted for its cache key and written into a layer, at the part
+//! of the layer its destination belongs to (`system/usr/...`, `home/...`, `root/...`).
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use cap_std::fs::Dir;
+use globset::{Glob, GlobMatcher};
+use sha2::{Digest, Sha256};
+
+use crate::tree_files::{Links, read_regular};
+
+/// The most entries and bytes one step copies.
+const MAX_ENTRIES: usize = 200_000;
+const MAX_BYTES: u64 = 4 << 30;
+
+/// One thing to copy: its path in the context, and where under the destination it goes.
+struct Entry {
+    from: PathBuf,
+    to: PathBuf,
+    kind: Kind,
+}
+
+enum Kind {
+    Dir,
+    File { mode: u32 },
+    Link(PathBuf),
+}
+
+/// What `COPY sources dest` takes from the context at `root`.
+pub struct Copy {
+    root: PathBuf,
+    dir: Dir,
+    entries: Vec<Entry>,
+    dest: PathBuf,
+}
+
+impl Copy {
+    /// Resolves `sources` (relative to the context, wildcards allowed) for `dest` (absolute),
+    /// as Docker does: a directory's contents go into `dest`; a file goes to `dest` itself
+    /// unless `dest` ends with `/` or there are several sources.
+    pub fn plan(root: &Path, sources: &[String], dest: &str) -> Result<Copy, String> {
+        let dir = Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .map_err(|err| format!("opening the build context {}: {err}", root.display()))?;
+        let ignore = Ignore::read(root)?;
+        let into_dir = dest.ends_with('/') || sources.len() > 1;
+        let mut entries = Vec::new();
+        for source in sources {
+            let matched = matches(&dir, source, &ignore)?;
+            if matched.is_empty() {
+                return Err(format!("`{source}` matches nothing in the build context"));
+            }
+            let into_dir = into_dir || matched.len() > 1;
+            for path in matched {
+                let is_dir = path.as_os_str().is_empty()
+                    || dir
+                        .symlink_metadata(&path)
+                        .map_err(|err| format!("`{}`: {err}", path.display()))?
+                        .is_dir();
+                if is_dir {
+                    walk(&dir, &path, PathBuf::new(), &ignore, &mut entries)?;
+                } else {
+                    let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+                    let to = if into_dir { name } else { PathBuf::new() };
+                    entries.push(entry(&dir, path, to)?);
+                }
+                if entries.len() > MAX_ENTRIES {
+                    return Err(format!("copies more than {MAX_ENTRIES} files"));
+                }
+            }
+        }
+        Ok(Copy {
+            root: root.to_path_buf(),
+            dir,
+            entries,
+            dest: PathBuf::from(dest),
+        })
+    }
+
+    /// A digest of what is copied (paths, kinds, modes, contents) and where.
+    pub fn fingerprint(&self) -> Result<String, String> {
+        let mut hash = Sha256::new();
+        hash.update(self.dest.as_os_str().as_encoded_bytes());
+        let mut total = 0u64;
+        for entry in &self.entries {
+            hash.update(b"\0");
+            hash.update(entry.to.as_os_str().as_encoded_bytes());
+            match &entry.kind {
+                Kind::Dir => hash.update(b"d"),
+                Kind::Link(target) => {
+                    hash.update(b"l");
+                    hash.update(target.as_os_str().as_encoded_bytes());
+                }
+                Kind::File { mode } => {
+                    hash.update(format!("f{mode:o}"));
+                    let mut file = self.open(&entry.from)?;
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let read = file
+                            .read(&mut buffer)
+                            .map_err(|err| format!("`{}`: {err}", entry.from.display()))?;
+                        if read == 0 {
+                            break;
+                        }
+                        total += read as u64;
+                        if total > MAX_BYTES {
+                            return Err(format!("copies more than {MAX_BYTES} bytes"));
+                        }
+                        hash.update(&buffer[..read]);
+                    }
+                }
+            }
+        }
+        Ok(hex::encode(hash.finalize()))
+    }
+
+    /// Writes what is copied into `layer`, owned by `owner` (host uid and gid) when given.
+    pub fn write(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let base = layer.join(layer_part(&self.dest)?);
+        let io = |path: &Path, err: std::io::Error| format!("writing {}: {err}", path.display());
+        let chown = |path: &Path| match owner {
+            Some((uid, gid)) => {
+                std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|err| io(path, err))
+            }
+            None => Ok(()),
+        };
+        if let Some(parent) = base.parent() {
+            std::fs::create_dir_all(parent).map_err(|err| io(parent, err))?;
+        }
+        for entry in &self.entries {
+            let to = base.join(&entry.to);
+            if let Some(parent) = to.parent()
+                && !parent.exists()
+            {
+                std::fs::create_dir_all(parent).map_err(|err| io(parent, err))?;
+                chown(parent)?;
+            }
+            match &entry.kind {
+                Kind::Dir => {
+                    std::fs::create_dir_all(&to).map_err(|err| io(&to, err))?;
+                }
+                Kind::Link(target) => {
+                    std::os::unix::fs::symlink(target, &to).map_err(|err| io(&to, err))?;
+                }
+                Kind::File { mode } => {
+                    let mut from = self.open(&entry.from)?;
+                    let mut file = std::fs::File::create(&to).map_err(|err| io(&to, err))?;
+                    std::io::copy(&mut from, &mut file).map_err(|err| io(&to, err))?;
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode & 0o777))
+                        .map_err(|err| io(&to, err))?;
+                }
+            }
+            chown(&to)?;
+        }
+        Ok(())
+    }
+
+    fn open(&self, path: &Path) -> Result<std::fs::File, String> {
+        let opened = crate::tree_files::open_regular_in(&self.dir, &self.root, path, Links::Refuse)
+            .map_err(|err| err.to_string())?;
+        Ok(opened.file)
+    }
+}
+
+/// Where in a layer an absolute path inside the root goes: `/usr/...` (and the other system
+/// directories) in `system/usr/...`, the sandbox user's home in `home/...`, the rest in
+/// `root/...`.
+pub fn layer_part(dest: &Path) -> Result<PathBuf, String> {
+    let mut parts = Vec::new();
+    for component in dest.components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => parts.push(part.to_os_string()),
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(format!("`{}` leaves the root", dest.display()));
+                }
+            }
+            Component::Prefix(_) => return Err(format!("`{}` is not a path", dest.display())),
+        }
+    }
+    let path: PathBuf = parts.iter().collect();
+    let first = parts.first().and_then(|p| p.to_str()).unwrap_or("");
+    Ok(if ["usr", "etc", "opt", "var"].contains(&first) {
+        Path::new("system").join(path)
+    } else if let Ok(rest) = path.strip_prefix("home/agent") {
+        Path::new("home").join(rest)
+    } else {
+        Path::new("root").join(path)
+    })
+}
+
+fn entry(dir: &Dir, from: PathBuf, to: PathBuf) -> Result<Entry, String> {
+    use cap_std::fs::PermissionsExt;
+    let meta = dir
+        .symlink_metadata(&from)
+        .map_err(|err| format!("`{}`: {err}", from.display()))?;
+    let kind = if meta.is_dir() {
+        Kind::Dir
+    } else if meta.is_symlink() {
+        let target = dir
+            .read_link_contents(&from)
+            .map_err(|err| format!("`{}`: {err}", from.display()))?;
+        Kind::Link(target)
+    } else if meta.is_file() {
+        Kind::File {
+            mode: meta.permissions().mode(),
+        }
+    } else {
+        return Err(format!(
+            "`{}` is not a file, a directory or a link; it cannot be copied",
+            from.display()
+        ));
+    };
+    Ok(Entry { from, to, kind })
+}
+
+/// Everything under the directory `from` (not ignored), as entries under `to`.
+fn walk(
+    dir: &Dir,
+    from: &Path,
+    to: PathBuf,
+    ignore: &Ignore,
+    entries: &mut Vec<Entry>,
+) -> Result<(), String> {
+    let mut stack = vec![(from.to_path_buf(), to)];
+    while let Some((from, to)) = stack.pop() {
+        let listing = if from.as_os_str().is_empty() {
+            dir.entries()
+        } else {
+            dir.read_dir(&from)
+        }
+        .map_err(|err| format!("`{}`: {err}", from.display()))?;
+        let mut names: Vec<_> = listing.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for name in names {
+            let path = from.join(&name);
+            // The working copy's repository is nightshift's, never part of an image.
+            if path == Path::new(".git") || ignore.ignored(&path) {
+                continue;
+            }
+            let child = entry(dir, path.clone(), to.join(&name))?;
+            if matches!(child.kind, Kind::Dir) {
+                stack.push((path, to.join(&name)));
+            }
+            entries.push(child);
+            if entries.len() > MAX_ENTRIES {
+                return Err(format!("copies more than {MAX_ENTRIES} files"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The context's paths that `source` names: itself, or with wildcards, every match.
+fn matches(dir: &Dir, source: &str, ignore: &Ignore) -> Result<Vec<PathBuf>, String> {
+    let relative = inside_context(source)?;
+    if relative.as_os_str().is_empty() {
+        return Ok(vec![relative]);
+    }
+    if !source.contains(['*', '?', '[']) {
+        return match dir.symlink_metadata(&relative) {
+            Ok(_) => Ok(vec![relative]),
+            Err(_) => Ok(Vec::new()),
+        };
+    }
+    let glob = Glob::new(&relative.to_string_lossy())
+        .map_err(|err| format!("`{source}` is not a valid pattern: {err}"))?
+        .compile_matcher();
+    let parent = relative
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains(['*', '?', '[']))
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let listing = if parent.as_os_str().is_empty() {
+        dir.entries()
+    } else {
+        dir.read_dir(&parent)
+    }
+    .map_err(|err| format!("`{source}`: {err}"))?;
+    let mut found: Vec<PathBuf> = listing
+        .flatten()
+        .map(|e| parent.join(e.file_name()))
+        .filter(|path| glob.is_match(path) && !ignore.ignored(path))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// `source` as a path inside the context (a leading `/` is the context's root, as in Docker).
+fn inside_context(source: &str) -> Result<PathBuf, String> {
+    let mut normal = PathBuf::new();
+    for component in Path::new(source).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => normal.push(part),
+            Component::ParentDir => {
+                if !normal.pop() {
+                    return Err(format!("`{source}` leaves the build context"));
+                }
+            }
+            Component::Prefix(_) => return Err(format!("`{source}` is not a path")),
+        }
+    }
+    Ok(normal)
+}
+
+/// `.dockerignore` of the context: patterns (wildcards, `**`), `!` for exceptions; the last
+/// pattern that matches a path or one of its parents decides.
+struct Ignore {
+    rules: Vec<(GlobMatcher, bool)>,
+}
+
+impl Ignore {
+    fn read(root: &Path) -> Result<Ignore, String> {
+        let text = match read_regular(root, Path::new(".dockerignore"), Links::Refuse, 1 << 20) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(err) if err.is_not_found() => String::new(),
+            Err(err) => return Err(err.to_string()),
+        };
+        let mut rules = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keep, pattern) = match line.strip_prefix('!') {
+                Some(pattern) => (true, pattern.trim()),
+                None => (false, line),
+            };
+            let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+            let glob = Glob::new(pattern)
+                .map_err(|err| format!(".dockerignore: `{line}` is not a valid pattern: {err}"))?;
+            rules.push((glob.compile_matcher(), keep));
+        }
+        Ok(Ignore { rules })
+    }
+
+    fn ignored(&self, path: &Path) -> bool {
+        let mut ignored = false;
+        for (glob, keep) in &self.rules {
+            if path
+                .ancestors()
+                .any(|p| !p.as_os_str().is_empty() && glob.is_match(p))
+            {
+                ignored = !keep;
+            }
+        }
+        ignored
+    }
+}

@@ -1,0 +1,257 @@
+//! A task's image: the reference it starts from (the task's own, else its repository's
+//! `[environment] image`), pulled into the image store or found there with every layer logged,
+//! and what each session of the task then stands on.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use nightshift_agent::SinkError;
+use nightshift_image::{PullEvent, PullOptions, Reference, Store};
+use nightshift_protocol::{ErrorKind, Event, ImageLayerUse, TaskState};
+
+use crate::Runner;
+use crate::ending::{Ending, fail, set_state};
+use crate::handoff::Run;
+use tokio_util::sync::CancellationToken;
+
+/// Where a runner keeps images and how it fetches them.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    /// The image store's directory.
+    pub dir: PathBuf,
+    /// Who owns an image's files on this host (see [`nightshift_image::Owner`]).
+    pub owner: nightshift_image::Owner,
+    /// Registries (`host:port`) spoken to over plain HTTP rather than HTTPS.
+    pub plain_http: Vec<String>,
+}
+
+/// The image a task runs on.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskImage {
+    /// Canonical, as written (`docker.io/library/rust:1.86`).
+    pub reference: String,
+    /// Its unpacked layers, lowest first.
+    pub layers: Vec<PathBuf>,
+    /// Its configuration's environment, but for what the sandbox decides (`HOME`, `USER`),
+    /// then what was built over it set.
+    pub env: Vec<(String, String)>,
+    /// Layers built over it (a Dockerfile's steps, features), lowest first: stacked under the
+    /// setup layer.
+    pub built: Vec<PathBuf>,
+    /// What a setup layer over it is keyed by: the manifest digest, or the last built step's
+    /// key.
+    pub key: String,
+    /// The host id its root's files belong to, when this host shifts ids (as root).
+    pub root_owner: Option<u32>,
+}
+
+/// Variables of an image's configuration that the sandbox sets itself.
+const SANDBOX_VARIABLES: &[&str] = &["HOME", "USER", "LOGNAME"];
+
+impl Runner {
+    /// The task's image, pulled (or found in the store when the registry cannot be reached);
+    /// `None` when the task and its repository name none. The task's ending when it cannot be
+    /// had.
+    pub(crate) async fn task_image(
+        &self,
+        run: &Run<'_>,
+        stop: &CancellationToken,
+    ) -> Result<Result<Option<TaskImage>, Ending>, SinkError> {
+        let log = run.log;
+        let build = run.env.config.environment.build.as_ref();
+        let plan = match build.and_then(|build| build.dockerfile.as_deref()) {
+            Some(path) => match read_dockerfile(run, path) {
+                Ok(plan) => Some((path.display().to_string(), plan)),
+                Err(message) => {
+                    let hint =
+                        "docs/images.md says what nightshift builds from a Dockerfile".to_string();
+                    return fail(log, ErrorKind::InvalidInput, message, Some(hint))
+                        .await
+                        .map(Err);
+                }
+            },
+            None => None,
+        };
+        let features = match build.filter(|build| !build.features.is_empty()) {
+            Some(build) => {
+                let resolved = nightshift_env::build::features::resolve(
+                    run.copy.root(),
+                    &build.config_dir,
+                    &build.features,
+                    &build.feature_order,
+                );
+                match resolved {
+                    Ok(features) => features,
+                    Err(err) => {
+                        return fail(log, ErrorKind::InvalidInput, err.to_string(), None)
+                            .await
+                            .map(Err);
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let wanted = run
+            .task
+            .spec
+            .image
+            .clone()
+            .or_else(|| plan.as_ref().map(|(_, plan)| plan.from.clone()))
+            .or_else(|| run.env.config.environment.image.clone());
+        let Some(text) = wanted else {
+            if !features.is_empty() {
+                let message = "devcontainer.json asks for features, which are installed over an image, and it names no image or Dockerfile".to_string();
+                return fail(log, ErrorKind::InvalidInput, message, None)
+                    .await
+                    .map(Err);
+            }
+            return Ok(Ok(None));
+        };
+        if !self.sandbox.supports_images() {
+            let message = format!(
+                "the task starts from the image {text}, and the `{}` sandbox cannot start from an image",
+                self.sandbox.backend()
+            );
+            let hint = "use the namespaced sandbox (unset NIGHTSHIFT_SANDBOX)".to_string();
+            return fail(log, ErrorKind::Sandbox, message, Some(hint))
+                .await
+                .map(Err);
+        }
+        let Some(settings) = &self.config.images else {
+            let message = format!(
+                "the task starts from the image {text}, and this runner keeps no image store"
+            );
+            return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+        };
+        let reference = match Reference::parse(&text) {
+            Ok(reference) => reference,
+            Err(err) => {
+                let message = format!("the image {text:?} cannot be used: {err}");
+                return fail(log, ErrorKind::InvalidInput, message, None)
+                    .await
+                    .map(Err);
+            }
+        };
+        let detail = format!("pulling the image {reference}");
+        set_state(log, TaskState::Preparing, Some(&detail)).await?;
+        let store = match Store::open(&settings.dir, settings.owner) {
+            Ok(store) => store,
+            Err(err) => {
+                let message = format!("opening the image store: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+            }
+        };
+        let used: Arc<Mutex<Vec<ImageLayerUse>>> = Arc::default();
+        let options = PullOptions {
+            credentials: match &reference {
+                Reference::Registry { registry, .. } => {
+                    nightshift_image::docker_config_credentials(registry)
+                }
+                _ => None,
+            },
+            plain_http: settings.plain_http.clone(),
+            progress: Some({
+                let used = used.clone();
+                Arc::new(move |event: PullEvent| {
+                    if let PullEvent::Layer {
+                        digest,
+                        bytes,
+                        fetched,
+                    } = event
+                    {
+                        let mut used = used.lock().unwrap_or_else(|p| p.into_inner());
+                        used.push(ImageLayerUse {
+                            digest,
+                            bytes,
+                            fetched,
+                        });
+                    }
+                })
+            }),
+        };
+        let image = match store.pull(&reference, &options).await {
+            Ok(image) => image,
+            Err(err) => match store.get(&reference) {
+                // The store's copy was verified when it was pulled; a registry that cannot be
+                // reached now does not stop the task, but it is said.
+                Ok(Some(image)) => {
+                    log.append(Event::Warning {
+                        message: format!(
+                            "could not pull {reference} ({err}); using the copy in the image store ({})",
+                            image.digest
+                        ),
+                    })
+                    .await?;
+                    image
+                }
+                _ => {
+                    let message = format!("pulling the image {reference}: {err}");
+                    let hint = "check the reference (`nightshift image pull REF` tries it alone); a registry that needs a login reads it from ~/.docker/config.json".to_string();
+                    return fail(log, ErrorKind::Setup, message, Some(hint))
+                        .await
+                        .map(Err);
+                }
+            },
+        };
+        let layers = std::mem::take(&mut *used.lock().unwrap_or_else(|p| p.into_inner()));
+        log.append(Event::ImageReady {
+            reference: image.reference.clone(),
+            digest: image.digest.clone(),
+            layers,
+        })
+        .await?;
+        let env = image
+            .config
+            .env
+            .iter()
+            .filter(|(name, _)| !SANDBOX_VARIABLES.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        let mut task_image = TaskImage {
+            key: image.digest.clone(),
+            reference: image.reference,
+            layers: image.layers,
+            env,
+            built: Vec::new(),
+            root_owner: match settings.owner {
+                nightshift_image::Owner::Shift(id) => Some(id),
+                nightshift_image::Owner::Caller => None,
+            },
+        };
+        if plan.is_some() || !features.is_empty() {
+            let (file, plan) = match &plan {
+                Some((file, plan)) => (file.as_str(), Some(plan)),
+                None => ("", None),
+            };
+            if let Err(ending) = self
+                .build_over_image(run, &mut task_image, (file, plan), &features, stop)
+                .await?
+            {
+                return Ok(Err(ending));
+            }
+        }
+        Ok(Ok(Some(task_image)))
+    }
+}
+
+/// The repository's Dockerfile at `path`, read inside the working copy, as steps.
+fn read_dockerfile(
+    run: &Run<'_>,
+    path: &std::path::Path,
+) -> Result<nightshift_env::build::dockerfile::Plan, String> {
+    use nightshift_env::tree_files::{Links, read_regular};
+    let bytes = read_regular(run.copy.root(), path, Links::FollowInside, 1 << 20)
+        .map_err(|err| format!("the Dockerfile cannot be used: {err}"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let args = run
+        .env
+        .config
+        .environment
+        .build
+        .as_ref()
+        .map(|build| build.args.clone())
+        .unwrap_or_default();
+    nightshift_env::build::dockerfile::plan(&path.display().to_string(), &text, &args)
+        .map_err(|err| err.to_string())
+}
