@@ -435,3 +435,29 @@ async fn corrupt_and_truncated_layers_are_refused() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_store_keeps_the_callers_ids_and_is_not_reused_shifted() {
+    let work = workdir();
+    let layout = work.path().join("layout");
+    support::write_layout(&layout, "v1", &support::tiny_layers(work.path()), &[]);
+    let store_dir = work.path().join("store");
+    // A crash's leftovers are cleaned when the store is next opened with no pull running.
+    std::fs::create_dir_all(store_dir.join("tmp/layer-crashed/deep")).unwrap();
+    std::fs::set_permissions(
+        store_dir.join("tmp/layer-crashed"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o500),
+    )
+    .unwrap();
+    let store = Store::open(&store_dir, Owner::Caller).unwrap();
+    assert_eq!(store_leftovers(&store_dir).0, Vec::<String>::new());
+    let image = pull(&store, &format!("oci:{}:v1", layout.display()))
+        .await
+        .unwrap();
+    check_tiny_layers(&image, false);
+    // uid 1000 in the image, but no chown: the caller owns it.
+    let owned = std::fs::metadata(image.layers[1].join("opt/original")).unwrap();
+    assert_eq!(owned.uid(), nix::unistd::geteuid().as_raw());
+    let error = Store::open(&store_dir, Owner::Shift(100_000)).unwrap_err();
+    assert!(matches!(error, ImageError::OwnerMismatch { .. }), "{error}");
+}
