@@ -535,7 +535,7 @@ impl<'a> Extraction<'a> {
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         let strict = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         // The root gets the usual 0755 when the layer does not say otherwise.
         if !dirs.iter().any(|(path, _)| path.as_os_str().is_empty()) {
             dirs.push((
@@ -556,7 +556,8 @@ impl<'a> Extraction<'a> {
             };
             let fd = match openat2(self.root.as_fd(), path, strict) {
                 Ok(fd) => fd,
-                // Replaced by a later entry of another kind: nothing to finish.
+                // Replaced by a later entry of another kind (a symlink is not followed at the
+                // end of the path): nothing to finish.
                 Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => continue,
                 Err(e) => return Err(self.fs_error(e, "finish directory", &rel)),
             };

@@ -89,13 +89,13 @@ async fn an_oci_layout_unpacks_into_overlay_form() {
     let layout = work.path().join("layout");
     let digest = support::write_layout(&layout, "v1", &support::tiny_layers(work.path()), &["A=1"]);
     let store_dir = work.path().join("store");
-    let store = Store::open(&store_dir, Owner::Shift(100_000)).unwrap();
+    let store = Store::open(&store_dir, support::owner()).unwrap();
     let image = pull(&store, &format!("oci:{}:v1", layout.display()))
         .await
         .unwrap();
     assert_eq!(image.digest, digest);
     assert_eq!(image.config.env, vec![("A".to_string(), "1".to_string())]);
-    check_tiny_layers(&image, true);
+    check_tiny_layers(&image, support::is_root());
     // A layout with one image needs no tag; the store keys it by the canonical reference.
     let untagged = pull(&store, &format!("oci:{}", layout.display()))
         .await
@@ -149,16 +149,16 @@ async fn oci_and_docker_archives_unpack_the_same_layers() {
     .enumerate()
     {
         let store_dir = work.path().join(format!("store-{index}"));
-        let store = Store::open(&store_dir, Owner::Shift(100_000)).unwrap();
+        let store = Store::open(&store_dir, support::owner()).unwrap();
         let image = pull(&store, reference).await.unwrap();
-        check_tiny_layers(&image, true);
+        check_tiny_layers(&image, support::is_root());
         assert_eq!(
             store_leftovers(&store_dir).0,
             Vec::<String>::new(),
             "{reference}: scratch removed"
         );
     }
-    let store = Store::open(&work.path().join("store-x"), Owner::Shift(100_000)).unwrap();
+    let store = Store::open(&work.path().join("store-x"), support::owner()).unwrap();
     let error = pull(
         &store,
         &format!("docker-archive:{}:other:v1", docker_archive.display()),
@@ -200,7 +200,7 @@ async fn an_image_for_other_machines_names_what_exists() {
         serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
             "size": size, "annotations": {"org.opencontainers.image.ref.name": "multi"}}),
     );
-    let store = Store::open(&work.path().join("store"), Owner::Shift(100_000)).unwrap();
+    let store = Store::open(&work.path().join("store"), support::owner()).unwrap();
     let error = pull(&store, &format!("oci:{}:multi", layout.display()))
         .await
         .unwrap_err();
@@ -225,7 +225,7 @@ async fn layers_stack_as_a_read_only_overlay() {
     let work = workdir();
     let layout = work.path().join("layout");
     support::write_layout(&layout, "v1", &support::tiny_layers(work.path()), &[]);
-    let store = Store::open(&work.path().join("store"), Owner::Shift(100_000)).unwrap();
+    let store = Store::open(&work.path().join("store"), support::owner()).unwrap();
     let image = pull(&store, &format!("oci:{}:v1", layout.display()))
         .await
         .unwrap();
@@ -343,7 +343,7 @@ async fn layers_that_write_outside_their_root_are_refused() {
     for (name, tar) in cases {
         let reference = layout_with_layer(work.path(), name, tar);
         let store_dir = work.path().join(format!("store-{name}"));
-        let store = Store::open(&store_dir, Owner::Shift(100_000)).unwrap();
+        let store = Store::open(&store_dir, support::owner()).unwrap();
         let error = pull(&store, &reference).await.unwrap_err();
         eprintln!("{name}: {error}");
         assert!(
@@ -395,7 +395,7 @@ async fn corrupt_and_truncated_layers_are_refused() {
         let layout = work.path().join(name);
         support::write_layout(&layout, "v1", &[layer], &[]);
         let store_dir = work.path().join(format!("store-{name}"));
-        let store = Store::open(&store_dir, Owner::Shift(100_000)).unwrap();
+        let store = Store::open(&store_dir, support::owner()).unwrap();
         let error = pull(&store, &format!("oci:{}:v1", layout.display()))
             .await
             .unwrap_err();
@@ -426,7 +426,7 @@ async fn corrupt_and_truncated_layers_are_refused() {
     let last = changed.len() - 10;
     changed[last] ^= 1;
     std::fs::write(&stored, changed).unwrap();
-    let store = Store::open(&work.path().join("store-changed"), Owner::Shift(100_000)).unwrap();
+    let store = Store::open(&work.path().join("store-changed"), support::owner()).unwrap();
     let error = pull(&store, &format!("oci:{}:v1", layout.display()))
         .await
         .unwrap_err();
@@ -434,4 +434,30 @@ async fn corrupt_and_truncated_layers_are_refused() {
         matches!(error, ImageError::DigestMismatch { .. }),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_store_keeps_the_callers_ids_and_is_not_reused_shifted() {
+    let work = workdir();
+    let layout = work.path().join("layout");
+    support::write_layout(&layout, "v1", &support::tiny_layers(work.path()), &[]);
+    let store_dir = work.path().join("store");
+    // A crash's leftovers are cleaned when the store is next opened with no pull running.
+    std::fs::create_dir_all(store_dir.join("tmp/layer-crashed/deep")).unwrap();
+    std::fs::set_permissions(
+        store_dir.join("tmp/layer-crashed"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o500),
+    )
+    .unwrap();
+    let store = Store::open(&store_dir, Owner::Caller).unwrap();
+    assert_eq!(store_leftovers(&store_dir).0, Vec::<String>::new());
+    let image = pull(&store, &format!("oci:{}:v1", layout.display()))
+        .await
+        .unwrap();
+    check_tiny_layers(&image, false);
+    // uid 1000 in the image, but no chown: the caller owns it.
+    let owned = std::fs::metadata(image.layers[1].join("opt/original")).unwrap();
+    assert_eq!(owned.uid(), nix::unistd::geteuid().as_raw());
+    let error = Store::open(&store_dir, Owner::Shift(100_000)).unwrap_err();
+    assert!(matches!(error, ImageError::OwnerMismatch { .. }), "{error}");
 }

@@ -40,6 +40,23 @@ macro_rules! require_root {
     };
 }
 
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Ids shifted by 100,000 as host root (as nightshift does); the caller's ids otherwise, where
+/// chown is not allowed. Tests check the shifted ids only as root, and say so.
+pub fn owner() -> nightshift_image::Owner {
+    if is_root() {
+        nightshift_image::Owner::Shift(100_000)
+    } else {
+        eprintln!(
+            "note: not root, so layers keep the caller's ids and the id shift is not checked"
+        );
+        nightshift_image::Owner::Caller
+    }
+}
+
 pub fn have(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
