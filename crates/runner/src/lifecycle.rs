@@ -252,7 +252,13 @@ impl Runner {
         };
         environment::announce(log, &loaded).await?;
         let mut loaded = loaded;
-        for message in self.config.limit_ceilings.apply(&mut loaded.config.limits) {
+        let mut capped = self.config.limit_ceilings.apply(&mut loaded.config.limits);
+        capped.extend(crate::ceilings::cap_check_timeouts(
+            &mut loaded.config.checks,
+            self.config.max_duration,
+            environment::CHECK_TIMEOUT,
+        ));
+        for message in capped {
             log.append(Event::Warning { message }).await?;
         }
         let trusted = match &parent {
