@@ -2,8 +2,8 @@
 //! everything that can change it, so the next task with the same key starts from the layer
 //! instead of running setup again.
 //!
-//! The key hashes the environment base (the backend and OS release, and each toolchain the host
-//! configuration binds, as its own input), the setup script, the workdir, the architecture, and
+//! The key hashes the environment base (the backend and OS release, the host's installed system
+//! packages, and each toolchain the host configuration binds, as its own input), the setup script, the workdir, the architecture, and
 //! the contents of the repository's lockfiles and `cache_key` files. A miss says why: each
 //! input that differs from the last layer built for the same repository, with its old and new
 //! hash. Layers live under one directory, one per key (`<key>/layer`, `<key>/manifest.json`);
@@ -21,6 +21,12 @@ use sha2::{Digest, Sha256};
 
 use crate::config::EnvConfig;
 use crate::tree_files::{Links, TreeFileError, open_regular};
+
+mod base;
+
+pub use base::{
+    Base, PACKAGE_DATABASES, base_identity, bind_fingerprint, is_rustup_home, packages_fingerprint,
+};
 
 /// Lockfiles that pin what setup installs, looked for in the repository root and the workdir.
 const LOCKFILES: &[&str] = &[
@@ -47,8 +53,11 @@ const LOCKFILES: &[&str] = &[
 /// of another layout is never used: the key differs, and the miss says `layout` changed.
 const LAYOUT: &str = "2";
 
-/// What goes into a cache key, by name: `layout`, `base`, `bind:PATH`, `setup`, `workdir`,
-/// `arch`,
+/// The cache input of the host's installed system packages.
+const PACKAGES: &str = "packages";
+
+/// What goes into a cache key, by name: `layout`, `base`, `packages` (the host's system
+/// packages, where it has a package database), `bind:PATH`, `setup`, `workdir`, `arch`,
 /// `file:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheKey {
@@ -63,6 +72,9 @@ impl CacheKey {
         let mut inputs = BTreeMap::new();
         inputs.insert("layout".to_string(), LAYOUT.to_string());
         inputs.insert("base".to_string(), digest(base.system.as_bytes()));
+        if let Some(packages) = &base.packages {
+            inputs.insert(PACKAGES.to_string(), digest(packages.as_bytes()));
+        }
         for (path, fingerprint) in &base.binds {
             inputs.insert(
                 format!("bind:{}", path.display()),
@@ -247,128 +259,6 @@ fn open_dir_nofollow(dir: &Dir, name: &std::ffi::OsStr) -> std::io::Result<Dir> 
     ))
 }
 
-/// What a setup layer is built on: the system the sandbox shows read-only under every layer, and
-/// the host directories (toolchains) it binds. Each bind is its own cache input, so a miss
-/// caused by a toolchain upgrade names the toolchain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base {
-    /// The sandbox backend and the host's OS release.
-    pub system: String,
-    /// Each bound host path with its [`bind_fingerprint`].
-    pub binds: Vec<(PathBuf, String)>,
-}
-
-impl Base {
-    /// A base with no binds.
-    pub fn system(system: impl Into<String>) -> Base {
-        Base {
-            system: system.into(),
-            binds: Vec::new(),
-        }
-    }
-}
-
-/// The base of the sandbox backend `backend` with the host directories `binds` bound read-only.
-pub fn base_identity(backend: &str, binds: &[PathBuf]) -> Base {
-    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    Base {
-        system: format!("{backend}\n{release}"),
-        binds: binds
-            .iter()
-            .map(|bind| (bind.clone(), bind_fingerprint(bind)))
-            .collect(),
-    }
-}
-
-/// How many directory entries a fingerprint looks at, so a huge bind stays cheap.
-const FINGERPRINT_ENTRIES: usize = 10_000;
-
-/// A cheap identity of a bound host directory, never a full walk: for a rustup home, its
-/// `settings.toml` and each installed toolchain's name and channel hash (`update-hashes/`, which
-/// `rustup update` rewrites even when a toolchain keeps its name); for anything else, the names,
-/// kinds, sizes and modification times of its top two levels.
-pub fn bind_fingerprint(path: &Path) -> String {
-    if is_rustup_home(path) {
-        return rustup_fingerprint(path);
-    }
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(meta) => return format!("file {} {}", meta.len(), modified_nanos(&meta)),
-        Err(err) => return format!("unreadable: {}", err.kind()),
-    }
-    let mut lines = Vec::new();
-    let mut dirs = vec![(PathBuf::new(), 0)];
-    let mut seen = 0;
-    while let Some((dir, depth)) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(path.join(&dir)) else {
-            lines.push(format!("{} unreadable", dir.display()));
-            continue;
-        };
-        for entry in entries.flatten() {
-            seen += 1;
-            if seen > FINGERPRINT_ENTRIES {
-                lines.push("…".into());
-                break;
-            }
-            let relative = dir.join(entry.file_name());
-            // The entry itself: a symlink is not followed.
-            let Ok(meta) = entry.metadata() else {
-                lines.push(format!("{} unreadable", relative.display()));
-                continue;
-            };
-            let kind = match meta.file_type() {
-                kind if kind.is_dir() => 'd',
-                kind if kind.is_symlink() => 'l',
-                _ => 'f',
-            };
-            lines.push(format!(
-                "{kind} {} {} {}",
-                relative.display(),
-                meta.len(),
-                modified_nanos(&meta)
-            ));
-            if kind == 'd' && depth == 0 {
-                dirs.push((relative, depth + 1));
-            }
-        }
-    }
-    lines.sort();
-    lines.join("\n")
-}
-
-fn modified_nanos(meta: &std::fs::Metadata) -> u128 {
-    meta.modified()
-        .ok()
-        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |since| since.as_nanos())
-}
-
-/// Whether `path` is a rustup home: `toolchains/` and `settings.toml`.
-pub fn is_rustup_home(path: &Path) -> bool {
-    path.join("toolchains").is_dir() && path.join("settings.toml").is_file()
-}
-
-fn rustup_fingerprint(home: &Path) -> String {
-    let settings = std::fs::read_to_string(home.join("settings.toml")).unwrap_or_default();
-    let mut toolchains: Vec<String> = std::fs::read_dir(home.join("toolchains"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .take(FINGERPRINT_ENTRIES)
-                .filter_map(|entry| entry.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    toolchains.sort();
-    let mut lines = vec!["rustup".to_string(), settings];
-    for name in toolchains {
-        let hash =
-            std::fs::read_to_string(home.join("update-hashes").join(&name)).unwrap_or_default();
-        lines.push(format!("toolchain {name} {}", hash.trim()));
-    }
-    lines.join("\n")
-}
-
 fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -445,9 +335,18 @@ impl SetupCache {
         for (name, new) in &key.inputs {
             match previous.inputs.get(name) {
                 Some(old) if old == new => {}
+                Some(old) if name == PACKAGES => reasons.push(format!(
+                    "the host's system packages changed (`{name}` {} -> {})",
+                    short(old),
+                    short(new)
+                )),
                 Some(old) => reasons.push(format!(
                     "`{name}` changed ({} -> {})",
                     short(old),
+                    short(new)
+                )),
+                None if name == PACKAGES => reasons.push(format!(
+                    "the host's system packages are part of the key now (`{name}` is new: {})",
                     short(new)
                 )),
                 None => reasons.push(format!("`{name}` is new ({})", short(new))),
@@ -458,7 +357,13 @@ impl SetupCache {
             .keys()
             .filter(|name| !key.inputs.contains_key(*name))
         {
-            reasons.push(format!("`{name}` is gone"));
+            if name == PACKAGES {
+                reasons.push(format!(
+                    "the host's system packages changed (`{name}` is gone: no package database is read now)"
+                ));
+            } else {
+                reasons.push(format!("`{name}` is gone"));
+            }
         }
         if reasons.is_empty() {
             reasons.push("the layer built for these inputs was evicted".into());
