@@ -23,6 +23,9 @@ use crate::config::EnvConfig;
 use crate::tree_files::{Links, TreeFileError, open_regular};
 
 mod base;
+mod removal;
+
+pub use removal::remove_tree;
 
 pub use base::{
     Base, PACKAGE_DATABASES, base_identity, bind_fingerprint, is_rustup_home, packages_fingerprint,
@@ -380,31 +383,48 @@ impl SetupCache {
     }
 
     /// Where a session should leave its changes for `key` before [`SetupCache::commit`]: on
-    /// the cache's filesystem, so the commit is a rename.
+    /// the cache's filesystem, so the commit is a rename. What an earlier process of the same
+    /// id left there is discarded first, and so is what earlier discards could not remove.
     pub fn staging(&self, key: &CacheKey) -> std::io::Result<PathBuf> {
         self.make_private_root()?;
+        self.sweep_discarded();
         let dir = self.root.join("staging");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}-{}", key.key, std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path)?;
-        }
+        self.discard(&path)?;
+        Ok(path)
+    }
+
+    /// Where a session should leave a layer only one task uses (`name` says which), never
+    /// committed, looked up or served to another: on the cache's filesystem, in its private
+    /// directory. The task [`SetupCache::discard`]s it when it ends.
+    pub fn unshared(&self, name: &str) -> std::io::Result<PathBuf> {
+        self.make_private_root()?;
+        self.sweep_discarded();
+        let dir = self.root.join("unshared");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        self.discard(&path)?;
         Ok(path)
     }
 
     /// Keeps the changes at `staged` as the layer of `key` and returns its path. The
-    /// repository's `.git` is never part of a layer: it belongs to each task's own base.
+    /// repository's `.git` is never part of a layer: it belongs to each task's own base (a
+    /// setup that deleted it left a whiteout there, which goes the same way). On an error the
+    /// staged layer is left where it is, for the caller to discard.
     pub fn commit(&self, repo: &str, key: &CacheKey, staged: &Path) -> std::io::Result<PathBuf> {
         let git = staged.join("workspace").join(".git");
-        if git.exists() {
-            std::fs::remove_dir_all(&git)?;
-        }
+        removal::remove_tree(&git).map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("removing the repository's .git from the layer: {err}"),
+            )
+        })?;
         let dir = self.root.join(&key.key);
         std::fs::create_dir_all(&dir)?;
         let layer = dir.join("layer");
-        if layer.exists() {
-            std::fs::remove_dir_all(&layer)?;
-        }
+        // The layer it replaces leaves before this one takes its place.
+        self.discard(&layer)?;
         std::fs::rename(staged, &layer)?;
         let manifest = Manifest {
             key: key.key.clone(),
@@ -451,7 +471,9 @@ impl SetupCache {
             if dir.file_name().is_some_and(|name| name == keep) {
                 continue;
             }
-            if std::fs::remove_dir_all(&dir).is_ok() {
+            // Out of its place at once, so that a removal that fails half way never leaves a
+            // partial layer to be found.
+            if self.discard(&dir).is_ok() || !dir.exists() {
                 total = total.saturating_sub(size);
             }
         }

@@ -286,3 +286,50 @@ fn an_upgrade_of_the_hosts_system_packages_misses_saying_so() {
         Path::new("/var/lib/dpkg/status").exists() || Path::new("/lib/apk/db/installed").exists()
     );
 }
+
+/// A setup that deleted `.git` leaves a whiteout in its place (a character device 0/0, which
+/// only root can make here), one that replaced it a file or a link: none is kept, and the
+/// commit does not stumble on it.
+#[test]
+fn a_layer_whose_setup_deleted_or_replaced_git_commits_without_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let cache = SetupCache::new(dir.path().join("layers"), u64::MAX);
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let replace = |what: &str, git: &Path| match what {
+        "a file" => std::fs::write(git, "gitdir: /x\n").unwrap(),
+        "a link" => std::os::unix::fs::symlink("/etc", git).unwrap(),
+        _ => {
+            let made = std::process::Command::new("mknod")
+                .arg(git)
+                .args(["c", "0", "0"])
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+    };
+    for what in ["a file", "a link", "a whiteout"] {
+        if what == "a whiteout" && !root {
+            eprintln!("SKIPPED: making a whiteout (mknod c 0 0) needs root");
+            continue;
+        }
+        let staged = dir
+            .path()
+            .join(format!("staged-{}", what.replace(' ', "-")));
+        std::fs::create_dir_all(staged.join("workspace")).unwrap();
+        std::fs::write(staged.join("workspace/built"), "x").unwrap();
+        std::fs::create_dir_all(staged.join("home")).unwrap();
+        replace(what, &staged.join("workspace/.git"));
+        let key = CacheKey::compute(repo.path(), &config(what), &Base::system("base"));
+        let layer = cache
+            .commit("r", &key, &staged)
+            .unwrap_or_else(|err| panic!("{what}: {err}"));
+        assert!(
+            std::fs::symlink_metadata(layer.join("workspace/.git")).is_err(),
+            "{what} at .git is not kept"
+        );
+        assert!(layer.join("workspace/built").exists());
+        assert!(Path::new("/etc").is_dir());
+    }
+}
