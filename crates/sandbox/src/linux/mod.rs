@@ -128,7 +128,7 @@ impl Namespaced {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let prepared = self.prepare(
-            (&workspace, &layers),
+            (&workspace, &layers, spec.workspace_over_layers),
             &limits,
             (&network, options.credentials),
             events,
@@ -218,7 +218,7 @@ impl Namespaced {
     /// that tell the helper about them.
     fn prepare(
         &self,
-        (workspace, layers): (&Path, &[PathBuf]),
+        (workspace, layers, workspace_over_layers): (&Path, &[PathBuf], bool),
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
@@ -304,6 +304,7 @@ impl Namespaced {
             ca_bundle,
             seccomp,
             layers: layers.to_vec(),
+            workspace_over_layers,
             writable_system: system.is_some(),
             system_trees,
         };
