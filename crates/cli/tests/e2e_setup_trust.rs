@@ -178,3 +178,23 @@ async fn a_follow_up_on_an_agents_commits_gets_no_setup_secret_and_no_shared_lay
         .count();
     assert_eq!(unshared, 0, "the follow-up's own layer went with it");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setup_that_deletes_git_is_cached_without_touching_the_tasks_own() {
+    let repo = buggy_repo_with_config(
+        "[environment]\nsetup = \"rm -rf .git && echo built > built.txt\"\n\n[checks]\ntest = \"sh test.sh\"\n",
+    );
+    let (ns, _server) = Nightshift::with_script(fixing_script()).await;
+    let (out, task) = ns.wait_task(repo.path(), "fix add").await;
+    assert!(out.status.success(), "{task}");
+    let layers = cached_layers(&ns);
+    assert_eq!(layers.len(), 1, "{task}");
+    assert!(layers[0].join("workspace/built.txt").exists());
+    assert!(
+        std::fs::symlink_metadata(layers[0].join("workspace/.git")).is_err(),
+        "the layer does not delete the task's .git"
+    );
+    let branch = task["branch"].as_str().unwrap();
+    let changed = git(repo.path(), &["diff", "--name-only", "main", branch]);
+    assert_eq!(changed, "calc.sh", "setup's file stays out of the branch");
+}
