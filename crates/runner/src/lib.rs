@@ -4,6 +4,7 @@
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
 mod ceilings;
+mod egress_log;
 mod ending;
 mod environment;
 mod error;

@@ -118,6 +118,8 @@ impl Runner {
         watcher.abort();
         relay.abort();
         let ending = ending?;
+        // The sessions are closed: what they still had to log comes before the end.
+        log.settle(std::time::Duration::from_secs(3)).await;
 
         if findings.lease_lost.load(Ordering::SeqCst) {
             return Ok(self

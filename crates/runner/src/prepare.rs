@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use nightshift_agent::SinkError;
 use nightshift_env::cache::{CacheKey, Lookup, SetupCache};
 use nightshift_protocol::{CommandPhase, ErrorKind, Event, TaskState};
-use nightshift_sandbox::{EgressEvent, EgressVerdict, SandboxSession, SessionLimits, SessionSpec};
+use nightshift_sandbox::{EgressEvent, SandboxSession, SessionLimits, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::Runner;
@@ -393,27 +393,16 @@ fn layer_changed_workspace(layer: &Path) -> bool {
 }
 
 /// A session for the working copy at `workspace` with the configuration's environment
-/// variables, limits and network allowlist, its egress requests logged as task events.
+/// variables, limits and network allowlist, its egress requests logged as task events (refused
+/// ones up to a rate: see [`crate::egress_log`]).
 pub(crate) fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>) -> SessionSpec {
     let (log, env) = (run.log, run.env);
     let limits = &env.config.limits;
-    let (egress, mut requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
-    let log = log.clone();
-    tokio::spawn(async move {
-        while let Some(request) = requests.recv().await {
-            let _ = log
-                .append(Event::Egress {
-                    host: request.host,
-                    port: request.port,
-                    method: request.method,
-                    allowed: matches!(request.verdict, EgressVerdict::Allowed),
-                    bytes_up: request.bytes_up,
-                    bytes_down: request.bytes_down,
-                    detail: request.detail,
-                })
-                .await;
-        }
-    });
+    let (egress, requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
+    log.track(tokio::spawn(crate::egress_log::log_egress(
+        log.clone(),
+        requests,
+    )));
     SessionSpec {
         env: env
             .config
