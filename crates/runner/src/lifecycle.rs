@@ -350,6 +350,11 @@ impl Runner {
         let mut providers = self.providers.clone();
         if let Some(dir) = &self.config.record_dir {
             providers.record = Some(dir.join(format!("{}.jsonl", task.id)));
+            // The cassette holds no more than the log: the same redaction, as it stands.
+            let log = log.clone();
+            providers.record_redaction = Some(nightshift_model::Redaction::new(move |text| {
+                log.redact(text)
+            }));
         }
         let model = match nightshift_model::connect(&spec, &providers) {
             Ok(model) => model,
