@@ -198,3 +198,47 @@ async fn a_setup_that_deletes_git_is_cached_without_touching_the_tasks_own() {
     let changed = git(repo.path(), &["diff", "--name-only", "main", branch]);
     assert_eq!(changed, "calc.sh", "setup's file stays out of the branch");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_run_again_for_the_checks_on_an_agents_commit_gets_no_setup_secret() {
+    // Without layers (here: the unisolated sandbox) setup runs again in the checks' sandbox,
+    // on the committed tree, whose setup script the agent rewrote.
+    let repo = buggy_repo_with_config(
+        "[environment]\nsetup = \"sh setup.sh\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n\n[checks]\ntest = \"true\"\n",
+    );
+    std::fs::write(
+        repo.path().join("setup.sh"),
+        "echo \"setup sees [$NPM_TOKEN]\"\n",
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "a setup script"]);
+    let rewritten = "echo \"rewritten setup sees [$NPM_TOKEN]\"\n";
+    let (mut ns, _server) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "setup.sh", "content": rewritten}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "a better setup"}}]}}
+    ])))
+    .await;
+    ns.env
+        .push(("NIGHTSHIFT_SANDBOX".into(), "unisolated".into()));
+    set_secret(&ns, "NPM_TOKEN", TOKEN);
+    let (out, task) = ns.wait_task(repo.path(), "improve the setup").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert_eq!(
+        setup_outputs(&events),
+        [
+            "setup sees [[secret:NPM_TOKEN]]\n",
+            "rewritten setup sees []\n"
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("setup runs again for the checks without its secrets")),
+        "{events:#?}"
+    );
+}

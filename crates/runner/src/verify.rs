@@ -221,6 +221,19 @@ impl Runner {
             .as_deref()
             .filter(|_| run.layers.is_empty())
         {
+            // The committed tree holds the agent's commits, which may have rewritten what setup
+            // runs: setup secrets go only to a tree a person chose.
+            let setup_env = if head == run.copy.base_commit() {
+                run.setup_env
+            } else {
+                &[]
+            };
+            if setup_env.len() < run.setup_env.len() {
+                log.append(Event::Warning {
+                    message: "setup runs again for the checks without its secrets: the committed tree holds the agent's commits, which may have changed the scripts setup runs".into(),
+                })
+                .await?;
+            }
             let outcome = environment::run_command(
                 log,
                 self.store.as_ref(),
@@ -230,7 +243,7 @@ impl Runner {
                 CommandPhase::Setup,
                 "setup (verification)",
                 setup,
-                run.setup_env,
+                setup_env,
                 None,
                 &never,
             )
