@@ -191,7 +191,15 @@ impl Runner {
         .await?;
         let detail = "running the setup script to build its layer";
         set_state(log, TaskState::Preparing, Some(detail)).await?;
-        let staged = match cache.staging(&key) {
+        let staged = {
+            // Off the async threads: it may remove what earlier discards left.
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::task::spawn_blocking(move || cache.staging(&key))
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|made| made.map_err(|err| err.to_string()))
+        };
+        let staged = match staged {
             Ok(staged) => staged,
             Err(err) => {
                 let message = format!("keeping the setup layer: {err}");
