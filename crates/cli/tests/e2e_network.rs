@@ -172,3 +172,45 @@ async fn the_installation_caps_the_limits_a_repository_asks_for() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("[limits] memory"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_looping_on_a_blocked_host_does_not_flood_the_log() {
+    let repo = buggy_repo_with_config("[network]\nagent = [\"allowed.example\"]\n");
+    let loop_ = "for i in $(seq 1 150); do curl -s --max-time 5 -o /dev/null -w '%{http_code} ' http://example.org/$i; done; echo";
+    let (ns, _model) = Nightshift::with_script(script(json!([
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": loop_}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "tried hard"}}]}}
+    ])))
+    .await;
+    let (out, task) = ns.wait_task(repo.path(), "net").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert_eq!(shell_output(&events).matches("403").count(), 150);
+    let refused = events
+        .iter()
+        .filter(|e| e["type"] == "egress" && e["allowed"] == false)
+        .count();
+    assert!(
+        (20..=30).contains(&refused),
+        "{refused} refusals logged one by one"
+    );
+    let summaries: Vec<(usize, u64)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(at, e)| {
+            let message = e["message"].as_str()?;
+            let (count, rest) = message.split_once(' ')?;
+            rest.starts_with("more egress request(s) were refused")
+                .then(|| (at, count.parse().unwrap()))
+        })
+        .collect();
+    let counted: u64 = summaries.iter().map(|(_, count)| count).sum();
+    assert_eq!(refused as u64 + counted, 150, "every refusal is counted");
+    let message = events[summaries[0].0]["message"].as_str().unwrap();
+    assert!(message.contains("example.org:80 ×"), "{message}");
+    let ended = events.iter().position(|e| e["type"] == "ended").unwrap();
+    assert!(
+        summaries.iter().all(|(at, _)| *at < ended),
+        "the summary comes before the end"
+    );
+}

@@ -71,11 +71,15 @@ fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathB
 #[tokio::test(flavor = "multi_thread")]
 async fn a_secret_reaches_setup_only_and_appears_nowhere_in_the_clear() {
     let repo = repo_with_secret_setup();
-    let (ns, server) = Nightshift::with_script(script(json!([
-        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "echo \"agent sees: [$NPM_TOKEN]\"; cat /tmp/seen"}}]}},
+    // A model that somehow knows the value says it: the recorded traffic is redacted too.
+    let (mut ns, server) = Nightshift::with_script(script(json!([
+        {"reply": {"text": format!("is it {TOKEN}?"), "tool_calls": [{"name": "shell", "arguments": {"command": "echo \"agent sees: [$NPM_TOKEN]\"; cat /tmp/seen"}}]}},
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "looked around"}}]}}
     ])))
     .await;
+    let cassettes = ns.home.path().join("cassettes");
+    ns.env
+        .push(("NIGHTSHIFT_RECORD".into(), cassettes.display().to_string()));
     set_secret(&ns, "NPM_TOKEN", TOKEN);
     let listed = ns.run(&["secret", "ls"]).await;
     assert!(stdout(&listed).contains("NPM_TOKEN") && !stdout(&listed).contains(TOKEN));
@@ -99,6 +103,12 @@ async fn a_secret_reaches_setup_only_and_appears_nowhere_in_the_clear() {
     assert!(!json_logs.contains(TOKEN));
     let found = files_containing(ns.home.path(), TOKEN);
     assert!(found.is_empty(), "the secret is in the clear in {found:?}");
+    let recorded = files_containing(&cassettes, "is it [secret:NPM_TOKEN]?");
+    assert_eq!(
+        recorded.len(),
+        1,
+        "the model's traffic was recorded, redacted"
+    );
     assert_eq!(server.served(), 2);
 }
 

@@ -2,8 +2,8 @@
 //! everything that can change it, so the next task with the same key starts from the layer
 //! instead of running setup again.
 //!
-//! The key hashes the environment base (the backend and OS release, and each toolchain the host
-//! configuration binds, as its own input), the setup script, the workdir, the architecture, and
+//! The key hashes the environment base (the backend and OS release, the host's installed system
+//! packages, and each toolchain the host configuration binds, as its own input), the setup script, the workdir, the architecture, and
 //! the contents of the repository's lockfiles and `cache_key` files. A miss says why: each
 //! input that differs from the last layer built for the same repository, with its old and new
 //! hash. Layers live under one directory, one per key (`<key>/layer`, `<key>/manifest.json`);
@@ -21,6 +21,16 @@ use sha2::{Digest, Sha256};
 
 use crate::config::EnvConfig;
 use crate::tree_files::{Links, TreeFileError, open_regular};
+
+mod base;
+mod removal;
+
+pub use removal::remove_tree;
+
+pub use base::{
+    Base, PACKAGE_DATABASES, base_identity, bind_fingerprint, image_base_identity, is_rustup_home,
+    packages_fingerprint,
+};
 
 /// Lockfiles that pin what setup installs, looked for in the repository root and the workdir.
 const LOCKFILES: &[&str] = &[
@@ -47,8 +57,12 @@ const LOCKFILES: &[&str] = &[
 /// of another layout is never used: the key differs, and the miss says `layout` changed.
 const LAYOUT: &str = "2";
 
-/// What goes into a cache key, by name: `layout`, `base`, `bind:PATH`, `setup`, `workdir`,
-/// `arch`, `file:PATH`, `repository`, and `image` (`REFERENCE@DIGEST`) for a task on an image.
+/// The cache input of the host's installed system packages.
+const PACKAGES: &str = "packages";
+
+/// What goes into a cache key, by name: `layout`, `base`, `packages` (the host's system
+/// packages, where it has a package database), `bind:PATH`, `setup`, `workdir`, `arch`,
+/// `file:PATH`, `repository`, and `image` (`REFERENCE@DIGEST`) for a task on an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheKey {
     pub key: String,
@@ -62,6 +76,9 @@ impl CacheKey {
         let mut inputs = BTreeMap::new();
         inputs.insert("layout".to_string(), LAYOUT.to_string());
         inputs.insert("base".to_string(), digest(base.system.as_bytes()));
+        if let Some(packages) = &base.packages {
+            inputs.insert(PACKAGES.to_string(), digest(packages.as_bytes()));
+        }
         for (path, fingerprint) in &base.binds {
             inputs.insert(
                 format!("bind:{}", path.display()),
@@ -268,138 +285,6 @@ fn open_dir_nofollow(dir: &Dir, name: &std::ffi::OsStr) -> std::io::Result<Dir> 
     ))
 }
 
-/// What a setup layer is built on: the system the sandbox shows read-only under every layer, and
-/// the host directories (toolchains) it binds. Each bind is its own cache input, so a miss
-/// caused by a toolchain upgrade names the toolchain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base {
-    /// The sandbox backend and the host's OS release.
-    pub system: String,
-    /// Each bound host path with its [`bind_fingerprint`].
-    pub binds: Vec<(PathBuf, String)>,
-}
-
-impl Base {
-    /// A base with no binds.
-    pub fn system(system: impl Into<String>) -> Base {
-        Base {
-            system: system.into(),
-            binds: Vec::new(),
-        }
-    }
-}
-
-/// The base of a sandbox whose root is an image: the backend alone. The image is an input of
-/// its own (see [`CacheKey::on_image`]), and nothing of the host shows through it, its system
-/// and its toolchains included.
-pub fn image_base_identity(backend: &str) -> Base {
-    Base {
-        system: format!("{backend}\nimage"),
-        binds: Vec::new(),
-    }
-}
-
-/// The base of the sandbox backend `backend` with the host directories `binds` bound read-only.
-pub fn base_identity(backend: &str, binds: &[PathBuf]) -> Base {
-    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    Base {
-        system: format!("{backend}\n{release}"),
-        binds: binds
-            .iter()
-            .map(|bind| (bind.clone(), bind_fingerprint(bind)))
-            .collect(),
-    }
-}
-
-/// How many directory entries a fingerprint looks at, so a huge bind stays cheap.
-const FINGERPRINT_ENTRIES: usize = 10_000;
-
-/// A cheap identity of a bound host directory, never a full walk: for a rustup home, its
-/// `settings.toml` and each installed toolchain's name and channel hash (`update-hashes/`, which
-/// `rustup update` rewrites even when a toolchain keeps its name); for anything else, the names,
-/// kinds, sizes and modification times of its top two levels.
-pub fn bind_fingerprint(path: &Path) -> String {
-    if is_rustup_home(path) {
-        return rustup_fingerprint(path);
-    }
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(meta) => return format!("file {} {}", meta.len(), modified_nanos(&meta)),
-        Err(err) => return format!("unreadable: {}", err.kind()),
-    }
-    let mut lines = Vec::new();
-    let mut dirs = vec![(PathBuf::new(), 0)];
-    let mut seen = 0;
-    while let Some((dir, depth)) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(path.join(&dir)) else {
-            lines.push(format!("{} unreadable", dir.display()));
-            continue;
-        };
-        for entry in entries.flatten() {
-            seen += 1;
-            if seen > FINGERPRINT_ENTRIES {
-                lines.push("…".into());
-                break;
-            }
-            let relative = dir.join(entry.file_name());
-            // The entry itself: a symlink is not followed.
-            let Ok(meta) = entry.metadata() else {
-                lines.push(format!("{} unreadable", relative.display()));
-                continue;
-            };
-            let kind = match meta.file_type() {
-                kind if kind.is_dir() => 'd',
-                kind if kind.is_symlink() => 'l',
-                _ => 'f',
-            };
-            lines.push(format!(
-                "{kind} {} {} {}",
-                relative.display(),
-                meta.len(),
-                modified_nanos(&meta)
-            ));
-            if kind == 'd' && depth == 0 {
-                dirs.push((relative, depth + 1));
-            }
-        }
-    }
-    lines.sort();
-    lines.join("\n")
-}
-
-fn modified_nanos(meta: &std::fs::Metadata) -> u128 {
-    meta.modified()
-        .ok()
-        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |since| since.as_nanos())
-}
-
-/// Whether `path` is a rustup home: `toolchains/` and `settings.toml`.
-pub fn is_rustup_home(path: &Path) -> bool {
-    path.join("toolchains").is_dir() && path.join("settings.toml").is_file()
-}
-
-fn rustup_fingerprint(home: &Path) -> String {
-    let settings = std::fs::read_to_string(home.join("settings.toml")).unwrap_or_default();
-    let mut toolchains: Vec<String> = std::fs::read_dir(home.join("toolchains"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .take(FINGERPRINT_ENTRIES)
-                .filter_map(|entry| entry.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    toolchains.sort();
-    let mut lines = vec!["rustup".to_string(), settings];
-    for name in toolchains {
-        let hash =
-            std::fs::read_to_string(home.join("update-hashes").join(&name)).unwrap_or_default();
-        lines.push(format!("toolchain {name} {}", hash.trim()));
-    }
-    lines.join("\n")
-}
-
 fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -477,9 +362,18 @@ impl SetupCache {
             match previous.inputs.get(name) {
                 Some(old) if old == new => {}
                 Some(old) if name == "image" => reasons.push(image_change(old, new)),
+                Some(old) if name == PACKAGES => reasons.push(format!(
+                    "the host's system packages changed (`{name}` {} -> {})",
+                    short(old),
+                    short(new)
+                )),
                 Some(old) => reasons.push(format!(
                     "`{name}` changed ({} -> {})",
                     short(old),
+                    short(new)
+                )),
+                None if name == PACKAGES => reasons.push(format!(
+                    "the host's system packages are part of the key now (`{name}` is new: {})",
                     short(new)
                 )),
                 None => reasons.push(format!("`{name}` is new ({})", short(new))),
@@ -490,7 +384,13 @@ impl SetupCache {
             .keys()
             .filter(|name| !key.inputs.contains_key(*name))
         {
-            reasons.push(format!("`{name}` is gone"));
+            if name == PACKAGES {
+                reasons.push(format!(
+                    "the host's system packages changed (`{name}` is gone: no package database is read now)"
+                ));
+            } else {
+                reasons.push(format!("`{name}` is gone"));
+            }
         }
         if reasons.is_empty() {
             reasons.push("the layer built for these inputs was evicted".into());
@@ -507,31 +407,48 @@ impl SetupCache {
     }
 
     /// Where a session should leave its changes for `key` before [`SetupCache::commit`]: on
-    /// the cache's filesystem, so the commit is a rename.
+    /// the cache's filesystem, so the commit is a rename. What an earlier process of the same
+    /// id left there is discarded first, and so is what earlier discards could not remove.
     pub fn staging(&self, key: &CacheKey) -> std::io::Result<PathBuf> {
         self.make_private_root()?;
+        self.sweep_discarded();
         let dir = self.root.join("staging");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}-{}", key.key, std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path)?;
-        }
+        self.discard(&path)?;
+        Ok(path)
+    }
+
+    /// Where a session should leave a layer only one task uses (`name` says which), never
+    /// committed, looked up or served to another: on the cache's filesystem, in its private
+    /// directory. The task [`SetupCache::discard`]s it when it ends.
+    pub fn unshared(&self, name: &str) -> std::io::Result<PathBuf> {
+        self.make_private_root()?;
+        self.sweep_discarded();
+        let dir = self.root.join("unshared");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        self.discard(&path)?;
         Ok(path)
     }
 
     /// Keeps the changes at `staged` as the layer of `key` and returns its path. The
-    /// repository's `.git` is never part of a layer: it belongs to each task's own base.
+    /// repository's `.git` is never part of a layer: it belongs to each task's own base (a
+    /// setup that deleted it left a whiteout there, which goes the same way). On an error the
+    /// staged layer is left where it is, for the caller to discard.
     pub fn commit(&self, repo: &str, key: &CacheKey, staged: &Path) -> std::io::Result<PathBuf> {
         let git = staged.join("workspace").join(".git");
-        if git.exists() {
-            std::fs::remove_dir_all(&git)?;
-        }
+        removal::remove_tree(&git).map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("removing the repository's .git from the layer: {err}"),
+            )
+        })?;
         let dir = self.root.join(&key.key);
         std::fs::create_dir_all(&dir)?;
         let layer = dir.join("layer");
-        if layer.exists() {
-            std::fs::remove_dir_all(&layer)?;
-        }
+        // The layer it replaces leaves before this one takes its place.
+        self.discard(&layer)?;
         std::fs::rename(staged, &layer)?;
         let manifest = Manifest {
             key: key.key.clone(),
@@ -578,7 +495,9 @@ impl SetupCache {
             if dir.file_name().is_some_and(|name| name == keep) {
                 continue;
             }
-            if std::fs::remove_dir_all(&dir).is_ok() {
+            // Out of its place at once, so that a removal that fails half way never leaves a
+            // partial layer to be found.
+            if self.discard(&dir).is_ok() || !dir.exists() {
                 total = total.saturating_sub(size);
             }
         }

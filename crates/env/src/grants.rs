@@ -6,25 +6,43 @@
 pub const ALL_REPOS: &str = "*";
 
 /// How a repository is compared in grants: a task's repository is the absolute path of its top
-/// level (as `nightshift run` stores it), or a URL; a URL without a trailing `/` or `.git`, its
-/// scheme and host in lower case.
+/// level (as `nightshift run` stores it), or a URL. Surrounding whitespace and trailing `/` are
+/// never part of it; a URL (`scheme://host/path`, or git's `user@host:path`) is the same
+/// without a trailing `.git`, and its scheme and host compare in lower case, so
+/// `https://x/y.git` and `https://x/y` are one grant. A path keeps a `.git` ending: there it
+/// names another directory.
 pub fn repo_identity(repo: &str) -> String {
     let trimmed = repo.trim().trim_end_matches('/');
-    let Some((scheme, rest)) = trimmed.split_once("://") else {
-        return trimmed.to_string();
-    };
-    let rest = rest.strip_suffix(".git").unwrap_or(rest);
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut identity = format!(
-        "{}://{}",
-        scheme.to_ascii_lowercase(),
-        host.to_ascii_lowercase()
-    );
-    if !path.is_empty() {
-        identity.push('/');
-        identity.push_str(path);
+    if let Some((scheme, rest)) = trimmed.split_once("://") {
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut identity = format!(
+            "{}://{}",
+            scheme.to_ascii_lowercase(),
+            host.to_ascii_lowercase()
+        );
+        let path = without_git_suffix(path);
+        if !path.is_empty() {
+            identity.push('/');
+            identity.push_str(path);
+        }
+        return identity;
     }
-    identity
+    // git's scp-like form: `user@host:path`, with no `/` before the colon.
+    if let Some((host, path)) = trimmed.split_once(':')
+        && !host.is_empty()
+        && !host.contains('/')
+        && !path.is_empty()
+    {
+        return format!("{}:{}", host.to_ascii_lowercase(), without_git_suffix(path));
+    }
+    trimmed.to_string()
+}
+
+/// A URL's path without a trailing `.git` (or `/.git`) and the `/` left before it.
+fn without_git_suffix(path: &str) -> &str {
+    let path = path.trim_end_matches('/');
+    path.strip_suffix(".git")
+        .map_or(path, |rest| rest.trim_end_matches('/'))
 }
 
 /// Whether `repos` (a secret's grants) let a task of `repo` use the secret.
@@ -66,6 +84,23 @@ mod tests {
             "paths keep their case"
         );
         assert!(!granted(&[], "/src/app"));
+        for (a, b) in [
+            ("https://x/y.git", "https://x/y"),
+            (" https://x/y.git/ ", "https://x/y"),
+            ("https://x/y/", "https://x/y"),
+            ("HTTPS://X/y.git\n", "https://x/y"),
+            ("git@GitHub.com:org/repo.git", "git@github.com:org/repo"),
+            ("git@github.com:org/repo/", "git@github.com:org/repo"),
+            ("/src/app/ ", "/src/app"),
+        ] {
+            assert_eq!(repo_identity(a), repo_identity(b), "{a:?} and {b:?}");
+        }
+        assert_ne!(repo_identity("/src/app.git"), repo_identity("/src/app"));
+        assert_ne!(repo_identity("https://x/y"), repo_identity("https://x/z"));
+        assert_ne!(
+            repo_identity("git@x:org/repo"),
+            repo_identity("git@x:org/other")
+        );
         assert!(granted(&[ALL_REPOS.to_string()], "/anything"));
         assert_eq!(
             describe(&repos),

@@ -236,6 +236,17 @@ impl SourceRepo {
         Ok(listed.lines().map(str::to_string).collect())
     }
 
+    /// How many commits `to` has that `from` does not (`git rev-list --count from..to`): zero
+    /// when `to` is `from` or one of its ancestors.
+    pub async fn commits_between(&self, from: &str, to: &str) -> Result<u64, EnvError> {
+        let range = format!("{from}..{to}");
+        let counted = git(&self.root, ["rev-list", "--count", &range, "--"]).await?;
+        counted.trim().parse().map_err(|_| EnvError::Io {
+            what: format!("counting the commits of {range}"),
+            source: std::io::Error::other(format!("git printed {counted:?}, not a count")),
+        })
+    }
+
     /// Whether `branch` exists.
     pub async fn has_branch(&self, branch: &str) -> Result<bool, EnvError> {
         let rev = format!("refs/heads/{branch}");

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use nightshift_env::cache::{Base, CacheKey, Lookup, SetupCache, base_identity, bind_fingerprint};
+use nightshift_env::cache::{
+    Base, CacheKey, Lookup, SetupCache, base_identity, bind_fingerprint, packages_fingerprint,
+};
 use nightshift_env::config::EnvConfig;
 
 fn config(setup: &str) -> EnvConfig {
@@ -241,4 +243,93 @@ fn another_repository_with_the_same_setup_gets_a_key_of_its_own() {
             .for_repository("/src/app")
             .key
     );
+}
+
+#[test]
+fn an_upgrade_of_the_hosts_system_packages_misses_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status");
+    let database = status.to_str().unwrap();
+    std::fs::write(&status, "Package: libc6\nVersion: 2.36-9\n").unwrap();
+    let base = || {
+        let packages = packages_fingerprint(&[database, "/nonexistent/apk/installed"]);
+        Base::system("base").with_packages(packages.unwrap())
+    };
+    let cache = SetupCache::new(dir.path().join("layers"), u64::MAX);
+    let first = CacheKey::compute(repo.path(), &config("make deps"), &base());
+    assert!(first.inputs.contains_key("packages"));
+    cache.commit("r", &first, &staged(dir.path(), 10)).unwrap();
+    let same = CacheKey::compute(repo.path(), &config("make deps"), &base());
+    assert!(matches!(cache.lookup("r", &same), Lookup::Hit { .. }));
+
+    // `apt upgrade`: the same release, another libc under every layer.
+    std::fs::write(&status, "Package: libc6\nVersion: 2.36-9+deb12u4\n").unwrap();
+    let upgraded = CacheKey::compute(repo.path(), &config("make deps"), &base());
+    assert_ne!(upgraded.key, first.key);
+    let Lookup::Miss { reasons } = cache.lookup("r", &upgraded) else {
+        panic!("an upgrade of the host's packages must miss")
+    };
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("the host's system packages changed (`packages` "),
+        "{reasons:?}"
+    );
+    // No package database at all: no input, and the key is the one of a bare base.
+    assert_eq!(packages_fingerprint(&["/nonexistent/dpkg/status"]), None);
+    let bare = CacheKey::compute(repo.path(), &config("make deps"), &Base::system("base"));
+    assert!(!bare.inputs.contains_key("packages"));
+    // The host's own database, where it has one, is read by the base of every task.
+    let host = base_identity("namespaced", &[]);
+    assert_eq!(
+        host.packages.is_some(),
+        Path::new("/var/lib/dpkg/status").exists() || Path::new("/lib/apk/db/installed").exists()
+    );
+}
+
+/// A setup that deleted `.git` leaves a whiteout in its place (a character device 0/0, which
+/// only root can make here), one that replaced it a file or a link: none is kept, and the
+/// commit does not stumble on it.
+#[test]
+fn a_layer_whose_setup_deleted_or_replaced_git_commits_without_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let cache = SetupCache::new(dir.path().join("layers"), u64::MAX);
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let replace = |what: &str, git: &Path| match what {
+        "a file" => std::fs::write(git, "gitdir: /x\n").unwrap(),
+        "a link" => std::os::unix::fs::symlink("/etc", git).unwrap(),
+        _ => {
+            let made = std::process::Command::new("mknod")
+                .arg(git)
+                .args(["c", "0", "0"])
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+    };
+    for what in ["a file", "a link", "a whiteout"] {
+        if what == "a whiteout" && !root {
+            eprintln!("SKIPPED: making a whiteout (mknod c 0 0) needs root");
+            continue;
+        }
+        let staged = dir
+            .path()
+            .join(format!("staged-{}", what.replace(' ', "-")));
+        std::fs::create_dir_all(staged.join("workspace")).unwrap();
+        std::fs::write(staged.join("workspace/built"), "x").unwrap();
+        std::fs::create_dir_all(staged.join("home")).unwrap();
+        replace(what, &staged.join("workspace/.git"));
+        let key = CacheKey::compute(repo.path(), &config(what), &Base::system("base"));
+        let layer = cache
+            .commit("r", &key, &staged)
+            .unwrap_or_else(|err| panic!("{what}: {err}"));
+        assert!(
+            std::fs::symlink_metadata(layer.join("workspace/.git")).is_err(),
+            "{what} at .git is not kept"
+        );
+        assert!(layer.join("workspace/built").exists());
+        assert!(Path::new("/etc").is_dir());
+    }
 }

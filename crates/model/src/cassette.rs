@@ -79,6 +79,42 @@ impl From<ModelResponse> for RecordedResponse {
     }
 }
 
+/// What every string of a recorded call goes through before it is written: the runner passes
+/// its secret redaction, so that a cassette (`NIGHTSHIFT_RECORD`) never holds a secret the
+/// task's log would not.
+#[derive(Clone)]
+pub struct Redaction(Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl Redaction {
+    pub fn new(redact: impl Fn(&str) -> String + Send + Sync + 'static) -> Redaction {
+        Redaction(Arc::new(redact))
+    }
+
+    /// Redacts every string of `value`, object keys included.
+    fn apply(&self, value: &mut Value) {
+        match value {
+            Value::String(text) => *text = (self.0)(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| self.apply(item)),
+            Value::Object(map) => {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(key, mut item)| {
+                        self.apply(&mut item);
+                        ((self.0)(&key), item)
+                    })
+                    .collect();
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Redaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redaction")
+    }
+}
+
 /// A client that appends every call of the client it wraps to a cassette file.
 pub(crate) struct Recorder {
     inner: Arc<dyn ModelClient>,
@@ -88,11 +124,17 @@ pub(crate) struct Recorder {
 struct Tape {
     path: PathBuf,
     file: Mutex<File>,
+    redaction: Option<Redaction>,
 }
 
 impl Recorder {
-    /// Wraps `inner`, appending to `path` (created, with its directory, if missing).
-    pub fn create(inner: Arc<dyn ModelClient>, path: &Path) -> Result<Self, ModelError> {
+    /// Wraps `inner`, appending to `path` (created, with its directory, if missing), every
+    /// string of each call through `redaction` when given.
+    pub fn create(
+        inner: Arc<dyn ModelClient>,
+        path: &Path,
+        redaction: Option<Redaction>,
+    ) -> Result<Self, ModelError> {
         let cannot = |err: std::io::Error| {
             ModelError::Config(format!(
                 "cannot record model calls to {}: {err}",
@@ -112,13 +154,15 @@ impl Recorder {
             tape: Arc::new(Tape {
                 path: path.to_path_buf(),
                 file: Mutex::new(file),
+                redaction,
             }),
         })
     }
 }
 
 impl Tape {
-    /// Appends one line. A cassette that cannot be written is worth a warning, not the task.
+    /// Appends one line, redacted. A cassette that cannot be written is worth a warning, not
+    /// the task; a call that cannot be redacted is left out rather than written as it was.
     fn append(&self, request: ModelRequest, outcome: Result<ModelResponse, &ModelError>) {
         let entry = match outcome {
             Ok(response) => Entry {
@@ -136,15 +180,20 @@ impl Tape {
                 failure: Some(clone_error(err)),
             },
         };
-        let written = serde_json::to_string(&entry)
-            .map_err(std::io::Error::other)
-            .and_then(|mut line| {
-                line.push('\n');
-                // One write per line: appends from one task never interleave.
-                let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-                file.write_all(line.as_bytes())?;
-                file.flush()
-            });
+        let line = match &self.redaction {
+            None => serde_json::to_string(&entry),
+            Some(redaction) => serde_json::to_value(&entry).map(|mut value| {
+                redaction.apply(&mut value);
+                value.to_string()
+            }),
+        };
+        let written = line.map_err(std::io::Error::other).and_then(|mut line| {
+            line.push('\n');
+            // One write per line: appends from one task never interleave.
+            let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+            file.write_all(line.as_bytes())?;
+            file.flush()
+        });
         if let Err(err) = written {
             tracing::warn!(path = %self.path.display(), error = %err, "could not record a model call");
         }

@@ -18,6 +18,7 @@ mod spec;
 mod types;
 
 pub use anthropic::AnthropicMessages;
+pub use cassette::Redaction;
 pub use catalog::{ModelLimits, limits};
 pub use error::ModelError;
 pub use openai_chat::OpenAiChat;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::cassette::{Recorder, Replay};
+use crate::cassette::{Recorder, Redaction, Replay};
 use crate::{AnthropicMessages, ModelClient, ModelError, OpenAiChat, OpenAiResponses};
 
 /// What `replay:PATH` ends with to compare every request with the recorded one.
@@ -110,6 +110,9 @@ pub struct ProviderConfig {
     pub anthropic_base_url: Option<String>,
     /// When set, every call is appended to this cassette file (JSON lines) as it completes.
     pub record: Option<PathBuf>,
+    /// What every string of a recorded call goes through before it is written (the task's
+    /// secret redaction): a cassette keeps no more than the task's log does.
+    pub record_redaction: Option<Redaction>,
 }
 
 impl ProviderConfig {
@@ -123,6 +126,7 @@ impl ProviderConfig {
             anthropic_api_key: var("ANTHROPIC_API_KEY"),
             anthropic_base_url: var("ANTHROPIC_BASE_URL"),
             record: None,
+            record_redaction: None,
         }
     }
 }
@@ -175,7 +179,11 @@ pub fn connect(
         }
     };
     match &config.record {
-        Some(path) => Ok(Arc::new(Recorder::create(client, path)?)),
+        Some(path) => Ok(Arc::new(Recorder::create(
+            client,
+            path,
+            config.record_redaction.clone(),
+        )?)),
         None => Ok(client),
     }
 }

@@ -188,3 +188,42 @@ fn bad_cassettes_and_specs_are_explained() {
         assert!(err.hint().unwrap().contains("anthropic:MODEL"));
     }
 }
+
+#[tokio::test]
+async fn a_recording_with_a_redaction_holds_no_secret_anywhere() {
+    const TOKEN: &str = "tok-5ecr3t-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("task.jsonl");
+    // The secret is in the question, in the model's answer and in a tool call's argument key.
+    let server = serve(json!({"steps": [
+        {"reply": {"text": format!("The token is {TOKEN}."),
+                   "tool_calls": [{"name": "list_files", "arguments": {TOKEN: "."}}]}},
+        {"reply": {"text": "done"}}
+    ]}))
+    .await;
+    let config = ProviderConfig {
+        record: Some(path.clone()),
+        record_redaction: Some(nightshift_model::Redaction::new(|text: &str| {
+            text.replace(TOKEN, "[secret:TOKEN]")
+        })),
+        ..config(&server)
+    };
+    let client = connect(&"openai:test-model".parse().unwrap(), &config).unwrap();
+    let answers = converse(&*client, &format!("Is {TOKEN} valid?")).await;
+    assert!(
+        answers[0].text.as_deref().unwrap().contains(TOKEN),
+        "the caller gets the answer as it was"
+    );
+    let cassette = std::fs::read_to_string(&path).unwrap();
+    assert!(!cassette.contains(TOKEN), "{cassette}");
+    let cassette = lines(&path);
+    assert_eq!(cassette.len(), 2);
+    assert_eq!(
+        cassette[0]["request"]["messages"][0]["content"],
+        "Is [secret:TOKEN] valid?"
+    );
+    assert_eq!(
+        cassette[0]["response"]["text"],
+        "The token is [secret:TOKEN]."
+    );
+}

@@ -2,7 +2,9 @@
 //! but it is untrusted, so what it asks for is capped by the installation's own limits (the
 //! `[limits]` of NIGHTSHIFT_HOME/config.toml), with a warning naming each cap.
 
-use nightshift_env::config::{ByteSize, Limits};
+use std::time::Duration;
+
+use nightshift_env::config::{ByteSize, Check, HumanDuration, Limits};
 
 /// The processes a task gets when its repository does not say (the sandbox's default).
 const DEFAULT_PIDS: u32 = 1024;
@@ -81,9 +83,75 @@ impl LimitCeilings {
     }
 }
 
+/// Lowers each check's `timeout` to `wall_time`, the longest any task may work (`[limits]
+/// wall_time` of config.toml): a check asking for longer gets the ceiling, with a warning. A
+/// check that names no timeout runs for `default` at most, and silently never past the ceiling
+/// either.
+pub(crate) fn cap_check_timeouts(
+    checks: &mut [Check],
+    wall_time: Option<Duration>,
+    default: Duration,
+) -> Vec<String> {
+    let Some(ceiling) = wall_time else {
+        return Vec::new();
+    };
+    let capped = HumanDuration::from_secs(ceiling.as_secs().max(1));
+    let mut warnings = Vec::new();
+    for check in checks {
+        match check.timeout {
+            Some(asked) if asked.as_duration() > capped.as_duration() => {
+                warnings.push(format!(
+                    "the repository asks for checks.{}.timeout = {asked}, longer than this installation lets a task work: the check gets {capped} (the [limits] wall_time of nightshift's config.toml sets the ceiling)",
+                    check.name
+                ));
+                check.timeout = Some(capped);
+            }
+            Some(_) => {}
+            None if default > capped.as_duration() => check.timeout = Some(capped),
+            None => {}
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_timeout_is_capped_at_the_installations_wall_time() {
+        let check = |name: &str, timeout: Option<u64>| Check {
+            name: name.into(),
+            run: "true".into(),
+            timeout: timeout.map(HumanDuration::from_secs),
+        };
+        let mut checks = vec![
+            check("slow", Some(48 * 3600)),
+            check("quick", Some(60)),
+            check("unsaid", None),
+        ];
+        let default = Duration::from_secs(15 * 60);
+        let warnings = cap_check_timeouts(&mut checks, Some(Duration::from_secs(600)), default);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("checks.slow.timeout") && warnings[0].contains("wall_time"),
+            "{warnings:?}"
+        );
+        let timeouts: Vec<_> = checks
+            .iter()
+            .map(|check| check.timeout.map(|t| t.as_duration().as_secs()))
+            .collect();
+        assert_eq!(timeouts, [Some(600), Some(60), Some(600)]);
+        // A ceiling above the default leaves an unsaid timeout to the default; none, to all.
+        let mut checks = vec![check("unsaid", None), check("slow", Some(48 * 3600))];
+        assert!(
+            cap_check_timeouts(&mut checks, Some(Duration::from_secs(3600)), default).len() == 1
+        );
+        assert_eq!(checks[0].timeout, None);
+        let mut checks = vec![check("slow", Some(48 * 3600))];
+        assert!(cap_check_timeouts(&mut checks, None, default).is_empty());
+        assert_eq!(checks[0].timeout, Some(HumanDuration::from_secs(48 * 3600)));
+    }
 
     #[test]
     fn what_a_repository_asks_for_is_capped_with_a_warning_each() {

@@ -20,7 +20,7 @@ use crate::sink::TaskLog;
 /// How long setup and maintenance may run.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How long a check may run when it names no timeout.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The most output kept of one environment command.
 const OUTPUT_LIMIT: usize = 4 * 1024 * 1024;
 /// How much of a command's output goes into its event.

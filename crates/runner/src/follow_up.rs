@@ -1,10 +1,17 @@
 //! Messages to tasks, and follow-ups: a message to a running task steers it (the agent reads
 //! it at its next turn); a message to a task that ended with a result starts a follow-up task
 //! that continues on the same branch, with the earlier request and result as context.
+//!
+//! A follow-up's branch holds what earlier agents committed, which no person chose: its
+//! configuration does not decide where secrets go or what the sandbox may reach, its setup
+//! (whose scripts those commits may have rewritten) gets no setup secrets, and the layer that
+//! setup builds is the follow-up's alone, never taken from or given to the shared cache.
 
+use nightshift_agent::SinkError;
 use nightshift_env::SourceRepo;
 use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskState};
 
+use crate::sink::TaskLog;
 use crate::{Runner, RunnerError, TaskRequest};
 
 /// Why a message was not taken.
@@ -113,6 +120,112 @@ impl Runner {
             Some(parent) => Ok(self.store.get_task(parent).await?),
             None => Ok(None),
         }
+    }
+}
+
+/// What a task's working copy may be trusted with, by where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Provenance {
+    /// The configuration files are as a person chose them: the task may use the secrets and
+    /// network its configuration names.
+    pub configuration: bool,
+    /// The tree is one a person chose (their base, nothing an agent committed on top): only
+    /// such a tree's setup gets setup secrets, and only its layer is shared through the cache.
+    pub chosen_tree: bool,
+}
+
+impl Provenance {
+    /// A tree a person chose: a task's base, or a follow-up's when its branch is gone.
+    pub(crate) const CHOSEN: Provenance = Provenance {
+        configuration: true,
+        chosen_tree: true,
+    };
+}
+
+impl Runner {
+    /// What a follow-up standing on the earlier runs' branch at `head` may be trusted with,
+    /// compared with the commit a person chose for the first of them. Says in the task's log
+    /// what it is denied, and why.
+    pub(crate) async fn follow_up_provenance(
+        &self,
+        log: &TaskLog,
+        source: &SourceRepo,
+        parent: &Task,
+        head: &str,
+    ) -> Result<Provenance, SinkError> {
+        let chosen = self.chosen_base(parent).await;
+        let changed = match &chosen {
+            Some(chosen) => source
+                .changed_paths(chosen, head, &nightshift_env::config::config_files())
+                .await
+                .map_err(|err| err.to_string()),
+            None => Err("the commit the first task started from is not known".into()),
+        };
+        let configuration = match changed {
+            Ok(changed) if changed.is_empty() => true,
+            why => {
+                let why = match why {
+                    Ok(changed) => format!(
+                        "the earlier runs changed {} on the branch",
+                        changed.join(", ")
+                    ),
+                    Err(err) => format!("its configuration could not be compared ({err})"),
+                };
+                log.append(Event::Warning {
+                    message: format!(
+                        "this follow-up gets no secrets and no network: {why}, and a configuration an agent wrote does not decide where secrets go or what the sandbox may reach; commit the change to your branch yourself (or start a new task from it) to use it"
+                    ),
+                })
+                .await?;
+                false
+            }
+        };
+        let beyond = match &chosen {
+            Some(chosen) => source
+                .commits_between(chosen, head)
+                .await
+                .map_err(|err| err.to_string()),
+            None => Err("the commit the first task started from is not known".into()),
+        };
+        let chosen_tree = match beyond {
+            Ok(0) => true,
+            beyond => {
+                let short = &head[..head.len().min(12)];
+                let why = match beyond {
+                    Ok(count) => format!(
+                        "its branch is at {short}, {count} commit(s) beyond the base you chose, which the earlier runs made"
+                    ),
+                    Err(err) => format!(
+                        "its branch at {short} could not be compared with the base you chose ({err})"
+                    ),
+                };
+                log.append(Event::Warning {
+                    message: format!(
+                        "{why}: setup runs without its secrets (setup scripts those commits may have changed get none), and the setup layer is built for this follow-up alone, never taken from or added to the cache; start a new task from the branch to have setup treated as yours"
+                    ),
+                })
+                .await?;
+                false
+            }
+        };
+        Ok(Provenance {
+            configuration,
+            chosen_tree,
+        })
+    }
+
+    /// The commit a person chose for the first task of `parent`'s chain of follow-ups.
+    async fn chosen_base(&self, parent: &Task) -> Option<String> {
+        let mut first = parent.clone();
+        let mut steps = 0;
+        while let Some(earlier) = first.spec.follows {
+            steps += 1;
+            match self.store.get_task(earlier).await {
+                Ok(Some(task)) if steps < 1000 => first = task,
+                _ => return None,
+            }
+        }
+        first.base_commit
     }
 }
 

@@ -36,6 +36,9 @@ pub(crate) struct Run<'a> {
     pub(crate) credentials: &'a [nightshift_sandbox::Credential],
     /// For a follow-up: the earlier task, whose branch this run continues.
     pub(crate) parent: Option<&'a Task>,
+    /// Whether the working copy is a tree a person chose (see `follow_up::Provenance`): only
+    /// then does setup get setup secrets and share its layer through the cache.
+    pub(crate) chosen_tree: bool,
     /// The cached setup layer(s) every session of the task stacks over its working copy.
     pub(crate) layers: &'a [std::path::PathBuf],
     /// The image every session of the task stands on; `None`: the host's system.

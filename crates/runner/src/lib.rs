@@ -5,6 +5,7 @@
 
 mod build;
 mod ceilings;
+mod egress_log;
 mod ending;
 mod environment;
 mod error;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ending::{Ending, budget, fail, fail_env, fail_model, set_state};
 use crate::environment;
-use crate::follow_up::{follow_up_base, follow_up_context};
+use crate::follow_up::{Provenance, follow_up_base, follow_up_context};
 use crate::handoff::Run;
 use crate::prepare::{agent_network, session_spec};
 use crate::sink::TaskLog;
@@ -118,6 +118,8 @@ impl Runner {
         watcher.abort();
         relay.abort();
         let ending = ending?;
+        // The sessions are closed: what they still had to log comes before the end.
+        log.settle(std::time::Duration::from_secs(3)).await;
 
         if findings.lease_lost.load(Ordering::SeqCst) {
             return Ok(self
@@ -195,12 +197,13 @@ impl Runner {
                 .await;
             }
         };
-        let base_name = match &parent {
-            Some(parent) => follow_up_base(&source, parent)
-                .await
-                .or_else(|| task.spec.base.clone()),
-            None => task.spec.base.clone(),
+        // A follow-up stands on the earlier runs' branch while it exists; without it, on the
+        // base a person chose, as any task.
+        let on_branch = match &parent {
+            Some(parent) => follow_up_base(&source, parent).await,
+            None => None,
         };
+        let base_name = on_branch.clone().or_else(|| task.spec.base.clone());
         let base = match source.resolve_base(base_name.as_deref()).await {
             Ok(base) => base,
             Err(err) => return fail_env(log, err).await,
@@ -252,17 +255,23 @@ impl Runner {
         };
         environment::announce(log, &loaded).await?;
         let mut loaded = loaded;
-        for message in self.config.limit_ceilings.apply(&mut loaded.config.limits) {
+        let mut capped = self.config.limit_ceilings.apply(&mut loaded.config.limits);
+        capped.extend(crate::ceilings::cap_check_timeouts(
+            &mut loaded.config.checks,
+            self.config.max_duration,
+            environment::CHECK_TIMEOUT,
+        ));
+        for message in capped {
             log.append(Event::Warning { message }).await?;
         }
-        let trusted = match &parent {
-            Some(parent) => {
-                self.trusted_configuration(log, &source, parent, &base.commit)
+        let provenance = match (&parent, &on_branch) {
+            (Some(parent), Some(_)) => {
+                self.follow_up_provenance(log, &source, parent, &base.commit)
                     .await?
             }
-            None => true,
+            _ => Provenance::CHOSEN,
         };
-        if !trusted {
+        if !provenance.configuration {
             loaded.config.network.agent.clear();
             loaded.config.network.setup.clear();
         }
@@ -273,11 +282,16 @@ impl Runner {
             .map(|stored| (stored.name.clone(), stored.value.clone()))
             .collect();
         log.redact_with(Redactor::new(&values));
-        let task_secrets = match trusted {
+        let task_secrets = match provenance.configuration {
             false => Ok(task_secret_use::TaskSecrets::default()),
             true => task_secret_use::task_secrets(&loaded, &secrets, &task.spec.repo),
         };
         let task_secrets = match task_secrets {
+            // Setup scripts an agent may have rewritten get no setup secrets.
+            Ok(task_secrets) if !provenance.chosen_tree => task_secret_use::TaskSecrets {
+                setup_env: Vec::new(),
+                ..task_secrets
+            },
             Ok(task_secrets) => task_secrets,
             Err(refused) => {
                 let _ = copy.remove().await;
@@ -306,6 +320,7 @@ impl Runner {
             setup_env: &task_secrets.setup_env,
             credentials: &task_secrets.credentials,
             parent: parent.as_ref(),
+            chosen_tree: provenance.chosen_tree,
             layers: &[],
             image: None,
         };
@@ -328,9 +343,7 @@ impl Runner {
         stops: &Stops,
         watch: &Watch,
     ) -> Result<Ending, SinkError> {
-        let Run {
-            log, task, copy, ..
-        } = *run;
+        let Run { log, task, .. } = *run;
         let spec = match task.spec.model.parse::<ModelSpec>() {
             Ok(spec) => spec,
             Err(err) => return fail_model(log, err).await,
@@ -338,6 +351,11 @@ impl Runner {
         let mut providers = self.providers.clone();
         if let Some(dir) = &self.config.record_dir {
             providers.record = Some(dir.join(format!("{}.jsonl", task.id)));
+            // The cassette holds no more than the log: the same redaction, as it stands.
+            let log = log.clone();
+            providers.record_redaction = Some(nightshift_model::Redaction::new(move |text| {
+                log.redact(text)
+            }));
         }
         let model = match nightshift_model::connect(&spec, &providers) {
             Ok(model) => model,
@@ -355,10 +373,34 @@ impl Runner {
             Ok(layers) => layers,
             Err(ending) => return Ok(ending),
         };
-        let run = &Run {
-            layers: &layers,
+        let run_over_layers = Run {
+            layers: &layers.paths,
             ..*run
         };
+        let ending = self
+            .run_in_session(&run_over_layers, model.as_ref(), &spec, stop, stops, watch)
+            .await;
+        // Every session of the task is closed: a layer of its own goes with it.
+        layers
+            .release(log, self.config.layers_dir.as_deref())
+            .await?;
+        ending
+    }
+
+    /// Starts the agent's session over the task's layers, prepares it (setup where no layer
+    /// holds it, maintenance), runs the agent and proves its result.
+    async fn run_in_session(
+        &self,
+        run: &Run<'_>,
+        model: &dyn nightshift_model::ModelClient,
+        spec: &ModelSpec,
+        stop: &CancellationToken,
+        stops: &Stops,
+        watch: &Watch,
+    ) -> Result<Ending, SinkError> {
+        let Run {
+            log, task, copy, ..
+        } = *run;
         let network = agent_network(run);
         if network.len() > run.env.config.network.agent.len() {
             log.append(Event::Warning {
@@ -419,11 +461,11 @@ impl Runner {
                 ),
                 limits: self.config.tool_limits.clone(),
                 max_output_tokens: None,
-                cost: self.cost.clone().and_then(|price| price(&spec)),
-                context_window: Some(nightshift_model::limits(&spec).context_window),
+                cost: self.cost.clone().and_then(|price| price(spec)),
+                context_window: Some(nightshift_model::limits(spec).context_window),
             };
             let agent = Agent {
-                model: model.as_ref(),
+                model,
                 session: session.as_ref(),
                 sink: log,
                 config: &config,
@@ -472,50 +514,6 @@ impl Runner {
 
     /// Every stored secret, unsealed with this worker's key; what cannot be unsealed is
     /// reported and left out.
-    /// Whether a follow-up may use its configuration as it stands: not when the earlier runs'
-    /// branch changed a configuration file since the commit a person chose for the first of
-    /// them. The agent wrote those changes; they must not decide where secrets go or what the
-    /// sandbox may reach. Says so in a warning when they may not.
-    async fn trusted_configuration(
-        &self,
-        log: &TaskLog,
-        source: &SourceRepo,
-        parent: &nightshift_protocol::Task,
-        base: &str,
-    ) -> Result<bool, SinkError> {
-        let mut first = parent.clone();
-        let mut steps = 0;
-        while let Some(earlier) = first.spec.follows {
-            steps += 1;
-            match self.store.get_task(earlier).await {
-                Ok(Some(task)) if steps < 1000 => first = task,
-                _ => break,
-            }
-        }
-        let changed = match (&first.spec.follows, &first.base_commit) {
-            (None, Some(chosen)) => source
-                .changed_paths(chosen, base, &nightshift_env::config::config_files())
-                .await
-                .map_err(|err| err.to_string()),
-            _ => Err("the commit the first task started from is not known".into()),
-        };
-        let why = match changed {
-            Ok(changed) if changed.is_empty() => return Ok(true),
-            Ok(changed) => format!(
-                "the earlier runs changed {} on the branch",
-                changed.join(", ")
-            ),
-            Err(err) => format!("its configuration could not be compared ({err})"),
-        };
-        log.append(Event::Warning {
-            message: format!(
-                "this follow-up gets no secrets and no network: {why}, and a configuration an agent wrote does not decide where secrets go or what the sandbox may reach; commit the change to your branch yourself (or start a new task from it) to use it"
-            ),
-        })
-        .await?;
-        Ok(false)
-    }
-
     async fn load_secrets(
         &self,
         log: &TaskLog,

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use nightshift_agent::SinkError;
 use nightshift_env::cache::{CacheKey, Lookup, SetupCache};
 use nightshift_protocol::{CommandPhase, ErrorKind, Event, TaskState};
-use nightshift_sandbox::{EgressEvent, EgressVerdict, SandboxSession, SessionLimits, SessionSpec};
+use nightshift_sandbox::{EgressEvent, SandboxSession, SessionLimits, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::Runner;
 use crate::ending::{Ending, fail, set_state};
 use crate::environment;
 use crate::handoff::{self, Run};
+use crate::sink::TaskLog;
 use crate::task_secret_use;
 
 impl Runner {
@@ -89,43 +90,87 @@ impl Runner {
     }
 
     /// The setup layer of the task: from the cache on a hit; on a miss, built by running setup
-    /// in a session of its own (with the setup allowlist) and keeping its changes. Empty when
+    /// in a session of its own (with the setup allowlist) and keeping its changes. A tree no
+    /// person chose (a follow-up on an agent's commits) gets a layer of its own instead, built
+    /// the same way but never looked up, scanned into or committed to the cache. None when
     /// there is no setup, no cache, or the sandbox takes no layers (setup then runs in the
     /// agent's session). The task's ending instead when setup fails.
     pub(crate) async fn setup_layer(
         &self,
         run: &Run<'_>,
         stop: &CancellationToken,
-    ) -> Result<Result<Vec<PathBuf>, Ending>, SinkError> {
+    ) -> Result<Result<SetupLayers, Ending>, SinkError> {
         let environment = &run.env.config.environment;
-        let (Some(setup), Some(dir)) = (environment.setup.as_deref(), &self.config.layers_dir)
-        else {
-            return Ok(Ok(Vec::new()));
+        let (Some(_), Some(dir)) = (environment.setup.as_deref(), &self.config.layers_dir) else {
+            return Ok(Ok(SetupLayers::default()));
         };
         if !self.sandbox.supports_layers() {
-            return Ok(Ok(Vec::new()));
+            return Ok(Ok(SetupLayers::default()));
         }
         let log = run.log;
+        let cache = SetupCache::new(dir, self.config.layers_budget);
+        if !run.chosen_tree {
+            let detail = "running the setup script to build a layer for this task alone";
+            set_state(log, TaskState::Preparing, Some(detail)).await?;
+            let name = run.task.id.to_string();
+            let unshared = {
+                let cache = cache.clone();
+                tokio::task::spawn_blocking(move || cache.unshared(&name))
+                    .await
+                    .map_err(|err| err.to_string())
+                    .and_then(|made| made.map_err(|err| err.to_string()))
+            };
+            let layer = match unshared {
+                Ok(layer) => layer,
+                Err(err) => {
+                    let message = format!("making a place for the task's setup layer: {err}");
+                    return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+                }
+            };
+            return match self.build_layer(run, stop, &cache, &layer).await? {
+                Ok(()) => Ok(Ok(SetupLayers {
+                    paths: vec![layer.clone()],
+                    unshared: Some(layer),
+                })),
+                Err(ending) => Ok(Err(ending)),
+            };
+        }
         set_state(
             log,
             TaskState::Preparing,
             Some("looking for a cached setup layer"),
         )
         .await?;
-        let (backend, binds) = (self.sandbox.backend(), &self.config.host_binds);
-        let key = match run.image {
-            Some(image) => {
-                let base = nightshift_env::cache::image_base_identity(backend);
-                CacheKey::compute(run.copy.root(), &run.env.config, &base)
-                    .on_image(&image.reference, &image.key)
+        let key = {
+            let (backend, binds) = (self.sandbox.backend(), self.config.host_binds.clone());
+            let (root, config) = (run.copy.root().to_path_buf(), run.env.config.clone());
+            let repo = run.task.spec.repo.clone();
+            let image = run
+                .image
+                .map(|image| (image.reference.clone(), image.key.clone()));
+            // The base hashes the host's package database, the key the repository's lockfiles.
+            tokio::task::spawn_blocking(move || {
+                let key = match image {
+                    Some((reference, image_key)) => {
+                        let base = nightshift_env::cache::image_base_identity(backend);
+                        CacheKey::compute(&root, &config, &base).on_image(&reference, &image_key)
+                    }
+                    None => {
+                        let base = nightshift_env::cache::base_identity(backend, &binds);
+                        CacheKey::compute(&root, &config, &base)
+                    }
+                };
+                key.for_repository(&repo)
+            })
+            .await
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(err) => {
+                let message = format!("computing the setup cache key: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
             }
-            None => {
-                let base = nightshift_env::cache::base_identity(backend, binds);
-                CacheKey::compute(run.copy.root(), &run.env.config, &base)
-            }
-        }
-        .for_repository(&run.task.spec.repo);
-        let cache = SetupCache::new(dir, self.config.layers_budget);
+        };
         let repo = run.task.spec.repo.clone();
         let locked = {
             let (cache, key) = (cache.clone(), key.clone());
@@ -146,7 +191,7 @@ impl Runner {
                     reasons: vec![],
                 };
                 log.append(hit).await?;
-                return Ok(Ok(vec![layer]));
+                return Ok(Ok(SetupLayers::shared(layer)));
             }
             Lookup::Miss { reasons } => reasons,
         };
@@ -158,6 +203,75 @@ impl Runner {
         .await?;
         let detail = "running the setup script to build its layer";
         set_state(log, TaskState::Preparing, Some(detail)).await?;
+        let staged = {
+            // Off the async threads: it may remove what earlier discards left.
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::task::spawn_blocking(move || cache.staging(&key))
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|made| made.map_err(|err| err.to_string()))
+        };
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(err) => {
+                let message = format!("keeping the setup layer: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+            }
+        };
+        if let Err(ending) = self.build_layer(run, stop, &cache, &staged).await? {
+            return Ok(Err(ending));
+        }
+        // A layer is kept on disk and served to later tasks: it must not hold a secret in the
+        // clear. It is checked while it is still staged, where nothing serves it, and is
+        // discarded from there (moved aside first, so that it stays unserved even if removing
+        // it fails).
+        if let Some((name, file)) = task_secret_use::secret_in_tree(log, &staged).await {
+            discard(log, &cache, &staged, "the refused setup layer").await?;
+            let message = match name.strip_prefix("(unknown: ") {
+                Some(why) => format!(
+                    "the setup layer could not be checked for secrets ({}: {}); it was discarded",
+                    file.display(),
+                    why.trim_end_matches(')')
+                ),
+                None => format!(
+                    "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
+                    file.display()
+                ),
+            };
+            let hint = "a layer keeps the workspace, $HOME and the system directories: give the secret scope `proxy` (the egress proxy adds it to requests, and it never enters the sandbox), or remove what holds it before setup ends";
+            return fail(log, ErrorKind::Setup, message, Some(hint.into()))
+                .await
+                .map(Err);
+        }
+        let committed = {
+            let (cache, key, repo, staged) = (cache.clone(), key.clone(), repo, staged.clone());
+            tokio::task::spawn_blocking(move || cache.commit(&repo, &key, &staged))
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|done| done.map_err(|err| err.to_string()))
+        };
+        match committed {
+            Ok(layer) => Ok(Ok(SetupLayers::shared(layer))),
+            Err(err) => {
+                discard(log, &cache, &staged, "the setup layer that was not kept").await?;
+                let message = format!("keeping the setup layer: {err}");
+                fail(log, ErrorKind::Internal, message, None).await.map(Err)
+            }
+        }
+    }
+
+    /// Runs setup as root of a session of its own and keeps its changes at `dest`. A failure
+    /// leaves nothing at `dest`, and is the task's ending.
+    async fn build_layer(
+        &self,
+        run: &Run<'_>,
+        stop: &CancellationToken,
+        cache: &SetupCache,
+        dest: &Path,
+    ) -> Result<Result<(), Ending>, SinkError> {
+        let log = run.log;
+        let environment = &run.env.config.environment;
+        let setup = environment.setup.as_deref().unwrap_or_default();
         // Setup runs as root of its sandbox (over a writable copy of the system where the
         // backend can), as it would on a hosted agent's VM; the agent, later, does not.
         let spec = SessionSpec {
@@ -207,66 +321,67 @@ impl Runner {
                 .await
                 .map(Err);
         }
-        let kept = match cache.staging(&key) {
-            Ok(staged) => session
-                .close_keeping_changes(&staged)
-                .await
-                .map(|()| staged)
-                .map_err(|err| err.to_string()),
-            Err(err) => {
-                let _ = session.close().await;
-                Err(err.to_string())
-            }
-        };
-        let staged = match kept {
-            Ok(staged) => staged,
-            Err(err) => {
-                let message = format!("keeping the setup layer: {err}");
-                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
-            }
-        };
-        // A layer is kept on disk and served to later tasks: it must not hold a secret in the
-        // clear. It is checked while it is still staged, where nothing serves it, and so stays
-        // unserved even if removing it fails.
-        if let Some((name, file)) = task_secret_use::secret_in_tree(log, &staged).await {
-            if let Err(err) = tokio::fs::remove_dir_all(&staged).await {
-                log.append(Event::Warning {
-                    message: format!(
-                        "could not remove the refused setup layer at {} ({err}); it is never served",
-                        staged.display()
-                    ),
-                })
-                .await?;
-            }
-            let message = match name.strip_prefix("(unknown: ") {
-                Some(why) => format!(
-                    "the setup layer could not be checked for secrets ({}: {}); it was discarded",
-                    file.display(),
-                    why.trim_end_matches(')')
-                ),
-                None => format!(
-                    "the setup script wrote the value of secret {name} into its layer ({}); the layer was discarded",
-                    file.display()
-                ),
-            };
-            let hint = "a layer keeps the workspace, $HOME and the system directories: give the secret scope `proxy` (the egress proxy adds it to requests, and it never enters the sandbox), or remove what holds it before setup ends";
-            return fail(log, ErrorKind::Setup, message, Some(hint.into()))
-                .await
-                .map(Err);
+        if let Err(err) = session.close_keeping_changes(dest).await {
+            // What was kept before it failed is no layer.
+            discard(log, cache, dest, "the partly kept setup layer").await?;
+            let message = format!("keeping the setup layer: {err}");
+            return fail(log, ErrorKind::Internal, message, None).await.map(Err);
         }
-        let committed = {
-            let (cache, key, repo) = (cache.clone(), key.clone(), repo.clone());
-            tokio::task::spawn_blocking(move || cache.commit(&repo, &key, &staged))
-                .await
-                .map_err(|err| err.to_string())
-                .and_then(|done| done.map_err(|err| err.to_string()))
-        };
-        match committed {
-            Ok(layer) => Ok(Ok(vec![layer])),
-            Err(err) => {
-                let message = format!("keeping the setup layer: {err}");
-                fail(log, ErrorKind::Internal, message, None).await.map(Err)
+        Ok(Ok(()))
+    }
+}
+
+/// The setup layers a task's sessions stack.
+#[derive(Debug, Default)]
+pub(crate) struct SetupLayers {
+    /// The layers, lowest first.
+    pub(crate) paths: Vec<PathBuf>,
+    /// The layer among them that is this task's alone, to discard when the task ends.
+    pub(crate) unshared: Option<PathBuf>,
+}
+
+impl SetupLayers {
+    fn shared(layer: PathBuf) -> SetupLayers {
+        SetupLayers {
+            paths: vec![layer],
+            unshared: None,
+        }
+    }
+
+    /// Discards the layer only this task used, if any (the task's sessions are closed).
+    pub(crate) async fn release(self, log: &TaskLog, dir: Option<&Path>) -> Result<(), SinkError> {
+        match (self.unshared, dir) {
+            (Some(layer), Some(dir)) => {
+                let cache = SetupCache::new(dir, 0);
+                discard(log, &cache, &layer, "the task's own setup layer").await
             }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Takes the layer at `path` out of the cache for good ([`SetupCache::discard`]); what cannot
+/// be removed is a warning, and is never served all the same.
+async fn discard(
+    log: &TaskLog,
+    cache: &SetupCache,
+    path: &Path,
+    what: &str,
+) -> Result<(), SinkError> {
+    let discarded = {
+        let (cache, path) = (cache.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || cache.discard(&path))
+            .await
+            .map_err(|err| err.to_string())
+            .and_then(|done| done.map_err(|err| err.to_string()))
+    };
+    match discarded {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            log.append(Event::Warning {
+                message: format!("could not remove {what} ({err}); it is never served to a task"),
+            })
+            .await
         }
     }
 }
@@ -324,27 +439,16 @@ fn layer_changed_workspace(layer: &Path) -> bool {
 }
 
 /// A session for the working copy at `workspace` with the configuration's environment
-/// variables, limits and network allowlist, its egress requests logged as task events.
+/// variables, limits and network allowlist, its egress requests logged as task events (refused
+/// ones up to a rate: see [`crate::egress_log`]).
 pub(crate) fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>) -> SessionSpec {
     let (log, env) = (run.log, run.env);
     let limits = &env.config.limits;
-    let (egress, mut requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
-    let log = log.clone();
-    tokio::spawn(async move {
-        while let Some(request) = requests.recv().await {
-            let _ = log
-                .append(Event::Egress {
-                    host: request.host,
-                    port: request.port,
-                    method: request.method,
-                    allowed: matches!(request.verdict, EgressVerdict::Allowed),
-                    bytes_up: request.bytes_up,
-                    bytes_down: request.bytes_down,
-                    detail: request.detail,
-                })
-                .await;
-        }
-    });
+    let (egress, requests) = tokio::sync::mpsc::unbounded_channel::<EgressEvent>();
+    log.track(tokio::spawn(crate::egress_log::log_egress(
+        log.clone(),
+        requests,
+    )));
     SessionSpec {
         env: env
             .config

@@ -21,6 +21,9 @@ pub(crate) struct TaskLog {
     redactor: Arc<RwLock<Redactor>>,
     /// CPU seconds of the task's sandbox sessions, as far as they could be measured.
     cpu_seconds: Arc<std::sync::Mutex<Option<f64>>>,
+    /// Work that appends to the log on its own (each session's egress requests), waited for
+    /// before the task's last event.
+    writers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl TaskLog {
@@ -30,7 +33,25 @@ impl TaskLog {
             task: Arc::new(Mutex::new(task)),
             redactor: Arc::new(RwLock::new(Redactor::none())),
             cpu_seconds: Arc::new(std::sync::Mutex::new(None)),
+            writers: Arc::default(),
         }
+    }
+
+    /// Keeps `writer`, a task appending to this log on its own, to be waited for by
+    /// [`TaskLog::settle`].
+    pub(crate) fn track(&self, writer: tokio::task::JoinHandle<()>) {
+        let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        writers.retain(|writer| !writer.is_finished());
+        writers.push(writer);
+    }
+
+    /// Waits, up to `within`, for the writers [`TaskLog::track`] keeps (their sessions are
+    /// closed, so they are about to end), so that what they append comes before the task's
+    /// last event.
+    pub(crate) async fn settle(&self, within: std::time::Duration) {
+        let writers =
+            std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
+        let _ = tokio::time::timeout(within, wait_all(writers)).await;
     }
 
     /// Adds a closing session's CPU time (when the sandbox could measure it).
@@ -124,6 +145,13 @@ impl EventSink for TaskLog {
             .await?;
         }
         self.append(event).await
+    }
+}
+
+/// Waits for every one of `writers`.
+async fn wait_all(writers: Vec<tokio::task::JoinHandle<()>>) {
+    for writer in writers {
+        let _ = writer.await;
     }
 }
 

@@ -6,7 +6,7 @@
 use nightshift_agent::SinkError;
 use nightshift_env::{ResolvedBase, SourceRepo};
 use nightshift_protocol::{CommandPhase, ErrorKind, Event, TaskState};
-use nightshift_sandbox::SandboxSession;
+use nightshift_sandbox::{SandboxSession, SessionSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::Runner;
@@ -157,7 +157,8 @@ impl Runner {
     }
 
     /// Runs every declared check on `head` in a fresh sandbox: a new working copy of the
-    /// committed tree, the setup script again, nothing of the agent's session. Returns the
+    /// committed tree over the setup layer (or the setup script again), nothing of the agent's
+    /// session. Returns the
     /// failed checks with their exit codes.
     async fn verify(&self, run: &Run<'_>, head: &str) -> Result<Vec<(String, i32)>, SinkError> {
         let log = run.log;
@@ -193,11 +194,14 @@ impl Runner {
                 return Ok(all_failed("not run".into()));
             }
         };
-        let session = match self
-            .sandbox
-            .start(session_spec(tree.root(), run, agent_network(run)))
-            .await
-        {
+        // The committed tree is what is tested: every path it holds is its own, above what
+        // the setup layer changed in the working copy (which still shows where the tree has
+        // nothing, such as installed dependencies).
+        let spec = SessionSpec {
+            workspace_over_layers: true,
+            ..session_spec(tree.root(), run, agent_network(run))
+        };
+        let session = match self.sandbox.start(spec).await {
             Ok(session) => session,
             Err(err) => {
                 log.append(Event::Warning {
@@ -217,6 +221,19 @@ impl Runner {
             .as_deref()
             .filter(|_| run.layers.is_empty())
         {
+            // The committed tree holds the agent's commits, which may have rewritten what setup
+            // runs: setup secrets go only to a tree a person chose.
+            let setup_env = if head == run.copy.base_commit() {
+                run.setup_env
+            } else {
+                &[]
+            };
+            if setup_env.len() < run.setup_env.len() {
+                log.append(Event::Warning {
+                    message: "setup runs again for the checks without its secrets: the committed tree holds the agent's commits, which may have changed the scripts setup runs".into(),
+                })
+                .await?;
+            }
             let outcome = environment::run_command(
                 log,
                 self.store.as_ref(),
@@ -226,7 +243,7 @@ impl Runner {
                 CommandPhase::Setup,
                 "setup (verification)",
                 setup,
-                run.setup_env,
+                setup_env,
                 None,
                 &never,
             )

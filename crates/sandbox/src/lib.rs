@@ -69,6 +69,11 @@ pub struct SessionSpec {
     /// system package managers work; files root makes belong to the sandbox user in later
     /// sessions.
     pub root: bool,
+    /// Stack the working copy above the layers' `workspace/` parts instead of below them, so
+    /// that every path the working copy holds is its own while what only a layer holds (the
+    /// dependencies setup installed) still shows: for a session that must see a committed
+    /// tree exactly as committed, such as the checks that prove a result.
+    pub workspace_over_layers: bool,
 }
 
 /// A secret sent as an HTTP header on the session's behalf: the egress proxy adds `header:
@@ -110,6 +115,7 @@ impl SessionSpec {
             image_env: Vec::new(),
             credentials: Vec::new(),
             root: false,
+            workspace_over_layers: false,
         }
     }
 }

@@ -48,6 +48,64 @@ async fn a_kept_session_becomes_a_layer_of_later_sessions() {
     assert!(layer.join("workspace/deps/lib.txt").exists());
 }
 
+/// A session over a committed tree (the checks') stacks the working copy above the layers: a
+/// file both hold, or one the layer deleted, is the working copy's; what only the layer holds
+/// still shows.
+#[tokio::test]
+async fn a_working_copy_over_the_layers_keeps_every_path_it_holds() {
+    let fixture = Fixture::new();
+    std::fs::write(fixture.workspace.path().join("version.txt"), "v1\n").unwrap();
+    let setup = fixture.start().await;
+    let out = run(
+        &setup,
+        "echo from-setup > version.txt && rm README.md && mkdir -p deps && echo installed > deps/lib.txt",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    let layer = fixture.state.path().join("layer-over");
+    setup.close_keeping_changes(&layer).await.unwrap();
+    // The committed tree moved on since setup ran.
+    std::fs::write(fixture.workspace.path().join("version.txt"), "v2\n").unwrap();
+    let show =
+        "cat version.txt; test -e README.md && echo readme || echo no-readme; cat deps/lib.txt";
+
+    let below = session_over(
+        &fixture,
+        std::slice::from_ref(&layer),
+        SessionOptions::default(),
+    )
+    .await;
+    let out = run(&below, show).await;
+    assert_eq!(
+        out.output, "from-setup\nno-readme\ninstalled\n",
+        "the layers win by default"
+    );
+    below.close().await.unwrap();
+
+    let spec = SessionSpec {
+        layers: vec![layer.clone()],
+        workspace_over_layers: true,
+        ..fixture.spec()
+    };
+    let over = fixture
+        .backend
+        .start_with(spec, SessionOptions::default())
+        .await
+        .unwrap();
+    let out = run(&over, show).await;
+    assert_eq!(
+        out.output, "v2\nreadme\ninstalled\n",
+        "the working copy wins over the layers"
+    );
+    let out = run(&over, "echo changed > version.txt && cat version.txt").await;
+    assert_eq!(out.output, "changed\n", "and stays writable");
+    over.close().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(fixture.workspace.path().join("version.txt")).unwrap(),
+        "v2\n"
+    );
+}
+
 /// Starts a session over `layers` with `options`.
 async fn session_over(
     fixture: &Fixture,

@@ -1,6 +1,7 @@
 //! `list_files`: the workspace's files as a developer sees them, for finding one's way around
 //! without listing `target/` or `node_modules/` through `shell`.
 
+use std::collections::BinaryHeap;
 use std::path::Path;
 
 use nightshift_model::ToolSpec;
@@ -71,20 +72,21 @@ fn list(root: &Path, args: &Args, max_entries: usize) -> Result<String, String> 
     let workspace = Workspace::open(root).map_err(|err| err.to_string())?;
     let scope = Scope::resolve(&workspace, args.path.as_deref())?;
     let glob = compile_glob(&scope.root, args.glob.as_deref())?;
-    let mut files = Vec::new();
+    let mut listing = Listing::new(max_entries);
     let mut forced = false;
     let mut cut_note = None;
     if scope.is_file {
-        files.push(display(&scope.target));
+        listing.push(display(&scope.target));
     } else {
         let walked = walk_files(&workspace, &scope, glob.as_ref(), |found| {
-            files.push(display(found.relative));
+            listing.push(display(found.relative));
             true
         });
         forced = walked.forced;
         cut_note = walked.cut_note();
     }
-    files.sort();
+    let total = listing.total;
+    let files = listing.into_sorted();
 
     let where_ = display(&scope.target);
     let mut text = if files.is_empty() {
@@ -95,14 +97,12 @@ fn list(root: &Path, args: &Args, max_entries: usize) -> Result<String, String> 
             .unwrap_or_default();
         format!("no files{filter} in `{where_}`")
     } else {
-        let shown = files.len().min(max_entries);
-        files[..shown].join("\n")
+        files.join("\n")
     };
-    if files.len() > max_entries {
+    if total > files.len() {
         text.push_str(&format!(
-            "\n[... and {} more files ({} in total); narrow the listing with path or glob]",
-            files.len() - max_entries,
-            files.len()
+            "\n[... and {} more files ({total} in total); narrow the listing with path or glob]",
+            total - files.len(),
         ));
     }
     if forced {
@@ -115,4 +115,56 @@ fn list(root: &Path, args: &Args, max_entries: usize) -> Result<String, String> 
         text.push_str(&note);
     }
     Ok(text)
+}
+
+/// The first `limit` paths in sorted order of all those pushed, and how many were pushed: a
+/// listing of a huge tree holds `limit` paths, not the tree.
+struct Listing {
+    limit: usize,
+    /// The smallest paths so far, the largest of them on top.
+    kept: BinaryHeap<String>,
+    total: usize,
+}
+
+impl Listing {
+    fn new(limit: usize) -> Listing {
+        Listing {
+            limit,
+            kept: BinaryHeap::with_capacity(limit.min(4096) + 1),
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, path: String) {
+        self.total += 1;
+        if self.kept.len() < self.limit {
+            self.kept.push(path);
+        } else if self.kept.peek().is_some_and(|largest| path < *largest) {
+            self.kept.pop();
+            self.kept.push(path);
+        }
+    }
+
+    fn into_sorted(self) -> Vec<String> {
+        self.kept.into_sorted_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_holds_only_the_paths_it_shows() {
+        let mut listing = Listing::new(3);
+        for i in (0..10_000).rev() {
+            listing.push(format!("src/f{i:05}.rs"));
+            assert!(listing.kept.len() <= 3);
+        }
+        assert_eq!(listing.total, 10_000);
+        assert_eq!(
+            listing.into_sorted(),
+            ["src/f00000.rs", "src/f00001.rs", "src/f00002.rs"]
+        );
+    }
 }

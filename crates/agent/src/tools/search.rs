@@ -115,8 +115,8 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
     let mut matches = Vec::new();
     let mut truncated = false;
     let mut files = 0usize;
-    let mut skipped: Vec<String> = Vec::new();
-    let mut partial: Vec<String> = Vec::new();
+    let mut skipped = SomePaths::default();
+    let mut partial = SomePaths::default();
     let mut search_file = |relative: &Path| -> bool {
         // Opening through the workspace handle keeps even a file swapped for a symlink since
         // the walk from leading outside; a FIFO or device swapped in is refused, not waited on.
@@ -129,7 +129,7 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
         files += 1;
         let shown = display(relative);
         if meta.len() > MAX_FILE_BYTES {
-            partial.push(shown.clone());
+            partial.push(&shown);
         }
         let sink = Lossy(|number, line| {
             if matches.len() >= max_matches {
@@ -149,7 +149,7 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
             .search_reader(&matcher, file.take(MAX_FILE_BYTES), sink)
             .is_err()
         {
-            skipped.push(display(relative));
+            skipped.push(&display(relative));
         }
         !truncated
     };
@@ -190,14 +190,14 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
             "\n[note: `{where_}` is ignored by .gitignore; searched because it was asked for]"
         ));
     }
-    if !skipped.is_empty() {
+    if skipped.total > 0 {
         text.push_str(&format!(
             "\n[note: not searched past a line longer than {} KiB or a read error: {}]",
             MAX_LINE_BYTES >> 10,
             some_of(&skipped)
         ));
     }
-    if !partial.is_empty() {
+    if partial.total > 0 {
         text.push_str(&format!(
             "\n[note: only the first {} MiB searched of: {}]",
             MAX_FILE_BYTES >> 20,
@@ -211,17 +211,36 @@ fn search(root: &Path, args: &Args, max_matches: usize) -> Result<String, String
     Ok(text)
 }
 
+/// How many paths a note names.
+const SHOWN: usize = 5;
+
+/// The first few paths of a kind, and how many there were: a search of a huge tree does not
+/// hold every path a note counts.
+#[derive(Default)]
+struct SomePaths {
+    first: Vec<String>,
+    total: usize,
+}
+
+impl SomePaths {
+    fn push(&mut self, path: &str) {
+        self.total += 1;
+        if self.first.len() < SHOWN {
+            self.first.push(path.to_string());
+        }
+    }
+}
+
 /// The first few of `paths`, and how many more.
-fn some_of(paths: &[String]) -> String {
-    const SHOWN: usize = 5;
+fn some_of(paths: &SomePaths) -> String {
     let mut text = paths
+        .first
         .iter()
-        .take(SHOWN)
         .map(|path| format!("`{path}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    if paths.len() > SHOWN {
-        text.push_str(&format!(" and {} more", paths.len() - SHOWN));
+    if paths.total > paths.first.len() {
+        text.push_str(&format!(" and {} more", paths.total - paths.first.len()));
     }
     text
 }

@@ -11,7 +11,12 @@
 //! the ignore files are read the same way, only when they are regular files (a `.gitignore`
 //! that is a symlink to a host file or a FIFO is skipped, as git skips a symlinked one), and
 //! only their first [`MAX_IGNORE_FILE_BYTES`]. The `ignore` crate matches the rules; it reads
-//! no file itself. The walk stops after [`MAX_WALK_ENTRIES`] entries.
+//! no file itself.
+//!
+//! What a walk holds is bounded whatever the tree: it stops once it has read
+//! [`MAX_WALK_ENTRIES`] directory entries in all (so the sorted entries of the directories it
+//! is inside never add up to more), or [`MAX_IGNORE_BYTES`] of ignore files in all, and says
+//! so; it goes no deeper than [`MAX_DEPTH`] levels.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -27,10 +32,28 @@ use super::workspace::{PathError, Workspace, display, is_escape};
 
 /// The most bytes of one ignore file read; the rest of a larger one is left out.
 const MAX_IGNORE_FILE_BYTES: u64 = 256 * 1024;
-/// The most directory entries one walk looks at.
+/// The most directory entries one walk reads (and so holds at once).
 const MAX_WALK_ENTRIES: usize = 200_000;
 /// The deepest a walk goes below where it starts.
 const MAX_DEPTH: usize = 256;
+/// The most bytes of ignore files one walk reads, all directories together.
+const MAX_IGNORE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A walk's bounds (the constants above; smaller in tests).
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    entries: usize,
+    depth: usize,
+    ignore_bytes: u64,
+}
+
+impl Bounds {
+    const DEFAULT: Bounds = Bounds {
+        entries: MAX_WALK_ENTRIES,
+        depth: MAX_DEPTH,
+        ignore_bytes: MAX_IGNORE_BYTES,
+    };
+}
 
 /// What a walk covers.
 pub(crate) struct Scope {
@@ -115,7 +138,7 @@ pub(crate) struct Found<'a> {
 pub(crate) struct Walked {
     /// The target directory is ignored and was walked anyway, because it was asked for.
     pub forced: bool,
-    /// The walk stopped at [`MAX_WALK_ENTRIES`] entries or [`MAX_DEPTH`] levels.
+    /// The walk stopped at one of its bounds, or left out what lies below [`MAX_DEPTH`].
     pub cut: bool,
 }
 
@@ -124,8 +147,10 @@ impl Walked {
     pub(crate) fn cut_note(&self) -> Option<String> {
         self.cut.then(|| {
             format!(
-                "[note: the walk stopped after {MAX_WALK_ENTRIES} entries or {MAX_DEPTH} \
-                 directory levels; narrow it with path or glob]"
+                "[note: the walk stopped early (it reads at most {MAX_WALK_ENTRIES} directory \
+                 entries and {} MiB of ignore files, and goes {MAX_DEPTH} directory levels \
+                 deep); narrow it with path or glob]",
+                MAX_IGNORE_BYTES >> 20
             )
         })
     }
@@ -137,38 +162,56 @@ pub(crate) fn walk_files(
     workspace: &Workspace,
     scope: &Scope,
     glob: Option<&Override>,
-    mut visit: impl FnMut(Found<'_>) -> bool,
+    visit: impl FnMut(Found<'_>) -> bool,
 ) -> Walked {
+    walk_files_within(workspace, scope, glob, Bounds::DEFAULT, visit).0
+}
+
+/// [`walk_files`] within `bounds`; also returns how many directory entries it read.
+fn walk_files_within(
+    workspace: &Workspace,
+    scope: &Scope,
+    glob: Option<&Override>,
+    bounds: Bounds,
+    mut visit: impl FnMut(Found<'_>) -> bool,
+) -> (Walked, usize) {
     let mut walk = Walk {
         root: &scope.root,
         target: &scope.target,
         glob,
+        bounds,
         seen: 0,
+        read: 0,
+        ignore_read: 0,
+        exhausted: false,
         cut: false,
         target_seen: scope.target.as_os_str().is_empty(),
     };
     let Ok(top) = workspace.dir().try_clone() else {
-        return Walked {
+        let walked = Walked {
             forced: false,
             cut: false,
         };
+        return (walked, 0);
     };
     let finished = walk.run(top, PathBuf::new(), &mut visit);
     if walk.target_seen || !finished {
-        return Walked {
+        let walked = Walked {
             forced: false,
             cut: walk.cut,
         };
+        return (walked, walk.read);
     }
     // The target itself is ignored: an explicitly asked path is walked anyway, as ripgrep does,
     // with the rules from there down.
     if let Ok(start) = workspace.dir().open_dir(&scope.target) {
         walk.run(start, scope.target.clone(), &mut visit);
     }
-    Walked {
+    let walked = Walked {
         forced: true,
         cut: walk.cut,
-    }
+    };
+    (walked, walk.read)
 }
 
 /// One walk's settings and counters.
@@ -176,7 +219,15 @@ struct Walk<'a> {
     root: &'a Path,
     target: &'a Path,
     glob: Option<&'a Override>,
+    bounds: Bounds,
+    /// Entries looked at.
     seen: usize,
+    /// Entries read from directories (at least `seen`: a directory is read whole).
+    read: usize,
+    /// Bytes of ignore files read.
+    ignore_read: u64,
+    /// A bound on what the walk reads was reached: it stops.
+    exhausted: bool,
     cut: bool,
     target_seen: bool,
 }
@@ -208,12 +259,16 @@ impl Walk<'_> {
     ) -> bool {
         let mut stack = vec![self.level(dir, relative)];
         while let Some(top) = stack.last_mut() {
+            if self.exhausted {
+                self.cut = true;
+                return false;
+            }
             let Some((name, kind)) = top.entries.next() else {
                 stack.pop();
                 continue;
             };
             self.seen += 1;
-            if self.seen > MAX_WALK_ENTRIES {
+            if self.seen > self.bounds.entries {
                 self.cut = true;
                 return false;
             }
@@ -230,7 +285,7 @@ impl Walk<'_> {
             }
             match kind {
                 Kind::Dir => {
-                    if stack.len() > MAX_DEPTH {
+                    if stack.len() > self.bounds.depth {
                         self.cut = true;
                         continue;
                     }
@@ -255,14 +310,16 @@ impl Walk<'_> {
         true
     }
 
-    /// `dir` with its entries sorted by name and its ignore rules read.
-    fn level(&self, dir: Dir, relative: PathBuf) -> Level {
+    /// `dir` with its entries sorted by name and its ignore rules read, within what is left of
+    /// the walk's bounds (reaching one marks the walk exhausted).
+    fn level(&mut self, dir: Dir, relative: PathBuf) -> Level {
+        let room = self.bounds.entries.saturating_sub(self.read);
         let mut entries: Vec<(OsString, Kind)> = dir
             .entries()
             .map(|entries| {
                 entries
                     .flatten()
-                    .take(MAX_WALK_ENTRIES + 1)
+                    .take(room + 1)
                     .map(|entry| {
                         let kind = match entry.file_type() {
                             Ok(kind) if kind.is_dir() => Kind::Dir,
@@ -275,8 +332,19 @@ impl Walk<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        if entries.len() > room {
+            entries.truncate(room);
+            self.exhausted = true;
+        }
+        self.read += entries.len();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let rules = Rules::read(&dir, &self.root.join(&relative));
+        let mut budget = self.bounds.ignore_bytes.saturating_sub(self.ignore_read);
+        let rules = Rules::read(&dir, &self.root.join(&relative), &mut budget);
+        let read = self.bounds.ignore_bytes.saturating_sub(self.ignore_read) - budget;
+        self.ignore_read += read;
+        if budget == 0 {
+            self.exhausted = true;
+        }
         Level {
             dir,
             relative,
@@ -319,23 +387,27 @@ struct Rules {
 }
 
 impl Rules {
-    /// The rules of `dir`, whose path (for matching only, never opened) is `path`.
-    fn read(dir: &Dir, path: &Path) -> Rules {
+    /// The rules of `dir`, whose path (for matching only, never opened) is `path`, reading at
+    /// most `budget` bytes of its ignore files (less what they took).
+    fn read(dir: &Dir, path: &Path, budget: &mut u64) -> Rules {
         let exclude = match dir.symlink_metadata(".git") {
-            Ok(meta) if meta.is_dir() => rules_file(dir, Path::new(".git/info/exclude"), path),
+            Ok(meta) if meta.is_dir() => {
+                rules_file(dir, Path::new(".git/info/exclude"), path, budget)
+            }
             _ => Gitignore::empty(),
         };
         Rules {
-            ignore: rules_file(dir, Path::new(".ignore"), path),
-            gitignore: rules_file(dir, Path::new(".gitignore"), path),
+            ignore: rules_file(dir, Path::new(".ignore"), path, budget),
+            gitignore: rules_file(dir, Path::new(".gitignore"), path, budget),
             exclude,
         }
     }
 }
 
 /// The rules in the file `name` of `dir`, relative to `base`: none when it is missing, not a
-/// regular file, a symlink or unreadable.
-fn rules_file(dir: &Dir, name: &Path, base: &Path) -> Gitignore {
+/// regular file, a symlink or unreadable. Reads at most [`MAX_IGNORE_FILE_BYTES`] and what is
+/// left of `budget`, and takes what it read from `budget`.
+fn rules_file(dir: &Dir, name: &Path, base: &Path, budget: &mut u64) -> Gitignore {
     let mut options = OpenOptions::new();
     options
         .read(true)
@@ -348,11 +420,11 @@ fn rules_file(dir: &Dir, name: &Path, base: &Path) -> Gitignore {
         return Gitignore::empty();
     }
     let mut bytes = Vec::new();
-    if file
-        .take(MAX_IGNORE_FILE_BYTES)
-        .read_to_end(&mut bytes)
-        .is_err()
-    {
+    let read = file
+        .take(MAX_IGNORE_FILE_BYTES.min(*budget))
+        .read_to_end(&mut bytes);
+    *budget = budget.saturating_sub(bytes.len() as u64);
+    if read.is_err() {
         return Gitignore::empty();
     }
     let mut builder = GitignoreBuilder::new(base);
@@ -372,4 +444,67 @@ fn open_dir_nofollow(dir: &Dir, name: &std::ffi::OsStr) -> std::io::Result<Dir> 
     Ok(Dir::from_std_file(
         dir.open_with(name, &options)?.into_std(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Walks the whole of `root` within `bounds`: the files visited, whether it was cut, and
+    /// how many directory entries it read.
+    fn walk(root: &Path, bounds: Bounds) -> (Vec<PathBuf>, bool, usize) {
+        let workspace = Workspace::open(root).unwrap();
+        let scope = Scope::resolve(&workspace, None).unwrap();
+        let mut files = Vec::new();
+        let (walked, read) = walk_files_within(&workspace, &scope, None, bounds, |found| {
+            files.push(found.relative.to_path_buf());
+            true
+        });
+        (files, walked.cut, read)
+    }
+
+    #[test]
+    fn a_wide_tree_is_read_only_up_to_the_entry_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["a", "b", "c"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for i in 0..50 {
+                std::fs::write(dir.path().join(sub).join(format!("f{i:02}")), "").unwrap();
+            }
+        }
+        let all = walk(dir.path(), Bounds::DEFAULT);
+        assert_eq!((all.0.len(), all.1, all.2), (150, false, 153));
+        let bounds = Bounds {
+            entries: 60,
+            ..Bounds::DEFAULT
+        };
+        let (files, cut, read) = walk(dir.path(), bounds);
+        assert!(cut);
+        assert!(read <= 60, "{read} entries read");
+        // Every directory it went into was read whole before its files were visited.
+        assert_eq!(files.len(), 50, "{files:?}");
+        assert!(files.iter().all(|file| file.starts_with("a")));
+    }
+
+    #[test]
+    fn ignore_files_are_read_only_up_to_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules: String = (0..200).map(|i| format!("never-{i}\n")).collect();
+        for sub in ["a", "b", "c"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join(".gitignore"), &rules).unwrap();
+            std::fs::write(dir.path().join(sub).join("kept"), "").unwrap();
+        }
+        let (files, cut, _) = walk(dir.path(), Bounds::DEFAULT);
+        assert_eq!((files.len(), cut), (6, false));
+        let bounds = Bounds {
+            ignore_bytes: rules.len() as u64 * 2,
+            ..Bounds::DEFAULT
+        };
+        let (files, cut, _) = walk(dir.path(), bounds);
+        assert!(cut, "{files:?}");
+        assert!(files.len() < 6, "{files:?}");
+    }
 }

@@ -63,6 +63,7 @@ pub fn config(server: &ScriptedModel) -> ProviderConfig {
         anthropic_api_key: Some("sk-ant-test".into()),
         anthropic_base_url: Some(server.anthropic_base_url()),
         record: None,
+        record_redaction: None,
     }
 }
 

@@ -138,7 +138,7 @@ impl Namespaced {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let prepared = self.prepare(
-            (&workspace, &layers, &image),
+            (&workspace, &layers, &image, spec.workspace_over_layers),
             &limits,
             (&network, options.credentials),
             events,
@@ -234,7 +234,7 @@ impl Namespaced {
     /// that tell the helper about them.
     fn prepare(
         &self,
-        (workspace, layers, image): (&Path, &[PathBuf], &[PathBuf]),
+        (workspace, layers, image, workspace_over_layers): (&Path, &[PathBuf], &[PathBuf], bool),
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
@@ -335,6 +335,7 @@ impl Namespaced {
             seccomp,
             layers: layers.to_vec(),
             image: image.to_vec(),
+            workspace_over_layers,
             writable_system: system.is_some() || !image.is_empty(),
             system_trees,
         };

@@ -136,9 +136,18 @@ pub(super) fn prepare_state(
 /// Moves what a session changed out of its state directory into `dest`, as a layer: the
 /// workspace's changes in `workspace/`, the home directory's in `home/`, each system
 /// directory's in `system/<name>/`. The overlays must be gone (the session's mount namespace
-/// with them), so the upper directories are plain directories.
+/// with them), so the upper directories are plain directories. When a part cannot be moved,
+/// what was moved is removed again: a partial layer is never left at `dest`.
 pub(super) fn keep_changes(state: &Path, dest: &Path) -> std::io::Result<()> {
     std::fs::create_dir(dest)?;
+    let moved = move_changes(state, dest);
+    if moved.is_err() {
+        remove_tree(dest);
+    }
+    moved
+}
+
+fn move_changes(state: &Path, dest: &Path) -> std::io::Result<()> {
     std::fs::rename(state.join("upper"), dest.join("workspace"))?;
     std::fs::rename(state.join(HOME_PART).join("upper"), dest.join(HOME_PART))?;
     let root = state.join(ROOT_PART).join("upper");
@@ -238,5 +247,28 @@ fn fix_permissions(path: &Path) {
                 fix_permissions(&entry.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn changes_that_cannot_all_be_kept_leave_no_partial_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("upper/src")).unwrap();
+        std::fs::write(state.join("upper/src/generated.rs"), "x").unwrap();
+        // No `home/upper`: the second move fails after the first succeeded.
+        let dest = dir.path().join("layer");
+        assert!(keep_changes(&state, &dest).is_err());
+        assert!(!dest.exists(), "the partial layer is removed");
+        std::fs::create_dir_all(state.join("upper")).unwrap();
+        std::fs::create_dir_all(state.join("home/upper")).unwrap();
+        keep_changes(&state, &dest).unwrap();
+        assert!(dest.join("workspace").is_dir() && dest.join("home").is_dir());
     }
 }

@@ -56,6 +56,10 @@ pub struct HelperConfig {
     /// lowest first (see `SessionSpec::image`).
     #[serde(default)]
     pub image: Vec<PathBuf>,
+    /// Whether the working copy is stacked above the layers' `workspace/` parts rather than
+    /// below them (see `SessionSpec::workspace_over_layers`).
+    #[serde(default)]
+    pub workspace_over_layers: bool,
     /// Whether the system directories are writable overlays whose changes the session keeps
     /// (`state/system/<name>/upper`): commands run as root of a namespace that maps a range of
     /// ids, over the host's directories idmapped to it.

@@ -241,7 +241,7 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
         &tmp_opts,
     )?;
 
-    mount_workspace(root, &staged, config.proxy)?;
+    mount_workspace(root, &staged, config.proxy, config.workspace_over_layers)?;
     mount_home(&staged)?;
     mount_system(root, &staged, config, handles)?;
     if config.ca_bundle {
@@ -589,11 +589,24 @@ fn build_dev(root: &Path) -> Result<(), String> {
 
 /// The workspace: the working copy as the lowest layer, the layers' workspaces over it, and
 /// the session's directory as the upper, so that the host's copy is never written.
-fn mount_workspace(root: &Path, staged: &Staged, proxy: bool) -> Result<(), String> {
+/// The workspace: an overlay of the working copy and the layers' `workspace/` parts, writable
+/// into the session's upper directory. The working copy lies below the layers (what setup
+/// changed in it shows), or with `over_layers` above them (every path it holds is its own: a
+/// committed tree tested as committed).
+fn mount_workspace(
+    root: &Path,
+    staged: &Staged,
+    proxy: bool,
+    over_layers: bool,
+) -> Result<(), String> {
     let target = root.join("workspace");
     mkdir_p(&target, 0o755)?;
     let mut lowers = staged.parts("workspace");
-    lowers.push(staged.lower.clone());
+    if over_layers {
+        lowers.insert(0, staged.lower.clone());
+    } else {
+        lowers.push(staged.lower.clone());
+    }
     mount_overlay(
         &target,
         &lowers,

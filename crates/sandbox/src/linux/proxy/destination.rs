@@ -21,6 +21,14 @@ pub(crate) enum Private {
     Rfc1918,
     /// 100.64.0.0/10, carrier-grade NAT and some cloud networks.
     SharedAddressSpace,
+    /// 198.18.0.0/15, for benchmarking network devices: labs and some appliances answer there.
+    Benchmarking,
+    /// 192.0.0.0/24, the IETF's protocol assignments (DS-Lite's and NAT64's own addresses among
+    /// them): they belong to the network the host sits in.
+    ProtocolAssignments,
+    /// 64:ff9b:1::/48, NAT64 prefixes for a local network's own use (RFC 8215): where such a
+    /// prefix leads is the local network's choice, its private addresses included.
+    LocalNat64,
     /// fc00::/7.
     UniqueLocal,
     /// fec0::/10, deprecated but still routed by some networks.
@@ -42,6 +50,9 @@ impl fmt::Display for Private {
             Private::LinkLocal => "a link-local address",
             Private::Rfc1918 => "a private (RFC 1918) address",
             Private::SharedAddressSpace => "a carrier-grade NAT (100.64.0.0/10) address",
+            Private::Benchmarking => "a benchmarking (198.18.0.0/15) address",
+            Private::ProtocolAssignments => "an IETF protocol assignment (192.0.0.0/24) address",
+            Private::LocalNat64 => "a local-use NAT64 (64:ff9b:1::/48) address",
             Private::UniqueLocal => "a unique-local IPv6 address",
             Private::SiteLocal => "a site-local IPv6 address",
             Private::Unspecified => "an unspecified address",
@@ -82,7 +93,7 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 pub(crate) fn classify(ip: IpAddr) -> Option<Private> {
     match canonical(ip) {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             if a == 0 {
                 Some(Private::Unspecified)
             } else if v4.is_loopback() {
@@ -93,6 +104,10 @@ pub(crate) fn classify(ip: IpAddr) -> Option<Private> {
                 Some(Private::Rfc1918)
             } else if a == 100 && (b & 0xc0) == 64 {
                 Some(Private::SharedAddressSpace)
+            } else if a == 198 && (b & 0xfe) == 18 {
+                Some(Private::Benchmarking)
+            } else if (a, b, c) == (192, 0, 0) {
+                Some(Private::ProtocolAssignments)
             } else if v4.is_multicast() {
                 Some(Private::Multicast)
             } else if a >= 240 {
@@ -102,7 +117,8 @@ pub(crate) fn classify(ip: IpAddr) -> Option<Private> {
             }
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
             if v6.is_unspecified() {
                 Some(Private::Unspecified)
             } else if v6.is_loopback() {
@@ -113,6 +129,8 @@ pub(crate) fn classify(ip: IpAddr) -> Option<Private> {
                 Some(Private::SiteLocal)
             } else if (first & 0xfe00) == 0xfc00 {
                 Some(Private::UniqueLocal)
+            } else if segments[..3] == [0x64, 0xff9b, 1] {
+                Some(Private::LocalNat64)
             } else if v6.is_multicast() {
                 Some(Private::Multicast)
             } else {
@@ -261,6 +279,17 @@ mod tests {
             ("::10.1.2.3", Some(Rfc1918)),
             ("64:ff9b::127.0.0.1", Some(Loopback)),
             ("64:ff9b::a00:1", Some(Rfc1918)),
+            ("64:ff9b::192.168.1.1", Some(Rfc1918)),
+            ("64:ff9b::100.64.0.1", Some(SharedAddressSpace)),
+            ("64:ff9b::198.18.0.1", Some(Benchmarking)),
+            ("198.18.0.1", Some(Benchmarking)),
+            ("198.19.255.255", Some(Benchmarking)),
+            ("192.0.0.1", Some(ProtocolAssignments)),
+            ("192.0.0.170", Some(ProtocolAssignments)),
+            ("::ffff:192.0.0.8", Some(ProtocolAssignments)),
+            ("64:ff9b:1::1", Some(LocalNat64)),
+            ("64:ff9b:1:ffff::a00:1", Some(LocalNat64)),
+            ("64:ff9b:1::8.8.8.8", Some(LocalNat64)),
             ("::ffff:0.0.0.0", Some(Unspecified)),
             // Public.
             ("1.1.1.1", None),
@@ -275,6 +304,10 @@ mod tests {
             ("2001:db8::1", None),
             ("::ffff:1.1.1.1", None),
             ("64:ff9b::808:808", None),
+            ("198.17.255.255", None),
+            ("198.20.0.0", None),
+            ("192.0.1.1", None),
+            ("64:ff9b:2::1", None),
         ] {
             assert_eq!(kind(ip), expected, "{ip}");
         }
