@@ -128,21 +128,36 @@ impl Copy {
             }
             None => Ok(()),
         };
+        // Every directory made on the way is the image root's (as Docker makes them), so
+        // that later steps, as the sandbox's root, may write into it.
+        let make_dirs = |dir: &Path| -> Result<(), String> {
+            let mut missing = Vec::new();
+            let mut at = dir;
+            while !at.exists() && at != layer {
+                missing.push(at);
+                let Some(parent) = at.parent() else { break };
+                at = parent;
+            }
+            for made in missing.into_iter().rev() {
+                std::fs::create_dir(made).map_err(|err| io(made, err))?;
+                chown(made)?;
+            }
+            Ok(())
+        };
         if let Some(parent) = base.parent() {
-            std::fs::create_dir_all(parent).map_err(|err| io(parent, err))?;
+            make_dirs(parent)?;
         }
         for entry in &self.entries {
-            let to = base.join(&entry.to);
-            if let Some(parent) = to.parent()
-                && !parent.exists()
-            {
-                std::fs::create_dir_all(parent).map_err(|err| io(parent, err))?;
-                chown(parent)?;
+            // A file copied to `dest` itself has an empty `to`; joining it would add a `/`.
+            let to = match entry.to.as_os_str().is_empty() {
+                true => base.clone(),
+                false => base.join(&entry.to),
+            };
+            if let Some(parent) = to.parent() {
+                make_dirs(parent)?;
             }
             match &entry.kind {
-                Kind::Dir => {
-                    std::fs::create_dir_all(&to).map_err(|err| io(&to, err))?;
-                }
+                Kind::Dir => make_dirs(&to)?,
                 Kind::Link(target) => {
                     std::os::unix::fs::symlink(target, &to).map_err(|err| io(&to, err))?;
                 }
@@ -263,9 +278,10 @@ fn matches(dir: &Dir, source: &str, ignore: &Ignore) -> Result<Vec<PathBuf>, Str
         return Ok(vec![relative]);
     }
     if !source.contains(['*', '?', '[']) {
+        // An ignored path is not in the context at all, as Docker sends it.
         return match dir.symlink_metadata(&relative) {
-            Ok(_) => Ok(vec![relative]),
-            Err(_) => Ok(Vec::new()),
+            Ok(_) if !ignore.ignored(&relative) => Ok(vec![relative]),
+            Ok(_) | Err(_) => Ok(Vec::new()),
         };
     }
     let glob = Glob::new(&relative.to_string_lossy())
@@ -351,5 +367,80 @@ impl Ignore {
             }
         }
         ignored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    fn written(layer: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![layer.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.strip_prefix(layer).unwrap().display().to_string();
+                if path.is_dir() {
+                    found.push(format!("{name}/"));
+                    stack.push(path);
+                } else {
+                    found.push(format!("{name}={}", std::fs::read_to_string(&path).unwrap()));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_file_goes_to_dest_itself_or_into_a_dest_directory() {
+        let ctx = context(&[("tools/hello.sh", "hi"), ("tools/bye.sh", "bye")]);
+        let layer = tempfile::tempdir().unwrap();
+        let copy = Copy::plan(ctx.path(), &["tools/hello.sh".into()], "/usr/local/bin/hello");
+        copy.unwrap().write(layer.path(), None).unwrap();
+        let into = Copy::plan(ctx.path(), &["tools/bye.sh".into()], "/opt/t/");
+        into.unwrap().write(layer.path(), None).unwrap();
+        let dir = Copy::plan(ctx.path(), &["tools".into()], "/home/agent/tools");
+        dir.unwrap().write(layer.path(), None).unwrap();
+        assert_eq!(
+            written(layer.path()),
+            [
+                "home/",
+                "home/tools/",
+                "home/tools/bye.sh=bye",
+                "home/tools/hello.sh=hi",
+                "system/",
+                "system/opt/",
+                "system/opt/t/",
+                "system/opt/t/bye.sh=bye",
+                "system/usr/",
+                "system/usr/local/",
+                "system/usr/local/bin/",
+                "system/usr/local/bin/hello=hi",
+            ]
+        );
+    }
+
+    #[test]
+    fn sources_outside_the_context_or_ignored_are_refused() {
+        let ctx = context(&[("a", "a"), ("secret.key", "k"), (".dockerignore", "*.key\n")]);
+        assert!(Copy::plan(ctx.path(), &["../etc/passwd".into()], "/x").is_err());
+        let err = match Copy::plan(ctx.path(), &["secret.key".into()], "/x") {
+            Err(err) => err,
+            Ok(_) => panic!("an ignored file was copied"),
+        };
+        assert!(err.contains("matches nothing"), "{err}");
+        assert!(layer_part(Path::new("/../../etc")).is_err());
     }
 }

@@ -111,16 +111,51 @@ pub fn raw_layer(dir: &Path, blob: &[u8], diff_id: &str) -> LayerBlob {
 /// The Debian bookworm minbase root filesystem as one gzipped layer, built with mmdebstrap
 /// the first time and cached (written atomically, under a lock shared by parallel tests).
 pub fn debian_base() -> Result<LayerBlob> {
+    debian_variant("bookworm-minbase", &[], &[])
+}
+
+/// Debian bookworm minbase with `git` installed (what a task's hand-back needs in its image),
+/// and the `.deb` files of `downloads` (with what they depend on that the image lacks) kept in
+/// `<cache>/bookworm-git-debs/`, for a test's own package archive: the layer and that
+/// directory.
+pub fn debian_with_git(downloads: &[&str]) -> Result<(LayerBlob, PathBuf)> {
+    let debs = cache_dir().join("bookworm-git-debs");
+    let layer = debian_variant("bookworm-git", &["git"], downloads)?;
+    Ok((layer, debs))
+}
+
+/// A Debian bookworm minbase variant named `name` with `include` installed, built once and
+/// cached like [`debian_base`]; the packages `downloads` are downloaded (not installed) into
+/// `<cache>/<name>-debs/`.
+fn debian_variant(name: &str, include: &[&str], downloads: &[&str]) -> Result<LayerBlob> {
     let dir = cache_dir();
     std::fs::create_dir_all(&dir)?;
     let lock = std::fs::File::create(dir.join(".lock"))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("lock the image cache: {e}"))?;
-    let tar = dir.join("bookworm-minbase.tar");
+    let tar = dir.join(format!("{name}.tar"));
     if !tar.is_file() {
-        let partial = dir.join("bookworm-minbase.tar.partial");
-        let status = Command::new("mmdebstrap")
-            .args(["--quiet", "--format=tar", "--variant=minbase", "bookworm"])
+        let partial = dir.join(format!("{name}.tar.partial"));
+        let mut command = Command::new("mmdebstrap");
+        command.args(["--quiet", "--format=tar", "--variant=minbase"]);
+        if !include.is_empty() {
+            command.arg(format!("--include={}", include.join(",")));
+        }
+        if !downloads.is_empty() {
+            let debs = dir.join(format!("{name}-debs"));
+            let _ = std::fs::remove_dir_all(&debs);
+            std::fs::create_dir_all(&debs)?;
+            command.arg(format!(
+                "--customize-hook=chroot \"$1\" apt-get install --download-only --no-install-recommends -y {}",
+                downloads.join(" ")
+            ));
+            command.arg(format!(
+                "--customize-hook=cp \"$1\"/var/cache/apt/archives/*.deb {}/",
+                debs.display()
+            ));
+        }
+        let status = command
+            .arg("bookworm")
             .arg(&partial)
             .status()
             .context("run mmdebstrap")?;
@@ -129,15 +164,15 @@ pub fn debian_base() -> Result<LayerBlob> {
         }
         std::fs::rename(&partial, &tar)?;
     }
-    let blob = dir.join("bookworm-minbase.tar.gz");
-    let meta = dir.join("bookworm-minbase.json");
+    let blob = dir.join(format!("{name}.tar.gz"));
+    let meta = dir.join(format!("{name}.json"));
     if !blob.is_file() || !meta.is_file() {
         let bytes = std::fs::read(&tar)?;
         let diff_id = sha256(&bytes);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&bytes)?;
         let compressed = gz.finish()?;
-        let partial = dir.join("bookworm-minbase.tar.gz.partial");
+        let partial = dir.join(format!("{name}.tar.gz.partial"));
         std::fs::write(&partial, &compressed)?;
         let record = serde_json::json!({
             "digest": sha256(&compressed), "size": compressed.len(), "diff_id": diff_id,

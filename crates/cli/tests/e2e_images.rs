@@ -1,0 +1,440 @@
+//! Tasks on images, end to end with the real binary: an image the test builds from Debian's
+//! packages (mmdebstrap) and pushes to a registry on loopback with skopeo, a setup that installs
+//! a package from the test's own archive with apt-get, a second task that starts from the
+//! cached layer; a devcontainer whose Dockerfile (FROM an `oci-archive:`, ENV, WORKDIR, COPY,
+//! RUN) and local feature nightshift builds itself, step by step, into cached layers.
+//!
+//! Each test needs host root (the image's files are owned by a shifted range of ids) and the
+//! tools `.ci/run` installs; without them it says so and returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../image/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn shell(command: &str) -> Value {
+    json!({"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": command}}]}})
+}
+
+fn finish(summary: &str) -> Value {
+    json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": summary}}]}})
+}
+
+fn shell_outputs(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
+        .map(|e| e["output"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// Whether this host can run these tests; says why not when it cannot.
+fn ready() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a task on an image needs nightshift to run as root (shifted ids)");
+        return false;
+    }
+    for tool in [
+        "mmdebstrap",
+        "skopeo",
+        "docker-registry",
+        "dpkg-deb",
+        "python3",
+    ] {
+        if !support::have(tool) {
+            eprintln!(
+                "skipped: `{tool}` is not installed (apt-get install mmdebstrap skopeo docker-registry)"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+const IMAGE_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Debian with git (a task's hand-back runs git inside the sandbox), as an OCI layout tagged
+/// `v1` under `work`, with jq's packages (not installed) served as a flat apt archive on
+/// loopback.
+fn debian_image(work: &Path) -> (std::path::PathBuf, AptArchive) {
+    let (layer, debs) = support::debian_with_git(&["jq"]).unwrap();
+    let layout = work.join("layout");
+    support::write_layout(
+        &layout,
+        "v1",
+        &[layer],
+        &[IMAGE_PATH, "IMAGE_MARK=from-the-image"],
+    );
+    (layout, AptArchive::serve(&debs))
+}
+
+/// A flat apt archive (`deb [trusted=yes] http://127.0.0.1:PORT/ ./`) of some `.deb` files.
+struct AptArchive {
+    _dir: tempfile::TempDir,
+    server: std::process::Child,
+    port: u16,
+}
+
+impl AptArchive {
+    fn serve(debs: &Path) -> AptArchive {
+        let dir = tempfile::tempdir().unwrap();
+        let mut packages = String::new();
+        for entry in std::fs::read_dir(debs).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "deb") {
+                continue;
+            }
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+            let control = std::process::Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(control.status.success(), "{control:?}");
+            let bytes = std::fs::read(&path).unwrap();
+            let mut stanza = String::from_utf8(control.stdout).unwrap();
+            if !stanza.ends_with('\n') {
+                stanza.push('\n');
+            }
+            packages.push_str(&stanza);
+            packages.push_str(&format!(
+                "Filename: ./{name}\nSize: {}\nSHA256: {}\n\n",
+                bytes.len(),
+                &support::sha256(&bytes)[7..]
+            ));
+        }
+        assert!(packages.contains("Package: jq\n"), "no jq among {debs:?}");
+        std::fs::write(dir.path().join("Packages"), packages).unwrap();
+        let port = support::free_port().unwrap();
+        let server = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        AptArchive {
+            _dir: dir,
+            server,
+            port,
+        }
+    }
+}
+
+impl Drop for AptArchive {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// A repository with `files` committed.
+fn repo_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-q", "-m", "start"]);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_on_a_registry_image_installs_a_package_in_setup_and_the_next_starts_from_its_layer()
+{
+    if !ready() {
+        return;
+    }
+    let work = support::workdir();
+    let (layout, archive) = debian_image(work.path());
+    let registry = support::Registry::start(None).unwrap();
+    let reference = registry.push(&layout, "v1", "team/dev", None).unwrap();
+    let port = archive.port;
+    let config = format!(
+        r#"
+[environment]
+image = "{reference}"
+setup = """
+export no_proxy= NO_PROXY=
+echo 'deb [trusted=yes] http://127.0.0.1:{port}/ ./' > /etc/apt/sources.list.d/local.list
+apt-get update -o Dir::Etc::sourcelist=sources.list.d/local.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0
+apt-get install -y --no-install-recommends jq
+"""
+
+[network]
+setup = ["127.0.0.1:{port}"]
+
+[checks]
+jq = "echo '{{\"n\": 41}}' | jq -e '.n == 41'"
+"#
+    );
+    let repo = repo_with(&[(".nightshift.toml", &config), ("README", "hello\n")]);
+    let probe = "echo '{\"a\": 41}' | jq .a; echo $IMAGE_MARK; cat /etc/debian_version; \
+                 command -v python3 || echo no python3; id -u; echo done > result.txt";
+    let steps = json!([
+        shell(probe),
+        finish("Probe the image"),
+        shell(probe),
+        finish("Probe the image again"),
+    ]);
+    let (ns, _server) = Nightshift::with_script(script(steps)).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[images]\nplain_http = [\"{}\"]\n", registry.host()),
+    )
+    .unwrap();
+    ns.allow_loopback(&[port]);
+
+    let (out, task) = ns.wait_task(repo.path(), "probe").await;
+    let id = task["id"].as_str().unwrap();
+    let events = ns.events(id).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{events:#?}",
+        stderr(&out),
+        stdout(&out)
+    );
+    let ready_events = of_type(&events, "image_ready");
+    assert_eq!(ready_events.len(), 1, "{events:#?}");
+    let image = ready_events[0];
+    assert_eq!(image["reference"], reference.as_str());
+    assert!(image["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(image["layers"][0]["fetched"], true, "{image}");
+    let setup = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "setup")
+        .expect("setup ran");
+    assert_eq!(setup["ok"], true, "{setup}");
+    let seen = &shell_outputs(&events)[0];
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        lines[0], "41",
+        "jq, installed by setup, runs for the agent: {seen}"
+    );
+    assert_eq!(
+        lines[1], "from-the-image",
+        "the image's Env applies: {seen}"
+    );
+    assert!(lines[2].starts_with("12."), "Debian 12's files: {seen}");
+    assert_eq!(
+        lines[3], "no python3",
+        "nothing of the host's /usr shows through the image: {seen}"
+    );
+    assert_ne!(lines[4], "0", "the agent is not root: {seen}");
+    let check = events
+        .iter()
+        .find(|e| e["type"] == "command_finished" && e["phase"] == "check")
+        .expect("the check ran");
+    assert_eq!(
+        check["ok"], true,
+        "the checks run on the image too: {check}"
+    );
+    assert!(task["head_commit"].is_string(), "a hand-back: {task}");
+
+    // The second task: the image is in the store, the setup layer in the cache.
+    let (out, task) = ns.wait_task(repo.path(), "probe again").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
+    let image = of_type(&events, "image_ready")[0];
+    assert_eq!(image["layers"][0]["fetched"], false, "{image}");
+    let cache = of_type(&events, "setup_cache")[0];
+    assert_eq!(cache["hit"], true, "{cache}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "command_finished" && e["phase"] == "setup"),
+        "setup did not run again"
+    );
+    assert!(shell_outputs(&events)[0].starts_with("41\n"));
+
+    // The store lists it, by the reference the task used.
+    let listed = ns.json(&["image", "ls", "--json"]).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["reference"], reference.as_str());
+    assert_eq!(listed[0]["digest"], image["digest"]);
+
+    // The tag moves to an image with one more layer: the setup layer is a miss that says so.
+    let extra = support::TarLayer::new()
+        .dir("etc/", 0o755)
+        .file("etc/motd-extra", b"moved\n", 0o644, 0)
+        .finish();
+    let extra = support::gzip_layer(work.path(), &extra);
+    let (base, _) = support::debian_with_git(&["jq"]).unwrap();
+    support::write_layout(
+        &layout,
+        "v1",
+        &[base, extra],
+        &[IMAGE_PATH, "IMAGE_MARK=from-the-image"],
+    );
+    registry.push(&layout, "v1", "team/dev", None).unwrap();
+    let steps = json!([shell("cat /etc/motd-extra; jq --version"), finish("again")]);
+    let (ns2, _server2) = Nightshift::with_script(script(steps)).await;
+    std::fs::copy(
+        ns.home.path().join("config.toml"),
+        ns2.home.path().join("config.toml"),
+    )
+    .unwrap();
+    // The same home, so the same store and cache: only the model differs.
+    let ns2 = Nightshift {
+        home: ns.home,
+        base_url: ns2.base_url.clone(),
+        env: Vec::new(),
+    };
+    let (out, task) = ns2.wait_task(repo.path(), "after the tag moved").await;
+    let events = ns2.events(task["id"].as_str().unwrap()).await;
+    assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
+    let cache = of_type(&events, "setup_cache")[0];
+    assert_eq!(cache["hit"], false, "{cache}");
+    let reasons = cache["reasons"].to_string();
+    assert!(reasons.contains("now points at"), "{reasons}");
+    let seen = &shell_outputs(&events)[0];
+    assert!(seen.starts_with("moved\njq-"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archive_as_cached_steps()
+{
+    if !ready() {
+        return;
+    }
+    let work = support::workdir();
+    let (layout, _archive) = debian_image(work.path());
+    let archive = work.path().join("debian.tar");
+    support::skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("oci-archive:{}", archive.display()),
+    )
+    .unwrap();
+    let dockerfile = format!(
+        "FROM oci-archive:{}\n\
+         ARG FLAVOUR=plain\n\
+         ENV TOOL_FLAVOUR=$FLAVOUR\n\
+         WORKDIR /opt/tools\n\
+         COPY tools/hello.sh /usr/local/bin/hello\n\
+         RUN chmod 755 /usr/local/bin/hello && echo \"built $TOOL_FLAVOUR in $(pwd)\" > /etc/built-marker\n\
+         LABEL team=dev\n\
+         CMD [\"bash\"]\n",
+        archive.display()
+    );
+    let devcontainer = r#"{
+  // comments are allowed, as in every devcontainer.json
+  "build": {"dockerfile": "Dockerfile", "context": "..", "args": {"FLAVOUR": "spicy"}},
+  "features": {"./greeter": {"greeting": "good evening"}}
+}"#;
+    let feature = r#"{"id": "greeter", "version": "1.0.0",
+  "options": {"greeting": {"type": "string", "default": "hello"}},
+  "containerEnv": {"GREETER_INSTALLED": "yes"}}"#;
+    let install = "#!/bin/sh\nset -e\nprintf '#!/bin/sh\\necho %s\\n' \"$GREETING\" > /usr/local/bin/greet\nchmod 755 /usr/local/bin/greet\n";
+    let repo = repo_with(&[
+        (".devcontainer/devcontainer.json", devcontainer),
+        (".devcontainer/Dockerfile", &dockerfile),
+        (".devcontainer/greeter/devcontainer-feature.json", feature),
+        (".devcontainer/greeter/install.sh", install),
+        ("tools/hello.sh", "#!/bin/sh\necho hello from COPY\n"),
+    ]);
+    let probe = "hello; greet; cat /etc/built-marker; echo $TOOL_FLAVOUR $GREETER_INSTALLED; \
+                 echo $IMAGE_MARK";
+    let steps = json!([
+        shell(probe),
+        finish("Probe"),
+        shell(probe),
+        finish("Probe again"),
+    ]);
+    let (ns, _server) = Nightshift::with_script(script(steps)).await;
+
+    let check = ns
+        .run(&["env", "check", "--repo", path_str(repo.path())])
+        .await;
+    let shown = stdout(&check);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        shown.contains("Dockerfile"),
+        "env check shows the build: {shown}"
+    );
+    assert!(shown.contains("./greeter"), "and the feature: {shown}");
+
+    let (out, task) = ns.wait_task(repo.path(), "probe").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
+    let built = of_type(&events, "build_step");
+    let steps: Vec<&str> = built.iter().map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(steps.len(), 3, "COPY, RUN and the feature: {steps:?}");
+    assert!(steps[0].contains("COPY"), "{steps:?}");
+    assert!(steps[1].contains("RUN"), "{steps:?}");
+    assert!(steps[2].contains("greeter"), "{steps:?}");
+    assert!(built.iter().all(|e| e["hit"] == false), "{built:?}");
+    let seen = &shell_outputs(&events)[0];
+    assert_eq!(
+        seen.lines().take(5).collect::<Vec<_>>(),
+        [
+            "hello from COPY",
+            "good evening",
+            "built spicy in /opt/tools",
+            "spicy yes",
+            "from-the-image"
+        ],
+        "{seen}"
+    );
+
+    let (out, task) = ns.wait_task(repo.path(), "probe again").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
+    let built = of_type(&events, "build_step");
+    assert_eq!(built.len(), 3, "{built:?}");
+    assert!(
+        built.iter().all(|e| e["hit"] == true),
+        "every step is cached: {built:?}"
+    );
+    assert!(shell_outputs(&events)[0].starts_with("hello from COPY\ngood evening\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsupported_dockerfile_instruction_fails_the_task_naming_file_line_and_instruction() {
+    // No image is needed: the Dockerfile is read before anything is pulled.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a task on an image needs nightshift to run as root");
+        return;
+    }
+    let repo = repo_with(&[
+        (
+            ".devcontainer/devcontainer.json",
+            r#"{"build": {"dockerfile": "Dockerfile"}}"#,
+        ),
+        (
+            ".devcontainer/Dockerfile",
+            "FROM debian:bookworm\nRUN true\nRUN --mount=type=cache,target=/c make\n",
+        ),
+    ]);
+    let (ns, _server) = Nightshift::with_script(script(json!([finish("never")]))).await;
+    let (out, task) = ns.wait_task(repo.path(), "anything").await;
+    assert!(!out.status.success());
+    assert_eq!(task["state"], "failed", "{task}");
+    let message = task["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Dockerfile:3") && message.contains("RUN") && message.contains("--mount"),
+        "{task}"
+    );
+}
