@@ -334,7 +334,8 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archi
          ENV TOOL_FLAVOUR=$FLAVOUR\n\
          WORKDIR /opt/tools\n\
          COPY tools/hello.sh /usr/local/bin/hello\n\
-         RUN chmod 755 /usr/local/bin/hello && echo \"built $TOOL_FLAVOUR in $(pwd)\" > /etc/built-marker\n\
+         COPY --chown=1000 tools/hello.sh owned.sh\n\
+         RUN chmod 755 /usr/local/bin/hello && echo \"built $TOOL_FLAVOUR in $(pwd), owned.sh $(stat -c %u:%g owned.sh)\" > /etc/built-marker\n\
          LABEL team=dev\n\
          CMD [\"bash\"]\n",
         archive.display()
@@ -381,10 +382,11 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archi
     assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
     let built = of_type(&events, "build_step");
     let steps: Vec<&str> = built.iter().map(|e| e["step"].as_str().unwrap()).collect();
-    assert_eq!(steps.len(), 3, "COPY, RUN and the feature: {steps:?}");
+    assert_eq!(steps.len(), 4, "two COPYs, RUN and the feature: {steps:?}");
     assert!(steps[0].contains("COPY"), "{steps:?}");
-    assert!(steps[1].contains("RUN"), "{steps:?}");
-    assert!(steps[2].contains("greeter"), "{steps:?}");
+    assert!(steps[1].contains("COPY --chown"), "{steps:?}");
+    assert!(steps[2].contains("RUN"), "{steps:?}");
+    assert!(steps[3].contains("greeter"), "{steps:?}");
     assert!(built.iter().all(|e| e["hit"] == false), "{built:?}");
     let seen = &shell_outputs(&events)[0];
     assert_eq!(
@@ -392,9 +394,9 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archi
         [
             "hello from COPY",
             "good evening",
-            "built spicy in /opt/tools",
+            "built spicy in /opt/tools, owned.sh 1000:1000",
             "spicy yes",
-            "from-the-image"
+            "from-the-image",
         ],
         "{seen}"
     );
@@ -403,7 +405,7 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archi
     let events = ns.events(task["id"].as_str().unwrap()).await;
     assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
     let built = of_type(&events, "build_step");
-    assert_eq!(built.len(), 3, "{built:?}");
+    assert_eq!(built.len(), 4, "{built:?}");
     assert!(
         built.iter().all(|e| e["hit"] == true),
         "every step is cached: {built:?}"

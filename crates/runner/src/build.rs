@@ -129,9 +129,17 @@ impl Runner {
             };
             let built = match step {
                 Work::Step(Step {
-                    kind: StepKind::Copy { sources, dest, .. },
+                    kind:
+                        StepKind::Copy {
+                            sources,
+                            dest,
+                            chown,
+                        },
                     ..
-                }) => self.copy_step(run, image, sources, dest, &staged).await,
+                }) => {
+                    self.copy_step(run, image, (sources, dest, *chown), &staged)
+                        .await
+                }
                 Work::Step(Step {
                     kind: StepKind::Run { command, env },
                     ..
@@ -260,16 +268,21 @@ impl Runner {
         &self,
         run: &Run<'_>,
         image: &TaskImage,
-        sources: &[String],
-        dest: &str,
+        (sources, dest, chown): (&[String], &str, Option<(u32, u32)>),
         staged: &Path,
     ) -> Result<(), String> {
         let context = run.copy.root().join(self.context_of(run));
         let (sources, dest, staged) = (sources.to_vec(), dest.to_string(), staged.to_path_buf());
-        let owner = image.root_owner;
+        // The image's ids are shifted by the root's host id (as root); unprivileged, every file
+        // is the caller's and `--chown` cannot be honoured.
+        let root = image.root_owner.map(|id| (id, id));
+        let owner = match (image.root_owner, chown) {
+            (Some(base), Some((uid, gid))) => Some((base + uid, base + gid)),
+            _ => root,
+        };
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&staged).map_err(|err| err.to_string())?;
-            Copy::plan(&context, &sources, &dest)?.write(&staged, owner.map(|id| (id, id)))
+            Copy::plan(&context, &sources, &dest)?.write(&staged, owner, root)
         })
         .await
         .map_err(|err| err.to_string())?

@@ -117,17 +117,24 @@ impl Copy {
         Ok(hex::encode(hash.finalize()))
     }
 
-    /// Writes what is copied into `layer`, owned by `owner` (host uid and gid) when given.
-    pub fn write(&self, layer: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    /// Writes what is copied into `layer`, owned by `owner` (host uid and gid) when given; the
+    /// directories made on the way to `dest` by `dirs_owner`.
+    pub fn write(
+        &self,
+        layer: &Path,
+        owner: Option<(u32, u32)>,
+        dirs_owner: Option<(u32, u32)>,
+    ) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let base = layer.join(layer_part(&self.dest)?);
         let io = |path: &Path, err: std::io::Error| format!("writing {}: {err}", path.display());
-        let chown = |path: &Path| match owner {
+        let set_owner = |path: &Path, owner: Option<(u32, u32)>| match owner {
             Some((uid, gid)) => {
                 std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|err| io(path, err))
             }
             None => Ok(()),
         };
+        let chown = |path: &Path| set_owner(path, owner);
         // Every directory made on the way is the image root's (as Docker makes them), so
         // that later steps, as the sandbox's root, may write into it.
         let make_dirs = |dir: &Path| -> Result<(), String> {
@@ -140,7 +147,7 @@ impl Copy {
             }
             for made in missing.into_iter().rev() {
                 std::fs::create_dir(made).map_err(|err| io(made, err))?;
-                chown(made)?;
+                set_owner(made, dirs_owner)?;
             }
             Ok(())
         };
@@ -395,7 +402,10 @@ mod tests {
                     found.push(format!("{name}/"));
                     stack.push(path);
                 } else {
-                    found.push(format!("{name}={}", std::fs::read_to_string(&path).unwrap()));
+                    found.push(format!(
+                        "{name}={}",
+                        std::fs::read_to_string(&path).unwrap()
+                    ));
                 }
             }
         }
@@ -407,12 +417,16 @@ mod tests {
     fn a_file_goes_to_dest_itself_or_into_a_dest_directory() {
         let ctx = context(&[("tools/hello.sh", "hi"), ("tools/bye.sh", "bye")]);
         let layer = tempfile::tempdir().unwrap();
-        let copy = Copy::plan(ctx.path(), &["tools/hello.sh".into()], "/usr/local/bin/hello");
-        copy.unwrap().write(layer.path(), None).unwrap();
+        let copy = Copy::plan(
+            ctx.path(),
+            &["tools/hello.sh".into()],
+            "/usr/local/bin/hello",
+        );
+        copy.unwrap().write(layer.path(), None, None).unwrap();
         let into = Copy::plan(ctx.path(), &["tools/bye.sh".into()], "/opt/t/");
-        into.unwrap().write(layer.path(), None).unwrap();
+        into.unwrap().write(layer.path(), None, None).unwrap();
         let dir = Copy::plan(ctx.path(), &["tools".into()], "/home/agent/tools");
-        dir.unwrap().write(layer.path(), None).unwrap();
+        dir.unwrap().write(layer.path(), None, None).unwrap();
         assert_eq!(
             written(layer.path()),
             [
@@ -434,7 +448,11 @@ mod tests {
 
     #[test]
     fn sources_outside_the_context_or_ignored_are_refused() {
-        let ctx = context(&[("a", "a"), ("secret.key", "k"), (".dockerignore", "*.key\n")]);
+        let ctx = context(&[
+            ("a", "a"),
+            ("secret.key", "k"),
+            (".dockerignore", "*.key\n"),
+        ]);
         assert!(Copy::plan(ctx.path(), &["../etc/passwd".into()], "/x").is_err());
         let err = match Copy::plan(ctx.path(), &["secret.key".into()], "/x") {
             Err(err) => err,

@@ -46,11 +46,12 @@ pub enum StepKind {
         env: Vec<(String, String)>,
     },
     /// Files of the build context (`sources`, relative to it) copied to `dest` (absolute: a
-    /// directory when it ends with `/` or there are several sources), owned by `chown`.
+    /// directory when it ends with `/` or there are several sources), owned by `chown` (uid
+    /// and gid in the image) when given, else by the image's root.
     Copy {
         sources: Vec<String>,
         dest: String,
-        chown: Option<String>,
+        chown: Option<(u32, u32)>,
     },
 }
 
@@ -328,12 +329,12 @@ fn copy_parts(
     sources: &[Source<'_>],
     state: &State,
     name: &str,
-) -> Result<(Vec<String>, Option<String>), String> {
+) -> Result<(Vec<String>, Option<(u32, u32)>), String> {
     let mut chown = None;
     for flag in options {
         let value = flag.value.as_ref().map(|v| v.value.to_string());
         match (&*flag.name.value, value) {
-            ("chown", Some(value)) => chown = Some(expand(&value, &state.vars)?),
+            ("chown", Some(value)) => chown = Some(owner_ids(&expand(&value, &state.vars)?)?),
             ("from", _) => {
                 return Err(format!(
                     "{name} --from copies from another stage or image; multi-stage builds are not supported"
@@ -350,6 +351,26 @@ fn copy_parts(
         }
     }
     Ok((paths, chown))
+}
+
+/// `--chown=UID[:GID]` as ids (the gid is the uid's when not given, as in Docker). Names are
+/// refused: they would be looked up in the image's `/etc/passwd`, which this build does not do.
+fn owner_ids(value: &str) -> Result<(u32, u32), String> {
+    let id = |text: &str| -> Result<u32, String> {
+        match text.parse::<u32>() {
+            Ok(id) if id < 65536 => Ok(id),
+            Ok(_) => Err(format!(
+                "--chown={value}: ids from 65536 up are not mapped into the sandbox"
+            )),
+            Err(_) => Err(format!(
+                "--chown={value}: only numeric ids (UID[:GID]) are supported, not user or group names"
+            )),
+        }
+    };
+    match value.split_once(':') {
+        Some((user, group)) => Ok((id(user)?, id(group)?)),
+        None => id(value).map(|uid| (uid, uid)),
+    }
 }
 
 /// A destination made absolute against the working directory, keeping a trailing `/`.
@@ -436,7 +457,7 @@ mod tests {
             StepKind::Copy {
                 sources: vec!["app.conf".into()],
                 dest: "/src/./conf/".into(),
-                chown: Some("0:0".into()),
+                chown: Some((0, 0)),
             }
         );
         let StepKind::Run { command, .. } = &plan.steps[2].kind else {
@@ -476,6 +497,13 @@ mod tests {
             ),
             ("FROM a\nADD https://example.com/x /x\n", 2, "ADD", "URL"),
             ("FROM a\nRUN <<EOF\necho\nEOF\n", 2, "RUN", "here-document"),
+            (
+                "FROM a\nCOPY --chown=node:node x /x\n",
+                2,
+                "COPY",
+                "numeric ids",
+            ),
+            ("FROM a\nADD --chown=70000 x /x\n", 2, "ADD", "65536"),
             ("ARG A\n", 1, "(syntax)", "FROM"),
         ];
         for (text, line, instruction, words) in cases {
