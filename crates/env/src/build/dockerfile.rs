@@ -51,9 +51,12 @@ pub enum StepKind {
     Copy {
         sources: Vec<String>,
         dest: String,
-        chown: Option<(u32, u32)>,
+        chown: Option<OwnerIds>,
     },
 }
+
+/// A uid and a gid, as the image sees them.
+pub type OwnerIds = (u32, u32);
 
 /// What went wrong, where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -329,7 +332,7 @@ fn copy_parts(
     sources: &[Source<'_>],
     state: &State,
     name: &str,
-) -> Result<(Vec<String>, Option<(u32, u32)>), String> {
+) -> Result<(Vec<String>, Option<OwnerIds>), String> {
     let mut chown = None;
     for flag in options {
         let value = flag.value.as_ref().map(|v| v.value.to_string());
