@@ -269,6 +269,14 @@ jq = "echo '{{\"n\": 41}}' | jq -e '.n == 41'"
     );
     assert!(shell_outputs(&events)[0].starts_with("41\n"));
 
+    // `env explain` finds the same layer the task did.
+    let explained = ns
+        .run(&["env", "explain", "--repo", path_str(repo.path())])
+        .await;
+    let explained = stdout(&explained);
+    assert!(explained.contains("hit: the next task mounts"), "{explained}");
+    assert!(explained.contains(image["digest"].as_str().unwrap()), "{explained}");
+
     // The store lists it, by the reference the task used.
     let listed = ns.json(&["image", "ls", "--json"]).await;
     let listed = listed.as_array().unwrap();

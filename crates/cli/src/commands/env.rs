@@ -70,11 +70,46 @@ async fn explain(repo: std::path::PathBuf) -> Result<ExitCode, Failure> {
     }
     let toolchains = home.host_toolchains()?;
     let backend = home.sandbox(&toolchains)?.backend();
-    let key = CacheKey::compute(
-        &root,
-        &loaded.config,
-        &base_identity(backend, &toolchains.binds),
-    )
+    let environment = &loaded.config.environment;
+    if let Some(build) = &environment.build {
+        let what = match &build.dockerfile {
+            Some(dockerfile) => format!("the Dockerfile {}", dockerfile.display()),
+            None => "devcontainer features".to_string(),
+        };
+        println!(
+            "tasks on this repository build {what} over their image first: the setup layer is keyed by the last built step, which a task works out (its log shows each `build_step`, hit or miss, and the `setup_cache` lookup that follows)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = match &environment.image {
+        None => CacheKey::compute(
+            &root,
+            &loaded.config,
+            &base_identity(backend, &toolchains.binds),
+        ),
+        Some(text) => {
+            let reference = nightshift_image::Reference::parse(text)
+                .map_err(|err| Failure::usage(format!("the image {text:?}: {err}")))?;
+            let settings = home.image_settings(&home.settings()?);
+            let store = nightshift_image::Store::open(&settings.dir, settings.owner)
+                .map_err(|err| Failure::error(format!("opening the image store: {err}")))?;
+            let stored = store
+                .get(&reference)
+                .map_err(|err| Failure::error(format!("reading the image store: {err}")))?;
+            let Some(image) = stored else {
+                println!(
+                    "miss: the image {reference} is not in the image store yet, so the next task pulls it and runs setup over it (`nightshift image pull {text}` fetches it now)"
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
+            println!(
+                "image {} is {} in the image store (the next task pulls again; a tag that moved is a miss that says so)",
+                image.reference, image.digest
+            );
+            let base = nightshift_env::cache::image_base_identity(backend);
+            CacheKey::compute(&root, &loaded.config, &base).on_image(&image.reference, &image.digest)
+        }
+    }
     .for_repository(&root.display().to_string());
     println!("setup layer key {}", key.key);
     for (name, value) in &key.inputs {
