@@ -274,8 +274,14 @@ jq = "echo '{{\"n\": 41}}' | jq -e '.n == 41'"
         .run(&["env", "explain", "--repo", path_str(repo.path())])
         .await;
     let explained = stdout(&explained);
-    assert!(explained.contains("hit: the next task mounts"), "{explained}");
-    assert!(explained.contains(image["digest"].as_str().unwrap()), "{explained}");
+    assert!(
+        explained.contains("hit: the next task mounts"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains(image["digest"].as_str().unwrap()),
+        "{explained}"
+    );
 
     // The store lists it, by the reference the task used.
     let listed = ns.json(&["image", "ls", "--json"]).await;
@@ -447,4 +453,130 @@ async fn an_unsupported_dockerfile_instruction_fails_the_task_naming_file_line_a
         message.contains("Dockerfile:3") && message.contains("RUN") && message.contains("--mount"),
         "{task}"
     );
+}
+
+/// Pushes a devcontainer feature (a tar of its folder) to `registry` as an OCI artifact, the
+/// way the devcontainer CLI publishes one; returns its reference.
+async fn push_feature(registry: &support::Registry, name: &str, files: &[(&str, &str)]) -> String {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(if path.ends_with(".sh") { 0o755 } else { 0o644 });
+        header.set_cksum();
+        tar.append_data(&mut header, path, text.as_bytes()).unwrap();
+    }
+    let layer = tar.into_inner().unwrap();
+    let config = b"{}".to_vec();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v2/{name}", registry.host());
+    for blob in [&config, &layer] {
+        let started = http
+            .post(format!("{base}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(started.status(), 202, "{}", started.text().await.unwrap());
+        let location = started.headers()["location"].to_str().unwrap().to_string();
+        let location = match location.starts_with('/') {
+            true => format!("http://{}{location}", registry.host()),
+            false => location,
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put = http
+            .put(format!(
+                "{location}{separator}digest={}",
+                support::sha256(blob)
+            ))
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.devcontainers", "digest": support::sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.devcontainers.layer.v1+tar",
+                    "digest": support::sha256(&layer), "size": layer.len(),
+                    "annotations": {"org.opencontainers.image.title": "devcontainer-feature-stamp.tgz"}}],
+    });
+    let put = http
+        .put(format!("{base}/manifests/1"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
+    format!("{}/{name}:1", registry.host())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_devcontainer_feature_published_to_a_registry_is_fetched_installed_and_cached() {
+    if !ready() {
+        return;
+    }
+    let work = support::workdir();
+    let (layout, _archive) = debian_image(work.path());
+    let registry = support::Registry::start(None).unwrap();
+    let image = registry.push(&layout, "v1", "team/dev", None).unwrap();
+    let feature = push_feature(
+        &registry,
+        "features/stamp",
+        &[
+            (
+                "devcontainer-feature.json",
+                r#"{"id": "stamp", "version": "1.0.0", "options": {"word": {"type": "string", "default": "plain"}}}"#,
+            ),
+            (
+                "install.sh",
+                "#!/bin/sh\nset -e\nprintf '#!/bin/sh\\necho stamped %s\\n' \"$WORD\" > /usr/local/bin/stamp\nchmod 755 /usr/local/bin/stamp\n",
+            ),
+        ],
+    )
+    .await;
+    let devcontainer =
+        format!(r#"{{"image": "{image}", "features": {{"{feature}": {{"word": "fetched"}}}}}}"#);
+    let repo = repo_with(&[(".devcontainer/devcontainer.json", &devcontainer)]);
+    let probe = "stamp; ls -A";
+    let steps = json!([shell(probe), finish("Probe"), shell(probe), finish("Again")]);
+    let (ns, _server) = Nightshift::with_script(script(steps)).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[images]\nplain_http = [\"{}\"]\n", registry.host()),
+    )
+    .unwrap();
+
+    let check = ns
+        .run(&["env", "check", "--repo", path_str(repo.path())])
+        .await;
+    assert!(
+        !stdout(&check).contains("not installed"),
+        "{}",
+        stdout(&check)
+    );
+
+    for (round, hit) in [(1, false), (2, true)] {
+        let (out, task) = ns.wait_task(repo.path(), "probe").await;
+        let events = ns.events(task["id"].as_str().unwrap()).await;
+        assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
+        let built = of_type(&events, "build_step");
+        assert_eq!(built.len(), 1, "{built:?}");
+        assert_eq!(built[0]["step"], format!("feature {feature}"));
+        assert_eq!(built[0]["hit"], hit, "round {round}: {built:?}");
+        let seen = &shell_outputs(&events)[0];
+        assert!(seen.starts_with("stamped fetched\n"), "{seen}");
+        assert!(
+            !seen.contains(".nightshift-features"),
+            "the fetched feature left the working copy before the agent: {seen}"
+        );
+        assert!(
+            task["head_commit"].is_string() || task["no_changes"] == true,
+            "{task}"
+        );
+    }
 }

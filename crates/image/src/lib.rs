@@ -8,6 +8,7 @@
 //! (whiteouts as 0:0 character devices, opaque directories as an xattr). The sandbox mounts
 //! [`Image::layers`] as overlay lower directories; nothing here mounts anything.
 
+mod artifact;
 mod codec;
 mod credentials;
 mod error;
@@ -24,9 +25,11 @@ mod unpack;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use artifact::Artifact;
 pub use credentials::{docker_config_credentials, docker_config_credentials_from};
 pub use error::ImageError;
 pub use reference::Reference;
+pub use registry::fetch_artifact;
 pub use store::{PruneReport, Store};
 
 /// Who owns the files of unpacked layers on the host.

@@ -16,6 +16,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use tokio::io::AsyncWrite;
 
+use crate::artifact::Artifact;
 use crate::error::ImageError;
 use crate::manifest::{
     ConfigBlob, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, OCI_INDEX, OCI_MANIFEST, Parsed,
@@ -39,11 +40,11 @@ pub(crate) struct RegistryImage {
     by_digest: bool,
 }
 
-/// Resolves a registry reference to this platform's manifest, configuration and layers.
-pub(crate) async fn resolve(
+/// A connection to the registry of `reference`, for its name.
+async fn connect(
     reference: &Reference,
     options: &PullOptions,
-) -> Result<Resolved, ImageError> {
+) -> Result<Arc<RegistryImage>, ImageError> {
     let Some((registry, repository, tag, digest)) = reference.registry_parts() else {
         return Err(ImageError::InvalidReference {
             input: reference.to_string(),
@@ -89,7 +90,7 @@ pub(crate) async fn resolve(
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => RegistryAuth::Anonymous,
     };
-    let connection = Arc::new(RegistryImage {
+    Ok(Arc::new(RegistryImage {
         client,
         image,
         auth,
@@ -97,11 +98,90 @@ pub(crate) async fn resolve(
         display: reference.to_string(),
         tag: tag.map(str::to_string),
         by_digest: digest.is_some(),
-    });
-    connection.resolve().await
+    }))
+}
+
+/// Resolves a registry reference to this platform's manifest, configuration and layers.
+pub(crate) async fn resolve(
+    reference: &Reference,
+    options: &PullOptions,
+) -> Result<Resolved, ImageError> {
+    connect(reference, options).await?.resolve().await
+}
+
+/// The media type of a devcontainer feature's one layer (a tar of its folder).
+const FEATURE_LAYER: &str = "application/vnd.devcontainers.layer.v1+tar";
+
+/// Fetches an OCI artifact of one layer, such as a devcontainer feature
+/// (`ghcr.io/devcontainers/features/node:1`), refusing one whose layer is over `max_bytes`.
+pub async fn fetch_artifact(
+    reference: &Reference,
+    options: &PullOptions,
+    max_bytes: u64,
+) -> Result<Artifact, ImageError> {
+    let connection = connect(reference, options).await?;
+    connection.artifact(max_bytes).await
 }
 
 impl RegistryImage {
+    async fn artifact(&self, max_bytes: u64) -> Result<Artifact, ImageError> {
+        let (body, digest) = match self
+            .retrying(
+                || {
+                    self.client
+                        .pull_manifest_raw(&self.image, &self.auth, &[OCI_MANIFEST])
+                },
+                "manifest",
+            )
+            .await
+        {
+            Ok(found) => found,
+            Err(ImageError::TagNotFound { reference, tag }) => {
+                return Err(self.missing_tag_or_repository(reference, tag).await);
+            }
+            Err(e) => return Err(e),
+        };
+        #[derive(serde::Deserialize)]
+        struct ArtifactManifest {
+            #[serde(default)]
+            layers: Vec<Descriptor>,
+        }
+        let manifest: ArtifactManifest = serde_json::from_slice(&body)
+            .map_err(|e| self.invalid("manifest", &format!("not an OCI manifest: {e}")))?;
+        let layer = match manifest.layers.as_slice() {
+            [only] => only,
+            layers => layers
+                .iter()
+                .find(|layer| layer.media_type == FEATURE_LAYER)
+                .ok_or_else(|| {
+                    self.invalid(
+                        "manifest",
+                        &format!(
+                            "has {} layers and none of type {FEATURE_LAYER}",
+                            layers.len()
+                        ),
+                    )
+                })?,
+        };
+        if layer.size > max_bytes {
+            return Err(self.invalid(
+                "manifest",
+                &format!(
+                    "its layer is {} bytes, over the {max_bytes} bytes allowed",
+                    layer.size
+                ),
+            ));
+        }
+        let bytes = self.fetch_small_blob(layer, "layer").await?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(self.invalid("layer", &format!("is over the {max_bytes} bytes allowed")));
+        }
+        Ok(Artifact {
+            digest,
+            layer: bytes,
+        })
+    }
+
     async fn resolve(self: &Arc<Self>) -> Result<Resolved, ImageError> {
         let accepted = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
         let (body, digest) = match self

@@ -2,10 +2,11 @@
 //! `[environment] image`), pulled into the image store or found there with every layer logged,
 //! and what each session of the task then stands on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use nightshift_agent::SinkError;
+use nightshift_env::build::features::FETCHED_DIR as FEATURES_DIR;
 use nightshift_image::{PullEvent, PullOptions, Reference, Store};
 use nightshift_protocol::{ErrorKind, Event, ImageLayerUse, TaskState};
 
@@ -72,6 +73,13 @@ impl Runner {
             },
             None => None,
         };
+        let fetched = match build {
+            Some(build) => match self.fetch_features(run, &build.features).await? {
+                Ok(fetched) => fetched,
+                Err(ending) => return Ok(Err(ending)),
+            },
+            None => FetchedFeatures::default(),
+        };
         let features = match build.filter(|build| !build.features.is_empty()) {
             Some(build) => {
                 let resolved = nightshift_env::build::features::resolve(
@@ -79,6 +87,7 @@ impl Runner {
                     &build.config_dir,
                     &build.features,
                     &build.feature_order,
+                    &fetched.dirs,
                 );
                 match resolved {
                     Ok(features) => features,
@@ -219,6 +228,9 @@ impl Runner {
             },
         };
         if plan.is_some() || !features.is_empty() {
+            // The fetched features' folders leave the working copy once built, whatever the
+            // outcome: the agent never sees them.
+            let _fetched = fetched;
             let (file, plan) = match &plan {
                 Some((file, plan)) => (file.as_str(), Some(plan)),
                 None => ("", None),
@@ -231,6 +243,131 @@ impl Runner {
             }
         }
         Ok(Ok(Some(task_image)))
+    }
+}
+
+/// The largest feature artifact fetched, and the most it may unpack to.
+const FEATURE_BYTES: u64 = 64 << 20;
+
+/// OCI features fetched for a task: each id's folder, relative to the working copy.
+#[derive(Default)]
+pub(crate) struct FetchedFeatures {
+    dirs: std::collections::BTreeMap<String, PathBuf>,
+    root: Option<PathBuf>,
+}
+
+impl Drop for FetchedFeatures {
+    fn drop(&mut self) {
+        if let Some(root) = &self.root
+            && let Err(err) = std::fs::remove_dir_all(root)
+        {
+            tracing::warn!(%err, dir = %root.display(), "could not remove the fetched features");
+        }
+    }
+}
+
+impl Runner {
+    /// Fetches the features among `requests` that are OCI artifacts
+    /// (`ghcr.io/devcontainers/features/node:1`) and unpacks each into the working copy, with
+    /// an event for each; the task's ending when one cannot be had.
+    async fn fetch_features(
+        &self,
+        run: &Run<'_>,
+        requests: &[nightshift_env::build::features::FeatureRequest],
+    ) -> Result<Result<FetchedFeatures, Ending>, SinkError> {
+        let log = run.log;
+        let remote: Vec<_> = requests
+            .iter()
+            .filter(|request| !nightshift_env::build::features::is_local(&request.id))
+            .collect();
+        let mut fetched = FetchedFeatures::default();
+        if remote.is_empty() {
+            return Ok(Ok(fetched));
+        }
+        let plain_http = match &self.config.images {
+            Some(settings) => settings.plain_http.clone(),
+            None => Vec::new(),
+        };
+        let root = run.copy.root().join(FEATURES_DIR);
+        if let Err(err) = std::fs::create_dir(&root) {
+            let message = format!(
+                "making {FEATURES_DIR}/ in the working copy for the OCI features: {err} (a repository may not hold a path of that name when it asks for OCI features)"
+            );
+            return fail(log, ErrorKind::InvalidInput, message, None)
+                .await
+                .map(Err);
+        }
+        fetched.root = Some(root.clone());
+        for (index, request) in remote.into_iter().enumerate() {
+            let id = &request.id;
+            set_state(
+                log,
+                TaskState::Preparing,
+                Some(&format!("fetching the feature {id}")),
+            )
+            .await?;
+            let reference = match Reference::parse(id) {
+                Ok(reference) => reference,
+                Err(err) => {
+                    let message = format!("the feature {id} cannot be fetched: {err}");
+                    return fail(log, ErrorKind::InvalidInput, message, None)
+                        .await
+                        .map(Err);
+                }
+            };
+            let options = PullOptions {
+                credentials: match &reference {
+                    Reference::Registry { registry, .. } => {
+                        nightshift_image::docker_config_credentials(registry)
+                    }
+                    _ => None,
+                },
+                plain_http: plain_http.clone(),
+                progress: None,
+            };
+            let artifact = match nightshift_image::fetch_artifact(
+                &reference,
+                &options,
+                FEATURE_BYTES,
+            )
+            .await
+            {
+                Ok(artifact) => artifact,
+                Err(err) => {
+                    let message = format!("fetching the feature {id}: {err}");
+                    let hint = "the registry must be reachable from this machine; a feature can also be copied into the repository and named `./folder`".to_string();
+                    return fail(log, ErrorKind::Setup, message, Some(hint))
+                        .await
+                        .map(Err);
+                }
+            };
+            let dest = root.join(index.to_string());
+            let unpacked = {
+                let dest = dest.clone();
+                tokio::task::spawn_blocking(move || {
+                    artifact
+                        .unpack_into(&dest, FEATURE_BYTES)
+                        .map(|()| artifact.digest)
+                })
+                .await
+                .map_err(|err| err.to_string())
+                .and_then(|unpacked| unpacked)
+            };
+            let digest = match unpacked {
+                Ok(digest) => digest,
+                Err(err) => {
+                    let message = format!("the feature {id} cannot be unpacked: {err}");
+                    return fail(log, ErrorKind::InvalidInput, message, None)
+                        .await
+                        .map(Err);
+                }
+            };
+            tracing::info!(feature = %id, %digest, "fetched a feature");
+            fetched
+                .dirs
+                .insert(id.clone(), Path::new(FEATURES_DIR).join(index.to_string()));
+        }
+        Ok(Ok(fetched))
     }
 }
 

@@ -364,6 +364,10 @@ impl Ignore {
     }
 
     fn ignored(&self, path: &Path) -> bool {
+        // Where nightshift unpacks OCI features for the build is never part of the context.
+        if path.starts_with(crate::build::features::FETCHED_DIR) {
+            return true;
+        }
         let mut ignored = false;
         for (glob, keep) in &self.rules {
             if path

@@ -50,31 +50,46 @@ const METADATA_LIMIT: u64 = 1 << 20;
 /// at `root`, whose devcontainer.json is in `config_dir` (relative), and puts them in the order
 /// they install: `order` first (devcontainer.json's `overrideFeatureInstallOrder`), then each
 /// after the features it names in `installsAfter`/`dependsOn`, else as written.
+///
+/// A feature published as an OCI artifact is read from where its folder was unpacked:
+/// `fetched` maps its id to that directory, relative to `root`.
 pub fn resolve(
     root: &Path,
     config_dir: &Path,
     requests: &[FeatureRequest],
     order: &[String],
+    fetched: &BTreeMap<String, PathBuf>,
 ) -> Result<Vec<Feature>, FeatureError> {
     let mut features = Vec::new();
     for request in requests {
-        features.push(read_local(root, config_dir, request)?);
+        let dir = match fetched.get(&request.id) {
+            Some(dir) => dir.clone(),
+            None => local_dir(config_dir, request)?,
+        };
+        features.push(read_feature(root, dir, request)?);
     }
     Ok(install_order(features, order))
 }
 
-fn read_local(
-    root: &Path,
-    config_dir: &Path,
-    request: &FeatureRequest,
-) -> Result<Feature, FeatureError> {
+/// Where a task unpacks the OCI features it installs, in its working copy (the build's
+/// sessions see it there): removed before the agent starts, and never part of a Dockerfile's
+/// build context.
+pub const FETCHED_DIR: &str = ".nightshift-features";
+
+/// Whether a feature id names a folder in the repository (`./name`) rather than an OCI
+/// artifact.
+pub fn is_local(id: &str) -> bool {
+    id.starts_with("./")
+}
+
+fn local_dir(config_dir: &Path, request: &FeatureRequest) -> Result<PathBuf, FeatureError> {
     let fail = |message: String| FeatureError {
         id: request.id.clone(),
         message,
     };
     let Some(local) = request.id.strip_prefix("./") else {
         return Err(fail(
-            "only local features (`./name`, a directory beside devcontainer.json) are installed; copy this feature's directory (devcontainer-feature.json and install.sh) into .devcontainer/ and name it `./DIR`".into(),
+            "is neither a local feature (`./name`, a directory beside devcontainer.json) nor a fetched OCI feature".into(),
         ));
     };
     let relative = Path::new(local);
@@ -87,7 +102,18 @@ fn read_local(
             "a local feature must be a directory inside the devcontainer.json's folder".into(),
         ));
     }
-    let dir = config_dir.join(relative);
+    Ok(config_dir.join(relative))
+}
+
+fn read_feature(
+    root: &Path,
+    dir: PathBuf,
+    request: &FeatureRequest,
+) -> Result<Feature, FeatureError> {
+    let fail = |message: String| FeatureError {
+        id: request.id.clone(),
+        message,
+    };
     let metadata = read_regular(
         root,
         &dir.join("devcontainer-feature.json"),
@@ -254,6 +280,7 @@ mod tests {
                 request("./base", &[]),
             ],
             &[],
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(features[0].id, "./base");
@@ -274,9 +301,22 @@ mod tests {
             Path::new(".devcontainer"),
             &[request("./tool", &[]), request("./base", &[])],
             &["./tool".to_string()],
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(ordered[0].id, "./tool");
+        // An OCI feature is read from where it was fetched to.
+        let oci = "registry.example/features/base:1";
+        let fetched = BTreeMap::from([(oci.to_string(), PathBuf::from(".devcontainer/base"))]);
+        let features = resolve(
+            repo.path(),
+            Path::new(".devcontainer"),
+            &[request("./tool", &[]), request(oci, &[])],
+            &[],
+            &fetched,
+        )
+        .unwrap();
+        assert_eq!(features[1].dir, Path::new(".devcontainer/base"));
     }
 
     #[test]
@@ -285,13 +325,13 @@ mod tests {
         feature(repo.path(), "tool", r#"{"id":"tool","options":{}}"#);
         let dir = Path::new(".devcontainer");
         let err = |requests: &[FeatureRequest]| {
-            resolve(repo.path(), dir, requests, &[])
+            resolve(repo.path(), dir, requests, &[], &BTreeMap::new())
                 .unwrap_err()
                 .to_string()
         };
         assert!(
             err(&[request("ghcr.io/devcontainers/features/node:1", &[])])
-                .contains("only local features")
+                .contains("nor a fetched OCI feature")
         );
         assert!(err(&[request("./../../etc", &[])]).contains("inside"));
         assert!(err(&[request("./missing", &[])]).contains("does not exist"));

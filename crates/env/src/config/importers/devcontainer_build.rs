@@ -86,13 +86,17 @@ pub(super) fn read(
         match features {
             Value::Object(features) => {
                 for (id, value) in features {
-                    if !id.starts_with("./") {
+                    let usable = crate::build::features::is_local(id)
+                        || nightshift_image::Reference::parse(id).is_ok_and(|reference| {
+                            matches!(reference, nightshift_image::Reference::Registry { .. })
+                        });
+                    if !usable {
                         warnings.push(field_warning(
                             file,
                             WarningKind::Unsupported,
                             "features",
                             format!(
-                                "feature `{id}` is not installed: only local features (`./folder` beside devcontainer.json) are; copy its folder into the repository to use it"
+                                "feature `{id}` is not installed: features are local folders (`./folder` beside devcontainer.json) or OCI references (`ghcr.io/devcontainers/features/node:1`); tarball URLs are not fetched"
                             ),
                         ));
                         continue;
