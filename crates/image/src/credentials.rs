@@ -1,6 +1,7 @@
-//! Registry credentials from the host's Docker configuration.
+//! Registry credentials from the host's login files (the containers tools' `auth.json` and
+//! Docker's `config.json`, which share a format).
 //!
-//! People who already log in with `docker login` (or `skopeo login --authfile`) expect
+//! People who already log in with `docker login`, `skopeo login` or `podman login` expect
 //! nightshift to pull what they can pull. Only the `auths` map with inline `auth` (base64
 //! `user:password`) or `username`/`password` is read; credential helpers and credential stores
 //! run other programs and are not consulted.
@@ -29,14 +30,46 @@ struct AuthEntry {
     password: Option<String>,
 }
 
-/// Credentials for `registry` (`host[:port]`, `docker.io` for Docker Hub) from
-/// `$DOCKER_CONFIG/config.json` or else `~/.docker/config.json`; `None` when there are none.
+/// Credentials for `registry` (`host[:port]`, `docker.io` for Docker Hub) from the first of
+/// the host's login files with an entry for it: the containers tools' (`skopeo login`,
+/// `podman login`: `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
+/// `$XDG_CONFIG_HOME/containers/auth.json` or `~/.config/containers/auth.json`), then
+/// Docker's (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`); `None` when none has
+/// one.
 pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
-    let path = match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) => PathBuf::from(dir).join("config.json"),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".docker/config.json"),
+    credentials_from_files(&auth_files(), registry)
+}
+
+/// The login files read, in order.
+fn auth_files() -> Vec<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
     };
-    docker_config_credentials_from(&path, registry)
+    let home = var("HOME");
+    let mut files = Vec::new();
+    files.extend(var("REGISTRY_AUTH_FILE"));
+    files.extend(var("XDG_RUNTIME_DIR").map(|dir| dir.join("containers/auth.json")));
+    match var("XDG_CONFIG_HOME") {
+        Some(dir) => files.push(dir.join("containers/auth.json")),
+        None => files.extend(
+            home.as_ref()
+                .map(|h| h.join(".config/containers/auth.json")),
+        ),
+    }
+    match var("DOCKER_CONFIG") {
+        Some(dir) => files.push(dir.join("config.json")),
+        None => files.extend(home.as_ref().map(|h| h.join(".docker/config.json"))),
+    }
+    files
+}
+
+/// The credentials for `registry` in the first of `files` that has them.
+fn credentials_from_files(files: &[PathBuf], registry: &str) -> Option<Credentials> {
+    files
+        .iter()
+        .find_map(|file| docker_config_credentials_from(file, registry))
 }
 
 /// Like [`docker_config_credentials`], from the given `config.json`.
@@ -112,5 +145,29 @@ mod tests {
         let local = docker_config_credentials_from(&path, "127.0.0.1:5000").unwrap();
         assert_eq!(local.username, "bob");
         assert!(docker_config_credentials_from(&path, "ghcr.io").is_none());
+    }
+
+    #[test]
+    fn the_first_login_file_with_the_registry_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let podman = dir.path().join("auth.json");
+        let docker = dir.path().join("config.json");
+        std::fs::write(
+            &podman,
+            r#"{"auths":{"ghcr.io":{"username":"from-podman","password":"a"}}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            &docker,
+            r#"{"auths":{"ghcr.io":{"username":"from-docker","password":"b"},
+                "quay.io":{"username":"quay-user","password":"c"}}}"#,
+        )
+        .unwrap();
+        let files = [dir.path().join("missing.json"), podman, docker];
+        let ghcr = credentials_from_files(&files, "ghcr.io").unwrap();
+        assert_eq!(ghcr.username, "from-podman");
+        let quay = credentials_from_files(&files, "quay.io").unwrap();
+        assert_eq!(quay.username, "quay-user");
+        assert!(credentials_from_files(&files, "docker.io").is_none());
     }
 }

@@ -195,7 +195,7 @@ impl Runner {
                 }
                 _ => {
                     let message = format!("pulling the image {reference}: {err}");
-                    let hint = "check the reference (`nightshift image pull REF` tries it alone); a registry that needs a login reads it from ~/.docker/config.json".to_string();
+                    let hint = "check the reference (`nightshift image pull REF` tries it alone); a registry that needs a login reads it from the host's login files (`skopeo login`, `podman login` or `docker login`), as the user nightshift runs as".to_string();
                     return fail(log, ErrorKind::Setup, message, Some(hint))
                         .await
                         .map(Err);
