@@ -118,12 +118,21 @@ impl Home {
                 )));
             }
         };
-        toml::from_str(&text).map_err(|err| {
+        let settings: Settings = toml::from_str(&text).map_err(|err| {
             Failure::usage(format!("{} is not valid: {err}", path.display())).with_hint(Some(
                 "see docs/models.md for [prices] and [providers], docs/config.md for [sandbox]"
                     .into(),
             ))
-        })
+        })?;
+        if let Some(budget) = &settings.images.budget {
+            crate::args::parse_bytes(budget).map_err(|err| {
+                Failure::usage(format!(
+                    "{}: [images] budget = {budget:?}: {err}",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(settings)
     }
 
     /// The settings file: `NIGHTSHIFT_CONFIG`, else `config.toml` in the home directory.
@@ -188,6 +197,7 @@ impl Home {
             dir: self.root.join("images"),
             owner,
             plain_http: settings.images.plain_http.clone(),
+            budget: settings.images.budget_bytes(),
         }
     }
 
@@ -335,6 +345,23 @@ pub struct ImageStoreSettings {
     /// on this machine's loopback.
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// The most bytes the store's layers may hold (`"50G"`): past it, the least recently used
+    /// images no task runs on are forgotten and their layers removed. Default 50G.
+    #[serde(default)]
+    pub budget: Option<String>,
+}
+
+impl ImageStoreSettings {
+    /// The default of `budget`.
+    pub const DEFAULT_BUDGET: u64 = 50 << 30;
+
+    /// `budget` in bytes (checked when the settings are read).
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget
+            .as_deref()
+            .and_then(|text| crate::args::parse_bytes(text).ok())
+            .unwrap_or(Self::DEFAULT_BUDGET)
+    }
 }
 
 /// `[limits]` of `config.toml`: ceilings, in the units of `.nightshift.toml`'s `[limits]`.

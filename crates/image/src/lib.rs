@@ -30,7 +30,7 @@ pub use credentials::{docker_config_credentials, docker_config_credentials_from}
 pub use error::ImageError;
 pub use reference::Reference;
 pub use registry::fetch_artifact;
-pub use store::{PruneReport, Store};
+pub use store::{EvictReport, ImageHold, PruneReport, Store};
 
 /// Who owns the files of unpacked layers on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

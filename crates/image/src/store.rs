@@ -17,6 +17,10 @@
 //! unpacked and checked, so readers never see a partial layer; whatever is left in `tmp/` by
 //! a crash is removed when the store is next opened with no pull running.
 
+mod holds;
+
+pub use holds::{EvictReport, ImageHold};
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -292,21 +296,18 @@ impl Store {
         Ok(true)
     }
 
-    /// Removes every layer no image record uses, and anything left in `tmp/`. Waits for
-    /// running pulls to finish first.
+    /// Removes every layer no image record and no [`ImageHold`] uses, and anything left in
+    /// `tmp/`. Waits for running pulls to finish first.
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         let _exclusive = self.store_lock(FlockArg::LockExclusive)?;
         self.clean_tmp()?;
-        let used: std::collections::HashSet<String> = self
-            .records()?
-            .into_iter()
-            .flat_map(|(_, record)| {
-                record
-                    .layers
-                    .into_iter()
-                    .map(|l| digest_hex(&l.diff_id).to_string())
-            })
-            .collect();
+        let mut used = self.held_layers()?;
+        used.extend(self.records()?.into_iter().flat_map(|(_, record)| {
+            record
+                .layers
+                .into_iter()
+                .map(|l| digest_hex(&l.diff_id).to_string())
+        }));
         let layers_dir = self.dir("layers");
         let mut report = PruneReport::default();
         for entry in std::fs::read_dir(&layers_dir).map_err(ImageError::io("list", &layers_dir))? {

@@ -461,3 +461,53 @@ async fn an_unprivileged_store_keeps_the_callers_ids_and_is_not_reused_shifted()
     let error = Store::open(&store_dir, Owner::Shift(100_000)).unwrap_err();
     assert!(matches!(error, ImageError::OwnerMismatch { .. }), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_forgets_the_least_recently_used_images_but_never_held_layers() {
+    let work = workdir();
+    let one_layer = |name: &str, bytes: usize| {
+        let tar = TarLayer::new()
+            .dir("data/", 0o755)
+            .file(&format!("data/{name}"), &vec![b'x'; bytes], 0o644, 0)
+            .finish();
+        layout_with_layer(work.path(), name, tar)
+    };
+    let (old, recent, held) = (
+        one_layer("old", 3000),
+        one_layer("recent", 2000),
+        one_layer("held", 1000),
+    );
+    let store = Store::open(&work.path().join("store"), Owner::Caller).unwrap();
+    let held_image = pull(&store, &held).await.unwrap();
+    // Held first, then the others pulled: the held image is the least recently used.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let old_image = pull(&store, &old).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    pull(&store, &recent).await.unwrap();
+    let hold = store.hold(&held_image).unwrap();
+
+    // A budget for two of the three: the oldest unheld image goes.
+    let report = store.evict(3500).unwrap();
+    assert_eq!(
+        report.images,
+        vec![old_image.reference.clone()],
+        "{report:?}"
+    );
+    assert_eq!(report.pruned.layers, 1);
+    assert_eq!(report.bytes_left, 3000);
+    assert!(!old_image.layers[0].exists());
+
+    // Nothing fits a budget of 0 but what is held.
+    let report = store.evict(0).unwrap();
+    assert_eq!(report.bytes_left, 1000, "{report:?}");
+    assert!(held_image.layers[0].exists());
+
+    // Removed while held, its layers survive a prune, and go once the hold does.
+    assert!(store.remove(&Reference::parse(&held).unwrap()).unwrap());
+    assert_eq!(store.prune().unwrap().layers, 0);
+    assert!(held_image.layers[0].join("data/held").exists());
+    drop(hold);
+    assert_eq!(store.prune().unwrap().layers, 1);
+    assert!(!held_image.layers[0].exists());
+    assert!(store.list().unwrap().is_empty());
+}

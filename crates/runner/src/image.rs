@@ -24,6 +24,9 @@ pub struct ImageSettings {
     pub owner: nightshift_image::Owner,
     /// Registries (`host:port`) spoken to over plain HTTP rather than HTTPS.
     pub plain_http: Vec<String>,
+    /// The most bytes the store's layers may hold: after each pull, the least recently used
+    /// images no task holds are forgotten until the layers fit.
+    pub budget: u64,
 }
 
 /// The image a task runs on.
@@ -44,6 +47,8 @@ pub(crate) struct TaskImage {
     pub key: String,
     /// The host id its root's files belong to, when this host shifts ids (as root).
     pub root_owner: Option<u32>,
+    /// Keeps its layers in the store while the task runs.
+    pub _hold: Option<Arc<nightshift_image::ImageHold>>,
 }
 
 /// Variables of an image's configuration that the sandbox sets itself.
@@ -202,6 +207,33 @@ impl Runner {
                 }
             },
         };
+        // Held before anything is evicted, so this task's layers stay while it runs.
+        let hold = match store.hold(&image) {
+            Ok(hold) => Some(Arc::new(hold)),
+            Err(err) => {
+                let message = format!("holding the image's layers in the store: {err}");
+                return fail(log, ErrorKind::Internal, message, None).await.map(Err);
+            }
+        };
+        let evicting = {
+            let (store, budget) = (store.clone(), settings.budget);
+            tokio::task::spawn_blocking(move || store.evict(budget))
+        };
+        // Eviction waits for running pulls; the task does not wait for it.
+        tokio::spawn(async move {
+            match evicting.await {
+                Ok(Ok(report)) if !report.images.is_empty() => tracing::info!(
+                    images = ?report.images,
+                    bytes = report.pruned.bytes,
+                    "evicted the least recently used images"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "could not keep the image store in its budget")
+                }
+                Err(err) => tracing::warn!(%err, "could not keep the image store in its budget"),
+            }
+        });
         let layers = std::mem::take(&mut *used.lock().unwrap_or_else(|p| p.into_inner()));
         log.append(Event::ImageReady {
             reference: image.reference.clone(),
@@ -226,6 +258,7 @@ impl Runner {
                 nightshift_image::Owner::Shift(id) => Some(id),
                 nightshift_image::Owner::Caller => None,
             },
+            _hold: hold,
         };
         if plan.is_some() || !features.is_empty() {
             // The fetched features' folders leave the working copy once built, whatever the
