@@ -40,6 +40,15 @@ pub fn docker_config_credentials(registry: &str) -> Option<Credentials> {
     credentials_from_files(&auth_files(), registry)
 }
 
+/// The host's login for the registry `reference` is pulled from; `None` for a local image or a
+/// registry with no login.
+pub fn host_credentials(reference: &crate::Reference) -> Option<Credentials> {
+    match reference {
+        crate::Reference::Registry { registry, .. } => docker_config_credentials(registry),
+        _ => None,
+    }
+}
+
 /// The login files read, in order.
 fn auth_files() -> Vec<PathBuf> {
     let var = |name: &str| {

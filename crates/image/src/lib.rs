@@ -26,7 +26,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use artifact::Artifact;
-pub use credentials::{docker_config_credentials, docker_config_credentials_from};
+pub use credentials::{
+    docker_config_credentials, docker_config_credentials_from, host_credentials,
+};
 pub use error::ImageError;
 pub use reference::Reference;
 pub use registry::fetch_artifact;

@@ -157,12 +157,7 @@ impl Runner {
         };
         let used: Arc<Mutex<Vec<ImageLayerUse>>> = Arc::default();
         let options = PullOptions {
-            credentials: match &reference {
-                Reference::Registry { registry, .. } => {
-                    nightshift_image::docker_config_credentials(registry)
-                }
-                _ => None,
-            },
+            credentials: nightshift_image::host_credentials(&reference),
             plain_http: settings.plain_http.clone(),
             progress: Some({
                 let used = used.clone();
@@ -349,12 +344,7 @@ impl Runner {
                 }
             };
             let options = PullOptions {
-                credentials: match &reference {
-                    Reference::Registry { registry, .. } => {
-                        nightshift_image::docker_config_credentials(registry)
-                    }
-                    _ => None,
-                },
+                credentials: nightshift_image::host_credentials(&reference),
                 plain_http: plain_http.clone(),
                 progress: None,
             };

@@ -21,12 +21,7 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode, Failure> {
         ImageCommand::Pull { reference, json } => {
             let reference = parse(&reference)?;
             let options = PullOptions {
-                credentials: match &reference {
-                    Reference::Registry { registry, .. } => {
-                        nightshift_image::docker_config_credentials(registry)
-                    }
-                    _ => None,
-                },
+                credentials: nightshift_image::host_credentials(&reference),
                 plain_http: settings.plain_http.clone(),
                 progress: Some(Arc::new(|event: PullEvent| {
                     if let Some(line) = progress_line(&event) {
