@@ -1,8 +1,9 @@
 //! Tasks on images, end to end with the real binary: an image the test builds from Debian's
 //! packages (mmdebstrap) and pushes to a registry on loopback with skopeo, a setup that installs
 //! a package from the test's own archive with apt-get, a second task that starts from the
-//! cached layer; a devcontainer whose Dockerfile (FROM an `oci-archive:`, ENV, WORKDIR, COPY,
-//! RUN) and local feature nightshift builds itself, step by step, into cached layers.
+//! cached layer; a devcontainer whose Dockerfile (FROM the registry's image, ENV, WORKDIR,
+//! COPY, RUN) and local feature nightshift builds itself, step by step, into cached layers; a
+//! repository that names an image on the host's disk, refused.
 //!
 //! Each test needs host root (the image's files are owned by a shifted range of ids) and the
 //! tools `.ci/run` installs; without them it says so and returns.
@@ -329,21 +330,17 @@ jq = "echo '{{\"n\": 41}}' | jq -e '.n == 41'"
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archive_as_cached_steps()
-{
+async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_a_registry_image_as_cached_steps()
+ {
     if !ready() {
         return;
     }
     let work = support::workdir();
     let (layout, _archive) = debian_image(work.path());
-    let archive = work.path().join("debian.tar");
-    support::skopeo_copy(
-        &format!("oci:{}:v1", layout.display()),
-        &format!("oci-archive:{}", archive.display()),
-    )
-    .unwrap();
+    let registry = support::Registry::start(None).unwrap();
+    let reference = registry.push(&layout, "v1", "team/base", None).unwrap();
     let dockerfile = format!(
-        "FROM oci-archive:{}\n\
+        "FROM {reference}\n\
          ARG FLAVOUR=plain\n\
          ENV TOOL_FLAVOUR=$FLAVOUR\n\
          WORKDIR /opt/tools\n\
@@ -351,8 +348,7 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archi
          COPY --chown=1000 tools/hello.sh owned.sh\n\
          RUN chmod 755 /usr/local/bin/hello && echo \"built $TOOL_FLAVOUR in $(pwd), owned.sh $(stat -c %u:%g owned.sh)\" > /etc/built-marker\n\
          LABEL team=dev\n\
-         CMD [\"bash\"]\n",
-        archive.display()
+         CMD [\"bash\"]\n"
     );
     let devcontainer = r#"{
   // comments are allowed, as in every devcontainer.json
@@ -379,6 +375,11 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_an_oci_archi
         finish("Probe again"),
     ]);
     let (ns, _server) = Nightshift::with_script(script(steps)).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[images]\nplain_http = [\"{}\"]\n", registry.host()),
+    )
+    .unwrap();
 
     let check = ns
         .run(&["env", "check", "--repo", path_str(repo.path())])
@@ -453,6 +454,54 @@ async fn an_unsupported_dockerfile_instruction_fails_the_task_naming_file_line_a
         message.contains("Dockerfile:3") && message.contains("RUN") && message.contains("--mount"),
         "{task}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_that_names_an_image_on_the_hosts_disk_is_refused_before_anything_is_read() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a task on an image needs nightshift to run as root");
+        return;
+    }
+    // A file that exists on the host: the refusal must not depend on it being absent.
+    let host = tempfile::tempdir().unwrap();
+    let secret = host.path().join("private.tar");
+    std::fs::write(&secret, "not for the sandbox").unwrap();
+    let secret = secret.display().to_string();
+    let by_config = repo_with(&[(
+        ".nightshift.toml",
+        &format!("[environment]\nimage = \"oci-archive:{secret}\"\n"),
+    )]);
+    let by_devcontainer = repo_with(&[(
+        ".devcontainer/devcontainer.json",
+        &format!(r#"{{"image": "docker-archive:{secret}"}}"#),
+    )]);
+    let by_dockerfile = repo_with(&[
+        (
+            ".devcontainer/devcontainer.json",
+            r#"{"build": {"dockerfile": "Dockerfile"}}"#,
+        ),
+        (
+            ".devcontainer/Dockerfile",
+            &format!("FROM oci:{}\nRUN true\n", host.path().display()),
+        ),
+    ]);
+    let (ns, _server) = Nightshift::with_script(script(json!([finish("never")]))).await;
+    for (repo, origin) in [
+        (&by_config, "the repository's image"),
+        (&by_devcontainer, "the repository's image"),
+        (&by_dockerfile, "the FROM of"),
+    ] {
+        let (out, task) = ns.wait_task(repo.path(), "anything").await;
+        assert!(!out.status.success());
+        assert_eq!(task["state"], "failed", "{task}");
+        let message = task["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(origin) && message.contains("may only name images in a registry"),
+            "{task}"
+        );
+        let events = ns.events(task["id"].as_str().unwrap()).await;
+        assert!(of_type(&events, "image_ready").is_empty(), "{events:#?}");
+    }
 }
 
 /// Pushes a devcontainer feature (a tar of its folder) to `registry` as an OCI artifact, the

@@ -74,6 +74,19 @@ impl Reference {
         parse_registry(name).map_err(|r| invalid(&r))
     }
 
+    /// The file or directory on this machine that the reference reads (`oci:`, `oci-archive:`,
+    /// `docker-archive:`), or `None` for a registry image. A reference chosen by someone other
+    /// than the machine's user (a repository, an API client) must not name one: it would read
+    /// a host path into the sandbox.
+    pub fn host_path(&self) -> Option<&Path> {
+        match self {
+            Reference::Registry { .. } => None,
+            Reference::OciLayout { path, .. }
+            | Reference::OciArchive { path, .. }
+            | Reference::DockerArchive { path, .. } => Some(path),
+        }
+    }
+
     /// The tag or digest part as it would follow the name, for messages.
     pub(crate) fn registry_parts(&self) -> Option<(&str, &str, Option<&str>, Option<&str>)> {
         match self {
@@ -277,6 +290,28 @@ mod tests {
 
     fn canonical(s: &str) -> String {
         Reference::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn local_transports_name_a_host_path_and_registries_none() {
+        for text in [
+            "oci:/srv/layout:v1",
+            "oci-archive:/tmp/a.tar",
+            "docker-archive:x.tar",
+        ] {
+            let reference = Reference::parse(text).unwrap();
+            assert!(
+                reference.host_path().is_some_and(Path::is_absolute),
+                "{text}"
+            );
+        }
+        assert_eq!(Reference::parse("rust:1.86").unwrap().host_path(), None);
+        assert_eq!(
+            Reference::parse("docker://ghcr.io/acme/dev:1")
+                .unwrap()
+                .host_path(),
+            None
+        );
     }
 
     #[test]

@@ -105,14 +105,28 @@ impl Runner {
             }
             None => Vec::new(),
         };
-        let wanted = run
-            .task
-            .spec
-            .image
-            .clone()
-            .or_else(|| plan.as_ref().map(|(_, plan)| plan.from.clone()))
-            .or_else(|| run.env.config.environment.image.clone());
-        let Some(text) = wanted else {
+        // Where the reference comes from decides what it may name: the task's own image was
+        // chosen by the machine's user (the API refuses host paths before it gets here); the
+        // Dockerfile's FROM and `[environment] image` were chosen by the repository.
+        let wanted = match (
+            &run.task.spec.image,
+            &plan,
+            &run.env.config.environment.image,
+        ) {
+            (Some(text), _, _) => Some((text.clone(), None)),
+            (None, Some((path, plan)), _) => {
+                Some((plan.from.clone(), Some(format!("the FROM of {path}"))))
+            }
+            (None, None, Some(text)) => Some((
+                text.clone(),
+                Some(
+                    "the repository's image (`[environment] image` or devcontainer.json's `image`)"
+                        .to_string(),
+                ),
+            )),
+            (None, None, None) => None,
+        };
+        let Some((text, origin)) = wanted else {
             if !features.is_empty() {
                 let message = "devcontainer.json asks for features, which are installed over an image, and it names no image or Dockerfile".to_string();
                 return fail(log, ErrorKind::InvalidInput, message, None)
@@ -146,6 +160,16 @@ impl Runner {
                     .map(Err);
             }
         };
+        if let (Some(origin), Some(path)) = (&origin, reference.host_path()) {
+            let message = format!(
+                "{origin} names the image {text:?}, which reads {} on this machine; a repository may only name images in a registry",
+                path.display()
+            );
+            let hint = "push the image to a registry and name it there, or give a local image for one task with `nightshift run --image`".to_string();
+            return fail(log, ErrorKind::InvalidInput, message, Some(hint))
+                .await
+                .map(Err);
+        }
         let detail = format!("pulling the image {reference}");
         set_state(log, TaskState::Preparing, Some(&detail)).await?;
         let store = match Store::open(&settings.dir, settings.owner) {

@@ -90,6 +90,19 @@ pub(crate) async fn create(
     request.max_tokens = body.max_tokens;
     request.max_cost_usd = body.max_cost_usd;
     request.max_duration_secs = body.max_duration_secs;
+    if let Some(text) = body.image.as_deref()
+        && let Ok(reference) = nightshift_image::Reference::parse(text)
+        && reference.host_path().is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_task",
+            format!(
+                "image `{text}` names a path on the server's machine, which an API client may not read; nothing was queued"
+            ),
+        )
+        .with_hint("name an image in a registry (`REGISTRY/NAME[:TAG][@DIGEST]`)"));
+    }
     request.image = body.image;
     let task = state.runner().submit(request).await?;
     tracing::info!(task = %task.id, repo = %task.spec.repo, "task submitted over the API");

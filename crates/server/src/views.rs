@@ -104,9 +104,9 @@ pub(crate) struct CreateTask {
     /// The longest the agent may work, in seconds; default: the worker's limit.
     #[serde(default)]
     pub max_duration_secs: Option<u64>,
-    /// The image the sandbox starts from (`REGISTRY/NAME[:TAG][@DIGEST]`, `oci:PATH[:TAG]`,
-    /// `oci-archive:PATH`, `docker-archive:PATH`); default: the repository's
-    /// `[environment] image`, else the host's system.
+    /// The image the sandbox starts from, in a registry (`REGISTRY/NAME[:TAG][@DIGEST]`; the
+    /// local forms `oci:`, `oci-archive:` and `docker-archive:` are refused over the API);
+    /// default: the repository's `[environment] image`, else the host's system.
     #[serde(default)]
     pub image: Option<String>,
 }

@@ -113,6 +113,27 @@ async fn submitting_queues_a_task_that_reads_back_by_any_id_form() {
         .await
         .unwrap();
     assert_eq!(error_of(response).await.0, 422);
+
+    // An API client may not have the server read a file of its machine as an image.
+    let queued = h.store.list_tasks(&Default::default()).await.unwrap().len();
+    for image in [
+        "oci-archive:/etc/passwd",
+        "oci:/var/lib",
+        "docker-archive:x.tar",
+    ] {
+        let response = h
+            .post("/api/tasks", &h.submit)
+            .json(&json!({"repo": repo, "prompt": "p", "image": image}))
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, 422, "{image}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("names a path on the server"), "{error}");
+    }
+    let after = h.store.list_tasks(&Default::default()).await.unwrap().len();
+    assert_eq!(after, queued, "nothing was queued");
     h.stop().await;
 }
 
