@@ -51,6 +51,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Manage API tokens.
     Token(TokenArgs),
+    /// Manage the repositories a server serves (and that `run --repo NAME` names).
+    Repo(RepoArgs),
     /// Manage secrets: stored encrypted, redacted from everything a task records.
     Secret(SecretArgs),
     /// Manage the images tasks can start from (`[environment] image`, `run --image`).
@@ -62,7 +64,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The git repository to work on. Its uncommitted changes are not included.
+    /// The git repository to work on: a path, or the name of a registered repository
+    /// (`nightshift repo ls`). Its uncommitted changes are not included.
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
     /// The branch to start from [default: the checked-out branch].
@@ -289,6 +292,32 @@ pub struct RepoGrants {
 }
 
 #[derive(Debug, Args)]
+pub struct RepoArgs {
+    #[command(subcommand)]
+    pub command: RepoCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Register the git repository at PATH: a server then accepts tasks for it, by its name
+    /// or its path.
+    Add {
+        /// A directory of the repository's work tree.
+        path: PathBuf,
+        /// What tasks and tokens call it, e.g. `acme/app` [default: its directory's name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the registered repositories.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a repository: no new task may run on it; its tasks and branches stay.
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
 pub struct TokenArgs {
     #[command(subcommand)]
     pub command: TokenCommand,
@@ -305,6 +334,10 @@ pub enum TokenCommand {
         /// A name to recognize it by.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Limit the token to this registered repository (`nightshift repo ls`); repeat for
+        /// several. Without it, the token may use every repository the server serves.
+        #[arg(long = "repo", value_name = "NAME")]
+        repos: Vec<String>,
     },
     /// List tokens (never their secrets).
     Ls {

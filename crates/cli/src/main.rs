@@ -57,6 +57,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Worker(args) => commands::worker::run_worker(args).await,
         Command::Serve(args) => commands::serve::run(args).await,
         Command::Token(args) => commands::token::run(args).await,
+        Command::Repo(args) => commands::repo::run(args).await,
         Command::Secret(args) => commands::secret::run(args).await,
         Command::Image(args) => commands::image::run(args).await,
         Command::RunTask(args) => commands::worker::run_task(args).await,

@@ -71,7 +71,9 @@ impl From<nightshift_store::StoreError> for Failure {
     fn from(err: nightshift_store::StoreError) -> Self {
         match err {
             nightshift_store::StoreError::NotFound { .. }
-            | nightshift_store::StoreError::Ambiguous { .. } => Failure::usage(err.to_string()),
+            | nightshift_store::StoreError::Ambiguous { .. }
+            | nightshift_store::StoreError::AlreadyExists { .. }
+            | nightshift_store::StoreError::InvalidRepoName(_) => Failure::usage(err.to_string()),
             other => Failure::error(other.to_string()),
         }
     }

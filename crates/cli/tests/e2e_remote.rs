@@ -158,6 +158,7 @@ async fn local_out(ns: &Nightshift, args: &[&str]) -> Output {
 async fn remote_mode_prints_what_local_mode_prints() {
     let repo = buggy_repo();
     let (ns, model) = Nightshift::with_script(fixing_script()).await;
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     let server = Server::start(&ns, 2);
     let client = Client::new(&server, &secret);
@@ -226,6 +227,7 @@ async fn say_reaches_a_running_task_and_follow_streams_it_to_the_end() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "done, changelog too"}}]}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     let server = Server::start(&ns, 2);
     let client = Client::new(&server, &secret);
@@ -287,6 +289,7 @@ async fn cancel_stops_a_slow_task_and_run_wait_exits_3() {
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 60"}}]}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     let server = Server::start(&ns, 2);
     let client = Client::new(&server, &secret);
@@ -346,6 +349,7 @@ async fn cancel_stops_a_slow_task_and_run_wait_exits_3() {
 async fn remote_errors_say_what_to_set() {
     let repo = buggy_repo();
     let (ns, model) = Nightshift::with_script(fixing_script()).await;
+    ns.serve_repo(repo.path()).await;
     let reader = token(&ns, "read").await;
     let server = Server::start(&ns, 0);
 
@@ -378,21 +382,38 @@ async fn remote_errors_say_what_to_set() {
     assert!(stderr(&out).contains("may not do this"), "{}", stderr(&out));
     assert!(stderr(&out).contains("scope submit"), "{}", stderr(&out));
 
-    // A path the server cannot use: the error says the server must see the same filesystem.
+    // A repository the server does not serve, by path or by name: the error says how one is
+    // registered.
     let submitter = Client::new(&server, &token(&ns, "submit").await);
-    let elsewhere = tempfile::tempdir().unwrap();
-    let out = submitter
-        .run(
-            &ns,
-            &["run", "--repo", path_str(elsewhere.path()), "fix it"],
-        )
+    let elsewhere = buggy_repo();
+    for repo in [path_str(elsewhere.path()), "no-such-name"] {
+        let out = submitter.run(&ns, &["run", "--repo", repo, "fix it"]).await;
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("does not serve") && stderr(&out).contains("nightshift repo add"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    // A registered repository named by its name.
+    let named = buggy_repo();
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            path_str(named.path()),
+            "--name",
+            "team/named",
+        ])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("on the server's machines"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = submitter
+        .run(&ns, &["run", "--repo", "team/named", "--json", "fix it"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["spec"]["repo"], path_str(named.path()));
 
     // Nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -438,6 +459,7 @@ async fn say_works_in_local_mode_too() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "done"}}]}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     let task: Value = serde_json::from_slice(
         &local_out(
             &ns,
@@ -492,6 +514,7 @@ async fn follow_resumes_where_it_was_when_the_server_restarts() {
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "done"}}]}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     // One server runs the task; the client follows it through another, API-only one on the
     // same store, which restarts in the middle.

@@ -80,6 +80,7 @@ async fn token(ns: &Nightshift, scope: &str) -> String {
 async fn serve_takes_a_task_over_http_runs_it_and_streams_its_events() {
     let repo = buggy_repo();
     let (ns, _model) = Nightshift::with_script(fixing_script()).await;
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     let mut server = Server::start(&ns, 2);
     let client = http();
@@ -161,6 +162,7 @@ async fn a_worker_killed_mid_task_leaves_no_task_running() {
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 47"}}]}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     let out = ns.run(&["token", "create", "--scope", "read"]).await;
     assert!(out.status.success());
     // Queue the task without a worker, then start one with a short lease.
@@ -230,6 +232,7 @@ async fn a_lapsed_lease_is_settled_by_another_worker() {
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 60"}}]}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     // The task's worker holds a 2 s lease.
     let out = ns
         .command(&[
@@ -297,6 +300,7 @@ async fn two_hundred_tasks_at_once_all_end_with_gapless_logs() {
         ], "repeat": 200}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     let mut server = Server::start(&ns, 8);
     let client = http();
@@ -388,6 +392,7 @@ async fn two_workers_on_postgresql_never_run_the_same_task_twice() {
         ], "repeat": 30}}
     ])))
     .await;
+    ns.serve_repo(repo.path()).await;
     // Queue 30 tasks through `nightshift run`... whose detached workers would run them: queue
     // them through the API of a serve without workers instead.
     let secret = {
@@ -498,6 +503,7 @@ async fn serve_and_its_workers_keep_blobs_in_an_s3_bucket() {
     ns.env = s3.env();
     ns.env
         .push(("NIGHTSHIFT_BLOB_URL".into(), s3.url("nightshift/prod")));
+    ns.serve_repo(repo.path()).await;
     let secret = token(&ns, "submit").await;
     let mut server = Server::start(&ns, 1);
     let client = http();

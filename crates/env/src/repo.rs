@@ -311,6 +311,12 @@ fn short_git_reason(err: &GitError) -> String {
 /// Where a working copy keeps the task's result for handing off.
 const RESULT_REF: &str = "refs/nightshift/result";
 
+/// Where the working copy keeps its base commit, so that a bundle's prerequisite (the base) is
+/// reachable from a ref: git checks a bundle against the refs only, not a detached `HEAD`, and
+/// the refs a clone copies can miss the base's branch when the source's refs are being rewritten
+/// at that moment (other tasks handing off, `git gc --auto` packing refs).
+const BASE_REF: &str = "refs/nightshift/base";
+
 /// Size of a committed change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommitStats {
@@ -348,6 +354,7 @@ impl WorkingCopy {
                 path: bundle.to_path_buf(),
                 reason: format!("checking it failed: {err}"),
             })??;
+        git(&self.root, ["update-ref", BASE_REF, &self.base_commit]).await?;
         git(
             &self.root,
             [

@@ -6,6 +6,7 @@
 
 mod event;
 mod id;
+mod repo;
 mod task;
 mod text;
 mod token;
@@ -15,6 +16,7 @@ pub use event::{
     ToolCallRecord, Usage,
 };
 pub use id::{ParseTaskIdError, TaskId};
+pub use repo::{InvalidRepoName, MAX_REPO_NAME, Repository, check_repo_name};
 pub use task::{Task, TaskSpec, TaskState, UnknownTaskState};
 pub use text::{Truncated, truncate_middle};
 pub use token::{ApiToken, TokenScope, UnknownTokenScope};

@@ -70,6 +70,17 @@ pub struct ApiToken {
     pub last_used_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<Timestamp>,
+    /// The registered repositories (by name) the token may act on; empty: every repository
+    /// the server serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repos: Vec<String>,
+}
+
+impl ApiToken {
+    /// Whether the token may act on the registered repository `name`.
+    pub fn may_use_repo(&self, name: &str) -> bool {
+        self.repos.is_empty() || self.repos.iter().any(|allowed| allowed == name)
+    }
 }
 
 #[cfg(test)]

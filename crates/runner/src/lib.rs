@@ -15,6 +15,7 @@ mod image;
 mod lifecycle;
 mod prepare;
 mod reconcile;
+mod repos;
 mod sink;
 mod submit;
 mod task_secret_use;
@@ -38,6 +39,7 @@ pub use follow_up::{MessageOutcome, MessageRefusal};
 pub use handoff::DIFF_BLOB;
 pub use image::ImageSettings;
 pub use lifecycle::PriceLookup;
+pub use repos::{RegisterError, find_registered, register_repo};
 pub use submit::TaskRequest;
 pub use worker::WorkerConfig;
 

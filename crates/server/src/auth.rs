@@ -32,13 +32,38 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Makes a new token called `name` with `scope` and stores its hash. Returns the token and its
-/// secret; the secret is not stored anywhere and cannot be shown again.
+/// Why no token was made.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTokenError {
+    #[error(
+        "no repository is registered as `{0}` (`nightshift repo ls` lists them); no token was made"
+    )]
+    UnknownRepo(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Makes a new token called `name` with `scope` and stores its hash; limited to the registered
+/// repositories `repos` (by name) unless that is empty. Returns the token and its secret; the
+/// secret is not stored anywhere and cannot be shown again.
 pub async fn create_token(
     store: &dyn Store,
     name: &str,
     scope: TokenScope,
-) -> Result<(ApiToken, String), StoreError> {
+    repos: &[String],
+) -> Result<(ApiToken, String), CreateTokenError> {
+    if !repos.is_empty() {
+        let registered = store.repos().await?;
+        if let Some(unknown) = repos
+            .iter()
+            .find(|name| !registered.iter().any(|repo| &repo.name == *name))
+        {
+            return Err(CreateTokenError::UnknownRepo(unknown.clone()));
+        }
+    }
+    let mut repos = repos.to_vec();
+    repos.sort();
+    repos.dedup();
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
@@ -52,6 +77,7 @@ pub async fn create_token(
         created_at: Timestamp::now(),
         last_used_at: None,
         revoked_at: None,
+        repos,
     };
     store.create_token(&token, &hash_secret(&secret)).await?;
     Ok((token, secret))
@@ -200,6 +226,7 @@ mod tests {
             created_at: Timestamp::UNIX_EPOCH,
             last_used_at: None,
             revoked_at: None,
+            repos: Vec::new(),
         };
         cache.put("h".into(), token.clone());
         assert_eq!(cache.get("h"), Some(token));

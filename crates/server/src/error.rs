@@ -122,9 +122,12 @@ impl ApiError {
                     .with_hint("GET /api/tasks lists tasks")
             }
             StoreError::Ambiguous { .. } => ApiError::bad_request("invalid_id", error.to_string()),
-            StoreError::InvalidBlobName { .. } | StoreError::InvalidSecretName { .. } => {
+            StoreError::InvalidBlobName { .. }
+            | StoreError::InvalidSecretName { .. }
+            | StoreError::InvalidRepoName(_) => {
                 ApiError::bad_request("invalid_name", error.to_string())
             }
+            StoreError::AlreadyExists { .. } => ApiError::conflict(error.to_string()),
             StoreError::NotQueued { .. }
             | StoreError::Database { .. }
             | StoreError::Migrate { .. }

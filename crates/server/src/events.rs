@@ -49,7 +49,7 @@ const CLIENT_BUFFER: usize = 64;
     security(("bearer" = []))
 )]
 pub(crate) async fn events(
-    _auth: Auth<Read>,
+    auth: Auth<Read>,
     State(state): State<ServerState>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -57,7 +57,7 @@ pub(crate) async fn events(
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let Query(query) = query?;
-    let task = find(&state, &id).await?;
+    let task = find(&state, &auth.token, &id).await?;
     let wants_stream = headers
         .get_all(ACCEPT)
         .iter()

@@ -12,6 +12,7 @@ mod events;
 mod hub;
 mod metrics;
 mod openapi;
+mod repos;
 mod tasks;
 mod tokens;
 mod views;
@@ -27,7 +28,7 @@ use axum::routing::{delete, get, post};
 use nightshift_runner::Runner;
 use nightshift_store::Store;
 
-pub use auth::{TOKEN_PREFIX, create_token, hash_secret};
+pub use auth::{CreateTokenError, TOKEN_PREFIX, create_token, hash_secret};
 pub use error::ApiError;
 pub use openapi::openapi;
 pub use views::{CancelView, EventPage, TaskList, TaskView};
@@ -127,6 +128,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/tasks/{id}/artifacts/{name}", get(tasks::artifact))
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{id}", delete(tokens::revoke))
+        .route("/api/repos", get(repos::list).post(repos::add))
+        .route("/api/repos/{*name}", delete(repos::remove))
         .route("/api/openapi.json", get(openapi::document))
         .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::metrics))

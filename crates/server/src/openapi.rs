@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::metrics::Health;
+use crate::repos::{AddRepo, RepoList};
 use crate::tokens::{CreateToken, CreatedToken, TokenList};
 use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
 
@@ -35,13 +36,16 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         crate::tokens::list,
         crate::tokens::create,
         crate::tokens::revoke,
+        crate::repos::list,
+        crate::repos::add,
+        crate::repos::remove,
         crate::metrics::healthz,
         crate::metrics::metrics,
     ),
     components(schemas(
         TaskDoc, TaskSpecDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
         EventPage, CancelView, CreateTask, SendMessage, CreateToken, CreatedToken, TokenList,
-        ErrorBody, ErrorDetail, Health,
+        ErrorBody, ErrorDetail, Health, RepositoryDoc, AddRepo, RepoList,
     )),
     modifiers(&BearerAuth),
 )]
@@ -193,6 +197,21 @@ pub(crate) struct ApiTokenDoc {
     last_used_at: Option<String>,
     #[schema(format = DateTime)]
     revoked_at: Option<String>,
+    /// The registered repositories (by name) the token may use; absent: every one the server
+    /// serves.
+    repos: Option<Vec<String>>,
+}
+
+/// A repository the server serves.
+#[derive(ToSchema)]
+#[schema(as = Repository)]
+pub(crate) struct RepositoryDoc {
+    /// What tasks and tokens call it.
+    name: String,
+    /// The absolute path of its top level on the server's machine.
+    location: String,
+    #[schema(format = DateTime)]
+    created_at: String,
 }
 
 #[cfg(test)]
@@ -251,5 +270,29 @@ mod tests {
         assert_eq!(spec, properties("TaskSpec"));
         let usage: BTreeSet<String> = json["usage"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(usage, properties("Usage"));
+    }
+
+    #[test]
+    fn the_token_and_repository_schemas_name_every_field() {
+        let token = nightshift_protocol::ApiToken {
+            id: "tok_1".into(),
+            name: "ci".into(),
+            scope: nightshift_protocol::TokenScope::Submit,
+            created_at: Timestamp::UNIX_EPOCH,
+            last_used_at: Some(Timestamp::UNIX_EPOCH),
+            revoked_at: Some(Timestamp::UNIX_EPOCH),
+            repos: vec!["app".into()],
+        };
+        let json = serde_json::to_value(&token).unwrap();
+        let fields: BTreeSet<String> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(fields, properties("ApiToken"));
+        let repo = nightshift_protocol::Repository {
+            name: "app".into(),
+            location: "/srv/app".into(),
+            created_at: Timestamp::UNIX_EPOCH,
+        };
+        let json = serde_json::to_value(&repo).unwrap();
+        let fields: BTreeSet<String> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(fields, properties("Repository"));
     }
 }

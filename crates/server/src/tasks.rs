@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nightshift_protocol::{EventRecord, Task, TaskId, TaskSpec, TaskState};
+use nightshift_protocol::{ApiToken, EventRecord, Task, TaskId, TaskSpec, TaskState};
 use nightshift_runner::{DIFF_BLOB, MessageRefusal, TaskRequest};
 use nightshift_store::TaskFilter;
 
@@ -17,7 +17,7 @@ use crate::auth::{Auth, Read, Submit};
 use crate::error::ErrorBody;
 use crate::openapi::{EventRecordDoc, TaskDoc};
 use crate::views::{CancelView, CreateTask, ListQuery, SendMessage, TaskList, TaskView};
-use crate::{ApiError, ServerState};
+use crate::{ApiError, ServerState, repos};
 
 /// Default and largest page of a task listing.
 const DEFAULT_LIST: u32 = 50;
@@ -25,7 +25,13 @@ const MAX_LIST: u32 = 1000;
 
 /// Resolves a task reference from a URL: a full id, a unique prefix (4+ characters) or a short
 /// id. Anything that cannot be one is a 400, so that typos do not read as "not found".
-pub(crate) async fn find(state: &ServerState, reference: &str) -> Result<Task, ApiError> {
+/// A token limited to some repositories finds only their tasks: any other is "not found", so
+/// that it cannot learn which tasks exist.
+pub(crate) async fn find(
+    state: &ServerState,
+    token: &ApiToken,
+    reference: &str,
+) -> Result<Task, ApiError> {
     let valid_length = (4..=26).contains(&reference.len());
     let crockford = reference.chars().all(|c| {
         c.is_ascii_alphanumeric() && !matches!(c, 'i' | 'I' | 'l' | 'L' | 'o' | 'O' | 'u' | 'U')
@@ -39,11 +45,18 @@ pub(crate) async fn find(state: &ServerState, reference: &str) -> Result<Task, A
             ),
         ));
     }
-    state
+    let task = state
         .store()
         .find_task(reference)
         .await
-        .map_err(|e| ApiError::store("looking up a task", e))
+        .map_err(|e| ApiError::store("looking up a task", e))?;
+    if !repos::visible(&repos::visible_locations(state, token).await?, &task) {
+        return Err(
+            ApiError::not_found(format!("no task matches `{reference}`"))
+                .with_hint("GET /api/tasks lists tasks"),
+        );
+    }
+    Ok(task)
 }
 
 /// Submits a task: checks the request and queues it.
@@ -63,28 +76,16 @@ pub(crate) async fn find(state: &ServerState, reference: &str) -> Result<Task, A
     security(("bearer" = []))
 )]
 pub(crate) async fn create(
-    _auth: Auth<Submit>,
+    auth: Auth<Submit>,
     State(state): State<ServerState>,
     body: Result<Json<CreateTask>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    if !std::path::Path::new(&body.repo).is_absolute() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_task",
-            format!(
-                "repo `{}` is not an absolute path; nothing was queued",
-                body.repo
-            ),
-        )
-        .with_hint(
-            "give the absolute path of a git repository on the machine the server runs on",
-        ));
-    }
+    let repo = repos::served(&state, &auth.token, &body.repo).await?;
     let model = body
         .model
         .unwrap_or_else(|| state.config().default_model.clone());
-    let mut request = TaskRequest::new(body.repo, body.prompt, model);
+    let mut request = TaskRequest::new(&repo.location, body.prompt, model);
     request.base = body.base;
     request.max_turns = body.max_turns.unwrap_or(TaskSpec::DEFAULT_MAX_TURNS);
     request.max_tokens = body.max_tokens;
@@ -105,7 +106,7 @@ pub(crate) async fn create(
     }
     request.image = body.image;
     let task = state.runner().submit(request).await?;
-    tracing::info!(task = %task.id, repo = %task.spec.repo, "task submitted over the API");
+    tracing::info!(task = %task.id, repo = %repo.name, token = %auth.token.name, "task submitted over the API");
     let location = format!("/api/tasks/{}", task.id);
     let mut response = (StatusCode::CREATED, Json(TaskView::from(task))).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -126,7 +127,7 @@ pub(crate) async fn create(
     security(("bearer" = []))
 )]
 pub(crate) async fn list(
-    _auth: Auth<Read>,
+    auth: Auth<Read>,
     State(state): State<ServerState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<TaskList>, ApiError> {
@@ -171,6 +172,13 @@ pub(crate) async fn list(
     let next_before = (tasks.len() as u32 == limit)
         .then(|| tasks.last().map(|t| t.id.to_string()))
         .flatten();
+    // A token limited to some repositories sees only their tasks; a page may then hold fewer
+    // than `limit`, and `next_before` still pages on.
+    let locations = repos::visible_locations(&state, &auth.token).await?;
+    let tasks: Vec<Task> = tasks
+        .into_iter()
+        .filter(|task| repos::visible(&locations, task))
+        .collect();
     Ok(Json(TaskList {
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         next_before,
@@ -189,12 +197,12 @@ pub(crate) async fn list(
     security(("bearer" = []))
 )]
 pub(crate) async fn show(
-    _auth: Auth<Read>,
+    auth: Auth<Read>,
     State(state): State<ServerState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
     let Path(id) = id?;
-    Ok(Json(find(&state, &id).await?.into()))
+    Ok(Json(find(&state, &auth.token, &id).await?.into()))
 }
 
 /// Asks a task to stop: a queued task is cancelled at once, a running one at its next check.
@@ -214,7 +222,7 @@ pub(crate) async fn cancel(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CancelView>, ApiError> {
     let Path(id) = id?;
-    let task = find(&state, &id).await?;
+    let task = find(&state, &auth.token, &id).await?;
     let outcome = state
         .store()
         .request_cancel(task.id)
@@ -261,7 +269,7 @@ pub(crate) async fn message(
             "text: the message is empty",
         ));
     }
-    let task = find(&state, &id).await?;
+    let task = find(&state, &auth.token, &id).await?;
     // A message to a task that ended with a result starts a follow-up task on its branch,
     // recorded in its log as `follow_up_started`; the workers pick it up like any task.
     let outcome = state
@@ -298,12 +306,12 @@ pub(crate) async fn message(
     security(("bearer" = []))
 )]
 pub(crate) async fn diff(
-    _auth: Auth<Read>,
+    auth: Auth<Read>,
     State(state): State<ServerState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
-    let task = find(&state, &id).await?;
+    let task = find(&state, &auth.token, &id).await?;
     let Some(bytes) = state
         .store()
         .get_blob(task.id, DIFF_BLOB)
@@ -347,7 +355,7 @@ pub(crate) async fn diff(
     security(("bearer" = []))
 )]
 pub(crate) async fn artifact(
-    _auth: Auth<Read>,
+    auth: Auth<Read>,
     State(state): State<ServerState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
@@ -361,7 +369,7 @@ pub(crate) async fn artifact(
             ),
         ));
     }
-    let task = find(&state, &id).await?;
+    let task = find(&state, &auth.token, &id).await?;
     let Some(bytes) = state
         .store()
         .get_blob(task.id, &name)

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::auth::{Admin, Auth};
 use crate::error::ErrorBody;
 use crate::openapi::ApiTokenDoc;
-use crate::{ApiError, ServerState, create_token};
+use crate::{ApiError, CreateTokenError, ServerState, create_token};
 
 /// The body of `POST /api/tokens`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -22,6 +22,10 @@ pub(crate) struct CreateToken {
     /// `read`, `submit` or `admin`.
     #[schema(value_type = String)]
     pub scope: TokenScope,
+    /// Registered repositories (by name) the token is limited to; default: every repository
+    /// the server serves.
+    #[serde(default)]
+    pub repos: Vec<String>,
 }
 
 /// A new token. `secret` is shown only here.
@@ -85,9 +89,17 @@ pub(crate) async fn create(
             "name: give the token a name of 1 to 100 characters",
         ));
     }
-    let (token, secret) = create_token(state.store().as_ref(), name, body.scope)
+    let (token, secret) = create_token(state.store().as_ref(), name, body.scope, &body.repos)
         .await
-        .map_err(|e| ApiError::store("creating a token", e))?;
+        .map_err(|e| match e {
+            CreateTokenError::Store(e) => ApiError::store("creating a token", e),
+            unknown @ CreateTokenError::UnknownRepo(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                unknown.to_string(),
+            )
+            .with_hint("GET /api/repos lists the registered repositories"),
+        })?;
     tracing::info!(token = %token.id, scope = %token.scope, by = %auth.token.name, "token created");
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 async fn submitting_queues_a_task_that_reads_back_by_any_id_form() {
     let h = Harness::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let repo = git_repo(dir.path());
+    let repo = h.serve_repo(git_repo(dir.path())).await;
     let response = h
         .post("/api/tasks", &h.submit)
         .json(&json!({"repo": repo, "prompt": "  fix the bug  ", "max_turns": 7}))
@@ -84,27 +84,44 @@ async fn submitting_queues_a_task_that_reads_back_by_any_id_form() {
         "{error}"
     );
 
+    // A registered repository that is no longer a git repository.
+    let gone = tempfile::tempdir().unwrap();
+    let gone_repo = h.serve_repo(git_repo(gone.path())).await;
+    std::fs::remove_dir_all(gone_repo.join(".git")).unwrap();
     let response = h
         .post("/api/tasks", &h.submit)
-        .json(&json!({"repo": dir.path(), "prompt": "p"}))
+        .json(&json!({"repo": gone_repo, "prompt": "p"}))
         .send()
         .await
         .unwrap();
     let (status, error) = error_of(response).await;
     assert_eq!(status, 422, "not a repository: {error}");
 
-    let response = h
-        .post("/api/tasks", &h.submit)
-        .json(&json!({"repo": "relative/repo", "prompt": "p"}))
-        .send()
-        .await
-        .unwrap();
-    let (status, error) = error_of(response).await;
-    assert_eq!(status, 422);
-    assert!(
-        error["message"].as_str().unwrap().contains("absolute"),
-        "{error}"
-    );
+    // Repositories the server does not serve, by path (a real repository too) or name.
+    let other = tempfile::tempdir().unwrap();
+    let unregistered = git_repo(other.path());
+    for repo in [
+        json!(unregistered),
+        json!(dir.path()),
+        json!("relative/repo"),
+        json!("/"),
+    ] {
+        let response = h
+            .post("/api/tasks", &h.submit)
+            .json(&json!({"repo": repo, "prompt": "p"}))
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, 403, "{repo}: {error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not serve"),
+            "{error}"
+        );
+    }
 
     let response = h
         .post("/api/tasks", &h.submit)
@@ -145,7 +162,7 @@ async fn a_model_whose_key_the_workers_lack_is_refused_naming_the_variable() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let repo = git_repo(dir.path());
+    let repo = h.serve_repo(git_repo(dir.path())).await;
     for (model, variable) in [
         ("openai:gpt-x", "OPENAI_API_KEY"),
         ("openai-responses:gpt-x", "OPENAI_API_KEY"),

@@ -93,6 +93,14 @@ pub enum StoreError {
     )]
     InvalidSecretName { name: String },
 
+    /// A repository name outside what [`nightshift_protocol::check_repo_name`] allows.
+    #[error("{0}")]
+    InvalidRepoName(#[from] nightshift_protocol::InvalidRepoName),
+
+    /// A row with the same key exists: nothing was stored.
+    #[error("{what} already exists; nothing was changed")]
+    AlreadyExists { what: String },
+
     /// A value could not be turned into JSON for storing. Nothing was stored.
     #[error(
         "could not write {what} as JSON: {cause}; nothing was stored (this is a bug in \
@@ -144,6 +152,8 @@ impl StoreError {
             | StoreError::BlobUrl { .. }
             | StoreError::InvalidBlobName { .. }
             | StoreError::InvalidSecretName { .. }
+            | StoreError::InvalidRepoName(_)
+            | StoreError::AlreadyExists { .. }
             | StoreError::Serialize { .. }
             | StoreError::Corrupt { .. } => false,
         }

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 
-use nightshift_protocol::{ApiToken, Event, EventRecord, Task, TaskId, TaskState};
+use nightshift_protocol::{ApiToken, Event, EventRecord, Repository, Task, TaskId, TaskState};
 
 pub use blobs::Blobs;
 pub use error::StoreError;
@@ -210,6 +210,17 @@ pub trait Store: Send + Sync {
 
     /// Deletes the secret `name`. Returns false if there was none.
     async fn delete_secret(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Registers a repository. Fails with [`StoreError::AlreadyExists`] when its name or its
+    /// location is registered already, and with [`StoreError::InvalidRepoName`] for a name
+    /// [`nightshift_protocol::check_repo_name`] refuses.
+    async fn add_repo(&self, repo: &Repository) -> Result<(), StoreError>;
+
+    /// Every registered repository, by name.
+    async fn repos(&self) -> Result<Vec<Repository>, StoreError>;
+
+    /// Forgets the repository `name` (its tasks stay). Returns false if there was none.
+    async fn remove_repo(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Replaces the repositories the secret `name` is granted to. Returns false if there is no
     /// such secret. Storing a new value ([`Store::put_secret`]) keeps them.

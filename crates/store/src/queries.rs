@@ -110,9 +110,9 @@ pub(crate) const FLAG_CANCEL: &str =
 pub(crate) const EVENTS: &str =
     "SELECT seq, at, body FROM events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
-/// `$1` id, `$2` name, `$3` scope, `$4` secret hash, `$5` created_at.
+/// `$1` id, `$2` name, `$3` scope, `$4` secret hash, `$5` created_at, `$6` repositories (JSON).
 pub(crate) const INSERT_TOKEN: &str = "INSERT INTO tokens (id, name, scope, secret_hash, \
-     created_at, last_used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL)";
+     created_at, last_used_at, revoked_at, repos) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)";
 
 /// `$1` secret hash.
 pub(crate) const TOKEN_BY_HASH: &str =
@@ -144,6 +144,16 @@ pub(crate) const SET_SECRET_REPOS: &str = "UPDATE secrets SET repos = $2 WHERE n
 
 /// `$1` name.
 pub(crate) const DELETE_SECRET: &str = "DELETE FROM secrets WHERE name = $1";
+
+/// `$1` name, `$2` location, `$3` created_at.
+pub(crate) const INSERT_REPO: &str =
+    "INSERT INTO repos (name, location, created_at) VALUES ($1, $2, $3)";
+
+/// Byte order of the names on both (PostgreSQL's column is `COLLATE "C"`).
+pub(crate) const REPOS: &str = "SELECT name, location, created_at FROM repos ORDER BY name";
+
+/// `$1` name.
+pub(crate) const DELETE_REPO: &str = "DELETE FROM repos WHERE name = $1";
 
 #[cfg(test)]
 mod tests {

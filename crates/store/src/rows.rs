@@ -6,7 +6,7 @@
 
 use jiff::Timestamp;
 use nightshift_protocol::{
-    ApiToken, Event, EventRecord, Task, TaskId, TaskSpec, TaskState, TokenScope, Usage,
+    ApiToken, Event, EventRecord, Repository, Task, TaskId, TaskSpec, TaskState, TokenScope, Usage,
 };
 
 use sqlx::query::Query;
@@ -231,7 +231,7 @@ pub(crate) use select_tokens;
 /// Every column an `ApiToken` is made of (the secret's hash is not one).
 macro_rules! token_columns {
     () => {
-        "id, name, scope, created_at, last_used_at, revoked_at"
+        "id, name, scope, created_at, last_used_at, revoked_at, repos"
     };
 }
 pub(crate) use token_columns;
@@ -245,6 +245,7 @@ pub(crate) struct TokenRow {
     created_at: i64,
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
+    repos: String,
 }
 
 impl TokenRow {
@@ -254,7 +255,10 @@ impl TokenRow {
             .scope
             .parse()
             .map_err(|error| StoreError::corrupt(format!("{}: {error}", field("scope"))))?;
+        let repos = serde_json::from_str(&self.repos)
+            .map_err(|error| StoreError::corrupt(format!("{}: {error}", field("repos"))))?;
         Ok(ApiToken {
+            repos,
             scope,
             created_at: from_millis(self.created_at, || field("created_at"))?,
             last_used_at: self
@@ -267,6 +271,34 @@ impl TokenRow {
                 .transpose()?,
             id: self.id,
             name: self.name,
+        })
+    }
+}
+
+/// A token's repositories, as its `repos` column holds them.
+pub(crate) fn token_repos(token: &ApiToken) -> Result<String, StoreError> {
+    serde_json::to_string(&token.repos).map_err(|cause| StoreError::Serialize {
+        what: format!("token {}'s repositories", token.id),
+        cause,
+    })
+}
+
+/// A `repos` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RepoRow {
+    name: String,
+    location: String,
+    created_at: i64,
+}
+
+impl RepoRow {
+    pub(crate) fn into_repo(self) -> Result<Repository, StoreError> {
+        Ok(Repository {
+            created_at: from_millis(self.created_at, || {
+                format!("repository {}'s created_at", self.name)
+            })?,
+            name: self.name,
+            location: self.location,
         })
     }
 }

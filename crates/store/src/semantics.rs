@@ -204,6 +204,22 @@ fn escape_like(text: &str) -> String {
     escaped
 }
 
+/// The error of an insert that broke a unique constraint: `what` already exists.
+pub(crate) fn insert_error(
+    what: impl Into<String>,
+    doing: impl Into<String>,
+    cause: sqlx::Error,
+) -> StoreError {
+    let unique = cause
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation());
+    if unique {
+        StoreError::AlreadyExists { what: what.into() }
+    } else {
+        StoreError::database(doing, cause)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

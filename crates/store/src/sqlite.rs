@@ -17,7 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use jiff::Timestamp;
-use nightshift_protocol::{ApiToken, Event, EventRecord, SCHEMA_VERSION, Task, TaskId, TaskState};
+use nightshift_protocol::{
+    ApiToken, Event, EventRecord, Repository, SCHEMA_VERSION, Task, TaskId, TaskState,
+};
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -28,7 +30,7 @@ mod setup;
 
 use crate::open::BLOBS_DIR;
 use crate::rows::{
-    self, EventRow, SecretRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns,
+    self, EventRow, RepoRow, SecretRow, TaskColumns, TaskRow, TokenRow, select_tasks, task_columns,
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
@@ -423,6 +425,7 @@ impl Store for SqliteStore {
             .bind(token.scope.as_str())
             .bind(secret_hash)
             .bind(rows::millis(token.created_at))
+            .bind(rows::token_repos(token)?)
             .execute(&self.writer)
             .await
             .map_err(|cause| StoreError::database(format!("storing token {}", token.id), cause))?;
@@ -500,6 +503,43 @@ impl Store for SqliteStore {
                 StoreError::database(format!("deleting the secret `{name}`"), cause)
             })?;
         Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn add_repo(&self, repo: &Repository) -> Result<(), StoreError> {
+        nightshift_protocol::check_repo_name(&repo.name)?;
+        sqlx::query(queries::INSERT_REPO)
+            .bind(&repo.name)
+            .bind(&repo.location)
+            .bind(rows::millis(repo.created_at))
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| {
+                semantics::insert_error(
+                    format!("a repository named `{}` or at {}", repo.name, repo.location),
+                    format!("registering the repository `{}`", repo.name),
+                    cause,
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn repos(&self) -> Result<Vec<Repository>, StoreError> {
+        let rows: Vec<RepoRow> = sqlx::query_as(queries::REPOS)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database("listing the repositories", cause))?;
+        rows.into_iter().map(RepoRow::into_repo).collect()
+    }
+
+    async fn remove_repo(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query(queries::DELETE_REPO)
+            .bind(name)
+            .execute(&self.writer)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("removing the repository `{name}`"), cause)
+            })?;
+        Ok(removed.rows_affected() == 1)
     }
 
     async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError> {

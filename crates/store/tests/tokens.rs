@@ -7,7 +7,7 @@
 mod common;
 
 use jiff::Timestamp;
-use nightshift_protocol::{ApiToken, TokenScope};
+use nightshift_protocol::{ApiToken, Repository, TokenScope};
 use nightshift_store::StoreError;
 
 use common::{TestStore, now};
@@ -20,6 +20,7 @@ fn token(id: &str, scope: TokenScope, created_at: Timestamp) -> ApiToken {
         created_at,
         last_used_at: None,
         revoked_at: None,
+        repos: Vec::new(),
     }
 }
 
@@ -122,9 +123,66 @@ async fn ids_and_secret_hashes_are_unique(t: TestStore) {
     assert_eq!(t.store.list_tokens().await.unwrap().len(), 1);
 }
 
+async fn a_tokens_repositories_are_kept(t: TestStore) {
+    let limited = ApiToken {
+        repos: vec!["acme/app".into(), "lib".into()],
+        ..token("tok_limited", TokenScope::Submit, now())
+    };
+    t.store
+        .create_token(&limited, "hash-limited")
+        .await
+        .unwrap();
+    let found = t
+        .store
+        .token_by_hash("hash-limited")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.repos, limited.repos);
+    assert!(found.may_use_repo("lib") && !found.may_use_repo("other"));
+    assert_eq!(t.store.list_tokens().await.unwrap()[0].repos, limited.repos);
+}
+
+fn repo(name: &str, location: &str) -> Repository {
+    Repository {
+        name: name.into(),
+        location: location.into(),
+        created_at: now(),
+    }
+}
+
+async fn repositories_are_registered_once_by_name_and_by_location(t: TestStore) {
+    assert!(t.store.repos().await.unwrap().is_empty());
+    let app = repo("acme/app", "/srv/app");
+    let lib = repo("Lib", "/srv/lib");
+    t.store.add_repo(&app).await.unwrap();
+    t.store.add_repo(&lib).await.unwrap();
+    // Listed by name, in byte order on both backends.
+    assert_eq!(t.store.repos().await.unwrap(), [lib.clone(), app.clone()]);
+
+    for duplicate in [repo("acme/app", "/srv/other"), repo("other", "/srv/app")] {
+        let error = t.store.add_repo(&duplicate).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::AlreadyExists { .. }),
+            "{duplicate:?}: {error}"
+        );
+    }
+    let error = t.store.add_repo(&repo("../x", "/srv/x")).await.unwrap_err();
+    assert!(matches!(error, StoreError::InvalidRepoName(_)), "{error}");
+    assert_eq!(t.store.repos().await.unwrap().len(), 2, "nothing was added");
+
+    assert!(t.store.remove_repo("acme/app").await.unwrap());
+    assert!(!t.store.remove_repo("acme/app").await.unwrap());
+    assert_eq!(t.store.repos().await.unwrap(), [lib]);
+    // Its place can be registered again, under another name.
+    t.store.add_repo(&repo("app2", "/srv/app")).await.unwrap();
+}
+
 on_every_backend!(
     a_token_is_found_by_its_hash_and_its_use_recorded,
     revoked_tokens_are_not_found_but_still_listed,
     tokens_are_listed_newest_first,
     ids_and_secret_hashes_are_unique,
+    a_tokens_repositories_are_kept,
+    repositories_are_registered_once_by_name_and_by_location,
 );

@@ -46,7 +46,16 @@ impl Local {
         self.runner.store()
     }
 
-    pub(super) async fn submit(&self, submission: Submission) -> Result<Task, Failure> {
+    pub(super) async fn submit(&self, mut submission: Submission) -> Result<Task, Failure> {
+        // `--repo NAME`: a registered repository, unless a directory of that name is here.
+        if !submission.repo.exists()
+            && let Some(text) = submission.repo.to_str()
+        {
+            let repos = self.store().repos().await?;
+            if let Some(repo) = nightshift_runner::find_registered(&repos, text) {
+                submission.repo = repo.location.clone().into();
+            }
+        }
         let model = submission.model.as_deref().unwrap_or(DEFAULT_MODEL);
         let request = TaskRequest {
             base: submission.base,

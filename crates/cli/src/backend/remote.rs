@@ -153,10 +153,15 @@ impl Remote {
     }
 
     pub(super) async fn submit(&self, submission: Submission) -> Result<Task, Failure> {
-        // The server's workers read the repository: it must be a path they see.
-        let repo = std::path::absolute(&submission.repo).map_err(|err| {
-            Failure::usage(format!("--repo {}: {err}", submission.repo.display()))
-        })?;
+        // A directory here is sent as its absolute path, which the server matches against
+        // the locations of its registered repositories; anything else is sent as it was
+        // written, a registered repository's name.
+        let repo = match submission.repo.exists() {
+            true => std::path::absolute(&submission.repo).map_err(|err| {
+                Failure::usage(format!("--repo {}: {err}", submission.repo.display()))
+            })?,
+            false => submission.repo.clone(),
+        };
         let repo = repo.to_str().ok_or_else(|| {
             Failure::usage(format!(
                 "--repo {} is not valid UTF-8, which the API cannot carry",
@@ -461,8 +466,11 @@ impl Remote {
                 ))
             }
             RemoteError::Api {
-                status, message, ..
-            } if status == StatusCode::FORBIDDEN => Failure::usage(format!(
+                status,
+                message,
+                code,
+                ..
+            } if status == StatusCode::FORBIDDEN && code == "forbidden" => Failure::usage(format!(
                 "the token in NIGHTSHIFT_TOKEN may not do this: {message}"
             ))
             .with_hint(Some(

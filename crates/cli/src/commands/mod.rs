@@ -8,6 +8,7 @@ pub mod follow;
 pub mod image;
 pub mod logs;
 pub mod ls;
+pub mod repo;
 pub mod run;
 pub mod sandbox;
 pub mod say;

@@ -10,12 +10,21 @@ use crate::output::{Failure, print_json};
 pub async fn run(args: TokenArgs) -> Result<ExitCode, Failure> {
     let store = Home::from_env()?.store().await?;
     match args.command {
-        TokenCommand::Create { scope, name } => {
+        TokenCommand::Create { scope, name, repos } => {
             let (token, secret) =
-                nightshift_server::create_token(store.as_ref(), &name, scope).await?;
+                nightshift_server::create_token(store.as_ref(), &name, scope, &repos)
+                    .await
+                    .map_err(|err| match err {
+                        nightshift_server::CreateTokenError::Store(err) => Failure::from(err),
+                        unknown => Failure::usage(unknown.to_string()),
+                    })?;
             println!("{secret}");
+            let limited = match token.repos.is_empty() {
+                true => String::new(),
+                false => format!(", only for {}", token.repos.join(", ")),
+            };
             eprintln!(
-                "token {} ({scope}, \"{}\"): pass it as `Authorization: Bearer …`; it is not shown again",
+                "token {} ({scope}{limited}, \"{}\"): pass it as `Authorization: Bearer …`; it is not shown again",
                 token.id, token.name
             );
         }
@@ -39,8 +48,12 @@ pub async fn run(args: TokenArgs) -> Result<ExitCode, Failure> {
                     } else {
                         ""
                     };
+                    let only = match token.repos.is_empty() {
+                        true => String::new(),
+                        false => format!(" (only {})", token.repos.join(", ")),
+                    };
                     println!(
-                        "{:<28} {:<7} {:<20} {:<20} {}{revoked}",
+                        "{:<28} {:<7} {:<20} {:<20} {}{only}{revoked}",
                         token.id,
                         token.scope,
                         when(Some(token.created_at)),

@@ -153,6 +153,13 @@ impl Nightshift {
         std::fs::write(&file, text).unwrap();
     }
 
+    /// Registers the repository at `path` (`nightshift repo add`), so that a server of this
+    /// installation serves it.
+    pub async fn serve_repo(&self, path: &Path) {
+        let out = self.run(&["repo", "add", path_str(path)]).await;
+        assert!(out.status.success(), "repo add: {}", stderr(&out));
+    }
+
     /// Runs the binary to its end off the async runtime (the scripted server runs on it).
     pub async fn run(&self, args: &[&str]) -> Output {
         let mut command = self.command(args);

@@ -67,13 +67,13 @@ impl Harness {
         let server = tokio::spawn(serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        let (_, read) = create_token(store.as_ref(), "reader", TokenScope::Read)
+        let (_, read) = create_token(store.as_ref(), "reader", TokenScope::Read, &[])
             .await
             .unwrap();
-        let (_, submit) = create_token(store.as_ref(), "submitter", TokenScope::Submit)
+        let (_, submit) = create_token(store.as_ref(), "submitter", TokenScope::Submit, &[])
             .await
             .unwrap();
-        let (_, admin) = create_token(store.as_ref(), "admin", TokenScope::Admin)
+        let (_, admin) = create_token(store.as_ref(), "admin", TokenScope::Admin, &[])
             .await
             .unwrap();
         Harness {
@@ -118,6 +118,17 @@ impl Harness {
                 .unwrap()
                 .unwrap();
         }
+    }
+
+    /// Registers the repository at `path` (as `nightshift repo add` does) under a name of its
+    /// own, so that the server accepts tasks for it; returns `path`.
+    pub async fn serve_repo(&self, path: PathBuf) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nightshift_runner::register_repo(self.store.as_ref(), &path, Some(&format!("repo{n}")))
+            .await
+            .unwrap();
+        path
     }
 
     /// A queued task stored directly, without a repository (no worker runs in these tests).

@@ -1,0 +1,83 @@
+//! `nightshift repo`: registering, listing and forgetting the repositories a server serves;
+//! `run --repo NAME` in local mode; tokens limited to registered repositories.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repositories_are_registered_listed_named_by_run_and_forgotten() {
+    let repo = buggy_repo();
+    let ns = Nightshift::new("http://127.0.0.1:9/v1");
+
+    let sub = repo.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let out = ns
+        .run(&["repo", "add", path_str(&sub), "--name", "acme/app"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "acme/app");
+
+    // Twice, or a bad name, or not a repository: exit 2, saying what was wrong.
+    let plain = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (vec!["repo", "add", path_str(repo.path())], "already exists"),
+        (
+            vec!["repo", "add", path_str(repo.path()), "--name=../x"],
+            "not a valid repository name",
+        ),
+        (
+            vec!["repo", "add", path_str(plain.path())],
+            "not a git repository",
+        ),
+    ] {
+        let out = ns.run(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+
+    let out = ns.run(&["repo", "ls", "--json"]).await;
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "acme/app");
+    assert_eq!(listed[0]["location"], path_str(repo.path()));
+    let out = ns.run(&["repo", "ls"]).await;
+    assert!(stdout(&out).contains("acme/app"), "{}", stdout(&out));
+
+    // `run --repo NAME` queues a task on its location (the model is unreachable: it fails
+    // later, which does not matter here).
+    let out = ns
+        .run(&["run", "--repo", "acme/app", "--json", "fix it"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["spec"]["repo"], path_str(repo.path()));
+
+    // Tokens may be limited to registered repositories only.
+    let out = ns
+        .run(&["token", "create", "--scope", "submit", "--repo", "nope"])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no repository is registered as `nope`"));
+    let out = ns
+        .run(&["token", "create", "--scope", "submit", "--repo", "acme/app"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("only for acme/app"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ns.run(&["token", "ls", "--json"]).await;
+    let tokens: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tokens[0]["repos"], serde_json::json!(["acme/app"]));
+
+    let out = ns.run(&["repo", "rm", "acme/app"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ns.run(&["repo", "rm", "acme/app"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = ns.run(&["run", "--repo", "acme/app", "fix it"]).await;
+    assert_eq!(out.status.code(), Some(2), "a name no longer resolves");
+}

@@ -1,0 +1,142 @@
+//! Registered repositories: which repositories a server serves, by name.
+//!
+//! A repository is registered by the machine's user (`nightshift repo add`, or an admin token
+//! over the API) under a short name; its location is the absolute path of its top level, as
+//! tasks store it. A server accepts tasks only for registered repositories, and an API token
+//! can be limited to some of them.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use nightshift_env::SourceRepo;
+use nightshift_protocol::{Repository, check_repo_name};
+use nightshift_store::{Store, StoreError};
+
+/// Why a repository was not registered. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0}")]
+    Repository(#[from] nightshift_env::EnvError),
+    #[error("{0}; nothing was registered")]
+    Name(#[from] nightshift_protocol::InvalidRepoName),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl RegisterError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RegisterError::Repository(err) => err.hint(),
+            RegisterError::Name(_) => Some("give one with --name, e.g. `--name acme/app`".into()),
+            RegisterError::Store(StoreError::AlreadyExists { .. }) => Some(
+                "`nightshift repo ls` lists the registered repositories; `nightshift repo rm NAME` forgets one".into(),
+            ),
+            RegisterError::Store(_) => None,
+        }
+    }
+}
+
+/// Registers the git repository at `path` (any directory inside its work tree) as `name`, or
+/// as its top level's directory name when `name` is `None`.
+pub async fn register_repo(
+    store: &dyn Store,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<Repository, RegisterError> {
+    let source = SourceRepo::open(path).await?;
+    let root = source.root();
+    let name = match name {
+        Some(name) => name.trim().to_string(),
+        None => default_name(root),
+    };
+    check_repo_name(&name)?;
+    let repo = Repository {
+        name,
+        location: root.display().to_string(),
+        created_at: Timestamp::from_millisecond(Timestamp::now().as_millisecond())
+            .unwrap_or_else(|_| Timestamp::now()),
+    };
+    store.add_repo(&repo).await?;
+    Ok(repo)
+}
+
+/// A repository's name by default: its directory's name, with what a name may not hold
+/// replaced by `-` and what it may not start with left out (`.dotfiles` is `dotfiles`).
+fn default_name(root: &Path) -> String {
+    let dir = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = dir
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                true => c,
+                false => '-',
+            },
+        )
+        .collect();
+    let name = name.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    name.replace("..", "-")
+        .chars()
+        .take(nightshift_protocol::MAX_REPO_NAME)
+        .collect()
+}
+
+/// The registered repository that `text` names: its name, or exactly its location (a path
+/// with or without a trailing `/`). Nothing on disk is looked at, so an unregistered path is
+/// never opened.
+pub fn find_registered<'a>(repos: &'a [Repository], text: &str) -> Option<&'a Repository> {
+    let text = text.trim();
+    let as_path = text.trim_end_matches('/');
+    repos
+        .iter()
+        .find(|repo| repo.name == text)
+        .or_else(|| repos.iter().find(|repo| repo.location == as_path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str, location: &str) -> Repository {
+        Repository {
+            name: name.into(),
+            location: location.into(),
+            created_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn default_names_are_the_directory_made_valid() {
+        for (dir, name) in [
+            ("/srv/app", "app"),
+            ("/tmp/.tmpXR1Wst", "tmpXR1Wst"),
+            ("/x/my app (copy)", "my-app--copy-"),
+            ("/x/a..b", "a-b"),
+        ] {
+            assert_eq!(default_name(Path::new(dir)), name);
+            assert_eq!(check_repo_name(name), Ok(()), "{name}");
+        }
+        assert_eq!(default_name(Path::new("/")), "");
+    }
+
+    #[test]
+    fn a_repository_is_found_by_name_or_exact_location_only() {
+        let repos = [repo("app", "/srv/app"), repo("acme/lib", "/srv/lib")];
+        assert_eq!(find_registered(&repos, "app").unwrap().location, "/srv/app");
+        assert_eq!(
+            find_registered(&repos, " acme/lib ").unwrap().name,
+            "acme/lib"
+        );
+        assert_eq!(
+            find_registered(&repos, "/srv/lib/").unwrap().name,
+            "acme/lib"
+        );
+        for other in ["/srv", "/srv/app/sub", "/srv/./app", "srv/app", "ap", ""] {
+            assert!(find_registered(&repos, other).is_none(), "{other}");
+        }
+    }
+}
