@@ -31,6 +31,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Print the change a task made, as a patch.
     Diff(TaskArg),
+    /// Apply a task's change to a working tree with a three-way merge; on a conflict nothing
+    /// changes and the conflicting files are named.
+    Apply(ApplyArgs),
     /// Stop a task.
     Cancel(TaskArg),
     /// Send a task a message: a running task reads it before its next turn; a task that has
@@ -152,6 +155,15 @@ pub struct SayArgs {
 pub struct TaskArg {
     /// A task id, a unique prefix of one, or its short id.
     pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A task id, a unique prefix of one, or its short id.
+    pub id: String,
+    /// The working tree to apply it to.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
 }
 
 #[derive(Debug, Args)]

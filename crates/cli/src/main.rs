@@ -48,6 +48,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Show(args) => commands::show::run(args).await,
         Command::Logs(args) => commands::logs::run(args).await,
         Command::Diff(args) => commands::diff::run(args).await,
+        Command::Apply(args) => commands::apply::run(args).await,
         Command::Cancel(args) => commands::cancel::run(args).await,
         Command::Say(args) => commands::say::run(args).await,
         Command::Demo(args) => demo::run(args).await,

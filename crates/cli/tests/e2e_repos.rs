@@ -81,3 +81,48 @@ async fn repositories_are_registered_listed_named_by_run_and_forgotten() {
     let out = ns.run(&["run", "--repo", "acme/app", "fix it"]).await;
     assert_eq!(out.status.code(), Some(2), "a name no longer resolves");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_merges_a_finished_tasks_change_into_a_working_tree_or_changes_nothing() {
+    let repo = buggy_repo();
+    let (ns, _model) = Nightshift::with_script(fixing_script()).await;
+    let (out, task) = ns.wait_task(repo.path(), "Fix add").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = task["id"].as_str().unwrap();
+
+    // A clone with an unrelated uncommitted edit takes the change by a three-way merge.
+    let clone = tempfile::tempdir().unwrap();
+    git(clone.path(), &["clone", "-q", path_str(repo.path()), "."]);
+    let test = clone.path().join("test.sh");
+    let mine = format!("{}# my note\n", std::fs::read_to_string(&test).unwrap());
+    std::fs::write(&test, &mine).unwrap();
+    let out = ns
+        .run(&["apply", id, "--repo", path_str(clone.path())])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "calc.sh");
+    let merged = std::fs::read_to_string(clone.path().join("calc.sh")).unwrap();
+    assert!(merged.contains("$(($1 + $2))"), "{merged}");
+    assert_eq!(std::fs::read_to_string(&test).unwrap(), mine);
+    assert_eq!(git(clone.path(), &["diff", "--cached", "--name-only"]), "");
+
+    // Another whose edit touches the same line: nothing changes, the file is named.
+    let other = tempfile::tempdir().unwrap();
+    git(other.path(), &["clone", "-q", path_str(repo.path()), "."]);
+    let calc = other.path().join("calc.sh");
+    let conflicting = std::fs::read_to_string(&calc)
+        .unwrap()
+        .replace("$(($1 - $2))", "$(( $1 - $2 ))");
+    std::fs::write(&calc, &conflicting).unwrap();
+    let out = ns
+        .run(&["apply", id, "--repo", path_str(other.path())])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("conflicts with the working tree in 1 file: calc.sh"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("nothing was changed"));
+    assert_eq!(std::fs::read_to_string(&calc).unwrap(), conflicting);
+}

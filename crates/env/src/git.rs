@@ -70,6 +70,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    git_with_index(dir, None, args).await
+}
+
+/// [`git`], with `GIT_INDEX_FILE` set to `index` when given: a scratch index, so that a
+/// merge can be tried without touching the person's own.
+pub(crate) async fn git_with_index<I, S>(
+    dir: &Path,
+    index: Option<&Path>,
+    args: I,
+) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
@@ -92,6 +106,7 @@ where
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
         .env("LC_ALL", "C")
+        .envs(index.map(|index| ("GIT_INDEX_FILE", index)))
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()

@@ -4,6 +4,7 @@
 //! Everything that changes a repository goes through the git command line, the same git the
 //! person uses, so hooks-free, config-respecting behaviour is what they would get by hand.
 
+mod apply;
 pub mod build;
 pub mod cache;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod secrets;
 mod slug;
 pub mod tree_files;
 
+pub use apply::{Applied, ApplyError, apply_change};
 pub use config::{EnvConfig, Loaded, collect_agents_md, describe, render_agents_context};
 pub use git::GitError;
 pub use repo::{CommitStats, EnvError, ResolvedBase, SourceRepo, WorkingCopy};

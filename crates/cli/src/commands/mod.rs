@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod apply;
 pub mod cancel;
 pub mod diff;
 pub mod doctor;
