@@ -311,11 +311,13 @@ pub struct RepoArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
-    /// Register the git repository at PATH: a server then accepts tasks for it, by its name
-    /// or its path.
+    /// Register the git repository at PATH, or the remote repository at URL: a server then
+    /// accepts tasks for it, by its name or its path or URL.
     Add {
-        /// A directory of the repository's work tree.
-        path: PathBuf,
+        /// A directory of the repository's work tree, or a URL (`https://`, `ssh://`,
+        /// `git@host:path`, `file://`).
+        #[arg(value_name = "PATH|URL")]
+        path: String,
         /// What tasks and tokens call it, e.g. `acme/app` [default: its directory's name].
         #[arg(long)]
         name: Option<String>,

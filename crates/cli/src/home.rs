@@ -240,6 +240,7 @@ impl Home {
         let store = self.store().await?;
         let mut config = RunnerConfig::new(self.root.join("work"), worker);
         config.layers_dir = Some(self.root.join("layers"));
+        config.mirrors = Some(nightshift_env::Mirrors::new(self.root.join("mirrors")));
         if let Some(budget) = std::env::var("NIGHTSHIFT_LAYERS_BUDGET")
             .ok()
             .filter(|b| !b.is_empty())

@@ -241,6 +241,18 @@ pub fn event(record: &EventRecord) -> String {
             ),
             None,
         ),
+        Event::BranchPushed {
+            remote,
+            branch,
+            commit,
+        } => (
+            "pushed",
+            format!(
+                "{branch} at {} to {remote}",
+                &commit[..commit.len().min(12)]
+            ),
+            None,
+        ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
         Event::ImageReady {
             reference,

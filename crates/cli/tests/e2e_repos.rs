@@ -126,3 +126,118 @@ async fn apply_merges_a_finished_tasks_change_into_a_working_tree_or_changes_not
     assert!(stderr(&out).contains("nothing was changed"));
     assert_eq!(std::fs::read_to_string(&calc).unwrap(), conflicting);
 }
+
+/// A bare repository made from `repo`, as a remote to work on over `file://`.
+fn bare_remote(repo: &std::path::Path) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    git(
+        dir.path(),
+        &["clone", "-q", "--bare", path_str(repo), "remote.git"],
+    );
+    let url = format!("file://{}/remote.git", dir.path().display());
+    (dir, url)
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_on_a_remote_repository_pushes_its_branch_and_the_next_starts_from_what_was_pushed_since()
+ {
+    let repo = buggy_repo();
+    let (remote, url) = bare_remote(repo.path());
+    let bare = remote.path().join("remote.git");
+    let (ns, _model) = Nightshift::with_script(fixing_script()).await;
+
+    let out = ns
+        .run(&["run", "--repo", &url, "--wait", "--json", "Fix add"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["spec"]["repo"], url.as_str());
+    let branch = task["branch"].as_str().unwrap().to_string();
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    let pushed = of_type(&events, "branch_pushed");
+    assert_eq!(pushed.len(), 1, "{events:#?}");
+    assert_eq!(pushed[0]["branch"], branch.as_str());
+    // The remote has the branch, with the fix.
+    let fixed = git(&bare, &["show", &format!("{branch}:calc.sh")]);
+    assert!(fixed.contains("$(($1 + $2))"), "{fixed}");
+    // Nothing of nightshift's reached the person's own clone: the work went to the remote.
+    assert_eq!(git(repo.path(), &["branch", "--list", "nightshift/*"]), "");
+
+    // Someone pushes to main; the next task starts from that commit, fetched into the mirror.
+    let work = tempfile::tempdir().unwrap();
+    git(work.path(), &["clone", "-q", &url, "."]);
+    std::fs::write(work.path().join("NEWS"), "news\n").unwrap();
+    git(work.path(), &["add", "NEWS"]);
+    git(
+        work.path(),
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "-m",
+            "news",
+        ],
+    );
+    git(work.path(), &["push", "-q", "origin", "main"]);
+    let news = git(work.path(), &["rev-parse", "HEAD"]);
+    let out = ns
+        .run(&["run", "--repo", &url, "--wait", "--json", "Fix add again"])
+        .await;
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["base_commit"], news.as_str(), "{task}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_that_fails_keeps_the_work_on_the_mirrors_branch_and_says_so() {
+    let repo = buggy_repo();
+    let (remote, url) = bare_remote(repo.path());
+    let bare = remote.path().join("remote.git");
+    let (ns, _model) = Nightshift::with_script(script(serde_json::json!([
+        {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sleep 3"}}]}},
+        {"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "done.txt", "content": "done\n"}}]}},
+        {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "wrote done.txt"}}]}}
+    ])))
+    .await;
+    let out = ns.run(&["run", "--repo", &url, "--json", "write it"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    // The remote goes away while the agent works.
+    ns.wait_for(&id, |task| task["state"] == "running").await;
+    let gone = remote.path().join("gone.git");
+    std::fs::rename(&bare, &gone).unwrap();
+    let task = ns
+        .wait_for(&id, |task| {
+            ["succeeded", "failed", "cancelled"].contains(&task["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let events = ns.events(&id).await;
+    assert!(of_type(&events, "branch_pushed").is_empty());
+    let warned = of_type(&events, "warning").into_iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("the work stays on that branch")
+    });
+    assert!(warned, "{events:#?}");
+    // The work is in the mirror, on the task's branch.
+    let branch = task["branch"].as_str().unwrap();
+    let mirrors = ns.home.path().join("mirrors");
+    let mirror = std::fs::read_dir(&mirrors)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "git"))
+        .unwrap();
+    assert_eq!(
+        git(&mirror, &["show", &format!("{branch}:done.txt")]),
+        "done"
+    );
+}

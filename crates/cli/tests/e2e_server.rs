@@ -392,7 +392,12 @@ async fn two_workers_on_postgresql_never_run_the_same_task_twice() {
         ], "repeat": 30}}
     ])))
     .await;
-    ns.serve_repo(repo.path()).await;
+    let out = ns
+        .command(&["repo", "add", path_str(repo.path())])
+        .env("NIGHTSHIFT_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     // Queue 30 tasks through `nightshift run`... whose detached workers would run them: queue
     // them through the API of a serve without workers instead.
     let secret = {

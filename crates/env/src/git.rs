@@ -84,6 +84,51 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let env: Vec<(OsString, OsString)> = index
+        .map(|index| ("GIT_INDEX_FILE".into(), index.as_os_str().to_os_string()))
+        .into_iter()
+        .collect();
+    run_git(dir, &[], &env, args).await
+}
+
+/// The transports host git may use to reach a remote repository (a task's repository given
+/// by URL): on top of [`SAFE_CONFIG`], which allows local paths only.
+const REMOTE_PROTOCOLS: [&str; 8] = [
+    "-c",
+    "protocol.https.allow=always",
+    "-c",
+    "protocol.http.allow=always",
+    "-c",
+    "protocol.ssh.allow=always",
+    "-c",
+    "protocol.git.allow=never",
+];
+
+/// [`git`] for a command that reaches a remote repository: HTTP(S), SSH and local files are
+/// allowed, prompts are not, and `env` is added (a credential as `GIT_CONFIG_*` settings, which
+/// other users of the machine cannot read as they could a command line).
+pub(crate) async fn git_remote<I, S>(
+    dir: &Path,
+    env: &[(OsString, OsString)],
+    args: I,
+) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_git(dir, &REMOTE_PROTOCOLS, env, args).await
+}
+
+async fn run_git<I, S>(
+    dir: &Path,
+    config: &[&str],
+    env: &[(OsString, OsString)],
+    args: I,
+) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
@@ -99,6 +144,7 @@ where
         .arg("-C")
         .arg(dir)
         .args(SAFE_CONFIG)
+        .args(config)
         .args(carried)
         .args(&args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -106,7 +152,7 @@ where
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
         .env("LC_ALL", "C")
-        .envs(index.map(|index| ("GIT_INDEX_FILE", index)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()

@@ -115,6 +115,11 @@ impl SourceRepo {
         &self.root
     }
 
+    /// A bare mirror of a remote repository (see [`crate::Mirrors`]), at `git_dir`.
+    pub(crate) fn bare(git_dir: PathBuf) -> SourceRepo {
+        SourceRepo { root: git_dir }
+    }
+
     /// Resolves `base` (a branch name) to its current commit; `None` is the checked-out branch.
     pub async fn resolve_base(&self, base: Option<&str>) -> Result<ResolvedBase, EnvError> {
         let name = match base {

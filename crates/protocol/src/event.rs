@@ -170,6 +170,13 @@ pub enum Event {
         /// True when the work was committed although the task did not finish.
         incomplete: bool,
     },
+    /// The task's branch was pushed to its remote repository (a task whose repository is a
+    /// URL), after it was committed.
+    BranchPushed {
+        remote: String,
+        branch: String,
+        commit: String,
+    },
     /// Someone asked to cancel the task.
     CancelRequested,
     /// A person sent the task a message: steering while it runs, or a follow-up once it ended.
@@ -245,6 +252,7 @@ impl Event {
             Event::PlanUpdated { .. } => "plan_updated",
             Event::AgentFinished { .. } => "agent_finished",
             Event::Committed { .. } => "committed",
+            Event::BranchPushed { .. } => "branch_pushed",
             Event::CancelRequested => "cancel_requested",
             Event::MessageReceived { .. } => "message_received",
             Event::FollowUpStarted { .. } => "follow_up_started",

@@ -124,8 +124,21 @@ impl Runner {
             None => (branch_name(&task.id.short(), &task.spec.prompt), false),
         };
         // The branch first: it is the work. The stored diff is a copy of what the branch shows,
-        // and a blob store that is down must not cost the work.
+        // and a blob store that is down must not cost the work. A remote repository's mirror
+        // is held meanwhile, so that other tasks' fetches and pushes wait.
+        let remote = match (
+            &self.config.mirrors,
+            nightshift_env::is_remote(&task.spec.repo),
+        ) {
+            (Some(mirrors), true) => Some((mirrors, mirrors.lock(&task.spec.repo).await?)),
+            _ => None,
+        };
         copy.hand_off(source, &branch, head, update).await?;
+        let pushed = match &remote {
+            Some((mirrors, _lock)) => Some(mirrors.push(&task.spec.repo, &branch).await),
+            None => None,
+        };
+        drop(remote);
         if let Err(err) = self
             .store
             .put_blob(task.id, DIFF_BLOB, diff.into_bytes().into())
@@ -145,7 +158,7 @@ impl Runner {
         })
         .await?;
         log.append(Event::Committed {
-            branch,
+            branch: branch.clone(),
             commit: head.to_string(),
             files_changed: stats.files_changed,
             insertions: stats.insertions,
@@ -153,6 +166,28 @@ impl Runner {
             incomplete,
         })
         .await?;
+        match pushed {
+            Some(Ok(())) => {
+                log.append(Event::BranchPushed {
+                    remote: task.spec.repo.clone(),
+                    branch,
+                    commit: head.to_string(),
+                })
+                .await?;
+            }
+            // The work is on the branch in the mirror: a push the remote refuses (a protected
+            // branch, one that moved elsewhere, no permission) does not lose it.
+            Some(Err(err)) => {
+                log.append(Event::Warning {
+                    message: format!(
+                        "pushing {branch} to {} failed, and the work stays on that branch of the mirror: {err}",
+                        task.spec.repo
+                    ),
+                })
+                .await?;
+            }
+            None => {}
+        }
         Ok(())
     }
 

@@ -39,6 +39,7 @@ pub use follow_up::{MessageOutcome, MessageRefusal};
 pub use handoff::DIFF_BLOB;
 pub use image::ImageSettings;
 pub use lifecycle::PriceLookup;
+pub use nightshift_env::is_remote;
 pub use repos::{RegisterError, find_registered, register_repo};
 pub use submit::TaskRequest;
 pub use worker::WorkerConfig;
@@ -81,6 +82,9 @@ pub struct RunnerConfig {
     pub limit_ceilings: LimitCeilings,
     /// Where images are pulled to and how; `None`: tasks cannot start from an image.
     pub images: Option<ImageSettings>,
+    /// Where remote repositories (tasks whose repository is a URL) are mirrored; `None`:
+    /// tasks take local paths only.
+    pub mirrors: Option<nightshift_env::Mirrors>,
     /// Refuse at submit a task whose model needs an API key the runner's provider
     /// configuration lacks. Off for a process that only queues tasks for workers elsewhere,
     /// whose keys it cannot see.
@@ -107,6 +111,7 @@ impl RunnerConfig {
             tool_limits: ToolLimits::default(),
             limit_ceilings: LimitCeilings::default(),
             images: None,
+            mirrors: None,
             check_provider_keys: true,
         }
     }

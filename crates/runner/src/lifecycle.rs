@@ -6,14 +6,12 @@
 //! shuts down hands the task back to the queue (`Released`), and a worker that lost its lease
 //! writes nothing more, since the task is no longer its own.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use jiff::Timestamp;
 use nightshift_agent::{Agent, AgentConfig, AgentOutcome, CostFn, SinkError};
-use nightshift_env::SourceRepo;
 use nightshift_env::secrets::Redactor;
 use nightshift_model::ModelSpec;
 use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
@@ -181,7 +179,7 @@ impl Runner {
         )
         .await?;
 
-        let source = match SourceRepo::open(Path::new(&task.spec.repo)).await {
+        let source = match self.open_source(&task.spec.repo).await {
             Ok(source) => source,
             Err(err) => return fail_env(log, err).await,
         };

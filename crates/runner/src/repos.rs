@@ -37,23 +37,33 @@ impl RegisterError {
     }
 }
 
-/// Registers the git repository at `path` (any directory inside its work tree) as `name`, or
-/// as its top level's directory name when `name` is `None`.
+/// Registers a repository as `name` (by default, its directory's name): the git repository at
+/// the path `repo` (any directory inside its work tree), or the remote repository at the URL
+/// `repo` (`https://`, `ssh://`, `git@host:path`, `file://`; its mirror is made by the first
+/// task on it).
 pub async fn register_repo(
     store: &dyn Store,
-    path: &Path,
+    repo: &str,
     name: Option<&str>,
 ) -> Result<Repository, RegisterError> {
-    let source = SourceRepo::open(path).await?;
-    let root = source.root();
+    let location = match nightshift_env::is_remote(repo) {
+        true => repo.trim().to_string(),
+        false => SourceRepo::open(Path::new(repo))
+            .await?
+            .root()
+            .display()
+            .to_string(),
+    };
     let name = match name {
         Some(name) => name.trim().to_string(),
-        None => default_name(root),
+        None => default_name(Path::new(
+            location.trim_end_matches('/').trim_end_matches(".git"),
+        )),
     };
     check_repo_name(&name)?;
     let repo = Repository {
         name,
-        location: root.display().to_string(),
+        location,
         created_at: Timestamp::from_millisecond(Timestamp::now().as_millisecond())
             .unwrap_or_else(|_| Timestamp::now()),
     };

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use jiff::Timestamp;
-use nightshift_env::SourceRepo;
+use nightshift_env::{EnvError, SourceRepo};
 use nightshift_model::ModelSpec;
 use nightshift_protocol::{Task, TaskId, TaskSpec};
 
@@ -51,6 +51,22 @@ impl TaskRequest {
 }
 
 impl Runner {
+    /// The repository a task names: a local path, opened at its top level; or a remote
+    /// repository's URL, whose mirror is brought up to date with the remote first.
+    pub(crate) async fn open_source(&self, repo: &str) -> Result<SourceRepo, EnvError> {
+        if !nightshift_env::is_remote(repo) {
+            return SourceRepo::open(std::path::Path::new(repo)).await;
+        }
+        match &self.config.mirrors {
+            Some(mirrors) => mirrors.sync(repo.trim()).await,
+            None => Err(EnvError::NotARepository {
+                path: repo.into(),
+                detail: "this runner keeps no mirrors, so it takes repositories by path only"
+                    .into(),
+            }),
+        }
+    }
+
     /// Checks the request and stores it as a queued task. The repository path is stored as its
     /// absolute top level, so the task does not depend on the submitter's working directory.
     pub async fn submit(&self, request: TaskRequest) -> Result<Task, SubmitError> {
@@ -90,10 +106,14 @@ impl Runner {
                     .to_string(),
             ),
         };
-        let source = SourceRepo::open(&request.repo).await?;
+        let source = self.open_source(&request.repo.to_string_lossy()).await?;
         let base = source.resolve_base(request.base.as_deref()).await?;
+        let repo = match nightshift_env::is_remote(&request.repo.to_string_lossy()) {
+            true => request.repo.to_string_lossy().trim().to_string(),
+            false => source.root().display().to_string(),
+        };
         let spec = TaskSpec {
-            repo: source.root().display().to_string(),
+            repo,
             base: Some(base.name),
             prompt: prompt.to_string(),
             model: model.to_string(),

@@ -21,7 +21,8 @@ use crate::{ApiError, ServerState};
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddRepo {
     /// The absolute path of a git repository on the server's machine (any directory in its
-    /// work tree).
+    /// work tree), or the URL of a remote repository (`https://`, `ssh://`, `git@host:path`,
+    /// `file://`), which tasks work on through a mirror and push their branches to.
     pub path: String,
     /// What tasks and tokens call it (`acme/app`); default: its top level's directory name.
     #[serde(default)]
@@ -145,8 +146,8 @@ pub(crate) async fn add(
     body: Result<Json<AddRepo>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Repository>), ApiError> {
     let Json(body) = body?;
-    let path = std::path::Path::new(body.path.trim());
-    if !path.is_absolute() {
+    let path = body.path.trim();
+    if !nightshift_runner::is_remote(path) && !std::path::Path::new(path).is_absolute() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_repo",

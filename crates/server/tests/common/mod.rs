@@ -125,9 +125,13 @@ impl Harness {
     pub async fn serve_repo(&self, path: PathBuf) -> PathBuf {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        nightshift_runner::register_repo(self.store.as_ref(), &path, Some(&format!("repo{n}")))
-            .await
-            .unwrap();
+        nightshift_runner::register_repo(
+            self.store.as_ref(),
+            path.to_str().unwrap(),
+            Some(&format!("repo{n}")),
+        )
+        .await
+        .unwrap();
         path
     }
 
