@@ -321,6 +321,10 @@ pub enum RepoCommand {
         /// What tasks and tokens call it, e.g. `acme/app` [default: its directory's name].
         #[arg(long)]
         name: Option<String>,
+        /// For a URL: the stored secret (`nightshift secret set NAME --repo URL`) host git
+        /// reaches it with: an HTTPS token (`TOKEN` or `USER:TOKEN`), or an SSH private key.
+        #[arg(long, value_name = "SECRET")]
+        credential: Option<String>,
     },
     /// List the registered repositories.
     Ls {

@@ -241,3 +241,205 @@ async fn a_push_that_fails_keeps_the_work_on_the_mirrors_branch_and_says_so() {
         "done"
     );
 }
+
+/// Git's smart HTTP protocol on loopback: `git http-backend` (as CGI) behind a check of one
+/// token in an HTTP Basic `Authorization` header, as forges take tokens. Pushes are allowed to
+/// the authenticated.
+struct GitHttp {
+    url: String,
+    root: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl GitHttp {
+    async fn start(token: &str) -> GitHttp {
+        use axum::body::{Body, Bytes};
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::Response;
+        use base64::Engine;
+
+        let root = tempfile::tempdir().unwrap();
+        let project_root = root.path().to_path_buf();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+        );
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let project_root = project_root.clone();
+            let expected = expected.clone();
+            async move {
+                let authorized = headers
+                    .get("authorization")
+                    .is_some_and(|v| v.to_str().unwrap_or("") == expected);
+                if !authorized {
+                    return Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .header("WWW-Authenticate", "Basic realm=\"git\"")
+                        .body(Body::empty())
+                        .unwrap();
+                }
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let mut child = tokio::process::Command::new("git")
+                    .arg("http-backend")
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap())
+                    .env("GIT_PROJECT_ROOT", &project_root)
+                    .env("GIT_HTTP_EXPORT_ALL", "1")
+                    .env("REQUEST_METHOD", method.as_str())
+                    .env("PATH_INFO", uri.path())
+                    .env("QUERY_STRING", uri.query().unwrap_or(""))
+                    .env("CONTENT_TYPE", header("content-type"))
+                    .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                    .env("GIT_PROTOCOL", header("git-protocol"))
+                    .env("REMOTE_USER", "x-access-token")
+                    .env("REMOTE_ADDR", "127.0.0.1")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stdin.write_all(&body).await;
+                });
+                let out = child.wait_with_output().await.unwrap();
+                let split = out
+                    .stdout
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| (i, 4))
+                    .or_else(|| {
+                        out.stdout
+                            .windows(2)
+                            .position(|w| w == b"\n\n")
+                            .map(|i| (i, 2))
+                    })
+                    .unwrap();
+                let head = String::from_utf8_lossy(&out.stdout[..split.0]).to_string();
+                let mut response = Response::builder();
+                for line in head.lines() {
+                    let (name, value) = line.split_once(':').unwrap();
+                    let value = value.trim();
+                    if name.eq_ignore_ascii_case("status") {
+                        let code: u16 = value.split_whitespace().next().unwrap().parse().unwrap();
+                        response = response.status(code);
+                    } else {
+                        response = response.header(name, value);
+                    }
+                }
+                response
+                    .body(Body::from(out.stdout[split.0 + split.1..].to_vec()))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        GitHttp {
+            url,
+            root,
+            _server: server,
+        }
+    }
+
+    /// Serves a bare copy of `repo` as `NAME.git`; returns its URL.
+    fn serve(&self, repo: &std::path::Path, name: &str) -> String {
+        git(
+            self.root.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                path_str(repo),
+                &format!("{name}.git"),
+            ],
+        );
+        format!("{}/{name}.git", self.url)
+    }
+}
+
+fn set_secret(ns: &Nightshift, name: &str, value: &str, repo: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command(&["secret", "set", name, "--repo", repo])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_over_smart_http_is_fetched_and_pushed_with_a_stored_token_only() {
+    const TOKEN: &str = "ghp-t0ken-for-the-test-0123";
+    let server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo();
+    let url = server.serve(repo.path(), "acme/app");
+    let (ns, _model) = Nightshift::with_script(fixing_script()).await;
+
+    // Without a credential the remote refuses, and nothing is queued.
+    let out = ns.run(&["run", "--repo", &url, "Fix add"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot be used"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--credential"), "{}", stderr(&out));
+
+    // Registered with a stored token granted to it, the task fetches, works and pushes.
+    set_secret(&ns, "GIT_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GIT_TOKEN",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ns
+        .run(&["run", "--repo", "acme/app", "--wait", "--json", "Fix add"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap();
+    let branch = task["branch"].as_str().unwrap();
+    let events = ns.events(id).await;
+    assert_eq!(of_type(&events, "branch_pushed").len(), 1, "{events:#?}");
+    let bare = server.root.path().join("acme/app.git");
+    let fixed = git(&bare, &["show", &format!("{branch}:calc.sh")]);
+    assert!(fixed.contains("$(($1 + $2))"), "{fixed}");
+    // The token is in no event, and not in the mirror's configuration.
+    let log = serde_json::to_string(&events).unwrap();
+    assert!(!log.contains(TOKEN));
+    for entry in std::fs::read_dir(ns.home.path().join("mirrors")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.join("config").exists() {
+            let config = std::fs::read_to_string(path.join("config")).unwrap();
+            assert!(
+                !config.contains(TOKEN) && !config.contains("extraHeader"),
+                "{config}"
+            );
+        }
+    }
+}

@@ -19,6 +19,6 @@ pub mod tree_files;
 pub use apply::{Applied, ApplyError, apply_change};
 pub use config::{EnvConfig, Loaded, collect_agents_md, describe, render_agents_context};
 pub use git::GitError;
-pub use mirror::{MirrorLock, Mirrors, is_remote};
+pub use mirror::{MirrorLock, Mirrors, RemoteCredential, is_remote};
 pub use repo::{CommitStats, EnvError, ResolvedBase, SourceRepo, WorkingCopy};
 pub use slug::{branch_name, slugify};

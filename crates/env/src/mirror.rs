@@ -33,6 +33,94 @@ pub fn is_remote(repo: &str) -> bool {
     }
 }
 
+/// What host git reaches a remote repository with, from a stored secret. Never on a command
+/// line (which other users of the machine can read) and never in the sandbox: an HTTPS token
+/// goes in a `GIT_CONFIG_*` variable of git's own environment, an SSH key in a file only the
+/// user nightshift runs as can read, for the length of one git command.
+#[derive(Clone)]
+pub enum RemoteCredential {
+    /// For `https://` (and `http://`): `TOKEN` (sent as `x-access-token:TOKEN`, as GitHub and
+    /// Gitea take it) or `USER:TOKEN`, in an HTTP Basic `Authorization` header.
+    Token(String),
+    /// For `ssh://` and `user@host:path`: a private key.
+    SshKey(String),
+}
+
+impl std::fmt::Debug for RemoteCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RemoteCredential::Token(_) => f.write_str("Token(..)"),
+            RemoteCredential::SshKey(_) => f.write_str("SshKey(..)"),
+        }
+    }
+}
+
+impl RemoteCredential {
+    /// The credential a secret's `value` is for `url`: a key for SSH, a token otherwise.
+    pub fn for_url(url: &str, value: String) -> RemoteCredential {
+        let url = url.trim();
+        let ssh = url.starts_with("ssh://") || (!url.contains("://") && url.contains('@'));
+        match ssh {
+            true => RemoteCredential::SshKey(value),
+            false => RemoteCredential::Token(value.trim().to_string()),
+        }
+    }
+}
+
+/// Variables of one git command's environment.
+type GitEnv = Vec<(OsString, OsString)>;
+
+/// The environment of one git command that reaches `url`: SSH never prompts, and the
+/// credential when there is one. The returned file (an SSH key) must live until git is done.
+fn remote_env(
+    url: &str,
+    credential: Option<&RemoteCredential>,
+) -> Result<(GitEnv, Option<tempfile::TempPath>), std::io::Error> {
+    use base64::Engine;
+    let mut env: GitEnv = Vec::new();
+    let mut ssh = "ssh -o BatchMode=yes".to_string();
+    let mut key_file = None;
+    match credential {
+        Some(RemoteCredential::Token(token)) => {
+            let pair = match token.contains(':') {
+                true => token.clone(),
+                false => format!("x-access-token:{token}"),
+            };
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            // Scoped to the remote's URL, so that a redirect elsewhere does not carry it.
+            env.push(("GIT_CONFIG_COUNT".into(), "1".into()));
+            env.push((
+                "GIT_CONFIG_KEY_0".into(),
+                format!("http.{}.extraHeader", url.trim()).into(),
+            ));
+            env.push((
+                "GIT_CONFIG_VALUE_0".into(),
+                format!("Authorization: Basic {basic}").into(),
+            ));
+        }
+        Some(RemoteCredential::SshKey(key)) => {
+            use std::io::Write;
+            let mut file = tempfile::Builder::new()
+                .prefix("nightshift-key")
+                .tempfile()?;
+            let mut key = key.clone();
+            if !key.ends_with('\n') {
+                key.push('\n');
+            }
+            file.write_all(key.as_bytes())?;
+            let path = file.into_temp_path();
+            ssh = format!(
+                "ssh -o BatchMode=yes -o IdentitiesOnly=yes -i '{}'",
+                path.display().to_string().replace('\'', "'\\''")
+            );
+            key_file = Some(path);
+        }
+        None => {}
+    }
+    env.push(("GIT_SSH_COMMAND".into(), ssh.into()));
+    Ok((env, key_file))
+}
+
 /// The mirrors of remote repositories, in one directory.
 #[derive(Debug, Clone)]
 pub struct Mirrors {
@@ -82,11 +170,19 @@ impl Mirrors {
 
     /// Brings the mirror of `url` up to date with the remote's branches (cloning it the first
     /// time) and opens it. The remote's default branch is the mirror's `HEAD`.
-    pub async fn sync(&self, url: &str) -> Result<SourceRepo, EnvError> {
+    pub async fn sync(
+        &self,
+        url: &str,
+        credential: Option<&RemoteCredential>,
+    ) -> Result<SourceRepo, EnvError> {
         let _lock = self.lock(url).await?;
+        let (env, _key) = remote_env(url, credential).map_err(|source| EnvError::Io {
+            what: "writing the SSH key for git".into(),
+            source,
+        })?;
         let path = self.path_for(url);
-        let unreachable = |err: GitError| EnvError::NotARepository {
-            path: PathBuf::from(url),
+        let unreachable = |err: GitError| EnvError::Remote {
+            url: url.to_string(),
             detail: short_reason(&err),
         };
         if !path.join("HEAD").is_file() {
@@ -94,7 +190,7 @@ impl Mirrors {
             let _ = tokio::fs::remove_dir_all(&partial).await;
             git_remote(
                 &self.dir,
-                &remote_env(),
+                &env,
                 [
                     "clone".as_ref(),
                     "--bare".as_ref(),
@@ -116,7 +212,7 @@ impl Mirrors {
         } else {
             git_remote(
                 &path,
-                &remote_env(),
+                &env,
                 [
                     "fetch",
                     "--quiet",
@@ -137,22 +233,26 @@ impl Mirrors {
     /// forced: a remote branch that moved elsewhere, a protected branch or a missing permission
     /// is an error quoting the remote, and the branch stays in the mirror. Take the mirror's
     /// lock around the hand-back and this.
-    pub async fn push(&self, url: &str, branch: &str) -> Result<(), GitError> {
+    pub async fn push(
+        &self,
+        url: &str,
+        branch: &str,
+        credential: Option<&RemoteCredential>,
+    ) -> Result<(), GitError> {
         let path = self.path_for(url);
+        let (env, _key) = remote_env(url, credential).map_err(|err| GitError::Read {
+            args: "push (writing the SSH key)".into(),
+            source: err,
+        })?;
         let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
         git_remote(
             &path,
-            &remote_env(),
+            &env,
             ["push", "--quiet", "--no-verify", "--", url, &refspec],
         )
         .await
         .map(|_| ())
     }
-}
-
-/// SSH never asks anything: an unknown host key or a key that needs a passphrase fails.
-fn remote_env() -> Vec<(OsString, OsString)> {
-    vec![("GIT_SSH_COMMAND".into(), "ssh -o BatchMode=yes".into())]
 }
 
 fn short_reason(err: &GitError) -> String {

@@ -17,6 +17,9 @@ use crate::secrets::Redactor;
 pub enum EnvError {
     #[error("{path} is not a git repository ({detail})")]
     NotARepository { path: PathBuf, detail: String },
+    /// A remote repository could not be fetched (or its credential used).
+    #[error("the remote repository {url} cannot be used: {detail}")]
+    Remote { url: String, detail: String },
     #[error("the repository {repo} has no branch `{base}`{}", list_branches(.available))]
     UnknownBase {
         repo: PathBuf,
@@ -60,6 +63,9 @@ impl EnvError {
                 Some("commit something first: a task starts from a commit".into())
             }
             EnvError::BranchExists { .. } => Some("delete or rename the existing branch".into()),
+            EnvError::Remote { .. } => Some(
+                "check the URL and that the remote is reachable from this machine; a remote that needs a login takes a credential: `nightshift repo add URL --credential SECRET`".into(),
+            ),
             EnvError::NotABundle { .. } | EnvError::Git(_) | EnvError::Io { .. } => None,
         }
     }
@@ -69,7 +75,8 @@ impl EnvError {
         match self {
             EnvError::NotARepository { .. }
             | EnvError::UnknownBase { .. }
-            | EnvError::EmptyRepository { .. } => true,
+            | EnvError::EmptyRepository { .. }
+            | EnvError::Remote { .. } => true,
             EnvError::BranchExists { .. }
             | EnvError::NotABundle { .. }
             | EnvError::Git(_)

@@ -11,9 +11,14 @@ use serde::{Deserialize, Serialize};
 pub struct Repository {
     /// What tasks, tokens and people call it: see [`check_repo_name`].
     pub name: String,
-    /// Where it is: the absolute path of its top level on the machine that registered it.
+    /// Where it is: the absolute path of its top level on the machine that registered it,
+    /// or the URL of a remote repository.
     pub location: String,
     pub created_at: Timestamp,
+    /// The stored secret (by name) whose value host git uses to reach a remote repository:
+    /// an HTTPS token, or an SSH private key for `ssh://` and `user@host:path` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// The longest repository name.

@@ -135,7 +135,13 @@ impl Runner {
         };
         copy.hand_off(source, &branch, head, update).await?;
         let pushed = match &remote {
-            Some((mirrors, _lock)) => Some(mirrors.push(&task.spec.repo, &branch).await),
+            Some((mirrors, _lock)) => Some(match self.remote_credential(&task.spec.repo).await {
+                Ok(credential) => mirrors
+                    .push(&task.spec.repo, &branch, credential.as_ref())
+                    .await
+                    .map_err(|err| err.to_string()),
+                Err(err) => Err(err),
+            }),
             None => None,
         };
         drop(remote);

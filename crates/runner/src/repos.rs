@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use jiff::Timestamp;
-use nightshift_env::SourceRepo;
+use nightshift_env::{RemoteCredential, SourceRepo};
 use nightshift_protocol::{Repository, check_repo_name};
 use nightshift_store::{Store, StoreError};
 
@@ -19,6 +19,8 @@ pub enum RegisterError {
     Repository(#[from] nightshift_env::EnvError),
     #[error("{0}; nothing was registered")]
     Name(#[from] nightshift_protocol::InvalidRepoName),
+    #[error("{0}; nothing was registered")]
+    Credential(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -32,7 +34,7 @@ impl RegisterError {
             RegisterError::Store(StoreError::AlreadyExists { .. }) => Some(
                 "`nightshift repo ls` lists the registered repositories; `nightshift repo rm NAME` forgets one".into(),
             ),
-            RegisterError::Store(_) => None,
+            RegisterError::Store(_) | RegisterError::Credential(_) => None,
         }
     }
 }
@@ -41,11 +43,28 @@ impl RegisterError {
 /// the path `repo` (any directory inside its work tree), or the remote repository at the URL
 /// `repo` (`https://`, `ssh://`, `git@host:path`, `file://`; its mirror is made by the first
 /// task on it).
+///
+/// `credential` names the stored secret host git reaches a remote repository with (an HTTPS
+/// token, or an SSH private key); it must exist, and be granted to the repository for a task to
+/// use it.
 pub async fn register_repo(
     store: &dyn Store,
     repo: &str,
     name: Option<&str>,
+    credential: Option<&str>,
 ) -> Result<Repository, RegisterError> {
+    if let Some(secret) = credential {
+        if !nightshift_env::is_remote(repo) {
+            return Err(RegisterError::Credential(format!(
+                "a credential is for a remote repository (a URL), and {repo} is a path"
+            )));
+        }
+        if !store.secrets().await?.iter().any(|s| s.name == secret) {
+            return Err(RegisterError::Credential(format!(
+                "no secret is stored as `{secret}` (`nightshift secret set {secret} --repo URL` stores one)"
+            )));
+        }
+    }
     let location = match nightshift_env::is_remote(repo) {
         true => repo.trim().to_string(),
         false => SourceRepo::open(Path::new(repo))
@@ -66,6 +85,7 @@ pub async fn register_repo(
         location,
         created_at: Timestamp::from_millisecond(Timestamp::now().as_millisecond())
             .unwrap_or_else(|_| Timestamp::now()),
+        credential: credential.map(str::to_string),
     };
     store.add_repo(&repo).await?;
     Ok(repo)
@@ -106,6 +126,46 @@ pub fn find_registered<'a>(repos: &'a [Repository], text: &str) -> Option<&'a Re
         .or_else(|| repos.iter().find(|repo| repo.location == as_path))
 }
 
+impl crate::Runner {
+    /// What host git reaches the remote repository `url` with: the credential its registration
+    /// names, unsealed, when that secret is granted to it; `None` for a remote registered
+    /// without one, or not registered.
+    pub(crate) async fn remote_credential(
+        &self,
+        url: &str,
+    ) -> Result<Option<RemoteCredential>, String> {
+        let url = url.trim();
+        let repos = self.store.repos().await.map_err(|e| e.to_string())?;
+        let Some(secret) = repos
+            .into_iter()
+            .find(|repo| repo.location == url)
+            .and_then(|repo| repo.credential)
+        else {
+            return Ok(None);
+        };
+        let sealed = self.store.secrets().await.map_err(|e| e.to_string())?;
+        let Some(stored) = sealed.into_iter().find(|s| s.name == secret) else {
+            return Err(format!(
+                "its credential, the secret `{secret}`, is not stored (`nightshift secret set {secret} --repo {url}`)"
+            ));
+        };
+        if !nightshift_env::grants::granted(&stored.repos, url) {
+            return Err(format!(
+                "its credential, the secret `{secret}`, is not granted to it (`nightshift secret grant {secret} --repo {url}`)"
+            ));
+        }
+        let Some(key) = &self.secret_key else {
+            return Err(format!(
+                "its credential, the secret `{secret}`, cannot be unsealed: this process has no secret key (NIGHTSHIFT_SECRET_KEY or the key file)"
+            ));
+        };
+        let value = key
+            .unseal(&stored.name, &stored.sealed)
+            .map_err(|err| format!("unsealing its credential `{secret}`: {err}"))?;
+        Ok(Some(RemoteCredential::for_url(url, value)))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -116,6 +176,7 @@ mod tests {
             name: name.into(),
             location: location.into(),
             created_at: Timestamp::UNIX_EPOCH,
+            credential: None,
         }
     }
 

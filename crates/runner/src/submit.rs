@@ -58,7 +58,16 @@ impl Runner {
             return SourceRepo::open(std::path::Path::new(repo)).await;
         }
         match &self.config.mirrors {
-            Some(mirrors) => mirrors.sync(repo.trim()).await,
+            Some(mirrors) => {
+                let credential =
+                    self.remote_credential(repo)
+                        .await
+                        .map_err(|detail| EnvError::Remote {
+                            url: repo.trim().to_string(),
+                            detail,
+                        })?;
+                mirrors.sync(repo.trim(), credential.as_ref()).await
+            }
             None => Err(EnvError::NotARepository {
                 path: repo.into(),
                 detail: "this runner keeps no mirrors, so it takes repositories by path only"

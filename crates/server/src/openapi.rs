@@ -212,6 +212,8 @@ pub(crate) struct RepositoryDoc {
     location: String,
     #[schema(format = DateTime)]
     created_at: String,
+    /// For a remote repository: the stored secret host git reaches it with.
+    credential: Option<String>,
 }
 
 #[cfg(test)]
@@ -290,6 +292,7 @@ mod tests {
             name: "app".into(),
             location: "/srv/app".into(),
             created_at: Timestamp::UNIX_EPOCH,
+            credential: Some("GIT_TOKEN".into()),
         };
         let json = serde_json::to_value(&repo).unwrap();
         let fields: BTreeSet<String> = json.as_object().unwrap().keys().cloned().collect();

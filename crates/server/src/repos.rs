@@ -27,6 +27,10 @@ pub(crate) struct AddRepo {
     /// What tasks and tokens call it (`acme/app`); default: its top level's directory name.
     #[serde(default)]
     pub name: Option<String>,
+    /// For a URL: the stored secret host git reaches it with (an HTTPS token, or an SSH
+    /// private key).
+    #[serde(default)]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -157,23 +161,28 @@ pub(crate) async fn add(
             ),
         ));
     }
-    let repo = register_repo(state.store().as_ref(), path, body.name.as_deref())
-        .await
-        .map_err(|err| {
-            let hint = err.hint();
-            let error = match err {
-                RegisterError::Store(e) => return ApiError::store("registering a repository", e),
-                other => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_repo",
-                    other.to_string(),
-                ),
-            };
-            match hint {
-                Some(hint) => error.with_hint(hint),
-                None => error,
-            }
-        })?;
+    let repo = register_repo(
+        state.store().as_ref(),
+        path,
+        body.name.as_deref(),
+        body.credential.as_deref(),
+    )
+    .await
+    .map_err(|err| {
+        let hint = err.hint();
+        let error = match err {
+            RegisterError::Store(e) => return ApiError::store("registering a repository", e),
+            other => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_repo",
+                other.to_string(),
+            ),
+        };
+        match hint {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        }
+    })?;
     tracing::info!(repo = %repo.name, location = %repo.location, by = %auth.token.name, "repository registered");
     Ok((StatusCode::CREATED, Json(repo)))
 }

@@ -144,9 +144,14 @@ async fn a_token_limited_to_one_repository_neither_submits_to_nor_sees_another()
     let mine = git_repo(one.path());
     let theirs = git_repo(two.path());
     for (path, name) in [(&mine, "mine"), (&theirs, "theirs")] {
-        nightshift_runner::register_repo(h.store.as_ref(), path.to_str().unwrap(), Some(name))
-            .await
-            .unwrap();
+        nightshift_runner::register_repo(
+            h.store.as_ref(),
+            path.to_str().unwrap(),
+            Some(name),
+            None,
+        )
+        .await
+        .unwrap();
     }
 
     // Limits name registered repositories only.

@@ -543,6 +543,7 @@ impl Store for PostgresStore {
             .bind(&repo.name)
             .bind(&repo.location)
             .bind(rows::millis(repo.created_at))
+            .bind(&repo.credential)
             .execute(&self.pool)
             .await
             .map_err(|cause| {

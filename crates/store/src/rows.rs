@@ -289,6 +289,7 @@ pub(crate) struct RepoRow {
     name: String,
     location: String,
     created_at: i64,
+    credential: Option<String>,
 }
 
 impl RepoRow {
@@ -299,6 +300,7 @@ impl RepoRow {
             })?,
             name: self.name,
             location: self.location,
+            credential: self.credential,
         })
     }
 }

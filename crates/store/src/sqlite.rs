@@ -511,6 +511,7 @@ impl Store for SqliteStore {
             .bind(&repo.name)
             .bind(&repo.location)
             .bind(rows::millis(repo.created_at))
+            .bind(&repo.credential)
             .execute(&self.writer)
             .await
             .map_err(|cause| {

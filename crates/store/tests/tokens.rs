@@ -148,19 +148,26 @@ fn repo(name: &str, location: &str) -> Repository {
         name: name.into(),
         location: location.into(),
         created_at: now(),
+        credential: None,
     }
 }
 
 async fn repositories_are_registered_once_by_name_and_by_location(t: TestStore) {
     assert!(t.store.repos().await.unwrap().is_empty());
-    let app = repo("acme/app", "/srv/app");
+    let app = Repository {
+        credential: Some("GIT_TOKEN".into()),
+        ..repo("acme/app", "https://git.example/acme/app.git")
+    };
     let lib = repo("Lib", "/srv/lib");
     t.store.add_repo(&app).await.unwrap();
     t.store.add_repo(&lib).await.unwrap();
     // Listed by name, in byte order on both backends.
     assert_eq!(t.store.repos().await.unwrap(), [lib.clone(), app.clone()]);
 
-    for duplicate in [repo("acme/app", "/srv/other"), repo("other", "/srv/app")] {
+    for duplicate in [
+        repo("acme/app", "/srv/other"),
+        repo("other", "https://git.example/acme/app.git"),
+    ] {
         let error = t.store.add_repo(&duplicate).await.unwrap_err();
         assert!(
             matches!(error, StoreError::AlreadyExists { .. }),
@@ -175,7 +182,10 @@ async fn repositories_are_registered_once_by_name_and_by_location(t: TestStore) 
     assert!(!t.store.remove_repo("acme/app").await.unwrap());
     assert_eq!(t.store.repos().await.unwrap(), [lib]);
     // Its place can be registered again, under another name.
-    t.store.add_repo(&repo("app2", "/srv/app")).await.unwrap();
+    t.store
+        .add_repo(&repo("app2", "https://git.example/acme/app.git"))
+        .await
+        .unwrap();
 }
 
 on_every_backend!(

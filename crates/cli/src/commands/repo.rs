@@ -13,17 +13,26 @@ use crate::output::{Failure, print_json};
 pub async fn run(args: RepoArgs) -> Result<ExitCode, Failure> {
     let store = Home::from_env()?.store().await?;
     match args.command {
-        RepoCommand::Add { path, name } => {
-            let repo = register_repo(store.as_ref(), &path, name.as_deref())
-                .await
-                .map_err(|err| {
-                    let hint = err.hint();
-                    let failure = match err {
-                        RegisterError::Store(err) => Failure::from(err),
-                        other => Failure::usage(other.to_string()),
-                    };
-                    failure.with_hint(hint)
-                })?;
+        RepoCommand::Add {
+            path,
+            name,
+            credential,
+        } => {
+            let repo = register_repo(
+                store.as_ref(),
+                &path,
+                name.as_deref(),
+                credential.as_deref(),
+            )
+            .await
+            .map_err(|err| {
+                let hint = err.hint();
+                let failure = match err {
+                    RegisterError::Store(err) => Failure::from(err),
+                    other => Failure::usage(other.to_string()),
+                };
+                failure.with_hint(hint)
+            })?;
             println!("{}", repo.name);
             eprintln!(
                 "registered {} as `{}`: `nightshift run --repo {}` and the API's `repo` take that name",
