@@ -325,6 +325,14 @@ pub enum RepoCommand {
         /// reaches it with: an HTTPS token (`TOKEN` or `USER:TOKEN`), or an SSH private key.
         #[arg(long, value_name = "SECRET")]
         credential: Option<String>,
+        /// The repository is on GitHub: each task's pushed branch gets a draft pull request
+        /// (through `https://api.github.com` for github.com, `https://HOST/api/v3` otherwise).
+        #[arg(long)]
+        github: bool,
+        /// The GitHub API to open pull requests through (GitHub Enterprise Server, or one on
+        /// another address); implies --github.
+        #[arg(long, value_name = "URL")]
+        github_api: Option<String>,
     },
     /// List the registered repositories.
     Ls {

@@ -253,6 +253,18 @@ pub fn event(record: &EventRecord) -> String {
             ),
             None,
         ),
+        Event::PullRequest {
+            url,
+            number,
+            created,
+        } => (
+            "pull request",
+            format!(
+                "#{number} {} · {url}",
+                if *created { "opened" } else { "updated" }
+            ),
+            None,
+        ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
         Event::ImageReady {
             reference,

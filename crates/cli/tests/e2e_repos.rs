@@ -443,3 +443,286 @@ async fn a_remote_over_smart_http_is_fetched_and_pushed_with_a_stored_token_only
         }
     }
 }
+
+/// A request the GitHub-shaped API server received: method, path, JSON body.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
+
+/// GitHub's REST API for pull requests, as GitHub documents it (the shapes of the calls
+/// nightshift makes), on loopback: pull requests kept in memory, one token accepted, and the
+/// first creation answered with a 502 and `Retry-After`, as an outage would be.
+async fn github_api(token: &str) -> (String, Recorded) {
+    use axum::extract::{Path, Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, patch, post};
+
+    #[derive(Clone)]
+    struct Api {
+        token: String,
+        recorded: Recorded,
+        pulls: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+        failed_once: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        base: String,
+    }
+    fn authorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
+        let ok = headers
+            .get("authorization")
+            .is_some_and(|v| v.to_str().unwrap() == format!("Bearer {}", api.token));
+        let versioned = headers.get("x-github-api-version").is_some();
+        match ok && versioned {
+            true => None,
+            false => Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({"message": "Bad credentials"})),
+                )
+                    .into_response(),
+            ),
+        }
+    }
+    async fn list(
+        State(api): State<Api>,
+        Path((owner, repo)): Path<(String, String)>,
+        Query(query): Query<std::collections::HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "GET".into(),
+            format!("/repos/{owner}/{repo}/pulls"),
+            serde_json::json!(query),
+        ));
+        let head = query.get("head").cloned().unwrap_or_default();
+        let found: Vec<Value> = api
+            .pulls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| format!("{owner}:{}", p["head"]["ref"].as_str().unwrap()) == head)
+            .cloned()
+            .collect();
+        axum::Json(Value::Array(found)).into_response()
+    }
+    async fn create(
+        State(api): State<Api>,
+        Path((owner, repo)): Path<(String, String)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "POST".into(),
+            format!("/repos/{owner}/{repo}/pulls"),
+            body.clone(),
+        ));
+        if !api
+            .failed_once
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return (
+                StatusCode::BAD_GATEWAY,
+                [("retry-after", "1")],
+                axum::Json(serde_json::json!({"message": "Server Error"})),
+            )
+                .into_response();
+        }
+        let mut pulls = api.pulls.lock().unwrap();
+        let number = pulls.len() as u64 + 1;
+        let pull = serde_json::json!({
+            "number": number,
+            "html_url": format!("{}/{owner}/{repo}/pull/{number}", api.base),
+            "state": "open",
+            "draft": body["draft"],
+            "title": body["title"],
+            "body": body["body"],
+            "head": {"ref": body["head"]},
+            "base": {"ref": body["base"]},
+        });
+        pulls.push(pull.clone());
+        (StatusCode::CREATED, axum::Json(pull)).into_response()
+    }
+    async fn update(
+        State(api): State<Api>,
+        Path((owner, repo, number)): Path<(String, String, u64)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "PATCH".into(),
+            format!("/repos/{owner}/{repo}/pulls/{number}"),
+            body.clone(),
+        ));
+        let mut pulls = api.pulls.lock().unwrap();
+        let pull = &mut pulls[number as usize - 1];
+        pull["body"] = body["body"].clone();
+        axum::Json(pull.clone()).into_response()
+    }
+    async fn comment(
+        State(api): State<Api>,
+        Path((owner, repo, number)): Path<(String, String, u64)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "POST".into(),
+            format!("/repos/{owner}/{repo}/issues/{number}/comments"),
+            body.clone(),
+        ));
+        (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({"id": 1, "body": body["body"]})),
+        )
+            .into_response()
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let recorded: Recorded = Default::default();
+    let api = Api {
+        token: token.to_string(),
+        recorded: recorded.clone(),
+        pulls: Default::default(),
+        failed_once: Default::default(),
+        base: base.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/repos/{owner}/{repo}/pulls", get(list).post(create))
+        .route("/repos/{owner}/{repo}/pulls/{number}", patch(update))
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/comments",
+            post(comment),
+        )
+        .with_state(api);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, recorded)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_follow_ups_update_it()
+{
+    const TOKEN: &str = "ghs-installation-token-0123";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n");
+    let url = git_server.serve(repo.path(), "acme/app");
+    let (api, recorded) = github_api(TOKEN).await;
+    let mut steps = fixing_script_steps();
+    steps.extend([
+        serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "add adds\n"}}]}}),
+        serde_json::json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Document add"}}]}}),
+    ]);
+    let (ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = ns
+        .run(&["run", "--repo", "acme/app", "--wait", "--json", "Fix add"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    let branch = task["branch"].as_str().unwrap().to_string();
+    let events = ns.events(&id).await;
+    let opened = of_type(&events, "pull_request");
+    assert_eq!(opened.len(), 1, "{events:#?}");
+    assert_eq!(opened[0]["created"], true);
+    assert_eq!(opened[0]["number"], 1);
+    assert_eq!(
+        opened[0]["url"].as_str().unwrap(),
+        format!("{api}/acme/app/pull/1")
+    );
+    // The pull request: draft, from the task's branch to its base, the evidence in its body;
+    // asked for twice (the first answer was a 502).
+    let calls = recorded.lock().unwrap().clone();
+    let creations: Vec<_> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        .collect();
+    assert_eq!(creations.len(), 2, "{calls:#?}");
+    let created = &creations[1].2;
+    assert_eq!(created["draft"], true);
+    assert_eq!(created["head"], branch.as_str());
+    assert_eq!(created["base"], "main");
+    assert_eq!(created["title"], "Fix add: it subtracted");
+    let body = created["body"].as_str().unwrap();
+    for needed in [
+        "sh test.sh passes now",
+        "| test | `sh test.sh` | passed",
+        "tokens in",
+        &id,
+    ] {
+        assert!(body.contains(needed), "{needed:?} in {body}");
+    }
+    // Every commit on the branch names the task.
+    let bare = git_server.root.path().join("acme/app.git");
+    let message = git(&bare, &["log", "-1", "--format=%B", &branch]);
+    assert!(
+        message.contains(&format!("Nightshift-Task: {id}")),
+        "{message}"
+    );
+
+    // A follow-up pushes the same branch forward, updates the body and comments.
+    let said = ns.run(&["say", &id, "Also", "document", "add"]).await;
+    assert!(said.status.success(), "{}", stderr(&said));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let follow_up = loop {
+        let events = ns.events(&id).await;
+        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
+            break started["task_id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let done = ns
+        .wait_for(&follow_up, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let events = ns.events(&follow_up).await;
+    let updated = of_type(&events, "pull_request");
+    assert_eq!(updated.len(), 1, "{events:#?}");
+    assert_eq!(
+        (updated[0]["created"].clone(), updated[0]["number"].clone()),
+        (Value::Bool(false), 1.into())
+    );
+    let calls = recorded.lock().unwrap().clone();
+    assert!(calls.iter().any(|(m, p, b)| m == "PATCH"
+        && p == "/repos/acme/app/pulls/1"
+        && b["body"].as_str().unwrap().contains("Document add")));
+    assert!(calls.iter().any(|(m, p, b)| m == "POST"
+        && p == "/repos/acme/app/issues/1/comments"
+        && b["body"].as_str().unwrap().contains(&follow_up)));
+    assert_eq!(
+        git(&bare, &["show", &format!("{branch}:NOTES.md")]),
+        "add adds"
+    );
+    // Nothing approves or merges.
+    assert!(
+        calls
+            .iter()
+            .all(|(_, p, _)| !p.contains("merge") && !p.contains("reviews"))
+    );
+}

@@ -177,6 +177,13 @@ pub enum Event {
         branch: String,
         commit: String,
     },
+    /// The task's pull request on its forge: opened for its branch, or (a follow-up, or the
+    /// same task again) updated with this run's evidence.
+    PullRequest {
+        url: String,
+        number: u64,
+        created: bool,
+    },
     /// Someone asked to cancel the task.
     CancelRequested,
     /// A person sent the task a message: steering while it runs, or a follow-up once it ended.
@@ -253,6 +260,7 @@ impl Event {
             Event::AgentFinished { .. } => "agent_finished",
             Event::Committed { .. } => "committed",
             Event::BranchPushed { .. } => "branch_pushed",
+            Event::PullRequest { .. } => "pull_request",
             Event::CancelRequested => "cancel_requested",
             Event::MessageReceived { .. } => "message_received",
             Event::FollowUpStarted { .. } => "follow_up_started",

@@ -19,6 +19,10 @@ pub struct Repository {
     /// an HTTPS token, or an SSH private key for `ssh://` and `user@host:path` URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// For a repository on GitHub: the API its tasks open pull requests through
+    /// (`https://api.github.com`, or a GitHub Enterprise Server's `https://HOST/api/v3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_api: Option<String>,
 }
 
 /// The longest repository name.

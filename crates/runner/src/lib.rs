@@ -10,6 +10,7 @@ mod ending;
 mod environment;
 mod error;
 mod follow_up;
+mod forge;
 mod handoff;
 mod image;
 mod lifecycle;
@@ -40,7 +41,7 @@ pub use handoff::DIFF_BLOB;
 pub use image::ImageSettings;
 pub use lifecycle::PriceLookup;
 pub use nightshift_env::is_remote;
-pub use repos::{RegisterError, find_registered, register_repo};
+pub use repos::{RegisterError, RepoOptions, find_registered, register_repo};
 pub use submit::TaskRequest;
 pub use worker::WorkerConfig;
 

@@ -141,6 +141,7 @@ impl Runner {
                 .unwrap_or(log.snapshot().await));
         }
 
+        self.report_to_forge(&log, &ending).await?;
         let now = Timestamp::now();
         let task = log
             .update(|task| {

@@ -39,6 +39,16 @@ impl RegisterError {
     }
 }
 
+/// What a remote repository is registered with, besides its name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RepoOptions<'a> {
+    /// The stored secret host git (and the forge's API) reaches it with.
+    pub credential: Option<&'a str>,
+    /// Open pull requests on GitHub for its tasks' branches: through the API given, or
+    /// (`Some(None)`) the one its URL implies.
+    pub github: Option<Option<&'a str>>,
+}
+
 /// Registers a repository as `name` (by default, its directory's name): the git repository at
 /// the path `repo` (any directory inside its work tree), or the remote repository at the URL
 /// `repo` (`https://`, `ssh://`, `git@host:path`, `file://`; its mirror is made by the first
@@ -51,8 +61,9 @@ pub async fn register_repo(
     store: &dyn Store,
     repo: &str,
     name: Option<&str>,
-    credential: Option<&str>,
+    options: RepoOptions<'_>,
 ) -> Result<Repository, RegisterError> {
+    let RepoOptions { credential, github } = options;
     if let Some(secret) = credential {
         if !nightshift_env::is_remote(repo) {
             return Err(RegisterError::Credential(format!(
@@ -63,6 +74,30 @@ pub async fn register_repo(
             return Err(RegisterError::Credential(format!(
                 "no secret is stored as `{secret}` (`nightshift secret set {secret} --repo URL` stores one)"
             )));
+        }
+    }
+    let github_api = match github {
+        None => None,
+        Some(_) if !nightshift_env::is_remote(repo) => {
+            return Err(RegisterError::Credential(format!(
+                "pull requests are for a remote repository (a URL), and {repo} is a path"
+            )));
+        }
+        Some(Some(api)) => Some(api.trim().trim_end_matches('/').to_string()),
+        Some(None) => Some(nightshift_forge::default_api(repo).ok_or_else(|| {
+            RegisterError::Credential(format!("{repo} names no host for a GitHub API"))
+        })?),
+    };
+    if github_api.is_some() {
+        if nightshift_forge::RepoRef::from_url(repo).is_none() {
+            return Err(RegisterError::Credential(format!(
+                "{repo} does not end in OWNER/NAME, as a GitHub repository's URL does"
+            )));
+        }
+        if credential.is_none() {
+            return Err(RegisterError::Credential(
+                "pull requests need a credential: a token with access to the repository's pull requests (--credential SECRET)".into(),
+            ));
         }
     }
     let location = match nightshift_env::is_remote(repo) {
@@ -86,6 +121,7 @@ pub async fn register_repo(
         created_at: Timestamp::from_millisecond(Timestamp::now().as_millisecond())
             .unwrap_or_else(|_| Timestamp::now()),
         credential: credential.map(str::to_string),
+        github_api,
     };
     store.add_repo(&repo).await?;
     Ok(repo)
@@ -177,6 +213,7 @@ mod tests {
             location: location.into(),
             created_at: Timestamp::UNIX_EPOCH,
             credential: None,
+            github_api: None,
         }
     }
 

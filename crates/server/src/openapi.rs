@@ -214,6 +214,8 @@ pub(crate) struct RepositoryDoc {
     created_at: String,
     /// For a remote repository: the stored secret host git reaches it with.
     credential: Option<String>,
+    /// For a repository on GitHub: the API its tasks open pull requests through.
+    github_api: Option<String>,
 }
 
 #[cfg(test)]
@@ -293,6 +295,7 @@ mod tests {
             location: "/srv/app".into(),
             created_at: Timestamp::UNIX_EPOCH,
             credential: Some("GIT_TOKEN".into()),
+            github_api: Some("https://api.github.com".into()),
         };
         let json = serde_json::to_value(&repo).unwrap();
         let fields: BTreeSet<String> = json.as_object().unwrap().keys().cloned().collect();

@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use nightshift_protocol::{ApiToken, Repository, Task};
-use nightshift_runner::{RegisterError, find_registered, register_repo};
+use nightshift_runner::{RegisterError, RepoOptions, find_registered, register_repo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -31,6 +31,10 @@ pub(crate) struct AddRepo {
     /// private key).
     #[serde(default)]
     pub credential: Option<String>,
+    /// For a repository on GitHub: open pull requests for its tasks' branches through this
+    /// API (`"default"`: the one its URL implies, `https://api.github.com` for github.com).
+    #[serde(default)]
+    pub github_api: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -165,7 +169,13 @@ pub(crate) async fn add(
         state.store().as_ref(),
         path,
         body.name.as_deref(),
-        body.credential.as_deref(),
+        RepoOptions {
+            credential: body.credential.as_deref(),
+            github: body.github_api.as_deref().map(|api| match api {
+                "" | "default" => None,
+                api => Some(api),
+            }),
+        },
     )
     .await
     .map_err(|err| {

@@ -148,7 +148,7 @@ async fn a_token_limited_to_one_repository_neither_submits_to_nor_sees_another()
             h.store.as_ref(),
             path.to_str().unwrap(),
             Some(name),
-            None,
+            Default::default(),
         )
         .await
         .unwrap();

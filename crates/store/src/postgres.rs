@@ -544,6 +544,7 @@ impl Store for PostgresStore {
             .bind(&repo.location)
             .bind(rows::millis(repo.created_at))
             .bind(&repo.credential)
+            .bind(&repo.github_api)
             .execute(&self.pool)
             .await
             .map_err(|cause| {

@@ -290,6 +290,7 @@ pub(crate) struct RepoRow {
     location: String,
     created_at: i64,
     credential: Option<String>,
+    github_api: Option<String>,
 }
 
 impl RepoRow {
@@ -301,6 +302,7 @@ impl RepoRow {
             name: self.name,
             location: self.location,
             credential: self.credential,
+            github_api: self.github_api,
         })
     }
 }

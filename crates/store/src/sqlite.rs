@@ -512,6 +512,7 @@ impl Store for SqliteStore {
             .bind(&repo.location)
             .bind(rows::millis(repo.created_at))
             .bind(&repo.credential)
+            .bind(&repo.github_api)
             .execute(&self.writer)
             .await
             .map_err(|cause| {

@@ -149,6 +149,7 @@ fn repo(name: &str, location: &str) -> Repository {
         location: location.into(),
         created_at: now(),
         credential: None,
+        github_api: None,
     }
 }
 
@@ -156,6 +157,7 @@ async fn repositories_are_registered_once_by_name_and_by_location(t: TestStore) 
     assert!(t.store.repos().await.unwrap().is_empty());
     let app = Repository {
         credential: Some("GIT_TOKEN".into()),
+        github_api: Some("https://ghe.example/api/v3".into()),
         ..repo("acme/app", "https://git.example/acme/app.git")
     };
     let lib = repo("Lib", "/srv/lib");

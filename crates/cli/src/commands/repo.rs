@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use nightshift_runner::{RegisterError, register_repo};
+use nightshift_runner::{RegisterError, RepoOptions, register_repo};
 
 use crate::args::{RepoArgs, RepoCommand};
 use crate::home::Home;
@@ -17,22 +17,27 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode, Failure> {
             path,
             name,
             credential,
+            github,
+            github_api,
         } => {
-            let repo = register_repo(
-                store.as_ref(),
-                &path,
-                name.as_deref(),
-                credential.as_deref(),
-            )
-            .await
-            .map_err(|err| {
-                let hint = err.hint();
-                let failure = match err {
-                    RegisterError::Store(err) => Failure::from(err),
-                    other => Failure::usage(other.to_string()),
-                };
-                failure.with_hint(hint)
-            })?;
+            let options = RepoOptions {
+                credential: credential.as_deref(),
+                github: match (github, github_api.as_deref()) {
+                    (_, Some(api)) => Some(Some(api)),
+                    (true, None) => Some(None),
+                    (false, None) => None,
+                },
+            };
+            let repo = register_repo(store.as_ref(), &path, name.as_deref(), options)
+                .await
+                .map_err(|err| {
+                    let hint = err.hint();
+                    let failure = match err {
+                        RegisterError::Store(err) => Failure::from(err),
+                        other => Failure::usage(other.to_string()),
+                    };
+                    failure.with_hint(hint)
+                })?;
             println!("{}", repo.name);
             eprintln!(
                 "registered {} as `{}`: `nightshift run --repo {}` and the API's `repo` take that name",

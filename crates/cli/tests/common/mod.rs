@@ -64,7 +64,12 @@ pub fn buggy_repo_with_config(config: &str) -> tempfile::TempDir {
 }
 
 pub fn fixing_script() -> Script {
-    script(json!([
+    script(Value::Array(fixing_script_steps()))
+}
+
+/// The steps of [`fixing_script`], to build longer scripts from.
+pub fn fixing_script_steps() -> Vec<Value> {
+    let steps = json!([
         {"reply": {"text": "Reading the code.", "tool_calls": [{"name": "read_file", "arguments": {"path": "calc.sh"}}],
                    "usage": {"prompt_tokens": 1000, "completion_tokens": 20, "cached_tokens": 0}}},
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sh test.sh"}}],
@@ -75,7 +80,11 @@ pub fn fixing_script() -> Script {
                    "usage": {"prompt_tokens": 1300, "completion_tokens": 15, "cached_tokens": 1100}}},
         {"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Fix add: it subtracted\n\nsh test.sh passes now."}}],
                    "usage": {"prompt_tokens": 1400, "completion_tokens": 30, "cached_tokens": 1200}}}
-    ]))
+    ]);
+    match steps {
+        Value::Array(steps) => steps,
+        _ => unreachable!("a JSON array"),
+    }
 }
 
 pub fn script(steps: Value) -> Script {

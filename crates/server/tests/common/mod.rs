@@ -129,7 +129,7 @@ impl Harness {
             self.store.as_ref(),
             path.to_str().unwrap(),
             Some(&format!("repo{n}")),
-            None,
+            Default::default(),
         )
         .await
         .unwrap();
