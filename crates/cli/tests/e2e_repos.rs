@@ -564,6 +564,50 @@ async fn github_api(token: &str) -> (String, Recorded) {
         pull["body"] = body["body"].clone();
         axum::Json(pull.clone()).into_response()
     }
+    async fn permission(
+        State(api): State<Api>,
+        Path((owner, repo, user)): Path<(String, String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "GET".into(),
+            format!("/repos/{owner}/{repo}/collaborators/{user}/permission"),
+            Value::Null,
+        ));
+        let role = match user.as_str() {
+            "alice" => "write",
+            _ => "read",
+        };
+        axum::Json(
+            serde_json::json!({"permission": role, "role_name": role, "user": {"login": user}}),
+        )
+        .into_response()
+    }
+    async fn show(
+        State(api): State<Api>,
+        Path((owner, repo, number)): Path<(String, String, u64)>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        let pulls = api.pulls.lock().unwrap();
+        match pulls.get(number as usize - 1) {
+            Some(pull) => {
+                let mut pull = pull.clone();
+                pull["head"]["repo"] = serde_json::json!({"full_name": format!("{owner}/{repo}")});
+                axum::Json(pull).into_response()
+            }
+            None => (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"message": "Not Found"})),
+            )
+                .into_response(),
+        }
+    }
     async fn comment(
         State(api): State<Api>,
         Path((owner, repo, number)): Path<(String, String, u64)>,
@@ -597,7 +641,14 @@ async fn github_api(token: &str) -> (String, Recorded) {
     };
     let app = axum::Router::new()
         .route("/repos/{owner}/{repo}/pulls", get(list).post(create))
-        .route("/repos/{owner}/{repo}/pulls/{number}", patch(update))
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            patch(update).get(show),
+        )
+        .route(
+            "/repos/{owner}/{repo}/collaborators/{user}/permission",
+            get(permission),
+        )
         .route(
             "/repos/{owner}/{repo}/issues/{number}/comments",
             post(comment),
@@ -725,4 +776,260 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
             .iter()
             .all(|(_, p, _)| !p.contains("merge") && !p.contains("reviews"))
     );
+}
+
+/// A delivery as GitHub signs it: `X-Hub-Signature-256: sha256=HMAC-SHA256(secret, body)`.
+async fn deliver(
+    url: &str,
+    secret: &str,
+    event: &str,
+    delivery: &str,
+    payload: &Value,
+) -> (u16, Value) {
+    use hmac::{Hmac, Mac};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = serde_json::to_vec(payload).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let response = reqwest::Client::new()
+        .post(format!("{url}/api/webhooks/github"))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_follows_up() {
+    use std::io::BufRead;
+    const TOKEN: &str = "ghs-installation-token-4567";
+    const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo();
+    let url = git_server.serve(repo.path(), "acme/app");
+    let (api, recorded) = github_api(TOKEN).await;
+    let mut steps = fixing_script_steps();
+    steps.extend([
+        serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "reviewed\n"}}]}}),
+        serde_json::json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Address the review"}}]}}),
+    ]);
+    let (mut ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    ns.env.push((
+        "NIGHTSHIFT_GITHUB_WEBHOOK_SECRET".into(),
+        WEBHOOK_SECRET.into(),
+    ));
+    let mut server = Serve(
+        ns.command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--model",
+            "openai:m",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(server.0.stderr.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+
+    let repository = serde_json::json!({
+        "full_name": "acme/app",
+        "clone_url": url,
+        "html_url": format!("{}/acme/app", git_server.url),
+    });
+    let comment_by = |login: &str, repository: &Value| {
+        serde_json::json!({
+            "action": "created",
+            "issue": {"number": 7, "title": "add subtracts", "body": "sh calc.sh 2 3 prints -1"},
+            "comment": {"body": "@nightshift fix add please"},
+            "repository": repository,
+            "sender": {"login": login},
+        })
+    };
+
+    // A bad signature, a reader, an unregistered repository: nothing starts.
+    let (status, _) = deliver(
+        &base,
+        "wrong secret",
+        "issue_comment",
+        "d-0",
+        &comment_by("alice", &repository),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-1",
+        &comment_by("mallory", &repository),
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (200, Some("refused")),
+        "{outcome}"
+    );
+    assert!(
+        outcome["reason"].as_str().unwrap().contains("needs write"),
+        "{outcome}"
+    );
+    let elsewhere = serde_json::json!({"full_name": "evil/app", "clone_url": "https://github.com/evil/app.git"});
+    let (_, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-2",
+        &comment_by("alice", &elsewhere),
+    )
+    .await;
+    assert_eq!(outcome["outcome"], "refused", "{outcome}");
+    let listed = ns.json(&["ls", "--json"]).await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "nothing started: {listed}"
+    );
+
+    // A writer's comment starts a task and is answered; its redelivery starts nothing.
+    let (status, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-3",
+        &comment_by("alice", &repository),
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (201, Some("started")),
+        "{outcome}"
+    );
+    let id = outcome["task"].as_str().unwrap().to_string();
+    let (status, again) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-3",
+        &comment_by("alice", &repository),
+    )
+    .await;
+    assert_eq!(
+        (status, again["outcome"].as_str()),
+        (200, Some("ignored")),
+        "{again}"
+    );
+    let task = ns
+        .wait_for(&id, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert!(
+        task["spec"]["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("fix add please")
+    );
+    assert_eq!(
+        ns.json(&["ls", "--json"]).await.as_array().unwrap().len(),
+        1
+    );
+    let calls = recorded.lock().unwrap().clone();
+    assert!(
+        calls.iter().any(|(m, p, b)| m == "POST"
+            && p == "/repos/acme/app/issues/7/comments"
+            && b["body"].as_str().unwrap().contains(&id)),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+    );
+
+    // A review comment on its pull request starts a follow-up on the same branch.
+    let review = serde_json::json!({
+        "action": "created",
+        "comment": {"body": "Please document add", "path": "calc.sh", "line": 3},
+        "pull_request": {"number": 1, "head": {"ref": task["branch"]}},
+        "repository": repository,
+        "sender": {"login": "alice"},
+    });
+    let (status, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "pull_request_review_comment",
+        "d-4",
+        &review,
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (200, Some("follow_up")),
+        "{outcome}"
+    );
+    let follow_up = outcome["task"].as_str().unwrap().to_string();
+    assert_ne!(follow_up, id);
+    let done = ns
+        .wait_for(&follow_up, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["branch"], task["branch"]);
+    // The review, with where it points, is the follow-up's instruction.
+    let prompt = done["spec"]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains("Please document add") && prompt.contains("calc.sh line 3"),
+        "{prompt}"
+    );
+    let events = ns.events(&id).await;
+    let received = of_type(&events, "message_received");
+    assert_eq!(received[0]["from"], "alice on GitHub", "{received:?}");
+}
+
+/// `nightshift serve`, stopped when dropped (a failing test included).
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
 }

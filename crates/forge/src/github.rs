@@ -169,7 +169,42 @@ impl GitHub {
         Ok(())
     }
 
-    /// Comments on the pull request's conversation.
+    /// The head branch of pull request `number` (of this repository; `None` for one from a
+    /// fork).
+    pub async fn pull_head(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<Option<String>, ForgeError> {
+        let path = format!("/repos/{}/{}/pulls/{number}", repo.owner, repo.name);
+        let pull: Value = self.call(Method::GET, &path, None).await?;
+        let same_repo = pull["head"]["repo"]["full_name"]
+            .as_str()
+            .is_none_or(|full| full.eq_ignore_ascii_case(&format!("{}/{}", repo.owner, repo.name)));
+        Ok(pull["head"]["ref"]
+            .as_str()
+            .filter(|_| same_repo)
+            .map(str::to_string))
+    }
+
+    /// What `user` may do in the repository, as GitHub says: `admin`, `maintain`, `write`,
+    /// `triage`, `read` or `none` (`role_name` where GitHub gives it, else `permission`).
+    pub async fn permission(&self, repo: &RepoRef, user: &str) -> Result<String, ForgeError> {
+        let path = format!(
+            "/repos/{}/{}/collaborators/{}/permission",
+            repo.owner,
+            repo.name,
+            query_escape(user)
+        );
+        let answer: Value = self.call(Method::GET, &path, None).await?;
+        let role = answer["role_name"]
+            .as_str()
+            .or_else(|| answer["permission"].as_str())
+            .unwrap_or("none");
+        Ok(role.to_string())
+    }
+
+    /// Comments on the conversation of issue or pull request `number`.
     pub async fn comment(&self, repo: &RepoRef, number: u64, body: &str) -> Result<(), ForgeError> {
         let path = format!(
             "/repos/{}/{}/issues/{number}/comments",

@@ -31,16 +31,6 @@ impl Runner {
         if !nightshift_env::is_remote(&url) {
             return Ok(());
         }
-        let api = match self.store.repos().await {
-            Ok(repos) => repos
-                .into_iter()
-                .find(|repo| repo.location == url)
-                .and_then(|repo| repo.github_api),
-            Err(_) => None,
-        };
-        let Some(api) = api else {
-            return Ok(());
-        };
         let events = match self.store.events(task.id, 0, 10_000).await {
             Ok(events) => events,
             Err(err) => {
@@ -57,18 +47,9 @@ impl Runner {
         {
             return Ok(());
         }
-        let token = match self.remote_credential(&url).await {
-            Ok(Some(RemoteCredential::Token(token))) => token,
-            Ok(_) => {
-                return warn(log, format!("no pull request for {branch}: {url} has no token credential for GitHub's API")).await;
-            }
-            Err(err) => return warn(log, format!("no pull request for {branch}: {err}")).await,
-        };
-        let Some(repo) = RepoRef::from_url(&url) else {
-            return Ok(());
-        };
-        let github = match GitHub::new(&api, &token) {
-            Ok(github) => github,
+        let Forge { github, repo } = match self.forge_for(&url).await {
+            Ok(Some(forge)) => forge,
+            Ok(None) => return Ok(()),
             Err(err) => return warn(log, format!("no pull request for {branch}: {err}")).await,
         };
         let body = pull_request_body(&task, ending, &events);
@@ -238,4 +219,35 @@ fn follow_up_comment(task: &Task, ending: &Ending, events: &[EventRecord]) -> St
         let _ = write!(comment, "\n{}\n", summary.trim());
     }
     comment
+}
+
+/// A repository's forge, as the webhook receiver and the hand-back reach it.
+#[derive(Debug, Clone)]
+pub struct Forge {
+    pub github: GitHub,
+    pub repo: RepoRef,
+}
+
+impl Runner {
+    /// The GitHub API of the registered remote repository at `url`, with its token; `None` for
+    /// a repository registered without one.
+    pub async fn forge_for(&self, url: &str) -> Result<Option<Forge>, String> {
+        let url = url.trim();
+        let repos = self.store.repos().await.map_err(|e| e.to_string())?;
+        let Some(api) = repos
+            .into_iter()
+            .find(|repo| repo.location == url)
+            .and_then(|repo| repo.github_api)
+        else {
+            return Ok(None);
+        };
+        let token = match self.remote_credential(url).await? {
+            Some(RemoteCredential::Token(token)) => token,
+            _ => return Err(format!("{url} has no token credential for GitHub's API")),
+        };
+        let repo =
+            RepoRef::from_url(url).ok_or_else(|| format!("{url} does not end in OWNER/NAME"))?;
+        let github = GitHub::new(&api, &token).map_err(|e| e.to_string())?;
+        Ok(Some(Forge { github, repo }))
+    }
 }

@@ -37,6 +37,7 @@ use nightshift_store::Store;
 pub use ceilings::LimitCeilings;
 pub use error::{RunnerError, SubmitError};
 pub use follow_up::{MessageOutcome, MessageRefusal};
+pub use forge::Forge;
 pub use handoff::DIFF_BLOB;
 pub use image::ImageSettings;
 pub use lifecycle::PriceLookup;

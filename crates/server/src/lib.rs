@@ -16,6 +16,7 @@ mod repos;
 mod tasks;
 mod tokens;
 mod views;
+mod webhooks;
 
 use std::future::Future;
 use std::io;
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     /// How long a verified token is trusted before the store is asked again. Revoking a token
     /// through this server takes effect at once; through another process, within this time.
     pub token_cache: Duration,
+    /// The secret GitHub signs webhook deliveries with (`X-Hub-Signature-256`); `None`:
+    /// `POST /api/webhooks/github` answers 404.
+    pub github_webhook_secret: Option<String>,
 }
 
 impl ServerConfig {
@@ -54,6 +58,7 @@ impl ServerConfig {
             event_poll: Duration::from_millis(100),
             max_body_bytes: 1024 * 1024,
             token_cache: Duration::from_secs(5),
+            github_webhook_secret: None,
         }
     }
 }
@@ -129,6 +134,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{id}", delete(tokens::revoke))
         .route("/api/repos", get(repos::list).post(repos::add))
+        .route("/api/webhooks/github", post(webhooks::github))
         .route("/api/repos/{*name}", delete(repos::remove))
         .route("/api/openapi.json", get(openapi::document))
         .route("/healthz", get(metrics::healthz))

@@ -39,6 +39,7 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         crate::repos::list,
         crate::repos::add,
         crate::repos::remove,
+        crate::webhooks::github,
         crate::metrics::healthz,
         crate::metrics::metrics,
     ),
@@ -46,6 +47,7 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         TaskDoc, TaskSpecDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
         EventPage, CancelView, CreateTask, SendMessage, CreateToken, CreatedToken, TokenList,
         ErrorBody, ErrorDetail, Health, RepositoryDoc, AddRepo, RepoList,
+        crate::webhooks::WebhookOutcome,
     )),
     modifiers(&BearerAuth),
 )]

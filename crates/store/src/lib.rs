@@ -222,6 +222,10 @@ pub trait Store: Send + Sync {
     /// Forgets the repository `name` (its tasks stay). Returns false if there was none.
     async fn remove_repo(&self, name: &str) -> Result<bool, StoreError>;
 
+    /// Records a forge webhook delivery by its id. Returns true the first time, false for a
+    /// redelivery (safe when several servers receive it at once: one of them gets true).
+    async fn record_delivery(&self, id: &str) -> Result<bool, StoreError>;
+
     /// Replaces the repositories the secret `name` is granted to. Returns false if there is no
     /// such secret. Storing a new value ([`Store::put_secret`]) keeps them.
     async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError>;

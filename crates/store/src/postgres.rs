@@ -576,6 +576,18 @@ impl Store for PostgresStore {
         Ok(removed.rows_affected() == 1)
     }
 
+    async fn record_delivery(&self, id: &str) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(queries::RECORD_DELIVERY)
+            .bind(id)
+            .bind(rows::millis(rows::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("recording the webhook delivery {id}"), cause)
+            })?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
     async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError> {
         semantics::check_secret_name(name)?;
         let json = serde_json::to_string(repos)

@@ -156,6 +156,10 @@ pub(crate) const REPOS: &str =
 /// `$1` name.
 pub(crate) const DELETE_REPO: &str = "DELETE FROM repos WHERE name = $1";
 
+/// `$1` delivery id, `$2` now. Inserts nothing for an id seen before.
+pub(crate) const RECORD_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, received_at) \
+     VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+
 #[cfg(test)]
 mod tests {
     use nightshift_protocol::TaskState;

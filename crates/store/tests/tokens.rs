@@ -190,6 +190,12 @@ async fn repositories_are_registered_once_by_name_and_by_location(t: TestStore) 
         .unwrap();
 }
 
+async fn a_webhook_delivery_is_acted_on_once(t: TestStore) {
+    assert!(t.store.record_delivery("72d3162e-cc78-11e3").await.unwrap());
+    assert!(!t.store.record_delivery("72d3162e-cc78-11e3").await.unwrap());
+    assert!(t.store.record_delivery("another").await.unwrap());
+}
+
 on_every_backend!(
     a_token_is_found_by_its_hash_and_its_use_recorded,
     revoked_tokens_are_not_found_but_still_listed,
@@ -197,4 +203,5 @@ on_every_backend!(
     ids_and_secret_hashes_are_unique,
     a_tokens_repositories_are_kept,
     repositories_are_registered_once_by_name_and_by_location,
+    a_webhook_delivery_is_acted_on_once,
 );

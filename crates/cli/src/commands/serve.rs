@@ -42,7 +42,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     } else {
         None
     };
-    let state = ServerState::new(runner.clone(), ServerConfig::new(args.model));
+    let mut server_config = ServerConfig::new(args.model);
+    server_config.github_webhook_secret = std::env::var("NIGHTSHIFT_GITHUB_WEBHOOK_SECRET")
+        .ok()
+        .filter(|secret| !secret.trim().is_empty());
+    let state = ServerState::new(runner.clone(), server_config);
     eprintln!(
         "nightshift API on http://{address} ({}); SIGTERM or Ctrl-C stops it",
         match args.workers {
