@@ -1,0 +1,347 @@
+//! Forges end to end: a GitHub repository's task opens a draft pull request with its evidence
+//! and follow-ups update it; signed webhook deliveries start tasks and follow-ups, once, for
+//! writers only. GitHub is a server on loopback answering as its REST API documents.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod forge_support;
+
+use common::*;
+use forge_support::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_follow_ups_update_it()
+{
+    const TOKEN: &str = "ghs-installation-token-0123";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n");
+    let url = git_server.serve(repo.path(), "acme/app");
+    let (api, recorded) = github_api(TOKEN).await;
+    let mut steps = fixing_script_steps();
+    steps.extend([
+        serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "add adds\n"}}]}}),
+        serde_json::json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Document add"}}]}}),
+    ]);
+    let (ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = ns
+        .run(&["run", "--repo", "acme/app", "--wait", "--json", "Fix add"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    let branch = task["branch"].as_str().unwrap().to_string();
+    let events = ns.events(&id).await;
+    let opened = of_type(&events, "pull_request");
+    assert_eq!(opened.len(), 1, "{events:#?}");
+    assert_eq!(opened[0]["created"], true);
+    assert_eq!(opened[0]["number"], 1);
+    assert_eq!(
+        opened[0]["url"].as_str().unwrap(),
+        format!("{api}/acme/app/pull/1")
+    );
+    // The pull request: draft, from the task's branch to its base, the evidence in its body;
+    // asked for twice (the first answer was a 502).
+    let calls = recorded.lock().unwrap().clone();
+    let creations: Vec<_> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        .collect();
+    assert_eq!(creations.len(), 2, "{calls:#?}");
+    let created = &creations[1].2;
+    assert_eq!(created["draft"], true);
+    assert_eq!(created["head"], branch.as_str());
+    assert_eq!(created["base"], "main");
+    assert_eq!(created["title"], "Fix add: it subtracted");
+    let body = created["body"].as_str().unwrap();
+    for needed in [
+        "sh test.sh passes now",
+        "| test | `sh test.sh` | passed",
+        "tokens in",
+        &id,
+    ] {
+        assert!(body.contains(needed), "{needed:?} in {body}");
+    }
+    // Every commit on the branch names the task.
+    let bare = git_server.root.path().join("acme/app.git");
+    let message = git(&bare, &["log", "-1", "--format=%B", &branch]);
+    assert!(
+        message.contains(&format!("Nightshift-Task: {id}")),
+        "{message}"
+    );
+
+    // A follow-up pushes the same branch forward, updates the body and comments.
+    let said = ns.run(&["say", &id, "Also", "document", "add"]).await;
+    assert!(said.status.success(), "{}", stderr(&said));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let follow_up = loop {
+        let events = ns.events(&id).await;
+        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
+            break started["task_id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let done = ns
+        .wait_for(&follow_up, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let events = ns.events(&follow_up).await;
+    let updated = of_type(&events, "pull_request");
+    assert_eq!(updated.len(), 1, "{events:#?}");
+    assert_eq!(
+        (updated[0]["created"].clone(), updated[0]["number"].clone()),
+        (Value::Bool(false), 1.into())
+    );
+    let calls = recorded.lock().unwrap().clone();
+    assert!(calls.iter().any(|(m, p, b)| m == "PATCH"
+        && p == "/repos/acme/app/pulls/1"
+        && b["body"].as_str().unwrap().contains("Document add")));
+    assert!(calls.iter().any(|(m, p, b)| m == "POST"
+        && p == "/repos/acme/app/issues/1/comments"
+        && b["body"].as_str().unwrap().contains(&follow_up)));
+    assert_eq!(
+        git(&bare, &["show", &format!("{branch}:NOTES.md")]),
+        "add adds"
+    );
+    // Nothing approves or merges.
+    assert!(
+        calls
+            .iter()
+            .all(|(_, p, _)| !p.contains("merge") && !p.contains("reviews"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_follows_up() {
+    use std::io::BufRead;
+    const TOKEN: &str = "ghs-installation-token-4567";
+    const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo();
+    let url = git_server.serve(repo.path(), "acme/app");
+    let (api, recorded) = github_api(TOKEN).await;
+    let mut steps = fixing_script_steps();
+    steps.extend([
+        serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "reviewed\n"}}]}}),
+        serde_json::json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Address the review"}}]}}),
+    ]);
+    let (mut ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    ns.env.push((
+        "NIGHTSHIFT_GITHUB_WEBHOOK_SECRET".into(),
+        WEBHOOK_SECRET.into(),
+    ));
+    let mut server = Serve(
+        ns.command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--model",
+            "openai:m",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(server.0.stderr.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+
+    let repository = serde_json::json!({
+        "full_name": "acme/app",
+        "clone_url": url,
+        "html_url": format!("{}/acme/app", git_server.url),
+    });
+    let comment_by = |login: &str, repository: &Value| {
+        serde_json::json!({
+            "action": "created",
+            "issue": {"number": 7, "title": "add subtracts", "body": "sh calc.sh 2 3 prints -1"},
+            "comment": {"body": "@nightshift fix add please"},
+            "repository": repository,
+            "sender": {"login": login},
+        })
+    };
+
+    // A bad signature, a reader, an unregistered repository: nothing starts.
+    let (status, _) = deliver(
+        &base,
+        "wrong secret",
+        "issue_comment",
+        "d-0",
+        &comment_by("alice", &repository),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-1",
+        &comment_by("mallory", &repository),
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (200, Some("refused")),
+        "{outcome}"
+    );
+    assert!(
+        outcome["reason"].as_str().unwrap().contains("needs write"),
+        "{outcome}"
+    );
+    let elsewhere = serde_json::json!({"full_name": "evil/app", "clone_url": "https://github.com/evil/app.git"});
+    let (_, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-2",
+        &comment_by("alice", &elsewhere),
+    )
+    .await;
+    assert_eq!(outcome["outcome"], "refused", "{outcome}");
+    let listed = ns.json(&["ls", "--json"]).await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "nothing started: {listed}"
+    );
+
+    // A writer's comment starts a task and is answered; its redelivery starts nothing.
+    let (status, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-3",
+        &comment_by("alice", &repository),
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (201, Some("started")),
+        "{outcome}"
+    );
+    let id = outcome["task"].as_str().unwrap().to_string();
+    let (status, again) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "issue_comment",
+        "d-3",
+        &comment_by("alice", &repository),
+    )
+    .await;
+    assert_eq!(
+        (status, again["outcome"].as_str()),
+        (200, Some("ignored")),
+        "{again}"
+    );
+    let task = ns
+        .wait_for(&id, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert!(
+        task["spec"]["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("fix add please")
+    );
+    assert_eq!(
+        ns.json(&["ls", "--json"]).await.as_array().unwrap().len(),
+        1
+    );
+    let calls = recorded.lock().unwrap().clone();
+    assert!(
+        calls.iter().any(|(m, p, b)| m == "POST"
+            && p == "/repos/acme/app/issues/7/comments"
+            && b["body"].as_str().unwrap().contains(&id)),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+    );
+
+    // A review comment on its pull request starts a follow-up on the same branch.
+    let review = serde_json::json!({
+        "action": "created",
+        "comment": {"body": "Please document add", "path": "calc.sh", "line": 3},
+        "pull_request": {"number": 1, "head": {"ref": task["branch"]}},
+        "repository": repository,
+        "sender": {"login": "alice"},
+    });
+    let (status, outcome) = deliver(
+        &base,
+        WEBHOOK_SECRET,
+        "pull_request_review_comment",
+        "d-4",
+        &review,
+    )
+    .await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (200, Some("follow_up")),
+        "{outcome}"
+    );
+    let follow_up = outcome["task"].as_str().unwrap().to_string();
+    assert_ne!(follow_up, id);
+    let done = ns
+        .wait_for(&follow_up, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["branch"], task["branch"]);
+    // The review, with where it points, is the follow-up's instruction.
+    let prompt = done["spec"]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains("Please document add") && prompt.contains("calc.sh line 3"),
+        "{prompt}"
+    );
+    let events = ns.events(&id).await;
+    let received = of_type(&events, "message_received");
+    assert_eq!(received[0]["from"], "alice on GitHub", "{received:?}");
+}

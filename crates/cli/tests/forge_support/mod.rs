@@ -1,0 +1,414 @@
+//! Forges on loopback for the end-to-end tests: git's smart HTTP protocol behind a token check,
+//! GitHub's REST API for pull requests as GitHub documents it, signed webhook deliveries.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Git's smart HTTP protocol on loopback: `git http-backend` (as CGI) behind a check of one
+/// token in an HTTP Basic `Authorization` header, as forges take tokens. Pushes are allowed to
+/// the authenticated.
+pub struct GitHttp {
+    pub url: String,
+    pub root: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl GitHttp {
+    pub async fn start(token: &str) -> GitHttp {
+        use axum::body::{Body, Bytes};
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
+        use axum::response::Response;
+        use base64::Engine;
+
+        let root = tempfile::tempdir().unwrap();
+        let project_root = root.path().to_path_buf();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+        );
+        let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let project_root = project_root.clone();
+            let expected = expected.clone();
+            async move {
+                let authorized = headers
+                    .get("authorization")
+                    .is_some_and(|v| v.to_str().unwrap_or("") == expected);
+                if !authorized {
+                    return Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .header("WWW-Authenticate", "Basic realm=\"git\"")
+                        .body(Body::empty())
+                        .unwrap();
+                }
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let mut child = tokio::process::Command::new("git")
+                    .arg("http-backend")
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap())
+                    .env("GIT_PROJECT_ROOT", &project_root)
+                    .env("GIT_HTTP_EXPORT_ALL", "1")
+                    .env("REQUEST_METHOD", method.as_str())
+                    .env("PATH_INFO", uri.path())
+                    .env("QUERY_STRING", uri.query().unwrap_or(""))
+                    .env("CONTENT_TYPE", header("content-type"))
+                    .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                    .env("GIT_PROTOCOL", header("git-protocol"))
+                    .env("REMOTE_USER", "x-access-token")
+                    .env("REMOTE_ADDR", "127.0.0.1")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stdin.write_all(&body).await;
+                });
+                let out = child.wait_with_output().await.unwrap();
+                let split = out
+                    .stdout
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| (i, 4))
+                    .or_else(|| {
+                        out.stdout
+                            .windows(2)
+                            .position(|w| w == b"\n\n")
+                            .map(|i| (i, 2))
+                    })
+                    .unwrap();
+                let head = String::from_utf8_lossy(&out.stdout[..split.0]).to_string();
+                let mut response = Response::builder();
+                for line in head.lines() {
+                    let (name, value) = line.split_once(':').unwrap();
+                    let value = value.trim();
+                    if name.eq_ignore_ascii_case("status") {
+                        let code: u16 = value.split_whitespace().next().unwrap().parse().unwrap();
+                        response = response.status(code);
+                    } else {
+                        response = response.header(name, value);
+                    }
+                }
+                response
+                    .body(Body::from(out.stdout[split.0 + split.1..].to_vec()))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        GitHttp {
+            url,
+            root,
+            _server: server,
+        }
+    }
+
+    /// Serves a bare copy of `repo` as `NAME.git`; returns its URL.
+    pub fn serve(&self, repo: &std::path::Path, name: &str) -> String {
+        git(
+            self.root.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                path_str(repo),
+                &format!("{name}.git"),
+            ],
+        );
+        format!("{}/{name}.git", self.url)
+    }
+}
+
+pub fn set_secret(ns: &Nightshift, name: &str, value: &str, repo: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command(&["secret", "set", name, "--repo", repo])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A request the GitHub-shaped API server received: method, path, JSON body.
+pub type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
+
+/// GitHub's REST API for pull requests, as GitHub documents it (the shapes of the calls
+/// nightshift makes), on loopback: pull requests kept in memory, one token accepted, and the
+/// first creation answered with a 502 and `Retry-After`, as an outage would be.
+pub async fn github_api(token: &str) -> (String, Recorded) {
+    use axum::extract::{Path, Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, patch, post};
+
+    #[derive(Clone)]
+    struct Api {
+        token: String,
+        recorded: Recorded,
+        pulls: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+        failed_once: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        base: String,
+    }
+    fn authorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
+        let ok = headers
+            .get("authorization")
+            .is_some_and(|v| v.to_str().unwrap() == format!("Bearer {}", api.token));
+        let versioned = headers.get("x-github-api-version").is_some();
+        match ok && versioned {
+            true => None,
+            false => Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({"message": "Bad credentials"})),
+                )
+                    .into_response(),
+            ),
+        }
+    }
+    async fn list(
+        State(api): State<Api>,
+        Path((owner, repo)): Path<(String, String)>,
+        Query(query): Query<std::collections::HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "GET".into(),
+            format!("/repos/{owner}/{repo}/pulls"),
+            serde_json::json!(query),
+        ));
+        let head = query.get("head").cloned().unwrap_or_default();
+        let found: Vec<Value> = api
+            .pulls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| format!("{owner}:{}", p["head"]["ref"].as_str().unwrap()) == head)
+            .cloned()
+            .collect();
+        axum::Json(Value::Array(found)).into_response()
+    }
+    async fn create(
+        State(api): State<Api>,
+        Path((owner, repo)): Path<(String, String)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "POST".into(),
+            format!("/repos/{owner}/{repo}/pulls"),
+            body.clone(),
+        ));
+        if !api
+            .failed_once
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return (
+                StatusCode::BAD_GATEWAY,
+                [("retry-after", "1")],
+                axum::Json(serde_json::json!({"message": "Server Error"})),
+            )
+                .into_response();
+        }
+        let mut pulls = api.pulls.lock().unwrap();
+        let number = pulls.len() as u64 + 1;
+        let pull = serde_json::json!({
+            "number": number,
+            "html_url": format!("{}/{owner}/{repo}/pull/{number}", api.base),
+            "state": "open",
+            "draft": body["draft"],
+            "title": body["title"],
+            "body": body["body"],
+            "head": {"ref": body["head"]},
+            "base": {"ref": body["base"]},
+        });
+        pulls.push(pull.clone());
+        (StatusCode::CREATED, axum::Json(pull)).into_response()
+    }
+    async fn update(
+        State(api): State<Api>,
+        Path((owner, repo, number)): Path<(String, String, u64)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "PATCH".into(),
+            format!("/repos/{owner}/{repo}/pulls/{number}"),
+            body.clone(),
+        ));
+        let mut pulls = api.pulls.lock().unwrap();
+        let pull = &mut pulls[number as usize - 1];
+        pull["body"] = body["body"].clone();
+        axum::Json(pull.clone()).into_response()
+    }
+    async fn permission(
+        State(api): State<Api>,
+        Path((owner, repo, user)): Path<(String, String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "GET".into(),
+            format!("/repos/{owner}/{repo}/collaborators/{user}/permission"),
+            Value::Null,
+        ));
+        let role = match user.as_str() {
+            "alice" => "write",
+            _ => "read",
+        };
+        axum::Json(
+            serde_json::json!({"permission": role, "role_name": role, "user": {"login": user}}),
+        )
+        .into_response()
+    }
+    async fn show(
+        State(api): State<Api>,
+        Path((owner, repo, number)): Path<(String, String, u64)>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        let pulls = api.pulls.lock().unwrap();
+        match pulls.get(number as usize - 1) {
+            Some(pull) => {
+                let mut pull = pull.clone();
+                pull["head"]["repo"] = serde_json::json!({"full_name": format!("{owner}/{repo}")});
+                axum::Json(pull).into_response()
+            }
+            None => (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"message": "Not Found"})),
+            )
+                .into_response(),
+        }
+    }
+    async fn comment(
+        State(api): State<Api>,
+        Path((owner, repo, number)): Path<(String, String, u64)>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = authorized(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "POST".into(),
+            format!("/repos/{owner}/{repo}/issues/{number}/comments"),
+            body.clone(),
+        ));
+        (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({"id": 1, "body": body["body"]})),
+        )
+            .into_response()
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let recorded: Recorded = Default::default();
+    let api = Api {
+        token: token.to_string(),
+        recorded: recorded.clone(),
+        pulls: Default::default(),
+        failed_once: Default::default(),
+        base: base.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/repos/{owner}/{repo}/pulls", get(list).post(create))
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            patch(update).get(show),
+        )
+        .route(
+            "/repos/{owner}/{repo}/collaborators/{user}/permission",
+            get(permission),
+        )
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/comments",
+            post(comment),
+        )
+        .with_state(api);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, recorded)
+}
+
+/// A delivery as GitHub signs it: `X-Hub-Signature-256: sha256=HMAC-SHA256(secret, body)`.
+pub async fn deliver(
+    url: &str,
+    secret: &str,
+    event: &str,
+    delivery: &str,
+    payload: &Value,
+) -> (u16, Value) {
+    use hmac::{Hmac, Mac};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = serde_json::to_vec(payload).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let response = reqwest::Client::new()
+        .post(format!("{url}/api/webhooks/github"))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `nightshift serve`, stopped when dropped (a failing test included).
+pub struct Serve(pub std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
