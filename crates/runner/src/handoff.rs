@@ -136,10 +136,9 @@ impl Runner {
         copy.hand_off(source, &branch, head, update).await?;
         let pushed = match &remote {
             Some((mirrors, _lock)) => Some(match self.remote_credential(&task.spec.repo).await {
-                Ok(credential) => mirrors
-                    .push(&task.spec.repo, &branch, credential.as_ref())
-                    .await
-                    .map_err(|err| err.to_string()),
+                Ok(credential) => {
+                    push_with_retries(mirrors, &task.spec.repo, &branch, credential.as_ref()).await
+                }
                 Err(err) => Err(err),
             }),
             None => None,
@@ -253,6 +252,50 @@ pub(crate) fn commit_message(summary: &str, task: &Task, incomplete: Option<&str
         task.id
     ));
     message
+}
+
+/// Pushes `branch` to the remote, trying again (after 2 and 4 seconds) when the remote could
+/// not be reached or answered with a server error; a refusal is not tried again.
+async fn push_with_retries(
+    mirrors: &nightshift_env::Mirrors,
+    url: &str,
+    branch: &str,
+    credential: Option<&nightshift_env::RemoteCredential>,
+) -> Result<(), String> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match mirrors.push(url, branch, credential).await {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                let said = err.to_string();
+                if attempt >= ATTEMPTS || !remote_unreachable(&said) {
+                    let tries = match attempt {
+                        1 => String::new(),
+                        n => format!(" (after {n} attempts)"),
+                    };
+                    return Err(format!("{said}{tries}"));
+                }
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+        }
+    }
+}
+
+/// Whether git's words say the remote could not be reached (or failed), as opposed to refusing.
+fn remote_unreachable(said: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "Could not resolve host",
+        "Connection refused",
+        "Connection timed out",
+        "Operation timed out",
+        "The requested URL returned error: 5",
+        "remote end hung up unexpectedly",
+        "early EOF",
+        "Connection reset",
+    ];
+    SIGNS.iter().any(|sign| said.contains(sign))
 }
 
 /// Where, inside the workspace, the tree of the working copy as the agent found it is recorded
@@ -456,6 +499,26 @@ mod tests {
             Ok(path) => Ok(std::fs::read(path).unwrap()),
             Err(err) => Err(err.to_string()),
         }
+    }
+
+    #[test]
+    fn a_remote_that_cannot_be_reached_is_tried_again_and_a_refusal_is_not() {
+        use super::remote_unreachable;
+        assert!(remote_unreachable(
+            "fatal: unable to access 'https://h/x/': Could not resolve host: h"
+        ));
+        assert!(remote_unreachable(
+            "fatal: unable to access 'https://h/x/': The requested URL returned error: 502"
+        ));
+        assert!(!remote_unreachable(
+            "! [remote rejected] b -> b (protected branch hook declined)"
+        ));
+        assert!(!remote_unreachable(
+            "fatal: '/srv/gone.git' does not appear to be a git repository"
+        ));
+        assert!(!remote_unreachable(
+            "fatal: unable to access 'https://h/x/': The requested URL returned error: 403"
+        ));
     }
 
     #[tokio::test]
