@@ -198,6 +198,7 @@ impl Home {
             owner,
             plain_http: settings.images.plain_http.clone(),
             budget: settings.images.budget_bytes(),
+            logins: settings.images.logins.clone(),
         }
     }
 
@@ -350,6 +351,10 @@ pub struct ImageStoreSettings {
     /// images no task runs on are forgotten and their layers removed. Default 50G.
     #[serde(default)]
     pub budget: Option<String>,
+    /// Registry logins from stored secrets: `"ghcr.io" = "GHCR_LOGIN"`, the secret holding
+    /// `USER:PASSWORD` (a token as the password). They come before the host's login files.
+    #[serde(default)]
+    pub logins: std::collections::BTreeMap<String, String>,
 }
 
 impl ImageStoreSettings {

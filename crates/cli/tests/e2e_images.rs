@@ -629,3 +629,67 @@ async fn a_devcontainer_feature_published_to_a_registry_is_fetched_installed_and
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_login_from_a_stored_secret_pulls_a_private_image() {
+    for tool in ["skopeo", "docker-registry", "htpasswd"] {
+        if !support::have(tool) {
+            eprintln!(
+                "skipped: `{tool}` is not installed (apt-get install skopeo docker-registry apache2-utils)"
+            );
+            return;
+        }
+    }
+    let work = support::workdir();
+    let layout = work.path().join("layout");
+    support::write_layout(&layout, "v1", &support::tiny_layers(work.path()), &[]);
+    let registry = support::Registry::start(Some(("robot", "s3cret-pw"))).unwrap();
+    let reference = registry
+        .push(&layout, "v1", "team/private", Some("robot:s3cret-pw"))
+        .unwrap();
+    let ns = Nightshift::new("http://127.0.0.1:9/v1");
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!(
+            "[images]\nplain_http = [\"{host}\"]\nlogins = {{ \"{host}\" = \"REGISTRY_LOGIN\" }}\n",
+            host = registry.host()
+        ),
+    )
+    .unwrap();
+    let set = |value: &str| {
+        use std::io::Write;
+        let mut child = ns
+            .command(&["secret", "set", "REGISTRY_LOGIN", "--all-repos"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{value}\n").as_bytes())
+            .unwrap();
+        assert!(child.wait_with_output().unwrap().status.success());
+    };
+
+    // Not stored yet: said so. A wrong password: the registry refuses.
+    let out = ns.run(&["image", "pull", &reference]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a stored secret"),
+        "{}",
+        stderr(&out)
+    );
+    set("robot:wrong");
+    let out = ns.run(&["image", "pull", &reference]).await;
+    assert!(!out.status.success(), "a wrong password pulls nothing");
+    set("robot:s3cret-pw");
+    let out = ns.run(&["image", "pull", &reference, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        pulled["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{pulled}"
+    );
+}

@@ -198,6 +198,7 @@ fn main() {
                 nightshift_image::Owner::Caller
             },
             plain_http: Vec::new(),
+            logins: Default::default(),
             budget: u64::MAX,
         });
         let providers = ProviderConfig { openai_base_url: Some(server.base_url()), ..ProviderConfig::default() };

@@ -27,6 +27,59 @@ pub struct ImageSettings {
     /// The most bytes the store's layers may hold: after each pull, the least recently used
     /// images no task holds are forgotten until the layers fit.
     pub budget: u64,
+    /// Registry logins from stored secrets: registry (`host[:port]`, `docker.io`) to the name
+    /// of the secret holding `USER:PASSWORD`. They come before the host's login files.
+    pub logins: std::collections::BTreeMap<String, String>,
+}
+
+impl crate::Runner {
+    /// The login for the registry of `reference`: the stored secret `[images] logins` names for
+    /// it, else the host's login files.
+    pub(crate) async fn registry_login(
+        &self,
+        reference: &Reference,
+    ) -> Result<Option<nightshift_image::Credentials>, String> {
+        let secret = match (reference, &self.config.images) {
+            (Reference::Registry { registry, .. }, Some(settings)) => {
+                settings.logins.get(registry).cloned()
+            }
+            _ => None,
+        };
+        let Some(secret) = secret else {
+            return Ok(nightshift_image::host_credentials(reference));
+        };
+        let sealed = self.store.secrets().await.map_err(|e| e.to_string())?;
+        let stored = sealed
+            .into_iter()
+            .find(|s| s.name == secret)
+            .ok_or_else(|| {
+                format!("the registry login `{secret}` ([images] logins) is not a stored secret")
+            })?;
+        let key = self.secret_key.as_ref().ok_or_else(|| {
+            format!(
+                "the registry login `{secret}` cannot be unsealed: this process has no secret key"
+            )
+        })?;
+        let value = key
+            .unseal(&stored.name, &stored.sealed)
+            .map_err(|err| format!("unsealing the registry login `{secret}`: {err}"))?;
+        login_from_secret(&secret, &value).map(Some)
+    }
+}
+
+/// `USER:PASSWORD` (a token as the password) as registry credentials.
+pub fn login_from_secret(name: &str, value: &str) -> Result<nightshift_image::Credentials, String> {
+    match value.trim().split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+            Ok(nightshift_image::Credentials {
+                username: user.to_string(),
+                password: password.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "the registry login `{name}` must hold USER:PASSWORD (a token as the password)"
+        )),
+    }
 }
 
 /// The image a task runs on.
@@ -180,8 +233,14 @@ impl Runner {
             }
         };
         let used: Arc<Mutex<Vec<ImageLayerUse>>> = Arc::default();
+        let login = match self.registry_login(&reference).await {
+            Ok(login) => login,
+            Err(message) => {
+                return fail(log, ErrorKind::Setup, message, None).await.map(Err);
+            }
+        };
         let options = PullOptions {
-            credentials: nightshift_image::host_credentials(&reference),
+            credentials: login,
             plain_http: settings.plain_http.clone(),
             progress: Some({
                 let used = used.clone();
@@ -367,8 +426,14 @@ impl Runner {
                         .map(Err);
                 }
             };
+            let login = match self.registry_login(&reference).await {
+                Ok(login) => login,
+                Err(message) => {
+                    return fail(log, ErrorKind::Setup, message, None).await.map(Err);
+                }
+            };
             let options = PullOptions {
-                credentials: nightshift_image::host_credentials(&reference),
+                credentials: login,
                 plain_http: plain_http.clone(),
                 progress: None,
             };

@@ -20,8 +20,9 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode, Failure> {
     match args.command {
         ImageCommand::Pull { reference, json } => {
             let reference = parse(&reference)?;
+            let credentials = login(&home, &settings.logins, &reference).await?;
             let options = PullOptions {
-                credentials: nightshift_image::host_credentials(&reference),
+                credentials,
                 plain_http: settings.plain_http.clone(),
                 progress: Some(Arc::new(|event: PullEvent| {
                     if let Some(line) = progress_line(&event) {
@@ -119,4 +120,40 @@ fn describe(image: &Image) -> serde_json::Value {
         "architecture": image.config.architecture,
         "os": image.config.os,
     })
+}
+
+/// The login for the registry of `reference`: the stored secret `[images] logins` of
+/// `config.toml` names for it, else the host's login files.
+async fn login(
+    home: &Home,
+    logins: &std::collections::BTreeMap<String, String>,
+    reference: &Reference,
+) -> Result<Option<nightshift_image::Credentials>, Failure> {
+    let secret = match reference {
+        Reference::Registry { registry, .. } => logins.get(registry),
+        _ => None,
+    };
+    let Some(secret) = secret else {
+        return Ok(nightshift_image::host_credentials(reference));
+    };
+    let store = home.store().await?;
+    let sealed = store
+        .secrets()
+        .await?
+        .into_iter()
+        .find(|s| &s.name == secret)
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "the registry login `{secret}` ([images] logins of config.toml) is not a stored secret; `nightshift secret set {secret} --all-repos` stores it"
+            ))
+        })?;
+    let key = home
+        .secret_key()
+        .map_err(|err| Failure::error(format!("unsealing the registry login `{secret}`: {err}")))?;
+    let value = key
+        .unseal(&sealed.name, &sealed.sealed)
+        .map_err(|err| Failure::error(format!("unsealing the registry login `{secret}`: {err}")))?;
+    nightshift_runner::login_from_secret(secret, &value)
+        .map(Some)
+        .map_err(Failure::usage)
 }
