@@ -294,3 +294,48 @@ async fn a_remote_over_smart_http_is_fetched_and_pushed_with_a_stored_token_only
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_at_once_on_one_remote_share_its_mirror_and_all_push() {
+    let repo = buggy_repo();
+    let (remote, url) = bare_remote(repo.path());
+    let bare = remote.path().join("remote.git");
+    // One turn per task, whichever task the scripted model's next answer goes to.
+    let steps: Vec<Value> = (0..4)
+        .map(|i| {
+            serde_json::json!({"reply": {"tool_calls": [
+                {"name": "write_file", "arguments": {"path": format!("done{i}.txt"), "content": "done\n"}},
+                {"name": "finish", "arguments": {"summary": "done"}}
+            ]}})
+        })
+        .collect();
+    let (ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let out = ns
+            .run(&["run", "--repo", &url, "--json", &format!("task {i}")])
+            .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(task["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let task = ns
+            .wait_for(id, |t| {
+                ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+            })
+            .await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let events = ns.events(id).await;
+        assert_eq!(of_type(&events, "branch_pushed").len(), 1, "{events:#?}");
+        let branch = task["branch"].as_str().unwrap();
+        git(&bare, &["rev-parse", "--verify", branch]);
+    }
+    // One mirror for the remote.
+    let mirrors: Vec<_> = std::fs::read_dir(ns.home.path().join("mirrors"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "git"))
+        .collect();
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+}
