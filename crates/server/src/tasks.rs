@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nightshift_protocol::{EventRecord, Task, TaskId, TaskSpec, TaskState};
-use nightshift_runner::{DIFF_BLOB, MessageRefusal, TaskRequest};
+use nightshift_runner::{DIFF_BLOB, MessageOutcome, MessageRefusal, TaskRequest};
 use nightshift_store::TaskFilter;
 
 use crate::auth::{Auth, Read, Submit};
@@ -68,6 +68,19 @@ pub(crate) async fn create(
     body: Result<Json<CreateTask>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
+    let task = submit(&state, body).await?;
+    tracing::info!(task = %task.id, repo = %task.spec.repo, "task submitted over the API");
+    let location = format!("/api/tasks/{}", task.id);
+    let mut response = (StatusCode::CREATED, Json(TaskView::from(task))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Checks a submission and queues it through the runner: what `POST /api/tasks` and the web
+/// UI's new-task form both do.
+pub(crate) async fn submit(state: &ServerState, body: CreateTask) -> Result<Task, ApiError> {
     if !std::path::Path::new(&body.repo).is_absolute() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -91,14 +104,7 @@ pub(crate) async fn create(
     request.max_cost_usd = body.max_cost_usd;
     request.max_duration_secs = body.max_duration_secs;
     request.image = body.image;
-    let task = state.runner().submit(request).await?;
-    tracing::info!(task = %task.id, repo = %task.spec.repo, "task submitted over the API");
-    let location = format!("/api/tasks/{}", task.id);
-    let mut response = (StatusCode::CREATED, Json(TaskView::from(task))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    Ok(state.runner().submit(request).await?)
 }
 
 /// Lists tasks, newest first.
@@ -118,14 +124,7 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<TaskList>, ApiError> {
     let Query(query) = query?;
-    let states = match query.state.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(text) => text
-            .split(',')
-            .map(|s| s.trim().parse::<TaskState>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?,
-    };
+    let states = parse_states(query.state.as_deref())?;
     let before = query
         .before
         .as_deref()
@@ -146,6 +145,28 @@ pub(crate) async fn list(
             ));
         }
     };
+    Ok(Json(list_page(&state, states, before, limit).await?))
+}
+
+/// `queued,running` as states; empty or absent is every state.
+pub(crate) fn parse_states(text: Option<&str>) -> Result<Vec<TaskState>, ApiError> {
+    match text {
+        None | Some("") => Ok(Vec::new()),
+        Some(text) => text
+            .split(',')
+            .map(|s| s.trim().parse::<TaskState>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string())),
+    }
+}
+
+/// One page of the store's task listing, newest first, with the cursor of the next page.
+pub(crate) async fn list_page(
+    state: &ServerState,
+    states: Vec<TaskState>,
+    before: Option<TaskId>,
+    limit: u32,
+) -> Result<TaskList, ApiError> {
     let tasks = state
         .store()
         .list_tasks(&TaskFilter {
@@ -158,10 +179,10 @@ pub(crate) async fn list(
     let next_before = (tasks.len() as u32 == limit)
         .then(|| tasks.last().map(|t| t.id.to_string()))
         .flatten();
-    Ok(Json(TaskList {
+    Ok(TaskList {
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         next_before,
-    }))
+    })
 }
 
 /// One task.
@@ -202,12 +223,21 @@ pub(crate) async fn cancel(
 ) -> Result<Json<CancelView>, ApiError> {
     let Path(id) = id?;
     let task = find(&state, &id).await?;
+    Ok(Json(cancel_task(&state, task, &auth.token.name).await?))
+}
+
+/// Asks `task` to stop, on behalf of the token called `by`: the API's cancel and the web UI's.
+pub(crate) async fn cancel_task(
+    state: &ServerState,
+    task: Task,
+    by: &str,
+) -> Result<CancelView, ApiError> {
     let outcome = state
         .store()
         .request_cancel(task.id)
         .await
         .map_err(|e| ApiError::store("cancelling a task", e))?;
-    tracing::info!(task = %task.id, token = %auth.token.name, ?outcome, "cancel requested over the API");
+    tracing::info!(task = %task.id, token = %by, ?outcome, "cancel requested");
     state.hub().nudge(task.id);
     let task = state
         .store()
@@ -215,7 +245,7 @@ pub(crate) async fn cancel(
         .await
         .map_err(|e| ApiError::store("reading a cancelled task", e))?
         .unwrap_or(task);
-    Ok(Json(CancelView::new(outcome, task)))
+    Ok(CancelView::new(outcome, task))
 }
 
 /// Sends a task a message: read by a running task between turns; for a task that has ended,
@@ -249,11 +279,22 @@ pub(crate) async fn message(
         ));
     }
     let task = find(&state, &id).await?;
+    let outcome = send_message(&state, &task, &body.text, auth.token.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(outcome.record)))
+}
+
+/// Sends `task` a message from the token called `from`: the API's messages and the web UI's.
+pub(crate) async fn send_message(
+    state: &ServerState,
+    task: &Task,
+    text: &str,
+    from: String,
+) -> Result<MessageOutcome, ApiError> {
     // A message to a task that ended with a result starts a follow-up task on its branch,
     // recorded in its log as `follow_up_started`; the workers pick it up like any task.
     let outcome = state
         .runner()
-        .message(task.id, &body.text, Some(auth.token.name))
+        .message(task.id, text, Some(from))
         .await
         .map_err(|e| match e {
             nightshift_runner::RunnerError::Store(e) => ApiError::store("appending a message", e),
@@ -268,9 +309,8 @@ pub(crate) async fn message(
             }
             other => ApiError::internal("appending a message", &other),
         })?;
-    let record = outcome.record;
     state.hub().nudge(task.id);
-    Ok((StatusCode::ACCEPTED, Json(record)))
+    Ok(outcome)
 }
 
 /// The change the task handed back, as a patch `git apply` takes.
@@ -291,6 +331,16 @@ pub(crate) async fn diff(
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let task = find(&state, &id).await?;
+    let bytes = task_diff(&state, &task).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// The patch `task` handed back, or a 404 that says why there is none.
+pub(crate) async fn task_diff(state: &ServerState, task: &Task) -> Result<Vec<u8>, ApiError> {
     let Some(bytes) = state
         .store()
         .get_blob(task.id, DIFF_BLOB)
@@ -312,11 +362,7 @@ pub(crate) async fn diff(
         };
         return Err(ApiError::not_found(why));
     };
-    Ok((
-        [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
-        Body::from(bytes),
-    )
-        .into_response())
+    Ok(bytes.to_vec())
 }
 
 /// A file the task stored (logs, reports), byte for byte.
