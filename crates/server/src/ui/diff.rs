@@ -233,11 +233,11 @@ fn split_rows(lines: &[Line]) -> Markup {
         @for (left, right) in rows {
             tr {
                 @match left {
-                    Some(l) => { td.num { (number(l.old)) } td.code class=(class(l.kind)) { (l.text) } }
+                    Some(l) => { td.num { (number(l.old)) } td class={ "code " (class(l.kind)) } { (l.text) } }
                     None => { td.num {} td.code.empty {} }
                 }
                 @match right {
-                    Some(r) => { td.num { (number(r.new)) } td.code class=(class(r.kind)) { (r.text) } }
+                    Some(r) => { td.num { (number(r.new)) } td class={ "code " (class(r.kind)) } { (r.text) } }
                     None => { td.num {} td.code.empty {} }
                 }
             }

@@ -37,7 +37,7 @@ pub(crate) fn event(record: &EventRecord) -> Markup {
         _ => None,
     };
     html! {
-        li.event class={ "ev-" (kind) } id={ "e" (record.seq) } data-seq=(record.seq) data-state=[state] data-kind=(kind) {
+        li class={ "event ev-" (kind) } id={ "e" (record.seq) } data-seq=(record.seq) data-state=[state] data-kind=(kind) {
             span.meta { time datetime=(record.at.to_string()) { (record.at.strftime("%H:%M:%S")) } }
             div.body { (body(record)) }
         }

@@ -17,14 +17,36 @@ function liveTranscript(list) {
       state.textContent = newState;
       state.className = "badge state-" + newState;
     }
+    // The clock starts with the first step after the queue, at the event's own time.
+    var clock = document.getElementById("clock");
+    var time = item.querySelector("time");
+    if (newState && newState !== "queued" && clock && !clock.dataset.started && !clock.dataset.done && time) {
+      clock.dataset.started = String(Math.floor(Date.parse(time.getAttribute("datetime")) / 1000));
+    }
     if (item.dataset.kind === "ended") {
       source.close();
-      var clock = document.getElementById("clock");
-      if (clock) delete clock.dataset.started;
+      if (clock) { delete clock.dataset.started; clock.dataset.done = "1"; }
       var note = document.getElementById("live-note");
       if (note) note.textContent = "The task has ended.";
+      refreshSections(["section.evidence", "section.controls"]);
     }
   };
+}
+
+// Replaces parts of this page with the server's current rendering of them (evidence and
+// controls change when a task ends).
+function refreshSections(selectors) {
+  fetch(window.location.href, { credentials: "same-origin" }).then(function (response) {
+    if (response.ok) return response.text();
+  }).then(function (html) {
+    if (html === undefined) return;
+    var fresh = new DOMParser().parseFromString(html, "text/html");
+    selectors.forEach(function (selector) {
+      var now = document.querySelector(selector);
+      var next = fresh.querySelector(selector);
+      if (now && next) now.replaceWith(document.importNode(next, true));
+    });
+  }).catch(function () {});
 }
 
 function runClock(clock) {
