@@ -145,7 +145,13 @@ pub(crate) async fn list(
             ));
         }
     };
-    Ok(Json(list_page(&state, states, before, limit).await?))
+    let filter = TaskFilter {
+        states,
+        before,
+        limit,
+        ..TaskFilter::default()
+    };
+    Ok(Json(list_page(&state, filter).await?))
 }
 
 /// `queued,running` as states; empty or absent is every state.
@@ -163,17 +169,12 @@ pub(crate) fn parse_states(text: Option<&str>) -> Result<Vec<TaskState>, ApiErro
 /// One page of the store's task listing, newest first, with the cursor of the next page.
 pub(crate) async fn list_page(
     state: &ServerState,
-    states: Vec<TaskState>,
-    before: Option<TaskId>,
-    limit: u32,
+    filter: TaskFilter,
 ) -> Result<TaskList, ApiError> {
+    let limit = filter.limit;
     let tasks = state
         .store()
-        .list_tasks(&TaskFilter {
-            states,
-            before,
-            limit,
-        })
+        .list_tasks(&filter)
         .await
         .map_err(|e| ApiError::store("listing tasks", e))?;
     let next_before = (tasks.len() as u32 == limit)

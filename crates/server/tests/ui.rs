@@ -336,5 +336,13 @@ async fn the_list_pages_through_the_store() {
     assert_eq!(rows.matches("<tr data-id=").count(), 50);
     let (_, none) = page(&h, &cookie, "/?state=running").await;
     assert!(none.contains("No tasks."));
+    // Search and repository filters go to the store, and the pages keep them.
+    let (_, found) = page(&h, &cookie, "/?q=NUMBER+5").await;
+    assert_eq!(found.matches("<tr data-id=").count(), 11, "5 and 50 to 59");
+    let (_, found) = page(&h, &cookie, "/?repo=%2Fnonexistent%2Frepo&q=number%2042").await;
+    assert_eq!(found.matches("<tr data-id=").count(), 1);
+    assert!(found.contains("data-refresh=\"/?partial=rows&amp;state=&amp;repo=/nonexistent/repo&amp;q=number%2042\""), "{found}");
+    let (_, elsewhere) = page(&h, &cookie, "/?repo=%2Felsewhere").await;
+    assert!(elsewhere.contains("No tasks."));
     h.stop().await;
 }

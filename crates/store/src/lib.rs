@@ -39,6 +39,10 @@ pub struct TaskFilter {
     pub before: Option<TaskId>,
     /// At most this many; 0 means the default of 100.
     pub limit: u32,
+    /// Only tasks on exactly this repository (`TaskSpec::repo`).
+    pub repo: Option<String>,
+    /// Only tasks whose prompt contains this text, ignoring ASCII case.
+    pub prompt_contains: Option<String>,
 }
 
 /// A secret as stored: its name, its encrypted value, and the repositories it is granted to.

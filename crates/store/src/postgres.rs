@@ -208,11 +208,15 @@ impl Store for PostgresStore {
         let rows: Vec<TaskRow> = sqlx::query_as(select_tasks!(
             "WHERE ($1::text IS NULL OR id < $1) \
                AND ($2::text IS NULL OR state IN (SELECT json_array_elements_text($2::json))) \
+               AND ($4::text IS NULL OR (spec::json ->> 'repo') = $4) \
+               AND ($5::text IS NULL OR strpos(lower(spec::json ->> 'prompt'), lower($5)) > 0) \
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.before.map(|id| id.to_string()))
         .bind(semantics::states_json(filter))
         .bind(semantics::task_limit(filter))
+        .bind(filter.repo.as_deref())
+        .bind(filter.prompt_contains.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(|cause| StoreError::database("listing tasks", cause))?;

@@ -192,11 +192,15 @@ impl Store for SqliteStore {
         let rows: Vec<TaskRow> = sqlx::query_as(select_tasks!(
             "WHERE ($1 IS NULL OR id < $1) \
                AND ($2 IS NULL OR state IN (SELECT value FROM json_each($2))) \
+               AND ($4 IS NULL OR json_extract(spec, '$.repo') = $4) \
+               AND ($5 IS NULL OR instr(lower(json_extract(spec, '$.prompt')), lower($5)) > 0) \
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.before.map(|id| id.to_string()))
         .bind(semantics::states_json(filter))
         .bind(semantics::task_limit(filter))
+        .bind(filter.repo.as_deref())
+        .bind(filter.prompt_contains.as_deref())
         .fetch_all(&self.reader)
         .await
         .map_err(|cause| StoreError::database("listing tasks", cause))?;

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use jiff::Timestamp;
 use maud::{Markup, html};
 use nightshift_protocol::{TaskId, TaskState};
+use nightshift_store::TaskFilter;
 use serde::Deserialize;
 
 use super::session::UiSession;
@@ -32,6 +33,10 @@ const STATES: [TaskState; 8] = [
 #[derive(Deserialize)]
 pub(crate) struct ListQuery {
     state: Option<String>,
+    /// Only this repository (its absolute path).
+    repo: Option<String>,
+    /// Only prompts containing this text.
+    q: Option<String>,
     before: Option<String>,
     /// `rows`: only the table's body, for the live refresh.
     partial: Option<String>,
@@ -56,6 +61,19 @@ pub(crate) fn first_line(text: &str, most: usize) -> String {
     }
 }
 
+/// `text` for a URL's query string.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn repo_name(repo: &str) -> &str {
     repo.trim_end_matches('/')
         .rsplit('/')
@@ -74,7 +92,7 @@ fn row(view: &TaskView, now: Timestamp) -> Markup {
         tr data-id=(task.id) {
             td { span class={ "badge state-" (task.state.as_str()) } { (task.state.as_str()) } }
             td { a href={ "/tasks/" (task.id) } { (first_line(&task.spec.prompt, 80)) } }
-            td title=(task.spec.repo) { (repo_name(&task.spec.repo)) }
+            td { a title=(task.spec.repo) href={ "/?repo=" (encode(&task.spec.repo)) } { (repo_name(&task.spec.repo)) } }
             td { @if let Some(b) = &task.branch { code { (b) } } @else { (task.spec.base.as_deref().unwrap_or("")) } }
             td { (age) }
             td { (duration.unwrap_or_default()) }
@@ -107,13 +125,33 @@ pub(crate) async fn list(
                 .map_err(|e| ApiError::bad_request("invalid_query", format!("before: {e}")))?,
         ),
     };
-    let page = list_page(&state, states, before, PAGE).await?;
+    let repo = query
+        .repo
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    let text = query.q.as_deref().map(str::trim).unwrap_or("").to_string();
+    let filter_query = format!(
+        "state={}&repo={}&q={}",
+        encode(&filter),
+        encode(&repo),
+        encode(&text)
+    );
+    let task_filter = TaskFilter {
+        states,
+        before,
+        limit: PAGE,
+        repo: (!repo.is_empty()).then(|| repo.clone()),
+        prompt_contains: (!text.is_empty()).then(|| text.clone()),
+    };
+    let page = list_page(&state, task_filter).await?;
     if query.partial.as_deref() == Some("rows") {
         return Ok(rows(&page.tasks).into_response());
     }
     let live = before
         .is_none()
-        .then(|| format!("/?partial=rows&state={filter}"));
+        .then(|| format!("/?partial=rows&{filter_query}"));
     let main = html! {
         h1 { "Tasks" }
         form.filters method="get" action="/" {
@@ -124,6 +162,10 @@ pub(crate) async fn list(
                     option value=(s.as_str()) selected[filter == s.as_str()] { (s.as_str()) }
                 }
             }
+            label for="repo" { "Repository" }
+            input id="repo" name="repo" value=(repo) placeholder="/path/to/repo";
+            label for="q" { "Prompt contains" }
+            input id="q" name="q" type="search" value=(text);
             button type="submit" { "Filter" }
             @if session.can_submit() { a.button href="/tasks/new" { "New task" } }
         }
@@ -138,9 +180,9 @@ pub(crate) async fn list(
             }
         }
         nav.paging aria-label="Pages" {
-            @if before.is_some() { a href={ "/?state=" (filter) } { "← Newest" } }
+            @if before.is_some() { a href={ "/?" (filter_query) } { "← Newest" } }
             @if let Some(next) = &page.next_before {
-                a href={ "/?state=" (filter) "&before=" (next) } { "Older →" }
+                a href={ "/?" (filter_query) "&before=" (next) } { "Older →" }
             }
         }
     };
