@@ -240,6 +240,9 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
         .form(Locator::Css("form[action='/tasks/new']"))
         .await
         .unwrap();
+    // Every control of the form has a label.
+    let unlabelled = eval(&client, "return [...document.querySelectorAll('main input:not([type=hidden]), main textarea, main select')].filter(e => e.labels.length === 0).map(e => e.name);").await;
+    assert_eq!(unlabelled, json!([]));
     form.set_by_name("repo", path_str(repo.path()))
         .await
         .unwrap();
@@ -493,8 +496,16 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
         assert_eq!(path_of(&client).await, "/signin", "{path}");
     }
 
-    // A read token sees, but cannot submit, cancel or message, and is told why.
-    sign_in(&client, &base, &read).await;
+    // A read token sees, but cannot submit, cancel or message, and is told why. This sign-in
+    // is by keyboard alone: type the token, press Enter.
+    client.goto(&format!("{base}/signin")).await.unwrap();
+    let field = client.find(Locator::Css("#token")).await.unwrap();
+    field.send_keys(&read).await.unwrap();
+    field
+        .send_keys(&String::from(char::from(fantoccini::key::Key::Enter)))
+        .await
+        .unwrap();
+    wait_path(&client, "/").await;
     client.goto(&format!("{base}/tasks/new")).await.unwrap();
     let submit_button = client
         .find(Locator::Css(

@@ -88,6 +88,23 @@ async fn signed_out_every_page_goes_to_sign_in() {
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     let html = signin.text().await.unwrap();
+    let css = browser()
+        .get(h.url("/static/app.css"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert!(
+        css.text()
+            .await
+            .unwrap()
+            .contains("@media (prefers-color-scheme: dark)")
+    );
     assert!(!html.contains("<script>"), "no inline script: {html}");
     assert!(!html.contains("style="), "no inline style: {html}");
     h.stop().await;
@@ -106,7 +123,22 @@ async fn a_bad_token_is_refused_and_sign_out_ends_the_session() {
         assert_eq!(response.status(), 401);
         assert!(response.headers().get("set-cookie").is_none());
     }
+    // Behind a TLS-terminating proxy that says so, the cookie is Secure.
+    let tls = browser()
+        .post(h.url("/signin"))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", h.read.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tls.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
     let cookie = sign_in(&h, &h.submit).await;
+    assert!(!cookie.contains("Secure"));
     let (status, html) = page(&h, &cookie, "/").await;
     assert_eq!(status, 200);
     assert!(html.contains("submitter (submit)"), "{html}");
