@@ -446,7 +446,7 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
     client.goto(&format!("{base}{task_path}")).await.unwrap();
     wait_for(&client, "#events > li.ev-follow_up_started a", 10).await;
 
-    // The list shows both, live refresh included.
+    // The list shows both.
     client.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(
         client
@@ -455,6 +455,46 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
             .unwrap()
             .len(),
         2
+    );
+    // A task submitted elsewhere (here over the API) appears without a reload.
+    eval(&client, "window.__same_page = 43; return null;").await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let created = reqwest::Client::new()
+        .post(format!("{base}/api/tasks"))
+        .bearer_auth(&submit)
+        .json(&json!({"repo": path_str(repo.path()), "prompt": "Submitted over the API"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .find_all(Locator::Css("#task-rows tr[data-id]"))
+        .await
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new task never appeared in the list"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        eval(&client, "return window.__same_page;").await,
+        json!(43),
+        "the page reloaded"
+    );
+    assert!(
+        client
+            .find(Locator::Css("#task-rows"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("Submitted over the API")
     );
     shot(&client, &shots, "09-tasks").await;
 
@@ -541,16 +581,28 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
         .unwrap();
     form.set_by_name("text", "sneaky").await.unwrap();
     form.submit().await.unwrap();
-    let body = client
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(body.contains("this needs submit"), "{body}");
+    // The refusal page replaces the task page; read it once the navigation has settled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = match client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if path_of(&client).await.ends_with("/message") && body.contains("this needs submit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = ns.events(&task_id).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "message_received" && e["text"] == "sneaky"),
+        "{events:?}"
+    );
     let tasks = ns.json(&["ls", "--json"]).await;
-    assert_eq!(tasks.as_array().map_or(0, Vec::len), 2, "{tasks}");
+    assert_eq!(tasks.as_array().map_or(0, Vec::len), 3, "{tasks}");
 
     client.close().await.unwrap();
     drop(driver);

@@ -230,7 +230,12 @@ async fn forms_need_the_session_csrf_token_and_a_submit_scope() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 422);
-    assert!(bad.text().await.unwrap().contains("not an absolute path"));
+    let bad = bad.text().await.unwrap();
+    assert!(bad.contains("not an absolute path"), "{bad}");
+    assert!(
+        bad.contains("value=\"relative/path\""),
+        "the values are kept: {bad}"
+    );
 
     // A read token sees the controls off, with the reason, and its POSTs are refused.
     let reader = sign_in(&h, &h.read).await;
@@ -376,5 +381,98 @@ async fn the_list_pages_through_the_store() {
     assert!(found.contains("data-refresh=\"/?partial=rows&amp;state=&amp;repo=/nonexistent/repo&amp;q=number%2042\""), "{found}");
     let (_, elsewhere) = page(&h, &cookie, "/?repo=%2Felsewhere").await;
     assert!(elsewhere.contains("No tasks."));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_the_token_ends_its_sessions() {
+    let h = Harness::start().await;
+    let cookie = sign_in(&h, &h.read).await;
+    assert_eq!(page(&h, &cookie, "/").await.0, 200);
+    let tokens: serde_json::Value = h
+        .get("/api/tokens", &h.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "reader")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = h
+        .client
+        .delete(h.url(&format!("/api/tokens/{id}")))
+        .bearer_auth(&h.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let (status, _) = page(&h, &cookie, "/").await;
+    assert_eq!(status, 303);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn messages_reach_the_log_and_the_live_view_resumes_after_last_event_id() {
+    let h = Harness::start().await;
+    let task = h.queued_task("p").await;
+    let cookie = sign_in(&h, &h.submit).await;
+    let (_, html) = page(&h, &cookie, &format!("/tasks/{}", task.id)).await;
+    assert!(html.contains("Message the running task"), "{html}");
+    let sent = browser()
+        .post(h.url(&format!("/tasks/{}/message", task.id)))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf_of(&html).as_str()),
+            ("text", "Use <b>tabs</b>"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 303);
+    assert_eq!(
+        sent.headers()["location"],
+        format!("/tasks/{}", task.id).as_str()
+    );
+    let events = h.store.events(task.id, 0, 100).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|r| matches!(&r.event, Event::MessageReceived { text, from }
+            if text == "Use <b>tabs</b>" && from.as_deref() == Some("submitter"))),
+        "{events:?}"
+    );
+    for n in 0..3 {
+        h.append(task.id, warning(n)).await;
+    }
+    h.finish(task.id, TaskState::Failed).await;
+    // The browser's reconnect sends the last seq it has; only later events come back.
+    let live = browser()
+        .get(h.url(&format!("/tasks/{}/live", task.id)))
+        .header("cookie", &cookie)
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = live
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(ids, ["4", "5", "6"], "{live}");
+    assert!(
+        live.contains("Use &lt;b&gt;tabs&lt;/b&gt;") || live.contains("w1"),
+        "{live}"
+    );
     h.stop().await;
 }

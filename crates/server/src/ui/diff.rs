@@ -266,6 +266,20 @@ mod tests {
     }
 
     #[test]
+    fn large_and_generated_files_start_collapsed() {
+        let big: String = (0..401).map(|n| format!("+line {n}\n")).collect();
+        let patch = format!(
+            "diff --git a/big.txt b/big.txt\n--- /dev/null\n+++ b/big.txt\n@@ -0,0 +1,401 @@\n{big}\
+             diff --git a/Cargo.lock b/Cargo.lock\n--- a/Cargo.lock\n+++ b/Cargo.lock\n@@ -1 +1 @@\n-a\n+b\n\
+             diff --git a/src/a.rs b/src/a.rs\n--- a/src/a.rs\n+++ b/src/a.rs\n@@ -1 +1 @@\n-a\n+b\n"
+        );
+        let files = parse(&patch);
+        let collapsed: Vec<bool> = files.iter().map(FileDiff::collapsed).collect();
+        assert_eq!(collapsed, [true, true, false]);
+        assert_eq!(files[0].added, 401);
+    }
+
+    #[test]
     fn renders_both_views_escaped() {
         let patch = "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-<b>old</b>\n+<script>new</script>\n";
         for split in [false, true] {
