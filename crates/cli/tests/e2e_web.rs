@@ -385,6 +385,13 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
             .unwrap()
             .contains("calc.sh")
     );
+    // calc.sh is highlighted as shell script.
+    let highlighted = eval(
+        &client,
+        "return document.querySelectorAll('table.diff span.hl-source').length;",
+    )
+    .await;
+    assert!(highlighted.as_u64().unwrap_or(0) > 0, "no highlighting");
     shot(&client, &shots, "06-diff-unified").await;
     client
         .find(Locator::LinkText("Side by side"))

@@ -2,7 +2,7 @@
 //! into files and hunks, shown unified or side by side with line numbers. Large and generated
 //! files start collapsed; binary files are named, not shown.
 
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 
 /// Changed lines past which a file starts collapsed.
 const LARGE_FILE_LINES: usize = 400;
@@ -20,6 +20,17 @@ pub(crate) struct Line {
     pub old: Option<u32>,
     pub new: Option<u32>,
     pub text: String,
+    /// The line highlighted, escaped, as HTML (see [`super::highlight`]); `None` shows `text`.
+    pub html: Option<String>,
+}
+
+impl Line {
+    fn code(&self) -> Markup {
+        match &self.html {
+            Some(html) => PreEscaped(html.clone()),
+            None => html! { (self.text) },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -122,6 +133,7 @@ pub(crate) fn parse(patch: &str) -> Vec<FileDiff> {
                 old: o,
                 new: n,
                 text: text.to_string(),
+                html: None,
             });
         }
     }
@@ -192,7 +204,7 @@ pub(crate) fn files(files: &[FileDiff], split: bool) -> Markup {
                                         tr class=(class(line.kind)) {
                                             td.num { (number(line.old)) }
                                             td.num { (number(line.new)) }
-                                            td.code { span.sign { (sign(line.kind)) } (line.text) }
+                                            td.code { span.sign { (sign(line.kind)) } (line.code()) }
                                         }
                                     }
                                 }
@@ -233,11 +245,11 @@ fn split_rows(lines: &[Line]) -> Markup {
         @for (left, right) in rows {
             tr {
                 @match left {
-                    Some(l) => { td.num { (number(l.old)) } td class={ "code " (class(l.kind)) } { (l.text) } }
+                    Some(l) => { td.num { (number(l.old)) } td class={ "code " (class(l.kind)) } { (l.code()) } }
                     None => { td.num {} td.code.empty {} }
                 }
                 @match right {
-                    Some(r) => { td.num { (number(r.new)) } td class={ "code " (class(r.kind)) } { (r.text) } }
+                    Some(r) => { td.num { (number(r.new)) } td class={ "code " (class(r.kind)) } { (r.code()) } }
                     None => { td.num {} td.code.empty {} }
                 }
             }

@@ -7,6 +7,7 @@
 //! a cookie), CSRF checks and HTML.
 
 mod diff;
+mod highlight;
 mod markdown;
 mod pages;
 pub(crate) mod session;

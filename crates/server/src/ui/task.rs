@@ -279,7 +279,8 @@ pub(crate) async fn diff(
     let task = find(&state, &id).await?;
     let bytes = task_diff(&state, &task).await?;
     let patch = String::from_utf8_lossy(&bytes);
-    let files = diff_view::parse(&patch);
+    let mut files = diff_view::parse(&patch);
+    super::highlight::highlight(&mut files);
     let split = query.view.as_deref() == Some("split");
     let base = format!("/tasks/{}/diff", task.id);
     let main = html! {
