@@ -463,6 +463,14 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
             .len(),
         2
     );
+    let first_row = client
+        .find(Locator::Css(&format!("#task-rows tr[data-id='{task_id}']")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(first_row.contains("✓ 1 passed"), "{first_row}");
     // A task submitted elsewhere (here over the API) appears without a reload.
     eval(&client, "window.__same_page = 43; return null;").await;
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -35,7 +35,8 @@ use crate::rows::{
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskOutcome, TaskTotals,
+    queries,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -241,6 +242,18 @@ impl Store for PostgresStore {
             .await
             .map_err(|cause| StoreError::database("totalling events", cause))?;
         rows::task_totals(tasks, events)
+    }
+
+    async fn task_outcomes(&self, ids: &[TaskId]) -> Result<Vec<TaskOutcome>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<rows::OutcomeRow> = sqlx::query_as(queries::POSTGRES_TASK_OUTCOMES)
+            .bind(rows::ids_json(ids))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database("reading task outcomes", cause))?;
+        rows::task_outcomes(rows)
     }
 
     async fn update_task(&self, task: &Task) -> Result<(), StoreError> {

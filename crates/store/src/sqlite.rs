@@ -32,7 +32,8 @@ use crate::rows::{
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskOutcome, TaskTotals,
+    queries,
 };
 use setup::set_up;
 
@@ -225,6 +226,18 @@ impl Store for SqliteStore {
             .await
             .map_err(|cause| StoreError::database("totalling events", cause))?;
         rows::task_totals(tasks, events)
+    }
+
+    async fn task_outcomes(&self, ids: &[TaskId]) -> Result<Vec<TaskOutcome>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<rows::OutcomeRow> = sqlx::query_as(queries::SQLITE_TASK_OUTCOMES)
+            .bind(rows::ids_json(ids))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database("reading task outcomes", cause))?;
+        rows::task_outcomes(rows)
     }
 
     async fn update_task(&self, task: &Task) -> Result<(), StoreError> {

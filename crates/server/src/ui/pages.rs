@@ -1,13 +1,15 @@
 //! The task list (paged by the store's cursor, filtered by state, refreshed live by the script)
 //! and the new-task form (one task, or one task per line of the prompt).
 
+use std::collections::HashMap;
+
 use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use jiff::Timestamp;
 use maud::{Markup, html};
 use nightshift_protocol::{TaskId, TaskState};
-use nightshift_store::TaskFilter;
+use nightshift_store::{TaskFilter, TaskOutcome};
 use serde::Deserialize;
 
 use super::session::UiSession;
@@ -81,7 +83,7 @@ fn repo_name(repo: &str) -> &str {
         .unwrap_or(repo)
 }
 
-fn row(view: &TaskView, now: Timestamp) -> Markup {
+fn row(view: &TaskView, outcome: Option<&TaskOutcome>, now: Timestamp) -> Markup {
     let task = &view.task;
     let age = span(now.as_second() - task.created_at.as_second());
     let duration = task.started_at.map(|start| {
@@ -98,15 +100,22 @@ fn row(view: &TaskView, now: Timestamp) -> Markup {
             td { (duration.unwrap_or_default()) }
             td { (task.turns) }
             td { (task.usage.total()) }
+            td { @if let Some(cost) = outcome.and_then(|o| o.cost_usd) { "$" (format!("{cost:.2}")) } }
+            td {
+                @if let Some(o) = outcome.filter(|o| o.checks_passed + o.checks_failed > 0) {
+                    @if o.checks_failed > 0 { span.fail { "✗ " (o.checks_failed) " failed" } }
+                    @else { span.pass { "✓ " (o.checks_passed) " passed" } }
+                }
+            }
         }
     }
 }
 
-fn rows(list: &[TaskView]) -> Markup {
+fn rows(list: &[TaskView], outcomes: &HashMap<TaskId, TaskOutcome>) -> Markup {
     let now = Timestamp::now();
     html! {
-        @for view in list { (row(view, now)) }
-        @if list.is_empty() { tr { td colspan="8" { "No tasks." } } }
+        @for view in list { (row(view, outcomes.get(&view.task.id), now)) }
+        @if list.is_empty() { tr { td colspan="10" { "No tasks." } } }
     }
 }
 
@@ -146,8 +155,17 @@ pub(crate) async fn list(
         prompt_contains: (!text.is_empty()).then(|| text.clone()),
     };
     let page = list_page(&state, task_filter).await?;
+    let ids: Vec<TaskId> = page.tasks.iter().map(|v| v.task.id).collect();
+    let outcomes: HashMap<TaskId, TaskOutcome> = state
+        .store()
+        .task_outcomes(&ids)
+        .await
+        .map_err(|e| ApiError::store("reading task outcomes", e))?
+        .into_iter()
+        .map(|o| (o.id, o))
+        .collect();
     if query.partial.as_deref() == Some("rows") {
-        return Ok(rows(&page.tasks).into_response());
+        return Ok(rows(&page.tasks, &outcomes).into_response());
     }
     let live = before
         .is_none()
@@ -175,8 +193,9 @@ pub(crate) async fn list(
                     th scope="col" { "State" } th scope="col" { "Prompt" } th scope="col" { "Repository" }
                     th scope="col" { "Branch" } th scope="col" { "Age" } th scope="col" { "Duration" }
                     th scope="col" { "Turns" } th scope="col" { "Tokens" }
+                    th scope="col" { "Dollars" } th scope="col" { "Checks" }
                 } }
-                tbody id="task-rows" data-refresh=[live] { (rows(&page.tasks)) }
+                tbody id="task-rows" data-refresh=[live] { (rows(&page.tasks, &outcomes)) }
             }
         }
         nav.paging aria-label="Pages" {
