@@ -386,27 +386,8 @@ pub(crate) async fn artifact(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) = path?;
-    if !valid_artifact_name(&name) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!(
-                "`{name}` is not an artifact name: use 1 to 200 letters, digits, `.`, `_` or `-`, \
-                 not starting with `.`"
-            ),
-        ));
-    }
     let task = find(&state, &id).await?;
-    let Some(bytes) = state
-        .store()
-        .get_blob(task.id, &name)
-        .await
-        .map_err(|e| ApiError::store("reading an artifact", e))?
-    else {
-        return Err(ApiError::not_found(format!(
-            "task {} has no artifact `{name}`",
-            task.id.short()
-        )));
-    };
+    let bytes = task_artifact(&state, &task, &name).await?;
     let disposition = format!("attachment; filename=\"{name}\"");
     let mut response = (
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -419,6 +400,36 @@ pub(crate) async fn artifact(
             .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The artifact `name` of `task`: what the API's artifact route and the web UI's check logs
+/// serve. A name that could not be a blob is a 400 before any lookup.
+pub(crate) async fn task_artifact(
+    state: &ServerState,
+    task: &Task,
+    name: &str,
+) -> Result<Vec<u8>, ApiError> {
+    if !valid_artifact_name(name) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!(
+                "`{name}` is not an artifact name: use 1 to 200 letters, digits, `.`, `_` or `-`, \
+                 not starting with `.`"
+            ),
+        ));
+    }
+    let Some(bytes) = state
+        .store()
+        .get_blob(task.id, name)
+        .await
+        .map_err(|e| ApiError::store("reading an artifact", e))?
+    else {
+        return Err(ApiError::not_found(format!(
+            "task {} has no artifact `{name}`",
+            task.id.short()
+        )));
+    };
+    Ok(bytes.to_vec())
 }
 
 /// The store's rule for blob names, checked here so a bad name is a 400 before any lookup.

@@ -63,6 +63,7 @@ async fn signed_out_every_page_goes_to_sign_in() {
         format!("/tasks/{}/diff", task.id),
         format!("/tasks/{}/patch", task.id),
         format!("/tasks/{}/live", task.id),
+        format!("/tasks/{}/artifacts/check-test.log", task.id),
     ] {
         let response = browser().get(h.url(&path)).send().await.unwrap();
         assert_eq!(response.status(), 303, "{path}");

@@ -46,6 +46,7 @@ pub(crate) fn routes() -> Router<ServerState> {
         .route("/tasks/{id}/message", post(task::message))
         .route("/tasks/{id}/diff", get(task::diff))
         .route("/tasks/{id}/patch", get(task::patch))
+        .route("/tasks/{id}/artifacts/{name}", get(task::artifact))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .layer(axum::middleware::map_response(security_headers))

@@ -15,7 +15,7 @@ use super::{UiError, check_csrf, csrf_field, diff as diff_view, layout, transcri
 use crate::auth::check_scope;
 use crate::events::stream_with;
 use crate::hub::Frame;
-use crate::tasks::{cancel_task, find, send_message, task_diff};
+use crate::tasks::{cancel_task, find, send_message, task_artifact, task_diff};
 use crate::{ApiError, ServerState};
 
 /// Events read for the first render of a task page, per store call.
@@ -101,8 +101,16 @@ fn evidence(task: &Task, events: &[EventRecord]) -> Markup {
                 exit_code,
                 duration_ms,
                 output_tail,
-                ..
-            } => Some((name, command, *ok, *exit_code, *duration_ms, output_tail)),
+                artifact,
+            } => Some((
+                name,
+                command,
+                *ok,
+                *exit_code,
+                *duration_ms,
+                output_tail,
+                artifact,
+            )),
             _ => None,
         })
         .collect();
@@ -121,11 +129,14 @@ fn evidence(task: &Task, events: &[EventRecord]) -> Markup {
             h3 { "Checks" }
             @if checks.is_empty() { p { "No checks ran (yet)." } }
             ul.checks {
-                @for (name, command, ok, exit, ms, tail) in &checks {
+                @for (name, command, ok, exit, ms, tail, artifact) in &checks {
                     li {
                         span class=(if *ok { "pass" } else { "fail" }) { (if *ok { "✓ passed" } else { "✗ failed" }) }
                         " " strong { (name) } " " code { (command) } " — exit " (exit) ", " (format!("{:.1} s", *ms as f64 / 1000.0))
                         details { summary { "log" } pre { (tail) } }
+                        @if let Some(file) = artifact {
+                            a href={ "/tasks/" (task.id) "/artifacts/" (file) } { "Whole log" }
+                        }
                     }
                 }
             }
@@ -322,4 +333,15 @@ pub(crate) async fn patch(
             .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// A task's stored file (a check's whole log, say) as plain text, never as HTML.
+pub(crate) async fn artifact(
+    _session: UiSession,
+    State(state): State<ServerState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, UiError> {
+    let task = find(&state, &id).await?;
+    let bytes = task_artifact(&state, &task, &name).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
