@@ -254,3 +254,104 @@ fn body(record: &EventRecord) -> Markup {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::Timestamp;
+    use nightshift_protocol::{ErrorKind, PlanStep, TaskId};
+
+    fn html_of(event: Event) -> String {
+        event_html(EventRecord {
+            task_id: TaskId::new(),
+            seq: 7,
+            at: Timestamp::UNIX_EPOCH,
+            event,
+        })
+    }
+
+    fn event_html(record: EventRecord) -> String {
+        super::event(&record).into_string()
+    }
+
+    #[test]
+    fn setup_egress_plan_and_errors_show_what_the_reviewer_needs() {
+        let miss = html_of(Event::SetupCache {
+            key: "k".into(),
+            hit: false,
+            reasons: vec!["Cargo.lock <changed>".into()],
+        });
+        assert!(miss.contains("Setup cache miss"), "{miss}");
+        assert!(miss.contains("Cargo.lock &lt;changed&gt;"), "{miss}");
+        let egress = html_of(Event::Egress {
+            host: "crates.io".into(),
+            port: 443,
+            method: "CONNECT".into(),
+            allowed: false,
+            bytes_up: 1,
+            bytes_down: 2,
+            detail: Some("not in the allowlist".into()),
+        });
+        assert!(
+            egress.contains("crates.io:443") && egress.contains("denied"),
+            "{egress}"
+        );
+        let plan = html_of(Event::PlanUpdated {
+            steps: vec![
+                PlanStep {
+                    step: "read".into(),
+                    status: PlanStepStatus::Completed,
+                },
+                PlanStep {
+                    step: "fix".into(),
+                    status: PlanStepStatus::InProgress,
+                },
+            ],
+        });
+        assert!(plan.contains("☑ read") && plan.contains("▶ fix"), "{plan}");
+        let error = html_of(Event::Error {
+            kind: ErrorKind::Setup,
+            message: "setup failed".into(),
+            hint: Some("fix the <setup> script".into()),
+        });
+        assert!(error.contains("Error (setup)"), "{error}");
+        assert!(
+            error.contains("Hint: fix the &lt;setup&gt; script"),
+            "{error}"
+        );
+        let warning = html_of(Event::Warning {
+            message: "slow".into(),
+        });
+        assert!(warning.contains("Warning: </span>slow"), "{warning}");
+        assert!(
+            warning.contains("id=\"e7\"") && warning.contains("ev-warning"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn long_tool_output_starts_collapsed() {
+        let long: String = (0..20).map(|n| format!("line {n}\n")).collect();
+        let collapsed = html_of(Event::ToolFinished {
+            call_id: "c".into(),
+            tool: "shell".into(),
+            ok: true,
+            output: long,
+            exit_code: Some(0),
+            duration_ms: 1,
+        });
+        assert!(
+            collapsed.contains("<details class=\"output\">"),
+            "{collapsed}"
+        );
+        let short = html_of(Event::ToolFinished {
+            call_id: "c".into(),
+            tool: "shell".into(),
+            ok: true,
+            output: "ok".into(),
+            exit_code: Some(0),
+            duration_ms: 1,
+        });
+        assert!(short.contains("<details class=\"output\" open>"), "{short}");
+    }
+}

@@ -37,6 +37,7 @@ function liveTranscript(list) {
 // controls change when a task ends).
 function refreshSections(selectors) {
   fetch(window.location.href, { credentials: "same-origin" }).then(function (response) {
+    if (response.redirected) { window.location.reload(); return undefined; }
     if (response.ok) return response.text();
   }).then(function (html) {
     if (html === undefined) return;
@@ -62,6 +63,8 @@ function runClock(clock) {
 function refreshRows(body) {
   setInterval(function () {
     fetch(body.dataset.refresh, { credentials: "same-origin" }).then(function (response) {
+      // Signed out meanwhile (the session expired or the token was revoked): show sign-in.
+      if (response.redirected) { window.location.reload(); return undefined; }
       if (response.ok) return response.text();
     }).then(function (html) {
       if (html !== undefined) body.innerHTML = html; // rendered and escaped by the server
