@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 /// The task a repository fixes, with a hostile transcript on the way and a follow-up after it.
 fn hostile_fixing_script() -> Value {
     json!([
-        {"reply": {"delay_ms": 2500,
+        {"reply": {"delay_ms": 4000,
                    "text": "Reading. <script>window.__pwned = 1</script> [click me](javascript:window.__pwned=2) <img src=x onerror=\"window.__pwned=3\">",
                    "tool_calls": [{"name": "read_file", "arguments": {"path": "calc.sh"}}]}},
-        {"reply": {"delay_ms": 1000,
+        {"reply": {"delay_ms": 1500,
                    "tool_calls": [{"name": "shell", "arguments": {"command": "printf '<img src=x onerror=\"window.__pwned=4\"><script>window.__pwned=5</script>\\n'; sh test.sh"}}]}},
         {"reply": {"tool_calls": [{"name": "edit_file", "arguments": {"path": "calc.sh", "old_string": "$(($1 - $2))", "new_string": "$(($1 + $2))"}}]}},
         {"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": "sh test.sh"}}]}},
@@ -376,10 +376,10 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
 
     // Narrow screens: nothing overflows sideways at 360 px.
     client.set_window_size(360, 800).await.unwrap();
-    for path in [
-        "/".to_string(),
-        task_path.clone(),
-        format!("/tasks/{task_id}/diff"),
+    for (name, path) in [
+        ("10-360px-tasks", "/".to_string()),
+        ("11-360px-task", task_path.clone()),
+        ("12-360px-diff", format!("/tasks/{task_id}/diff")),
     ] {
         client.goto(&format!("{base}{path}")).await.unwrap();
         let fits = eval(
@@ -388,8 +388,8 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
         )
         .await;
         assert_eq!(fits, json!(true), "{path} overflows at 360 px");
+        shot(&client, &shots, name).await;
     }
-    shot(&client, &shots, "10-task-360px").await;
     client.set_window_size(1280, 900).await.unwrap();
 
     // Sign out: every page goes to sign-in.
@@ -438,7 +438,7 @@ async fn a_reviewer_goes_from_new_task_to_transcript_diff_and_follow_up_in_the_b
         .await
         .unwrap();
     assert!(why.contains("this needs submit"), "{why}");
-    shot(&client, &shots, "11-read-token-new-task").await;
+    shot(&client, &shots, "13-read-token-new-task").await;
     client.goto(&format!("{base}{task_path}")).await.unwrap();
     let send = client
         .find(Locator::Css("form[action$='/message'] button"))
