@@ -124,6 +124,32 @@ async fn a_bad_token_is_refused_and_sign_out_ends_the_session() {
         assert_eq!(response.status(), 401);
         assert!(response.headers().get("set-cookie").is_none());
     }
+    // A sign-in posted from another site is refused: it would sign the browser in as someone
+    // else. The same site's own form (same Origin) works.
+    let host = h.base.trim_start_matches("http://").to_string();
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let forged = browser()
+            .post(h.url("/signin"))
+            .header(name, value)
+            .form(&[("token", h.read.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403, "{name}");
+        assert!(forged.headers().get("set-cookie").is_none());
+    }
+    let same = browser()
+        .post(h.url("/signin"))
+        .header("origin", format!("http://{host}"))
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("token", h.read.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 303);
     // Behind a TLS-terminating proxy that says so, the cookie is Secure.
     let tls = browser()
         .post(h.url("/signin"))

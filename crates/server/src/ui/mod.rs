@@ -209,6 +209,23 @@ async fn signin_page() -> Markup {
     signin_form(None)
 }
 
+/// Whether the browser says the request came from another site: `Sec-Fetch-Site: cross-site`,
+/// or an `Origin` whose host is not the one the request was sent to.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if text("sec-fetch-site").is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
+        return true;
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct SignIn {
     token: String,
@@ -219,6 +236,17 @@ async fn signin(
     headers: HeaderMap,
     Form(form): Form<SignIn>,
 ) -> Response {
+    // The sign-in form has no session to carry a CSRF token yet: a sign-in posted from another
+    // site (which would sign the browser in as someone else) is refused by where it came from.
+    if cross_site(&headers) {
+        let error = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a sign-in from another site is refused",
+        )
+        .with_hint("open this server's own sign-in page");
+        return (error.status(), signin_form(Some(&error))).into_response();
+    }
     let secret = form.token.trim();
     let found = if secret.starts_with(TOKEN_PREFIX) {
         token_by_hash(&state, &hash_secret(secret)).await
