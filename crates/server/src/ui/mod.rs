@@ -65,7 +65,7 @@ async fn security_headers(mut response: Response) -> Response {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)
@@ -216,7 +216,8 @@ fn cross_site(headers: &HeaderMap) -> bool {
     if text("sec-fetch-site").is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
         return true;
     }
-    match (text("origin"), text("host")) {
+    // `Origin: null` (a page with `Referrer-Policy: no-referrer` sends it) says nothing.
+    match (text("origin").filter(|o| *o != "null"), text("host")) {
         (Some(origin), Some(host)) => {
             let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
             !origin_host.eq_ignore_ascii_case(host)
