@@ -41,8 +41,8 @@ impl Runner {
                 TaskState::Verifying,
                 TaskState::HandingOff,
             ],
-            before: None,
             limit: 1000,
+            ..TaskFilter::default()
         };
         let mut settled = Vec::new();
         for task in self.store.list_tasks(&filter).await? {

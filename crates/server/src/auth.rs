@@ -123,6 +123,37 @@ impl TokenCache {
     }
 }
 
+/// The token whose secret hashes to `hash`, from the cache or the store: how both the API's
+/// bearer tokens and the web UI's sessions are checked on every request.
+pub(crate) async fn token_by_hash(state: &ServerState, hash: &str) -> Result<ApiToken, ApiError> {
+    if let Some(token) = state.tokens().get(hash) {
+        return Ok(token);
+    }
+    let found = state
+        .store()
+        .token_by_hash(hash)
+        .await
+        .map_err(|e| ApiError::store("checking an API token", e))?;
+    let token =
+        found.ok_or_else(|| ApiError::unauthorized("the API token is unknown or revoked"))?;
+    state.tokens().put(hash.to_string(), token.clone());
+    Ok(token)
+}
+
+/// A 403 unless `token` allows `needed`.
+pub(crate) fn check_scope(token: &ApiToken, needed: TokenScope) -> Result<(), ApiError> {
+    if token.scope.allows(needed) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "the token `{}` has scope {}, this needs {}",
+        token.name, token.scope, needed
+    ))
+    .with_hint(format!(
+        "use a token made with `nightshift token create --scope {needed}`"
+    )))
+}
+
 /// The scope a route needs, as a type, so that it shows in the handler's signature.
 pub(crate) trait NeededScope: Send + Sync + 'static {
     const SCOPE: TokenScope;
@@ -170,33 +201,8 @@ impl<S: NeededScope> FromRequestParts<ServerState> for Auth<S> {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header is not `Bearer ns_...`")
             })?;
-        let hash = hash_secret(secret);
-        let token = match state.tokens().get(&hash) {
-            Some(token) => token,
-            None => {
-                let found = state
-                    .store()
-                    .token_by_hash(&hash)
-                    .await
-                    .map_err(|e| ApiError::store("checking an API token", e))?;
-                let token = found
-                    .ok_or_else(|| ApiError::unauthorized("the API token is unknown or revoked"))?;
-                state.tokens().put(hash, token.clone());
-                token
-            }
-        };
-        if !token.scope.allows(S::SCOPE) {
-            return Err(ApiError::forbidden(format!(
-                "the token `{}` has scope {}, this needs {}",
-                token.name,
-                token.scope,
-                S::SCOPE
-            ))
-            .with_hint(format!(
-                "use a token made with `nightshift token create --scope {}`",
-                S::SCOPE
-            )));
-        }
+        let token = token_by_hash(state, &hash_secret(secret)).await?;
+        check_scope(&token, S::SCOPE)?;
         Ok(Auth {
             token,
             _scope: PhantomData,

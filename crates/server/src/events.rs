@@ -137,6 +137,22 @@ fn stream(
     id: TaskId,
     after: u64,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    stream_with(state, id, after, |frame| {
+        SseEvent::default()
+            .id(frame.seq.to_string())
+            .event(frame.kind)
+            .data(&frame.json)
+    })
+}
+
+/// A task's live log after `after`, each frame turned into an SSE event by `to_sse`: the API
+/// sends the JSON, the web UI the rendered HTML of the same events.
+pub(crate) fn stream_with(
+    state: ServerState,
+    id: TaskId,
+    after: u64,
+    to_sse: fn(&Frame) -> SseEvent,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     state.metrics().sse_connected();
     let guard = ClientGuard(state.clone());
     let (tx, rx) = mpsc::channel::<Arc<Frame>>(CLIENT_BUFFER);
@@ -152,13 +168,9 @@ fn stream(
             tracing::warn!(task = %id, %error, "an event stream ended early");
         }
     });
-    let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+    let events = futures::stream::unfold((rx, guard), move |(mut rx, guard)| async move {
         let frame = rx.recv().await?;
-        let event = SseEvent::default()
-            .id(frame.seq.to_string())
-            .event(frame.kind)
-            .data(&frame.json);
-        Some((Ok(event), (rx, guard)))
+        Some((Ok(to_sse(&frame)), (rx, guard)))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }

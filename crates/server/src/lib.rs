@@ -1,5 +1,5 @@
 //! The HTTP edge of nightshift: a REST API over the store and the runner, live events over SSE,
-//! API tokens, and Prometheus metrics (docs/api.md).
+//! API tokens, Prometheus metrics (docs/api.md), and the web UI (docs/web.md).
 //!
 //! This crate holds no task logic. Submitting goes through [`Runner::submit`], everything else is
 //! a read of the store or one of its documented operations (cancel, append a message). What the
@@ -15,6 +15,7 @@ mod openapi;
 mod repos;
 mod tasks;
 mod tokens;
+mod ui;
 mod views;
 mod webhooks;
 
@@ -76,6 +77,7 @@ struct Inner {
     hub: hub::EventHub,
     metrics: metrics::Metrics,
     tokens: auth::TokenCache,
+    sessions: ui::session::Sessions,
 }
 
 impl ServerState {
@@ -90,6 +92,7 @@ impl ServerState {
                 runner,
                 metrics: metrics::Metrics::default(),
                 tokens: auth::TokenCache::new(config.token_cache),
+                sessions: ui::session::Sessions::default(),
                 config,
             }),
         }
@@ -118,9 +121,13 @@ impl ServerState {
     pub(crate) fn tokens(&self) -> &auth::TokenCache {
         &self.inner.tokens
     }
+
+    pub(crate) fn sessions(&self) -> &ui::session::Sessions {
+        &self.inner.sessions
+    }
 }
 
-/// Every route of the API, with the body limit, the request metrics and the JSON 404/405.
+/// Every route of the API and the web UI, with the body limit, the request metrics and the JSON 404/405.
 pub fn router(state: ServerState) -> Router {
     let max_body = state.config().max_body_bytes;
     Router::new()
@@ -139,6 +146,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::metrics))
+        .merge(ui::routes())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nightshift_protocol::{ApiToken, EventRecord, Task, TaskId, TaskSpec, TaskState};
-use nightshift_runner::{DIFF_BLOB, MessageRefusal, TaskRequest};
+use nightshift_runner::{DIFF_BLOB, MessageOutcome, MessageRefusal, TaskRequest};
 use nightshift_store::TaskFilter;
 
 use crate::auth::{Auth, Read, Submit};
@@ -81,16 +81,25 @@ pub(crate) async fn create(
     body: Result<Json<CreateTask>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let repo = repos::served(&state, &auth.token, &body.repo).await?;
-    let model = body
-        .model
-        .unwrap_or_else(|| state.config().default_model.clone());
-    let mut request = TaskRequest::new(&repo.location, body.prompt, model);
-    request.base = body.base;
-    request.max_turns = body.max_turns.unwrap_or(TaskSpec::DEFAULT_MAX_TURNS);
-    request.max_tokens = body.max_tokens;
-    request.max_cost_usd = body.max_cost_usd;
-    request.max_duration_secs = body.max_duration_secs;
+    let task = submit(&state, &auth.token, body).await?;
+    tracing::info!(task = %task.id, repo = %task.spec.repo, token = %auth.token.name, "task submitted over the API");
+    let location = format!("/api/tasks/{}", task.id);
+    let mut response = (StatusCode::CREATED, Json(TaskView::from(task))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// Checks a submission and queues it through the runner: what `POST /api/tasks` and the web
+/// UI's new-task form both do. The repository must be one the server serves and `token` may
+/// use (a 403 otherwise, before anything is read from disk).
+pub(crate) async fn submit(
+    state: &ServerState,
+    token: &ApiToken,
+    body: CreateTask,
+) -> Result<Task, ApiError> {
+    let repo = repos::served(state, token, &body.repo).await?;
     if let Some(text) = body.image.as_deref()
         && let Ok(reference) = nightshift_image::Reference::parse(text)
         && reference.host_path().is_some()
@@ -104,15 +113,17 @@ pub(crate) async fn create(
         )
         .with_hint("name an image in a registry (`REGISTRY/NAME[:TAG][@DIGEST]`)"));
     }
+    let model = body
+        .model
+        .unwrap_or_else(|| state.config().default_model.clone());
+    let mut request = TaskRequest::new(&repo.location, body.prompt, model);
+    request.base = body.base;
+    request.max_turns = body.max_turns.unwrap_or(TaskSpec::DEFAULT_MAX_TURNS);
+    request.max_tokens = body.max_tokens;
+    request.max_cost_usd = body.max_cost_usd;
+    request.max_duration_secs = body.max_duration_secs;
     request.image = body.image;
-    let task = state.runner().submit(request).await?;
-    tracing::info!(task = %task.id, repo = %repo.name, token = %auth.token.name, "task submitted over the API");
-    let location = format!("/api/tasks/{}", task.id);
-    let mut response = (StatusCode::CREATED, Json(TaskView::from(task))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    Ok(state.runner().submit(request).await?)
 }
 
 /// Lists tasks, newest first.
@@ -132,14 +143,7 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<TaskList>, ApiError> {
     let Query(query) = query?;
-    let states = match query.state.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(text) => text
-            .split(',')
-            .map(|s| s.trim().parse::<TaskState>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?,
-    };
+    let states = parse_states(query.state.as_deref())?;
     let before = query
         .before
         .as_deref()
@@ -160,29 +164,53 @@ pub(crate) async fn list(
             ));
         }
     };
+    let filter = TaskFilter {
+        states,
+        before,
+        limit,
+        ..TaskFilter::default()
+    };
+    Ok(Json(list_page(&state, &auth.token, filter).await?))
+}
+
+/// `queued,running` as states; empty or absent is every state.
+pub(crate) fn parse_states(text: Option<&str>) -> Result<Vec<TaskState>, ApiError> {
+    match text {
+        None | Some("") => Ok(Vec::new()),
+        Some(text) => text
+            .split(',')
+            .map(|s| s.trim().parse::<TaskState>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string())),
+    }
+}
+
+/// One page of the store's task listing, newest first, with the cursor of the next page. A
+/// token limited to some repositories sees only their tasks; a page may then hold fewer than
+/// `limit`, and `next_before` still pages on.
+pub(crate) async fn list_page(
+    state: &ServerState,
+    token: &ApiToken,
+    filter: TaskFilter,
+) -> Result<TaskList, ApiError> {
+    let limit = filter.limit;
     let tasks = state
         .store()
-        .list_tasks(&TaskFilter {
-            states,
-            before,
-            limit,
-        })
+        .list_tasks(&filter)
         .await
         .map_err(|e| ApiError::store("listing tasks", e))?;
     let next_before = (tasks.len() as u32 == limit)
         .then(|| tasks.last().map(|t| t.id.to_string()))
         .flatten();
-    // A token limited to some repositories sees only their tasks; a page may then hold fewer
-    // than `limit`, and `next_before` still pages on.
-    let locations = repos::visible_locations(&state, &auth.token).await?;
+    let locations = repos::visible_locations(state, token).await?;
     let tasks: Vec<Task> = tasks
         .into_iter()
         .filter(|task| repos::visible(&locations, task))
         .collect();
-    Ok(Json(TaskList {
+    Ok(TaskList {
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         next_before,
-    }))
+    })
 }
 
 /// One task.
@@ -223,12 +251,21 @@ pub(crate) async fn cancel(
 ) -> Result<Json<CancelView>, ApiError> {
     let Path(id) = id?;
     let task = find(&state, &auth.token, &id).await?;
+    Ok(Json(cancel_task(&state, task, &auth.token.name).await?))
+}
+
+/// Asks `task` to stop, on behalf of the token called `by`: the API's cancel and the web UI's.
+pub(crate) async fn cancel_task(
+    state: &ServerState,
+    task: Task,
+    by: &str,
+) -> Result<CancelView, ApiError> {
     let outcome = state
         .store()
         .request_cancel(task.id)
         .await
         .map_err(|e| ApiError::store("cancelling a task", e))?;
-    tracing::info!(task = %task.id, token = %auth.token.name, ?outcome, "cancel requested over the API");
+    tracing::info!(task = %task.id, token = %by, ?outcome, "cancel requested");
     state.hub().nudge(task.id);
     let task = state
         .store()
@@ -236,7 +273,7 @@ pub(crate) async fn cancel(
         .await
         .map_err(|e| ApiError::store("reading a cancelled task", e))?
         .unwrap_or(task);
-    Ok(Json(CancelView::new(outcome, task)))
+    Ok(CancelView::new(outcome, task))
 }
 
 /// Sends a task a message: read by a running task between turns; for a task that has ended,
@@ -270,11 +307,22 @@ pub(crate) async fn message(
         ));
     }
     let task = find(&state, &auth.token, &id).await?;
+    let outcome = send_message(&state, &task, &body.text, auth.token.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(outcome.record)))
+}
+
+/// Sends `task` a message from the token called `from`: the API's messages and the web UI's.
+pub(crate) async fn send_message(
+    state: &ServerState,
+    task: &Task,
+    text: &str,
+    from: String,
+) -> Result<MessageOutcome, ApiError> {
     // A message to a task that ended with a result starts a follow-up task on its branch,
     // recorded in its log as `follow_up_started`; the workers pick it up like any task.
     let outcome = state
         .runner()
-        .message(task.id, &body.text, Some(auth.token.name))
+        .message(task.id, text, Some(from))
         .await
         .map_err(|e| match e {
             nightshift_runner::RunnerError::Store(e) => ApiError::store("appending a message", e),
@@ -289,9 +337,8 @@ pub(crate) async fn message(
             }
             other => ApiError::internal("appending a message", &other),
         })?;
-    let record = outcome.record;
     state.hub().nudge(task.id);
-    Ok((StatusCode::ACCEPTED, Json(record)))
+    Ok(outcome)
 }
 
 /// The change the task handed back, as a patch `git apply` takes.
@@ -312,6 +359,16 @@ pub(crate) async fn diff(
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let task = find(&state, &auth.token, &id).await?;
+    let bytes = task_diff(&state, &task).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// The patch `task` handed back, or a 404 that says why there is none.
+pub(crate) async fn task_diff(state: &ServerState, task: &Task) -> Result<Vec<u8>, ApiError> {
     let Some(bytes) = state
         .store()
         .get_blob(task.id, DIFF_BLOB)
@@ -333,11 +390,7 @@ pub(crate) async fn diff(
         };
         return Err(ApiError::not_found(why));
     };
-    Ok((
-        [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
-        Body::from(bytes),
-    )
-        .into_response())
+    Ok(bytes.to_vec())
 }
 
 /// A file the task stored (logs, reports), byte for byte.
@@ -360,27 +413,8 @@ pub(crate) async fn artifact(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, name)) = path?;
-    if !valid_artifact_name(&name) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!(
-                "`{name}` is not an artifact name: use 1 to 200 letters, digits, `.`, `_` or `-`, \
-                 not starting with `.`"
-            ),
-        ));
-    }
     let task = find(&state, &auth.token, &id).await?;
-    let Some(bytes) = state
-        .store()
-        .get_blob(task.id, &name)
-        .await
-        .map_err(|e| ApiError::store("reading an artifact", e))?
-    else {
-        return Err(ApiError::not_found(format!(
-            "task {} has no artifact `{name}`",
-            task.id.short()
-        )));
-    };
+    let bytes = task_artifact(&state, &task, &name).await?;
     let disposition = format!("attachment; filename=\"{name}\"");
     let mut response = (
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -393,6 +427,36 @@ pub(crate) async fn artifact(
             .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The artifact `name` of `task`: what the API's artifact route and the web UI's check logs
+/// serve. A name that could not be a blob is a 400 before any lookup.
+pub(crate) async fn task_artifact(
+    state: &ServerState,
+    task: &Task,
+    name: &str,
+) -> Result<Vec<u8>, ApiError> {
+    if !valid_artifact_name(name) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!(
+                "`{name}` is not an artifact name: use 1 to 200 letters, digits, `.`, `_` or `-`, \
+                 not starting with `.`"
+            ),
+        ));
+    }
+    let Some(bytes) = state
+        .store()
+        .get_blob(task.id, name)
+        .await
+        .map_err(|e| ApiError::store("reading an artifact", e))?
+    else {
+        return Err(ApiError::not_found(format!(
+            "task {} has no artifact `{name}`",
+            task.id.short()
+        )));
+    };
+    Ok(bytes.to_vec())
 }
 
 /// The store's rule for blob names, checked here so a bad name is a 400 before any lookup.

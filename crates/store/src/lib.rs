@@ -39,6 +39,10 @@ pub struct TaskFilter {
     pub before: Option<TaskId>,
     /// At most this many; 0 means the default of 100.
     pub limit: u32,
+    /// Only tasks on exactly this repository (`TaskSpec::repo`).
+    pub repo: Option<String>,
+    /// Only tasks whose prompt contains this text, ignoring ASCII case.
+    pub prompt_contains: Option<String>,
 }
 
 /// A secret as stored: its name, its encrypted value, and the repositories it is granted to.
@@ -61,6 +65,18 @@ pub enum CancelOutcome {
     Requested,
     /// The task had already ended; nothing changed.
     AlreadyEnded(TaskState),
+}
+
+/// What a task's log says of its result, for listings: read from its `ended` and
+/// `command_finished` events only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskOutcome {
+    pub id: TaskId,
+    /// Model dollars from the `ended` event, when the price was known.
+    pub cost_usd: Option<f64>,
+    /// Check runs that passed and that failed (`command_finished` with phase `check`).
+    pub checks_passed: u32,
+    pub checks_failed: u32,
 }
 
 /// Totals over every task in the store, for metrics. Every process sharing the store sees the
@@ -107,6 +123,10 @@ pub trait Store: Send + Sync {
     /// Reads every task row, and the `ended` and `error` events through a partial index (not the
     /// rest of the log): meant for scrapes, not for hot paths.
     async fn task_totals(&self) -> Result<TaskTotals, StoreError>;
+
+    /// The outcomes of the tasks `ids` (one page of a listing, say). Tasks without an `ended`
+    /// or check event are left out.
+    async fn task_outcomes(&self, ids: &[TaskId]) -> Result<Vec<TaskOutcome>, StoreError>;
 
     /// Writes every field of the task row except `cancel_requested`, which only
     /// [`Store::request_cancel`] sets, and `worker` and `lease_expires_at`, which only the

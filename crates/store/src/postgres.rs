@@ -37,7 +37,8 @@ use crate::rows::{
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskOutcome, TaskTotals,
+    queries,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -210,11 +211,15 @@ impl Store for PostgresStore {
         let rows: Vec<TaskRow> = sqlx::query_as(select_tasks!(
             "WHERE ($1::text IS NULL OR id < $1) \
                AND ($2::text IS NULL OR state IN (SELECT json_array_elements_text($2::json))) \
+               AND ($4::text IS NULL OR (spec::json ->> 'repo') = $4) \
+               AND ($5::text IS NULL OR strpos(lower(spec::json ->> 'prompt'), lower($5)) > 0) \
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.before.map(|id| id.to_string()))
         .bind(semantics::states_json(filter))
         .bind(semantics::task_limit(filter))
+        .bind(filter.repo.as_deref())
+        .bind(filter.prompt_contains.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(|cause| StoreError::database("listing tasks", cause))?;
@@ -239,6 +244,18 @@ impl Store for PostgresStore {
             .await
             .map_err(|cause| StoreError::database("totalling events", cause))?;
         rows::task_totals(tasks, events)
+    }
+
+    async fn task_outcomes(&self, ids: &[TaskId]) -> Result<Vec<TaskOutcome>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<rows::OutcomeRow> = sqlx::query_as(queries::POSTGRES_TASK_OUTCOMES)
+            .bind(rows::ids_json(ids))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database("reading task outcomes", cause))?;
+        rows::task_outcomes(rows)
     }
 
     async fn update_task(&self, task: &Task) -> Result<(), StoreError> {

@@ -159,6 +159,29 @@ pub(crate) const DELETE_REPO: &str = "DELETE FROM repos WHERE name = $1";
 /// `$1` delivery id, `$2` now. Inserts nothing for an id seen before.
 pub(crate) const RECORD_DELIVERY: &str = "INSERT INTO webhook_deliveries (id, received_at) \
      VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+/// `$1` the task ids as a JSON array: per task, the `ended` event's dollars and the check runs
+/// that passed and failed.
+pub(crate) const SQLITE_TASK_OUTCOMES: &str = "SELECT task_id, \
+     CAST(MAX(CASE WHEN type = 'ended' THEN json_extract(body, '$.cost_usd') END) AS REAL), \
+     COUNT(CASE WHEN type = 'command_finished' AND json_extract(body, '$.phase') = 'check' \
+         AND json_extract(body, '$.ok') = 1 THEN 1 END), \
+     COUNT(CASE WHEN type = 'command_finished' AND json_extract(body, '$.phase') = 'check' \
+         AND json_extract(body, '$.ok') = 0 THEN 1 END) \
+     FROM events WHERE task_id IN (SELECT value FROM json_each($1)) \
+         AND type IN ('ended', 'command_finished') \
+     GROUP BY task_id";
+
+/// [`SQLITE_TASK_OUTCOMES`] in PostgreSQL's JSON operators.
+pub(crate) const POSTGRES_TASK_OUTCOMES: &str = "SELECT task_id, \
+     MAX(CASE WHEN type = 'ended' \
+         THEN CAST(CAST(body AS JSONB) ->> 'cost_usd' AS DOUBLE PRECISION) END), \
+     COUNT(CASE WHEN type = 'command_finished' AND CAST(body AS JSONB) ->> 'phase' = 'check' \
+         AND CAST(body AS JSONB) ->> 'ok' = 'true' THEN 1 END), \
+     COUNT(CASE WHEN type = 'command_finished' AND CAST(body AS JSONB) ->> 'phase' = 'check' \
+         AND CAST(body AS JSONB) ->> 'ok' = 'false' THEN 1 END) \
+     FROM events WHERE task_id IN (SELECT json_array_elements_text($1::json)) \
+         AND type IN ('ended', 'command_finished') \
+     GROUP BY task_id";
 
 #[cfg(test)]
 mod tests {

@@ -412,6 +412,30 @@ fn count(value: i64, what: impl FnOnce() -> String) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::corrupt(format!("{} = {value}", what())))
 }
 
+/// One row of the task-outcomes queries: id, dollars, checks passed, checks failed.
+pub(crate) type OutcomeRow = (String, Option<f64>, i64, i64);
+
+pub(crate) fn task_outcomes(rows: Vec<OutcomeRow>) -> Result<Vec<crate::TaskOutcome>, StoreError> {
+    rows.into_iter()
+        .map(|(id, cost_usd, passed, failed)| {
+            let id = id
+                .parse()
+                .map_err(|_| StoreError::corrupt(format!("task id `{id}` in the events table")))?;
+            Ok(crate::TaskOutcome {
+                id,
+                cost_usd,
+                checks_passed: u32::try_from(passed).unwrap_or(u32::MAX),
+                checks_failed: u32::try_from(failed).unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
+}
+
+/// Task ids as the JSON array the task-outcomes queries take.
+pub(crate) fn ids_json(ids: &[nightshift_protocol::TaskId]) -> String {
+    serde_json::Value::from(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()).to_string()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

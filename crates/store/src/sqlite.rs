@@ -34,7 +34,8 @@ use crate::rows::{
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskTotals, queries,
+    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskOutcome, TaskTotals,
+    queries,
 };
 use setup::set_up;
 
@@ -194,11 +195,15 @@ impl Store for SqliteStore {
         let rows: Vec<TaskRow> = sqlx::query_as(select_tasks!(
             "WHERE ($1 IS NULL OR id < $1) \
                AND ($2 IS NULL OR state IN (SELECT value FROM json_each($2))) \
+               AND ($4 IS NULL OR json_extract(spec, '$.repo') = $4) \
+               AND ($5 IS NULL OR instr(lower(json_extract(spec, '$.prompt')), lower($5)) > 0) \
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.before.map(|id| id.to_string()))
         .bind(semantics::states_json(filter))
         .bind(semantics::task_limit(filter))
+        .bind(filter.repo.as_deref())
+        .bind(filter.prompt_contains.as_deref())
         .fetch_all(&self.reader)
         .await
         .map_err(|cause| StoreError::database("listing tasks", cause))?;
@@ -223,6 +228,18 @@ impl Store for SqliteStore {
             .await
             .map_err(|cause| StoreError::database("totalling events", cause))?;
         rows::task_totals(tasks, events)
+    }
+
+    async fn task_outcomes(&self, ids: &[TaskId]) -> Result<Vec<TaskOutcome>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<rows::OutcomeRow> = sqlx::query_as(queries::SQLITE_TASK_OUTCOMES)
+            .bind(rows::ids_json(ids))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|cause| StoreError::database("reading task outcomes", cause))?;
+        rows::task_outcomes(rows)
     }
 
     async fn update_task(&self, task: &Task) -> Result<(), StoreError> {

@@ -162,6 +162,38 @@ async fn listings_filter_by_state(t: TestStore) {
     assert_eq!(only(vec![]).await.len(), 3);
 }
 
+async fn listings_filter_by_repository_and_prompt_text(t: TestStore) {
+    let mut elsewhere = common::queued("Fix the Parser");
+    elsewhere.spec.repo = "/src/other".into();
+    t.store.create_task(&elsewhere).await.unwrap();
+    let here = create(&*t.store, "fix the PARSER again").await;
+    let unrelated = create(&*t.store, "write docs; 100% done_").await;
+
+    let list = |repo: Option<&str>, text: Option<&str>| {
+        let store = t.store.clone();
+        let filter = TaskFilter {
+            repo: repo.map(str::to_string),
+            prompt_contains: text.map(str::to_string),
+            ..TaskFilter::default()
+        };
+        async move { ids(&store.list_tasks(&filter).await.unwrap()) }
+    };
+    assert_eq!(list(Some("/src/other"), None).await, vec![elsewhere.id]);
+    assert_eq!(
+        list(Some("/src/demo"), None).await,
+        newest_first(&[here.id, unrelated.id])
+    );
+    assert_eq!(
+        list(None, Some("parser")).await,
+        newest_first(&[elsewhere.id, here.id])
+    );
+    assert_eq!(list(Some("/src/demo"), Some("Parser")).await, vec![here.id]);
+    // Text is matched literally: LIKE wildcards mean nothing.
+    assert_eq!(list(None, Some("100% done_")).await, vec![unrelated.id]);
+    assert!(list(None, Some("%")).await.len() == 1);
+    assert!(list(Some("/src"), None).await.is_empty());
+}
+
 async fn find_resolves_full_ids_prefixes_and_short_ids_in_any_case(t: TestStore) {
     let task = create(&*t.store, "find me").await;
     let _other = create(&*t.store, "not me").await;
@@ -489,6 +521,7 @@ on_every_backend!(
     listings_are_newest_first_and_page_with_before,
     the_default_limit_is_100_and_the_largest_1000,
     listings_filter_by_state,
+    listings_filter_by_repository_and_prompt_text,
     find_resolves_full_ids_prefixes_and_short_ids_in_any_case,
     find_reports_what_does_not_match,
     find_lists_up_to_five_matches_of_an_ambiguous_prefix,

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use nightshift_protocol::{ErrorKind, Event, Task, TaskState, Usage};
-use nightshift_store::{Store, TaskTotals};
+use nightshift_protocol::{CommandPhase, ErrorKind, Event, Task, TaskState, Usage};
+use nightshift_store::{Store, TaskOutcome, TaskTotals};
 
 use common::{TestStore, create};
 
@@ -161,7 +161,81 @@ async fn a_task_cancelled_while_queued_has_no_run_time(t: TestStore) {
     assert_eq!(totals.model_usd, 0.0);
 }
 
+fn check(ok: bool) -> Event {
+    Event::CommandFinished {
+        phase: CommandPhase::Check,
+        name: "test".into(),
+        command: "sh test.sh".into(),
+        ok,
+        exit_code: if ok { 0 } else { 1 },
+        duration_ms: 5,
+        output_tail: String::new(),
+        artifact: None,
+    }
+}
+
+async fn outcomes_give_dollars_and_check_counts_per_task(t: TestStore) {
+    let store = &*t.store;
+    let priced = create(store, "priced").await;
+    let unpriced = create(store, "unpriced").await;
+    let untouched = create(store, "untouched").await;
+    let other = create(store, "not asked for").await;
+    for ok in [true, true, false] {
+        store.append_event(priced.id, &check(ok)).await.unwrap();
+    }
+    // A setup command is not a check.
+    let mut setup = check(false);
+    if let Event::CommandFinished { phase, .. } = &mut setup {
+        *phase = CommandPhase::Setup;
+    }
+    store.append_event(unpriced.id, &setup).await.unwrap();
+    store.append_event(other.id, &check(true)).await.unwrap();
+    run_to_the_end(
+        store,
+        &priced,
+        SignedDuration::from_secs(1),
+        Usage::default(),
+        1,
+        Some(0.25),
+    )
+    .await;
+    run_to_the_end(
+        store,
+        &unpriced,
+        SignedDuration::from_secs(1),
+        Usage::default(),
+        1,
+        None,
+    )
+    .await;
+
+    let mut outcomes = store
+        .task_outcomes(&[priced.id, unpriced.id, untouched.id])
+        .await
+        .unwrap();
+    outcomes.sort_by_key(|o| o.id != priced.id);
+    assert_eq!(
+        outcomes,
+        vec![
+            TaskOutcome {
+                id: priced.id,
+                cost_usd: Some(0.25),
+                checks_passed: 2,
+                checks_failed: 1
+            },
+            TaskOutcome {
+                id: unpriced.id,
+                cost_usd: None,
+                checks_passed: 0,
+                checks_failed: 0
+            },
+        ]
+    );
+    assert!(store.task_outcomes(&[]).await.unwrap().is_empty());
+}
+
 on_every_backend!(
+    outcomes_give_dollars_and_check_counts_per_task,
     an_empty_store_totals_zero,
     totals_sum_tokens_turns_run_time_dollars_and_sandbox_failures,
     a_task_cancelled_while_queued_has_no_run_time,

@@ -92,8 +92,8 @@ impl Local {
     ) -> Result<Vec<Task>, Failure> {
         let filter = TaskFilter {
             states: states.to_vec(),
-            before: None,
             limit,
+            ..TaskFilter::default()
         };
         Ok(self.store().list_tasks(&filter).await?)
     }
