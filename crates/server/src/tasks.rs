@@ -168,7 +168,8 @@ pub(crate) async fn list(
         states,
         before,
         limit,
-        ..TaskFilter::default()
+        repo: query.repo.filter(|r| !r.is_empty()),
+        prompt_contains: query.q.filter(|q| !q.is_empty()),
     };
     Ok(Json(list_page(&state, &auth.token, filter).await?))
 }

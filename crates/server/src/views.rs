@@ -129,6 +129,10 @@ pub(crate) struct ListQuery {
     pub limit: Option<u32>,
     /// Only tasks older than this full task id: the `next_before` of the previous page.
     pub before: Option<String>,
+    /// Only tasks on exactly this repository (the absolute path they were submitted with).
+    pub repo: Option<String>,
+    /// Only tasks whose prompt contains this text (case-insensitive for ASCII).
+    pub q: Option<String>,
 }
 
 /// Paging of `GET /api/tasks/{id}/events`.

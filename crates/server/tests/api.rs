@@ -361,5 +361,20 @@ async fn listings_page_newest_first_and_filter_by_state() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["id"], cancelled.as_str());
     assert!(page.get("next_before").is_none());
+
+    // By repository and prompt text, in the store.
+    let count = |path: &'static str| {
+        let request = h.get(path, &h.read);
+        async move {
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            page["tasks"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("/api/tasks?q=TASK%205").await, 1);
+    assert_eq!(
+        count("/api/tasks?q=task&repo=%2Fnonexistent%2Frepo").await,
+        7
+    );
+    assert_eq!(count("/api/tasks?repo=%2Felsewhere").await, 0);
     h.stop().await;
 }
