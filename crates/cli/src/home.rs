@@ -256,6 +256,13 @@ impl Home {
             config.lease = crate::args::parse_duration(&lease)
                 .map_err(|err| Failure::usage(format!("NIGHTSHIFT_LEASE: {err}")))?;
         }
+        if let Some(wait) = std::env::var("NIGHTSHIFT_FORGE_RETRY")
+            .ok()
+            .filter(|w| !w.is_empty())
+        {
+            config.forge_retry_wait = crate::args::parse_duration(&wait)
+                .map_err(|err| Failure::usage(format!("NIGHTSHIFT_FORGE_RETRY: {err}")))?;
+        }
         config.record_dir = std::env::var_os("NIGHTSHIFT_RECORD")
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from);

@@ -265,6 +265,27 @@ pub fn event(record: &EventRecord) -> String {
             ),
             None,
         ),
+        Event::ForgeCommented { number } => {
+            ("reported", format!("the outcome, on #{number}"), None)
+        }
+        Event::ForgeRetry {
+            action,
+            attempt,
+            retry_at,
+            reason,
+        } => (
+            "forge",
+            match retry_at {
+                Some(at) => format!(
+                    "{action} failed (attempt {attempt}: {reason}); trying again at {}",
+                    at.strftime("%H:%M:%S UTC")
+                ),
+                None => format!(
+                    "{action} given up after {attempt} attempts ({reason}); the work stays on the branch"
+                ),
+            },
+            None,
+        ),
         Event::CancelRequested => ("cancel", "cancellation requested".into(), None),
         Event::ImageReady {
             reference,

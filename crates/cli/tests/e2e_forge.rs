@@ -18,7 +18,9 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
     let git_server = GitHttp::start(TOKEN).await;
     let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n");
     let url = git_server.serve(repo.path(), "acme/app");
-    let (api, recorded) = github_api(TOKEN).await;
+    let GitHubApi {
+        url: api, recorded, ..
+    } = github_api(TOKEN).await;
     let mut steps = fixing_script_steps();
     steps.extend([
         serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "add adds\n"}}]}}),
@@ -133,13 +135,14 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_follows_up() {
-    use std::io::BufRead;
     const TOKEN: &str = "ghs-installation-token-4567";
     const WEBHOOK_SECRET: &str = "It's a Secret to Everybody";
     let git_server = GitHttp::start(TOKEN).await;
     let repo = buggy_repo();
     let url = git_server.serve(repo.path(), "acme/app");
-    let (api, recorded) = github_api(TOKEN).await;
+    let GitHubApi {
+        url: api, recorded, ..
+    } = github_api(TOKEN).await;
     let mut steps = fixing_script_steps();
     steps.extend([
         serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "reviewed\n"}}]}}),
@@ -165,29 +168,7 @@ async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_
         "NIGHTSHIFT_GITHUB_WEBHOOK_SECRET".into(),
         WEBHOOK_SECRET.into(),
     ));
-    let mut server = Serve(
-        ns.command(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--model",
-            "openai:m",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
-    let mut lines = std::io::BufReader::new(server.0.stderr.take().unwrap()).lines();
-    let banner = lines.next().unwrap().unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    let base = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let (_server, base) = Serve::start(&ns);
 
     let repository = serde_json::json!({
         "full_name": "acme/app",
@@ -292,18 +273,34 @@ async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_
         ns.json(&["ls", "--json"]).await.as_array().unwrap().len(),
         1
     );
+    // The issue hears that the task started, and then how it ended, with its pull request;
+    // the pull request says which issue it fixes.
     let calls = recorded.lock().unwrap().clone();
+    let on_issue: Vec<&str> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/repos/acme/app/issues/7/comments")
+        .map(|(_, _, b)| b["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(on_issue.len(), 2, "{calls:#?}");
     assert!(
-        calls.iter().any(|(m, p, b)| m == "POST"
-            && p == "/repos/acme/app/issues/7/comments"
-            && b["body"].as_str().unwrap().contains(&id)),
-        "{calls:#?}"
+        on_issue[0].contains(&format!("started task `{id}`")),
+        "{on_issue:?}"
     );
     assert!(
-        calls
-            .iter()
-            .any(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        on_issue[1].contains(&format!("task `{id}` succeeded: #1"))
+            && on_issue[1].contains("Fix add: it subtracted"),
+        "{on_issue:?}"
     );
+    let created = calls
+        .iter()
+        .rfind(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        .unwrap();
+    assert!(
+        created.2["body"].as_str().unwrap().contains("Fixes #7."),
+        "{created:?}"
+    );
+    let events = ns.events(&id).await;
+    assert_eq!(of_type(&events, "forge_commented")[0]["number"], 7);
 
     // A review comment on its pull request starts a follow-up on the same branch.
     let review = serde_json::json!({
@@ -344,4 +341,130 @@ async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_
     let events = ns.events(&id).await;
     let received = of_type(&events, "message_received");
     assert_eq!(received[0]["from"], "alice on GitHub", "{received:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_and_pull_request_held_up_by_an_outage_are_retried_until_they_land() {
+    const TOKEN: &str = "ghs-installation-token-8910";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo();
+    let url = git_server.serve(repo.path(), "acme/app");
+    let github = github_api(TOKEN).await;
+    let (mut ns, _model) =
+        Nightshift::with_script(script(Value::Array(fixing_script_steps()))).await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &github.url,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Both down: the task succeeds, its work on the mirror's branch, the push deferred.
+    ns.env.push(("NIGHTSHIFT_FORGE_RETRY".into(), "1s".into()));
+    git_server
+        .pushes_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    github.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = ns
+        .run(&["run", "--repo", "acme/app", "--wait", "--json", "Fix add"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    let branch = task["branch"].as_str().unwrap().to_string();
+    let events = ns.events(&id).await;
+    let deferred = of_type(&events, "forge_retry");
+    assert_eq!(deferred.len(), 1, "{events:#?}");
+    assert_eq!(
+        (&deferred[0]["action"], &deferred[0]["attempt"]),
+        (&Value::from("push"), &Value::from(1))
+    );
+    assert!(deferred[0]["retry_at"].is_string(), "{deferred:?}");
+    assert!(of_type(&events, "branch_pushed").is_empty());
+    assert!(of_type(&events, "pull_request").is_empty());
+    let bare = git_server.root.path().join("acme/app.git");
+    let remote_has = |branch: &str| {
+        std::process::Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .current_dir(&bare)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!remote_has(&branch));
+
+    // The remote comes back, GitHub does not yet: a worker pushes, and defers the pull request.
+    git_server
+        .pushes_down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (_server, _base) = Serve::start(&ns);
+    let events = wait_for_event(&ns, &id, "pull_request", |events| {
+        of_type(events, "forge_retry").len() >= 2
+    })
+    .await;
+    assert!(remote_has(&branch));
+    assert_eq!(of_type(&events, "branch_pushed").len(), 1, "{events:#?}");
+    let second = of_type(&events, "forge_retry")[1].clone();
+    assert_eq!(
+        (&second["action"], &second["attempt"]),
+        (&Value::from("pull_request"), &Value::from(2)),
+        "{events:#?}"
+    );
+
+    // GitHub comes back: the next attempt opens the pull request, once.
+    github
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let events = wait_for_event(&ns, &id, "pull_request", |events| {
+        !of_type(events, "pull_request").is_empty()
+    })
+    .await;
+    let opened = of_type(&events, "pull_request");
+    assert_eq!(
+        (opened.len(), &opened[0]["created"]),
+        (1, &Value::Bool(true))
+    );
+    let calls = github.recorded.lock().unwrap().clone();
+    let created: Vec<_> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        .collect();
+    // The first creation answers 502 (a short outage), the second opens it.
+    assert_eq!(created.len(), 2, "{calls:#?}");
+    assert_eq!(created[1].2["head"], branch.as_str());
+}
+
+/// The task's events once `done` holds for them (a minute at most).
+async fn wait_for_event(
+    ns: &Nightshift,
+    id: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let events = ns.events(id).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: {events:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

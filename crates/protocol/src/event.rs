@@ -184,6 +184,21 @@ pub enum Event {
         number: u64,
         created: bool,
     },
+    /// The task's outcome was commented on the forge conversation that asked for it (its
+    /// [`crate::TaskOrigin`]): an issue, or a pull request.
+    ForgeCommented { number: u64 },
+    /// A push or pull request that a forge outage held up: nightshift tries it again at
+    /// `retry_at` (the wait doubles with each attempt), or, with no `retry_at`, has given up
+    /// and the work stays on the branch of the mirror.
+    ForgeRetry {
+        /// `push` or `pull_request`.
+        action: String,
+        /// How many attempts have failed.
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<Timestamp>,
+        reason: String,
+    },
     /// Someone asked to cancel the task.
     CancelRequested,
     /// A person sent the task a message: steering while it runs, or a follow-up once it ended.
@@ -261,6 +276,8 @@ impl Event {
             Event::Committed { .. } => "committed",
             Event::BranchPushed { .. } => "branch_pushed",
             Event::PullRequest { .. } => "pull_request",
+            Event::ForgeCommented { .. } => "forge_commented",
+            Event::ForgeRetry { .. } => "forge_retry",
             Event::CancelRequested => "cancel_requested",
             Event::MessageReceived { .. } => "message_received",
             Event::FollowUpStarted { .. } => "follow_up_started",

@@ -17,7 +17,7 @@ pub use event::{
 };
 pub use id::{ParseTaskIdError, TaskId};
 pub use repo::{InvalidRepoName, MAX_REPO_NAME, Repository, check_repo_name};
-pub use task::{Task, TaskSpec, TaskState, UnknownTaskState};
+pub use task::{Task, TaskOrigin, TaskSpec, TaskState, UnknownTaskState};
 pub use text::{Truncated, truncate_middle};
 pub use token::{ApiToken, TokenScope, UnknownTokenScope};
 

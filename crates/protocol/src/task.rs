@@ -43,6 +43,20 @@ pub struct TaskSpec {
     /// host's system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The forge conversation that started the task, which its outcome is reported back to.
+    /// Set by nightshift's own integrations (webhooks), never taken from an API request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<TaskOrigin>,
+}
+
+/// Where on a forge a task was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskOrigin {
+    /// A GitHub issue: labelled `nightshift`, or an `@nightshift` comment on it.
+    GithubIssue { number: u64 },
+    /// A GitHub pull request: a review, a review comment or an `@nightshift` comment on it.
+    GithubPullRequest { number: u64 },
 }
 
 impl TaskSpec {
@@ -255,6 +269,7 @@ mod tests {
             max_duration_secs: None,
             follows: None,
             image: None,
+            origin: None,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

@@ -110,6 +110,7 @@ async fn main() {
         max_duration_secs: None,
         follows: None,
         image: None,
+        origin: None,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();

@@ -9,7 +9,7 @@
 
 use nightshift_agent::SinkError;
 use nightshift_env::SourceRepo;
-use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskState};
+use nightshift_protocol::{Event, EventRecord, Task, TaskId, TaskOrigin, TaskState};
 
 use crate::sink::TaskLog;
 use crate::{Runner, RunnerError, TaskRequest};
@@ -46,6 +46,18 @@ impl Runner {
         id: TaskId,
         text: &str,
         from: Option<String>,
+    ) -> Result<MessageOutcome, RunnerError> {
+        self.message_from(id, text, from, None).await
+    }
+
+    /// [`Runner::message`], from a forge conversation: a follow-up it starts reports its
+    /// outcome there (a follow-up started otherwise reports where the task it follows did).
+    pub async fn message_from(
+        &self,
+        id: TaskId,
+        text: &str,
+        from: Option<String>,
+        origin: Option<TaskOrigin>,
     ) -> Result<MessageOutcome, RunnerError> {
         let task = self
             .store
@@ -88,6 +100,7 @@ impl Runner {
             max_duration_secs: spec.max_duration_secs,
             follows: Some(task.id),
             image: spec.image.clone(),
+            origin: origin.or(spec.origin),
             ..TaskRequest::new(&spec.repo, text, &spec.model)
         };
         match self.submit(request).await {

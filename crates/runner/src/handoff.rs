@@ -20,6 +20,7 @@ use nightshift_sandbox::{ExecRequest, SandboxSession};
 use tokio_util::sync::CancellationToken;
 
 use crate::Runner;
+use crate::forge_retry::{PushFailure, push_with_retries};
 use crate::sink::TaskLog;
 
 /// What a run works with, once its working copy exists.
@@ -137,9 +138,13 @@ impl Runner {
         let pushed = match &remote {
             Some((mirrors, _lock)) => Some(match self.remote_credential(&task.spec.repo).await {
                 Ok(credential) => {
-                    push_with_retries(mirrors, &task.spec.repo, &branch, credential.as_ref()).await
+                    push_with_retries(mirrors, &task.spec.repo, &branch, credential.as_ref(), 3)
+                        .await
                 }
-                Err(err) => Err(err),
+                Err(err) => Err(PushFailure {
+                    reason: err,
+                    outage: false,
+                }),
             }),
             None => None,
         };
@@ -181,15 +186,20 @@ impl Runner {
                 .await?;
             }
             // The work is on the branch in the mirror: a push the remote refuses (a protected
-            // branch, one that moved elsewhere, no permission) does not lose it.
-            Some(Err(err)) => {
+            // branch, one that moved elsewhere, no permission) does not lose it, and one an
+            // outage held up is tried again later.
+            Some(Err(failure)) => {
                 log.append(Event::Warning {
                     message: format!(
-                        "pushing {branch} to {} failed, and the work stays on that branch of the mirror: {err}",
-                        task.spec.repo
+                        "pushing {branch} to {} failed, and the work stays on that branch of the mirror: {}",
+                        task.spec.repo, failure.reason
                     ),
                 })
                 .await?;
+                if failure.outage {
+                    let retry = self.defer(task.id, "push", 0, &failure.reason).await;
+                    log.append(retry).await?;
+                }
             }
             None => {}
         }
@@ -252,50 +262,6 @@ pub(crate) fn commit_message(summary: &str, task: &Task, incomplete: Option<&str
         task.id
     ));
     message
-}
-
-/// Pushes `branch` to the remote, trying again (after 2 and 4 seconds) when the remote could
-/// not be reached or answered with a server error; a refusal is not tried again.
-async fn push_with_retries(
-    mirrors: &nightshift_env::Mirrors,
-    url: &str,
-    branch: &str,
-    credential: Option<&nightshift_env::RemoteCredential>,
-) -> Result<(), String> {
-    const ATTEMPTS: u32 = 3;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match mirrors.push(url, branch, credential).await {
-            Ok(()) => return Ok(()),
-            Err(err) => {
-                let said = err.to_string();
-                if attempt >= ATTEMPTS || !remote_unreachable(&said) {
-                    let tries = match attempt {
-                        1 => String::new(),
-                        n => format!(" (after {n} attempts)"),
-                    };
-                    return Err(format!("{said}{tries}"));
-                }
-                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-            }
-        }
-    }
-}
-
-/// Whether git's words say the remote could not be reached (or failed), as opposed to refusing.
-fn remote_unreachable(said: &str) -> bool {
-    const SIGNS: [&str; 8] = [
-        "Could not resolve host",
-        "Connection refused",
-        "Connection timed out",
-        "Operation timed out",
-        "The requested URL returned error: 5",
-        "remote end hung up unexpectedly",
-        "early EOF",
-        "Connection reset",
-    ];
-    SIGNS.iter().any(|sign| said.contains(sign))
 }
 
 /// Where, inside the workspace, the tree of the working copy as the agent found it is recorded
@@ -499,26 +465,6 @@ mod tests {
             Ok(path) => Ok(std::fs::read(path).unwrap()),
             Err(err) => Err(err.to_string()),
         }
-    }
-
-    #[test]
-    fn a_remote_that_cannot_be_reached_is_tried_again_and_a_refusal_is_not() {
-        use super::remote_unreachable;
-        assert!(remote_unreachable(
-            "fatal: unable to access 'https://h/x/': Could not resolve host: h"
-        ));
-        assert!(remote_unreachable(
-            "fatal: unable to access 'https://h/x/': The requested URL returned error: 502"
-        ));
-        assert!(!remote_unreachable(
-            "! [remote rejected] b -> b (protected branch hook declined)"
-        ));
-        assert!(!remote_unreachable(
-            "fatal: '/srv/gone.git' does not appear to be a git repository"
-        ));
-        assert!(!remote_unreachable(
-            "fatal: unable to access 'https://h/x/': The requested URL returned error: 403"
-        ));
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ mod environment;
 mod error;
 mod follow_up;
 mod forge;
+mod forge_retry;
 mod handoff;
 mod image;
 mod lifecycle;
@@ -91,6 +92,9 @@ pub struct RunnerConfig {
     /// configuration lacks. Off for a process that only queues tasks for workers elsewhere,
     /// whose keys it cannot see.
     pub check_provider_keys: bool,
+    /// The first wait before a push or pull request that a forge outage held up is tried
+    /// again; it doubles with each attempt, up to an hour (`NIGHTSHIFT_FORGE_RETRY`).
+    pub forge_retry_wait: Duration,
 }
 
 impl RunnerConfig {
@@ -115,6 +119,7 @@ impl RunnerConfig {
             images: None,
             mirrors: None,
             check_provider_keys: true,
+            forge_retry_wait: Duration::from_secs(60),
         }
     }
 }

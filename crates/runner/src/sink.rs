@@ -244,6 +244,7 @@ mod tests {
             max_duration_secs: None,
             follows: None,
             image: None,
+            origin: None,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         store.create_task(&task).await.unwrap();

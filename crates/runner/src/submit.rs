@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use nightshift_env::{EnvError, SourceRepo};
 use nightshift_model::ModelSpec;
-use nightshift_protocol::{Task, TaskId, TaskSpec};
+use nightshift_protocol::{Task, TaskId, TaskOrigin, TaskSpec};
 
 use crate::{Runner, SubmitError};
 
@@ -26,6 +26,8 @@ pub struct TaskRequest {
     pub follows: Option<TaskId>,
     /// The image the task starts from, over the repository's (see [`TaskSpec::image`]).
     pub image: Option<String>,
+    /// The forge conversation that asked for it (see [`TaskSpec::origin`]).
+    pub origin: Option<TaskOrigin>,
 }
 
 impl TaskRequest {
@@ -46,6 +48,7 @@ impl TaskRequest {
             max_duration_secs: None,
             follows: None,
             image: None,
+            origin: None,
         }
     }
 }
@@ -132,6 +135,7 @@ impl Runner {
             max_duration_secs: request.max_duration_secs,
             follows: request.follows,
             image,
+            origin: request.origin,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;

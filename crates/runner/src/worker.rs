@@ -46,6 +46,10 @@ impl Runner {
         let hand_back = CancellationToken::new();
         let mut running = JoinSet::new();
         let mut last_settle: Option<tokio::time::Instant> = None;
+        // Forge retries run beside the tasks, one round at a time.
+        let retry_every = self.config.forge_retry_wait.min(config.settle_every);
+        let mut last_retry: Option<tokio::time::Instant> = None;
+        let mut retrying: Option<tokio::task::JoinHandle<()>> = None;
         let mut backoff = Duration::from_millis(200);
 
         loop {
@@ -59,6 +63,17 @@ impl Runner {
                     tracing::warn!("could not settle abandoned tasks: {err}");
                 }
                 last_settle = Some(tokio::time::Instant::now());
+            }
+            if last_retry.is_none_or(|at| at.elapsed() >= retry_every)
+                && retrying.as_ref().is_none_or(|round| round.is_finished())
+            {
+                let runner = self.clone();
+                retrying = Some(tokio::spawn(async move {
+                    if let Err(err) = runner.retry_forge_work().await {
+                        tracing::warn!("could not take forge retries: {err}");
+                    }
+                }));
+                last_retry = Some(tokio::time::Instant::now());
             }
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {

@@ -44,7 +44,7 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         crate::metrics::metrics,
     ),
     components(schemas(
-        TaskDoc, TaskSpecDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
+        TaskDoc, TaskSpecDoc, TaskOriginDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
         EventPage, CancelView, CreateTask, SendMessage, CreateToken, CreatedToken, TokenList,
         ErrorBody, ErrorDetail, Health, RepositoryDoc, AddRepo, RepoList,
         crate::webhooks::WebhookOutcome,
@@ -135,6 +135,20 @@ pub(crate) struct TaskSpecDoc {
     follows: Option<String>,
     /// The image the task's sandbox starts from.
     image: Option<String>,
+    /// The forge conversation that started the task (set by webhooks), where its outcome is
+    /// reported.
+    origin: Option<TaskOriginDoc>,
+}
+
+/// Where on a forge a task was asked for: `{"kind": "github_issue", "number": 7}` or
+/// `{"kind": "github_pull_request", "number": 9}`.
+#[derive(ToSchema)]
+#[schema(as = TaskOrigin)]
+#[allow(dead_code)]
+pub(crate) struct TaskOriginDoc {
+    /// `github_issue` or `github_pull_request`.
+    kind: String,
+    number: u64,
 }
 
 /// Where a task stands; the last three are terminal.
@@ -256,6 +270,7 @@ mod tests {
                 max_duration_secs: Some(1),
                 follows: Some(TaskId::new()),
                 image: Some("debian:12".into()),
+                origin: Some(nightshift_protocol::TaskOrigin::GithubIssue { number: 7 }),
             },
             Timestamp::UNIX_EPOCH,
         );
@@ -274,6 +289,13 @@ mod tests {
         assert_eq!(fields, properties("Task"));
         let spec: BTreeSet<String> = json["spec"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(spec, properties("TaskSpec"));
+        let origin: BTreeSet<String> = json["spec"]["origin"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(origin, properties("TaskOrigin"));
         let usage: BTreeSet<String> = json["usage"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(usage, properties("Usage"));
     }

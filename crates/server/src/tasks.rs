@@ -170,6 +170,7 @@ pub(crate) async fn list(
         limit,
         repo: query.repo.filter(|r| !r.is_empty()),
         prompt_contains: query.q.filter(|q| !q.is_empty()),
+        ..TaskFilter::default()
     };
     Ok(Json(list_page(&state, &auth.token, filter).await?))
 }
@@ -187,14 +188,18 @@ pub(crate) fn parse_states(text: Option<&str>) -> Result<Vec<TaskState>, ApiErro
 }
 
 /// One page of the store's task listing, newest first, with the cursor of the next page. A
-/// token limited to some repositories sees only their tasks; a page may then hold fewer than
-/// `limit`, and `next_before` still pages on.
+/// token limited to some repositories sees only their tasks (filtered in the store, so pages
+/// stay full).
 pub(crate) async fn list_page(
     state: &ServerState,
     token: &ApiToken,
     filter: TaskFilter,
 ) -> Result<TaskList, ApiError> {
     let limit = filter.limit;
+    let filter = TaskFilter {
+        repos: repos::visible_locations(state, token).await?,
+        ..filter
+    };
     let tasks = state
         .store()
         .list_tasks(&filter)
@@ -203,11 +208,6 @@ pub(crate) async fn list_page(
     let next_before = (tasks.len() as u32 == limit)
         .then(|| tasks.last().map(|t| t.id.to_string()))
         .flatten();
-    let locations = repos::visible_locations(state, token).await?;
-    let tasks: Vec<Task> = tasks
-        .into_iter()
-        .filter(|task| repos::visible(&locations, task))
-        .collect();
     Ok(TaskList {
         tasks: tasks.into_iter().map(TaskView::from).collect(),
         next_before,

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use nightshift_env::grants::repo_identity;
-use nightshift_protocol::{Repository, Task};
+use nightshift_protocol::{Repository, Task, TaskOrigin};
 use nightshift_runner::{Forge, TaskRequest};
 use nightshift_store::TaskFilter;
 use serde::Serialize;
@@ -292,7 +292,10 @@ async fn start(
     prompt: String,
     sender: &str,
 ) -> Result<(StatusCode, Json<WebhookOutcome>), ApiError> {
-    let request = TaskRequest::new(&repo.location, prompt, state.config().default_model.clone());
+    let request = TaskRequest {
+        origin: Some(TaskOrigin::GithubIssue { number: issue }),
+        ..TaskRequest::new(&repo.location, prompt, state.config().default_model.clone())
+    };
     let task = match state.runner().submit(request).await {
         Ok(task) => task,
         Err(err) => {
@@ -357,7 +360,12 @@ async fn follow_up(
     };
     let outcome = match state
         .runner()
-        .message(task.id, &text, Some(format!("{sender} on GitHub")))
+        .message_from(
+            task.id,
+            &text,
+            Some(format!("{sender} on GitHub")),
+            Some(TaskOrigin::GithubPullRequest { number: pull }),
+        )
         .await
     {
         Ok(outcome) => outcome,
@@ -406,14 +414,14 @@ async fn latest_on_branch(
     let tasks = state
         .store()
         .list_tasks(&TaskFilter {
-            limit: 1000,
+            limit: 1,
+            repos: Some(vec![location.to_string()]),
+            branch: Some(branch.to_string()),
             ..TaskFilter::default()
         })
         .await
         .map_err(|e| ApiError::store("looking for the branch's task", e))?;
-    Ok(tasks
-        .into_iter()
-        .find(|task| task.spec.repo == location && task.branch.as_deref() == Some(branch)))
+    Ok(tasks.into_iter().next())
 }
 
 #[cfg(test)]

@@ -43,6 +43,11 @@ pub struct TaskFilter {
     pub repo: Option<String>,
     /// Only tasks whose prompt contains this text, ignoring ASCII case.
     pub prompt_contains: Option<String>,
+    /// Only tasks on one of these repositories (`TaskSpec::repo`); `None` means any. (A token
+    /// limited to some repositories sees only theirs.)
+    pub repos: Option<Vec<String>>,
+    /// Only tasks whose branch is exactly this.
+    pub branch: Option<String>,
 }
 
 /// A secret as stored: its name, its encrypted value, and the repositories it is granted to.
@@ -54,6 +59,16 @@ pub struct SealedSecret {
     /// The repositories whose tasks may use it, as the caller identified them (`*` for every
     /// repository); none for a secret stored before grants existed.
     pub repos: Vec<String>,
+}
+
+/// A task's push or pull request that a forge outage held up, due to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgeRetry {
+    pub task_id: TaskId,
+    /// How many attempts have failed so far.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub reason: String,
 }
 
 /// What happened when cancellation was asked for.
@@ -245,6 +260,27 @@ pub trait Store: Send + Sync {
     /// Records a forge webhook delivery by its id. Returns true the first time, false for a
     /// redelivery (safe when several servers receive it at once: one of them gets true).
     async fn record_delivery(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Schedules task `id`'s push and pull request to be tried again at `at`, after a forge
+    /// outage held them up, with the reason. Returns how many attempts have failed, this one
+    /// included.
+    async fn schedule_forge_retry(
+        &self,
+        id: TaskId,
+        at: jiff::Timestamp,
+        reason: &str,
+    ) -> Result<u32, StoreError>;
+
+    /// Takes up to `limit` forge retries that are due, holding each for `hold` so that no other
+    /// worker takes it meanwhile (a worker that dies holding one lets it come due again).
+    async fn claim_forge_retries(
+        &self,
+        hold: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<ForgeRetry>, StoreError>;
+
+    /// Forgets task `id`'s forge retry: it succeeded, or was given up.
+    async fn finish_forge_retry(&self, id: TaskId) -> Result<(), StoreError>;
 
     /// Replaces the repositories the secret `name` is granted to. Returns false if there is no
     /// such secret. Storing a new value ([`Store::put_secret`]) keeps them.

@@ -37,8 +37,8 @@ use crate::rows::{
 };
 use crate::semantics::{self, CancelWrite, Reference};
 use crate::{
-    Blobs, CancelOutcome, SealedSecret, Store, StoreError, TaskFilter, TaskOutcome, TaskTotals,
-    queries,
+    Blobs, CancelOutcome, ForgeRetry, SealedSecret, Store, StoreError, TaskFilter, TaskOutcome,
+    TaskTotals, queries,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -213,6 +213,8 @@ impl Store for PostgresStore {
                AND ($2::text IS NULL OR state IN (SELECT json_array_elements_text($2::json))) \
                AND ($4::text IS NULL OR (spec::json ->> 'repo') = $4) \
                AND ($5::text IS NULL OR strpos(lower(spec::json ->> 'prompt'), lower($5)) > 0) \
+               AND ($6::text IS NULL OR repo IN (SELECT json_array_elements_text($6::json))) \
+               AND ($7::text IS NULL OR branch = $7) \
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.before.map(|id| id.to_string()))
@@ -220,6 +222,8 @@ impl Store for PostgresStore {
         .bind(semantics::task_limit(filter))
         .bind(filter.repo.as_deref())
         .bind(filter.prompt_contains.as_deref())
+        .bind(semantics::repos_json(filter))
+        .bind(filter.branch.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(|cause| StoreError::database("listing tasks", cause))?;
@@ -603,6 +607,51 @@ impl Store for PostgresStore {
                 StoreError::database(format!("recording the webhook delivery {id}"), cause)
             })?;
         Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn schedule_forge_retry(
+        &self,
+        id: TaskId,
+        at: Timestamp,
+        reason: &str,
+    ) -> Result<u32, StoreError> {
+        let attempts: i64 = sqlx::query_scalar(queries::SCHEDULE_FORGE_RETRY)
+            .bind(id.to_string())
+            .bind(rows::millis(at))
+            .bind(reason)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("scheduling task {id}'s forge retry"), cause)
+            })?;
+        Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+    }
+
+    async fn claim_forge_retries(
+        &self,
+        hold: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<ForgeRetry>, StoreError> {
+        let now = rows::now();
+        let claimed: Vec<(String, i64, String)> = sqlx::query_as(queries::CLAIM_FORGE_RETRIES)
+            .bind(rows::millis(now))
+            .bind(rows::lease_until(now, hold))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|cause| StoreError::database("claiming forge retries", cause))?;
+        claimed.into_iter().map(rows::forge_retry).collect()
+    }
+
+    async fn finish_forge_retry(&self, id: TaskId) -> Result<(), StoreError> {
+        sqlx::query(queries::FINISH_FORGE_RETRY)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|cause| {
+                StoreError::database(format!("forgetting task {id}'s forge retry"), cause)
+            })?;
+        Ok(())
     }
 
     async fn set_secret_repos(&self, name: &str, repos: &[String]) -> Result<bool, StoreError> {

@@ -183,6 +183,20 @@ pub(crate) const POSTGRES_TASK_OUTCOMES: &str = "SELECT task_id, \
          AND type IN ('ended', 'command_finished') \
      GROUP BY task_id";
 
+/// `$1` task id, `$2` when to try again (ms), `$3` why the last attempt failed.
+pub(crate) const SCHEDULE_FORGE_RETRY: &str = "INSERT INTO forge_retries (task_id, attempts, \
+     next_at, reason) VALUES ($1, 1, $2, $3) ON CONFLICT (task_id) DO UPDATE SET \
+     attempts = forge_retries.attempts + 1, next_at = $2, reason = $3 RETURNING attempts";
+
+/// `$1` now (ms), `$2` held until (ms), `$3` the most to take. The outer `next_at` check makes
+/// a concurrent claimer that read the same rows skip those another took first.
+pub(crate) const CLAIM_FORGE_RETRIES: &str = "UPDATE forge_retries SET next_at = $2 \
+     WHERE next_at <= $1 AND task_id IN (SELECT task_id FROM forge_retries WHERE next_at <= $1 \
+     ORDER BY next_at LIMIT $3) RETURNING task_id, attempts, reason";
+
+/// `$1` task id.
+pub(crate) const FINISH_FORGE_RETRY: &str = "DELETE FROM forge_retries WHERE task_id = $1";
+
 #[cfg(test)]
 mod tests {
     use nightshift_protocol::TaskState;

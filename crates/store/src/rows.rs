@@ -378,6 +378,19 @@ pub(crate) fn parse_state(
         .map_err(|error| StoreError::corrupt(format!("{}: {error}", what())))
 }
 
+/// A claimed `forge_retries` row: task id, attempts, reason.
+pub(crate) fn forge_retry(
+    (task_id, attempts, reason): (String, i64, String),
+) -> Result<crate::ForgeRetry, StoreError> {
+    Ok(crate::ForgeRetry {
+        task_id: task_id
+            .parse()
+            .map_err(|err| StoreError::corrupt(format!("forge retry of task {task_id}: {err}")))?,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        reason,
+    })
+}
+
 /// Now, at the precision the store keeps, so that what a call returns equals what a later read
 /// gives back.
 pub(crate) fn now() -> Timestamp {

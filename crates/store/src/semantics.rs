@@ -76,6 +76,14 @@ pub(crate) fn states_json(filter: &TaskFilter) -> Option<String> {
     Some(serde_json::Value::from(names).to_string())
 }
 
+/// The repositories a listing is limited to, as a JSON array; `None` for any.
+pub(crate) fn repos_json(filter: &TaskFilter) -> Option<String> {
+    filter
+        .repos
+        .as_ref()
+        .map(|repos| serde_json::Value::from(repos.clone()).to_string())
+}
+
 /// What a person typed to name a task, read.
 pub(crate) enum Reference {
     /// A whole id.

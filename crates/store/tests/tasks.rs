@@ -162,7 +162,7 @@ async fn listings_filter_by_state(t: TestStore) {
     assert_eq!(only(vec![]).await.len(), 3);
 }
 
-async fn listings_filter_by_repository_and_prompt_text(t: TestStore) {
+async fn listings_filter_by_repository_prompt_text_and_branch(t: TestStore) {
     let mut elsewhere = common::queued("Fix the Parser");
     elsewhere.spec.repo = "/src/other".into();
     t.store.create_task(&elsewhere).await.unwrap();
@@ -192,6 +192,35 @@ async fn listings_filter_by_repository_and_prompt_text(t: TestStore) {
     assert_eq!(list(None, Some("100% done_")).await, vec![unrelated.id]);
     assert!(list(None, Some("%")).await.len() == 1);
     assert!(list(Some("/src"), None).await.is_empty());
+
+    // A token limited to some repositories lists only theirs; a branch finds its task.
+    let mut branched = here.clone();
+    branched.branch = Some("nightshift/fix-parser".into());
+    t.store.update_task(&branched).await.unwrap();
+    let among = |repos: Vec<&str>, branch: Option<&str>| {
+        let store = t.store.clone();
+        let filter = TaskFilter {
+            repos: Some(repos.into_iter().map(str::to_string).collect()),
+            branch: branch.map(str::to_string),
+            ..TaskFilter::default()
+        };
+        async move { ids(&store.list_tasks(&filter).await.unwrap()) }
+    };
+    assert_eq!(among(vec!["/src/other"], None).await, vec![elsewhere.id]);
+    assert_eq!(
+        among(vec!["/src/other", "/src/demo"], None).await,
+        newest_first(&[elsewhere.id, here.id, unrelated.id])
+    );
+    assert!(among(vec![], None).await.is_empty());
+    assert_eq!(
+        among(vec!["/src/demo"], Some("nightshift/fix-parser")).await,
+        vec![here.id]
+    );
+    assert!(
+        among(vec!["/src/other"], Some("nightshift/fix-parser"))
+            .await
+            .is_empty()
+    );
 }
 
 async fn find_resolves_full_ids_prefixes_and_short_ids_in_any_case(t: TestStore) {
@@ -521,7 +550,7 @@ on_every_backend!(
     listings_are_newest_first_and_page_with_before,
     the_default_limit_is_100_and_the_largest_1000,
     listings_filter_by_state,
-    listings_filter_by_repository_and_prompt_text,
+    listings_filter_by_repository_prompt_text_and_branch,
     find_resolves_full_ids_prefixes_and_short_ids_in_any_case,
     find_reports_what_does_not_match,
     find_lists_up_to_five_matches_of_an_ambiguous_prefix,

@@ -1,5 +1,6 @@
 //! API tokens on both backends: stored by the hash of their secret, found by it, their use
-//! recorded, listed and revoked.
+//! recorded, listed and revoked; and the other small tables of a server: repositories, webhook
+//! deliveries, forge retries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -196,6 +197,61 @@ async fn a_webhook_delivery_is_acted_on_once(t: TestStore) {
     assert!(t.store.record_delivery("another").await.unwrap());
 }
 
+async fn a_forge_retry_comes_due_is_claimed_once_and_counts_its_attempts(t: TestStore) {
+    let task = common::create(&*t.store, "push me").await;
+    let later = common::create(&*t.store, "not yet").await;
+    let hold = std::time::Duration::from_secs(60);
+    let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    let future = Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+    assert_eq!(
+        t.store
+            .schedule_forge_retry(task.id, past, "503 from GitHub")
+            .await
+            .unwrap(),
+        1
+    );
+    t.store
+        .schedule_forge_retry(later.id, future, "unreachable")
+        .await
+        .unwrap();
+    // Only the due one, and only to the first claimer (another connection, as another worker).
+    let other = t.another().await;
+    let claimed = t.store.claim_forge_retries(hold, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].task_id, task.id);
+    assert_eq!(claimed[0].attempts, 1);
+    assert_eq!(claimed[0].reason, "503 from GitHub");
+    assert!(
+        other
+            .claim_forge_retries(hold, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Failing again counts; finishing forgets.
+    assert_eq!(
+        t.store
+            .schedule_forge_retry(task.id, past, "502 from GitHub")
+            .await
+            .unwrap(),
+        2
+    );
+    let again = other.claim_forge_retries(hold, 10).await.unwrap();
+    assert_eq!(
+        (again[0].attempts, again[0].reason.as_str()),
+        (2, "502 from GitHub")
+    );
+    t.store.finish_forge_retry(task.id).await.unwrap();
+    t.store.finish_forge_retry(task.id).await.unwrap();
+    assert_eq!(
+        t.store
+            .schedule_forge_retry(task.id, past, "down")
+            .await
+            .unwrap(),
+        1
+    );
+}
+
 on_every_backend!(
     a_token_is_found_by_its_hash_and_its_use_recorded,
     revoked_tokens_are_not_found_but_still_listed,
@@ -204,4 +260,5 @@ on_every_backend!(
     a_tokens_repositories_are_kept,
     repositories_are_registered_once_by_name_and_by_location,
     a_webhook_delivery_is_acted_on_once,
+    a_forge_retry_comes_due_is_claimed_once_and_counts_its_attempts,
 );

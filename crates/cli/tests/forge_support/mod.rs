@@ -9,10 +9,11 @@ use crate::common::*;
 
 /// Git's smart HTTP protocol on loopback: `git http-backend` (as CGI) behind a check of one
 /// token in an HTTP Basic `Authorization` header, as forges take tokens. Pushes are allowed to
-/// the authenticated.
+/// the authenticated, and answered with a 503 while `pushes_down` is set, as in an outage.
 pub struct GitHttp {
     pub url: String,
     pub root: tempfile::TempDir,
+    pub pushes_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -29,10 +30,24 @@ impl GitHttp {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
         );
+        let pushes_down: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let down = pushes_down.clone();
         let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
             let project_root = project_root.clone();
             let expected = expected.clone();
+            let down = down.clone();
             async move {
+                let push = uri.path().ends_with("/git-receive-pack")
+                    || uri
+                        .query()
+                        .unwrap_or("")
+                        .contains("service=git-receive-pack");
+                if push && down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Body::from("down for maintenance"))
+                        .unwrap();
+                }
                 let authorized = headers
                     .get("authorization")
                     .is_some_and(|v| v.to_str().unwrap_or("") == expected);
@@ -112,6 +127,7 @@ impl GitHttp {
         GitHttp {
             url,
             root,
+            pushes_down,
             _server: server,
         }
     }
@@ -157,10 +173,18 @@ pub fn set_secret(ns: &Nightshift, name: &str, value: &str, repo: &str) {
 /// A request the GitHub-shaped API server received: method, path, JSON body.
 pub type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
 
+/// The GitHub-shaped API of [`github_api`]: its base URL, the calls it received, and a switch
+/// that makes it answer every call with a 503, as an outage would.
+pub struct GitHubApi {
+    pub url: String,
+    pub recorded: Recorded,
+    pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// GitHub's REST API for pull requests, as GitHub documents it (the shapes of the calls
 /// nightshift makes), on loopback: pull requests kept in memory, one token accepted, and the
-/// first creation answered with a 502 and `Retry-After`, as an outage would be.
-pub async fn github_api(token: &str) -> (String, Recorded) {
+/// first creation answered with a 502 and `Retry-After`, as a short outage would be.
+pub async fn github_api(token: &str) -> GitHubApi {
     use axum::extract::{Path, Query, State};
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
@@ -172,9 +196,19 @@ pub async fn github_api(token: &str) -> (String, Recorded) {
         recorded: Recorded,
         pulls: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
         failed_once: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        down: std::sync::Arc<std::sync::atomic::AtomicBool>,
         base: String,
     }
     fn authorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
+        if api.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({"message": "Service Unavailable"})),
+                )
+                    .into_response(),
+            );
+        }
         let ok = headers
             .get("authorization")
             .is_some_and(|v| v.to_str().unwrap() == format!("Bearer {}", api.token));
@@ -342,11 +376,13 @@ pub async fn github_api(token: &str) -> (String, Recorded) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let recorded: Recorded = Default::default();
+    let down: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
     let api = Api {
         token: token.to_string(),
         recorded: recorded.clone(),
         pulls: Default::default(),
         failed_once: Default::default(),
+        down: down.clone(),
         base: base.clone(),
     };
     let app = axum::Router::new()
@@ -365,7 +401,11 @@ pub async fn github_api(token: &str) -> (String, Recorded) {
         )
         .with_state(api);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, recorded)
+    GitHubApi {
+        url: base,
+        recorded,
+        down,
+    }
 }
 
 /// A delivery as GitHub signs it: `X-Hub-Signature-256: sha256=HMAC-SHA256(secret, body)`.
@@ -398,6 +438,37 @@ pub async fn deliver(
 
 /// `nightshift serve`, stopped when dropped (a failing test included).
 pub struct Serve(pub std::process::Child);
+
+impl Serve {
+    /// `nightshift serve` on a free loopback port with one worker; returns it and its URL.
+    pub fn start(ns: &Nightshift) -> (Serve, String) {
+        use std::io::BufRead;
+        let mut server = Serve(
+            ns.command(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--model",
+                "openai:m",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        let mut lines = std::io::BufReader::new(server.0.stderr.take().unwrap()).lines();
+        let banner = lines.next().unwrap().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        let base = banner
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_string();
+        (server, base)
+    }
+}
 
 impl Drop for Serve {
     fn drop(&mut self) {

@@ -153,6 +153,7 @@ pub(crate) async fn list(
         limit: PAGE,
         repo: (!repo.is_empty()).then(|| repo.clone()),
         prompt_contains: (!text.is_empty()).then(|| text.clone()),
+        ..TaskFilter::default()
     };
     let page = list_page(&state, &session.token, task_filter).await?;
     let ids: Vec<TaskId> = page.tasks.iter().map(|v| v.task.id).collect();

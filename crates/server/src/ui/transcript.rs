@@ -235,6 +235,26 @@ fn body(record: &EventRecord) -> Markup {
                 code { (url) }
             }
         },
+        Event::ForgeCommented { number } => html! {
+            "Reported the outcome on #" (number)
+        },
+        Event::ForgeRetry {
+            action,
+            attempt,
+            retry_at,
+            reason,
+        } => html! {
+            @match retry_at {
+                Some(at) => {
+                    "The " code { (action) } " failed (attempt " (attempt) ": " (reason)
+                    "); trying again at " (at.strftime("%H:%M:%S UTC"))
+                }
+                None => {
+                    strong { "Gave up" } " the " code { (action) } " after " (attempt)
+                    " attempts (" (reason) "); the work stays on the branch"
+                }
+            }
+        },
         Event::CancelRequested => html! { strong { "Cancel requested" } },
         Event::MessageReceived { text, from } => html! {
             "Message"

@@ -149,6 +149,7 @@ impl Harness {
             max_duration_secs: None,
             follows: None,
             image: None,
+            origin: None,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();
