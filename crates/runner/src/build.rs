@@ -70,6 +70,12 @@ impl Runner {
                 image.env.retain(|(name, _)| name != key);
                 image.env.push((key.clone(), value.clone()));
             }
+            if let Some(text) = &plan.user {
+                image.user = Some(crate::image::WantedUser {
+                    text: text.clone(),
+                    origin: format!("the last `USER` of {dockerfile}"),
+                });
+            }
         }
         work.extend(features.iter().map(Work::Feature));
         for (index, step) in work.iter().enumerate() {

@@ -100,8 +100,19 @@ pub(crate) struct TaskImage {
     pub key: String,
     /// The host id its root's files belong to, when this host shifts ids (as root).
     pub root_owner: Option<u32>,
+    /// Who the agent runs as, as written, when the image or the Dockerfile built over it says.
+    pub user: Option<WantedUser>,
     /// Keeps its layers in the store while the task runs.
     pub _hold: Option<Arc<nightshift_image::ImageHold>>,
+}
+
+/// A user an image names, as written, and where.
+#[derive(Debug, Clone)]
+pub(crate) struct WantedUser {
+    /// `NAME|UID[:GROUP|GID]`.
+    pub text: String,
+    /// Where it was written, for messages: "the image's `User`", "the last `USER` of ...".
+    pub origin: String,
 }
 
 /// Variables of an image's configuration that the sandbox sets itself.
@@ -328,7 +339,7 @@ impl Runner {
             .collect();
         let mut task_image = TaskImage {
             key: image.digest.clone(),
-            reference: image.reference,
+            reference: image.reference.clone(),
             layers: image.layers,
             env,
             built: Vec::new(),
@@ -336,6 +347,10 @@ impl Runner {
                 nightshift_image::Owner::Shift(id) => Some(id),
                 nightshift_image::Owner::Caller => None,
             },
+            user: image.config.user.clone().map(|text| WantedUser {
+                text,
+                origin: format!("the `User` of the image {}", image.reference),
+            }),
             _hold: hold,
         };
         if plan.is_some() || !features.is_empty() {

@@ -13,6 +13,7 @@ mod follow_up;
 mod forge;
 mod handoff;
 mod image;
+mod image_user;
 mod lifecycle;
 mod prepare;
 mod reconcile;

@@ -74,6 +74,26 @@ pub struct SessionSpec {
     /// dependencies setup installed) still shows: for a session that must see a committed
     /// tree exactly as committed, such as the checks that prove a result.
     pub workspace_over_layers: bool,
+    /// Who commands run as, when not the sandbox's own unprivileged user: an image's user (its
+    /// `User`, resolved in the image's `/etc/passwd` and `/etc/group`). Only backends that
+    /// [`Sandbox::supports_users`] take one; a session with [`SessionSpec::root`] ignores it.
+    pub user: Option<SessionUser>,
+}
+
+/// An image's user, for the commands of a session (see [`SessionSpec::user`]): its ids as the
+/// image has them, so that the image's files show with their own owners. The workspace, the
+/// session's home directory and what setup layers changed in them belong to this user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    /// Its name in the image (or its uid as text where the image has none), as `USER`.
+    pub name: String,
+    /// Not 0: root's commands are those of a [`SessionSpec::root`] session.
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the image's `/etc/group` entries naming the user).
+    pub groups: Vec<u32>,
+    /// Its home directory, as `HOME`; `None` keeps the sandbox's own.
+    pub home: Option<String>,
 }
 
 /// A secret sent as an HTTP header on the session's behalf: the egress proxy adds `header:
@@ -116,6 +136,7 @@ impl SessionSpec {
             credentials: Vec::new(),
             root: false,
             workspace_over_layers: false,
+            user: None,
         }
     }
 }
@@ -276,6 +297,12 @@ pub trait Sandbox: Send + Sync {
 
     /// Whether sessions can take their root from an image ([`SessionSpec::image`]).
     fn supports_images(&self) -> bool {
+        false
+    }
+
+    /// Whether sessions can run their commands as an image's user ([`SessionSpec::user`]). The
+    /// namespaced backend can when the host runs it as root (which maps the image's ids).
+    fn supports_users(&self) -> bool {
         false
     }
 

@@ -43,7 +43,7 @@ pub use session::NamespacedSession;
 
 pub(crate) use cgroup::probe as probe_cgroups;
 
-use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
+use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec, SessionUser};
 use cgroup::SessionCgroup;
 use config::Ids;
 use helper::SYSTEM_DIRS;
@@ -52,7 +52,7 @@ use proxy::intercept::Interception;
 use proxy::trust::CA_BUNDLE_FILE;
 use spare::{Helper, NextSpare, Warm, spawn_helper};
 use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
-use wire::{HelperConfig, Reply, RlimitSpec};
+use wire::{CommandUser, HelperConfig, Reply, RlimitSpec};
 
 /// Isolating backend. See the module documentation.
 #[derive(Debug, Clone)]
@@ -104,8 +104,16 @@ impl Namespaced {
         // The helper first: executing it takes about a millisecond, in which this side prepares
         // everything else. The helper waits for its configuration.
         let (host_id, drop_root) = self.host_ids();
-        let ids = Ids::new(options.root, host_id, drop_root);
-        let spare = if options.root {
+        // Root's commands are root's, whoever the image's user is.
+        let user = spec.user.as_ref().filter(|_| !options.root);
+        let ids = match user {
+            Some(user) => {
+                check_user(user, &spec.image).map_err(setup_error)?;
+                Ids::image_user(host_id, drop_root).map_err(setup_error)?
+            }
+            None => Ids::new(options.root, host_id, drop_root),
+        };
+        let spare = if options.root || ids.image_user {
             None
         } else {
             self.take_spare(host_id, drop_root)
@@ -142,7 +150,7 @@ impl Namespaced {
             &limits,
             (&network, options.credentials),
             events,
-            ids,
+            (ids, user),
             &mut resources,
         );
         let prepared = match prepared {
@@ -202,6 +210,8 @@ impl Namespaced {
         }
         if options.root {
             session::root_env(&mut env, prepared.config.writable_system);
+        } else if let Some(user) = user {
+            session::user_env(&mut env, user);
         }
         if resources.proxy.is_some() {
             env.extend(proxy::proxy_env());
@@ -238,12 +248,15 @@ impl Namespaced {
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
-        ids: Ids,
+        (ids, user): (Ids, Option<&SessionUser>),
         resources: &mut state::Resources,
     ) -> Result<Prepared, SandboxError> {
         let Ids {
             host_id, drop_root, ..
         } = ids;
+        // The host ids the image's user stands for: the workspace and what setup left in it
+        // are theirs.
+        let user_owner = user.map(|user| (host_id + user.uid, host_id + user.gid));
         // The host's system directories, writable over idmapped copies of them; an image's are
         // writable in every session, over its layers.
         let system = (ids.writable_system() && image.is_empty()).then_some((host_id, ids.range));
@@ -253,6 +266,7 @@ impl Namespaced {
             state::Overlays {
                 system,
                 image: !image.is_empty(),
+                user: user_owner,
             },
         )
         .map_err(|e| setup_error(format!("preparing {}: {e}", resources.state_dir.display())))?;
@@ -301,13 +315,16 @@ impl Namespaced {
         let mut fds = Vec::new();
         let mut tree_paths = Vec::new();
         if drop_root {
-            let trees = trees::open(
+            let mut trees = trees::open(
                 workspace,
                 &resources.state_dir,
                 ro_binds.iter().chain(layers).chain(image),
-                host_id,
+                user_owner.unwrap_or((host_id, host_id)),
             )
             .map_err(setup_error)?;
+            if let Some(owner) = user_owner {
+                trees.extend(trees::user_parts(layers, host_id, owner).map_err(setup_error)?);
+            }
             for (path, fd) in trees {
                 tree_paths.push(path);
                 fds.push(fd);
@@ -338,12 +355,20 @@ impl Namespaced {
             workspace_over_layers,
             writable_system: system.is_some() || !image.is_empty(),
             system_trees,
+            user: user.map(|user| CommandUser {
+                uid: user.uid,
+                gid: user.gid,
+                groups: user.groups.clone(),
+            }),
         };
         Ok(Prepared {
             config,
             fds,
             upper,
-            file_owner: drop_root.then_some(host_id),
+            file_owner: match user_owner {
+                Some((uid, _)) => Some(uid),
+                None => drop_root.then_some(host_id),
+            },
         })
     }
 
@@ -450,6 +475,30 @@ impl Namespaced {
             "{failure}{detail}; `nightshift doctor` lists what this host lacks"
         )))
     }
+}
+
+/// Whether `user` can be a session's: an image's user, with ids the namespace maps.
+fn check_user(user: &SessionUser, image: &[PathBuf]) -> Result<(), String> {
+    if image.is_empty() {
+        return Err(format!(
+            "commands can run as the user {} only over an image",
+            user.name
+        ));
+    }
+    if user.uid == 0 {
+        return Err("root's commands are those of a root session, not of a session user".into());
+    }
+    let ids = [user.uid, user.gid]
+        .into_iter()
+        .chain(user.groups.iter().copied());
+    if let Some(id) = ids.into_iter().find(|id| *id >= config::ROOT_RANGE) {
+        return Err(format!(
+            "the user {} has the id {id}, and a session maps ids below {} only",
+            user.name,
+            config::ROOT_RANGE
+        ));
+    }
+    Ok(())
 }
 
 /// The session's cgroups, as the second frame to the helper.
@@ -569,6 +618,10 @@ impl Sandbox for Namespaced {
     }
 
     fn writable_system(&self) -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn supports_users(&self) -> bool {
         nix::unistd::geteuid().is_root()
     }
 

@@ -91,6 +91,20 @@ pub(crate) fn root_env(env: &mut Vec<(String, String)>, writable_system: bool) {
     }
 }
 
+/// A session whose commands run as an image's user: its name, and its home directory where
+/// the image has one.
+pub(crate) fn user_env(env: &mut Vec<(String, String)>, user: &crate::SessionUser) {
+    let mut set = |key: &str, value: &str| {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.to_string(), value.to_string()));
+    };
+    set("USER", &user.name);
+    set("LOGNAME", &user.name);
+    if let Some(home) = &user.home {
+        set("HOME", home);
+    }
+}
+
 pub(crate) struct Parts {
     pub stream: UnixStream,
     pub child: HelperProcess,

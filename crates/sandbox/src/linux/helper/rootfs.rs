@@ -225,7 +225,8 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
     let layers = sources(&config.layers, handles)?;
     let image = sources(&config.image, handles)?;
     let root = Path::new(NEW_ROOT);
-    let staged = Staged::attach(Path::new(STAGING), &workspace, &state, (&layers, &image))?;
+    let mut staged = Staged::attach(Path::new(STAGING), &workspace, &state, (&layers, &image))?;
+    staged.attach_user_parts(&config.layers, handles)?;
     if !staged.image.is_empty() {
         replace_root(root, &staged)?;
     }
@@ -282,6 +283,9 @@ struct Staged {
     /// The image's layers' directories, lowest first.
     image: Vec<PathBuf>,
     empty: PathBuf,
+    /// Layers' parts staged on their own (idmapped for an image's user), by part and layer
+    /// index: they stand in for that part of that layer.
+    own_parts: Vec<(&'static str, usize, PathBuf)>,
 }
 
 impl Staged {
@@ -318,13 +322,60 @@ impl Staged {
             layers: staged_layers,
             image: staged_image,
             empty,
+            own_parts: Vec::new(),
         })
+    }
+
+    /// Stages the layers' parts the host sent as trees of their own (see
+    /// `trees::user_parts`), which [`Staged::parts`] then gives in place of the layers'.
+    fn attach_user_parts(
+        &mut self,
+        layers: &[PathBuf],
+        handles: &mut Handles,
+    ) -> Result<(), String> {
+        for (index, layer) in layers.iter().enumerate() {
+            for part in super::super::trees::USER_PARTS {
+                let Some(tree) = handles.take(&layer.join(part)) else {
+                    continue;
+                };
+                let at = Path::new(STAGING).join(format!("{}{index}", &part[..1]));
+                mkdir_p(&at, 0o755)?;
+                attach(&Source::Tree(tree), &at)?;
+                self.own_parts.push((part, index, at));
+            }
+        }
+        Ok(())
     }
 
     /// The layers' parts at `part` (`workspace`, `home`, `system/usr`...), topmost first, as
     /// overlayfs lists lower layers.
     fn parts(&self, part: &str) -> Vec<PathBuf> {
-        directories_at(&self.layers, part)
+        let own: Vec<_> = self
+            .own_parts
+            .iter()
+            .filter(|(name, _, _)| *name == part)
+            .collect();
+        if own.is_empty() {
+            return directories_at(&self.layers, part);
+        }
+        let mut parts: Vec<PathBuf> = self
+            .layers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, layer)| {
+                match own.iter().find(|(_, at_index, _)| *at_index == index) {
+                    Some((_, _, at)) => Some(at.clone()),
+                    None => {
+                        let dir = layer.join(part);
+                        std::fs::symlink_metadata(&dir)
+                            .is_ok_and(|meta| meta.is_dir())
+                            .then_some(dir)
+                    }
+                }
+            })
+            .collect();
+        parts.reverse();
+        parts
     }
 
     /// The image's layers' parts at `part` (`usr`...), topmost first.
