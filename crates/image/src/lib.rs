@@ -8,6 +8,7 @@
 //! (whiteouts as 0:0 character devices, opaque directories as an xattr). The sandbox mounts
 //! [`Image::layers`] as overlay lower directories; nothing here mounts anything.
 
+mod archive;
 mod artifact;
 mod codec;
 mod credentials;
@@ -25,6 +26,7 @@ mod unpack;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use archive::{ArchiveUnpacked, unpack_archive};
 pub use artifact::Artifact;
 pub use credentials::{
     docker_config_credentials, docker_config_credentials_from, host_credentials,

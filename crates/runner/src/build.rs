@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use nightshift_agent::SinkError;
+use nightshift_env::build::add_archive::Archives;
 use nightshift_env::build::context::Copy;
 use nightshift_env::build::dockerfile::{Plan, Step, StepKind};
 use nightshift_env::build::features::Feature;
@@ -140,10 +141,11 @@ impl Runner {
                             sources,
                             dest,
                             chown,
+                            unpack,
                         },
                     ..
                 }) => {
-                    self.copy_step(run, image, (sources, dest, *chown), &staged)
+                    self.copy_step(run, image, (sources, dest, *chown, *unpack), &staged)
                         .await
                 }
                 Work::Step(Step {
@@ -269,12 +271,12 @@ impl Runner {
     }
 
     /// `COPY`/`ADD`: the context's files written into the staged layer, owned by root of the
-    /// image as this host stores it.
+    /// image as this host stores it; for `ADD`, local tar archives unpacked.
     async fn copy_step(
         &self,
         run: &Run<'_>,
         image: &TaskImage,
-        (sources, dest, chown): (&[String], &str, Option<(u32, u32)>),
+        (sources, dest, chown, unpack): (&[String], &str, Option<(u32, u32)>, bool),
         staged: &Path,
     ) -> Result<(), String> {
         let context = run.copy.root().join(self.context_of(run));
@@ -282,13 +284,22 @@ impl Runner {
         // The image's ids are shifted by the root's host id (as root); unprivileged, every file
         // is the caller's and `--chown` cannot be honoured.
         let root = image.root_owner.map(|id| (id, id));
-        let owner = match (image.root_owner, chown) {
+        let chowned = match (image.root_owner, chown) {
             (Some(base), Some((uid, gid))) => Some((base + uid, base + gid)),
-            _ => root,
+            _ => None,
         };
+        let owner = chowned.or(root);
+        let archives = unpack.then_some(Archives {
+            ids: match image.root_owner {
+                Some(base) => nightshift_image::Owner::Shift(base),
+                None => nightshift_image::Owner::Caller,
+            },
+            chown: chowned,
+            max_bytes: ARCHIVE_BYTES,
+        });
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&staged).map_err(|err| err.to_string())?;
-            Copy::plan(&context, &sources, &dest)?.write(&staged, owner, root)
+            Copy::plan(&context, &sources, &dest)?.write(&staged, owner, root, archives.as_ref())
         })
         .await
         .map_err(|err| err.to_string())?
@@ -360,6 +371,9 @@ impl Runner {
         Ok(Ok(()))
     }
 }
+
+/// The most one archive an `ADD` step unpacks may hold, unpacked.
+const ARCHIVE_BYTES: u64 = 8 << 30;
 
 /// The shell line that runs a feature's `install.sh` in its directory in the working copy.
 fn feature_command(feature: &Feature) -> String {

@@ -52,6 +52,8 @@ pub enum StepKind {
         sources: Vec<String>,
         dest: String,
         chown: Option<OwnerIds>,
+        /// `ADD`: a source that is a local tar archive is unpacked into `dest`.
+        unpack: bool,
     },
 }
 
@@ -256,6 +258,7 @@ pub fn plan(
                         sources,
                         dest,
                         chown,
+                        unpack: false,
                     },
                 });
             }
@@ -275,6 +278,7 @@ pub fn plan(
                         sources,
                         dest,
                         chown,
+                        unpack: true,
                     },
                 });
             }
@@ -461,6 +465,7 @@ mod tests {
                 sources: vec!["app.conf".into()],
                 dest: "/src/./conf/".into(),
                 chown: Some((0, 0)),
+                unpack: false,
             }
         );
         let StepKind::Run { command, .. } = &plan.steps[2].kind else {

@@ -3,6 +3,7 @@
 //! devcontainer features ([`features`]), and the image's users they and the agent run as
 //! ([`users`]).
 
+pub mod add_archive;
 pub mod context;
 pub mod dockerfile;
 pub mod features;
