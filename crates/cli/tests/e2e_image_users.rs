@@ -1,7 +1,8 @@
 //! Who the agent runs as on an image, end to end with the real binary: the user a
 //! devcontainer's Dockerfile creates and names in its last `USER` (the agent's shell commands
 //! and its file tools act as that user, in its home, over a workspace that is its own, and the
-//! hand-back works), and a `USER` the image does not have, which fails the task saying so.
+//! hand-back works), and a `USER` the image does not have, which fails the task saying so; a
+//! `COPY --chown` that names the image's user and group, and one that names a user it lacks.
 //!
 //! Each test needs host root and the tools `.ci/run` installs; without them it says so and
 //! returns.
@@ -28,6 +29,7 @@ fn devcontainer_repo(dockerfile: &str) -> tempfile::TempDir {
             r#"{"build": {"dockerfile": "Dockerfile"}}"#,
         ),
         (".devcontainer/Dockerfile", dockerfile),
+        (".devcontainer/owned.txt", "owned\n"),
         ("README.md", "hello\n"),
     ])
 }
@@ -44,11 +46,12 @@ async fn the_agent_runs_as_the_user_the_dockerfile_names_over_a_workspace_of_its
     let dockerfile = format!(
         "FROM {reference}\n\
          RUN groupadd -g 1600 extra && useradd -m -u 1500 -U -G extra -s /bin/bash dev\n\
+         COPY --chown=dev:extra owned.txt /opt/owned.txt\n\
          USER dev\n"
     );
     let repo = devcontainer_repo(&dockerfile);
     let probe = "id -u; id -un; id -gn; id -Gn; echo $HOME $USER; \
-                 stat -c %U:%G /workspace /workspace/README.md made-by-tool.txt; \
+                 stat -c %U:%G /workspace /workspace/README.md made-by-tool.txt /opt/owned.txt; \
                  touch /workspace/new-file ~/in-home && echo writable; \
                  touch /etc/not-mine 2>/dev/null || echo the image stays root\\'s";
     let steps = json!([
@@ -71,7 +74,7 @@ async fn the_agent_runs_as_the_user_the_dockerfile_names_over_a_workspace_of_its
     assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
     let outputs = shell_outputs(&events);
     assert_eq!(
-        outputs[0].lines().take(10).collect::<Vec<_>>(),
+        outputs[0].lines().take(11).collect::<Vec<_>>(),
         [
             "1500",
             "dev",
@@ -81,6 +84,7 @@ async fn the_agent_runs_as_the_user_the_dockerfile_names_over_a_workspace_of_its
             "dev:dev",
             "dev:dev",
             "dev:dev",
+            "dev:extra",
             "writable",
             "the image stays root's",
         ],
@@ -119,6 +123,36 @@ async fn a_user_the_image_does_not_have_fails_the_task_naming_it_and_where_it_wa
     assert!(
         message.contains("the last `USER` of .devcontainer/Dockerfile is `ghost`")
             && message.contains("the user `ghost` is not in the image's /etc/passwd"),
+        "{task}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chown_naming_a_user_the_image_lacks_fails_the_step_naming_it() {
+    if !ready() {
+        return;
+    }
+    let work = support::workdir();
+    let (layout, _archive) = debian_image(work.path());
+    let registry = support::Registry::start(None).unwrap();
+    let reference = registry.push(&layout, "v1", "team/chown", None).unwrap();
+    let repo = devcontainer_repo(&format!(
+        "FROM {reference}\nCOPY --chown=ghost:staff owned.txt /opt/\n"
+    ));
+    let (ns, _server) = Nightshift::with_script(script(json!([finish("never")]))).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[images]\nplain_http = [\"{}\"]\n", registry.host()),
+    )
+    .unwrap();
+    let (out, task) = ns.wait_task(repo.path(), "anything").await;
+    assert!(!out.status.success());
+    let message = task["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(".devcontainer/Dockerfile:2 COPY")
+            && message.contains(
+                "--chown=ghost:staff: the user `ghost` is not in the image's /etc/passwd"
+            ),
         "{task}"
     );
 }
