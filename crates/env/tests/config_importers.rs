@@ -29,7 +29,8 @@ const DEVCONTAINER: &str = r#"// For format details, see https://aka.ms/devconta
   "image": "mcr.microsoft.com/devcontainers/typescript-node:1-20-bullseye",
   "features": {
     "ghcr.io/devcontainers/features/docker-in-docker:2": {},
-    "https://example.com/features/tool.tgz": {},
+    "https://example.com/features/devcontainer-feature-tool.tgz": {},
+    "ftp://example.com/features/old.tgz": {},
   },
   /* Lifecycle commands, in the order they run. */
   "onCreateCommand": "npm ci",
@@ -109,11 +110,17 @@ fn devcontainer_lifecycle_commands_become_setup_and_maintenance() {
     );
     let unsupported = warnings_of(&loaded, WarningKind::Unsupported);
     assert_eq!(unsupported.len(), 1, "{unsupported:#?}");
-    assert!(unsupported[0].contains("https://example.com/features/tool.tgz"));
-    assert!(unsupported[0].contains("tarball URLs are not fetched"));
+    assert!(unsupported[0].contains("ftp://example.com/features/old.tgz"));
+    assert!(unsupported[0].contains("or tarball URLs"));
     let build = environment.build.as_ref().expect("a feature to install");
     let ids: Vec<&str> = build.features.iter().map(|f| f.id.as_str()).collect();
-    assert_eq!(ids, ["ghcr.io/devcontainers/features/docker-in-docker:2"]);
+    assert_eq!(
+        ids,
+        [
+            "ghcr.io/devcontainers/features/docker-in-docker:2",
+            "https://example.com/features/devcontainer-feature-tool.tgz"
+        ]
+    );
     let suspicious = warnings_of(&loaded, WarningKind::Suspicious);
     assert_eq!(suspicious.len(), 1, "{suspicious:#?}");
     assert!(suspicious[0].contains("remoteEnv.PATH"));

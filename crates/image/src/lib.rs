@@ -21,6 +21,7 @@ mod reference;
 mod registry;
 mod remove;
 mod store;
+mod tarball;
 mod unpack;
 
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ pub use error::ImageError;
 pub use reference::Reference;
 pub use registry::fetch_artifact;
 pub use store::{EvictReport, ImageHold, PruneReport, Store};
+pub use tarball::fetch_tarball;
 
 /// Who owns the files of unpacked layers on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -243,6 +243,9 @@ impl Runner {
             }
             Work::Feature(feature) => {
                 inputs.insert("feature".to_string(), feature.id.clone());
+                if let Some(digest) = &feature.digest {
+                    inputs.insert("digest".to_string(), digest.clone());
+                }
                 let options: Vec<String> = feature
                     .env
                     .iter()

@@ -159,7 +159,12 @@ impl Runner {
                     &fetched.dirs,
                 );
                 match resolved {
-                    Ok(features) => features,
+                    Ok(mut features) => {
+                        for feature in &mut features {
+                            feature.digest = fetched.digests.get(&feature.id).cloned();
+                        }
+                        features
+                    }
                     Err(err) => {
                         return fail(log, ErrorKind::InvalidInput, err.to_string(), None)
                             .await
@@ -375,10 +380,13 @@ impl Runner {
 /// The largest feature artifact fetched, and the most it may unpack to.
 const FEATURE_BYTES: u64 = 64 << 20;
 
-/// OCI features fetched for a task: each id's folder, relative to the working copy.
+/// Features fetched for a task (OCI artifacts, tarballs): each id's folder, relative to the
+/// working copy.
 #[derive(Default)]
 pub(crate) struct FetchedFeatures {
     dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// What was fetched for each id: the artifact's manifest digest, the tarball's sha256.
+    digests: std::collections::BTreeMap<String, String>,
     root: Option<PathBuf>,
 }
 
@@ -394,8 +402,8 @@ impl Drop for FetchedFeatures {
 
 impl Runner {
     /// Fetches the features among `requests` that are OCI artifacts
-    /// (`ghcr.io/devcontainers/features/node:1`) and unpacks each into the working copy, with
-    /// an event for each; the task's ending when one cannot be had.
+    /// (`ghcr.io/devcontainers/features/node:1`) or tarball URLs and unpacks each into the
+    /// working copy; the task's ending when one cannot be had.
     async fn fetch_features(
         &self,
         run: &Run<'_>,
@@ -417,7 +425,7 @@ impl Runner {
         let root = run.copy.root().join(FEATURES_DIR);
         if let Err(err) = std::fs::create_dir(&root) {
             let message = format!(
-                "making {FEATURES_DIR}/ in the working copy for the OCI features: {err} (a repository may not hold a path of that name when it asks for OCI features)"
+                "making {FEATURES_DIR}/ in the working copy for the fetched features: {err} (a repository may not hold a path of that name when it asks for OCI or tarball features)"
             );
             return fail(log, ErrorKind::InvalidInput, message, None)
                 .await
@@ -432,37 +440,23 @@ impl Runner {
                 Some(&format!("fetching the feature {id}")),
             )
             .await?;
-            let reference = match Reference::parse(id) {
-                Ok(reference) => reference,
-                Err(err) => {
-                    let message = format!("the feature {id} cannot be fetched: {err}");
-                    return fail(log, ErrorKind::InvalidInput, message, None)
-                        .await
-                        .map(Err);
+            let artifact = if nightshift_env::build::features::is_tarball(id) {
+                nightshift_image::fetch_tarball(id, &plain_http, FEATURE_BYTES).await
+            } else {
+                match self.fetch_oci_feature(id, &plain_http).await {
+                    Ok(fetched) => fetched,
+                    Err(message) => {
+                        return fail(log, ErrorKind::InvalidInput, message, None)
+                            .await
+                            .map(Err);
+                    }
                 }
             };
-            let login = match self.registry_login(&reference).await {
-                Ok(login) => login,
-                Err(message) => {
-                    return fail(log, ErrorKind::Setup, message, None).await.map(Err);
-                }
-            };
-            let options = PullOptions {
-                credentials: login,
-                plain_http: plain_http.clone(),
-                progress: None,
-            };
-            let artifact = match nightshift_image::fetch_artifact(
-                &reference,
-                &options,
-                FEATURE_BYTES,
-            )
-            .await
-            {
+            let artifact = match artifact {
                 Ok(artifact) => artifact,
                 Err(err) => {
                     let message = format!("fetching the feature {id}: {err}");
-                    let hint = "the registry must be reachable from this machine; a feature can also be copied into the repository and named `./folder`".to_string();
+                    let hint = "the feature's registry or server must be reachable from this machine; a feature can also be copied into the repository and named `./folder`".to_string();
                     return fail(log, ErrorKind::Setup, message, Some(hint))
                         .await
                         .map(Err);
@@ -493,8 +487,35 @@ impl Runner {
             fetched
                 .dirs
                 .insert(id.clone(), Path::new(FEATURES_DIR).join(index.to_string()));
+            fetched.digests.insert(id.clone(), digest);
         }
         Ok(Ok(fetched))
+    }
+
+    /// An OCI feature's artifact (`ghcr.io/devcontainers/features/node:1`), with the registry
+    /// login of this host; `Err` with the message when `id` is no reference, `Ok(Err)` when
+    /// fetching fails.
+    async fn fetch_oci_feature(
+        &self,
+        id: &str,
+        plain_http: &[String],
+    ) -> Result<Result<nightshift_image::Artifact, String>, String> {
+        let reference = Reference::parse(id)
+            .map_err(|err| format!("the feature {id} cannot be fetched: {err}"))?;
+        let login = match self.registry_login(&reference).await {
+            Ok(login) => login,
+            Err(message) => return Ok(Err(message)),
+        };
+        let options = PullOptions {
+            credentials: login,
+            plain_http: plain_http.to_vec(),
+            progress: None,
+        };
+        Ok(
+            nightshift_image::fetch_artifact(&reference, &options, FEATURE_BYTES)
+                .await
+                .map_err(|err| err.to_string()),
+        )
     }
 }
 
