@@ -156,3 +156,40 @@ async fn a_chown_naming_a_user_the_image_lacks_fails_the_step_naming_it() {
         "{task}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devcontainer_remote_user_wins_over_the_dockerfiles_user() {
+    if !ready() {
+        return;
+    }
+    let work = support::workdir();
+    let (layout, _archive) = debian_image(work.path());
+    let registry = support::Registry::start(None).unwrap();
+    let reference = registry.push(&layout, "v1", "team/remote", None).unwrap();
+    let repo = repo_with(&[
+        (
+            ".devcontainer/devcontainer.json",
+            r#"{"build": {"dockerfile": "Dockerfile"}, "remoteUser": "remote"}"#,
+        ),
+        (
+            ".devcontainer/Dockerfile",
+            &format!(
+                "FROM {reference}\nRUN useradd -m -u 1500 built && useradd -m -u 1501 remote\nUSER built\n"
+            ),
+        ),
+    ]);
+    let steps = json!([shell("id -un; echo $HOME"), finish("Probed")]);
+    let (ns, _server) = Nightshift::with_script(script(steps)).await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[images]\nplain_http = [\"{}\"]\n", registry.host()),
+    )
+    .unwrap();
+    let (out, task) = ns.wait_task(repo.path(), "probe").await;
+    let events = ns.events(task["id"].as_str().unwrap()).await;
+    assert!(out.status.success(), "{}\n{events:#?}", stderr(&out));
+    assert!(
+        shell_outputs(&events)[0].starts_with("remote\n/home/remote\n"),
+        "{events:#?}"
+    );
+}

@@ -426,3 +426,45 @@ fn malformed_importer_files_are_warnings_naming_file_and_position() {
             .contains("has no `jobs.copilot-setup-steps` job")
     );
 }
+
+#[test]
+fn devcontainer_remote_user_over_container_user_is_who_the_agent_runs_as() {
+    let cases = [
+        (
+            r#"{"image": "debian", "containerUser": "node", "remoteUser": "vscode"}"#,
+            Some(("vscode", "remoteUser")),
+            0,
+        ),
+        (
+            r#"{"image": "debian", "containerUser": "1000:1000"}"#,
+            Some(("1000:1000", "containerUser")),
+            0,
+        ),
+        (r#"{"image": "debian", "remoteUser": 5}"#, None, 1),
+        (r#"{"image": "debian"}"#, None, 0),
+    ];
+    for (text, expected, suspicious) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), ".devcontainer/devcontainer.json", text);
+        let loaded = EnvConfig::load(dir.path()).unwrap();
+        let user = loaded.config.environment.user.as_deref();
+        assert_eq!(user, expected.map(|(user, _)| user), "{text}");
+        if let Some((_, field)) = expected {
+            assert_eq!(
+                loaded.origin("environment.user"),
+                Some(&Origin::Imported {
+                    importer: Importer::Devcontainer,
+                    path: PathBuf::from(".devcontainer/devcontainer.json"),
+                    field: field.into(),
+                }),
+                "{text}"
+            );
+            assert!(describe(&loaded).contains("environment.user"), "{text}");
+        }
+        assert_eq!(
+            warnings_of(&loaded, WarningKind::Suspicious).len(),
+            suspicious,
+            "{text}"
+        );
+    }
+}

@@ -1,16 +1,19 @@
-//! Who the agent and the checks run as on an image: its user (the configuration's `User`, or
-//! the last `USER` of the Dockerfile built over it), resolved in the image's `/etc/passwd` and
+//! Who the agent and the checks run as on an image: devcontainer.json's `remoteUser` (or
+//! `containerUser`), else the image's user (the configuration's `User`, or the last `USER` of
+//! the Dockerfile built over it), resolved in the image's `/etc/passwd` and
 //! `/etc/group` over every layer the sessions stack (so a user that a build step or setup
 //! added is found). Root, or no user, leaves the sandbox's own unprivileged user.
 
 use nightshift_agent::SinkError;
 use nightshift_env::build::users::ImageEtc;
+use nightshift_env::config::Origin;
 use nightshift_protocol::{ErrorKind, Event};
 use nightshift_sandbox::SessionUser;
 
 use crate::Runner;
 use crate::ending::{Ending, fail};
 use crate::handoff::Run;
+use crate::image::WantedUser;
 
 impl Runner {
     /// The image's user for the task's sessions that do not run as root; `None` for root or
@@ -23,7 +26,23 @@ impl Runner {
         let Some(image) = run.image else {
             return Ok(Ok(None));
         };
-        let Some(wanted) = image.user.clone() else {
+        // devcontainer.json's `remoteUser` (or `containerUser`) over what the image says.
+        let named = run
+            .env
+            .config
+            .environment
+            .user
+            .clone()
+            .map(|text| WantedUser {
+                text,
+                origin: match run.env.origin("environment.user") {
+                    Some(Origin::Imported { path, field, .. }) => {
+                        format!("`{field}` of {}", path.display())
+                    }
+                    _ => "the repository's user".to_string(),
+                },
+            });
+        let Some(wanted) = named.or_else(|| image.user.clone()) else {
             return Ok(Ok(None));
         };
         let kept: Vec<_> = image.built.iter().chain(run.layers).cloned().collect();
