@@ -173,10 +173,12 @@ impl Copy {
                     continue;
                 }
             }
-            // A file copied to `dest` itself has an empty `to`; joining it would add a `/`.
+            // Each entry goes to the part its own path belongs to: a directory copied to `/`
+            // or `/home` spans several (its `usr/` is the layer's `system/usr/`). A file copied
+            // to `dest` itself has an empty `to`; joining it would add a `/`.
             let to = match entry.to.as_os_str().is_empty() {
                 true => base.clone(),
-                false => base.join(&entry.to),
+                false => layer.join(layer_part(&self.dest.join(&entry.to))?),
             };
             if let Some(parent) = to.parent() {
                 make_dirs(parent)?;
@@ -476,6 +478,26 @@ mod tests {
         }
         found.sort();
         found
+    }
+
+    #[test]
+    fn a_directory_copied_to_the_root_lands_in_each_part_of_the_layer() {
+        let ctx = context(&[
+            ("tree/usr/local/bin/x", "x"),
+            ("tree/srv/y", "y"),
+            ("tree/home/agent/.rc", "rc"),
+        ]);
+        let layer = tempfile::tempdir().unwrap();
+        let copy = Copy::plan(ctx.path(), &["tree".into()], "/");
+        copy.unwrap().write(layer.path(), None, None, None).unwrap();
+        let files: Vec<String> = written(layer.path())
+            .into_iter()
+            .filter(|path| !path.ends_with('/'))
+            .collect();
+        assert_eq!(
+            files,
+            ["home/.rc=rc", "root/srv/y=y", "system/usr/local/bin/x=x"]
+        );
     }
 
     #[test]
