@@ -45,7 +45,7 @@ async fn the_agent_runs_as_the_user_the_dockerfile_names_over_a_workspace_of_its
     let reference = registry.push(&layout, "v1", "team/users", None).unwrap();
     let dockerfile = format!(
         "FROM {reference}\n\
-         RUN groupadd -g 1600 extra && useradd -m -u 1500 -U -G extra -s /bin/bash dev\n\
+         RUN groupadd -g 1600 extra && groupadd -g 1700 more && useradd -m -u 1500 -g extra -G more -s /bin/bash dev\n\
          COPY --chown=dev:extra owned.txt /opt/owned.txt\n\
          USER dev\n"
     );
@@ -78,12 +78,12 @@ async fn the_agent_runs_as_the_user_the_dockerfile_names_over_a_workspace_of_its
         [
             "1500",
             "dev",
-            "dev",
-            "dev extra",
+            "extra",
+            "extra more",
             "/home/dev dev",
-            "dev:dev",
-            "dev:dev",
-            "dev:dev",
+            "dev:extra",
+            "dev:extra",
+            "dev:extra",
             "dev:extra",
             "writable",
             "the image stays root's",

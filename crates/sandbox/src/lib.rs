@@ -96,6 +96,14 @@ pub struct SessionUser {
     pub home: Option<String>,
 }
 
+/// Host ids that files written into a session's workspace from the host must have (see
+/// [`SandboxSession::file_owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A secret sent as an HTTP header on the session's behalf: the egress proxy adds `header:
 /// value` to every HTTPS request to one of `hosts` (patterns as in [`SessionSpec::network`]),
 /// decrypting those connections with a certificate authority made for the session.
@@ -329,10 +337,11 @@ pub trait SandboxSession: Send + Sync {
     /// The workspace as a host path, where file tools read and write.
     fn workspace(&self) -> &Path;
 
-    /// The host uid (and gid) that host-side writes into the workspace must use, when it is not
-    /// the caller's own: a root host creating files through a namespaced sandbox's view must
-    /// act as the uid that stands for the sandbox user, which root is not.
-    fn file_owner(&self) -> Option<u32> {
+    /// The host uid and gid that host-side writes into the workspace must use, when they are
+    /// not the caller's own: a root host creating files through a namespaced sandbox's view
+    /// must act as the ids that stand for the sandbox user (or the image's user), which root's
+    /// are not.
+    fn file_owner(&self) -> Option<FileOwner> {
         None
     }
 

@@ -336,7 +336,13 @@ async fn commands_run_as_the_images_user_over_their_files() {
     assert!(!out.status.success(), "{}", out.output);
     assert!(out.output.contains("Permission denied"), "{}", out.output);
     // The host writes into the workspace as the user's host id.
-    assert_eq!(session.file_owner(), Some(base + 1234));
+    assert_eq!(
+        session.file_owner(),
+        Some(nightshift_sandbox::FileOwner {
+            uid: base + 1234,
+            gid: base + 1235
+        })
+    );
     session.close().await.unwrap();
     assert_eq!(read(&layer.join("workspace/from-setup/file")), "1\n");
 }

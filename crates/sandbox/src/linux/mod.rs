@@ -43,7 +43,9 @@ pub use session::NamespacedSession;
 
 pub(crate) use cgroup::probe as probe_cgroups;
 
-use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec, SessionUser};
+use crate::{
+    Credential, FileOwner, Sandbox, SandboxError, SandboxSession, SessionSpec, SessionUser,
+};
 use cgroup::SessionCgroup;
 use config::Ids;
 use helper::SYSTEM_DIRS;
@@ -366,8 +368,11 @@ impl Namespaced {
             fds,
             upper,
             file_owner: match user_owner {
-                Some((uid, _)) => Some(uid),
-                None => drop_root.then_some(host_id),
+                Some((uid, gid)) => Some(FileOwner { uid, gid }),
+                None => drop_root.then_some(FileOwner {
+                    uid: host_id,
+                    gid: host_id,
+                }),
             },
         })
     }
@@ -573,7 +578,7 @@ struct Prepared {
     /// Sent along with the configuration, in the order it lists them; closed once sent.
     fds: Vec<OwnedFd>,
     upper: PathBuf,
-    file_owner: Option<u32>,
+    file_owner: Option<FileOwner>,
 }
 
 async fn read_reply(stream: &mut (impl AsyncRead + Unpin)) -> Result<Reply, String> {

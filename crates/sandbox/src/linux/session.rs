@@ -117,7 +117,7 @@ pub(crate) struct Parts {
     pub report: Vec<String>,
     pub stderr: StderrTail,
     /// The host uid that stands for the sandbox user, when the host runs as root.
-    pub file_owner: Option<u32>,
+    pub file_owner: Option<crate::FileOwner>,
     /// Started by the first command's end (see `NextSpare`).
     pub next_spare: Option<Arc<NextSpare>>,
 }
@@ -146,7 +146,7 @@ pub struct NamespacedSession {
     limits: Limits,
     env: Vec<(String, String)>,
     report: Vec<String>,
-    file_owner: Option<u32>,
+    file_owner: Option<crate::FileOwner>,
     closed: CancellationToken,
     dead: CancellationToken,
     torn_down: AtomicBool,
@@ -316,7 +316,7 @@ impl SandboxSession for NamespacedSession {
         &self.workspace
     }
 
-    fn file_owner(&self) -> Option<u32> {
+    fn file_owner(&self) -> Option<crate::FileOwner> {
         self.file_owner
     }
 
