@@ -237,3 +237,26 @@ impl Ids {
         self.range > 1 && !self.image_user
     }
 }
+
+/// Whether `user` can be a session's: an image's user, with ids the namespace maps.
+pub(crate) fn check_image_user(user: &crate::SessionUser, image: &[PathBuf]) -> Result<(), String> {
+    if image.is_empty() {
+        return Err(format!(
+            "commands can run as the user {} only over an image",
+            user.name
+        ));
+    }
+    if user.uid == 0 {
+        return Err("root's commands are those of a root session, not of a session user".into());
+    }
+    let ids = [user.uid, user.gid]
+        .into_iter()
+        .chain(user.groups.iter().copied());
+    if let Some(id) = ids.into_iter().find(|id| *id >= ROOT_RANGE) {
+        return Err(format!(
+            "the user {} has the id {id}, and a session maps ids below {} only",
+            user.name, ROOT_RANGE
+        ));
+    }
+    Ok(())
+}

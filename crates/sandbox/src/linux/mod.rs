@@ -10,6 +10,7 @@ mod cgroup;
 mod config;
 mod confine;
 pub(crate) mod helper;
+mod limits;
 mod process;
 mod proxy;
 mod proxy_bridge;
@@ -22,7 +23,6 @@ mod trees;
 pub(crate) mod wire;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,15 +46,15 @@ pub(crate) use cgroup::probe as probe_cgroups;
 use crate::{
     Credential, FileOwner, Sandbox, SandboxError, SandboxSession, SessionSpec, SessionUser,
 };
-use cgroup::SessionCgroup;
 use config::Ids;
 use helper::SYSTEM_DIRS;
+use limits::limit;
 use process::HelperProcess;
 use proxy::intercept::Interception;
 use proxy::trust::CA_BUNDLE_FILE;
 use spare::{Helper, NextSpare, Warm, spawn_helper};
 use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
-use wire::{CommandUser, HelperConfig, Reply, RlimitSpec};
+use wire::{CommandUser, HelperConfig, Reply};
 
 /// Isolating backend. See the module documentation.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ impl Namespaced {
         let user = spec.user.as_ref().filter(|_| !options.root);
         let ids = match user {
             Some(user) => {
-                check_user(user, &spec.image).map_err(setup_error)?;
+                config::check_image_user(user, &spec.image).map_err(setup_error)?;
                 Ids::image_user(host_id, drop_root).map_err(setup_error)?
             }
             None => Ids::new(options.root, host_id, drop_root),
@@ -480,96 +480,6 @@ impl Namespaced {
             "{failure}{detail}; `nightshift doctor` lists what this host lacks"
         )))
     }
-}
-
-/// Whether `user` can be a session's: an image's user, with ids the namespace maps.
-fn check_user(user: &SessionUser, image: &[PathBuf]) -> Result<(), String> {
-    if image.is_empty() {
-        return Err(format!(
-            "commands can run as the user {} only over an image",
-            user.name
-        ));
-    }
-    if user.uid == 0 {
-        return Err("root's commands are those of a root session, not of a session user".into());
-    }
-    let ids = [user.uid, user.gid]
-        .into_iter()
-        .chain(user.groups.iter().copied());
-    if let Some(id) = ids.into_iter().find(|id| *id >= config::ROOT_RANGE) {
-        return Err(format!(
-            "the user {} has the id {id}, and a session maps ids below {} only",
-            user.name,
-            config::ROOT_RANGE
-        ));
-    }
-    Ok(())
-}
-
-/// The session's cgroups, as the second frame to the helper.
-struct CgroupFrame {
-    limits: wire::SessionLimits,
-    /// The init's leaves, then the commands' leaves, open for writing.
-    fds: Vec<OwnedFd>,
-}
-
-impl CgroupFrame {
-    fn send(self, control: &StdUnixStream) -> std::io::Result<()> {
-        let fds: Vec<_> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let frame = wire::encode_frame(&self.limits, &[])?;
-        wire::send_with_fds(control, &frame, &fds)
-    }
-}
-
-/// Creates the session's cgroups (recorded in `resources`) and says what the init is to join
-/// and which rlimits stand in for the controllers it lacks; with notes for the report.
-fn limit(
-    name: &str,
-    limits: &Limits,
-    resources: &mut state::Resources,
-) -> Result<(CgroupFrame, Vec<String>), SandboxError> {
-    let (cgroup, mut notes) = SessionCgroup::create(&format!("nightshift-{name}"), limits);
-    let cgroup = cgroup.map(Arc::new);
-    resources.cgroup = cgroup.clone();
-    if let Some(cgroup) = &cgroup {
-        notes.push(cgroup.describe());
-    }
-    let has = |f: fn(&SessionCgroup) -> bool| cgroup.as_deref().is_some_and(f);
-    let rlimits = RlimitSpec {
-        nofile: Some(limits.open_files),
-        fsize: limits.workspace_bytes,
-        nproc: if has(SessionCgroup::has_pids) {
-            None
-        } else {
-            limits.pids
-        },
-        data: if has(SessionCgroup::has_memory) {
-            None
-        } else {
-            limits.memory_bytes
-        },
-    };
-    let (init_leaves, command_leaves) = cgroup
-        .as_deref()
-        .map(|c| (c.init_procs(), c.commands_procs()))
-        .unwrap_or_default();
-    let mut fds = Vec::new();
-    for leaf in init_leaves.iter().chain(&command_leaves) {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(leaf)
-            .map_err(|e| setup_error(format!("opening {}: {e}", leaf.display())))?;
-        fds.push(OwnedFd::from(file));
-    }
-    let frame = CgroupFrame {
-        limits: wire::SessionLimits {
-            init_cgroups: init_leaves.len(),
-            command_cgroups: command_leaves.len(),
-            rlimits,
-        },
-        fds,
-    };
-    Ok((frame, notes))
 }
 
 /// What [`Namespaced::prepare`] made of a session.
