@@ -29,7 +29,8 @@ const DEVCONTAINER: &str = r#"// For format details, see https://aka.ms/devconta
   "image": "mcr.microsoft.com/devcontainers/typescript-node:1-20-bullseye",
   "features": {
     "ghcr.io/devcontainers/features/docker-in-docker:2": {},
-    "https://example.com/features/tool.tgz": {},
+    "https://example.com/features/devcontainer-feature-tool.tgz": {},
+    "ftp://example.com/features/old.tgz": {},
   },
   /* Lifecycle commands, in the order they run. */
   "onCreateCommand": "npm ci",
@@ -109,11 +110,17 @@ fn devcontainer_lifecycle_commands_become_setup_and_maintenance() {
     );
     let unsupported = warnings_of(&loaded, WarningKind::Unsupported);
     assert_eq!(unsupported.len(), 1, "{unsupported:#?}");
-    assert!(unsupported[0].contains("https://example.com/features/tool.tgz"));
-    assert!(unsupported[0].contains("tarball URLs are not fetched"));
+    assert!(unsupported[0].contains("ftp://example.com/features/old.tgz"));
+    assert!(unsupported[0].contains("or tarball URLs"));
     let build = environment.build.as_ref().expect("a feature to install");
     let ids: Vec<&str> = build.features.iter().map(|f| f.id.as_str()).collect();
-    assert_eq!(ids, ["ghcr.io/devcontainers/features/docker-in-docker:2"]);
+    assert_eq!(
+        ids,
+        [
+            "ghcr.io/devcontainers/features/docker-in-docker:2",
+            "https://example.com/features/devcontainer-feature-tool.tgz"
+        ]
+    );
     let suspicious = warnings_of(&loaded, WarningKind::Suspicious);
     assert_eq!(suspicious.len(), 1, "{suspicious:#?}");
     assert!(suspicious[0].contains("remoteEnv.PATH"));
@@ -418,4 +425,46 @@ fn malformed_importer_files_are_warnings_naming_file_and_position() {
             .message
             .contains("has no `jobs.copilot-setup-steps` job")
     );
+}
+
+#[test]
+fn devcontainer_remote_user_over_container_user_is_who_the_agent_runs_as() {
+    let cases = [
+        (
+            r#"{"image": "debian", "containerUser": "node", "remoteUser": "vscode"}"#,
+            Some(("vscode", "remoteUser")),
+            0,
+        ),
+        (
+            r#"{"image": "debian", "containerUser": "1000:1000"}"#,
+            Some(("1000:1000", "containerUser")),
+            0,
+        ),
+        (r#"{"image": "debian", "remoteUser": 5}"#, None, 1),
+        (r#"{"image": "debian"}"#, None, 0),
+    ];
+    for (text, expected, suspicious) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), ".devcontainer/devcontainer.json", text);
+        let loaded = EnvConfig::load(dir.path()).unwrap();
+        let user = loaded.config.environment.user.as_deref();
+        assert_eq!(user, expected.map(|(user, _)| user), "{text}");
+        if let Some((_, field)) = expected {
+            assert_eq!(
+                loaded.origin("environment.user"),
+                Some(&Origin::Imported {
+                    importer: Importer::Devcontainer,
+                    path: PathBuf::from(".devcontainer/devcontainer.json"),
+                    field: field.into(),
+                }),
+                "{text}"
+            );
+            assert!(describe(&loaded).contains("environment.user"), "{text}");
+        }
+        assert_eq!(
+            warnings_of(&loaded, WarningKind::Suspicious).len(),
+            suspicious,
+            "{text}"
+        );
+    }
 }

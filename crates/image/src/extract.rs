@@ -54,6 +54,8 @@ pub(crate) struct Extraction<'a> {
     cached_parent: Option<(PathBuf, OwnedFd)>,
     stats: Unpacked,
     as_root: bool,
+    /// Whether `.wh.` names are whiteouts (an image layer's), or refused (an archive's).
+    whiteouts: bool,
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -70,7 +72,15 @@ impl<'a> Extraction<'a> {
             cached_parent: None,
             stats: Unpacked::default(),
             as_root: nix::unistd::geteuid().is_root(),
+            whiteouts: true,
         }
+    }
+
+    /// For a tar that is not an image layer: a `.wh.` name is refused rather than taken as a
+    /// whiteout, which could delete what lies below the destination in the image.
+    pub(crate) fn refusing_whiteouts(mut self) -> Self {
+        self.whiteouts = false;
+        self
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> ImageError {
@@ -150,6 +160,12 @@ impl<'a> Extraction<'a> {
             return Ok(());
         };
         let name_bytes = name.as_bytes();
+        if !self.whiteouts && name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Err(self.unsafe_entry(
+                rel,
+                "is a whiteout (a `.wh.` name), which only an image layer may hold",
+            ));
+        }
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             self.opaque(&parent, meta)?;
             return Ok(());

@@ -8,6 +8,7 @@
 //! (whiteouts as 0:0 character devices, opaque directories as an xattr). The sandbox mounts
 //! [`Image::layers`] as overlay lower directories; nothing here mounts anything.
 
+mod archive;
 mod artifact;
 mod codec;
 mod credentials;
@@ -20,11 +21,13 @@ mod reference;
 mod registry;
 mod remove;
 mod store;
+mod tarball;
 mod unpack;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use archive::{ArchiveUnpacked, unpack_archive};
 pub use artifact::Artifact;
 pub use credentials::{
     docker_config_credentials, docker_config_credentials_from, host_credentials,
@@ -33,6 +36,7 @@ pub use error::ImageError;
 pub use reference::Reference;
 pub use registry::fetch_artifact;
 pub use store::{EvictReport, ImageHold, PruneReport, Store};
+pub use tarball::fetch_tarball;
 
 /// Who owns the files of unpacked layers on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

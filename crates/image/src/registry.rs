@@ -490,7 +490,7 @@ fn trim(text: &str) -> String {
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); the chain says it.
-fn describe_reqwest(error: &reqwest::Error) -> String {
+pub(crate) fn describe_reqwest(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -503,7 +503,7 @@ fn describe_reqwest(error: &reqwest::Error) -> String {
 
 /// reqwest only builds its TLS configuration with a rustls crypto provider installed; the
 /// binary installs ring at start-up, this covers tests and other embedders.
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }

@@ -6,7 +6,9 @@
 //! layer found there), the setup layer mounted, the sandbox session, and the agent's first
 //! request to a scripted model on loopback that answers `finish` at once. The image is the
 //! image tests' Debian bookworm minbase with git (mmdebstrap, cached under the target
-//! directory), written here as an OCI layout and named by `[environment] image = "oci:..."`.
+//! directory), written here as an OCI layout and given as the task's own image (`oci:...`,
+//! as `nightshift run --image` gives it: a repository may name registry images only). Its
+//! configuration's `User` is `1000:1000`, so the agent's session runs as that image user.
 //! Before the measured tasks, one task per repository pulls the image and builds its setup
 //! layer, and two more warm the sandbox up. Each task's events are also split into the steps
 //! between them, to show where the time goes.
@@ -91,11 +93,10 @@ struct Start {
     steps: Vec<f64>,
 }
 
-async fn start(runner: &Runner, store: &Arc<dyn Store>, repo: &Path) -> Start {
-    let task = runner
-        .submit(TaskRequest::new(repo, "bench", "openai:bench"))
-        .await
-        .unwrap();
+async fn start(runner: &Runner, store: &Arc<dyn Store>, repo: &Path, image: Option<&str>) -> Start {
+    let mut request = TaskRequest::new(repo, "bench", "openai:bench");
+    request.image = image.map(str::to_string);
+    let task = runner.submit(request).await.unwrap();
     let done = runner
         .run_task(task.id, CancellationToken::new())
         .await
@@ -214,19 +215,21 @@ fn main() {
             let (layer, _) = support::debian_with_git(&["jq"]).expect("the Debian image (mmdebstrap)");
             let layout = home.path().join("layout");
             support::write_layout(&layout, "v1", &[layer], &[IMAGE_PATH]);
-            let image_line = format!("image = \"oci:{}:v1\"", layout.display());
-            (repo(std::slice::from_ref(&image_line)), repo(&[image_line, setup_line.clone()]))
+            // A local image is the machine's user's to name (a repository may name only
+            // registry images): the task's own `image`, as `nightshift run --image` gives it.
+            let image = format!("oci:{}:v1", layout.display());
+            (image, repo(&[]), repo(std::slice::from_ref(&setup_line)))
         });
 
         // Warm-ups: the sandbox's spare helper, the setup layer on the host base, and on the
         // image the pull into the store and the setup layer over it.
         for _ in 0..2 {
-            start(&runner, &store, host_empty.path()).await;
+            start(&runner, &store, host_empty.path(), None).await;
         }
-        start(&runner, &store, host_setup.path()).await;
-        if let Some((image_empty, image_setup)) = &images {
-            let pulled = start(&runner, &store, image_empty.path()).await;
-            let built = start(&runner, &store, image_setup.path()).await;
+        start(&runner, &store, host_setup.path(), None).await;
+        if let Some((image, image_empty, image_setup)) = &images {
+            let pulled = start(&runner, &store, image_empty.path(), Some(image)).await;
+            let built = start(&runner, &store, image_setup.path(), Some(image)).await;
             println!(
                 "image pulled into the store (first task): {:.0} ms; setup layer built over it: {:.0} ms",
                 pulled.total, built.total
@@ -237,11 +240,11 @@ fn main() {
         let cases = if images.is_some() { 4 } else { 2 };
         let mut results: Vec<Vec<Start>> = (0..cases).map(|_| Vec::new()).collect();
         for _ in 0..runs {
-            results[0].push(start(&runner, &store, host_empty.path()).await);
-            results[1].push(start(&runner, &store, host_setup.path()).await);
-            if let Some((image_empty, image_setup)) = &images {
-                results[2].push(start(&runner, &store, image_empty.path()).await);
-                results[3].push(start(&runner, &store, image_setup.path()).await);
+            results[0].push(start(&runner, &store, host_empty.path(), None).await);
+            results[1].push(start(&runner, &store, host_setup.path(), None).await);
+            if let Some((image, image_empty, image_setup)) = &images {
+                results[2].push(start(&runner, &store, image_empty.path(), Some(image)).await);
+                results[3].push(start(&runner, &store, image_setup.path(), Some(image)).await);
             }
         }
         println!("image_start: claimed -> first model request; namespaced sandbox; setup `{setup}`");

@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use nightshift_agent::SinkError;
+use nightshift_env::build::add_archive::Archives;
 use nightshift_env::build::context::Copy;
 use nightshift_env::build::dockerfile::{Plan, Step, StepKind};
 use nightshift_env::build::features::Feature;
+use nightshift_env::build::users::ImageEtc;
 use nightshift_env::build::words::shell_quote;
 use nightshift_env::cache::{CacheKey, Lookup, SetupCache};
 use nightshift_protocol::{CommandPhase, ErrorKind, Event, TaskState};
@@ -69,6 +71,12 @@ impl Runner {
             for (key, value) in &plan.env {
                 image.env.retain(|(name, _)| name != key);
                 image.env.push((key.clone(), value.clone()));
+            }
+            if let Some(text) = &plan.user {
+                image.user = Some(crate::image::WantedUser {
+                    text: text.clone(),
+                    origin: format!("the last `USER` of {dockerfile}"),
+                });
             }
         }
         work.extend(features.iter().map(Work::Feature));
@@ -134,10 +142,12 @@ impl Runner {
                             sources,
                             dest,
                             chown,
+                            unpack,
                         },
                     ..
                 }) => {
-                    self.copy_step(run, image, (sources, dest, *chown), &staged)
+                    let chown = chown.as_deref();
+                    self.copy_step(run, image, (sources, dest, chown, *unpack), &staged)
                         .await
                 }
                 Work::Step(Step {
@@ -233,6 +243,9 @@ impl Runner {
             }
             Work::Feature(feature) => {
                 inputs.insert("feature".to_string(), feature.id.clone());
+                if let Some(digest) = &feature.digest {
+                    inputs.insert("digest".to_string(), digest.clone());
+                }
                 let options: Vec<String> = feature
                     .env
                     .iter()
@@ -263,26 +276,40 @@ impl Runner {
     }
 
     /// `COPY`/`ADD`: the context's files written into the staged layer, owned by root of the
-    /// image as this host stores it.
+    /// image as this host stores it; for `ADD`, local tar archives unpacked.
     async fn copy_step(
         &self,
         run: &Run<'_>,
         image: &TaskImage,
-        (sources, dest, chown): (&[String], &str, Option<(u32, u32)>),
+        (sources, dest, chown, unpack): (&[String], &str, Option<&str>, bool),
         staged: &Path,
     ) -> Result<(), String> {
         let context = run.copy.root().join(self.context_of(run));
         let (sources, dest, staged) = (sources.to_vec(), dest.to_string(), staged.to_path_buf());
-        // The image's ids are shifted by the root's host id (as root); unprivileged, every file
-        // is the caller's and `--chown` cannot be honoured.
-        let root = image.root_owner.map(|id| (id, id));
-        let owner = match (image.root_owner, chown) {
-            (Some(base), Some((uid, gid))) => Some((base + uid, base + gid)),
-            _ => root,
-        };
+        let chown = chown.map(str::to_string);
+        // `--chown`'s names are the image's, as built so far.
+        let etc = ImageEtc::new(&image.layers, &image.built);
+        let root_owner = image.root_owner;
         tokio::task::spawn_blocking(move || {
+            let chown = chown.map(|text| chown_ids(&etc, &text)).transpose()?;
+            // The image's ids are shifted by the root's host id (as root); unprivileged, every
+            // file is the caller's and `--chown` cannot be honoured.
+            let root = root_owner.map(|id| (id, id));
+            let chowned = match (root_owner, chown) {
+                (Some(base), Some((uid, gid))) => Some((base + uid, base + gid)),
+                _ => None,
+            };
+            let owner = chowned.or(root);
+            let archives = unpack.then_some(Archives {
+                ids: match root_owner {
+                    Some(base) => nightshift_image::Owner::Shift(base),
+                    None => nightshift_image::Owner::Caller,
+                },
+                chown: chowned,
+                max_bytes: ARCHIVE_BYTES,
+            });
             std::fs::create_dir_all(&staged).map_err(|err| err.to_string())?;
-            Copy::plan(&context, &sources, &dest)?.write(&staged, owner, root)
+            Copy::plan(&context, &sources, &dest)?.write(&staged, owner, root, archives.as_ref())
         })
         .await
         .map_err(|err| err.to_string())?
@@ -354,6 +381,23 @@ impl Runner {
         Ok(Ok(()))
     }
 }
+
+/// `--chown=USER[:GROUP]` as the image's uid and gid: names from its `/etc/passwd` and
+/// `/etc/group`, ids as written; ids the sandbox does not map are refused.
+fn chown_ids(etc: &ImageEtc, text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = etc
+        .owner(text)
+        .map_err(|err| format!("--chown={text}: {err}"))?;
+    if uid >= 65536 || gid >= 65536 {
+        return Err(format!(
+            "--chown={text} is {uid}:{gid}; ids from 65536 up are not mapped into the sandbox"
+        ));
+    }
+    Ok((uid, gid))
+}
+
+/// The most one archive an `ADD` step unpacks may hold, unpacked.
+const ARCHIVE_BYTES: u64 = 8 << 30;
 
 /// The shell line that runs a feature's `install.sh` in its directory in the working copy.
 fn feature_command(feature: &Feature) -> String {

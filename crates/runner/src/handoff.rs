@@ -44,6 +44,8 @@ pub(crate) struct Run<'a> {
     pub(crate) layers: &'a [std::path::PathBuf],
     /// The image every session of the task stands on; `None`: the host's system.
     pub(crate) image: Option<&'a crate::image::TaskImage>,
+    /// The image's user the sessions that are not root's run as; `None`: the sandbox's own.
+    pub(crate) user: Option<&'a nightshift_sandbox::SessionUser>,
 }
 
 /// Where, inside the workspace, the sandbox leaves the bundle of the task's commits.

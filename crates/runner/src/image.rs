@@ -100,8 +100,19 @@ pub(crate) struct TaskImage {
     pub key: String,
     /// The host id its root's files belong to, when this host shifts ids (as root).
     pub root_owner: Option<u32>,
+    /// Who the agent runs as, as written, when the image or the Dockerfile built over it says.
+    pub user: Option<WantedUser>,
     /// Keeps its layers in the store while the task runs.
     pub _hold: Option<Arc<nightshift_image::ImageHold>>,
+}
+
+/// A user an image names, as written, and where.
+#[derive(Debug, Clone)]
+pub(crate) struct WantedUser {
+    /// `NAME|UID[:GROUP|GID]`.
+    pub text: String,
+    /// Where it was written, for messages: "the image's `User`", "the last `USER` of ...".
+    pub origin: String,
 }
 
 /// Variables of an image's configuration that the sandbox sets itself.
@@ -148,7 +159,12 @@ impl Runner {
                     &fetched.dirs,
                 );
                 match resolved {
-                    Ok(features) => features,
+                    Ok(mut features) => {
+                        for feature in &mut features {
+                            feature.digest = fetched.digests.get(&feature.id).cloned();
+                        }
+                        features
+                    }
                     Err(err) => {
                         return fail(log, ErrorKind::InvalidInput, err.to_string(), None)
                             .await
@@ -328,7 +344,7 @@ impl Runner {
             .collect();
         let mut task_image = TaskImage {
             key: image.digest.clone(),
-            reference: image.reference,
+            reference: image.reference.clone(),
             layers: image.layers,
             env,
             built: Vec::new(),
@@ -336,6 +352,10 @@ impl Runner {
                 nightshift_image::Owner::Shift(id) => Some(id),
                 nightshift_image::Owner::Caller => None,
             },
+            user: image.config.user.clone().map(|text| WantedUser {
+                text,
+                origin: format!("the `User` of the image {}", image.reference),
+            }),
             _hold: hold,
         };
         if plan.is_some() || !features.is_empty() {
@@ -360,10 +380,13 @@ impl Runner {
 /// The largest feature artifact fetched, and the most it may unpack to.
 const FEATURE_BYTES: u64 = 64 << 20;
 
-/// OCI features fetched for a task: each id's folder, relative to the working copy.
+/// Features fetched for a task (OCI artifacts, tarballs): each id's folder, relative to the
+/// working copy.
 #[derive(Default)]
 pub(crate) struct FetchedFeatures {
     dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// What was fetched for each id: the artifact's manifest digest, the tarball's sha256.
+    digests: std::collections::BTreeMap<String, String>,
     root: Option<PathBuf>,
 }
 
@@ -379,8 +402,8 @@ impl Drop for FetchedFeatures {
 
 impl Runner {
     /// Fetches the features among `requests` that are OCI artifacts
-    /// (`ghcr.io/devcontainers/features/node:1`) and unpacks each into the working copy, with
-    /// an event for each; the task's ending when one cannot be had.
+    /// (`ghcr.io/devcontainers/features/node:1`) or tarball URLs and unpacks each into the
+    /// working copy; the task's ending when one cannot be had.
     async fn fetch_features(
         &self,
         run: &Run<'_>,
@@ -402,7 +425,7 @@ impl Runner {
         let root = run.copy.root().join(FEATURES_DIR);
         if let Err(err) = std::fs::create_dir(&root) {
             let message = format!(
-                "making {FEATURES_DIR}/ in the working copy for the OCI features: {err} (a repository may not hold a path of that name when it asks for OCI features)"
+                "making {FEATURES_DIR}/ in the working copy for the fetched features: {err} (a repository may not hold a path of that name when it asks for OCI or tarball features)"
             );
             return fail(log, ErrorKind::InvalidInput, message, None)
                 .await
@@ -417,37 +440,23 @@ impl Runner {
                 Some(&format!("fetching the feature {id}")),
             )
             .await?;
-            let reference = match Reference::parse(id) {
-                Ok(reference) => reference,
-                Err(err) => {
-                    let message = format!("the feature {id} cannot be fetched: {err}");
-                    return fail(log, ErrorKind::InvalidInput, message, None)
-                        .await
-                        .map(Err);
+            let artifact = if nightshift_env::build::features::is_tarball(id) {
+                nightshift_image::fetch_tarball(id, &plain_http, FEATURE_BYTES).await
+            } else {
+                match self.fetch_oci_feature(id, &plain_http).await {
+                    Ok(fetched) => fetched,
+                    Err(message) => {
+                        return fail(log, ErrorKind::InvalidInput, message, None)
+                            .await
+                            .map(Err);
+                    }
                 }
             };
-            let login = match self.registry_login(&reference).await {
-                Ok(login) => login,
-                Err(message) => {
-                    return fail(log, ErrorKind::Setup, message, None).await.map(Err);
-                }
-            };
-            let options = PullOptions {
-                credentials: login,
-                plain_http: plain_http.clone(),
-                progress: None,
-            };
-            let artifact = match nightshift_image::fetch_artifact(
-                &reference,
-                &options,
-                FEATURE_BYTES,
-            )
-            .await
-            {
+            let artifact = match artifact {
                 Ok(artifact) => artifact,
                 Err(err) => {
                     let message = format!("fetching the feature {id}: {err}");
-                    let hint = "the registry must be reachable from this machine; a feature can also be copied into the repository and named `./folder`".to_string();
+                    let hint = "the feature's registry or server must be reachable from this machine; a feature can also be copied into the repository and named `./folder`".to_string();
                     return fail(log, ErrorKind::Setup, message, Some(hint))
                         .await
                         .map(Err);
@@ -478,8 +487,35 @@ impl Runner {
             fetched
                 .dirs
                 .insert(id.clone(), Path::new(FEATURES_DIR).join(index.to_string()));
+            fetched.digests.insert(id.clone(), digest);
         }
         Ok(Ok(fetched))
+    }
+
+    /// An OCI feature's artifact (`ghcr.io/devcontainers/features/node:1`), with the registry
+    /// login of this host; `Err` with the message when `id` is no reference, `Ok(Err)` when
+    /// fetching fails.
+    async fn fetch_oci_feature(
+        &self,
+        id: &str,
+        plain_http: &[String],
+    ) -> Result<Result<nightshift_image::Artifact, String>, String> {
+        let reference = Reference::parse(id)
+            .map_err(|err| format!("the feature {id} cannot be fetched: {err}"))?;
+        let login = match self.registry_login(&reference).await {
+            Ok(login) => login,
+            Err(message) => return Ok(Err(message)),
+        };
+        let options = PullOptions {
+            credentials: login,
+            plain_http: plain_http.to_vec(),
+            progress: None,
+        };
+        Ok(
+            nightshift_image::fetch_artifact(&reference, &options, FEATURE_BYTES)
+                .await
+                .map_err(|err| err.to_string()),
+        )
     }
 }
 

@@ -14,6 +14,7 @@ mod forge;
 mod forge_retry;
 mod handoff;
 mod image;
+mod image_user;
 mod lifecycle;
 mod prepare;
 mod reconcile;

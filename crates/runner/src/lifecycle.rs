@@ -322,6 +322,7 @@ impl Runner {
             chosen_tree: provenance.chosen_tree,
             layers: &[],
             image: None,
+            user: None,
         };
         let ending = self.run_agent(&run, stop, stops, watch).await?;
         if !ending.keep_copy
@@ -375,6 +376,19 @@ impl Runner {
         let run_over_layers = Run {
             layers: &layers.paths,
             ..*run
+        };
+        let user = match self.image_user(&run_over_layers).await? {
+            Ok(user) => user,
+            Err(ending) => {
+                layers
+                    .release(log, self.config.layers_dir.as_deref())
+                    .await?;
+                return Ok(ending);
+            }
+        };
+        let run_over_layers = Run {
+            user: user.as_ref(),
+            ..run_over_layers
         };
         let ending = self
             .run_in_session(&run_over_layers, model.as_ref(), &spec, stop, stops, watch)

@@ -479,6 +479,7 @@ pub(crate) fn session_spec(workspace: &Path, run: &Run<'_>, network: Vec<String>
             .unwrap_or_default(),
         image_env: run.image.map(|image| image.env.clone()).unwrap_or_default(),
         credentials: run.credentials.to_vec(),
+        user: run.user.cloned(),
         ..SessionSpec::new(workspace)
     }
 }

@@ -74,6 +74,34 @@ pub struct SessionSpec {
     /// dependencies setup installed) still shows: for a session that must see a committed
     /// tree exactly as committed, such as the checks that prove a result.
     pub workspace_over_layers: bool,
+    /// Who commands run as, when not the sandbox's own unprivileged user: an image's user (its
+    /// `User`, resolved in the image's `/etc/passwd` and `/etc/group`). Only backends that
+    /// [`Sandbox::supports_users`] take one; a session with [`SessionSpec::root`] ignores it.
+    pub user: Option<SessionUser>,
+}
+
+/// An image's user, for the commands of a session (see [`SessionSpec::user`]): its ids as the
+/// image has them, so that the image's files show with their own owners. The workspace, the
+/// session's home directory and what setup layers changed in them belong to this user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    /// Its name in the image (or its uid as text where the image has none), as `USER`.
+    pub name: String,
+    /// Not 0: root's commands are those of a [`SessionSpec::root`] session.
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the image's `/etc/group` entries naming the user).
+    pub groups: Vec<u32>,
+    /// Its home directory, as `HOME`; `None` keeps the sandbox's own.
+    pub home: Option<String>,
+}
+
+/// Host ids that files written into a session's workspace from the host must have (see
+/// [`SandboxSession::file_owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOwner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A secret sent as an HTTP header on the session's behalf: the egress proxy adds `header:
@@ -116,6 +144,7 @@ impl SessionSpec {
             credentials: Vec::new(),
             root: false,
             workspace_over_layers: false,
+            user: None,
         }
     }
 }
@@ -279,6 +308,12 @@ pub trait Sandbox: Send + Sync {
         false
     }
 
+    /// Whether sessions can run their commands as an image's user ([`SessionSpec::user`]). The
+    /// namespaced backend can when the host runs it as root (which maps the image's ids).
+    fn supports_users(&self) -> bool {
+        false
+    }
+
     /// Whether a session with [`SessionSpec::root`] can change the system directories (and
     /// keep the changes as a layer). The namespaced backend can when the host runs it as root.
     fn writable_system(&self) -> bool {
@@ -302,10 +337,11 @@ pub trait SandboxSession: Send + Sync {
     /// The workspace as a host path, where file tools read and write.
     fn workspace(&self) -> &Path;
 
-    /// The host uid (and gid) that host-side writes into the workspace must use, when it is not
-    /// the caller's own: a root host creating files through a namespaced sandbox's view must
-    /// act as the uid that stands for the sandbox user, which root is not.
-    fn file_owner(&self) -> Option<u32> {
+    /// The host uid and gid that host-side writes into the workspace must use, when they are
+    /// not the caller's own: a root host creating files through a namespaced sandbox's view
+    /// must act as the ids that stand for the sandbox user (or the image's user), which root's
+    /// are not.
+    fn file_owner(&self) -> Option<FileOwner> {
         None
     }
 

@@ -267,6 +267,19 @@ async fn escape_suite() {
     );
     holding.close().await.unwrap();
 
+    // Other socket families (netlink: audit, routing; packet) do not exist inside: the answer
+    // is the one a kernel without them gives, which programs that probe for them handle.
+    let out = run(
+        &session,
+        "/usr/bin/python3 -c \"import socket\nfor f, p in [(socket.AF_NETLINK, 9), (socket.AF_NETLINK, 0), (socket.AF_PACKET, 0)]:\n    try:\n        socket.socket(f, socket.SOCK_RAW, p); print('opened', f)\n    except OSError as e:\n        print('refused', e.errno)\n\"",
+    )
+    .await;
+    suite.check(
+        "open a netlink or packet socket",
+        out.output == "refused 97\nrefused 97\nrefused 97\n",
+        out.output.clone(),
+    );
+
     // A unix socket of the host, by path and abstract.
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("host.sock");

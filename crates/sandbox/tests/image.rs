@@ -266,3 +266,110 @@ fn an_image_is_the_root_for_an_unprivileged_user_too() {
     assert!(output.status.success(), "{text}");
     assert!(text.contains("1 passed"), "{text}");
 }
+
+/// An image's user: commands run with its ids in a namespace that maps the image's, so its
+/// files show with their owners; the workspace, its home and what setup left in the workspace
+/// are the user's, the image's root files are not.
+#[tokio::test]
+async fn commands_run_as_the_images_user_over_their_files() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: an image's user needs nightshift to run as root");
+        return;
+    }
+    let fixture = Fixture::new();
+    let images = tempfile::tempdir().unwrap();
+    let base = image_owner(&fixture).unwrap();
+    let mut image = small_image(images.path(), Some(base));
+    let users = images.path().join("layer2");
+    std::fs::create_dir_all(users.join("home/dev")).unwrap();
+    std::os::unix::fs::chown(&users, Some(base), Some(base)).unwrap();
+    std::os::unix::fs::chown(users.join("home"), Some(base), Some(base)).unwrap();
+    std::os::unix::fs::chown(users.join("home/dev"), Some(base + 1234), Some(base + 1235)).unwrap();
+    image.push(users);
+
+    let setup = fixture
+        .backend
+        .start_with(
+            over_image(&fixture, &image, &[]),
+            SessionOptions {
+                root: true,
+                ..SessionOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let out = run(&setup, "mkdir from-setup && echo 1 > from-setup/file").await;
+    assert!(out.status.success(), "{}", out.output);
+    let layer = fixture.state.path().join("layer-user");
+    setup.close_keeping_changes(&layer).await.unwrap();
+
+    let user = nightshift_sandbox::SessionUser {
+        name: "dev".into(),
+        uid: 1234,
+        gid: 1235,
+        groups: vec![1235, 50],
+        home: Some("/home/dev".into()),
+    };
+    let spec = SessionSpec {
+        user: Some(user),
+        ..over_image(&fixture, &image, std::slice::from_ref(&layer))
+    };
+    let session = fixture
+        .backend
+        .start_with(spec, SessionOptions::default())
+        .await
+        .unwrap();
+    let out = run(
+        &session,
+        "id -u; id -g; id -G; echo $HOME $USER; \
+         stat -c %u:%g /home/dev /workspace /workspace/README.md /workspace/from-setup/file /etc/os-release; \
+         touch /workspace/new ~/new && echo more >> from-setup/file && mkdir from-setup/sub && echo writable",
+    )
+    .await;
+    assert!(out.status.success(), "{}", out.output);
+    assert_eq!(
+        out.output,
+        "1234\n1235\n1235 50\n/home/dev dev\n1234:1235\n1234:1235\n1234:1235\n1234:1235\n0:0\nwritable\n"
+    );
+    // The image's own files stay root's.
+    let out = run(&session, "echo changed > /etc/os-release").await;
+    assert!(!out.status.success(), "{}", out.output);
+    assert!(out.output.contains("Permission denied"), "{}", out.output);
+    // The host writes into the workspace as the user's host id.
+    assert_eq!(
+        session.file_owner(),
+        Some(nightshift_sandbox::FileOwner {
+            uid: base + 1234,
+            gid: base + 1235
+        })
+    );
+    session.close().await.unwrap();
+    assert_eq!(read(&layer.join("workspace/from-setup/file")), "1\n");
+}
+
+#[tokio::test]
+async fn an_images_user_with_an_id_the_session_cannot_map_is_refused() {
+    let fixture = Fixture::new();
+    let images = tempfile::tempdir().unwrap();
+    let image = small_image(images.path(), image_owner(&fixture));
+    let user = nightshift_sandbox::SessionUser {
+        name: "far".into(),
+        uid: 70_000,
+        gid: 70_000,
+        groups: Vec::new(),
+        home: None,
+    };
+    let spec = SessionSpec {
+        user: Some(user),
+        ..over_image(&fixture, &image, &[])
+    };
+    let err = fixture
+        .backend
+        .start_with(spec, SessionOptions::default())
+        .await
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(text.contains("the user far has the id 70000"), "{text}");
+    assert!(fixture.state_is_empty());
+}

@@ -58,7 +58,11 @@ where
 /// must belong to the sandbox user, which a root host is not.
 ///
 /// [`SandboxSession::file_owner`]: nightshift_sandbox::SandboxSession::file_owner
-pub(crate) async fn blocking_as<F>(owner: Option<u32>, tool: &'static str, work: F) -> ToolOutput
+pub(crate) async fn blocking_as<F>(
+    owner: Option<nightshift_sandbox::FileOwner>,
+    tool: &'static str,
+    work: F,
+) -> ToolOutput
 where
     F: FnOnce() -> ToolOutput + Send + 'static,
 {
@@ -76,10 +80,10 @@ struct FsIdentity {
 }
 
 impl FsIdentity {
-    fn assume(id: u32) -> Self {
+    fn assume(owner: nightshift_sandbox::FileOwner) -> Self {
         // setfsuid and setfsgid act on this thread only and return the previous ids.
-        let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(id));
-        let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(id));
+        let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.gid));
+        let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.uid));
         FsIdentity { uid, gid }
     }
 }

@@ -272,3 +272,33 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+pub fn shell(command: &str) -> Value {
+    json!({"reply": {"tool_calls": [{"name": "shell", "arguments": {"command": command}}]}})
+}
+
+pub fn finish(summary: &str) -> Value {
+    json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": summary}}]}})
+}
+
+pub fn shell_outputs(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "tool_finished" && e["tool"] == "shell")
+        .map(|e| e["output"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A repository with `files` committed.
+pub fn repo_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-q", "-m", "start"]);
+    dir
+}

@@ -11,6 +11,7 @@ use cap_std::fs::Dir;
 use globset::{Glob, GlobMatcher};
 use sha2::{Digest, Sha256};
 
+use super::add_archive::{Archives, add_archive};
 use crate::tree_files::{Links, read_regular};
 
 /// The most entries and bytes one step copies.
@@ -22,6 +23,9 @@ struct Entry {
     from: PathBuf,
     to: PathBuf,
     kind: Kind,
+    /// Named by a source itself (not found in a directory a source names): for `ADD`, a tar
+    /// archive to unpack.
+    named: bool,
 }
 
 enum Kind {
@@ -65,7 +69,10 @@ impl Copy {
                 } else {
                     let name = path.file_name().map(PathBuf::from).unwrap_or_default();
                     let to = if into_dir { name } else { PathBuf::new() };
-                    entries.push(entry(&dir, path, to)?);
+                    entries.push(Entry {
+                        named: true,
+                        ..entry(&dir, path, to)?
+                    });
                 }
                 if entries.len() > MAX_ENTRIES {
                     return Err(format!("copies more than {MAX_ENTRIES} files"));
@@ -118,12 +125,15 @@ impl Copy {
     }
 
     /// Writes what is copied into `layer`, owned by `owner` (host uid and gid) when given; the
-    /// directories made on the way to `dest` by `dirs_owner`.
+    /// directories made on the way to `dest` by `dirs_owner`. With `archives` (`ADD`), a
+    /// source that is a local tar archive (plain, gzip, bzip2, xz or zstd) is unpacked into
+    /// `dest` instead (see [`super::add_archive`]).
     pub fn write(
         &self,
         layer: &Path,
         owner: Option<(u32, u32)>,
         dirs_owner: Option<(u32, u32)>,
+        archives: Option<&Archives>,
     ) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
         let base = layer.join(layer_part(&self.dest)?);
@@ -138,6 +148,7 @@ impl Copy {
         // Every directory made on the way is the image root's (as Docker makes them), so
         // that later steps, as the sandbox's root, may write into it.
         let make_dirs = |dir: &Path| -> Result<(), String> {
+            no_links_on_the_way(layer, dir)?;
             let mut missing = Vec::new();
             let mut at = dir;
             while !at.exists() && at != layer {
@@ -155,13 +166,28 @@ impl Copy {
             make_dirs(parent)?;
         }
         for entry in &self.entries {
-            // A file copied to `dest` itself has an empty `to`; joining it would add a `/`.
+            if let (Some(archives), true, Kind::File { .. }) = (archives, entry.named, &entry.kind)
+            {
+                let file = self.open(&entry.from)?;
+                if add_archive(file, &entry.from, layer, &self.dest, archives, dirs_owner)? {
+                    continue;
+                }
+            }
+            // Each entry goes to the part its own path belongs to: a directory copied to `/`
+            // or `/home` spans several (its `usr/` is the layer's `system/usr/`). A file copied
+            // to `dest` itself has an empty `to`; joining it would add a `/`.
             let to = match entry.to.as_os_str().is_empty() {
                 true => base.clone(),
-                false => base.join(&entry.to),
+                false => layer.join(layer_part(&self.dest.join(&entry.to))?),
             };
             if let Some(parent) = to.parent() {
                 make_dirs(parent)?;
+            }
+            // A link an earlier source of the step left at `to` is replaced, never followed.
+            if !matches!(entry.kind, Kind::Dir)
+                && std::fs::symlink_metadata(&to).is_ok_and(|meta| meta.file_type().is_symlink())
+            {
+                std::fs::remove_file(&to).map_err(|err| io(&to, err))?;
             }
             match &entry.kind {
                 Kind::Dir => make_dirs(&to)?,
@@ -169,8 +195,15 @@ impl Copy {
                     std::os::unix::fs::symlink(target, &to).map_err(|err| io(&to, err))?;
                 }
                 Kind::File { mode } => {
+                    use std::os::unix::fs::OpenOptionsExt;
                     let mut from = self.open(&entry.from)?;
-                    let mut file = std::fs::File::create(&to).map_err(|err| io(&to, err))?;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&to)
+                        .map_err(|err| io(&to, err))?;
                     std::io::copy(&mut from, &mut file).map_err(|err| io(&to, err))?;
                     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode & 0o777))
                         .map_err(|err| io(&to, err))?;
@@ -186,6 +219,31 @@ impl Copy {
             .map_err(|err| err.to_string())?;
         Ok(opened.file)
     }
+}
+
+/// Refuses `path` when a component of it below `base` (the last one included) is a link: what
+/// a step writes into its layer goes through the layer's own directories only, never through a
+/// link an earlier entry of the step made, which would lead out of the layer on the host.
+pub(crate) fn no_links_on_the_way(base: &Path, path: &Path) -> Result<(), String> {
+    let Ok(rest) = path.strip_prefix(base) else {
+        return Err(format!("{} is not in {}", path.display(), base.display()));
+    };
+    let mut at = base.to_path_buf();
+    for component in rest.components() {
+        at.push(component);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!(
+                    "`{}` would be written through the link {} made before it in the same step",
+                    path.strip_prefix(base).unwrap_or(path).display(),
+                    at.strip_prefix(base).unwrap_or(&at).display()
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 /// Where in a layer an absolute path inside the root goes: `/usr/...` (and the other system
@@ -238,7 +296,12 @@ fn entry(dir: &Dir, from: PathBuf, to: PathBuf) -> Result<Entry, String> {
             from.display()
         ));
     };
-    Ok(Entry { from, to, kind })
+    Ok(Entry {
+        from,
+        to,
+        kind,
+        named: false,
+    })
 }
 
 /// Everything under the directory `from` (not ignored), as entries under `to`.
@@ -418,6 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_copied_to_the_root_lands_in_each_part_of_the_layer() {
+        let ctx = context(&[
+            ("tree/usr/local/bin/x", "x"),
+            ("tree/srv/y", "y"),
+            ("tree/home/agent/.rc", "rc"),
+        ]);
+        let layer = tempfile::tempdir().unwrap();
+        let copy = Copy::plan(ctx.path(), &["tree".into()], "/");
+        copy.unwrap().write(layer.path(), None, None, None).unwrap();
+        let files: Vec<String> = written(layer.path())
+            .into_iter()
+            .filter(|path| !path.ends_with('/'))
+            .collect();
+        assert_eq!(
+            files,
+            ["home/.rc=rc", "root/srv/y=y", "system/usr/local/bin/x=x"]
+        );
+    }
+
+    #[test]
     fn a_file_goes_to_dest_itself_or_into_a_dest_directory() {
         let ctx = context(&[("tools/hello.sh", "hi"), ("tools/bye.sh", "bye")]);
         let layer = tempfile::tempdir().unwrap();
@@ -426,11 +509,11 @@ mod tests {
             &["tools/hello.sh".into()],
             "/usr/local/bin/hello",
         );
-        copy.unwrap().write(layer.path(), None, None).unwrap();
+        copy.unwrap().write(layer.path(), None, None, None).unwrap();
         let into = Copy::plan(ctx.path(), &["tools/bye.sh".into()], "/opt/t/");
-        into.unwrap().write(layer.path(), None, None).unwrap();
+        into.unwrap().write(layer.path(), None, None, None).unwrap();
         let dir = Copy::plan(ctx.path(), &["tools".into()], "/home/agent/tools");
-        dir.unwrap().write(layer.path(), None, None).unwrap();
+        dir.unwrap().write(layer.path(), None, None, None).unwrap();
         assert_eq!(
             written(layer.path()),
             [

@@ -46,17 +46,17 @@ pub enum StepKind {
         env: Vec<(String, String)>,
     },
     /// Files of the build context (`sources`, relative to it) copied to `dest` (absolute: a
-    /// directory when it ends with `/` or there are several sources), owned by `chown` (uid
-    /// and gid in the image) when given, else by the image's root.
+    /// directory when it ends with `/` or there are several sources), owned by `chown`
+    /// (`USER[:GROUP]`, names or ids, resolved in the image's `/etc/passwd` and `/etc/group`
+    /// when the step is built) when given, else by the image's root.
     Copy {
         sources: Vec<String>,
         dest: String,
-        chown: Option<OwnerIds>,
+        chown: Option<String>,
+        /// `ADD`: a source that is a local tar archive is unpacked into `dest`.
+        unpack: bool,
     },
 }
-
-/// A uid and a gid, as the image sees them.
-pub type OwnerIds = (u32, u32);
 
 /// What went wrong, where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -256,6 +256,7 @@ pub fn plan(
                         sources,
                         dest,
                         chown,
+                        unpack: false,
                     },
                 });
             }
@@ -275,6 +276,7 @@ pub fn plan(
                         sources,
                         dest,
                         chown,
+                        unpack: true,
                     },
                 });
             }
@@ -332,12 +334,12 @@ fn copy_parts(
     sources: &[Source<'_>],
     state: &State,
     name: &str,
-) -> Result<(Vec<String>, Option<OwnerIds>), String> {
+) -> Result<(Vec<String>, Option<String>), String> {
     let mut chown = None;
     for flag in options {
         let value = flag.value.as_ref().map(|v| v.value.to_string());
         match (&*flag.name.value, value) {
-            ("chown", Some(value)) => chown = Some(owner_ids(&expand(&value, &state.vars)?)?),
+            ("chown", Some(value)) => chown = Some(owner_text(&expand(&value, &state.vars)?)?),
             ("from", _) => {
                 return Err(format!(
                     "{name} --from copies from another stage or image; multi-stage builds are not supported"
@@ -356,24 +358,23 @@ fn copy_parts(
     Ok((paths, chown))
 }
 
-/// `--chown=UID[:GID]` as ids (the gid is the uid's when not given, as in Docker). Names are
-/// refused: they would be looked up in the image's `/etc/passwd`, which this build does not do.
-fn owner_ids(value: &str) -> Result<(u32, u32), String> {
-    let id = |text: &str| -> Result<u32, String> {
-        match text.parse::<u32>() {
-            Ok(id) if id < 65536 => Ok(id),
-            Ok(_) => Err(format!(
-                "--chown={value}: ids from 65536 up are not mapped into the sandbox"
-            )),
-            Err(_) => Err(format!(
-                "--chown={value}: only numeric ids (UID[:GID]) are supported, not user or group names"
-            )),
-        }
-    };
-    match value.split_once(':') {
-        Some((user, group)) => Ok((id(user)?, id(group)?)),
-        None => id(value).map(|uid| (uid, uid)),
+/// `--chown=USER[:GROUP]` as written: names are looked up in the image when the step is built;
+/// ids must be ones the sandbox maps.
+fn owner_text(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.split(':').collect();
+    if parts.len() > 2 || parts.iter().any(|part| part.is_empty()) {
+        return Err(format!(
+            "--chown={value}: expected USER[:GROUP], names or ids"
+        ));
     }
+    for part in parts {
+        if part.parse::<u32>().is_ok_and(|id| id >= 65536) {
+            return Err(format!(
+                "--chown={value}: ids from 65536 up are not mapped into the sandbox"
+            ));
+        }
+    }
+    Ok(value.to_string())
 }
 
 /// A destination made absolute against the working directory, keeping a trailing `/`.
@@ -460,7 +461,8 @@ mod tests {
             StepKind::Copy {
                 sources: vec!["app.conf".into()],
                 dest: "/src/./conf/".into(),
-                chown: Some((0, 0)),
+                chown: Some("0:0".into()),
+                unpack: false,
             }
         );
         let StepKind::Run { command, .. } = &plan.steps[2].kind else {
@@ -501,10 +503,10 @@ mod tests {
             ("FROM a\nADD https://example.com/x /x\n", 2, "ADD", "URL"),
             ("FROM a\nRUN <<EOF\necho\nEOF\n", 2, "RUN", "here-document"),
             (
-                "FROM a\nCOPY --chown=node:node x /x\n",
+                "FROM a\nCOPY --chown=node:a:b x /x\n",
                 2,
                 "COPY",
-                "numeric ids",
+                "USER[:GROUP]",
             ),
             ("FROM a\nADD --chown=70000 x /x\n", 2, "ADD", "65536"),
             ("ARG A\n", 1, "(syntax)", "FROM"),

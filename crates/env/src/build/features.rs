@@ -33,6 +33,9 @@ pub struct Feature {
     pub container_env: Vec<(String, String)>,
     /// Features it installs after when both are asked for (`installsAfter`, `dependsOn`).
     pub after: Vec<String>,
+    /// The digest of what was fetched for it (an OCI artifact's manifest, a tarball's
+    /// sha256), for its layer's key; `None` for a local folder (its files are the key).
+    pub digest: Option<String>,
 }
 
 /// Why features cannot be installed.
@@ -77,9 +80,15 @@ pub fn resolve(
 pub const FETCHED_DIR: &str = ".nightshift-features";
 
 /// Whether a feature id names a folder in the repository (`./name`) rather than an OCI
-/// artifact.
+/// artifact or a tarball.
 pub fn is_local(id: &str) -> bool {
     id.starts_with("./")
+}
+
+/// Whether a feature id is a tarball's URL
+/// (`https://host/path/devcontainer-feature-NAME.tgz`), fetched rather than pulled.
+pub fn is_tarball(id: &str) -> bool {
+    id.starts_with("https://") || id.starts_with("http://")
 }
 
 fn local_dir(config_dir: &Path, request: &FeatureRequest) -> Result<PathBuf, FeatureError> {
@@ -173,6 +182,7 @@ fn read_feature(
         env,
         container_env,
         after,
+        digest: None,
     })
 }
 

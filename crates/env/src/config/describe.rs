@@ -60,6 +60,14 @@ pub fn describe(loaded: &Loaded) -> String {
             None => "none (the host's system)".into(),
         }),
     );
+    if let Some(user) = &environment.user {
+        out.value(
+            "environment.user",
+            Some(format!(
+                "{user:?} (the agent and the checks run as this user of the image)"
+            )),
+        );
+    }
     if let Some(build) = &environment.build {
         if let Some(dockerfile) = &build.dockerfile {
             out.value(

@@ -49,6 +49,10 @@ pub struct Environment {
     /// What nightshift builds over the image itself: a Dockerfile's steps and devcontainer
     /// features (from devcontainer.json).
     pub build: Option<ImageBuild>,
+    /// Who the agent and the checks run as on the image (`NAME|UID[:GROUP|GID]`), over the
+    /// image's own `User` and a Dockerfile's last `USER`: devcontainer.json's `remoteUser`,
+    /// else its `containerUser`.
+    pub user: Option<String>,
 }
 
 /// A Dockerfile and features to build, as devcontainer.json's `build` and `features` say.

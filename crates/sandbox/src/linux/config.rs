@@ -186,15 +186,18 @@ pub(crate) struct Ids {
     pub host_id: u32,
     /// Whether the helper starts as host root and drops to `host_id`.
     pub drop_root: bool,
-    /// The uid commands run as inside: the sandbox user, or 0.
+    /// The uid the namespace's creator (the init) is inside: the sandbox user, or 0.
     pub inside_id: u32,
     /// How many ids from `inside_id` and `host_id` on the namespace maps.
     pub range: u32,
+    /// Whether commands switch to an image's user (see [`crate::SessionUser`]) in a namespace
+    /// that maps the range as a root session's does, without its writable system.
+    pub image_user: bool,
 }
 
 /// How many ids a session whose commands run as root maps, when the host is root: enough for
 /// the system users and groups packages create.
-const ROOT_RANGE: u32 = 65_536;
+pub(crate) const ROOT_RANGE: u32 = 65_536;
 
 impl Ids {
     /// The sandbox user's ids; or, with `root`, root's: over a range of ids from `host_id` on
@@ -211,12 +214,49 @@ impl Ids {
             drop_root,
             inside_id,
             range,
+            image_user: false,
         }
     }
 
-    /// Whether the system directories can be writable: only over a range of ids, in which the
-    /// host's owners exist.
-    pub(crate) fn writable_system(self) -> bool {
-        self.range > 1
+    /// The ids of a session whose commands run as an image's user: the range a root session
+    /// maps, so that the image's files show with their own owners. Only a root host can map
+    /// it.
+    pub(crate) fn image_user(host_id: u32, drop_root: bool) -> Result<Self, String> {
+        if !drop_root {
+            return Err("running commands as an image's user needs nightshift to run as root (to map the image's ids); unprivileged, commands run as the sandbox's own user".into());
+        }
+        Ok(Ids {
+            image_user: true,
+            ..Ids::new(true, host_id, drop_root)
+        })
     }
+
+    /// Whether the system directories can be writable: only over a range of ids, in which the
+    /// host's owners exist, for root's commands.
+    pub(crate) fn writable_system(self) -> bool {
+        self.range > 1 && !self.image_user
+    }
+}
+
+/// Whether `user` can be a session's: an image's user, with ids the namespace maps.
+pub(crate) fn check_image_user(user: &crate::SessionUser, image: &[PathBuf]) -> Result<(), String> {
+    if image.is_empty() {
+        return Err(format!(
+            "commands can run as the user {} only over an image",
+            user.name
+        ));
+    }
+    if user.uid == 0 {
+        return Err("root's commands are those of a root session, not of a session user".into());
+    }
+    let ids = [user.uid, user.gid]
+        .into_iter()
+        .chain(user.groups.iter().copied());
+    if let Some(id) = ids.into_iter().find(|id| *id >= ROOT_RANGE) {
+        return Err(format!(
+            "the user {} has the id {id}, and a session maps ids below {} only",
+            user.name, ROOT_RANGE
+        ));
+    }
+    Ok(())
 }

@@ -180,8 +180,11 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
     SeccompRule::new(conditions).map_err(|e| e.to_string())
 }
 
-/// The filter that answers EPERM, and a second one that answers ENOSYS for clone3 (whose flags
-/// a filter cannot read), so that libc falls back to clone, whose flags we check.
+/// The filter that answers EPERM; one that answers EAFNOSUPPORT for the socket families that
+/// are not allowed, as a kernel without them would (so that programs that probe for one, such
+/// as `useradd` for the audit netlink socket, carry on without it); and one that answers ENOSYS
+/// for clone3 (whose flags a filter cannot read), so that libc falls back to clone, whose flags
+/// we check.
 fn build_filters() -> Result<Vec<BpfProgram>, String> {
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
@@ -189,14 +192,14 @@ fn build_filters() -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         denied().into_iter().map(|nr| (nr, Vec::new())).collect();
     // socket(): only unix, IPv4 and IPv6.
-    rules.insert(
+    let socket_rules = [(
         libc::SYS_socket,
         vec![rule(vec![
             cond(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?,
             cond(0, SeccompCmpOp::Ne, libc::AF_INET as u64)?,
             cond(0, SeccompCmpOp::Ne, libc::AF_INET6 as u64)?,
         ])?],
-    );
+    )];
     // clone(): no new namespaces; any namespace flag set denies.
     let mut clone_rules = Vec::new();
     for flag in [
@@ -227,6 +230,13 @@ fn build_filters() -> Result<Vec<BpfProgram>, String> {
         arch,
     )
     .map_err(|e| e.to_string())?;
+    let eafnosupport = SeccompFilter::new(
+        socket_rules.into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch,
+    )
+    .map_err(|e| e.to_string())?;
     let enosys = SeccompFilter::new(
         [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
         SeccompAction::Allow,
@@ -235,7 +245,7 @@ fn build_filters() -> Result<Vec<BpfProgram>, String> {
     )
     .map_err(|e| e.to_string())?;
     let mut programs = Vec::new();
-    for filter in [eperm, enosys] {
+    for filter in [eperm, eafnosupport, enosys] {
         programs.push(BpfProgram::try_from(filter).map_err(|e| e.to_string())?);
     }
     Ok(programs)
@@ -276,7 +286,7 @@ fn unpack(word: u64) -> sock_filter {
 
 fn apply_seccomp(programs: &[Vec<u64>]) -> Result<(), String> {
     // The filter is mandatory: an empty or short list is a broken host, not a weaker sandbox.
-    if programs.len() != 2 || programs.iter().any(Vec::is_empty) {
+    if programs.len() != 3 || programs.iter().any(Vec::is_empty) {
         return Err("seccomp: the host sent no filter".into());
     }
     for program in programs {
@@ -293,7 +303,7 @@ mod tests {
     #[test]
     fn the_filters_compile_for_this_architecture() {
         let programs = build_filters().unwrap();
-        assert_eq!(programs.len(), 2);
+        assert_eq!(programs.len(), 3);
         assert!(programs[0].len() > denied().len());
     }
 

@@ -10,6 +10,7 @@ mod cgroup;
 mod config;
 mod confine;
 pub(crate) mod helper;
+mod limits;
 mod process;
 mod proxy;
 mod proxy_bridge;
@@ -22,7 +23,6 @@ mod trees;
 pub(crate) mod wire;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,16 +43,18 @@ pub use session::NamespacedSession;
 
 pub(crate) use cgroup::probe as probe_cgroups;
 
-use crate::{Credential, Sandbox, SandboxError, SandboxSession, SessionSpec};
-use cgroup::SessionCgroup;
+use crate::{
+    Credential, FileOwner, Sandbox, SandboxError, SandboxSession, SessionSpec, SessionUser,
+};
 use config::Ids;
 use helper::SYSTEM_DIRS;
+use limits::limit;
 use process::HelperProcess;
 use proxy::intercept::Interception;
 use proxy::trust::CA_BUNDLE_FILE;
 use spare::{Helper, NextSpare, Warm, spawn_helper};
 use state::{prepare_state, session_name, sweep_stale_state_now_and_then};
-use wire::{HelperConfig, Reply, RlimitSpec};
+use wire::{CommandUser, HelperConfig, Reply};
 
 /// Isolating backend. See the module documentation.
 #[derive(Debug, Clone)]
@@ -104,8 +106,16 @@ impl Namespaced {
         // The helper first: executing it takes about a millisecond, in which this side prepares
         // everything else. The helper waits for its configuration.
         let (host_id, drop_root) = self.host_ids();
-        let ids = Ids::new(options.root, host_id, drop_root);
-        let spare = if options.root {
+        // Root's commands are root's, whoever the image's user is.
+        let user = spec.user.as_ref().filter(|_| !options.root);
+        let ids = match user {
+            Some(user) => {
+                config::check_image_user(user, &spec.image).map_err(setup_error)?;
+                Ids::image_user(host_id, drop_root).map_err(setup_error)?
+            }
+            None => Ids::new(options.root, host_id, drop_root),
+        };
+        let spare = if options.root || ids.image_user {
             None
         } else {
             self.take_spare(host_id, drop_root)
@@ -142,7 +152,7 @@ impl Namespaced {
             &limits,
             (&network, options.credentials),
             events,
-            ids,
+            (ids, user),
             &mut resources,
         );
         let prepared = match prepared {
@@ -202,6 +212,8 @@ impl Namespaced {
         }
         if options.root {
             session::root_env(&mut env, prepared.config.writable_system);
+        } else if let Some(user) = user {
+            session::user_env(&mut env, user);
         }
         if resources.proxy.is_some() {
             env.extend(proxy::proxy_env());
@@ -238,12 +250,15 @@ impl Namespaced {
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
-        ids: Ids,
+        (ids, user): (Ids, Option<&SessionUser>),
         resources: &mut state::Resources,
     ) -> Result<Prepared, SandboxError> {
         let Ids {
             host_id, drop_root, ..
         } = ids;
+        // The host ids the image's user stands for: the workspace and what setup left in it
+        // are theirs.
+        let user_owner = user.map(|user| (host_id + user.uid, host_id + user.gid));
         // The host's system directories, writable over idmapped copies of them; an image's are
         // writable in every session, over its layers.
         let system = (ids.writable_system() && image.is_empty()).then_some((host_id, ids.range));
@@ -253,6 +268,7 @@ impl Namespaced {
             state::Overlays {
                 system,
                 image: !image.is_empty(),
+                user: user_owner,
             },
         )
         .map_err(|e| setup_error(format!("preparing {}: {e}", resources.state_dir.display())))?;
@@ -301,13 +317,16 @@ impl Namespaced {
         let mut fds = Vec::new();
         let mut tree_paths = Vec::new();
         if drop_root {
-            let trees = trees::open(
+            let mut trees = trees::open(
                 workspace,
                 &resources.state_dir,
                 ro_binds.iter().chain(layers).chain(image),
-                host_id,
+                user_owner.unwrap_or((host_id, host_id)),
             )
             .map_err(setup_error)?;
+            if let Some(owner) = user_owner {
+                trees.extend(trees::user_parts(layers, host_id, owner).map_err(setup_error)?);
+            }
             for (path, fd) in trees {
                 tree_paths.push(path);
                 fds.push(fd);
@@ -338,12 +357,23 @@ impl Namespaced {
             workspace_over_layers,
             writable_system: system.is_some() || !image.is_empty(),
             system_trees,
+            user: user.map(|user| CommandUser {
+                uid: user.uid,
+                gid: user.gid,
+                groups: user.groups.clone(),
+            }),
         };
         Ok(Prepared {
             config,
             fds,
             upper,
-            file_owner: drop_root.then_some(host_id),
+            file_owner: match user_owner {
+                Some((uid, gid)) => Some(FileOwner { uid, gid }),
+                None => drop_root.then_some(FileOwner {
+                    uid: host_id,
+                    gid: host_id,
+                }),
+            },
         })
     }
 
@@ -452,79 +482,13 @@ impl Namespaced {
     }
 }
 
-/// The session's cgroups, as the second frame to the helper.
-struct CgroupFrame {
-    limits: wire::SessionLimits,
-    /// The init's leaves, then the commands' leaves, open for writing.
-    fds: Vec<OwnedFd>,
-}
-
-impl CgroupFrame {
-    fn send(self, control: &StdUnixStream) -> std::io::Result<()> {
-        let fds: Vec<_> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let frame = wire::encode_frame(&self.limits, &[])?;
-        wire::send_with_fds(control, &frame, &fds)
-    }
-}
-
-/// Creates the session's cgroups (recorded in `resources`) and says what the init is to join
-/// and which rlimits stand in for the controllers it lacks; with notes for the report.
-fn limit(
-    name: &str,
-    limits: &Limits,
-    resources: &mut state::Resources,
-) -> Result<(CgroupFrame, Vec<String>), SandboxError> {
-    let (cgroup, mut notes) = SessionCgroup::create(&format!("nightshift-{name}"), limits);
-    let cgroup = cgroup.map(Arc::new);
-    resources.cgroup = cgroup.clone();
-    if let Some(cgroup) = &cgroup {
-        notes.push(cgroup.describe());
-    }
-    let has = |f: fn(&SessionCgroup) -> bool| cgroup.as_deref().is_some_and(f);
-    let rlimits = RlimitSpec {
-        nofile: Some(limits.open_files),
-        fsize: limits.workspace_bytes,
-        nproc: if has(SessionCgroup::has_pids) {
-            None
-        } else {
-            limits.pids
-        },
-        data: if has(SessionCgroup::has_memory) {
-            None
-        } else {
-            limits.memory_bytes
-        },
-    };
-    let (init_leaves, command_leaves) = cgroup
-        .as_deref()
-        .map(|c| (c.init_procs(), c.commands_procs()))
-        .unwrap_or_default();
-    let mut fds = Vec::new();
-    for leaf in init_leaves.iter().chain(&command_leaves) {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(leaf)
-            .map_err(|e| setup_error(format!("opening {}: {e}", leaf.display())))?;
-        fds.push(OwnedFd::from(file));
-    }
-    let frame = CgroupFrame {
-        limits: wire::SessionLimits {
-            init_cgroups: init_leaves.len(),
-            command_cgroups: command_leaves.len(),
-            rlimits,
-        },
-        fds,
-    };
-    Ok((frame, notes))
-}
-
 /// What [`Namespaced::prepare`] made of a session.
 struct Prepared {
     config: HelperConfig,
     /// Sent along with the configuration, in the order it lists them; closed once sent.
     fds: Vec<OwnedFd>,
     upper: PathBuf,
-    file_owner: Option<u32>,
+    file_owner: Option<FileOwner>,
 }
 
 async fn read_reply(stream: &mut (impl AsyncRead + Unpin)) -> Result<Reply, String> {
@@ -569,6 +533,10 @@ impl Sandbox for Namespaced {
     }
 
     fn writable_system(&self) -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn supports_users(&self) -> bool {
         nix::unistd::geteuid().is_root()
     }
 

@@ -91,6 +91,20 @@ pub(crate) fn root_env(env: &mut Vec<(String, String)>, writable_system: bool) {
     }
 }
 
+/// A session whose commands run as an image's user: its name, and its home directory where
+/// the image has one.
+pub(crate) fn user_env(env: &mut Vec<(String, String)>, user: &crate::SessionUser) {
+    let mut set = |key: &str, value: &str| {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.to_string(), value.to_string()));
+    };
+    set("USER", &user.name);
+    set("LOGNAME", &user.name);
+    if let Some(home) = &user.home {
+        set("HOME", home);
+    }
+}
+
 pub(crate) struct Parts {
     pub stream: UnixStream,
     pub child: HelperProcess,
@@ -103,7 +117,7 @@ pub(crate) struct Parts {
     pub report: Vec<String>,
     pub stderr: StderrTail,
     /// The host uid that stands for the sandbox user, when the host runs as root.
-    pub file_owner: Option<u32>,
+    pub file_owner: Option<crate::FileOwner>,
     /// Started by the first command's end (see `NextSpare`).
     pub next_spare: Option<Arc<NextSpare>>,
 }
@@ -132,7 +146,7 @@ pub struct NamespacedSession {
     limits: Limits,
     env: Vec<(String, String)>,
     report: Vec<String>,
-    file_owner: Option<u32>,
+    file_owner: Option<crate::FileOwner>,
     closed: CancellationToken,
     dead: CancellationToken,
     torn_down: AtomicBool,
@@ -302,7 +316,7 @@ impl SandboxSession for NamespacedSession {
         &self.workspace
     }
 
-    fn file_owner(&self) -> Option<u32> {
+    fn file_owner(&self) -> Option<crate::FileOwner> {
         self.file_owner
     }
 

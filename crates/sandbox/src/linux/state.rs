@@ -85,6 +85,10 @@ pub(super) struct Overlays {
     pub system: Option<(u32, u32)>,
     /// An image as the root: its root and its system directories, all writable.
     pub image: bool,
+    /// The host uid and gid of an image's user the commands run as (see
+    /// [`crate::SessionUser`]): the workspace's and the home directory's upper directories are
+    /// theirs, so that the overlays' roots are.
+    pub user: Option<(u32, u32)>,
 }
 
 /// Creates the session's state directory and its overlays' directories, owned by `owner` when
@@ -123,6 +127,26 @@ pub(super) fn prepare_state(
         make(dir)?;
         make(&dir.join("upper"))?;
         make(&dir.join("work"))?;
+    }
+    if overlays.image {
+        // An overlay's root directory is its upper directory: the image's `/`, `/usr`... must
+        // be open to the image's users as the image's are (the state directory itself stays
+        // closed to everyone else on the host).
+        use std::os::unix::fs::PermissionsExt;
+        let system = SYSTEM_DIRS
+            .iter()
+            .map(|name| state.join(SYSTEM_PART).join(name));
+        for dir in system.chain([state.join(ROOT_PART)]) {
+            let upper = dir.join("upper");
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| io("setting the mode of", &upper, e))?;
+        }
+    }
+    if let Some((uid, gid)) = overlays.user {
+        for upper in [state.join("upper"), state.join(HOME_PART).join("upper")] {
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                .map_err(|e| io("setting the owner of", &upper, e))?;
+        }
     }
     if let Some((host_id, range)) = overlays.system {
         for name in SYSTEM_DIRS {

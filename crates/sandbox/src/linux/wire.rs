@@ -69,6 +69,19 @@ pub struct HelperConfig {
     /// in that order.
     #[serde(default)]
     pub system_trees: Vec<String>,
+    /// The image's user every command switches to before it executes, in a namespace that
+    /// maps a range of ids (see `SessionSpec::user`); `None`: commands keep the init's ids.
+    #[serde(default)]
+    pub user: Option<CommandUser>,
+}
+
+/// The ids a command runs as, inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups; the primary group is always among them.
+    pub groups: Vec<u32>,
 }
 
 /// The second frame to the helper, sent once the host has made the session's cgroups (while the

@@ -101,6 +101,26 @@ pub(super) fn read(file: &Path, text: &str) -> Result<Imported, ConfigWarning> {
         None => {}
     }
 
+    // The agent is what devcontainers call the remote user; `containerUser` is its default.
+    for field in ["remoteUser", "containerUser"] {
+        match fields.get(field) {
+            Some(Value::String(user)) if !user.trim().is_empty() => {
+                imported.user = Some(Sourced {
+                    value: user.trim().to_string(),
+                    field: field.into(),
+                });
+                break;
+            }
+            Some(_) => imported.warnings.push(field_warning(
+                file,
+                WarningKind::Suspicious,
+                field,
+                format!("`{field}` is not a user name or id (a non-empty string); it is skipped"),
+            )),
+            None => {}
+        }
+    }
+
     for env_field in ["containerEnv", "remoteEnv"] {
         read_env(file, &fields, env_field, &mut imported);
     }

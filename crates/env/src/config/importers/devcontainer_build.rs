@@ -87,6 +87,7 @@ pub(super) fn read(
             Value::Object(features) => {
                 for (id, value) in features {
                     let usable = crate::build::features::is_local(id)
+                        || crate::build::features::is_tarball(id)
                         || nightshift_image::Reference::parse(id).is_ok_and(|reference| {
                             matches!(reference, nightshift_image::Reference::Registry { .. })
                         });
@@ -96,7 +97,7 @@ pub(super) fn read(
                             WarningKind::Unsupported,
                             "features",
                             format!(
-                                "feature `{id}` is not installed: features are local folders (`./folder` beside devcontainer.json) or OCI references (`ghcr.io/devcontainers/features/node:1`); tarball URLs are not fetched"
+                                "feature `{id}` is not installed: features are local folders (`./folder` beside devcontainer.json), OCI references (`ghcr.io/devcontainers/features/node:1`) or tarball URLs (`https://host/devcontainer-feature-NAME.tgz`)"
                             ),
                         ));
                         continue;

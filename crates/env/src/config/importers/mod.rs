@@ -25,6 +25,8 @@ pub(crate) struct Imported {
     pub(crate) maintenance: Option<Sourced>,
     /// The image, as written.
     pub(crate) image: Option<Sourced>,
+    /// Who the agent runs as on the image (devcontainer.json's `remoteUser`), as written.
+    pub(crate) user: Option<Sourced>,
     /// A Dockerfile and features to build.
     pub(crate) build: Option<crate::config::schema::ImageBuild>,
     /// In the order they should be applied: a later entry for the same name wins.
@@ -166,6 +168,10 @@ fn apply(
                 ),
             }),
         }
+    }
+    if let Some(user) = imported.user {
+        config.environment.user = Some(user.value);
+        provenance.set("environment.user", origin(user.field));
     }
     for (name, sourced) in imported.env {
         if let Err(reason) = validate::env_name(&name) {

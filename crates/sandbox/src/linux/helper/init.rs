@@ -13,7 +13,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::super::wire::{self, HelperConfig, Reply, Request, SessionLimits, WireStatus};
+use super::super::wire::{
+    self, CommandUser, HelperConfig, Reply, Request, SessionLimits, WireStatus,
+};
 use super::super::{confine, proxy_bridge};
 use super::job::Job;
 use super::{Expected, Handles, NetworkJoin, join_network, move_off_stdio, receive_config, rootfs};
@@ -106,7 +108,8 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
         writable.extend(rootfs::SYSTEM_DIRS.iter().map(|name| format!("/{name}")));
     }
     // Commands that run as root of our namespace have its capabilities: none may read our
-    // descriptors (the control socket among them) or memory. (An unprivileged host reaches a
+    // descriptors (the control socket among them) or memory. (Commands of an image's user leave
+    // our uid for theirs.) (An unprivileged host reaches a
     // root session's files through its own commands, never through /proc/<init>/root.)
     if config.inside_id == 0
         && let Err(message) = keep_commands_off_the_init()
@@ -134,7 +137,7 @@ pub(crate) fn run(control: UnixStream, expected: Expected, go: OwnedFd, network:
         std::process::exit(1);
     }
     drop(go);
-    serve(control, confinement, cgroups)
+    serve(control, confinement, cgroups, config.user.clone())
 }
 
 /// For commands that run as root inside: no command gets CAP_SYS_PTRACE (the bounding set is
@@ -244,7 +247,12 @@ fn block_forwarded_signals() -> Result<(), String> {
     set.thread_block().map_err(|e| format!("sigprocmask: {e}"))
 }
 
-fn serve(control: UnixStream, confinement: Vec<String>, cgroups: Vec<OwnedFd>) -> ! {
+fn serve(
+    control: UnixStream,
+    confinement: Vec<String>,
+    cgroups: Vec<OwnedFd>,
+    user: Option<CommandUser>,
+) -> ! {
     let out = match control.try_clone() {
         Ok(out) => out,
         Err(_) => std::process::exit(1),
@@ -304,6 +312,7 @@ fn serve(control: UnixStream, confinement: Vec<String>, cgroups: Vec<OwnedFd>) -
                     timeout: Duration::from_millis(timeout_ms),
                     output_limit,
                     stdin: stdin.then_some(payload),
+                    user: user.clone(),
                 };
                 let fallback = shared.clone();
                 let id = job.id;

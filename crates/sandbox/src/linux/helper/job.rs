@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use super::super::wire::{Reply, WireStatus};
+use super::super::wire::{CommandUser, Reply, WireStatus};
 use super::command::direct_command;
 use super::init::{FORWARDED, Running, Shared, kill_group};
 use crate::HeadTailBuffer;
@@ -26,6 +26,9 @@ pub(super) struct Job {
     pub timeout: Duration,
     pub output_limit: usize,
     pub stdin: Option<Vec<u8>>,
+    /// The ids the command switches to before it executes (an image's user); `None` keeps the
+    /// init's.
+    pub user: Option<CommandUser>,
 }
 
 /// What the child needs after fork, prepared before it: nothing may allocate in between.
@@ -34,6 +37,7 @@ struct Prepared {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: CString,
+    user: Option<CommandUser>,
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, String> {
@@ -72,6 +76,7 @@ impl Job {
                     .collect::<Result<_, _>>()?,
                 envp,
                 cwd,
+                user: self.user.clone(),
             });
         }
         Ok(Prepared {
@@ -83,6 +88,7 @@ impl Job {
             ],
             envp,
             cwd,
+            user: self.user.clone(),
         })
     }
 
@@ -268,6 +274,11 @@ fn spawn(
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = prepared.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
+    let groups: Vec<libc::gid_t> = prepared
+        .user
+        .as_ref()
+        .map(|user| user.groups.clone())
+        .unwrap_or_default();
     // SAFETY: after fork the child only calls async-signal-safe functions on memory prepared
     // before the fork, then execve or _exit.
     let pid = unsafe { libc::fork() };
@@ -290,6 +301,19 @@ fn spawn(
             libc::dup2(stdin, 0);
             libc::dup2(output, 1);
             libc::dup2(output, 2);
+            // Raw system calls: they change this thread's ids only, and the child has no
+            // other thread. Leaving root for another uid drops every capability.
+            if let Some(user) = &prepared.user {
+                let (uid, gid) = (user.uid as libc::c_ulong, user.gid as libc::c_ulong);
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                {
+                    let message = b"nightshift: could not become the image's user\n";
+                    libc::write(2, message.as_ptr().cast(), message.len());
+                    libc::_exit(126);
+                }
+            }
             if libc::chdir(prepared.cwd.as_ptr()) == 0 {
                 libc::execve(prepared.shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
             }

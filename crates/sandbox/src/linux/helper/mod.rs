@@ -17,6 +17,7 @@ mod command;
 mod init;
 mod job;
 mod rootfs;
+mod staged;
 
 pub use rootfs::{HOME, PROXY_SOCKET, ROOT_TOOLS, SYSTEM_DIRS};
 

@@ -13,12 +13,13 @@ use super::super::proxy::trust::{CA_BUNDLE, CA_BUNDLE_FILE, SYSTEM_BUNDLES};
 use super::super::sys;
 use super::super::wire::HelperConfig;
 use super::Handles;
+use super::staged::Staged;
 
 /// Where the new root is assembled: in a tmpfs mounted over the host's /tmp in our own mount
 /// namespace (which hides nothing from the host: every host path we need is already open as a
 /// descriptor). That tmpfs also stages the overlay's layers, and goes with the host's root when
 /// it is detached, taking them along in the same unmount.
-const STAGING: &str = "/tmp";
+pub(super) const STAGING: &str = "/tmp";
 const NEW_ROOT: &str = "/tmp/root";
 
 /// Where the proxy's socket appears inside.
@@ -37,7 +38,7 @@ fn inside(path: &Path) -> PathBuf {
     Path::new(NEW_ROOT).join(relative)
 }
 
-fn mkdir_p(path: &Path, mode: u32) -> Result<(), String> {
+pub(super) fn mkdir_p(path: &Path, mode: u32) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -60,7 +61,7 @@ fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: &str) -> Result<(
 }
 
 /// A host path to reproduce inside.
-enum Source {
+pub(super) enum Source {
     /// Opened in our mount namespace, bound from its descriptor.
     Opened(OwnedFd),
     /// A detached tree cloned by stage one while it was root.
@@ -133,7 +134,7 @@ fn open_entries<'a>(
     Ok(entries)
 }
 
-fn attach(source: &Source, target: &Path) -> Result<(), String> {
+pub(super) fn attach(source: &Source, target: &Path) -> Result<(), String> {
     match source {
         Source::Opened(fd) => {
             let from = fd_path(fd);
@@ -225,7 +226,8 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
     let layers = sources(&config.layers, handles)?;
     let image = sources(&config.image, handles)?;
     let root = Path::new(NEW_ROOT);
-    let staged = Staged::attach(Path::new(STAGING), &workspace, &state, (&layers, &image))?;
+    let mut staged = Staged::attach(Path::new(STAGING), &workspace, &state, (&layers, &image))?;
+    staged.attach_user_parts(&config.layers, handles)?;
     if !staged.image.is_empty() {
         replace_root(root, &staged)?;
     }
@@ -270,79 +272,6 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "etc", "opt", "var"];
 /// Where the helpers of a session whose commands run as root live inside (a `sudo` that only
 /// runs its command, when the system has none).
 pub const ROOT_TOOLS: &str = "/run/nightshift/bin";
-
-/// What [`build`] stages outside the new root: the working copy, the session's state directory,
-/// each layer, each of the image's layers, and an empty directory for overlays with nothing
-/// below them. The overlays hold on to them; they go with the host's root when it is detached.
-struct Staged {
-    lower: PathBuf,
-    state: PathBuf,
-    /// The layers' directories, lowest first.
-    layers: Vec<PathBuf>,
-    /// The image's layers' directories, lowest first.
-    image: Vec<PathBuf>,
-    empty: PathBuf,
-}
-
-impl Staged {
-    fn attach(
-        staging: &Path,
-        workspace: &Source,
-        state: &Source,
-        (layers, image): (&[Source], &[Source]),
-    ) -> Result<Staged, String> {
-        let lower = staging.join("lower");
-        let staged_state = staging.join("state");
-        for (source, at) in [(workspace, &lower), (state, &staged_state)] {
-            mkdir_p(at, 0o755)?;
-            attach(source, at)?;
-        }
-        // Short names: overlayfs takes its lower directories in one page of options.
-        let stage = |sources: &[Source], prefix: &str| {
-            let mut staged = Vec::new();
-            for (i, source) in sources.iter().enumerate() {
-                let at = staging.join(format!("{prefix}{i}"));
-                mkdir_p(&at, 0o755)?;
-                attach(source, &at)?;
-                staged.push(at);
-            }
-            Ok::<_, String>(staged)
-        };
-        let staged_layers = stage(layers, "l")?;
-        let staged_image = stage(image, "i")?;
-        let empty = staging.join("empty");
-        mkdir_p(&empty, 0o755)?;
-        Ok(Staged {
-            lower,
-            state: staged_state,
-            layers: staged_layers,
-            image: staged_image,
-            empty,
-        })
-    }
-
-    /// The layers' parts at `part` (`workspace`, `home`, `system/usr`...), topmost first, as
-    /// overlayfs lists lower layers.
-    fn parts(&self, part: &str) -> Vec<PathBuf> {
-        directories_at(&self.layers, part)
-    }
-
-    /// The image's layers' parts at `part` (`usr`...), topmost first.
-    fn image_parts(&self, part: &str) -> Vec<PathBuf> {
-        directories_at(&self.image, part)
-    }
-}
-
-/// `part` of each of `layers` (lowest first) where it is a directory, topmost first. A link is
-/// not followed: this runs with the host's view, and an image's `usr` may lead anywhere.
-fn directories_at(layers: &[PathBuf], part: &str) -> Vec<PathBuf> {
-    layers
-        .iter()
-        .rev()
-        .map(|layer| layer.join(part))
-        .filter(|dir| std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir()))
-        .collect()
-}
 
 /// Makes the image the new root in place of the base's tmpfs and its binds of the host's
 /// system: an overlay of the layers' `root/` parts over the image's layers, writable into the
