@@ -17,7 +17,7 @@ use std::process::Command;
 
 use common::*;
 use serde_json::json;
-use support::apt::{debian_image, ready};
+use support::apt::{pushed_debian_image, ready};
 
 /// `tar` of `files` into `archive`, compressed by `compressor`.
 fn tar_into(work: &Path, archive: &Path, compressor: &str, files: &[(&str, &str)]) {
@@ -48,9 +48,7 @@ async fn add_unpacks_local_tar_archives_into_the_image_and_copies_other_files() 
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/add", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/add");
     let dockerfile = format!(
         "FROM {reference}\n\
          ADD tools.tgz /opt/tools/\n\
@@ -136,9 +134,7 @@ async fn a_feature_given_as_a_tarball_url_is_fetched_installed_and_cached_by_dig
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/tarball", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/tarball");
     let feature = work.path().join("feature.tgz");
     tar_into(
         work.path(),
@@ -217,9 +213,7 @@ async fn a_tarball_feature_over_plain_http_to_an_unlisted_host_fails_the_task_sa
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/unlisted", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/unlisted");
     let (port, served) = serve(b"never fetched".to_vec());
     let url = format!("http://127.0.0.1:{port}/devcontainer-feature-x.tgz");
     let devcontainer = format!(r#"{{"image": "{reference}", "features": {{"{url}": {{}}}}}}"#);

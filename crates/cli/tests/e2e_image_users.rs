@@ -15,7 +15,7 @@ mod support;
 
 use common::*;
 use serde_json::json;
-use support::apt::{debian_image, ready};
+use support::apt::{pushed_debian_image, ready};
 
 fn write_file(path: &str, content: &str) -> serde_json::Value {
     json!({"reply": {"tool_calls": [{"name": "write_file",
@@ -40,9 +40,7 @@ async fn the_agent_runs_as_the_user_the_dockerfile_names_over_a_workspace_of_its
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/users", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/users");
     let dockerfile = format!(
         "FROM {reference}\n\
          RUN groupadd -g 1600 extra && groupadd -g 1700 more && useradd -m -u 1500 -g extra -G more -s /bin/bash dev\n\
@@ -106,9 +104,7 @@ async fn a_user_the_image_does_not_have_fails_the_task_naming_it_and_where_it_wa
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/ghost", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/ghost");
     let repo = devcontainer_repo(&format!("FROM {reference}\nUSER ghost\n"));
     let (ns, _server) = Nightshift::with_script(script(json!([finish("never")]))).await;
     std::fs::write(
@@ -133,9 +129,7 @@ async fn a_chown_naming_a_user_the_image_lacks_fails_the_step_naming_it() {
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/chown", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/chown");
     let repo = devcontainer_repo(&format!(
         "FROM {reference}\nCOPY --chown=ghost:staff owned.txt /opt/\n"
     ));
@@ -163,9 +157,7 @@ async fn devcontainer_remote_user_wins_over_the_dockerfiles_user() {
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/remote", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/remote");
     let repo = repo_with(&[
         (
             ".devcontainer/devcontainer.json",

@@ -16,7 +16,7 @@ mod support;
 
 use common::*;
 use serde_json::{Value, json};
-use support::apt::{IMAGE_PATH, debian_image, ready};
+use support::apt::{IMAGE_PATH, debian_image, pushed_debian_image, ready};
 
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
@@ -196,9 +196,7 @@ async fn a_devcontainer_dockerfile_and_local_feature_are_built_over_a_registry_i
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let reference = registry.push(&layout, "v1", "team/base", None).unwrap();
+    let (registry, reference, _archive) = pushed_debian_image(work.path(), "team/base");
     let dockerfile = format!(
         "FROM {reference}\n\
          ARG FLAVOUR=plain\n\
@@ -430,9 +428,7 @@ async fn a_devcontainer_feature_published_to_a_registry_is_fetched_installed_and
         return;
     }
     let work = support::workdir();
-    let (layout, _archive) = debian_image(work.path());
-    let registry = support::Registry::start(None).unwrap();
-    let image = registry.push(&layout, "v1", "team/dev", None).unwrap();
+    let (registry, image, _archive) = pushed_debian_image(work.path(), "team/dev");
     let feature = push_feature(
         &registry,
         "features/stamp",

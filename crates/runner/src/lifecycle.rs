@@ -525,51 +525,6 @@ impl Runner {
         ending
     }
 
-    /// Every stored secret, unsealed with this worker's key; what cannot be unsealed is
-    /// reported and left out.
-    async fn load_secrets(
-        &self,
-        log: &TaskLog,
-    ) -> Result<Vec<task_secret_use::StoredSecret>, SinkError> {
-        let sealed = match self.store.secrets().await {
-            Ok(sealed) => sealed,
-            Err(err) => {
-                log.append(Event::Warning {
-                    message: format!("could not read the stored secrets: {err}"),
-                })
-                .await?;
-                return Ok(Vec::new());
-            }
-        };
-        if sealed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some(key) = &self.secret_key else {
-            log.append(Event::Warning {
-                message: "secrets are stored, but this worker has no secret key (NIGHTSHIFT_SECRET_KEY or the key file); tasks here get none".into(),
-            })
-            .await?;
-            return Ok(Vec::new());
-        };
-        let mut secrets = Vec::new();
-        for secret in sealed {
-            match key.unseal(&secret.name, &secret.sealed) {
-                Ok(value) => secrets.push(task_secret_use::StoredSecret {
-                    name: secret.name,
-                    value,
-                    repos: secret.repos,
-                }),
-                Err(err) => {
-                    log.append(Event::Warning {
-                        message: err.to_string(),
-                    })
-                    .await?
-                }
-            }
-        }
-        Ok(secrets)
-    }
-
     /// Turns the agent's outcome into the task's ending, handing back its work.
     async fn conclude(
         &self,

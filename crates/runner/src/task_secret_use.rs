@@ -9,7 +9,55 @@ use nightshift_env::config::{Loaded, SecretScope};
 use nightshift_env::secrets::Redactor;
 use nightshift_sandbox::Credential;
 
+use nightshift_agent::SinkError;
+use nightshift_protocol::Event;
+
+use crate::Runner;
 use crate::sink::TaskLog;
+
+impl Runner {
+    /// Every stored secret, unsealed with this worker's key; what cannot be unsealed is
+    /// reported and left out.
+    pub(crate) async fn load_secrets(&self, log: &TaskLog) -> Result<Vec<StoredSecret>, SinkError> {
+        let sealed = match self.store.secrets().await {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!("could not read the stored secrets: {err}"),
+                })
+                .await?;
+                return Ok(Vec::new());
+            }
+        };
+        if sealed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(key) = &self.secret_key else {
+            log.append(Event::Warning {
+                message: "secrets are stored, but this worker has no secret key (NIGHTSHIFT_SECRET_KEY or the key file); tasks here get none".into(),
+            })
+            .await?;
+            return Ok(Vec::new());
+        };
+        let mut secrets = Vec::new();
+        for secret in sealed {
+            match key.unseal(&secret.name, &secret.sealed) {
+                Ok(value) => secrets.push(StoredSecret {
+                    name: secret.name,
+                    value,
+                    repos: secret.repos,
+                }),
+                Err(err) => {
+                    log.append(Event::Warning {
+                        message: err.to_string(),
+                    })
+                    .await?
+                }
+            }
+        }
+        Ok(secrets)
+    }
+}
 
 /// What the configuration's secrets become in a task's sandboxes.
 #[derive(Debug, Default)]

@@ -45,6 +45,15 @@ pub fn debian_image(work: &Path) -> (std::path::PathBuf, AptArchive) {
     (layout, AptArchive::serve(&debs))
 }
 
+/// [`debian_image`], pushed as `NAME:v1` to a registry of its own on loopback: the registry
+/// (serving while it lives), the pushed reference, and the apt archive.
+pub fn pushed_debian_image(work: &Path, name: &str) -> (super::Registry, String, AptArchive) {
+    let (layout, archive) = debian_image(work);
+    let registry = super::Registry::start(None).unwrap();
+    let reference = registry.push(&layout, "v1", name, None).unwrap();
+    (registry, reference, archive)
+}
+
 /// A flat apt archive (`deb [trusted=yes] http://127.0.0.1:PORT/ ./`) of some `.deb` files.
 pub struct AptArchive {
     _dir: tempfile::TempDir,
