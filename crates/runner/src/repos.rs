@@ -47,6 +47,8 @@ pub struct RepoOptions<'a> {
     /// Open pull requests on GitHub for its tasks' branches: through the API given, or
     /// (`Some(None)`) the one its URL implies.
     pub github: Option<Option<&'a str>>,
+    /// Act on GitHub as this App (its id): `credential` is its private key.
+    pub github_app: Option<&'a str>,
 }
 
 /// Registers a repository as `name` (by default, its directory's name): the git repository at
@@ -63,7 +65,17 @@ pub async fn register_repo(
     name: Option<&str>,
     options: RepoOptions<'_>,
 ) -> Result<Repository, RegisterError> {
-    let RepoOptions { credential, github } = options;
+    let RepoOptions {
+        credential,
+        github,
+        github_app,
+    } = options;
+    let github_app = github_app.map(str::trim).filter(|id| !id.is_empty());
+    // An App acts through the API its URL implies unless one is given.
+    let github = match (github, github_app) {
+        (None, Some(_)) => Some(None),
+        (github, _) => github,
+    };
     if let Some(secret) = credential {
         if !nightshift_env::is_remote(repo) {
             return Err(RegisterError::Credential(format!(
@@ -95,9 +107,10 @@ pub async fn register_repo(
             )));
         }
         if credential.is_none() {
-            return Err(RegisterError::Credential(
-                "pull requests need a credential: a token with access to the repository's pull requests (--credential SECRET)".into(),
-            ));
+            return Err(RegisterError::Credential(match github_app {
+                Some(_) => "a GitHub App needs its private key: --credential SECRET, the secret holding the PEM file GitHub gave".into(),
+                None => "pull requests need a credential: a token with access to the repository's pull requests (--credential SECRET)".into(),
+            }));
         }
     }
     let location = match nightshift_env::is_remote(repo) {
@@ -122,6 +135,7 @@ pub async fn register_repo(
             .unwrap_or_else(|_| Timestamp::now()),
         credential: credential.map(str::to_string),
         github_api,
+        github_app: github_app.map(str::to_string),
     };
     store.add_repo(&repo).await?;
     Ok(repo)
