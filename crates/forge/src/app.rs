@@ -105,9 +105,9 @@ impl GitHubApp {
                 )),
                 other => other,
             })?;
-        let id = installation["id"].as_u64().ok_or_else(|| {
-            ForgeError::Config("GitHub's answer names no installation id".into())
-        })?;
+        let id = installation["id"]
+            .as_u64()
+            .ok_or_else(|| ForgeError::Config("GitHub's answer names no installation id".into()))?;
         as_app
             .call(
                 Method::POST,
@@ -126,7 +126,10 @@ mod tests {
     #[test]
     fn a_key_that_is_not_an_rsa_pem_is_a_clear_error() {
         let err = GitHubApp::new("123", "not a key").unwrap_err();
-        assert!(err.to_string().contains("not an RSA key in PEM form"), "{err}");
+        assert!(
+            err.to_string().contains("not an RSA key in PEM form"),
+            "{err}"
+        );
         let err = GitHubApp::new(" ", "not a key").unwrap_err();
         assert!(err.to_string().contains("App id is empty"), "{err}");
     }

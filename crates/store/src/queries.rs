@@ -150,8 +150,7 @@ pub(crate) const INSERT_REPO: &str = "INSERT INTO repos (name, location, created
      github_api, github_app) VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Byte order of the names on both (PostgreSQL's column is `COLLATE "C"`).
-pub(crate) const REPOS: &str =
-    "SELECT name, location, created_at, credential, github_api, github_app FROM repos \
+pub(crate) const REPOS: &str = "SELECT name, location, created_at, credential, github_api, github_app FROM repos \
      ORDER BY name";
 
 /// `$1` name.
