@@ -333,6 +333,11 @@ pub enum RepoCommand {
         /// another address); implies --github.
         #[arg(long, value_name = "URL")]
         github_api: Option<String>,
+        /// Act on GitHub as this GitHub App (its App id): --credential then names the secret
+        /// holding the App's private key (PEM), and nightshift mints installation tokens for
+        /// host git and the API; implies --github.
+        #[arg(long, value_name = "APP_ID")]
+        github_app: Option<String>,
     },
     /// List the registered repositories.
     Ls {

@@ -223,7 +223,7 @@ impl GitHub {
     /// One call, tried again on a 5xx, a 429 and GitHub's secondary rate limits (a 403 with
     /// `Retry-After` or no requests left), waiting what `Retry-After` or `x-ratelimit-reset`
     /// says (at most `longest_wait`), else 1, 2, 4... seconds.
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

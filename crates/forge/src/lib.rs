@@ -3,11 +3,16 @@
 //! carrying the task's evidence, updated and commented on by follow-ups. nightshift never
 //! approves or merges.
 //!
+//! nightshift acts with a token from the secret store, or as a GitHub App whose installation
+//! tokens it mints.
+//!
 //! The REST API is spoken through reqwest, already in the build with rustls on ring; octocrab
 //! would bring a second HTTP stack for the four calls needed here.
 
+mod app;
 mod github;
 
+pub use app::{GitHubApp, InstallationToken};
 pub use github::{GitHub, NewPullRequest, PullRequest, RepoRef, default_api};
 
 /// A forge call that failed.

@@ -23,6 +23,11 @@ pub struct Repository {
     /// (`https://api.github.com`, or a GitHub Enterprise Server's `https://HOST/api/v3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github_api: Option<String>,
+    /// For a repository on GitHub: the GitHub App (its id) nightshift acts as, minting
+    /// installation tokens with the private key in `credential`; `None`: `credential` is the
+    /// token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_app: Option<String>,
 }
 
 /// The longest repository name.

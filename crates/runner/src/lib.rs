@@ -26,12 +26,14 @@ mod verify;
 mod watch;
 mod worker;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nightshift_agent::tools::ToolLimits;
 use nightshift_env::secrets::SecretKey;
+use nightshift_forge::InstallationToken;
 use nightshift_model::ProviderConfig;
 use nightshift_sandbox::Sandbox;
 use nightshift_store::Store;
@@ -56,6 +58,9 @@ pub struct Runner {
     pub(crate) config: RunnerConfig,
     pub(crate) cost: Option<PriceLookup>,
     pub(crate) secret_key: Option<Arc<SecretKey>>,
+    /// Installation tokens minted for repositories that act as a GitHub App, by App, key,
+    /// API and repository; each is used until five minutes before it expires.
+    pub(crate) app_tokens: Arc<Mutex<HashMap<String, InstallationToken>>>,
 }
 
 /// Paths and knobs of a runner.
@@ -139,6 +144,7 @@ impl Runner {
             config,
             cost: None,
             secret_key: None,
+            app_tokens: Arc::default(),
         }
     }
 

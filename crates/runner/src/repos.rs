@@ -47,6 +47,8 @@ pub struct RepoOptions<'a> {
     /// Open pull requests on GitHub for its tasks' branches: through the API given, or
     /// (`Some(None)`) the one its URL implies.
     pub github: Option<Option<&'a str>>,
+    /// Act on GitHub as this App (its id): `credential` is its private key.
+    pub github_app: Option<&'a str>,
 }
 
 /// Registers a repository as `name` (by default, its directory's name): the git repository at
@@ -63,7 +65,25 @@ pub async fn register_repo(
     name: Option<&str>,
     options: RepoOptions<'_>,
 ) -> Result<Repository, RegisterError> {
-    let RepoOptions { credential, github } = options;
+    let RepoOptions {
+        credential,
+        github,
+        github_app,
+    } = options;
+    let github_app = github_app.map(str::trim).filter(|id| !id.is_empty());
+    // An App acts through the API its URL implies unless one is given.
+    let github = match (github, github_app) {
+        (None, Some(_)) => Some(None),
+        (github, _) => github,
+    };
+    if github_app.is_some()
+        && !repo.trim().starts_with("https://")
+        && !repo.trim().starts_with("http://")
+    {
+        return Err(RegisterError::Credential(format!(
+            "a GitHub App's tokens reach a repository over HTTPS, and {repo} is not an https:// URL"
+        )));
+    }
     if let Some(secret) = credential {
         if !nightshift_env::is_remote(repo) {
             return Err(RegisterError::Credential(format!(
@@ -95,9 +115,10 @@ pub async fn register_repo(
             )));
         }
         if credential.is_none() {
-            return Err(RegisterError::Credential(
-                "pull requests need a credential: a token with access to the repository's pull requests (--credential SECRET)".into(),
-            ));
+            return Err(RegisterError::Credential(match github_app {
+                Some(_) => "a GitHub App needs its private key: --credential SECRET, the secret holding the PEM file GitHub gave".into(),
+                None => "pull requests need a credential: a token with access to the repository's pull requests (--credential SECRET)".into(),
+            }));
         }
     }
     let location = match nightshift_env::is_remote(repo) {
@@ -122,6 +143,7 @@ pub async fn register_repo(
             .unwrap_or_else(|_| Timestamp::now()),
         credential: credential.map(str::to_string),
         github_api,
+        github_app: github_app.map(str::to_string),
     };
     store.add_repo(&repo).await?;
     Ok(repo)
@@ -164,21 +186,38 @@ pub fn find_registered<'a>(repos: &'a [Repository], text: &str) -> Option<&'a Re
 
 impl crate::Runner {
     /// What host git reaches the remote repository `url` with: the credential its registration
-    /// names, unsealed, when that secret is granted to it; `None` for a remote registered
-    /// without one, or not registered.
+    /// names, unsealed, when that secret is granted to it (for a repository acting as a GitHub
+    /// App, an installation token minted with the App's key in that secret); `None` for a
+    /// remote registered without one, or not registered.
     pub(crate) async fn remote_credential(
         &self,
         url: &str,
     ) -> Result<Option<RemoteCredential>, String> {
         let url = url.trim();
         let repos = self.store.repos().await.map_err(|e| e.to_string())?;
-        let Some(secret) = repos
-            .into_iter()
-            .find(|repo| repo.location == url)
-            .and_then(|repo| repo.credential)
-        else {
+        let Some(repo) = repos.into_iter().find(|repo| repo.location == url) else {
             return Ok(None);
         };
+        let Some(secret) = repo.credential.as_deref() else {
+            return Ok(None);
+        };
+        let value = self.unseal_credential(url, secret).await?;
+        match repo.github_app.as_deref() {
+            None => Ok(Some(RemoteCredential::for_url(url, value))),
+            Some(app_id) => {
+                let api = repo
+                    .github_api
+                    .clone()
+                    .or_else(|| nightshift_forge::default_api(url))
+                    .ok_or_else(|| format!("{url} names no host for a GitHub API"))?;
+                let token = self.app_token(&api, url, app_id, secret, &value).await?;
+                Ok(Some(RemoteCredential::Token(token)))
+            }
+        }
+    }
+
+    /// The stored secret `secret`, unsealed, when it is granted to the repository at `url`.
+    async fn unseal_credential(&self, url: &str, secret: &str) -> Result<String, String> {
         let sealed = self.store.secrets().await.map_err(|e| e.to_string())?;
         let Some(stored) = sealed.into_iter().find(|s| s.name == secret) else {
             return Err(format!(
@@ -195,10 +234,42 @@ impl crate::Runner {
                 "its credential, the secret `{secret}`, cannot be unsealed: this process has no secret key (NIGHTSHIFT_SECRET_KEY or the key file)"
             ));
         };
-        let value = key
-            .unseal(&stored.name, &stored.sealed)
-            .map_err(|err| format!("unsealing its credential `{secret}`: {err}"))?;
-        Ok(Some(RemoteCredential::for_url(url, value)))
+        key.unseal(&stored.name, &stored.sealed)
+            .map_err(|err| format!("unsealing its credential `{secret}`: {err}"))
+    }
+
+    /// An installation token of the GitHub App `app_id` for the repository at `url`: the one
+    /// minted before while it has more than five minutes left, else a new one from `api`.
+    async fn app_token(
+        &self,
+        api: &str,
+        url: &str,
+        app_id: &str,
+        secret: &str,
+        pem: &str,
+    ) -> Result<String, String> {
+        // The key says which App, key and API minted it, so a re-registration mints anew.
+        let key = format!("{app_id}\n{secret}\n{api}\n{url}");
+        let fresh_until = Timestamp::now() + jiff::SignedDuration::from_mins(5);
+        if let Some(token) = self.app_tokens.lock().map_err(|e| e.to_string())?.get(&key)
+            && token.expires_at > fresh_until
+        {
+            return Ok(token.token.clone());
+        }
+        let repo = nightshift_forge::RepoRef::from_url(url)
+            .ok_or_else(|| format!("{url} does not end in OWNER/NAME"))?;
+        let app = nightshift_forge::GitHubApp::new(app_id, pem)
+            .map_err(|err| format!("its credential `{secret}`: {err}"))?;
+        let minted = app
+            .installation_token(api, &repo)
+            .await
+            .map_err(|err| format!("minting a token as the GitHub App {app_id}: {err}"))?;
+        let token = minted.token.clone();
+        self.app_tokens
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(key, minted);
+        Ok(token)
     }
 }
 
@@ -214,6 +285,7 @@ mod tests {
             created_at: Timestamp::UNIX_EPOCH,
             credential: None,
             github_api: None,
+            github_app: None,
         }
     }
 

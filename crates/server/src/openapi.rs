@@ -232,6 +232,9 @@ pub(crate) struct RepositoryDoc {
     credential: Option<String>,
     /// For a repository on GitHub: the API its tasks open pull requests through.
     github_api: Option<String>,
+    /// For a repository on GitHub: the GitHub App nightshift acts as (its id), minting
+    /// installation tokens with the private key in `credential`.
+    github_app: Option<String>,
 }
 
 #[cfg(test)]
@@ -320,6 +323,7 @@ mod tests {
             created_at: Timestamp::UNIX_EPOCH,
             credential: Some("GIT_TOKEN".into()),
             github_api: Some("https://api.github.com".into()),
+            github_app: Some("123456".into()),
         };
         let json = serde_json::to_value(&repo).unwrap();
         let fields: BTreeSet<String> = json.as_object().unwrap().keys().cloned().collect();

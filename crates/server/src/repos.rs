@@ -35,6 +35,10 @@ pub(crate) struct AddRepo {
     /// API (`"default"`: the one its URL implies, `https://api.github.com` for github.com).
     #[serde(default)]
     pub github_api: Option<String>,
+    /// For a repository on GitHub: act as this GitHub App (its id), whose private key is the
+    /// `credential`, minting installation tokens; implies `github_api` (`"default"` if unset).
+    #[serde(default)]
+    pub github_app: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -175,6 +179,7 @@ pub(crate) async fn add(
                 "" | "default" => None,
                 api => Some(api),
             }),
+            github_app: body.github_app.as_deref(),
         },
     )
     .await

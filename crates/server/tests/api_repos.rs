@@ -81,6 +81,15 @@ async fn admins_register_repositories_and_tasks_name_them_by_name_or_path() {
         (json!({"path": "relative"}), 422),
         (json!({"path": repo, "name": "../escape"}), 422),
         (json!({"path": repo, "name": "-rf"}), 422),
+        // A GitHub App's tokens are for HTTPS, and need its key.
+        (
+            json!({"path": "git@github.com:acme/app.git", "credential": "KEY", "github_app": "1"}),
+            422,
+        ),
+        (
+            json!({"path": "https://github.com/acme/app.git", "github_app": "1"}),
+            422,
+        ),
     ] {
         let response = h
             .post("/api/repos", &h.admin)

@@ -566,6 +566,7 @@ impl Store for PostgresStore {
             .bind(rows::millis(repo.created_at))
             .bind(&repo.credential)
             .bind(&repo.github_api)
+            .bind(&repo.github_app)
             .execute(&self.pool)
             .await
             .map_err(|cause| {

@@ -145,13 +145,13 @@ pub(crate) const SET_SECRET_REPOS: &str = "UPDATE secrets SET repos = $2 WHERE n
 /// `$1` name.
 pub(crate) const DELETE_SECRET: &str = "DELETE FROM secrets WHERE name = $1";
 
-/// `$1` name, `$2` location, `$3` created_at, `$4` credential, `$5` github_api.
+/// `$1` name, `$2` location, `$3` created_at, `$4` credential, `$5` github_api, `$6` github_app.
 pub(crate) const INSERT_REPO: &str = "INSERT INTO repos (name, location, created_at, credential, \
-     github_api) VALUES ($1, $2, $3, $4, $5)";
+     github_api, github_app) VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Byte order of the names on both (PostgreSQL's column is `COLLATE "C"`).
-pub(crate) const REPOS: &str =
-    "SELECT name, location, created_at, credential, github_api FROM repos ORDER BY name";
+pub(crate) const REPOS: &str = "SELECT name, location, created_at, credential, github_api, github_app FROM repos \
+     ORDER BY name";
 
 /// `$1` name.
 pub(crate) const DELETE_REPO: &str = "DELETE FROM repos WHERE name = $1";

@@ -291,6 +291,7 @@ pub(crate) struct RepoRow {
     created_at: i64,
     credential: Option<String>,
     github_api: Option<String>,
+    github_app: Option<String>,
 }
 
 impl RepoRow {
@@ -303,6 +304,7 @@ impl RepoRow {
             location: self.location,
             credential: self.credential,
             github_api: self.github_api,
+            github_app: self.github_app,
         })
     }
 }

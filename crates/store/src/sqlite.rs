@@ -534,6 +534,7 @@ impl Store for SqliteStore {
             .bind(rows::millis(repo.created_at))
             .bind(&repo.credential)
             .bind(&repo.github_api)
+            .bind(&repo.github_app)
             .execute(&self.writer)
             .await
             .map_err(|cause| {

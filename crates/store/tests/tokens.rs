@@ -151,6 +151,7 @@ fn repo(name: &str, location: &str) -> Repository {
         created_at: now(),
         credential: None,
         github_api: None,
+        github_app: None,
     }
 }
 
@@ -159,6 +160,7 @@ async fn repositories_are_registered_once_by_name_and_by_location(t: TestStore) 
     let app = Repository {
         credential: Some("GIT_TOKEN".into()),
         github_api: Some("https://ghe.example/api/v3".into()),
+        github_app: Some("1234".into()),
         ..repo("acme/app", "https://git.example/acme/app.git")
     };
     let lib = repo("Lib", "/srv/lib");

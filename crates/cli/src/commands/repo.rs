@@ -19,14 +19,16 @@ pub async fn run(args: RepoArgs) -> Result<ExitCode, Failure> {
             credential,
             github,
             github_api,
+            github_app,
         } => {
             let options = RepoOptions {
                 credential: credential.as_deref(),
-                github: match (github, github_api.as_deref()) {
+                github: match (github || github_app.is_some(), github_api.as_deref()) {
                     (_, Some(api)) => Some(Some(api)),
                     (true, None) => Some(None),
                     (false, None) => None,
                 },
+                github_app: github_app.as_deref(),
             };
             let repo = register_repo(store.as_ref(), &path, name.as_deref(), options)
                 .await

@@ -185,6 +185,19 @@ pub struct GitHubApi {
 /// nightshift makes), on loopback: pull requests kept in memory, one token accepted, and the
 /// first creation answered with a 502 and `Retry-After`, as a short outage would be.
 pub async fn github_api(token: &str) -> GitHubApi {
+    github_api_with_app(token, None).await
+}
+
+/// A GitHub App as GitHub knows it: its id and the public half of its key.
+pub struct App {
+    pub id: String,
+    pub public_pem: String,
+}
+
+/// [`github_api`], where `token` is also the installation token `app` mints: the App's calls
+/// (finding its installation on a repository, minting a token for it) take only a JWT that
+/// `app`'s key signed, issued by its id, for at most ten minutes, as GitHub checks them.
+pub async fn github_api_with_app(token: &str, app: Option<App>) -> GitHubApi {
     use axum::extract::{Path, Query, State};
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
@@ -198,6 +211,96 @@ pub async fn github_api(token: &str) -> GitHubApi {
         failed_once: std::sync::Arc<std::sync::atomic::AtomicBool>,
         down: std::sync::Arc<std::sync::atomic::AtomicBool>,
         base: String,
+        app: std::sync::Arc<Option<App>>,
+    }
+    /// Refuses a call not made as the App, with a JWT as GitHub takes it.
+    fn as_app(api: &Api, headers: &HeaderMap) -> Option<Response> {
+        let refuse = |why: String| {
+            Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({"message": why})),
+                )
+                    .into_response(),
+            )
+        };
+        let Some(app) = api.app.as_ref() else {
+            return refuse("no App here".into());
+        };
+        let Some(jwt) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return refuse("no bearer JWT".into());
+        };
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(app.public_pem.as_bytes()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_issuer(&[&app.id]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+        let claims = match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
+            Ok(data) => data.claims,
+            Err(err) => return refuse(format!("A JSON web token could not be decoded: {err}")),
+        };
+        let (iat, exp) = (
+            claims["iat"].as_i64().unwrap(),
+            claims["exp"].as_i64().unwrap(),
+        );
+        if exp - iat > 600 {
+            return refuse("'Expiration time' claim ('exp') is too far in the future".into());
+        }
+        None
+    }
+    async fn installation(
+        State(api): State<Api>,
+        Path((owner, repo)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(refused) = as_app(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "GET".into(),
+            format!("/repos/{owner}/{repo}/installation"),
+            Value::Null,
+        ));
+        match (owner.as_str(), repo.as_str()) {
+            ("acme", "app") => {
+                axum::Json(serde_json::json!({"id": 42, "account": {"login": owner}, "app_id": 1}))
+                    .into_response()
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"message": "Not Found"})),
+            )
+                .into_response(),
+        }
+    }
+    async fn access_token(
+        State(api): State<Api>,
+        Path(id): Path<u64>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> Response {
+        if let Some(refused) = as_app(&api, &headers) {
+            return refused;
+        }
+        api.recorded.lock().unwrap().push((
+            "POST".into(),
+            format!("/app/installations/{id}/access_tokens"),
+            body.clone(),
+        ));
+        let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+        (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({
+                "token": api.token,
+                "expires_at": expires_at.round(jiff::Unit::Second).unwrap().to_string(),
+                "permissions": {"contents": "write", "pull_requests": "write"},
+                "repository_selection": "selected",
+            })),
+        )
+            .into_response()
     }
     fn authorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
         if api.down.load(std::sync::atomic::Ordering::SeqCst) {
@@ -384,6 +487,7 @@ pub async fn github_api(token: &str) -> GitHubApi {
         failed_once: Default::default(),
         down: down.clone(),
         base: base.clone(),
+        app: std::sync::Arc::new(app),
     };
     let app = axum::Router::new()
         .route("/repos/{owner}/{repo}/pulls", get(list).post(create))
@@ -399,6 +503,8 @@ pub async fn github_api(token: &str) -> GitHubApi {
             "/repos/{owner}/{repo}/issues/{number}/comments",
             post(comment),
         )
+        .route("/repos/{owner}/{repo}/installation", get(installation))
+        .route("/app/installations/{id}/access_tokens", post(access_token))
         .with_state(api);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     GitHubApi {
