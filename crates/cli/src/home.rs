@@ -197,6 +197,7 @@ impl Home {
             dir: self.root.join("images"),
             owner,
             plain_http: settings.images.plain_http.clone(),
+            allow_private: settings.images.allow_private.clone(),
             budget: settings.images.budget_bytes(),
             logins: settings.images.logins.clone(),
         }
@@ -354,6 +355,12 @@ pub struct ImageStoreSettings {
     /// on this machine's loopback.
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// Registries and feature hosts (`host:port`, or `host` for 443 and 80) that may be reached at a private address
+    /// (loopback, RFC 1918, link-local and the like), such as a registry inside the company
+    /// network; any other that resolves to one is refused, since image references and feature
+    /// URLs may come from a repository. `plain_http` hosts may be private too.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
     /// The most bytes the store's layers may hold (`"50G"`): past it, the least recently used
     /// images no task runs on are forgotten and their layers removed. Default 50G.
     #[serde(default)]

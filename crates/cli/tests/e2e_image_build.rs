@@ -1,7 +1,8 @@
 //! What nightshift builds over an image beyond plain files, end to end with the real binary:
 //! `ADD` of local tar archives (gzip, xz) unpacked into the image, a compressed file that is
 //! not a tar copied as it is; a devcontainer feature given as a tarball URL, fetched from a
-//! server the test starts on loopback, installed, and cached under its digest.
+//! server the test starts on loopback, installed, and cached under its digest; an image on a
+//! private address pulled only when the host configuration allows it.
 //!
 //! Each test needs host root and the tools `.ci/run` installs; without them it says so and
 //! returns.
@@ -232,4 +233,41 @@ async fn a_tarball_feature_over_plain_http_to_an_unlisted_host_fails_the_task_sa
         "{task}"
     );
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_on_a_private_address_is_pulled_only_when_the_host_configuration_allows_it() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: a task on an image needs nightshift to run as root");
+        return;
+    }
+    // A "registry" on loopback, as an internal service of this host's network would be.
+    let (port, served) = serve(b"{}".to_vec());
+    let repo = repo_with(&[(
+        ".nightshift.toml",
+        &format!("[environment]\nimage = \"127.0.0.1:{port}/team/app:1\"\n"),
+    )]);
+    let (ns, _server) = Nightshift::with_script(script(json!([finish("never")]))).await;
+    let (out, task) = ns.wait_task(repo.path(), "anything").await;
+    assert!(!out.status.success());
+    let message = task["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}"))
+            && message.contains("resolves to a private address")
+            && message.contains("[images] allow_private"),
+        "{task}"
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Listed, it is asked (over HTTPS, which this server does not speak).
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[images]\nallow_private = [\"127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let (out, task) = ns.wait_task(repo.path(), "anything").await;
+    assert!(!out.status.success());
+    let message = task["error"].as_str().unwrap_or_default();
+    assert!(!message.contains("private address"), "{task}");
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }

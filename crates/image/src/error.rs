@@ -60,6 +60,19 @@ pub enum ImageError {
         detail: String,
     },
 
+    /// The registry's host resolves to an address of this host's own network, and the host
+    /// configuration does not list it: nothing was asked of it.
+    #[error(
+        "the registry {registry} (for {reference}) resolves to a private address ({address}); \
+         nothing was asked of it: only registries listed in `[images] allow_private` or \
+         `[images] plain_http` of config.toml are reached at private addresses"
+    )]
+    PrivateAddress {
+        registry: String,
+        reference: String,
+        address: String,
+    },
+
     /// The registry could not be reached (DNS, connection refused, timeouts), after retries.
     #[error(
         "cannot reach the registry {registry} ({detail}); nothing was pulled: check the network \
@@ -176,6 +189,7 @@ impl ImageError {
             | ImageError::TagNotFound { .. }
             | ImageError::NotFound { .. }
             | ImageError::Unauthorized { .. }
+            | ImageError::PrivateAddress { .. }
             | ImageError::DigestMismatch { .. }
             | ImageError::CorruptLayer { .. }
             | ImageError::UnsafeEntry { .. }

@@ -8,6 +8,7 @@
 //! (whiteouts as 0:0 character devices, opaque directories as an xattr). The sandbox mounts
 //! [`Image::layers`] as overlay lower directories; nothing here mounts anything.
 
+mod address;
 mod archive;
 mod artifact;
 mod codec;
@@ -96,8 +97,14 @@ pub struct PullOptions {
     /// Credentials for the image's registry; `None` pulls anonymously (registries that issue
     /// anonymous tokens, as Docker Hub does, still work).
     pub credentials: Option<Credentials>,
-    /// Registries (`host:port`) spoken to over plain HTTP, e.g. a test registry on loopback.
+    /// Registries (`host:port`) spoken to over plain HTTP, e.g. a test registry on loopback;
+    /// they may be at private addresses too.
     pub plain_http: Vec<String>,
+    /// Registries and feature hosts (`host:port`, or `host` for 443 and 80) that may be reached at a private address
+    /// (loopback, RFC 1918, link-local and the like). Any other whose name resolves to one is
+    /// refused before it is asked anything: the reference may be a repository's, and this
+    /// host reaches what its tasks may not.
+    pub allow_private: Vec<String>,
     /// Receives an event as the pull resolves the image and as each layer is fetched or found.
     pub progress: Option<ProgressFn>,
 }
@@ -107,6 +114,7 @@ impl std::fmt::Debug for PullOptions {
         f.debug_struct("PullOptions")
             .field("credentials", &self.credentials)
             .field("plain_http", &self.plain_http)
+            .field("allow_private", &self.allow_private)
             .field("progress", &self.progress.as_ref().map(|_| "<callback>"))
             .finish()
     }

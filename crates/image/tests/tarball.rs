@@ -40,29 +40,40 @@ async fn a_listed_host_is_fetched_with_its_digest() {
     let port = serve("200 OK", None, body.clone());
     let listed = vec![format!("127.0.0.1:{port}")];
     let url = format!("http://127.0.0.1:{port}/devcontainer-feature-x.tgz");
-    let artifact = fetch_tarball(&url, &listed, 1 << 20).await.unwrap();
+    let artifact = fetch_tarball(&url, &listed, &[], 1 << 20).await.unwrap();
     assert_eq!(artifact.layer, body);
     assert_eq!(
         artifact.digest,
         format!("sha256:{}", hex::encode(Sha256::digest(&body)))
     );
-    let err = fetch_tarball(&url, &listed, 4).await.unwrap_err();
+    let err = fetch_tarball(&url, &listed, &[], 4).await.unwrap_err();
     assert!(err.contains("larger than 4 bytes"), "{err}");
 }
 
 #[tokio::test]
 async fn plain_http_and_private_addresses_need_the_host_configuration() {
     let port = serve("200 OK", None, b"x".to_vec());
-    let err = fetch_tarball(&format!("http://127.0.0.1:{port}/f.tgz"), &[], 1 << 20)
+    let err = fetch_tarball(&format!("http://127.0.0.1:{port}/f.tgz"), &[], &[], 1 << 20)
         .await
         .unwrap_err();
     assert!(err.contains("plain HTTP"), "{err}");
     // HTTPS to a private address is refused before anything is sent.
-    let err = fetch_tarball(&format!("https://127.0.0.1:{port}/f.tgz"), &[], 1 << 20)
+    let err = fetch_tarball(&format!("https://127.0.0.1:{port}/f.tgz"), &[], &[], 1 << 20)
         .await
         .unwrap_err();
     assert!(err.contains("private address"), "{err}");
-    let err = fetch_tarball("ftp://example.com/f.tgz", &[], 1 << 20)
+    // Listed as private, it is asked (and this server speaks no TLS); being private does not
+    // make plain HTTP allowed.
+    let private = [format!("127.0.0.1:{port}")];
+    let err = fetch_tarball(&format!("https://127.0.0.1:{port}/f.tgz"), &[], &private, 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(!err.contains("private address"), "{err}");
+    let err = fetch_tarball(&format!("http://127.0.0.1:{port}/f.tgz"), &[], &private, 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(err.contains("plain HTTP"), "{err}");
+    let err = fetch_tarball("ftp://example.com/f.tgz", &[], &[], 1 << 20)
         .await
         .unwrap_err();
     assert!(err.contains("`ftp` URLs are not fetched"), "{err}");
@@ -81,6 +92,7 @@ async fn each_redirect_is_checked_like_the_first_url() {
     let err = fetch_tarball(
         &format!("http://127.0.0.1:{redirect}/f.tgz"),
         &listed,
+        &[],
         1 << 20,
     )
     .await
@@ -94,6 +106,7 @@ async fn each_redirect_is_checked_like_the_first_url() {
     let artifact = fetch_tarball(
         &format!("http://127.0.0.1:{redirect}/f.tgz"),
         &listed,
+        &[],
         1 << 20,
     )
     .await
@@ -103,6 +116,7 @@ async fn each_redirect_is_checked_like_the_first_url() {
     let err = fetch_tarball(
         &format!("http://127.0.0.1:{missing}/f.tgz"),
         &[format!("127.0.0.1:{missing}")],
+        &[],
         1 << 20,
     )
     .await

@@ -199,6 +199,7 @@ fn main() {
                 nightshift_image::Owner::Caller
             },
             plain_http: Vec::new(),
+            allow_private: Vec::new(),
             logins: Default::default(),
             budget: u64::MAX,
         });

@@ -24,6 +24,9 @@ pub struct ImageSettings {
     pub owner: nightshift_image::Owner,
     /// Registries (`host:port`) spoken to over plain HTTP rather than HTTPS.
     pub plain_http: Vec<String>,
+    /// Registries and feature hosts (`host:port`, or `host`) that may be reached at a private address;
+    /// see [`nightshift_image::PullOptions::allow_private`].
+    pub allow_private: Vec<String>,
     /// The most bytes the store's layers may hold: after each pull, the least recently used
     /// images no task holds are forgotten until the layers fit.
     pub budget: u64,
@@ -258,6 +261,7 @@ impl Runner {
         let options = PullOptions {
             credentials: login,
             plain_http: settings.plain_http.clone(),
+            allow_private: settings.allow_private.clone(),
             progress: Some({
                 let used = used.clone();
                 Arc::new(move |event: PullEvent| {
@@ -418,9 +422,9 @@ impl Runner {
         if remote.is_empty() {
             return Ok(Ok(fetched));
         }
-        let plain_http = match &self.config.images {
-            Some(settings) => settings.plain_http.clone(),
-            None => Vec::new(),
+        let (plain_http, private) = match &self.config.images {
+            Some(settings) => (settings.plain_http.clone(), settings.allow_private.clone()),
+            None => Default::default(),
         };
         let root = run.copy.root().join(FEATURES_DIR);
         if let Err(err) = std::fs::create_dir(&root) {
@@ -441,9 +445,9 @@ impl Runner {
             )
             .await?;
             let artifact = if nightshift_env::build::features::is_tarball(id) {
-                nightshift_image::fetch_tarball(id, &plain_http, FEATURE_BYTES).await
+                nightshift_image::fetch_tarball(id, &plain_http, &private, FEATURE_BYTES).await
             } else {
-                match self.fetch_oci_feature(id, &plain_http).await {
+                match self.fetch_oci_feature(id, &plain_http, &private).await {
                     Ok(fetched) => fetched,
                     Err(message) => {
                         return fail(log, ErrorKind::InvalidInput, message, None)
@@ -499,6 +503,7 @@ impl Runner {
         &self,
         id: &str,
         plain_http: &[String],
+        private: &[String],
     ) -> Result<Result<nightshift_image::Artifact, String>, String> {
         let reference = Reference::parse(id)
             .map_err(|err| format!("the feature {id} cannot be fetched: {err}"))?;
@@ -509,6 +514,7 @@ impl Runner {
         let options = PullOptions {
             credentials: login,
             plain_http: plain_http.to_vec(),
+            allow_private: private.to_vec(),
             progress: None,
         };
         Ok(

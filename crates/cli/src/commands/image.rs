@@ -24,6 +24,7 @@ pub async fn run(args: ImageArgs) -> Result<ExitCode, Failure> {
             let options = PullOptions {
                 credentials,
                 plain_http: settings.plain_http.clone(),
+                allow_private: settings.allow_private.clone(),
                 progress: Some(Arc::new(|event: PullEvent| {
                     if let Some(line) = progress_line(&event) {
                         eprintln!("{line}");
