@@ -582,7 +582,11 @@ mod tests {
             ("docker.io", &[][..], ("registry-1.docker.io", 443)),
             ("ghcr.io", &[][..], ("ghcr.io", 443)),
             ("registry.corp:5000", &[][..], ("registry.corp", 5000)),
-            ("localhost", &["localhost".to_string()][..], ("localhost", 80)),
+            (
+                "localhost",
+                &["localhost".to_string()][..],
+                ("localhost", 80),
+            ),
             ("[::1]:5000", &[][..], ("::1", 5000)),
         ] {
             assert_eq!(
@@ -605,7 +609,7 @@ mod tests {
                 matches!(err, ImageError::PrivateAddress { .. }),
                 "{registry}: {err}"
             );
-            assert!(err.to_string().contains("[images] private"), "{err}");
+            assert!(err.to_string().contains("[images] allow_private"), "{err}");
         }
         let reference = Reference::parse("127.0.0.1:5000/app:1").unwrap();
         for options in [

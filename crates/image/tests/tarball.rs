@@ -58,20 +58,35 @@ async fn plain_http_and_private_addresses_need_the_host_configuration() {
         .unwrap_err();
     assert!(err.contains("plain HTTP"), "{err}");
     // HTTPS to a private address is refused before anything is sent.
-    let err = fetch_tarball(&format!("https://127.0.0.1:{port}/f.tgz"), &[], &[], 1 << 20)
-        .await
-        .unwrap_err();
+    let err = fetch_tarball(
+        &format!("https://127.0.0.1:{port}/f.tgz"),
+        &[],
+        &[],
+        1 << 20,
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("private address"), "{err}");
     // Listed as private, it is asked (and this server speaks no TLS); being private does not
     // make plain HTTP allowed.
     let private = [format!("127.0.0.1:{port}")];
-    let err = fetch_tarball(&format!("https://127.0.0.1:{port}/f.tgz"), &[], &private, 1 << 20)
-        .await
-        .unwrap_err();
+    let err = fetch_tarball(
+        &format!("https://127.0.0.1:{port}/f.tgz"),
+        &[],
+        &private,
+        1 << 20,
+    )
+    .await
+    .unwrap_err();
     assert!(!err.contains("private address"), "{err}");
-    let err = fetch_tarball(&format!("http://127.0.0.1:{port}/f.tgz"), &[], &private, 1 << 20)
-        .await
-        .unwrap_err();
+    let err = fetch_tarball(
+        &format!("http://127.0.0.1:{port}/f.tgz"),
+        &[],
+        &private,
+        1 << 20,
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("plain HTTP"), "{err}");
     let err = fetch_tarball("ftp://example.com/f.tgz", &[], &[], 1 << 20)
         .await
