@@ -367,18 +367,27 @@ impl WorkingCopy {
                 reason: format!("checking it failed: {err}"),
             })??;
         git(&self.root, ["update-ref", BASE_REF, &self.base_commit]).await?;
-        git(
-            &self.root,
-            [
-                "fetch".as_ref(),
-                "--quiet".as_ref(),
-                "--no-tags".as_ref(),
-                "--no-write-fetch-head".as_ref(),
-                bundle.as_os_str(),
-                format!("+HEAD:{RESULT_REF}").as_ref(),
-            ],
-        )
-        .await?;
+        let refspec = format!("+HEAD:{RESULT_REF}");
+        let fetch = [
+            "fetch".as_ref(),
+            "--quiet".as_ref(),
+            "--no-tags".as_ref(),
+            "--no-write-fetch-head".as_ref(),
+            bundle.as_os_str(),
+            refspec.as_ref(),
+        ];
+        match git(&self.root, fetch).await {
+            Ok(_) => {}
+            // git checks a bundle's prerequisites against every ref, and the copy's
+            // remote-tracking refs came from a source that other tasks were handing back into
+            // while it was cloned: one can name objects the clone did not take. The copy needs
+            // none of them once the agent is done: they go, and the fetch is tried once more.
+            Err(GitError::Failed { stderr, .. }) if stderr.contains("not connected") => {
+                git(&self.root, ["remote", "remove", "origin"]).await?;
+                git(&self.root, fetch).await?;
+            }
+            Err(err) => return Err(err.into()),
+        }
         Ok(git(&self.root, ["rev-parse", RESULT_REF]).await?)
     }
 

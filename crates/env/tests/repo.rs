@@ -84,6 +84,14 @@ async fn checkout_excludes_uncommitted_changes_and_hand_off_leaves_the_source_al
         &elsewhere,
         &["bundle", "create", "-q", bundle.to_str().unwrap(), &range],
     );
+    // A remote-tracking ref naming an object the copy lacks (a branch another task handed
+    // back into the source while it was cloned) does not stop the import.
+    std::fs::write(
+        copy.root()
+            .join(".git/refs/remotes/origin/handed-back-meanwhile"),
+        "0123456789abcdef0123456789abcdef01234567\n",
+    )
+    .unwrap();
     assert_eq!(copy.import_bundle(&bundle).await.unwrap(), head);
 
     let stats = copy.stats(&head).await.unwrap();
