@@ -10,7 +10,7 @@ use common::*;
 use serde_json::{Value, json};
 
 /// calc.sh with add fixed and a planted bug: `sub` adds. `sh test.sh` tests only add.
-const PLANTED: &str = "#!/bin/sh\n# add A B: prints A + B\nadd() { echo $(($1 + $2)); }\n# sub A B: prints A - B\nsub() { echo $(($1 + $2)); }\n\"$@\"\n";
+const PLANTED: &str = "#!/bin/sh\n# add A B: prints A + B\nadd() { echo $(($1 + $2)); }\n# sub A B: prints A - B\nsub() { echo $(($1 + $2)); }\nadd \"$@\"\n";
 
 fn call(name: &str, arguments: Value) -> Value {
     json!({"reply": {"tool_calls": [{"name": name, "arguments": arguments}]}})
@@ -26,27 +26,38 @@ async fn a_review_finds_a_planted_bug_cannot_write_and_send_gets_it_fixed() {
         // The review: reads, tries to write (refused twice), reports.
         call("read_file", json!({"path": "calc.sh"})),
         call("shell", json!({"command": "echo hacked > calc.sh"})),
-        call("write_file", json!({"path": "calc.sh", "content": "hacked"})),
-        call("submit_review", json!({
-            "summary": "add is fixed; sub adds instead of subtracting.",
-            "findings": [
-                {"path": "NOTES.md", "line": 1, "severity": "low", "problem": "a note is missing"},
-                {"path": "calc.sh", "line": 5, "severity": "critical", "problem": "sub adds its arguments", "suggestion": "use $(($1 - $2))"}
-            ]
-        })),
+        call(
+            "write_file",
+            json!({"path": "calc.sh", "content": "hacked"})
+        ),
+        call(
+            "submit_review",
+            json!({
+                "summary": "add is fixed; sub adds instead of subtracting.",
+                "findings": [
+                    {"path": "NOTES.md", "line": 1, "severity": "low", "problem": "a note is missing"},
+                    {"path": "calc.sh", "line": 5, "severity": "critical", "problem": "sub adds its arguments", "suggestion": "use $(($1 - $2))"}
+                ]
+            })
+        ),
         // The follow-up --send starts: fixes sub.
-        call("edit_file", json!({"path": "calc.sh", "old_string": "sub() { echo $(($1 + $2)); }", "new_string": "sub() { echo $(($1 - $2)); }"})),
+        call(
+            "edit_file",
+            json!({"path": "calc.sh", "old_string": "sub() { echo $(($1 + $2)); }", "new_string": "sub() { echo $(($1 - $2)); }"})
+        ),
         finish("Fix sub"),
     ]);
     let (ns, model) = Nightshift::with_script(script(steps)).await;
     let (out, built) = ns.wait_task(repo.path(), "Fix add and add sub").await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}{built}", stderr(&out));
     let built_id = built["id"].as_str().unwrap().to_string();
     let branch = built["branch"].as_str().unwrap().to_string();
     let head_before = git(repo.path(), &["rev-parse", &branch]);
 
     let out = ns
-        .run(&["review", &built_id, "--model", "openai:m", "--send", "--json"])
+        .run(&[
+            "review", &built_id, "--model", "openai:m", "--send", "--json",
+        ])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -85,7 +96,13 @@ async fn a_review_finds_a_planted_bug_cannot_write_and_send_gets_it_fixed() {
         .collect();
     assert_eq!(
         tools,
-        ["shell", "read_file", "search", "list_files", "submit_review"]
+        [
+            "shell",
+            "read_file",
+            "search",
+            "list_files",
+            "submit_review"
+        ]
     );
     let asked = first_review["messages"].to_string();
     assert!(asked.contains("Fix add and add sub"), "{asked}");
@@ -178,23 +195,43 @@ async fn a_branch_is_reviewed_against_its_base_and_bad_targets_are_refused() {
     assert!(printed.contains("No findings. Only a README."), "{printed}");
     let asked = model.requests()[0]["messages"].to_string();
     assert!(asked.contains("+calc: add two numbers"), "{asked}");
-    assert!(!asked.contains("add() {"), "only the branch's changes: {asked}");
+    assert!(
+        !asked.contains("add() {"),
+        "only the branch's changes: {asked}"
+    );
 
     // A task that is not there, a branch that is not there, --send without a task.
     for (args, expected) in [
         (vec!["review", "01jdoesnotexist"], "no task"),
         (
-            vec!["review", "--repo", path_str(repo.path()), "--branch", "nope"],
+            vec![
+                "review",
+                "--repo",
+                path_str(repo.path()),
+                "--branch",
+                "nope",
+            ],
             "nope",
         ),
         (
-            vec!["review", "--repo", path_str(repo.path()), "--branch", "feature", "--send"],
+            vec![
+                "review",
+                "--repo",
+                path_str(repo.path()),
+                "--branch",
+                "feature",
+                "--send",
+            ],
             "--send",
         ),
     ] {
         let out = ns.run(&args).await;
         assert!(!out.status.success(), "{args:?}");
-        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
     }
     let listed = ns.json(&["ls", "--json"]).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");

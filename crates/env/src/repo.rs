@@ -396,7 +396,12 @@ impl WorkingCopy {
     pub async fn diff_since(&self, from: &str) -> Result<String, EnvError> {
         Ok(git(
             &self.root,
-            ["diff", "--no-color", "--no-ext-diff", &format!("{from}...HEAD")],
+            [
+                "diff",
+                "--no-color",
+                "--no-ext-diff",
+                &format!("{from}...HEAD"),
+            ],
         )
         .await?)
     }

@@ -124,7 +124,11 @@ mod tests {
             },
         ];
         let text = findings_as_request(&findings);
-        assert!(text.contains("\n1. [critical] src/calc.rs:3-5: add subtracts\n   Suggested fix: use +"));
+        assert!(
+            text.contains(
+                "\n1. [critical] src/calc.rs:3-5: add subtracts\n   Suggested fix: use +"
+            )
+        );
         assert!(text.contains("\n2. [low] README.md:1: typo\n"));
     }
 }

@@ -274,6 +274,7 @@ mod tests {
             follows: None,
             image: None,
             origin: None,
+            review: None,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

@@ -15,12 +15,11 @@ use nightshift_agent::{Agent, AgentConfig, AgentOutcome, CostFn, SinkError};
 use nightshift_env::secrets::Redactor;
 use nightshift_model::ModelSpec;
 use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
-use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
 use crate::ending::{Ending, budget, fail, fail_env, fail_model, set_state};
 use crate::environment;
-use crate::follow_up::{Provenance, follow_up_base, follow_up_context};
+use crate::follow_up::{Provenance, follow_up_base};
 use crate::handoff::Run;
 use crate::prepare::{agent_network, session_spec};
 use crate::sink::TaskLog;
@@ -430,11 +429,11 @@ impl Runner {
             .await?;
         }
         let review = task.spec.review.as_ref();
-        let spec = nightshift_sandbox::SessionSpec {
+        let session_spec = nightshift_sandbox::SessionSpec {
             read_only_workspace: review.is_some(),
             ..session_spec(copy.root(), run, network)
         };
-        let session = match self.sandbox.start(spec).await {
+        let session = match self.sandbox.start(session_spec).await {
             Ok(session) => session,
             Err(err) => {
                 return fail(
@@ -530,8 +529,9 @@ impl Runner {
                         && !stops.cancel.is_cancelled()
                         && !watch.cancel_requested.load(Ordering::SeqCst);
                     let ending = match review {
-                        Some(_) if shutting_down
-                            && matches!(report.outcome, AgentOutcome::Cancelled) =>
+                        Some(_)
+                            if shutting_down
+                                && matches!(report.outcome, AgentOutcome::Cancelled) =>
                         {
                             Ok(Ending::released())
                         }
@@ -542,9 +542,9 @@ impl Runner {
                         }
                     };
                     ending.map(|ending| Ending {
-                            cost_usd: cost,
-                            ..ending
-                        })
+                        cost_usd: cost,
+                        ..ending
+                    })
                 }
                 Err(nightshift_agent::AgentError::Sink(err)) => Err(err),
             }

@@ -137,27 +137,27 @@ pub(crate) async fn submit(
                 "review: give `task` or `base`, not both; nothing was queued".to_string(),
             ));
         }
-        Some(ReviewRequest {
-            task: Some(id),
-            ..
-        }) => {
+        Some(ReviewRequest { task: Some(id), .. }) => {
             // The reviewed task must be on the repository this token may use.
             let id = id.trim().to_ascii_lowercase();
             let reviewed = match id.parse::<TaskId>() {
-                Ok(id) => state.store().get_task(id).await.map_err(|err| {
-                    ApiError::store("reading the task to review", err)
-                })?,
+                Ok(id) => state
+                    .store()
+                    .get_task(id)
+                    .await
+                    .map_err(|err| ApiError::store("reading the task to review", err))?,
                 Err(_) => None,
             };
             match reviewed {
-                Some(task) if task.spec.repo == repo.location => {
-                    Some(ReviewOf::Task(task.id))
-                }
+                Some(task) if task.spec.repo == repo.location => Some(ReviewOf::Task(task.id)),
                 _ => {
                     return Err(ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "invalid_task",
-                        format!("review: there is no task {id} on {}; nothing was queued", body.repo),
+                        format!(
+                            "review: there is no task {id} on {}; nothing was queued",
+                            body.repo
+                        ),
                     )
                     .with_hint("give a task's full id, and its repository as `repo`"));
                 }

@@ -315,8 +315,14 @@ async fn a_review_names_an_ended_task_of_the_same_repository_or_a_base() {
     let task: Value = response.json().await.unwrap();
     assert_eq!(task["spec"]["review"]["base"], "main", "{task}");
     assert_eq!(
-        task["spec"]["review"]["base_commit"].as_str().unwrap().len(),
+        task["spec"]["review"]["base_commit"]
+            .as_str()
+            .unwrap()
+            .len(),
         40
     );
-    assert_eq!(h.store.list_tasks(&Default::default()).await.unwrap().len(), 3);
+    assert_eq!(
+        h.store.list_tasks(&Default::default()).await.unwrap().len(),
+        3
+    );
 }

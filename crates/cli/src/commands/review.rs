@@ -12,9 +12,15 @@ use crate::backend::{Backend, Submission};
 use crate::output::{Failure, TaskView, exit_for, print_json};
 
 /// What a review asks for when the person adds nothing.
-const DEFAULT_PROMPT: &str = "Review the changes: report what is wrong with them, or that they are fine.";
+const DEFAULT_PROMPT: &str =
+    "Review the changes: report what is wrong with them, or that they are fine.";
 
 pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
+    if args.send && args.id.is_none() {
+        return Err(Failure::usage(
+            "--send sends the findings to the reviewed task: give the task's ID rather than --branch",
+        ));
+    }
     let backend = Backend::from_env().await?;
     let reviewed = match &args.id {
         Some(id) => Some(backend.find(id).await?),
@@ -29,7 +35,9 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
         ),
     };
     let prompt = match args.focus.as_deref().map(str::trim) {
-        Some(focus) if !focus.is_empty() => format!("{DEFAULT_PROMPT}\n\nLook in particular at: {focus}"),
+        Some(focus) if !focus.is_empty() => {
+            format!("{DEFAULT_PROMPT}\n\nLook in particular at: {focus}")
+        }
         _ => DEFAULT_PROMPT.to_string(),
     };
     let submission = Submission {
@@ -72,7 +80,9 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
         && !findings.is_empty()
         && let Some(reviewed) = &reviewed
     {
-        backend.say(reviewed, &findings_as_request(&findings)).await?;
+        backend
+            .say(reviewed, &findings_as_request(&findings))
+            .await?;
         sent = Some(reviewed.id);
     }
     if args.json {
@@ -105,7 +115,10 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
 async fn findings_of(backend: &Backend, task: &Task) -> Result<Vec<Finding>, Failure> {
     let mut findings = Vec::new();
     super::follow::events(backend, task.id, false, |record| {
-        if let Event::ReviewSubmitted { findings: found, .. } = &record.event {
+        if let Event::ReviewSubmitted {
+            findings: found, ..
+        } = &record.event
+        {
             findings = found.clone();
         }
         Ok(())
