@@ -4,14 +4,14 @@
 use std::time::Instant;
 
 use nightshift_model::{Message, ModelClient, ModelError, ModelRequest, ToolCall};
-use nightshift_protocol::{Event, ToolCallRecord, Usage};
+use nightshift_protocol::{Event, Finding, ToolCallRecord, Usage};
 use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
 use crate::compact::{compact, is_context_overflow, needs_compaction};
 use crate::governor::{Budget, CostFn, Governor, Verdict};
-use crate::prompt::SYSTEM_PROMPT;
-use crate::tools::{self, Control, ToolContext, ToolLimits};
+use crate::prompt::{REVIEW_SYSTEM_PROMPT, SYSTEM_PROMPT};
+use crate::tools::{Control, Mode, ToolContext, ToolLimits};
 use crate::{EventSink, Inbox, SinkError};
 
 /// How many answers without tool calls in a row the agent tolerates before it takes the last
@@ -30,6 +30,8 @@ pub struct AgentConfig {
     /// The model's context window in tokens, when known: the conversation is compacted as it
     /// nears it.
     pub context_window: Option<u64>,
+    /// Build (change the repository) or review (report findings, change nothing).
+    pub mode: Mode,
 }
 
 /// How a run ended.
@@ -37,6 +39,11 @@ pub struct AgentConfig {
 pub enum AgentOutcome {
     /// The agent called `finish` (or answered in words twice without calling a tool).
     Finished { summary: String },
+    /// A review's agent called `submit_review`.
+    Reviewed {
+        summary: String,
+        findings: Vec<Finding>,
+    },
     /// A budget ran out (or the agent looped); it had one turn to wrap up. `summary` is its
     /// `finish` summary if it called `finish` in that turn.
     BudgetExceeded {
@@ -85,11 +92,15 @@ impl Agent<'_> {
     ) -> Result<AgentReport, AgentError> {
         let mut request = ModelRequest {
             model: self.model.spec().model.clone(),
-            system: SYSTEM_PROMPT.to_string(),
+            system: match self.config.mode {
+                Mode::Build => SYSTEM_PROMPT,
+                Mode::Review => REVIEW_SYSTEM_PROMPT,
+            }
+            .to_string(),
             messages: vec![Message::User {
                 content: prompt.to_string(),
             }],
-            tools: tools::specs(),
+            tools: self.config.mode.specs(),
             max_output_tokens: self.config.max_output_tokens,
         };
         let mut usage = Usage::default();
@@ -101,7 +112,9 @@ impl Agent<'_> {
             session: self.session,
             cancel,
             limits: &self.config.limits,
+            mode: self.config.mode,
         };
+        let final_tool = self.config.mode.final_tool();
         let priced = self.config.cost.is_some();
         let mut turn = 0;
 
@@ -137,7 +150,7 @@ impl Agent<'_> {
                     .await?;
                 request.messages.push(Message::User {
                     content: format!(
-                        "Stop working: {reason}. This is your last turn. Call `finish` now with a summary of what is done, what is not, and what remains to do."
+                        "Stop working: {reason}. This is your last turn. Call `{final_tool}` now with a summary of what is done, what is not, and what remains to do."
                     ),
                 });
                 wrapping_up = Some(reason);
@@ -204,13 +217,17 @@ impl Agent<'_> {
             if response.tool_calls.is_empty() {
                 text_only_answers += 1;
                 let text = response.text.clone().unwrap_or_default();
-                if text_only_answers >= MAX_TEXT_ONLY_ANSWERS && !text.trim().is_empty() {
+                // A review's findings are data: words alone never end one.
+                if text_only_answers >= MAX_TEXT_ONLY_ANSWERS
+                    && !text.trim().is_empty()
+                    && self.config.mode == Mode::Build
+                {
                     self.sink
                         .emit(Event::Warning {
                             message: "the model stopped without calling `finish`; its last answer is taken as the summary".into(),
                         })
                         .await?;
-                    finished = Some(text);
+                    finished = Some(Ended::Finished(text));
                 } else {
                     request.messages.push(Message::Assistant {
                         content: Some(text),
@@ -218,7 +235,7 @@ impl Agent<'_> {
                         reasoning: response.reasoning.clone(),
                     });
                     request.messages.push(Message::User {
-                        content: "Continue working with the tools. When the task is done, call `finish` with your summary.".into(),
+                        content: format!("Continue working with the tools. When the task is done, call `{final_tool}` with your summary."),
                     });
                 }
             } else {
@@ -246,8 +263,18 @@ impl Agent<'_> {
                 }
             }
             match (finished, wrapping_up.take()) {
-                (Some(summary), None) => return Ok(report(AgentOutcome::Finished { summary })),
-                (summary, Some(reason)) => {
+                (Some(Ended::Finished(summary)), None) => {
+                    return Ok(report(AgentOutcome::Finished { summary }));
+                }
+                // A review submitted in the last turn is whole: it stands.
+                (Some(Ended::Reviewed { summary, findings }), _) => {
+                    return Ok(report(AgentOutcome::Reviewed { summary, findings }));
+                }
+                (finished, Some(reason)) => {
+                    let summary = match finished {
+                        Some(Ended::Finished(summary)) => Some(summary),
+                        _ => None,
+                    };
                     return Ok(report(AgentOutcome::BudgetExceeded { reason, summary }));
                 }
                 (None, None) => {}
@@ -288,13 +315,13 @@ impl Agent<'_> {
         }
     }
 
-    /// Runs one call with its events; returns what the model sees and, for `finish`, the
-    /// summary.
+    /// Runs one call with its events; returns what the model sees and, for `finish` and
+    /// `submit_review`, how the run ends.
     async fn run_tool(
         &self,
         call: &ToolCall,
         context: &ToolContext<'_>,
-    ) -> Result<(String, Option<String>), SinkError> {
+    ) -> Result<(String, Option<Ended>), SinkError> {
         self.sink
             .emit(Event::ToolStarted {
                 call_id: call.id.clone(),
@@ -303,7 +330,7 @@ impl Agent<'_> {
             })
             .await?;
         let started = Instant::now();
-        let mut output = tools::run(&call.name, &call.arguments, context).await;
+        let mut output = crate::tools::run(&call.name, &call.arguments, context).await;
         // Secrets go neither into the log nor to the model.
         output.text = self.sink.redact(&output.text);
         self.sink
@@ -323,7 +350,16 @@ impl Agent<'_> {
                         summary: summary.clone(),
                     })
                     .await?;
-                Some(summary)
+                Some(Ended::Finished(summary))
+            }
+            Some(Control::Review { summary, findings }) => {
+                self.sink
+                    .emit(Event::ReviewSubmitted {
+                        summary: summary.clone(),
+                        findings: findings.clone(),
+                    })
+                    .await?;
+                Some(Ended::Reviewed { summary, findings })
             }
             Some(Control::Plan { steps }) => {
                 self.sink.emit(Event::PlanUpdated { steps }).await?;
@@ -333,6 +369,15 @@ impl Agent<'_> {
         };
         Ok((output.text, summary))
     }
+}
+
+/// How a tool call ended the run.
+enum Ended {
+    Finished(String),
+    Reviewed {
+        summary: String,
+        findings: Vec<Finding>,
+    },
 }
 
 fn record(call: &ToolCall) -> ToolCallRecord {

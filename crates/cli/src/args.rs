@@ -39,6 +39,9 @@ pub enum Command {
     /// Send a task a message: a running task reads it before its next turn; a task that has
     /// ended takes it as a follow-up.
     Say(SayArgs),
+    /// Review a task's result (or a branch) with a read-only agent that reports findings:
+    /// file, lines, severity, what is wrong and how to fix it.
+    Review(ReviewArgs),
     /// Say which isolation features this host has, and how to get the missing ones.
     Doctor(DoctorArgs),
     /// Work with the sandbox directly.
@@ -105,6 +108,52 @@ pub struct RunArgs {
     /// What the agent should do.
     #[arg(required = true, num_args = 1.., value_name = "PROMPT")]
     pub prompt: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The ended task whose branch to review (an id, a unique prefix or the short id); or
+    /// --branch.
+    #[arg(required_unless_present = "branch", conflicts_with = "branch")]
+    pub id: Option<String>,
+    /// With --branch: the repository (a path, or a registered repository's name).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Review this branch's changes instead of a task's.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// With --branch: the branch its changes are measured from [default: the checked-out
+    /// branch].
+    #[arg(long, requires = "branch")]
+    pub base: Option<String>,
+    /// What to look at in particular, besides the changes and the request they answer.
+    #[arg(long, value_name = "TEXT")]
+    pub focus: Option<String>,
+    /// The model, as provider:model [default: as for `run`].
+    #[arg(long, env = "NIGHTSHIFT_MODEL")]
+    pub model: Option<String>,
+    /// The most model turns before the review stops.
+    #[arg(long, default_value_t = TaskSpec::DEFAULT_MAX_TURNS)]
+    pub max_turns: u32,
+    /// The most tokens (input plus output, all turns) before the review stops.
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// The most dollars of model usage before the review stops (needs a known price).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// The longest the review may take, e.g. 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_time: Option<std::time::Duration>,
+    /// Wait for the review to end and print its findings; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Then send the findings to the reviewed task as a follow-up, for the builder to fix
+    /// (implies --wait; nothing is sent when there are none).
+    #[arg(long, requires = "id")]
+    pub send: bool,
+    /// Print JSON: the review task (with --wait, `{"review": TASK, "findings": [...]}`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

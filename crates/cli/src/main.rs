@@ -51,6 +51,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Apply(args) => commands::apply::run(args).await,
         Command::Cancel(args) => commands::cancel::run(args).await,
         Command::Say(args) => commands::say::run(args).await,
+        Command::Review(args) => commands::review::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Sandbox(args) => commands::sandbox::run(args).await,

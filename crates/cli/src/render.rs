@@ -221,6 +221,22 @@ pub fn event(record: &EventRecord) -> String {
             "the agent called finish".into(),
             Some(summary.clone()),
         ),
+        Event::ReviewSubmitted { summary, findings } => {
+            let mut lines = vec![summary.trim().to_string()];
+            for finding in findings {
+                lines.push(format!(
+                    "[{}] {}: {}",
+                    finding.severity.as_str(),
+                    finding.location(),
+                    finding.problem
+                ));
+            }
+            (
+                "review",
+                format!("{} finding(s)", findings.len()),
+                Some(lines.join("\n")),
+            )
+        }
         Event::Committed {
             branch,
             commit,

@@ -391,6 +391,21 @@ impl WorkingCopy {
         Ok(git(&self.root, ["rev-parse", RESULT_REF]).await?)
     }
 
+    /// What the checked-out commit changed since it left `from` (`git diff FROM...HEAD`: from
+    /// their merge base), as text for reading.
+    pub async fn diff_since(&self, from: &str) -> Result<String, EnvError> {
+        Ok(git(
+            &self.root,
+            [
+                "diff",
+                "--no-color",
+                "--no-ext-diff",
+                &format!("{from}...HEAD"),
+            ],
+        )
+        .await?)
+    }
+
     /// The change from the base to `head`, as a patch `git apply` takes.
     pub async fn diff(&self, head: &str) -> Result<String, EnvError> {
         Ok(git(&self.root, ["diff", "--binary", &self.base_commit, head]).await?)

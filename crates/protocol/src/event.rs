@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{TaskId, TaskSpec, TaskState};
+use crate::{Finding, TaskId, TaskSpec, TaskState};
 
 /// One entry of a task's log, as stored and as printed by `nightshift logs --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +160,12 @@ pub enum Event {
     PlanUpdated { steps: Vec<PlanStep> },
     /// The agent called `finish`.
     AgentFinished { summary: String },
+    /// A review task's agent called `submit_review`: its verdict in words and its findings,
+    /// most severe first.
+    ReviewSubmitted {
+        summary: String,
+        findings: Vec<Finding>,
+    },
     /// The result was committed on the task's branch in the source repository.
     Committed {
         branch: String,
@@ -273,6 +279,7 @@ impl Event {
             Event::ContextCompacted { .. } => "context_compacted",
             Event::PlanUpdated { .. } => "plan_updated",
             Event::AgentFinished { .. } => "agent_finished",
+            Event::ReviewSubmitted { .. } => "review_submitted",
             Event::Committed { .. } => "committed",
             Event::BranchPushed { .. } => "branch_pushed",
             Event::PullRequest { .. } => "pull_request",
@@ -413,6 +420,10 @@ mod tests {
             },
             Event::AgentFinished {
                 summary: "s".into(),
+            },
+            Event::ReviewSubmitted {
+                summary: "s".into(),
+                findings: Vec::new(),
             },
             Event::Ended {
                 state: TaskState::Failed,

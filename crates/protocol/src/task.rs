@@ -7,7 +7,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{TaskId, Usage};
+use crate::{ReviewSpec, TaskId, Usage};
 
 /// What the person (or integration) asked for. Stored verbatim with the task; everything the
 /// runner resolves later (the base commit, the branch) lives on `Task` instead.
@@ -47,6 +47,10 @@ pub struct TaskSpec {
     /// Set by nightshift's own integrations (webhooks), never taken from an API request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<TaskOrigin>,
+    /// Set for a review task: it reviews the changes of the branch it starts from (`base`)
+    /// with read-only access and reports findings, instead of changing anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewSpec>,
 }
 
 /// Where on a forge a task was asked for.
@@ -270,6 +274,7 @@ mod tests {
             follows: None,
             image: None,
             origin: None,
+            review: None,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

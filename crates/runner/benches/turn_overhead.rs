@@ -111,6 +111,7 @@ async fn main() {
         follows: None,
         image: None,
         origin: None,
+        review: None,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();

@@ -30,6 +30,9 @@ pub enum SubmitError {
     /// The image reference cannot be read.
     #[error("{0}")]
     Image(String),
+    /// What a review was asked of cannot be reviewed; nothing was queued.
+    #[error("{0}")]
+    Review(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -39,6 +42,7 @@ impl SubmitError {
     pub fn hint(&self) -> Option<String> {
         match self {
             SubmitError::EmptyPrompt | SubmitError::Budget(_) => None,
+            SubmitError::Review(_) => Some("`nightshift review ID` reviews an ended task's branch; `nightshift review --repo PATH --branch B --base A` reviews a branch".into()),
             SubmitError::Model(err) => err.hint().map(str::to_string),
             SubmitError::MissingKey { variable, .. } => Some(format!(
                 "set {variable} where the tasks run (for `nightshift run`, in its environment), or point {} at a server that needs no key (such as a local OpenAI-compatible one)",

@@ -468,6 +468,7 @@ mod tests {
             follows: None,
             image: None,
             origin,
+            review: None,
         };
         Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH)
     }

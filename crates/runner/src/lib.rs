@@ -5,6 +5,7 @@
 
 mod build;
 mod ceilings;
+mod conclude;
 mod egress_log;
 mod ending;
 mod environment;
@@ -19,6 +20,7 @@ mod lifecycle;
 mod prepare;
 mod reconcile;
 mod repos;
+mod review;
 mod sink;
 mod submit;
 mod task_secret_use;
@@ -47,7 +49,7 @@ pub use image::{ImageSettings, login_from_secret};
 pub use lifecycle::PriceLookup;
 pub use nightshift_env::is_remote;
 pub use repos::{RegisterError, RepoOptions, find_registered, register_repo};
-pub use submit::TaskRequest;
+pub use submit::{ReviewOf, TaskRequest};
 pub use worker::WorkerConfig;
 
 /// Everything a runner needs, passed in explicitly (no globals, no environment reads).

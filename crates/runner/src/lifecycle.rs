@@ -15,12 +15,11 @@ use nightshift_agent::{Agent, AgentConfig, AgentOutcome, CostFn, SinkError};
 use nightshift_env::secrets::Redactor;
 use nightshift_model::ModelSpec;
 use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
-use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
 use crate::ending::{Ending, budget, fail, fail_env, fail_model, set_state};
 use crate::environment;
-use crate::follow_up::{Provenance, follow_up_base, follow_up_context};
+use crate::follow_up::{Provenance, follow_up_base};
 use crate::handoff::Run;
 use crate::prepare::{agent_network, session_spec};
 use crate::sink::TaskLog;
@@ -263,8 +262,13 @@ impl Runner {
         for message in capped {
             log.append(Event::Warning { message }).await?;
         }
-        let provenance = match (&parent, &on_branch) {
-            (Some(parent), Some(_)) => {
+        // A reviewed task's branch is an agent's work, as a follow-up's is.
+        let reviewed = match task.spec.review.as_ref().and_then(|review| review.task) {
+            Some(id) => self.store.get_task(id).await.ok().flatten(),
+            None => None,
+        };
+        let provenance = match (&parent, &on_branch, &reviewed) {
+            (Some(parent), Some(_), _) | (None, _, Some(parent)) => {
                 self.follow_up_provenance(log, &source, parent, &base.commit)
                     .await?
             }
@@ -424,11 +428,12 @@ impl Runner {
             })
             .await?;
         }
-        let session = match self
-            .sandbox
-            .start(session_spec(copy.root(), run, network))
-            .await
-        {
+        let review = task.spec.review.as_ref();
+        let session_spec = nightshift_sandbox::SessionSpec {
+            read_only_workspace: review.is_some(),
+            ..session_spec(copy.root(), run, network)
+        };
+        let session = match self.sandbox.start(session_spec).await {
             Ok(session) => session,
             Err(err) => {
                 return fail(
@@ -456,6 +461,15 @@ impl Runner {
         }
         let prepared = if stop.is_cancelled() {
             Some(Ending::cancelled())
+        } else if review.is_some() {
+            // Nothing runs in a review's read-only session but the reviewer's own commands.
+            if run.layers.is_empty() && run.env.config.environment.setup.is_some() {
+                log.append(Event::Warning {
+                    message: "the review's session has no setup layer (this runner caches none), and setup does not run in its read-only workspace: the reviewer sees the repository without what setup installs".into(),
+                })
+                .await?;
+            }
+            None
         } else {
             self.run_environment_scripts(run, session.as_ref(), stop)
                 .await?
@@ -476,6 +490,10 @@ impl Runner {
                 max_output_tokens: None,
                 cost: self.cost.clone().and_then(|price| price(spec)),
                 context_window: Some(nightshift_model::limits(spec).context_window),
+                mode: match review {
+                    Some(_) => nightshift_agent::tools::Mode::Review,
+                    None => nightshift_agent::tools::Mode::Build,
+                },
             };
             let agent = Agent {
                 model,
@@ -484,18 +502,23 @@ impl Runner {
                 config: &config,
                 inbox: Some(&watch.messages),
             };
-            let mut context = environment::agent_context(run.env, copy.root());
-            if let Some(parent) = run.parent {
-                context.push_str(&format!("\n{}", follow_up_context(parent)));
-            }
-            let prompt = if context.trim().is_empty() {
-                task.spec.prompt.clone()
-            } else {
-                format!(
-                    "{}\n\n# The task\n\n{}",
-                    context.trim_end(),
-                    task.spec.prompt
-                )
+            let prompt = match review {
+                Some(review) => {
+                    let reviewed = match review.task {
+                        Some(id) => self.store.get_task(id).await.ok().flatten(),
+                        None => None,
+                    };
+                    crate::review::review_prompt(run, review, reviewed.as_ref()).await
+                }
+                None => Ok(self.build_prompt(run)),
+            };
+            let prompt = match prompt {
+                Ok(prompt) => prompt,
+                Err(message) => {
+                    let ending = fail(log, ErrorKind::Repository, message, None).await;
+                    let _ = session.close().await;
+                    return ending;
+                }
             };
             // AGENTS.md is read after setup ran, which may have written into it.
             let prompt = log.redact(&prompt);
@@ -505,12 +528,23 @@ impl Runner {
                     let shutting_down = stops.shutdown.is_cancelled()
                         && !stops.cancel.is_cancelled()
                         && !watch.cancel_requested.load(Ordering::SeqCst);
-                    self.conclude(run, session.as_ref(), report.outcome, shutting_down)
-                        .await
-                        .map(|ending| Ending {
-                            cost_usd: cost,
-                            ..ending
-                        })
+                    let ending = match review {
+                        Some(_)
+                            if shutting_down
+                                && matches!(report.outcome, AgentOutcome::Cancelled) =>
+                        {
+                            Ok(Ending::released())
+                        }
+                        Some(_) => crate::review::conclude_review(log, report.outcome).await,
+                        None => {
+                            self.conclude(run, session.as_ref(), report.outcome, shutting_down)
+                                .await
+                        }
+                    };
+                    ending.map(|ending| Ending {
+                        cost_usd: cost,
+                        ..ending
+                    })
                 }
                 Err(nightshift_agent::AgentError::Sink(err)) => Err(err),
             }
@@ -523,49 +557,6 @@ impl Runner {
             .await?;
         }
         ending
-    }
-
-    /// Turns the agent's outcome into the task's ending, handing back its work.
-    async fn conclude(
-        &self,
-        run: &Run<'_>,
-        session: &dyn SandboxSession,
-        outcome: AgentOutcome,
-        shutting_down: bool,
-    ) -> Result<Ending, SinkError> {
-        let log = run.log;
-        match outcome {
-            AgentOutcome::Finished { summary } => {
-                self.verify_and_publish(run, session, summary).await
-            }
-            AgentOutcome::BudgetExceeded { reason, summary } => {
-                self.save_incomplete(run, session, summary.as_deref(), &reason)
-                    .await?;
-                let ending = fail(
-                    log,
-                    ErrorKind::Budget,
-                    format!("the task stopped: {reason}"),
-                    Some("run it again with a larger budget (--max-turns, --max-tokens, --max-cost, --max-time) or a more specific prompt".into()),
-                )
-                .await?;
-                Ok(Ending { summary, ..ending })
-            }
-            AgentOutcome::Cancelled => {
-                if shutting_down {
-                    // The task goes back to the queue and starts over elsewhere; its branch
-                    // name must stay free for that run.
-                    return Ok(Ending::released());
-                }
-                self.save_incomplete(run, session, None, "the task was cancelled")
-                    .await?;
-                Ok(Ending::cancelled())
-            }
-            AgentOutcome::ModelFailed(err) => {
-                self.save_incomplete(run, session, None, &format!("the model failed: {err}"))
-                    .await?;
-                fail_model(log, err).await
-            }
-        }
     }
 }
 

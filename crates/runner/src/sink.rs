@@ -245,6 +245,7 @@ mod tests {
             follows: None,
             image: None,
             origin: None,
+            review: None,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         store.create_task(&task).await.unwrap();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use nightshift_env::{EnvError, SourceRepo};
 use nightshift_model::ModelSpec;
-use nightshift_protocol::{Task, TaskId, TaskOrigin, TaskSpec};
+use nightshift_protocol::{ReviewSpec, Task, TaskId, TaskOrigin, TaskSpec};
 
 use crate::{Runner, SubmitError};
 
@@ -28,6 +28,20 @@ pub struct TaskRequest {
     pub image: Option<String>,
     /// The forge conversation that asked for it (see [`TaskSpec::origin`]).
     pub origin: Option<TaskOrigin>,
+    /// Make it a review task (see [`TaskSpec::review`]): `prompt` is then what to look at
+    /// besides the changes themselves.
+    pub review: Option<ReviewOf>,
+}
+
+/// What a review task reviews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewOf {
+    /// The result of an ended task: its branch, measured from where its first run started.
+    /// The request's repository and base are the task's.
+    Task(TaskId),
+    /// The changes of the request's `base` branch since it left this branch (`None`: the
+    /// branch the repository has checked out).
+    Base(Option<String>),
 }
 
 impl TaskRequest {
@@ -49,6 +63,7 @@ impl TaskRequest {
             follows: None,
             image: None,
             origin: None,
+            review: None,
         }
     }
 }
@@ -81,7 +96,17 @@ impl Runner {
 
     /// Checks the request and stores it as a queued task. The repository path is stored as its
     /// absolute top level, so the task does not depend on the submitter's working directory.
-    pub async fn submit(&self, request: TaskRequest) -> Result<Task, SubmitError> {
+    pub async fn submit(&self, mut request: TaskRequest) -> Result<Task, SubmitError> {
+        let review = request.review.take();
+        let reviewed_task = match &review {
+            Some(ReviewOf::Task(id)) => Some(self.reviewed_task(*id, &mut request).await?),
+            Some(ReviewOf::Base(_)) if request.base.is_none() => {
+                return Err(SubmitError::Review(
+                    "a review of a branch needs the branch (--branch)".into(),
+                ));
+            }
+            _ => None,
+        };
         let prompt = request.prompt.trim();
         if prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
@@ -120,6 +145,17 @@ impl Runner {
         };
         let source = self.open_source(&request.repo.to_string_lossy()).await?;
         let base = source.resolve_base(request.base.as_deref()).await?;
+        let review = match review {
+            Some(ReviewOf::Base(against)) => {
+                let against = source.resolve_base(against.as_deref()).await?;
+                Some(ReviewSpec {
+                    task: None,
+                    base: against.name,
+                    base_commit: against.commit,
+                })
+            }
+            _ => reviewed_task,
+        };
         let repo = match nightshift_env::is_remote(&request.repo.to_string_lossy()) {
             true => request.repo.to_string_lossy().trim().to_string(),
             false => source.root().display().to_string(),
@@ -136,9 +172,66 @@ impl Runner {
             follows: request.follows,
             image,
             origin: request.origin,
+            review,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;
         Ok(task)
+    }
+}
+
+impl Runner {
+    /// What a review of the task `id` looks at: its branch (the request's repository and base
+    /// become the task's) from the commit its first run started on.
+    async fn reviewed_task(
+        &self,
+        id: TaskId,
+        request: &mut TaskRequest,
+    ) -> Result<ReviewSpec, SubmitError> {
+        let short = id.short();
+        let Some(task) = self.store.get_task(id).await? else {
+            return Err(SubmitError::Review(format!("there is no task {id}")));
+        };
+        if !task.state.is_terminal() {
+            return Err(SubmitError::Review(format!(
+                "task {short} is {}; review it once it has ended",
+                task.state
+            )));
+        }
+        if task.spec.review.is_some() {
+            return Err(SubmitError::Review(format!(
+                "task {short} is a review itself, and changed nothing"
+            )));
+        }
+        let Some(branch) = task.branch.clone() else {
+            return Err(SubmitError::Review(format!(
+                "task {short} left no branch to review (it changed nothing, or ended before it committed)"
+            )));
+        };
+        // A follow-up's branch goes on from its earlier runs': the changes are all of theirs.
+        let mut first = task;
+        while let Some(earlier) = first.spec.follows {
+            match self.store.get_task(earlier).await? {
+                Some(task) => first = task,
+                None => break,
+            }
+        }
+        let Some(base_commit) = first.base_commit.clone() else {
+            return Err(SubmitError::Review(format!(
+                "the commit task {} started from is not recorded",
+                first.id.short()
+            )));
+        };
+        request.repo = first.spec.repo.clone().into();
+        request.base = Some(branch);
+        Ok(ReviewSpec {
+            task: Some(id),
+            base: first
+                .spec
+                .base
+                .clone()
+                .unwrap_or_else(|| "the task's base".into()),
+            base_commit,
+        })
     }
 }

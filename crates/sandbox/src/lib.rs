@@ -78,6 +78,9 @@ pub struct SessionSpec {
     /// `User`, resolved in the image's `/etc/passwd` and `/etc/group`). Only backends that
     /// [`Sandbox::supports_users`] take one; a session with [`SessionSpec::root`] ignores it.
     pub user: Option<SessionUser>,
+    /// The workspace is mounted read-only: commands and file tools read it and cannot change
+    /// it (a review's session). Backends that cannot enforce it refuse the session.
+    pub read_only_workspace: bool,
 }
 
 /// An image's user, for the commands of a session (see [`SessionSpec::user`]): its ids as the
@@ -145,6 +148,7 @@ impl SessionSpec {
             root: false,
             workspace_over_layers: false,
             user: None,
+            read_only_workspace: false,
         }
     }
 }

@@ -41,6 +41,11 @@ impl Sandbox for Unisolated {
     }
 
     async fn start(&self, spec: SessionSpec) -> Result<Box<dyn SandboxSession>, SandboxError> {
+        if spec.read_only_workspace {
+            return Err(SandboxError::Setup(
+                "the unisolated backend runs commands on the host and cannot make the workspace read-only; use the namespaced sandbox".into(),
+            ));
+        }
         if !spec.image.is_empty() {
             return Err(SandboxError::Setup(
                 "the unisolated backend runs commands on the host and cannot start from an image; use the namespaced sandbox".into(),

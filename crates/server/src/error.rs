@@ -168,6 +168,7 @@ impl From<SubmitError> for ApiError {
             | SubmitError::Model(_)
             | SubmitError::MissingKey { .. }
             | SubmitError::Image(_)
+            | SubmitError::Review(_)
             | SubmitError::Repository(_) => {
                 let api = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -44,8 +44,8 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         crate::metrics::metrics,
     ),
     components(schemas(
-        TaskDoc, TaskSpecDoc, TaskOriginDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
-        EventPage, CancelView, CreateTask, SendMessage, CreateToken, CreatedToken, TokenList,
+        TaskDoc, TaskSpecDoc, TaskOriginDoc, ReviewSpecDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
+        EventPage, CancelView, CreateTask, crate::views::ReviewRequest, SendMessage, CreateToken, CreatedToken, TokenList,
         ErrorBody, ErrorDetail, Health, RepositoryDoc, AddRepo, RepoList,
         crate::webhooks::WebhookOutcome,
     )),
@@ -138,6 +138,21 @@ pub(crate) struct TaskSpecDoc {
     /// The forge conversation that started the task (set by webhooks), where its outcome is
     /// reported.
     origin: Option<TaskOriginDoc>,
+    /// Set for a review task: what it reviews (the changes of the branch `base` names).
+    review: Option<ReviewSpecDoc>,
+}
+
+/// What a review task reviews: the changes of its `base` branch since it left `base` here.
+#[derive(ToSchema)]
+#[schema(as = ReviewSpec)]
+#[allow(dead_code)]
+pub(crate) struct ReviewSpecDoc {
+    /// The id of the task whose result is reviewed, if a task's.
+    task: Option<String>,
+    /// What the changes are measured from: a branch, or the reviewed task's base.
+    base: String,
+    /// The commit `base` was when the review was asked for.
+    base_commit: String,
 }
 
 /// Where on a forge a task was asked for: `{"kind": "github_issue", "number": 7}` or
@@ -274,6 +289,11 @@ mod tests {
                 follows: Some(TaskId::new()),
                 image: Some("debian:12".into()),
                 origin: Some(nightshift_protocol::TaskOrigin::GithubIssue { number: 7 }),
+                review: Some(nightshift_protocol::ReviewSpec {
+                    task: Some(TaskId::new()),
+                    base: "main".into(),
+                    base_commit: "a".into(),
+                }),
             },
             Timestamp::UNIX_EPOCH,
         );
@@ -299,6 +319,13 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(origin, properties("TaskOrigin"));
+        let review: BTreeSet<String> = json["spec"]["review"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(review, properties("ReviewSpec"));
         let usage: BTreeSet<String> = json["usage"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(usage, properties("Usage"));
     }

@@ -10,13 +10,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nightshift_protocol::{ApiToken, EventRecord, Task, TaskId, TaskSpec, TaskState};
-use nightshift_runner::{DIFF_BLOB, MessageOutcome, MessageRefusal, TaskRequest};
+use nightshift_runner::{DIFF_BLOB, MessageOutcome, MessageRefusal, ReviewOf, TaskRequest};
 use nightshift_store::TaskFilter;
 
 use crate::auth::{Auth, Read, Submit};
 use crate::error::ErrorBody;
 use crate::openapi::{EventRecordDoc, TaskDoc};
-use crate::views::{CancelView, CreateTask, ListQuery, SendMessage, TaskList, TaskView};
+use crate::views::{
+    CancelView, CreateTask, ListQuery, ReviewRequest, SendMessage, TaskList, TaskView,
+};
 use crate::{ApiError, ServerState, repos};
 
 /// Default and largest page of a task listing.
@@ -123,6 +125,46 @@ pub(crate) async fn submit(
     request.max_cost_usd = body.max_cost_usd;
     request.max_duration_secs = body.max_duration_secs;
     request.image = body.image;
+    request.review = match body.review {
+        None => None,
+        Some(ReviewRequest {
+            task: Some(_),
+            base: Some(_),
+        }) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                "review: give `task` or `base`, not both; nothing was queued".to_string(),
+            ));
+        }
+        Some(ReviewRequest { task: Some(id), .. }) => {
+            // The reviewed task must be on the repository this token may use.
+            let id = id.trim().to_ascii_lowercase();
+            let reviewed = match id.parse::<TaskId>() {
+                Ok(id) => state
+                    .store()
+                    .get_task(id)
+                    .await
+                    .map_err(|err| ApiError::store("reading the task to review", err))?,
+                Err(_) => None,
+            };
+            match reviewed {
+                Some(task) if task.spec.repo == repo.location => Some(ReviewOf::Task(task.id)),
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_task",
+                        format!(
+                            "review: there is no task {id} on {}; nothing was queued",
+                            body.repo
+                        ),
+                    )
+                    .with_hint("give a task's full id, and its repository as `repo`"));
+                }
+            }
+        }
+        Some(ReviewRequest { task: None, base }) => Some(ReviewOf::Base(base)),
+    };
     Ok(state.runner().submit(request).await?)
 }
 

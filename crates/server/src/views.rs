@@ -109,6 +109,23 @@ pub(crate) struct CreateTask {
     /// default: the repository's `[environment] image`, else the host's system.
     #[serde(default)]
     pub image: Option<String>,
+    /// Make it a review task: a read-only agent reviews a task's result or the changes of
+    /// `base`, reports findings (event `review_submitted`) and changes nothing. `prompt` then
+    /// says what to look at besides the changes.
+    #[serde(default)]
+    pub review: Option<ReviewRequest>,
+}
+
+/// What a review task reviews: `{"task": ID}`, an ended task's branch (the request's `repo` must
+/// be the task's), or `{"base": BRANCH}`, the changes of the request's `base` branch since it left
+/// BRANCH (`{}`: since it left the checked-out branch).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviewRequest {
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 /// The body of `POST /api/tasks/{id}/messages`.

@@ -266,3 +266,63 @@ async fn a_token_limited_to_one_repository_neither_submits_to_nor_sees_another()
     assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_review_names_an_ended_task_of_the_same_repository_or_a_base() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = h.serve_repo(git_repo(dir.path())).await;
+    let elsewhere = h.queued_task("on another repository").await;
+    let mut running = h.queued_task("still running").await;
+    running.spec.repo = repo.to_str().unwrap().to_string();
+    h.store.update_task(&running).await.unwrap();
+    let review = |review: Value| json!({"repo": repo, "prompt": "look", "review": review});
+    for (body, expected) in [
+        (review(json!({"task": elsewhere.id})), "no task"),
+        (review(json!({"task": "not-an-id"})), "no task"),
+        (
+            review(json!({"task": running.id, "base": "main"})),
+            "not both",
+        ),
+        (review(json!({"task": running.id})), "once it has ended"),
+        (
+            json!({"repo": repo, "prompt": "look", "base": "main", "review": {"base": "nope"}}),
+            "nope",
+        ),
+        (review(json!({"base": "main"})), "needs the branch"),
+    ] {
+        let response = h
+            .post("/api/tasks", &h.submit)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, 422, "{body}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(expected),
+            "{expected:?} in {error}"
+        );
+    }
+    // A branch against a base: queued, with what it reviews resolved to a commit.
+    let response = h
+        .post("/api/tasks", &h.submit)
+        .json(&json!({"repo": repo, "prompt": "look", "base": "main", "review": {"base": "main"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(task["spec"]["review"]["base"], "main", "{task}");
+    assert_eq!(
+        task["spec"]["review"]["base_commit"]
+            .as_str()
+            .unwrap()
+            .len(),
+        40
+    );
+    assert_eq!(
+        h.store.list_tasks(&Default::default()).await.unwrap().len(),
+        3
+    );
+}

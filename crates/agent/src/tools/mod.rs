@@ -11,6 +11,7 @@ mod edit_file;
 mod list_files;
 mod patch_text;
 mod read_file;
+mod review;
 mod search;
 mod shell;
 mod walk;
@@ -20,7 +21,7 @@ mod write_file;
 use std::time::Duration;
 
 use nightshift_model::ToolSpec;
-use nightshift_protocol::{PlanStep, truncate_middle};
+use nightshift_protocol::{Finding, PlanStep, truncate_middle};
 use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
@@ -53,12 +54,77 @@ pub fn specs() -> Vec<ToolSpec> {
     ]
 }
 
+/// The tools of a review: reading the repository and running commands in a read-only
+/// workspace, and `submit_review` in place of `finish`.
+pub const REVIEW_TOOL_NAMES: [&str; 5] = [
+    shell::NAME,
+    read_file::NAME,
+    search::NAME,
+    list_files::NAME,
+    review::SUBMIT_REVIEW,
+];
+
+/// What the agent is there to do: it decides the tools the model gets and how a run ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Change the repository: every tool, ending with `finish`.
+    #[default]
+    Build,
+    /// Review changes without changing anything: [`REVIEW_TOOL_NAMES`], ending with
+    /// `submit_review`.
+    Review,
+}
+
+impl Mode {
+    /// The names of the tools of this mode, in the order [`Mode::specs`] lists them.
+    pub fn tool_names(self) -> &'static [&'static str] {
+        match self {
+            Mode::Build => &TOOL_NAMES,
+            Mode::Review => &REVIEW_TOOL_NAMES,
+        }
+    }
+
+    /// The tool that ends a run of this mode.
+    pub fn final_tool(self) -> &'static str {
+        match self {
+            Mode::Build => control::FINISH,
+            Mode::Review => review::SUBMIT_REVIEW,
+        }
+    }
+
+    /// The tools of this mode as the model sees them, always the same for a mode.
+    pub fn specs(self) -> Vec<ToolSpec> {
+        match self {
+            Mode::Build => specs(),
+            Mode::Review => vec![
+                shell::spec(),
+                read_file::spec(),
+                search::spec(),
+                list_files::spec(),
+                review::spec(),
+            ],
+        }
+    }
+}
+
 /// Runs the tool call `name` with the model's raw JSON `arguments`.
 ///
 /// Never fails and never panics: bad arguments, unknown tools and failed operations all come
 /// back as a [`ToolOutput`] with `ok == false` and a message the model can act on. The text is
 /// always cut to [`ToolLimits::output_bytes`].
 pub async fn run(name: &str, arguments: &str, ctx: &ToolContext<'_>) -> ToolOutput {
+    let names = ctx.mode.tool_names();
+    if !names.contains(&name) {
+        let why = match TOOL_NAMES.contains(&name) || name == review::SUBMIT_REVIEW {
+            true => format!("`{name}` is not available in this task"),
+            false => format!("unknown tool `{name}`"),
+        };
+        return ToolOutput::failure(format!(
+            "{why}. The available tools are: {}.",
+            names.join(", ")
+        ))
+        .cut_to(ctx.limits.output_bytes);
+    }
     let output = match name {
         shell::NAME => shell::run(arguments, ctx).await,
         read_file::NAME => read_file::run(arguments, ctx).await,
@@ -69,6 +135,7 @@ pub async fn run(name: &str, arguments: &str, ctx: &ToolContext<'_>) -> ToolOutp
         list_files::NAME => list_files::run(arguments, ctx).await,
         control::UPDATE_PLAN => control::update_plan(arguments),
         control::FINISH => control::finish(arguments),
+        review::SUBMIT_REVIEW => review::submit_review(arguments),
         unknown => ToolOutput::failure(format!(
             "unknown tool `{unknown}`. The available tools are: {}.",
             TOOL_NAMES.join(", ")
@@ -82,6 +149,8 @@ pub struct ToolContext<'a> {
     pub session: &'a dyn SandboxSession,
     pub cancel: &'a CancellationToken,
     pub limits: &'a ToolLimits,
+    /// Which tools may run: a call to another is refused.
+    pub mode: Mode,
 }
 
 /// Sizes and times that bound tool calls.
@@ -131,6 +200,11 @@ pub enum Control {
     Finish { summary: String },
     /// `update_plan`: the agent's new plan.
     Plan { steps: Vec<PlanStep> },
+    /// `submit_review`: the review is done; its findings, most severe first.
+    Review {
+        summary: String,
+        findings: Vec<Finding>,
+    },
 }
 
 impl ToolOutput {

@@ -77,6 +77,7 @@ impl Fixture {
             session: self.session.as_ref(),
             cancel: &self.cancel,
             limits: &self.limits,
+            mode: Default::default(),
         };
         tools::run(name, arguments, &ctx).await
     }

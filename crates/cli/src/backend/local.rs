@@ -64,6 +64,7 @@ impl Local {
             max_cost_usd: submission.max_cost_usd,
             max_duration_secs: submission.max_duration_secs,
             image: submission.image,
+            review: submission.review,
             ..TaskRequest::new(submission.repo, submission.prompt, model)
         };
         if self.home.is_some() {
@@ -187,6 +188,7 @@ fn submit_failure(err: SubmitError) -> Failure {
         | SubmitError::Budget(_)
         | SubmitError::Model(_)
         | SubmitError::Image(_)
+        | SubmitError::Review(_)
         | SubmitError::MissingKey { .. } => Failure::usage(err.to_string()),
         SubmitError::Repository(env) if env.is_invalid_input() => Failure::usage(err.to_string()),
         SubmitError::Repository(_) | SubmitError::Store(_) => Failure::error(err.to_string()),

@@ -36,6 +36,8 @@ pub struct Submission {
     pub max_duration_secs: Option<u64>,
     /// The image to start from, over the repository's.
     pub image: Option<String>,
+    /// Make it a review of a task's result or of the branch `base` (see `nightshift review`).
+    pub review: Option<nightshift_runner::ReviewOf>,
 }
 
 /// Called with each event while following a log; `Break` stops following.

@@ -107,6 +107,18 @@ struct CreateTask<'a> {
     max_duration_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<ReviewBody>,
+}
+
+/// `review` of the body of `POST /api/tasks`: the task whose result to review, or the branch
+/// the `base` branch's changes are measured from.
+#[derive(Serialize)]
+struct ReviewBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
 }
 
 impl Remote {
@@ -178,6 +190,16 @@ impl Remote {
             max_cost_usd: submission.max_cost_usd,
             max_duration_secs: submission.max_duration_secs,
             image: submission.image.as_deref(),
+            review: submission.review.as_ref().map(|review| match review {
+                nightshift_runner::ReviewOf::Task(id) => ReviewBody {
+                    task: Some(id.to_string()),
+                    base: None,
+                },
+                nightshift_runner::ReviewOf::Base(base) => ReviewBody {
+                    task: None,
+                    base: base.clone(),
+                },
+            }),
         };
         let url = format!("{}/api/tasks", self.base);
         let result = self

@@ -10,6 +10,7 @@ pub mod image;
 pub mod logs;
 pub mod ls;
 pub mod repo;
+pub mod review;
 pub mod run;
 pub mod sandbox;
 pub mod say;

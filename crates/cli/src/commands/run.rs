@@ -27,6 +27,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         max_cost_usd: args.max_cost,
         max_duration_secs: args.max_time.map(|time| time.as_secs().max(1)),
         image: args.image.clone(),
+        review: None,
     };
     let task = backend.submit(submission).await?;
     if !args.wait {

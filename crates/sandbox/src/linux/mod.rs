@@ -148,7 +148,12 @@ impl Namespaced {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let prepared = self.prepare(
-            (&workspace, &layers, &image, spec.workspace_over_layers),
+            (
+                &workspace,
+                &layers,
+                &image,
+                (spec.workspace_over_layers, spec.read_only_workspace),
+            ),
             &limits,
             (&network, options.credentials),
             events,
@@ -246,7 +251,12 @@ impl Namespaced {
     /// that tell the helper about them.
     fn prepare(
         &self,
-        (workspace, layers, image, workspace_over_layers): (&Path, &[PathBuf], &[PathBuf], bool),
+        (workspace, layers, image, (workspace_over_layers, read_only_workspace)): (
+            &Path,
+            &[PathBuf],
+            &[PathBuf],
+            (bool, bool),
+        ),
         limits: &Limits,
         (network, credentials): (&NetworkPolicy, Vec<Credential>),
         egress_events: Option<tokio::sync::mpsc::UnboundedSender<EgressEvent>>,
@@ -355,6 +365,7 @@ impl Namespaced {
             layers: layers.to_vec(),
             image: image.to_vec(),
             workspace_over_layers,
+            read_only_workspace,
             writable_system: system.is_some() || !image.is_empty(),
             system_trees,
             user: user.map(|user| CommandUser {

@@ -60,6 +60,9 @@ pub struct HelperConfig {
     /// below them (see `SessionSpec::workspace_over_layers`).
     #[serde(default)]
     pub workspace_over_layers: bool,
+    /// Whether the workspace is mounted read-only (see `SessionSpec::read_only_workspace`).
+    #[serde(default)]
+    pub read_only_workspace: bool,
     /// Whether the system directories are writable overlays whose changes the session keeps
     /// (`state/system/<name>/upper`): commands run as root of a namespace that maps a range of
     /// ids, over the host's directories idmapped to it.

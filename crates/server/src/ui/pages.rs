@@ -335,6 +335,7 @@ pub(crate) async fn create(
             max_cost_usd,
             max_duration_secs,
             image: None,
+            review: None,
         };
         match submit(&state, &session.token, body).await {
             Ok(task) => {

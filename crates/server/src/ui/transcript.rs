@@ -202,6 +202,23 @@ fn body(record: &EventRecord) -> Markup {
             strong { "Agent finished" }
             div.markdown { (PreEscaped(markdown::render(summary))) }
         },
+        Event::ReviewSubmitted { summary, findings } => html! {
+            strong { "Review: " (findings.len()) " finding(s)" }
+            div.markdown { (PreEscaped(markdown::render(summary))) }
+            @if !findings.is_empty() {
+                ul.findings {
+                    @for finding in findings {
+                        li {
+                            span.severity { "[" (finding.severity.as_str()) "] " }
+                            code { (finding.location()) } " " (finding.problem)
+                            @if let Some(suggestion) = &finding.suggestion {
+                                br; "Fix: " (suggestion)
+                            }
+                        }
+                    }
+                }
+            }
+        },
         Event::Committed {
             branch,
             commit,

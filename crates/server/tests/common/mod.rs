@@ -150,6 +150,7 @@ impl Harness {
             follows: None,
             image: None,
             origin: None,
+            review: None,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();

@@ -243,7 +243,12 @@ pub fn build(base: Base, config: &HelperConfig, handles: &mut Handles) -> Result
         &tmp_opts,
     )?;
 
-    mount_workspace(root, &staged, config.proxy, config.workspace_over_layers)?;
+    mount_workspace(
+        root,
+        &staged,
+        config.proxy,
+        (config.workspace_over_layers, config.read_only_workspace),
+    )?;
     mount_home(&staged)?;
     mount_system(root, &staged, config, handles)?;
     if config.ca_bundle {
@@ -516,17 +521,16 @@ fn build_dev(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The workspace: the working copy as the lowest layer, the layers' workspaces over it, and
-/// the session's directory as the upper, so that the host's copy is never written.
 /// The workspace: an overlay of the working copy and the layers' `workspace/` parts, writable
-/// into the session's upper directory. The working copy lies below the layers (what setup
-/// changed in it shows), or with `over_layers` above them (every path it holds is its own: a
-/// committed tree tested as committed).
+/// into the session's upper directory, so that the host's copy is never written. The working
+/// copy lies below the layers (what setup changed in it shows), or with `over_layers` above
+/// them (every path it holds is its own: a committed tree tested as committed). With
+/// `read_only`, the overlay is then made read-only, for every process of the session.
 fn mount_workspace(
     root: &Path,
     staged: &Staged,
     proxy: bool,
-    over_layers: bool,
+    (over_layers, read_only): (bool, bool),
 ) -> Result<(), String> {
     let target = root.join("workspace");
     mkdir_p(&target, 0o755)?;
@@ -541,6 +545,10 @@ fn mount_workspace(
         &lowers,
         Some((&staged.state.join("upper"), &staged.state.join("work"))),
     )?;
+    if read_only {
+        sys::mount_setattr(None, &target, false, sys::MOUNT_ATTR_RDONLY, None)
+            .map_err(|e| err("making read-only", &target, e))?;
+    }
     if proxy {
         let at = inside(Path::new(PROXY_SOCKET));
         touch(&at)?;

@@ -1,0 +1,238 @@
+//! Review mode end to end: a read-only agent reviews a task's branch (or a branch against a
+//! base), reports findings as data and changes nothing; `--send` makes the findings a
+//! follow-up that fixes them. The model is the scripted server over loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// calc.sh with add fixed and a planted bug: `sub` adds. `sh test.sh` tests only add.
+const PLANTED: &str = "#!/bin/sh\n# add A B: prints A + B\nadd() { echo $(($1 + $2)); }\n# sub A B: prints A - B\nsub() { echo $(($1 + $2)); }\nadd \"$@\"\n";
+
+fn call(name: &str, arguments: Value) -> Value {
+    json!({"reply": {"tool_calls": [{"name": name, "arguments": arguments}]}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_finds_a_planted_bug_cannot_write_and_send_gets_it_fixed() {
+    let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n");
+    let steps = json!([
+        // The build task: fixes add, adds a sub that adds.
+        call("write_file", json!({"path": "calc.sh", "content": PLANTED})),
+        finish("Fix add and add sub"),
+        // The review: reads, tries to write (refused twice), reports.
+        call("read_file", json!({"path": "calc.sh"})),
+        call("shell", json!({"command": "echo hacked > calc.sh"})),
+        call(
+            "write_file",
+            json!({"path": "calc.sh", "content": "hacked"})
+        ),
+        call(
+            "submit_review",
+            json!({
+                "summary": "add is fixed; sub adds instead of subtracting.",
+                "findings": [
+                    {"path": "NOTES.md", "line": 1, "severity": "low", "problem": "a note is missing"},
+                    {"path": "calc.sh", "line": 5, "severity": "critical", "problem": "sub adds its arguments", "suggestion": "use $(($1 - $2))"}
+                ]
+            })
+        ),
+        // The follow-up --send starts: fixes sub.
+        call(
+            "edit_file",
+            json!({"path": "calc.sh", "old_string": "sub() { echo $(($1 + $2)); }", "new_string": "sub() { echo $(($1 - $2)); }"})
+        ),
+        finish("Fix sub"),
+    ]);
+    let (ns, model) = Nightshift::with_script(script(steps)).await;
+    let (out, built) = ns.wait_task(repo.path(), "Fix add and add sub").await;
+    assert!(out.status.success(), "{}{built}", stderr(&out));
+    let built_id = built["id"].as_str().unwrap().to_string();
+    let branch = built["branch"].as_str().unwrap().to_string();
+    let head_before = git(repo.path(), &["rev-parse", &branch]);
+
+    let out = ns
+        .run(&[
+            "review", &built_id, "--model", "openai:m", "--send", "--json",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let review = &printed["review"];
+    assert_eq!(review["state"], "succeeded", "{printed}");
+    assert_eq!(review["spec"]["review"]["task"], built_id.as_str());
+    assert_eq!(review["spec"]["base"], branch.as_str());
+    assert!(review["branch"].is_null(), "{printed}");
+    assert!(
+        review["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 finding(s): 1 critical, 1 low."),
+        "{printed}"
+    );
+    // Most severe first.
+    let findings = printed["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{printed}");
+    assert_eq!(findings[0]["severity"], "critical");
+    assert_eq!(findings[0]["path"], "calc.sh");
+    assert_eq!(findings[0]["line"], 5);
+    assert_eq!(printed["sent_to"], built_id.as_str());
+
+    // The review's agent had the review tools only, its own instructions, the request and
+    // the diff; it could not write the working copy, and nothing was committed.
+    let requests = model.requests();
+    let first_review = requests
+        .iter()
+        .find(|r| r.to_string().contains("nightshift's reviewer"))
+        .expect("a request with the reviewer's instructions");
+    let tools: Vec<&str> = first_review["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            "shell",
+            "read_file",
+            "search",
+            "list_files",
+            "submit_review"
+        ]
+    );
+    let asked = first_review["messages"].to_string();
+    assert!(asked.contains("Fix add and add sub"), "{asked}");
+    assert!(asked.contains("+sub() { echo $(($1 + $2)); }"), "{asked}");
+    let id = review["id"].as_str().unwrap();
+    let events = ns.events(id).await;
+    let finished: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "tool_finished")
+        .collect();
+    let shell = finished.iter().find(|e| e["tool"] == "shell").unwrap();
+    assert_eq!(shell["ok"], false, "{shell}");
+    assert!(
+        shell["output"]
+            .as_str()
+            .unwrap()
+            .contains("Read-only file system"),
+        "{shell}"
+    );
+    let write = finished.iter().find(|e| e["tool"] == "write_file").unwrap();
+    assert_eq!(write["ok"], false);
+    assert!(
+        write["output"]
+            .as_str()
+            .unwrap()
+            .contains("`write_file` is not available in this task"),
+        "{write}"
+    );
+    assert!(events.iter().any(|e| e["type"] == "review_submitted"));
+    assert!(events.iter().all(|e| e["type"] != "committed"));
+    assert_eq!(git(repo.path(), &["rev-parse", &branch]), head_before);
+
+    // --send made the findings a follow-up of the built task, which fixed sub.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let follow_up = loop {
+        let events = ns.events(&built_id).await;
+        if let Some(received) = events.iter().find(|e| e["type"] == "message_received") {
+            let text = received["text"].as_str().unwrap_or_default();
+            assert!(
+                text.contains("1. [critical] calc.sh:5: sub adds its arguments"),
+                "{received}"
+            );
+        }
+        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
+            break started["task_id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{events:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let done = ns
+        .wait_for(&follow_up, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let fixed = git(repo.path(), &["show", &format!("{branch}:calc.sh")]);
+    assert!(fixed.contains("sub() { echo $(($1 - $2)); }"), "{fixed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_branch_is_reviewed_against_its_base_and_bad_targets_are_refused() {
+    let repo = buggy_repo();
+    git(repo.path(), &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.path().join("README.md"), "calc: add two numbers\n").unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "readme"]);
+    git(repo.path(), &["checkout", "-q", "main"]);
+    let steps = json!([call(
+        "submit_review",
+        json!({"summary": "Only a README.", "findings": []})
+    )]);
+    let (ns, model) = Nightshift::with_script(script(steps)).await;
+    let out = ns
+        .run(&[
+            "review",
+            "--repo",
+            path_str(repo.path()),
+            "--branch",
+            "feature",
+            "--base",
+            "main",
+            "--model",
+            "openai:m",
+            "--wait",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("findings  none"), "{printed}");
+    assert!(printed.contains("No findings. Only a README."), "{printed}");
+    let asked = model.requests()[0]["messages"].to_string();
+    assert!(asked.contains("+calc: add two numbers"), "{asked}");
+    assert!(
+        !asked.contains("add() {"),
+        "only the branch's changes: {asked}"
+    );
+
+    // A task that is not there, a branch that is not there, --send without a task.
+    for (args, expected) in [
+        (vec!["review", "01jdoesnotexist"], "no task"),
+        (
+            vec![
+                "review",
+                "--repo",
+                path_str(repo.path()),
+                "--branch",
+                "nope",
+            ],
+            "nope",
+        ),
+        (
+            vec![
+                "review",
+                "--repo",
+                path_str(repo.path()),
+                "--branch",
+                "feature",
+                "--send",
+            ],
+            "--send",
+        ),
+    ] {
+        let out = ns.run(&args).await;
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let listed = ns.json(&["ls", "--json"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}

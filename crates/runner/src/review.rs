@@ -1,0 +1,160 @@
+//! Review tasks: an agent reads a branch's changes with read-only access and reports findings
+//! as data; nothing is committed, verified or pushed.
+
+use nightshift_agent::{AgentOutcome, SinkError};
+use nightshift_protocol::{ErrorKind, Finding, ReviewSpec, Task, TaskState, truncate_middle};
+
+use crate::ending::{Ending, fail, fail_model};
+use crate::handoff::Run;
+use crate::sink::TaskLog;
+
+/// The most bytes of the diff the review's prompt carries; a longer diff keeps its head and
+/// tail, and the agent reads the rest from the working copy.
+const DIFF_BYTES: usize = 96 * 1024;
+
+/// What a review's agent is told: the repository's rules, the request the changes answer, the
+/// changes, and what the person asked to look at.
+pub(crate) async fn review_prompt(
+    run: &Run<'_>,
+    review: &ReviewSpec,
+    reviewed: Option<&Task>,
+) -> Result<String, String> {
+    let copy = run.copy;
+    let mut dirs = Vec::new();
+    if let Some(workdir) = &run.env.config.environment.workdir {
+        dirs.push(workdir.clone());
+    }
+    let docs = nightshift_env::config::collect_agents_md(copy.root(), &dirs);
+    let mut prompt = nightshift_env::config::render_agents_context(&docs);
+    if !run.env.config.checks.is_empty() {
+        prompt.push_str("\nThe repository declares these checks:\n");
+        for check in &run.env.config.checks {
+            prompt.push_str(&format!("- {}: `{}`\n", check.name, check.run));
+        }
+    }
+    if let Some(task) = reviewed {
+        prompt.push_str(&format!(
+            "\n# The request the changes answer\n\n{}\n",
+            task.spec.prompt.trim()
+        ));
+        if let Some(summary) = &task.summary {
+            prompt.push_str(&format!(
+                "\nThe author's summary of the changes:\n{}\n",
+                summary.trim()
+            ));
+        }
+    }
+    let diff = copy
+        .diff_since(&review.base_commit)
+        .await
+        .map_err(|err| format!("reading the changes since {}: {err}", review.base))?;
+    let shown = truncate_middle(&diff, DIFF_BYTES);
+    let branch = run.task.spec.base.as_deref().unwrap_or("HEAD");
+    prompt.push_str(&format!(
+        "\n# The changes\n\nThe working copy is `{branch}`. Its changes since it left {} ({}), as `git diff {}...HEAD` shows them{}:\n\n```diff\n{}\n```\n",
+        review.base,
+        &review.base_commit[..review.base_commit.len().min(12)],
+        &review.base_commit[..review.base_commit.len().min(12)],
+        if shown.text.len() < diff.len() {
+            " (cut in the middle: run that command for the whole)"
+        } else {
+            ""
+        },
+        shown.text.trim_end()
+    ));
+    prompt.push_str(&format!(
+        "\n# The review\n\n{}\n",
+        run.task.spec.prompt.trim()
+    ));
+    Ok(prompt)
+}
+
+/// A review's ending: succeeded with its verdict once findings are submitted. Its sessions
+/// could change nothing, so nothing is saved whatever the outcome.
+pub(crate) async fn conclude_review(
+    log: &TaskLog,
+    outcome: AgentOutcome,
+) -> Result<Ending, SinkError> {
+    match outcome {
+        AgentOutcome::Reviewed { summary, findings } => Ok(Ending::new(
+            TaskState::Succeeded,
+            Some(verdict(&summary, &findings)),
+            None,
+        )),
+        AgentOutcome::Finished { summary } => {
+            fail(
+                log,
+                ErrorKind::Internal,
+                format!("the review ended without findings submitted: {summary}"),
+                None,
+            )
+            .await
+        }
+        AgentOutcome::BudgetExceeded { reason, .. } => {
+            fail(
+                log,
+                ErrorKind::Budget,
+                format!("the review stopped before it submitted findings: {reason}"),
+                Some("review again with a larger budget (--max-turns, --max-tokens, --max-cost, --max-time)".into()),
+            )
+            .await
+        }
+        AgentOutcome::Cancelled => Ok(Ending::cancelled()),
+        AgentOutcome::ModelFailed(err) => fail_model(log, err).await,
+    }
+}
+
+/// The task's summary: how many findings of which severity, then the reviewer's words.
+fn verdict(summary: &str, findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return format!("No findings. {}", summary.trim());
+    }
+    let mut counts: Vec<(nightshift_protocol::Severity, usize)> = Vec::new();
+    for finding in findings {
+        match counts.iter_mut().find(|(s, _)| *s == finding.severity) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((finding.severity, 1)),
+        }
+    }
+    let counted: Vec<String> = counts
+        .iter()
+        .map(|(severity, n)| format!("{n} {}", severity.as_str()))
+        .collect();
+    format!(
+        "{} finding(s): {}. {}",
+        findings.len(),
+        counted.join(", "),
+        summary.trim()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nightshift_protocol::Severity;
+
+    fn finding(severity: Severity) -> Finding {
+        Finding {
+            path: "a".into(),
+            line: 1,
+            end_line: None,
+            severity,
+            problem: "p".into(),
+            suggestion: None,
+        }
+    }
+
+    #[test]
+    fn the_verdict_counts_findings_by_severity() {
+        assert_eq!(verdict(" Fine. ", &[]), "No findings. Fine.");
+        let findings = [
+            finding(Severity::Critical),
+            finding(Severity::Low),
+            finding(Severity::Low),
+        ];
+        assert_eq!(
+            verdict("Add is broken.", &findings),
+            "3 finding(s): 1 critical, 2 low. Add is broken."
+        );
+    }
+}
