@@ -221,6 +221,11 @@ pub fn event(record: &EventRecord) -> String {
             "the agent called finish".into(),
             Some(summary.clone()),
         ),
+        Event::ReviewQueued { task_id } => (
+            "review",
+            format!("[review] auto queued the review {}", task_id.short()),
+            None,
+        ),
         Event::ReviewSubmitted { summary, findings } => {
             let mut lines = vec![summary.trim().to_string()];
             for finding in findings {

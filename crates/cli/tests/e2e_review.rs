@@ -236,3 +236,34 @@ async fn a_branch_is_reviewed_against_its_base_and_bad_targets_are_refused() {
     let listed = ns.json(&["ls", "--json"]).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn review_auto_queues_a_review_of_every_task_that_succeeds() {
+    let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n\n[review]\nauto = true\n");
+    let mut steps = fixing_script_steps();
+    steps.push(call(
+        "submit_review",
+        json!({"summary": "add adds now.", "findings": []}),
+    ));
+    let (ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
+    let (out, built) = ns.wait_task(repo.path(), "Fix add").await;
+    assert!(out.status.success(), "{}{built}", stderr(&out));
+    let id = built["id"].as_str().unwrap();
+    let events = ns.events(id).await;
+    let queued: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "review_queued")
+        .collect();
+    assert_eq!(queued.len(), 1, "{events:#?}");
+    assert_eq!(events.last().unwrap()["type"], "ended");
+    // The task's own worker runs the review once the task has ended.
+    let review = queued[0]["task_id"].as_str().unwrap();
+    let done = ns
+        .wait_for(review, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["spec"]["review"]["task"], id);
+    assert_eq!(done["summary"], "No findings. add adds now.");
+}

@@ -541,3 +541,33 @@ fn the_example_in_the_docs_loads_cleanly() {
         );
     }
 }
+
+#[test]
+fn review_auto_is_a_boolean_off_by_default() {
+    let dir = repo();
+    write(
+        dir.path(),
+        ".nightshift.toml",
+        "[checks]\ntest = \"true\"\n",
+    );
+    assert!(!EnvConfig::load(dir.path()).unwrap().config.review.auto);
+    write(
+        dir.path(),
+        ".nightshift.toml",
+        "[review]\nauto = true\nautosend = true\n",
+    );
+    let loaded = EnvConfig::load(dir.path()).unwrap();
+    assert!(loaded.config.review.auto);
+    assert!(describe(&loaded).contains("review.auto"));
+    let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert!(
+        messages[0].contains("unknown key `review.autosend`"),
+        "{messages:#?}"
+    );
+    let text = load_error("[review]\nauto = \"yes\"\n");
+    assert!(
+        text.contains("`review.auto` must be true or false, not a string"),
+        "{text}"
+    );
+}

@@ -166,6 +166,8 @@ pub enum Event {
         summary: String,
         findings: Vec<Finding>,
     },
+    /// The repository's `[review] auto` queued a review task of this task as it ended.
+    ReviewQueued { task_id: TaskId },
     /// The result was committed on the task's branch in the source repository.
     Committed {
         branch: String,
@@ -280,6 +282,7 @@ impl Event {
             Event::PlanUpdated { .. } => "plan_updated",
             Event::AgentFinished { .. } => "agent_finished",
             Event::ReviewSubmitted { .. } => "review_submitted",
+            Event::ReviewQueued { .. } => "review_queued",
             Event::Committed { .. } => "committed",
             Event::BranchPushed { .. } => "branch_pushed",
             Event::PullRequest { .. } => "pull_request",

@@ -18,7 +18,7 @@ pub use event::{
 };
 pub use id::{ParseTaskIdError, TaskId};
 pub use repo::{InvalidRepoName, MAX_REPO_NAME, Repository, check_repo_name};
-pub use review::{Finding, ReviewSpec, Severity, findings_as_request};
+pub use review::{Finding, REVIEW_PROMPT, ReviewSpec, Severity, findings_as_request};
 pub use task::{Task, TaskOrigin, TaskSpec, TaskState, UnknownTaskState};
 pub use text::{Truncated, truncate_middle};
 pub use token::{ApiToken, TokenScope, UnknownTokenScope};

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::TaskId;
 
+/// What a review asks for when the person adds nothing.
+pub const REVIEW_PROMPT: &str =
+    "Review the changes: report what is wrong with them, or that they are fine.";
+
 /// What a review task reviews: the changes of the branch it starts from (its spec's `base`)
 /// since it left `base`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

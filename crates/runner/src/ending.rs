@@ -20,6 +20,8 @@ pub(crate) struct Ending {
     pub(crate) keep_copy: bool,
     /// The worker is shutting down: the task goes back to the queue instead of ending.
     pub(crate) released: bool,
+    /// The repository's `[review] auto` asks for a review of the result.
+    pub(crate) review_after: bool,
 }
 
 impl Ending {
@@ -31,6 +33,7 @@ impl Ending {
             cost_usd: None,
             keep_copy: false,
             released: false,
+            review_after: false,
         }
     }
 

@@ -150,6 +150,9 @@ impl Runner {
                 task.error = ending.error.clone();
             })
             .await?;
+        if ending.review_after && task.state == TaskState::Succeeded && task.branch.is_some() {
+            crate::review::queue_review(self, &log, &task).await?;
+        }
         log.append(Event::Ended {
             state: ending.state,
             summary: ending.summary,
@@ -328,7 +331,13 @@ impl Runner {
             image: None,
             user: None,
         };
-        let ending = self.run_agent(&run, stop, stops, watch).await?;
+        // Only a configuration the person chose asks for reviews (each costs model time).
+        let review_after =
+            loaded.config.review.auto && provenance.configuration && task.spec.review.is_none();
+        let ending = Ending {
+            review_after,
+            ..self.run_agent(&run, stop, stops, watch).await?
+        };
         if !ending.keep_copy
             && let Err(err) = copy.remove().await
         {

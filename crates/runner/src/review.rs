@@ -2,11 +2,14 @@
 //! as data; nothing is committed, verified or pushed.
 
 use nightshift_agent::{AgentOutcome, SinkError};
-use nightshift_protocol::{ErrorKind, Finding, ReviewSpec, Task, TaskState, truncate_middle};
+use nightshift_protocol::{
+    ErrorKind, Event, Finding, ReviewSpec, Task, TaskState, truncate_middle,
+};
 
 use crate::ending::{Ending, fail, fail_model};
 use crate::handoff::Run;
 use crate::sink::TaskLog;
+use crate::submit::{ReviewOf, TaskRequest};
 
 /// The most bytes of the diff the review's prompt carries; a longer diff keeps its head and
 /// tail, and the agent reads the rest from the working copy.
@@ -101,6 +104,35 @@ pub(crate) async fn conclude_review(
         }
         AgentOutcome::Cancelled => Ok(Ending::cancelled()),
         AgentOutcome::ModelFailed(err) => fail_model(log, err).await,
+    }
+}
+
+/// Queues the review `[review] auto` asks for of `task`, which has just succeeded with a
+/// branch, with the task's model and budgets; a review that cannot be queued is a warning.
+pub(crate) async fn queue_review(
+    runner: &crate::Runner,
+    log: &TaskLog,
+    task: &Task,
+) -> Result<(), SinkError> {
+    let request = TaskRequest {
+        max_tokens: task.spec.max_tokens,
+        max_cost_usd: task.spec.max_cost_usd,
+        max_duration_secs: task.spec.max_duration_secs,
+        review: Some(ReviewOf::Task(task.id)),
+        ..TaskRequest::new(
+            task.spec.repo.clone(),
+            nightshift_protocol::REVIEW_PROMPT,
+            task.spec.model.clone(),
+        )
+    };
+    match runner.submit(request).await {
+        Ok(review) => log.append(Event::ReviewQueued { task_id: review.id }).await,
+        Err(err) => {
+            log.append(Event::Warning {
+                message: format!("[review] auto: the review was not queued: {err}"),
+            })
+            .await
+        }
     }
 }
 

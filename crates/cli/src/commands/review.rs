@@ -3,17 +3,13 @@
 
 use std::process::ExitCode;
 
-use nightshift_protocol::{Event, Finding, Task, TaskState, findings_as_request};
+use nightshift_protocol::{Event, Finding, REVIEW_PROMPT, Task, TaskState, findings_as_request};
 use nightshift_runner::ReviewOf;
 use serde_json::json;
 
 use crate::args::ReviewArgs;
 use crate::backend::{Backend, Submission};
 use crate::output::{Failure, TaskView, exit_for, print_json};
-
-/// What a review asks for when the person adds nothing.
-const DEFAULT_PROMPT: &str =
-    "Review the changes: report what is wrong with them, or that they are fine.";
 
 pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
     if args.send && args.id.is_none() {
@@ -36,9 +32,9 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
     };
     let prompt = match args.focus.as_deref().map(str::trim) {
         Some(focus) if !focus.is_empty() => {
-            format!("{DEFAULT_PROMPT}\n\nLook in particular at: {focus}")
+            format!("{REVIEW_PROMPT}\n\nLook in particular at: {focus}")
         }
-        _ => DEFAULT_PROMPT.to_string(),
+        _ => REVIEW_PROMPT.to_string(),
     };
     let submission = Submission {
         repo,

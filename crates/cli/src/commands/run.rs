@@ -68,6 +68,7 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
     let mut turn = 0;
     let mut error: Option<(String, Option<String>)> = None;
     let mut committed = None;
+    let mut review = None;
     super::follow::events(backend, task.id, true, |record| {
         match &record.event {
             Event::StateChanged { state: new, detail } => {
@@ -101,6 +102,7 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
                     *incomplete,
                 ));
             }
+            Event::ReviewQueued { task_id } => review = Some(*task_id),
             Event::Ended { state: end, .. } => state = *end,
             _ => {}
         }
@@ -140,6 +142,13 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
     }
     if let Some(summary) = &task.summary {
         println!("summary   {}", summary.trim().replace('\n', "\n          "));
+    }
+    if let Some(review) = review {
+        println!(
+            "review    {} queued by [review] auto: nightshift show {}",
+            review.short(),
+            review.short()
+        );
     }
     if let Some((message, hint)) = error {
         eprintln!("error: {message}");

@@ -26,8 +26,17 @@ pub async fn run_task(args: RunTaskArgs) -> Result<ExitCode, Failure> {
     runner.warm_up();
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
-    match runner.run_task(id, cancel).await {
-        Ok(task) => Ok(exit_for(task.state)),
+    match runner.run_task(id, cancel.clone()).await {
+        Ok(task) => {
+            // A review `[review] auto` queued has no other worker in local mode: it runs here,
+            // after the task, which has already ended.
+            if !cancel.is_cancelled()
+                && let Some(review) = queued_review(runner.store().as_ref(), task.id).await
+            {
+                let _ = runner.run_task(review, cancel).await;
+            }
+            Ok(exit_for(task.state))
+        }
         Err(err @ RunnerError::NotClaimable { .. }) => Err(Failure::usage(err.to_string())),
         Err(err) => Err(Failure::error(err.to_string())),
     }
@@ -74,4 +83,24 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
         }
         cancel.cancel();
     });
+}
+
+/// The review task `[review] auto` queued as the task `id` ended, if any.
+async fn queued_review(
+    store: &dyn nightshift_store::Store,
+    id: nightshift_protocol::TaskId,
+) -> Option<nightshift_protocol::TaskId> {
+    let (mut after, mut queued) = (0, None);
+    loop {
+        let page = store.events(id, after, 10_000).await.ok()?;
+        let Some(last) = page.last() else {
+            return queued;
+        };
+        after = last.seq;
+        for record in &page {
+            if let nightshift_protocol::Event::ReviewQueued { task_id } = record.event {
+                queued = Some(task_id);
+            }
+        }
+    }
 }

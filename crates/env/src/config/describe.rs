@@ -177,6 +177,16 @@ pub fn describe(loaded: &Loaded) -> String {
         out.value(&format!("secrets.{}", secret.name), Some(scope));
     }
 
+    if config.review.auto {
+        out.blank();
+        out.value(
+            "review.auto",
+            Some(
+                "true (a review task is queued for every task that succeeds with a branch)".into(),
+            ),
+        );
+    }
+
     if !loaded.warnings.is_empty() {
         out.blank();
         out.line(&format!("warnings ({}):", loaded.warnings.len()));

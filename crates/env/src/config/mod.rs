@@ -41,7 +41,7 @@ pub use ecosystems::{
 pub use error::{ConfigError, ConfigWarning, Location, WarningKind};
 pub use provenance::{Importer, Origin, Provenance};
 pub use schema::{
-    CONFIG_VERSION, Check, EnvConfig, Environment, Limits, Network, SecretScope, SecretSpec,
+    CONFIG_VERSION, Check, EnvConfig, Environment, Limits, Network, Review, SecretScope, SecretSpec,
 };
 pub use units::{ByteSize, HumanDuration};
 pub use validate::patterns_overlap;

@@ -25,6 +25,14 @@ pub struct EnvConfig {
     /// Secrets by name, in the order they were written. Values live in the secret store,
     /// never in configuration.
     pub secrets: Vec<SecretSpec>,
+    pub review: Review,
+}
+
+/// `[review]`: what is reviewed without being asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Review {
+    /// Queue a review task of every task that succeeds with a branch, as it ends.
+    pub auto: bool,
 }
 
 /// How the task's environment is prepared.
@@ -165,6 +173,7 @@ impl EnvConfig {
             },
             limits: Limits::default(),
             secrets: Vec::new(),
+            review: Review::default(),
         }
     }
 

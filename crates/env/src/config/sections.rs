@@ -8,8 +8,8 @@ use toml::de::{DeTable, DeValue};
 use super::error::{ConfigError, WarningKind};
 use super::schema::{CONFIG_VERSION, Check, EnvConfig, SecretScope, SecretSpec};
 use super::toml_reader::{
-    CHECK_KEYS, ENVIRONMENT_KEYS, LIMITS_KEYS, NETWORK_KEYS, SECRET_KEYS, TOP_KEYS, TomlReader,
-    Value, join_key,
+    CHECK_KEYS, ENVIRONMENT_KEYS, LIMITS_KEYS, NETWORK_KEYS, REVIEW_KEYS, SECRET_KEYS, TOP_KEYS,
+    TomlReader, Value, join_key,
 };
 use super::units::{ByteSize, HumanDuration};
 use super::validate;
@@ -51,6 +51,7 @@ impl<'a> TomlReader<'a> {
                 "network" => self.network(self.table(name, value)?, config, registries)?,
                 "limits" => self.limits(self.table(name, value)?, config)?,
                 "secrets" => self.secrets(self.table(name, value)?, config)?,
+                "review" => self.review(self.table(name, value)?, config)?,
                 _ => self.unknown_key("", key, TOP_KEYS),
             }
         }
@@ -307,6 +308,22 @@ impl<'a> TomlReader<'a> {
                 }
                 _ => {
                     self.unknown_key("limits", key, LIMITS_KEYS);
+                    continue;
+                }
+            }
+            self.record(full, key);
+        }
+        Ok(())
+    }
+
+    fn review(&mut self, table: &DeTable<'a>, config: &mut EnvConfig) -> Result<(), ConfigError> {
+        for (key, value) in table {
+            let name: &str = key.get_ref();
+            let full = join_key("review", name);
+            match name {
+                "auto" => config.review.auto = self.boolean(&full, value)?,
+                _ => {
+                    self.unknown_key("review", key, REVIEW_KEYS);
                     continue;
                 }
             }

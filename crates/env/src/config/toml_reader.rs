@@ -22,6 +22,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "network",
     "limits",
     "secrets",
+    "review",
 ];
 pub(crate) const ENVIRONMENT_KEYS: &[&str] = &[
     "setup",
@@ -36,6 +37,7 @@ pub(crate) const CHECK_KEYS: &[&str] = &["run", "timeout"];
 pub(crate) const NETWORK_KEYS: &[&str] = &["setup", "agent"];
 pub(crate) const LIMITS_KEYS: &[&str] = &["wall_time", "memory", "cpus", "pids", "disk"];
 pub(crate) const SECRET_KEYS: &[&str] = &["scope", "hosts", "header", "format"];
+pub(crate) const REVIEW_KEYS: &[&str] = &["auto"];
 
 /// Sections whose keys are fixed, searched when a key is unknown where it was written but
 /// belongs elsewhere (`wall_time` under `[environment]`).
@@ -43,6 +45,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("environment", ENVIRONMENT_KEYS),
     ("network", NETWORK_KEYS),
     ("limits", LIMITS_KEYS),
+    ("review", REVIEW_KEYS),
 ];
 
 /// One `.nightshift.toml` being read: its text, where it is, and what reading it found.
@@ -216,6 +219,13 @@ impl<'a> TomlReader<'a> {
         };
         i64::from_str_radix(integer.as_str(), integer.radix())
             .map_err(|_| self.invalid(key, &value.span(), "is too large"))
+    }
+
+    pub(crate) fn boolean(&self, key: &str, value: &Value<'_>) -> Result<bool, ConfigError> {
+        value
+            .get_ref()
+            .as_bool()
+            .ok_or_else(|| self.wrong_type(key, value, "true or false"))
     }
 
     /// A number written as an integer or a float.

@@ -202,6 +202,10 @@ fn body(record: &EventRecord) -> Markup {
             strong { "Agent finished" }
             div.markdown { (PreEscaped(markdown::render(summary))) }
         },
+        Event::ReviewQueued { task_id } => html! {
+            "Review queued: "
+            a href={ "/tasks/" (task_id) } { "task " (task_id.short()) }
+        },
         Event::ReviewSubmitted { summary, findings } => html! {
             strong { "Review: " (findings.len()) " finding(s)" }
             div.markdown { (PreEscaped(markdown::render(summary))) }
