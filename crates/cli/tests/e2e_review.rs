@@ -193,6 +193,17 @@ async fn a_branch_is_reviewed_against_its_base_and_bad_targets_are_refused() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("findings  none"), "{printed}");
     assert!(printed.contains("No findings. Only a README."), "{printed}");
+    // `show` of a review task lists its findings too.
+    let id = printed
+        .lines()
+        .find_map(|line| line.split_whitespace().next().filter(|w| w.len() == 8))
+        .unwrap();
+    let shown = ns.run(&["show", id]).await;
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("findings  none"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
     let asked = model.requests()[0]["messages"].to_string();
     assert!(asked.contains("+calc: add two numbers"), "{asked}");
     assert!(

@@ -107,8 +107,8 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
     Ok(exit_for(task.state))
 }
 
-/// The findings the review submitted (none if it submitted none).
-async fn findings_of(backend: &Backend, task: &Task) -> Result<Vec<Finding>, Failure> {
+/// The findings the review task submitted (none if it submitted none).
+pub(crate) async fn findings_of(backend: &Backend, task: &Task) -> Result<Vec<Finding>, Failure> {
     let mut findings = Vec::new();
     super::follow::events(backend, task.id, false, |record| {
         if let Event::ReviewSubmitted {
@@ -123,7 +123,7 @@ async fn findings_of(backend: &Backend, task: &Task) -> Result<Vec<Finding>, Fai
     Ok(findings)
 }
 
-fn print_findings(findings: &[Finding]) {
+pub(crate) fn print_findings(findings: &[Finding]) {
     if findings.is_empty() {
         println!("findings  none");
         return;

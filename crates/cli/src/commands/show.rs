@@ -19,6 +19,10 @@ pub async fn run(args: ShowArgs) -> Result<ExitCode, Failure> {
     } else {
         print!("{}", render::task(&task));
         println!("Cost      {}", render::cost(&cost));
+        if task.spec.review.is_some() && task.state.is_terminal() {
+            let findings = super::review::findings_of(&backend, &task).await?;
+            super::review::print_findings(&findings);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
