@@ -25,6 +25,7 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
     steps.extend([
         serde_json::json!({"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "NOTES.md", "content": "add adds\n"}}]}}),
         serde_json::json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Document add"}}]}}),
+        serde_json::json!({"reply": {"tool_calls": [{"name": "submit_review", "arguments": {"summary": "add adds; NOTES.md is thin.", "findings": [{"path": "NOTES.md", "line": 1, "severity": "low", "problem": "says nothing about sub"}]}}]}}),
     ]);
     let (ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
     set_secret(&ns, "GH_TOKEN", TOKEN, &url);
@@ -124,6 +125,29 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
     assert_eq!(
         git(&bare, &["show", &format!("{branch}:NOTES.md")]),
         "add adds"
+    );
+    // A review of the task puts its findings on the branch's pull request.
+    let out = ns.run(&["review", &id, "--wait", "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let review = printed["review"]["id"].as_str().unwrap();
+    let events = ns.events(review).await;
+    assert_eq!(
+        of_type(&events, "forge_commented")[0]["number"],
+        1,
+        "{events:#?}"
+    );
+    let calls = recorded.lock().unwrap().clone();
+    let comment = calls
+        .iter()
+        .rev()
+        .find(|(m, p, _)| m == "POST" && p == "/repos/acme/app/issues/1/comments")
+        .unwrap();
+    let body = comment.2["body"].as_str().unwrap();
+    assert!(body.contains("**nightshift review**"), "{body}");
+    assert!(
+        body.contains("- **low** `NOTES.md:1`: says nothing about sub"),
+        "{body}"
     );
     // Nothing approves or merges.
     assert!(

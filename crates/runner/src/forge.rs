@@ -90,6 +90,9 @@ impl Runner {
             }
         };
         let mut said = Vec::new();
+        if task.spec.review.is_some() {
+            return self.report_review(log, ending, &task, &events).await;
+        }
         let reported = self
             .report(&task, &Outcome::of_run(ending, log), &events, &mut said)
             .await;

@@ -3,9 +3,10 @@
 
 use nightshift_agent::{AgentOutcome, SinkError};
 use nightshift_protocol::{
-    ErrorKind, Event, Finding, ReviewSpec, Task, TaskState, truncate_middle,
+    ErrorKind, Event, EventRecord, Finding, ReviewSpec, Task, TaskState, truncate_middle,
 };
 
+use crate::Runner;
 use crate::ending::{Ending, fail, fail_model};
 use crate::handoff::Run;
 use crate::sink::TaskLog;
@@ -158,6 +159,118 @@ fn verdict(summary: &str, findings: &[Finding]) -> String {
         counted.join(", "),
         summary.trim()
     )
+}
+
+impl Runner {
+    /// A review task's forge report: once it succeeded, its findings on the pull request of
+    /// the branch it reviewed.
+    pub(crate) async fn report_review(
+        &self,
+        log: &TaskLog,
+        ending: &Ending,
+        task: &Task,
+        events: &[EventRecord],
+    ) -> Result<(), SinkError> {
+        let mut said = Vec::new();
+        if ending.state == TaskState::Succeeded {
+            self.comment_review(task, events, log, &mut said).await;
+        }
+        for event in said {
+            log.append(event).await?;
+        }
+        Ok(())
+    }
+
+    /// A review task's findings, as a comment on the pull request of the branch it reviewed
+    /// (the newest task on that branch that opened or updated one). What it did goes to `said`.
+    async fn comment_review(
+        &self,
+        task: &Task,
+        events: &[EventRecord],
+        log: &TaskLog,
+        said: &mut Vec<Event>,
+    ) {
+        let url = task.spec.repo.trim();
+        let Some(branch) = task.spec.base.as_deref() else {
+            return;
+        };
+        let Some((summary, findings)) =
+            events.iter().rev().find_map(|record| match &record.event {
+                Event::ReviewSubmitted { summary, findings } => Some((summary, findings)),
+                _ => None,
+            })
+        else {
+            return;
+        };
+        let Some(number) = self.pull_request_of(url, branch).await else {
+            return;
+        };
+        let forge = match self.forge_for(url).await {
+            Ok(Some(forge)) => forge,
+            Ok(None) => return,
+            Err(err) => {
+                said.push(Event::Warning {
+                    message: format!("the review could not be commented on #{number}: {err}"),
+                });
+                return;
+            }
+        };
+        let body = log.redact(&review_comment(task, summary, findings));
+        match forge.github.comment(&forge.repo, number, &body).await {
+            Ok(()) => said.push(Event::ForgeCommented { number }),
+            Err(err) => said.push(Event::Warning {
+                message: format!("the review could not be commented on #{number}: {err}"),
+            }),
+        }
+    }
+
+    /// The number of the pull request of `branch` on the remote repository `url`, from the
+    /// newest of its tasks' logs that has one.
+    async fn pull_request_of(&self, url: &str, branch: &str) -> Option<u64> {
+        let filter = nightshift_store::TaskFilter {
+            limit: 50,
+            repos: Some(vec![url.to_string()]),
+            branch: Some(branch.to_string()),
+            ..Default::default()
+        };
+        for task in self.store.list_tasks(&filter).await.ok()? {
+            let events = self.store.events(task.id, 0, 10_000).await.ok()?;
+            let number = events.iter().rev().find_map(|record| match record.event {
+                Event::PullRequest { number, .. } => Some(number),
+                _ => None,
+            });
+            if number.is_some() {
+                return number;
+            }
+        }
+        None
+    }
+}
+
+/// What a review says on the pull request: its verdict, then each finding with its place,
+/// severity and fix.
+fn review_comment(task: &Task, summary: &str, findings: &[Finding]) -> String {
+    let mut body = format!(
+        "**nightshift review** `{}`: {}\n",
+        task.id.short(),
+        task.summary.as_deref().unwrap_or(summary).trim()
+    );
+    for finding in findings {
+        body.push_str(&format!(
+            "\n- **{}** `{}`: {}",
+            finding.severity.as_str(),
+            finding.location(),
+            finding.problem.trim()
+        ));
+        if let Some(suggestion) = &finding.suggestion {
+            body.push_str(&format!("\n  Suggested fix: {}", suggestion.trim()));
+        }
+    }
+    body.push_str(&format!(
+        "\n\n`nightshift show {}` shows the review; `nightshift review ID --send` asks the author to fix what it found.\n",
+        task.id.short()
+    ));
+    body
 }
 
 #[cfg(test)]
