@@ -81,18 +81,8 @@ pub struct RunArgs {
     /// [default: openai:gpt-4.1; with NIGHTSHIFT_SERVER, the server's default].
     #[arg(long, env = "NIGHTSHIFT_MODEL")]
     pub model: Option<String>,
-    /// The most model turns before the task stops.
-    #[arg(long, default_value_t = TaskSpec::DEFAULT_MAX_TURNS)]
-    pub max_turns: u32,
-    /// The most tokens (input plus output, all turns) before the task stops.
-    #[arg(long)]
-    pub max_tokens: Option<u64>,
-    /// The most dollars of model usage before the task stops, e.g. 2.50 (needs a known price).
-    #[arg(long, value_name = "USD")]
-    pub max_cost: Option<f64>,
-    /// The longest the agent may work, e.g. 90s, 30m, 1h30m [default and maximum: 59m].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_time: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Start the sandbox from this image instead of the host's system (and over the
     /// repository's `[environment] image`): `REGISTRY/NAME[:TAG][@DIGEST]` (Docker Hub names
     /// such as `rust:1.86` expand as Docker does), `oci:PATH[:TAG]`, `oci-archive:PATH`,
@@ -108,6 +98,30 @@ pub struct RunArgs {
     /// What the agent should do.
     #[arg(required = true, num_args = 1.., value_name = "PROMPT")]
     pub prompt: Vec<String>,
+}
+
+/// What a task (a review too) may use before it stops.
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    /// The most model turns before the task stops.
+    #[arg(long, default_value_t = TaskSpec::DEFAULT_MAX_TURNS)]
+    pub max_turns: u32,
+    /// The most tokens (input plus output, all turns) before the task stops.
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// The most dollars of model usage before the task stops, e.g. 2.50 (needs a known price).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// The longest the agent may work, e.g. 90s, 30m, 1h30m [default and maximum: 59m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_time: Option<std::time::Duration>,
+}
+
+impl BudgetArgs {
+    /// `--max-time` in whole seconds, at least one.
+    pub fn max_duration_secs(&self) -> Option<u64> {
+        self.max_time.map(|time| time.as_secs().max(1))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -132,18 +146,8 @@ pub struct ReviewArgs {
     /// The model, as provider:model [default: as for `run`].
     #[arg(long, env = "NIGHTSHIFT_MODEL")]
     pub model: Option<String>,
-    /// The most model turns before the review stops.
-    #[arg(long, default_value_t = TaskSpec::DEFAULT_MAX_TURNS)]
-    pub max_turns: u32,
-    /// The most tokens (input plus output, all turns) before the review stops.
-    #[arg(long)]
-    pub max_tokens: Option<u64>,
-    /// The most dollars of model usage before the review stops (needs a known price).
-    #[arg(long, value_name = "USD")]
-    pub max_cost: Option<f64>,
-    /// The longest the review may take, e.g. 10m.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_time: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
     /// Wait for the review to end and print its findings; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,

@@ -315,15 +315,7 @@ async fn a_message_to_an_ended_task_continues_its_work_on_the_same_branch() {
         "{}",
         stderr(&said)
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let follow_up_id = loop {
-        let events = ns.events(first["id"].as_str().unwrap()).await;
-        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
-            break started["task_id"].as_str().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let follow_up_id = ns.follow_up_started(first["id"].as_str().unwrap()).await;
     let follow_up = ns
         .wait_for(&follow_up_id, |t| t["state"] == "succeeded")
         .await;

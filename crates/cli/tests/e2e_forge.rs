@@ -93,15 +93,7 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
     // A follow-up pushes the same branch forward, updates the body and comments.
     let said = ns.run(&["say", &id, "Also", "document", "add"]).await;
     assert!(said.status.success(), "{}", stderr(&said));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let follow_up = loop {
-        let events = ns.events(&id).await;
-        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
-            break started["task_id"].as_str().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let follow_up = ns.follow_up_started(&id).await;
     let done = ns
         .wait_for(&follow_up, |t| {
             ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())

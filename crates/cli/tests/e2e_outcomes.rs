@@ -173,15 +173,7 @@ async fn a_follow_up_that_changes_nothing_keeps_the_branch_it_continues() {
         .run(&["say", first["id"].as_str().unwrap(), "check", "it", "adds"])
         .await;
     assert!(said.status.success(), "{}", stderr(&said));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let follow_up_id = loop {
-        let events = ns.events(first["id"].as_str().unwrap()).await;
-        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
-            break started["task_id"].as_str().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let follow_up_id = ns.follow_up_started(first["id"].as_str().unwrap()).await;
     let follow_up = ns
         .wait_for(&follow_up_id, |t| {
             t["state"] == "succeeded" || t["state"] == "failed"

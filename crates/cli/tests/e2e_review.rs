@@ -136,22 +136,19 @@ async fn a_review_finds_a_planted_bug_cannot_write_and_send_gets_it_fixed() {
     assert_eq!(git(repo.path(), &["rev-parse", &branch]), head_before);
 
     // --send made the findings a follow-up of the built task, which fixed sub.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let follow_up = loop {
-        let events = ns.events(&built_id).await;
-        if let Some(received) = events.iter().find(|e| e["type"] == "message_received") {
-            let text = received["text"].as_str().unwrap_or_default();
-            assert!(
-                text.contains("1. [critical] calc.sh:5: sub adds its arguments"),
-                "{received}"
-            );
-        }
-        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
-            break started["task_id"].as_str().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "{events:#?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let follow_up = ns.follow_up_started(&built_id).await;
+    let events = ns.events(&built_id).await;
+    let received = events
+        .iter()
+        .find(|e| e["type"] == "message_received")
+        .unwrap();
+    assert!(
+        received["text"]
+            .as_str()
+            .unwrap()
+            .contains("1. [critical] calc.sh:5: sub adds its arguments"),
+        "{received}"
+    );
     let done = ns
         .wait_for(&follow_up, |t| {
             ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())

@@ -389,15 +389,7 @@ async fn a_follow_up_does_not_take_the_configuration_its_agent_wrote() {
 
     let said = ns.run(&["say", first_id, "now call it"]).await;
     assert!(said.status.success(), "{}", stderr(&said));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let follow_up = loop {
-        let events = ns.events(first_id).await;
-        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
-            break started["task_id"].as_str().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let follow_up = ns.follow_up_started(first_id).await;
     ns.wait_for(&follow_up, |t| t["state"] == "succeeded").await;
     let events = ns.events(&follow_up).await;
     assert!(

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -86,15 +84,7 @@ fn set_secret(ns: &Nightshift, name: &str, value: &str) {
 async fn follow_up(ns: &Nightshift, id: &str, text: &str) -> (String, Value) {
     let said = ns.run(&["say", id, text]).await;
     assert!(said.status.success(), "{}", stderr(&said));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let follow_up = loop {
-        let events = ns.events(id).await;
-        if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
-            break started["task_id"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let follow_up = ns.follow_up_started(id).await;
     let task = ns
         .wait_for(&follow_up, |t| {
             t["state"] == "succeeded" || t["state"] == "failed"

@@ -5,6 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::error::ImageError;
+use crate::{PullOptions, Reference};
+
 /// Whether `host:port` is one of the entries the host configuration lists: `host:port`, or
 /// `host` for its ports 443 and 80 (as `[network] allow_private` reads them).
 pub(crate) fn is_listed(listed: &[String], host: &str, port: u16) -> bool {
@@ -62,6 +65,65 @@ pub(crate) fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// Refuses a registry whose name resolves to a private address that the host configuration
+/// does not list, before anything is asked of it. A name that does not resolve is left to the
+/// pull, which says so.
+///
+/// This checks the registry the reference names; where its answers send the client next (a
+/// token service, a redirect for a blob) and a name that resolves differently a moment later
+/// are the HTTP client's, which takes no resolver from here.
+pub(crate) async fn refuse_private(
+    registry: &str,
+    reference: &Reference,
+    options: &PullOptions,
+) -> Result<(), ImageError> {
+    let listed: Vec<String> = options
+        .plain_http
+        .iter()
+        .chain(&options.allow_private)
+        .cloned()
+        .collect();
+    let (host, port) = endpoint(registry, &options.plain_http);
+    if listed.iter().any(|entry| entry.trim() == registry) || is_listed(&listed, &host, port) {
+        return Ok(());
+    }
+    let Ok(addresses) = tokio::net::lookup_host((host.as_str(), port)).await else {
+        return Ok(());
+    };
+    match first_private(&addresses.collect::<Vec<_>>()) {
+        Some(address) => Err(ImageError::PrivateAddress {
+            registry: registry.to_string(),
+            reference: reference.to_string(),
+            address: address.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The host and port a registry named `registry` is reached at (Docker Hub's is
+/// `registry-1.docker.io`; a registry spoken to over plain HTTP defaults to port 80).
+fn endpoint(registry: &str, plain_http: &[String]) -> (String, u16) {
+    if matches!(registry, "docker.io" | "index.docker.io") {
+        return ("registry-1.docker.io".to_string(), 443);
+    }
+    let default_port = match plain_http.iter().any(|entry| entry.trim() == registry) {
+        true => 80,
+        false => 443,
+    };
+    let (host, port) = match registry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => (rest, None),
+        },
+        None => match registry.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (registry, None),
+        },
+    };
+    let port = port.and_then(|p| p.parse().ok()).unwrap_or(default_port);
+    (host.to_string(), port)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -105,6 +167,58 @@ mod tests {
         }
         for public in ["93.184.216.34", "2606:2800:220:1::1", "64:ff9b::5db8:d822"] {
             assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn registries_are_reached_at_their_host_and_port() {
+        for (registry, plain, expected) in [
+            ("docker.io", &[][..], ("registry-1.docker.io", 443)),
+            ("ghcr.io", &[][..], ("ghcr.io", 443)),
+            ("registry.corp:5000", &[][..], ("registry.corp", 5000)),
+            (
+                "localhost",
+                &["localhost".to_string()][..],
+                ("localhost", 80),
+            ),
+            ("[::1]:5000", &[][..], ("::1", 5000)),
+        ] {
+            assert_eq!(
+                endpoint(registry, plain),
+                (expected.0.to_string(), expected.1),
+                "{registry}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_at_a_private_address_is_refused_unless_listed() {
+        let options = PullOptions::default();
+        for registry in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "10.0.0.1"] {
+            let reference = Reference::parse(&format!("{registry}/app:1")).unwrap();
+            let err = refuse_private(registry, &reference, &options)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ImageError::PrivateAddress { .. }),
+                "{registry}: {err}"
+            );
+            assert!(err.to_string().contains("[images] allow_private"), "{err}");
+        }
+        let reference = Reference::parse("127.0.0.1:5000/app:1").unwrap();
+        for options in [
+            PullOptions {
+                allow_private: vec!["127.0.0.1:5000".into()],
+                ..PullOptions::default()
+            },
+            PullOptions {
+                plain_http: vec!["127.0.0.1:5000".into()],
+                ..PullOptions::default()
+            },
+        ] {
+            refuse_private("127.0.0.1:5000", &reference, &options)
+                .await
+                .unwrap();
         }
     }
 }

@@ -51,7 +51,7 @@ async fn connect(
             reason: "not a registry reference".to_string(),
         });
     };
-    refuse_private(registry, reference, options).await?;
+    crate::address::refuse_private(registry, reference, options).await?;
     ensure_crypto_provider();
     let image = match (tag, digest) {
         (_, Some(digest)) => oci_client::Reference::with_digest(
@@ -100,67 +100,6 @@ async fn connect(
         tag: tag.map(str::to_string),
         by_digest: digest.is_some(),
     }))
-}
-
-/// Refuses a registry whose name resolves to a private address that the host configuration
-/// does not list, before anything is asked of it. A name that does not resolve is left to the
-/// pull, which says so.
-///
-/// This checks the registry the reference names; where its answers send the client next (a
-/// token service, a redirect for a blob) and a name that resolves differently a moment later
-/// are the HTTP client's, which takes no resolver from here.
-async fn refuse_private(
-    registry: &str,
-    reference: &Reference,
-    options: &PullOptions,
-) -> Result<(), ImageError> {
-    let listed: Vec<String> = options
-        .plain_http
-        .iter()
-        .chain(&options.allow_private)
-        .cloned()
-        .collect();
-    let (host, port) = endpoint(registry, &options.plain_http);
-    if listed.iter().any(|entry| entry.trim() == registry)
-        || crate::address::is_listed(&listed, &host, port)
-    {
-        return Ok(());
-    }
-    let Ok(addresses) = tokio::net::lookup_host((host.as_str(), port)).await else {
-        return Ok(());
-    };
-    match crate::address::first_private(&addresses.collect::<Vec<_>>()) {
-        Some(address) => Err(ImageError::PrivateAddress {
-            registry: registry.to_string(),
-            reference: reference.to_string(),
-            address: address.to_string(),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// The host and port a registry named `registry` is reached at (Docker Hub's is
-/// `registry-1.docker.io`; a registry spoken to over plain HTTP defaults to port 80).
-fn endpoint(registry: &str, plain_http: &[String]) -> (String, u16) {
-    if matches!(registry, "docker.io" | "index.docker.io") {
-        return ("registry-1.docker.io".to_string(), 443);
-    }
-    let default_port = match plain_http.iter().any(|entry| entry.trim() == registry) {
-        true => 80,
-        false => 443,
-    };
-    let (host, port) = match registry.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((host, tail)) => (host, tail.strip_prefix(':')),
-            None => (rest, None),
-        },
-        None => match registry.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => (host, Some(port)),
-            _ => (registry, None),
-        },
-    };
-    let port = port.and_then(|p| p.parse().ok()).unwrap_or(default_port);
-    (host.to_string(), port)
 }
 
 /// Resolves a registry reference to this platform's manifest, configuration and layers.
@@ -568,63 +507,5 @@ pub(crate) fn describe_reqwest(error: &reqwest::Error) -> String {
 pub(crate) fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registries_are_reached_at_their_host_and_port() {
-        for (registry, plain, expected) in [
-            ("docker.io", &[][..], ("registry-1.docker.io", 443)),
-            ("ghcr.io", &[][..], ("ghcr.io", 443)),
-            ("registry.corp:5000", &[][..], ("registry.corp", 5000)),
-            (
-                "localhost",
-                &["localhost".to_string()][..],
-                ("localhost", 80),
-            ),
-            ("[::1]:5000", &[][..], ("::1", 5000)),
-        ] {
-            assert_eq!(
-                endpoint(registry, plain),
-                (expected.0.to_string(), expected.1),
-                "{registry}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_registry_at_a_private_address_is_refused_unless_listed() {
-        let options = PullOptions::default();
-        for registry in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "10.0.0.1"] {
-            let reference = Reference::parse(&format!("{registry}/app:1")).unwrap();
-            let err = refuse_private(registry, &reference, &options)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, ImageError::PrivateAddress { .. }),
-                "{registry}: {err}"
-            );
-            assert!(err.to_string().contains("[images] allow_private"), "{err}");
-        }
-        let reference = Reference::parse("127.0.0.1:5000/app:1").unwrap();
-        for options in [
-            PullOptions {
-                allow_private: vec!["127.0.0.1:5000".into()],
-                ..PullOptions::default()
-            },
-            PullOptions {
-                plain_http: vec!["127.0.0.1:5000".into()],
-                ..PullOptions::default()
-            },
-        ] {
-            refuse_private("127.0.0.1:5000", &reference, &options)
-                .await
-                .unwrap();
-        }
     }
 }

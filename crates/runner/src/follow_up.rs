@@ -229,16 +229,26 @@ impl Runner {
 
     /// The commit a person chose for the first task of `parent`'s chain of follow-ups.
     async fn chosen_base(&self, parent: &Task) -> Option<String> {
-        let mut first = parent.clone();
+        match self.first_run(parent).await {
+            (first, true) => first.base_commit,
+            (_, false) => None,
+        }
+    }
+
+    /// The first run of the chain of follow-ups `task` ends: the earliest task that can be
+    /// read, and whether it is the first (false when an earlier one is missing, or the chain
+    /// is past a thousand).
+    pub(crate) async fn first_run(&self, task: &Task) -> (Task, bool) {
+        let mut first = task.clone();
         let mut steps = 0;
         while let Some(earlier) = first.spec.follows {
             steps += 1;
             match self.store.get_task(earlier).await {
                 Ok(Some(task)) if steps < 1000 => first = task,
-                _ => return None,
+                _ => return (first, false),
             }
         }
-        first.base_commit
+        (first, true)
     }
 }
 

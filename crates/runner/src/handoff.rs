@@ -37,6 +37,8 @@ pub(crate) struct Run<'a> {
     pub(crate) credentials: &'a [nightshift_sandbox::Credential],
     /// For a follow-up: the earlier task, whose branch this run continues.
     pub(crate) parent: Option<&'a Task>,
+    /// For a review of a task: that task, whose request the changes answer.
+    pub(crate) reviewed: Option<&'a Task>,
     /// Whether the working copy is a tree a person chose (see `follow_up::Provenance`): only
     /// then does setup get setup secrets and share its layer through the cache.
     pub(crate) chosen_tree: bool,

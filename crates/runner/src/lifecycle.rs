@@ -326,6 +326,7 @@ impl Runner {
             setup_env: &task_secrets.setup_env,
             credentials: &task_secrets.credentials,
             parent: parent.as_ref(),
+            reviewed: reviewed.as_ref(),
             chosen_tree: provenance.chosen_tree,
             layers: &[],
             image: None,
@@ -512,13 +513,7 @@ impl Runner {
                 inbox: Some(&watch.messages),
             };
             let prompt = match review {
-                Some(review) => {
-                    let reviewed = match review.task {
-                        Some(id) => self.store.get_task(id).await.ok().flatten(),
-                        None => None,
-                    };
-                    crate::review::review_prompt(run, review, reviewed.as_ref()).await
-                }
+                Some(review) => crate::review::review_prompt(run, review).await,
                 None => Ok(self.build_prompt(run)),
             };
             let prompt = match prompt {

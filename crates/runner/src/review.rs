@@ -18,11 +18,7 @@ const DIFF_BYTES: usize = 96 * 1024;
 
 /// What a review's agent is told: the repository's rules, the request the changes answer, the
 /// changes, and what the person asked to look at.
-pub(crate) async fn review_prompt(
-    run: &Run<'_>,
-    review: &ReviewSpec,
-    reviewed: Option<&Task>,
-) -> Result<String, String> {
+pub(crate) async fn review_prompt(run: &Run<'_>, review: &ReviewSpec) -> Result<String, String> {
     let copy = run.copy;
     let mut dirs = Vec::new();
     if let Some(workdir) = &run.env.config.environment.workdir {
@@ -36,7 +32,7 @@ pub(crate) async fn review_prompt(
             prompt.push_str(&format!("- {}: `{}`\n", check.name, check.run));
         }
     }
-    if let Some(task) = reviewed {
+    if let Some(task) = run.reviewed {
         prompt.push_str(&format!(
             "\n# The request the changes answer\n\n{}\n",
             task.spec.prompt.trim()

@@ -209,13 +209,7 @@ impl Runner {
             )));
         };
         // A follow-up's branch goes on from its earlier runs': the changes are all of theirs.
-        let mut first = task;
-        while let Some(earlier) = first.spec.follows {
-            match self.store.get_task(earlier).await? {
-                Some(task) => first = task,
-                None => break,
-            }
-        }
+        let (first, _) = self.first_run(&task).await;
         let Some(base_commit) = first.base_commit.clone() else {
             return Err(SubmitError::Review(format!(
                 "the commit task {} started from is not recorded",

@@ -220,6 +220,23 @@ impl Nightshift {
             .collect()
     }
 
+    /// Waits (up to a minute) for the ended task `id` to start the follow-up a message asked
+    /// for, and returns the follow-up's id.
+    pub async fn follow_up_started(&self, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self.events(id).await;
+            if let Some(started) = events.iter().find(|e| e["type"] == "follow_up_started") {
+                return started["task_id"].as_str().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no follow-up of {id}: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls `show --json` until `done` holds or the deadline passes.
     pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
