@@ -42,6 +42,9 @@ pub enum Command {
     /// Review a task's result (or a branch) with a read-only agent that reports findings:
     /// file, lines, severity, what is wrong and how to fix it.
     Review(ReviewArgs),
+    /// Show a best-of-N task's attempts side by side (`run --attempts N`): state, checks,
+    /// review findings, diff size, cost, branch, and which was chosen and why.
+    Compare(ShowArgs),
     /// Say which isolation features this host has, and how to get the missing ones.
     Doctor(DoctorArgs),
     /// Work with the sandbox directly.
@@ -78,9 +81,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub base: Option<String>,
     /// The model, as provider:model. OPENAI_API_KEY and OPENAI_BASE_URL configure `openai`
-    /// [default: openai:gpt-4.1; with NIGHTSHIFT_SERVER, the server's default].
-    #[arg(long, env = "NIGHTSHIFT_MODEL")]
-    pub model: Option<String>,
+    /// [default: openai:gpt-4.1; with NIGHTSHIFT_SERVER, the server's default]. Given more
+    /// than once, the attempts are spread over the models in turn (one attempt per model
+    /// unless --attempts says more).
+    #[arg(long, env = "NIGHTSHIFT_MODEL", value_name = "MODEL")]
+    pub model: Vec<String>,
+    /// Best-of-N: run N independent attempts (2 to 8), each verified by the checks, and keep
+    /// the best as this task's branch: ranked by checks passed, then a review of each, then
+    /// the smaller diff (`nightshift compare ID` shows them side by side).
+    #[arg(long, value_name = "N")]
+    pub attempts: Option<u32>,
     #[command(flatten)]
     pub budget: BudgetArgs,
     /// Start the sandbox from this image instead of the host's system (and over the

@@ -46,6 +46,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Run(args) => commands::run::run(args).await,
         Command::Ls(args) => commands::ls::run(args).await,
         Command::Show(args) => commands::show::run(args).await,
+        Command::Compare(args) => commands::compare::run(args).await,
         Command::Logs(args) => commands::logs::run(args).await,
         Command::Diff(args) => commands::diff::run(args).await,
         Command::Apply(args) => commands::apply::run(args).await,

@@ -141,10 +141,17 @@ impl Cost {
                         *model_usd.get_or_insert(0.0) += cost;
                     }
                     nightshift_protocol::Event::Ended {
-                        cpu_seconds: Some(cpu),
+                        cpu_seconds: cpu,
+                        cost_usd,
                         ..
                     } => {
-                        *cpu_seconds.get_or_insert(0.0) += cpu;
+                        if let Some(cpu) = cpu {
+                            *cpu_seconds.get_or_insert(0.0) += cpu;
+                        }
+                        // A best-of-N task's model use is its attempts', summed as it ended.
+                        if !task.spec.attempts.is_empty() {
+                            model_usd = cost_usd;
+                        }
                     }
                     _ => {}
                 }

@@ -221,6 +221,57 @@ pub fn event(record: &EventRecord) -> String {
             "the agent called finish".into(),
             Some(summary.clone()),
         ),
+        Event::AttemptQueued {
+            task_id,
+            index,
+            model,
+        } => (
+            "attempt",
+            format!(
+                "attempt {} queued as {} ({model})",
+                index + 1,
+                task_id.short()
+            ),
+            None,
+        ),
+        Event::AttemptReviewQueued { attempt, review } => (
+            "attempt",
+            format!(
+                "review {} queued of attempt {}",
+                review.short(),
+                attempt.short()
+            ),
+            None,
+        ),
+        Event::AttemptsRanked {
+            ranking,
+            chosen,
+            reason,
+        } => {
+            let lines = ranking
+                .iter()
+                .map(|rank| {
+                    format!(
+                        "{}. attempt {} {} ({}) {}",
+                        if Some(rank.task_id) == *chosen {
+                            "*"
+                        } else {
+                            " "
+                        },
+                        rank.index + 1,
+                        rank.task_id.short(),
+                        rank.model,
+                        rank.state
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let head = match chosen {
+                Some(chosen) => format!("chose {}: {reason}", chosen.short()),
+                None => format!("chose none: {reason}"),
+            };
+            ("attempts", head, Some(lines))
+        }
         Event::ReviewQueued { task_id } => (
             "review",
             format!("[review] auto queued the review {}", task_id.short()),

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Finding, TaskId, TaskSpec, TaskState};
+use crate::{AttemptRank, Finding, TaskId, TaskSpec, TaskState};
 
 /// One entry of a task's log, as stored and as printed by `nightshift logs --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,7 +25,7 @@ pub struct EventRecord {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The task was stored and waits for a worker. Always the first event.
-    Queued { spec: TaskSpec },
+    Queued { spec: Box<TaskSpec> },
     /// The task moved to a new state. `detail` says what the step is about, for humans.
     StateChanged {
         state: TaskState,
@@ -168,6 +168,22 @@ pub enum Event {
     },
     /// The repository's `[review] auto` queued a review task of this task as it ended.
     ReviewQueued { task_id: TaskId },
+    /// A best-of-N task queued one of its attempts, a task of its own.
+    AttemptQueued {
+        task_id: TaskId,
+        index: u32,
+        model: String,
+    },
+    /// A best-of-N task queued a review of one of its attempts, to rank it.
+    AttemptReviewQueued { attempt: TaskId, review: TaskId },
+    /// A best-of-N task ranked its ended attempts, best first, and took the branch of
+    /// `chosen` (none when no attempt left a branch).
+    AttemptsRanked {
+        ranking: Vec<AttemptRank>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chosen: Option<TaskId>,
+        reason: String,
+    },
     /// The result was committed on the task's branch in the source repository.
     Committed {
         branch: String,
@@ -283,6 +299,9 @@ impl Event {
             Event::AgentFinished { .. } => "agent_finished",
             Event::ReviewSubmitted { .. } => "review_submitted",
             Event::ReviewQueued { .. } => "review_queued",
+            Event::AttemptQueued { .. } => "attempt_queued",
+            Event::AttemptReviewQueued { .. } => "attempt_review_queued",
+            Event::AttemptsRanked { .. } => "attempts_ranked",
             Event::Committed { .. } => "committed",
             Event::BranchPushed { .. } => "branch_pushed",
             Event::PullRequest { .. } => "pull_request",

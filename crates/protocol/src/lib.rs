@@ -4,6 +4,7 @@
 //! CLI and the API render them. Keeping them in one crate without I/O means that the wire format
 //! (the JSON of `nightshift logs --json`, the API, the event log) has exactly one definition.
 
+mod attempts;
 mod event;
 mod id;
 mod repo;
@@ -12,6 +13,9 @@ mod task;
 mod text;
 mod token;
 
+pub use attempts::{
+    AttemptOf, AttemptRank, FindingCounts, MAX_ATTEMPTS, choice_reason, rank_attempts,
+};
 pub use event::{
     CommandPhase, ErrorKind, Event, EventRecord, ImageLayerUse, PlanStep, PlanStepStatus,
     ToolCallRecord, Usage,

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{ReviewSpec, TaskId, Usage};
+use crate::{AttemptOf, ReviewSpec, TaskId, Usage};
 
 /// What the person (or integration) asked for. Stored verbatim with the task; everything the
 /// runner resolves later (the base commit, the branch) lives on `Task` instead.
@@ -51,6 +51,13 @@ pub struct TaskSpec {
     /// with read-only access and reports findings, instead of changing anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewSpec>,
+    /// Set for a best-of-N task: one attempt per model listed (a model may repeat), each a
+    /// task of its own with this request; the best attempt's branch becomes this task's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<String>,
+    /// Set for one attempt of a best-of-N task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_of: Option<AttemptOf>,
 }
 
 /// Where on a forge a task was asked for.
@@ -275,6 +282,8 @@ mod tests {
             image: None,
             origin: None,
             review: None,
+            attempts: Vec::new(),
+            attempt_of: None,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

@@ -112,6 +112,8 @@ async fn main() {
         image: None,
         origin: None,
         review: None,
+        attempts: Vec::new(),
+        attempt_of: None,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();

@@ -33,6 +33,9 @@ pub enum SubmitError {
     /// What a review was asked of cannot be reviewed; nothing was queued.
     #[error("{0}")]
     Review(String),
+    /// A best-of-N request that cannot be run as asked; nothing was queued.
+    #[error("{0}")]
+    Attempts(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -43,6 +46,10 @@ impl SubmitError {
         match self {
             SubmitError::EmptyPrompt | SubmitError::Budget(_) => None,
             SubmitError::Review(_) => Some("`nightshift review ID` reviews an ended task's branch; `nightshift review --repo PATH --branch B --base A` reviews a branch".into()),
+            SubmitError::Attempts(_) => Some(format!(
+                "ask for 2 to {} attempts (--attempts N), and give --model once for all of them or once per model to spread them over",
+                nightshift_protocol::MAX_ATTEMPTS
+            )),
             SubmitError::Model(err) => err.hint().map(str::to_string),
             SubmitError::MissingKey { variable, .. } => Some(format!(
                 "set {variable} where the tasks run (for `nightshift run`, in its environment), or point {} at a server that needs no key (such as a local OpenAI-compatible one)",

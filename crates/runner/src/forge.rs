@@ -76,7 +76,8 @@ impl Runner {
         ending: &Ending,
     ) -> Result<(), SinkError> {
         let task = log.snapshot().await;
-        if !nightshift_env::is_remote(&task.spec.repo) {
+        // An attempt's branch is pushed; whether it goes further is its best-of-N task's call.
+        if !nightshift_env::is_remote(&task.spec.repo) || task.spec.attempt_of.is_some() {
             return Ok(());
         }
         let events = match self.store.events(task.id, 0, 10_000).await {
@@ -89,6 +90,7 @@ impl Runner {
                 .await;
             }
         };
+        let events = self.forge_view(&task, events).await;
         let mut said = Vec::new();
         if task.spec.review.is_some() {
             return self.report_review(log, ending, &task, &events).await;
@@ -472,6 +474,8 @@ mod tests {
             image: None,
             origin,
             review: None,
+            attempts: Vec::new(),
+            attempt_of: None,
         };
         Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH)
     }

@@ -134,6 +134,7 @@ impl Runner {
             self.store.append_event(id, &event).await?;
             events = self.store.events(id, 0, 10_000).await?;
         }
+        let events = self.forge_view(&task, events).await;
         let mut said = Vec::new();
         let reported = self
             .report(

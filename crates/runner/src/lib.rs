@@ -3,6 +3,7 @@
 //!
 //! The runner renders nothing; the CLI and the server read what it writes to the store.
 
+mod attempts;
 mod build;
 mod ceilings;
 mod conclude;
@@ -49,7 +50,7 @@ pub use image::{ImageSettings, login_from_secret};
 pub use lifecycle::PriceLookup;
 pub use nightshift_env::is_remote;
 pub use repos::{RegisterError, RepoOptions, find_registered, register_repo};
-pub use submit::{ReviewOf, TaskRequest};
+pub use submit::{ReviewOf, TaskRequest, attempt_models};
 pub use worker::WorkerConfig;
 
 /// Everything a runner needs, passed in explicitly (no globals, no environment reads).

@@ -175,6 +175,9 @@ impl Runner {
         watch: &Watch,
     ) -> Result<Ending, SinkError> {
         let task = log.snapshot().await;
+        if !task.spec.attempts.is_empty() {
+            return self.run_attempts(log, stop, stops).await;
+        }
         set_state(
             log,
             TaskState::Preparing,
@@ -333,8 +336,11 @@ impl Runner {
             user: None,
         };
         // Only a configuration the person chose asks for reviews (each costs model time).
-        let review_after =
-            loaded.config.review.auto && provenance.configuration && task.spec.review.is_none();
+        // A best-of-N task reviews its attempts itself, when it has a choice to make.
+        let review_after = loaded.config.review.auto
+            && provenance.configuration
+            && task.spec.review.is_none()
+            && task.spec.attempt_of.is_none();
         let ending = Ending {
             review_after,
             ..self.run_agent(&run, stop, stops, watch).await?

@@ -246,6 +246,8 @@ mod tests {
             image: None,
             origin: None,
             review: None,
+            attempts: Vec::new(),
+            attempt_of: None,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         store.create_task(&task).await.unwrap();

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use nightshift_env::{EnvError, SourceRepo};
 use nightshift_model::ModelSpec;
-use nightshift_protocol::{ReviewSpec, Task, TaskId, TaskOrigin, TaskSpec};
+use nightshift_protocol::{
+    AttemptOf, MAX_ATTEMPTS, ReviewSpec, Task, TaskId, TaskOrigin, TaskSpec,
+};
 
 use crate::{Runner, SubmitError};
 
@@ -31,6 +33,46 @@ pub struct TaskRequest {
     /// Make it a review task (see [`TaskSpec::review`]): `prompt` is then what to look at
     /// besides the changes themselves.
     pub review: Option<ReviewOf>,
+    /// Make it a best-of-N task (see [`TaskSpec::attempts`]): the model of each attempt.
+    /// Empty for a task that runs once; see [`attempt_models`].
+    pub attempts: Vec<String>,
+    /// Set when this is one attempt of a best-of-N task (the runner sets it).
+    pub attempt_of: Option<AttemptOf>,
+}
+
+/// The model of each of `attempts` attempts, spread over `models` in turn (the first model for
+/// every attempt when `models` is empty or has one). One attempt is an ordinary task: an empty
+/// list.
+pub fn attempt_models(
+    models: &[String],
+    attempts: Option<u32>,
+    default_model: &str,
+) -> Result<Vec<String>, SubmitError> {
+    let count = match attempts {
+        Some(0) => {
+            return Err(SubmitError::Attempts(
+                "--attempts 0 asks for no attempt at all".into(),
+            ));
+        }
+        Some(n) => n as usize,
+        None => models.len().max(1),
+    };
+    if models.len() > count {
+        return Err(SubmitError::Attempts(format!(
+            "{} models for {count} attempt(s): give at most one model per attempt",
+            models.len()
+        )));
+    }
+    if count == 1 {
+        return Ok(Vec::new());
+    }
+    let models: Vec<String> = match models.is_empty() {
+        true => vec![default_model.to_string()],
+        false => models.to_vec(),
+    };
+    Ok((0..count)
+        .map(|index| models[index % models.len()].clone())
+        .collect())
 }
 
 /// What a review task reviews.
@@ -64,6 +106,8 @@ impl TaskRequest {
             image: None,
             origin: None,
             review: None,
+            attempts: Vec::new(),
+            attempt_of: None,
         }
     }
 }
@@ -126,15 +170,11 @@ impl Runner {
                 "a dollar budget must be a positive amount, not {cost}"
             )));
         }
-        let model: ModelSpec = request.model.parse()?;
-        if self.config.check_provider_keys
-            && let Some(variable) = self.providers.missing_key(&model)
-        {
-            return Err(SubmitError::MissingKey {
-                model: model.to_string(),
-                variable,
-            });
+        let attempts = self.check_attempts(&request, review.is_some())?;
+        if let Some(first) = attempts.first() {
+            request.model = first.clone();
         }
+        let model = self.check_model(&request.model)?;
         let image = match request.image.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => Some(
@@ -173,6 +213,8 @@ impl Runner {
             image,
             origin: request.origin,
             review,
+            attempts,
+            attempt_of: request.attempt_of,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;
@@ -181,6 +223,48 @@ impl Runner {
 }
 
 impl Runner {
+    /// The model spec `text`, read, with the key its provider needs at hand.
+    fn check_model(&self, text: &str) -> Result<ModelSpec, SubmitError> {
+        let model: ModelSpec = text.parse()?;
+        if self.config.check_provider_keys
+            && let Some(variable) = self.providers.missing_key(&model)
+        {
+            return Err(SubmitError::MissingKey {
+                model: model.to_string(),
+                variable,
+            });
+        }
+        Ok(model)
+    }
+
+    /// A best-of-N request's attempts, each model checked and written as it is stored.
+    fn check_attempts(
+        &self,
+        request: &TaskRequest,
+        review: bool,
+    ) -> Result<Vec<String>, SubmitError> {
+        if request.attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = request.attempts.len();
+        if !(2..=MAX_ATTEMPTS).contains(&n) {
+            return Err(SubmitError::Attempts(format!(
+                "{n} attempts asked for; a task runs 2 to {MAX_ATTEMPTS}"
+            )));
+        }
+        if review || request.follows.is_some() || request.attempt_of.is_some() {
+            return Err(SubmitError::Attempts(
+                "several attempts are for new work: a review, a follow-up or an attempt runs once"
+                    .into(),
+            ));
+        }
+        request
+            .attempts
+            .iter()
+            .map(|text| Ok(self.check_model(text)?.to_string()))
+            .collect()
+    }
+
     /// What a review of the task `id` looks at: its branch (the request's repository and base
     /// become the task's) from the commit its first run started on.
     async fn reviewed_task(

@@ -46,15 +46,45 @@ pub struct ScriptedModel {
 
 #[derive(Debug)]
 struct ServerState {
-    steps: Vec<Step>,
-    /// The step answering the next request, and how often it has answered already.
-    position: usize,
-    repeated: u32,
+    steps: Queue,
+    /// The scripts of requests that name these models.
+    models: BTreeMap<String, Queue>,
     chunk_size: usize,
     served: usize,
     requests: Vec<RecordedRequest>,
     /// The number of the next tool call id.
     next_call: u64,
+}
+
+/// A list of steps, and where it stands.
+#[derive(Debug)]
+struct Queue {
+    steps: Vec<Step>,
+    /// The step answering the next request, and how often it has answered already.
+    position: usize,
+    repeated: u32,
+}
+
+impl Queue {
+    fn new(steps: Vec<Step>) -> Self {
+        Queue {
+            steps,
+            position: 0,
+            repeated: 0,
+        }
+    }
+
+    fn next_step(&mut self) -> Option<Step> {
+        loop {
+            let step = self.steps.get(self.position)?;
+            if self.repeated < step.times() {
+                self.repeated += 1;
+                return Some(step.clone());
+            }
+            self.position += 1;
+            self.repeated = 0;
+        }
+    }
 }
 
 /// One request as the server received it.
@@ -91,9 +121,12 @@ impl ScriptedModel {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
         let state = Arc::new(Mutex::new(ServerState {
-            steps: script.steps,
-            position: 0,
-            repeated: 0,
+            steps: Queue::new(script.steps),
+            models: script
+                .models
+                .into_iter()
+                .map(|(model, steps)| (model, Queue::new(steps)))
+                .collect(),
             chunk_size: script.chunk_size,
             served: 0,
             requests: Vec::new(),
@@ -213,7 +246,12 @@ impl ServerState {
             let message = "the request body is not a JSON object".to_string();
             return Err((StatusCode::BAD_REQUEST, message));
         }
-        let Some(step) = self.next_step() else {
+        let model = request.get("model").and_then(Value::as_str);
+        let queue = match model.and_then(|model| self.models.get_mut(model)) {
+            Some(queue) => queue,
+            None => &mut self.steps,
+        };
+        let Some(step) = queue.next_step() else {
             let message = format!("script exhausted after {} steps", self.served);
             return Err((StatusCode::INTERNAL_SERVER_ERROR, message));
         };
@@ -241,18 +279,6 @@ impl ServerState {
             self.next_call += reply.tool_calls.len() as u64;
         }
         Ok((step, context))
-    }
-
-    fn next_step(&mut self) -> Option<Step> {
-        loop {
-            let step = self.steps.get(self.position)?;
-            if self.repeated < step.times() {
-                self.repeated += 1;
-                return Some(step.clone());
-            }
-            self.position += 1;
-            self.repeated = 0;
-        }
     }
 }
 

@@ -26,6 +26,11 @@ use serde_json::Value;
 #[serde(deny_unknown_fields)]
 pub struct Script {
     pub steps: Vec<Step>,
+    /// Scripts of their own for requests that name these models (the request's `model`), so
+    /// that conversations running at the same time each get theirs in order; any other
+    /// request takes the next of `steps`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, Vec<Step>>,
     /// How many characters of tool call arguments go in one streamed chunk.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: usize,
@@ -130,6 +135,7 @@ impl Script {
     pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
         Script {
             steps: steps.into_iter().collect(),
+            models: BTreeMap::new(),
             chunk_size: default_chunk_size(),
         }
     }
@@ -147,35 +153,44 @@ impl Script {
         if self.chunk_size == 0 {
             return Err(ScriptError("chunk_size must be at least 1".into()));
         }
-        for (number, step) in self.steps.iter().enumerate() {
-            match step {
-                Step::Reply(reply) if reply.repeat == 0 => {
-                    return Err(ScriptError(format!(
-                        "step {number}: repeat must be at least 1"
-                    )));
-                }
-                Step::Error(error) if !(400..=599).contains(&error.status) => {
-                    return Err(ScriptError(format!(
-                        "step {number}: error status {} is not between 400 and 599",
-                        error.status
-                    )));
-                }
-                Step::Error(error) => {
-                    for (name, value) in &error.headers {
-                        if HeaderName::from_bytes(name.as_bytes()).is_err()
-                            || HeaderValue::from_str(value).is_err()
-                        {
-                            return Err(ScriptError(format!(
-                                "step {number}: `{name}: {value}` is not a valid HTTP header"
-                            )));
-                        }
-                    }
-                }
-                Step::Reply(_) | Step::BrokenStream(_) | Step::Malformed(_) => {}
-            }
+        validate_steps(&self.steps, "")?;
+        for (model, steps) in &self.models {
+            validate_steps(steps, &format!("model {model}, "))?;
         }
         Ok(())
     }
+}
+
+/// Checks one list of steps; `label` says which in errors.
+fn validate_steps(steps: &[Step], label: &str) -> Result<(), ScriptError> {
+    for (number, step) in steps.iter().enumerate() {
+        match step {
+            Step::Reply(reply) if reply.repeat == 0 => {
+                return Err(ScriptError(format!(
+                    "{label}step {number}: repeat must be at least 1"
+                )));
+            }
+            Step::Error(error) if !(400..=599).contains(&error.status) => {
+                return Err(ScriptError(format!(
+                    "{label}step {number}: error status {} is not between 400 and 599",
+                    error.status
+                )));
+            }
+            Step::Error(error) => {
+                for (name, value) in &error.headers {
+                    if HeaderName::from_bytes(name.as_bytes()).is_err()
+                        || HeaderValue::from_str(value).is_err()
+                    {
+                        return Err(ScriptError(format!(
+                            "{label}step {number}: `{name}: {value}` is not a valid HTTP header"
+                        )));
+                    }
+                }
+            }
+            Step::Reply(_) | Step::BrokenStream(_) | Step::Malformed(_) => {}
+        }
+    }
+    Ok(())
 }
 
 impl Step {

@@ -169,6 +169,7 @@ impl From<SubmitError> for ApiError {
             | SubmitError::MissingKey { .. }
             | SubmitError::Image(_)
             | SubmitError::Review(_)
+            | SubmitError::Attempts(_)
             | SubmitError::Repository(_) => {
                 let api = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -140,6 +140,21 @@ pub(crate) struct TaskSpecDoc {
     origin: Option<TaskOriginDoc>,
     /// Set for a review task: what it reviews (the changes of the branch `base` names).
     review: Option<ReviewSpecDoc>,
+    /// Set for a best-of-N task: the model of each attempt, in order (absent otherwise).
+    attempts: Option<Vec<String>>,
+    /// Set for one attempt of a best-of-N task.
+    attempt_of: Option<AttemptOfDoc>,
+}
+
+/// Which best-of-N task an attempt belongs to.
+#[derive(ToSchema)]
+#[schema(as = AttemptOf)]
+#[allow(dead_code)]
+pub(crate) struct AttemptOfDoc {
+    /// The id of the best-of-N task.
+    task: String,
+    /// Which attempt, from 0, in the order they were asked for.
+    index: u32,
 }
 
 /// What a review task reviews: the changes of its `base` branch since it left `base` here.
@@ -293,6 +308,11 @@ mod tests {
                     task: Some(TaskId::new()),
                     base: "main".into(),
                     base_commit: "a".into(),
+                }),
+                attempts: vec!["openai:m".into(), "openai:n".into()],
+                attempt_of: Some(nightshift_protocol::AttemptOf {
+                    task: TaskId::new(),
+                    index: 1,
                 }),
             },
             Timestamp::UNIX_EPOCH,

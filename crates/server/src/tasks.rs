@@ -118,7 +118,13 @@ pub(crate) async fn submit(
     let model = body
         .model
         .unwrap_or_else(|| state.config().default_model.clone());
+    let attempts = nightshift_runner::attempt_models(
+        body.models.as_deref().unwrap_or_default(),
+        body.attempts,
+        &model,
+    )?;
     let mut request = TaskRequest::new(&repo.location, body.prompt, model);
+    request.attempts = attempts;
     request.base = body.base;
     request.max_turns = body.max_turns.unwrap_or(TaskSpec::DEFAULT_MAX_TURNS);
     request.max_tokens = body.max_tokens;

@@ -114,6 +114,15 @@ pub(crate) struct CreateTask {
     /// says what to look at besides the changes.
     #[serde(default)]
     pub review: Option<ReviewRequest>,
+    /// Run this many independent attempts and keep the best (best-of-N, 2 to 8): each is a task
+    /// of its own, verified by the checks; they are ranked by checks passed, then a review of
+    /// each, then the smaller diff. Default: one, an ordinary task.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// The models to spread the attempts over, in turn (instead of `model`); giving more
+    /// than one asks for one attempt per model unless `attempts` says more.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 /// What a review task reviews: `{"task": ID}`, an ended task's branch (the request's `repo` must

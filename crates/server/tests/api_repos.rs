@@ -326,3 +326,67 @@ async fn a_review_names_an_ended_task_of_the_same_repository_or_a_base() {
         3
     );
 }
+
+#[tokio::test]
+async fn best_of_n_takes_attempts_and_models_and_refuses_what_it_cannot_run() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = h.serve_repo(git_repo(dir.path())).await;
+    let body = |extra: Value| {
+        let mut body = json!({"repo": repo, "prompt": "fix it"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, expected) in [
+        (
+            json!({"attempts": 9}),
+            "9 attempts asked for; a task runs 2 to 8",
+        ),
+        (json!({"attempts": 0}), "asks for no attempt"),
+        (
+            json!({"attempts": 2, "models": ["openai:a", "openai:b", "openai:c"]}),
+            "3 models for 2 attempt(s)",
+        ),
+        (json!({"models": ["openai:a", "nomodel"]}), "nomodel"),
+    ] {
+        let sent = body(extra);
+        let response = h
+            .post("/api/tasks", &h.submit)
+            .json(&sent)
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = error_of(response).await;
+        assert_eq!(status, 422, "{sent}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(expected),
+            "{expected:?} in {error}"
+        );
+    }
+    assert!(
+        h.store
+            .list_tasks(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Three attempts spread over two models, in turn.
+    let response = h
+        .post("/api/tasks", &h.submit)
+        .json(&body(
+            json!({"attempts": 3, "models": ["openai:a", "openai:b"]}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(
+        task["spec"]["attempts"],
+        json!(["openai:a", "openai:b", "openai:a"]),
+        "{task}"
+    );
+    assert_eq!(task["spec"]["model"], "openai:a");
+}

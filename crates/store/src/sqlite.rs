@@ -146,7 +146,7 @@ impl Store for SqliteStore {
             .await
             .map_err(|cause| StoreError::database(doing(), cause))?;
         let queued = Event::Queued {
-            spec: task.spec.clone(),
+            spec: Box::new(task.spec.clone()),
         };
         let record =
             insert_event(&mut tx, task.id, &queued, rows::truncate(task.created_at)).await?;

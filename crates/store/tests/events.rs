@@ -19,7 +19,7 @@ use common::{TestStore, create, spec};
 fn every_event() -> Vec<Event> {
     vec![
         Event::Queued {
-            spec: spec("é ✓ \"quoted\"\nnew line"),
+            spec: Box::new(spec("é ✓ \"quoted\"\nnew line")),
         },
         Event::StateChanged {
             state: TaskState::Running,

@@ -26,7 +26,7 @@ async fn a_created_task_reads_back_exactly_with_its_queued_event(t: TestStore) {
     assert_eq!(
         first.event,
         Event::Queued {
-            spec: task.spec.clone()
+            spec: Box::new(task.spec.clone())
         }
     );
     assert_eq!(t.store.get_task(task.id).await.unwrap(), Some(task.clone()));

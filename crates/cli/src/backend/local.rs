@@ -57,7 +57,11 @@ impl Local {
             }
         }
         let model = submission.model.as_deref().unwrap_or(DEFAULT_MODEL);
+        let attempts =
+            nightshift_runner::attempt_models(&submission.models, submission.attempts, model)
+                .map_err(submit_failure)?;
         let request = TaskRequest {
+            attempts,
             base: submission.base,
             max_turns: submission.max_turns,
             max_tokens: submission.max_tokens,
@@ -189,6 +193,7 @@ fn submit_failure(err: SubmitError) -> Failure {
         | SubmitError::Model(_)
         | SubmitError::Image(_)
         | SubmitError::Review(_)
+        | SubmitError::Attempts(_)
         | SubmitError::MissingKey { .. } => Failure::usage(err.to_string()),
         SubmitError::Repository(env) if env.is_invalid_input() => Failure::usage(err.to_string()),
         SubmitError::Repository(_) | SubmitError::Store(_) => Failure::error(err.to_string()),

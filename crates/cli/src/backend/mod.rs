@@ -38,6 +38,10 @@ pub struct Submission {
     pub image: Option<String>,
     /// Make it a review of a task's result or of the branch `base` (see `nightshift review`).
     pub review: Option<nightshift_runner::ReviewOf>,
+    /// Best-of-N: how many attempts (`None`: one per model of `models`, or one).
+    pub attempts: Option<u32>,
+    /// The models to spread the attempts over (empty: `model` for all).
+    pub models: Vec<String>,
 }
 
 /// Called with each event while following a log; `Break` stops following.

@@ -109,6 +109,10 @@ struct CreateTask<'a> {
     image: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     review: Option<ReviewBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    models: &'a [String],
 }
 
 /// `review` of the body of `POST /api/tasks`: the task whose result to review, or the branch
@@ -190,6 +194,8 @@ impl Remote {
             max_cost_usd: submission.max_cost_usd,
             max_duration_secs: submission.max_duration_secs,
             image: submission.image.as_deref(),
+            attempts: submission.attempts,
+            models: &submission.models,
             review: submission.review.as_ref().map(|review| match review {
                 nightshift_runner::ReviewOf::Task(id) => ReviewBody {
                     task: Some(id.to_string()),

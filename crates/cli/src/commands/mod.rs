@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod cancel;
+pub mod compare;
 pub mod diff;
 pub mod doctor;
 pub mod env;

@@ -47,6 +47,8 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
         max_duration_secs: args.budget.max_duration_secs(),
         image: None,
         review: Some(review),
+        attempts: None,
+        models: Vec::new(),
     };
     let task = backend.submit(submission).await?;
     if !args.wait && !args.send {

@@ -17,11 +17,18 @@ use crate::render;
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let backend = Backend::from_env().await?;
+    // One model and no --attempts: an ordinary task. Otherwise best-of-N.
+    let best_of = args.attempts.is_some() || args.model.len() > 1;
     let submission = Submission {
         repo: args.repo.clone(),
         base: args.base.clone(),
         prompt: args.prompt.join(" "),
-        model: args.model.clone(),
+        model: args.model.first().cloned(),
+        attempts: args.attempts,
+        models: match best_of {
+            true => args.model.clone(),
+            false => Vec::new(),
+        },
         max_turns: args.budget.max_turns,
         max_tokens: args.budget.max_tokens,
         max_cost_usd: args.budget.max_cost,
@@ -69,6 +76,7 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
     let mut error: Option<(String, Option<String>)> = None;
     let mut committed = None;
     let mut review = None;
+    let mut chosen = None;
     super::follow::events(backend, task.id, true, |record| {
         match &record.event {
             Event::StateChanged { state: new, detail } => {
@@ -103,6 +111,11 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
                 ));
             }
             Event::ReviewQueued { task_id } => review = Some(*task_id),
+            Event::AttemptsRanked {
+                chosen: attempt,
+                reason,
+                ..
+            } => chosen = Some((*attempt, reason.clone())),
             Event::Ended { state: end, .. } => state = *end,
             _ => {}
         }
@@ -136,6 +149,17 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
         let note = if incomplete { " (incomplete work)" } else { "" };
         println!("branch    {branch}{note} · {files} files, +{plus} -{minus}");
         println!("review    nightshift diff {short}   ·   git log -p {branch}");
+    }
+    if let Some((attempt, reason)) = chosen {
+        let attempt = attempt.map_or("none".to_string(), |id| id.short());
+        println!(
+            "attempts  {} · chose {attempt}: {reason}",
+            task.spec.attempts.len()
+        );
+        if let Some(branch) = &task.branch {
+            println!("branch    {branch}");
+        }
+        println!("compare   nightshift compare {short}   ·   nightshift diff {short}");
     }
     if task.no_changes() {
         println!("changes   {}", render::no_changes(&task));

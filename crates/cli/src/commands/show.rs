@@ -19,6 +19,22 @@ pub async fn run(args: ShowArgs) -> Result<ExitCode, Failure> {
     } else {
         print!("{}", render::task(&task));
         println!("Cost      {}", render::cost(&cost));
+        if !task.spec.attempts.is_empty() {
+            println!(
+                "Attempts  {} ({}) · nightshift compare {}",
+                task.spec.attempts.len(),
+                task.spec.attempts.join(", "),
+                task.id.short()
+            );
+        }
+        if let Some(of) = task.spec.attempt_of {
+            println!(
+                "Attempt   {} of {} · nightshift compare {}",
+                of.index + 1,
+                of.task.short(),
+                of.task.short()
+            );
+        }
         if task.spec.review.is_some() && task.state.is_terminal() {
             let findings = super::review::findings_of(&backend, &task).await?;
             super::review::print_findings(&findings);

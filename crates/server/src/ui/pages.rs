@@ -336,6 +336,8 @@ pub(crate) async fn create(
             max_duration_secs,
             image: None,
             review: None,
+            attempts: None,
+            models: None,
         };
         match submit(&state, &session.token, body).await {
             Ok(task) => {

@@ -202,6 +202,44 @@ fn body(record: &EventRecord) -> Markup {
             strong { "Agent finished" }
             div.markdown { (PreEscaped(markdown::render(summary))) }
         },
+        Event::AttemptQueued {
+            task_id,
+            index,
+            model,
+        } => html! {
+            "Attempt " (index + 1) " queued: "
+            a href={ "/tasks/" (task_id) } { "task " (task_id.short()) }
+            " (" (model) ")"
+        },
+        Event::AttemptReviewQueued { attempt, review } => html! {
+            "Review "
+            a href={ "/tasks/" (review) } { (review.short()) }
+            " queued of attempt "
+            a href={ "/tasks/" (attempt) } { (attempt.short()) }
+        },
+        Event::AttemptsRanked {
+            ranking,
+            chosen,
+            reason,
+        } => html! {
+            strong {
+                @match chosen {
+                    Some(chosen) => { "Chose attempt " (chosen.short()) ": " (reason) }
+                    None => { "Chose no attempt: " (reason) }
+                }
+            }
+            ol {
+                @for rank in ranking {
+                    li {
+                        a href={ "/tasks/" (rank.task_id) } { (rank.task_id.short()) }
+                        " " (rank.model) " · " (rank.state.as_str())
+                        " · checks " (rank.checks_passed) " passed, " (rank.checks_failed) " failed"
+                        @if let Some(findings) = &rank.findings { " · review: " (findings.to_string()) }
+                        @if let Some(lines) = rank.lines_changed { " · " (lines) " lines" }
+                    }
+                }
+            }
+        },
         Event::ReviewQueued { task_id } => html! {
             "Review queued: "
             a href={ "/tasks/" (task_id) } { "task " (task_id.short()) }

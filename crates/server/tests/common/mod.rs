@@ -151,6 +151,8 @@ impl Harness {
             image: None,
             origin: None,
             review: None,
+            attempts: Vec::new(),
+            attempt_of: None,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();
