@@ -6,8 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod forge_support;
 
+use common::server::Server;
 use common::*;
+use forge_support::*;
 use nightshift_scripted_model::Script;
 use serde_json::{Value, json};
 
@@ -290,5 +293,199 @@ async fn cancelling_a_best_of_n_task_cancels_its_attempts() {
             })
             .await;
         assert_eq!(shown["spec"]["attempt_of"]["task"], id.as_str());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_github_every_attempt_is_pushed_and_only_the_chosen_one_gets_the_pull_request() {
+    const TOKEN: &str = "ghs-installation-token-4567";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n");
+    let url = git_server.serve(repo.path(), "acme/app");
+    let GitHubApi {
+        url: api, recorded, ..
+    } = github_api(TOKEN).await;
+    let (ns, _model) = Nightshift::with_script(by_model(json!({
+        "a": [
+            edit("$(($1 * $2))"),
+            finish("Fix add"),
+            // The follow-up on the task: it goes on from the chosen branch.
+            call("write_file", json!({"path": "NOTES.md", "content": "add adds\n"})),
+            finish("Document add"),
+        ],
+        "b": [edit("$(($1 + $2))"), finish("Fix add: it subtracted")],
+    })))
+    .await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ns
+        .run(&[
+            "run", "--repo", "acme/app", "--model", "openai:a", "--model", "openai:b", "--wait",
+            "--json", "Fix add",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    let branch = task["branch"].as_str().unwrap().to_string();
+    let compared = ns.json(&["compare", &id, "--json"]).await;
+    let attempts = compared["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["model"], "openai:b", "{compared}");
+    assert_eq!(attempts[0]["branch"], branch.as_str());
+
+    // Both attempts' branches are on the remote.
+    let bare = git_server.root.path().join("acme/app.git");
+    for attempt in attempts {
+        let name = attempt["branch"].as_str().unwrap();
+        assert!(!git(&bare, &["rev-parse", name]).is_empty());
+    }
+    // One pull request, of the chosen branch, with its checks in the body, opened by the task.
+    let calls = recorded.lock().unwrap().clone();
+    let creations: Vec<_> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        .collect();
+    assert!(!creations.is_empty(), "{calls:#?}");
+    for (_, _, body) in &creations {
+        assert_eq!(body["head"], branch.as_str(), "{calls:#?}");
+    }
+    let body = creations.last().unwrap().2["body"].as_str().unwrap();
+    assert!(body.contains("| test | `sh test.sh` | passed"), "{body}");
+    assert!(body.contains(&id), "{body}");
+    let events = ns.events(&id).await;
+    assert_eq!(of_type(&events, "pull_request").len(), 1, "{events:#?}");
+    for attempt in attempts {
+        let events = ns.events(attempt["task_id"].as_str().unwrap()).await;
+        assert!(of_type(&events, "pull_request").is_empty(), "{events:#?}");
+        assert_eq!(of_type(&events, "branch_pushed").len(), 1, "{events:#?}");
+    }
+
+    // A follow-up on the task continues the chosen branch and updates its pull request.
+    let said = ns.run(&["say", &id, "Also", "document", "add"]).await;
+    assert!(said.status.success(), "{}", stderr(&said));
+    let follow_up = ns.follow_up_started(&id).await;
+    let done = ns
+        .wait_for(&follow_up, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["branch"], branch.as_str());
+    assert_eq!(
+        git(&bare, &["show", &format!("{branch}:NOTES.md")]),
+        "add adds"
+    );
+    assert!(git(&bare, &["show", &format!("{branch}:calc.sh")]).contains("$(($1 + $2))"));
+    let events = ns.events(&follow_up).await;
+    let updated = of_type(&events, "pull_request");
+    assert_eq!(updated.len(), 1, "{events:#?}");
+    assert_eq!(updated[0]["created"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_shuts_down_hands_the_attempts_back_and_the_next_queues_none_twice() {
+    let repo = buggy_repo_with_config("[checks]\ntest = \"sh test.sh\"\n");
+    let slow = json!({"reply": {"text": "Thinking.", "delay_ms": 120000}});
+    let (ns, model) = Nightshift::with_script(by_model(json!({
+        "a": [slow, edit("$(($1 * $2))"), finish("Fix add")],
+        "b": [slow, edit("$(($1 + $2))"), finish("Fix add: it subtracted")],
+    })))
+    .await;
+    ns.serve_repo(repo.path()).await;
+    let token = ns
+        .run(&["token", "create", "--scope", "submit", "--name", "t"])
+        .await;
+    let token = stdout(&token).trim().to_string();
+    // A server that only queues: the workers below run the tasks.
+    let server = Server::start(&ns, 0);
+    let mut submit = ns.command(&[
+        "run",
+        "--repo",
+        path_str(repo.path()),
+        "--model",
+        "openai:a",
+        "--model",
+        "openai:b",
+        "--json",
+        "Fix add",
+    ]);
+    submit
+        .env("NIGHTSHIFT_SERVER", &server.url)
+        .env("NIGHTSHIFT_TOKEN", &token);
+    let out = tokio::task::spawn_blocking(move || submit.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let task: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+
+    let worker = |grace: &str| {
+        ns.command(&["worker", "--concurrency", "1", "--grace", grace])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // One worker runs the task and both its attempts, then shuts down mid-way.
+    let mut first = worker("0s");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while model.served() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the attempts did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let events = ns.events(&id).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "released"),
+        "{events:#?}"
+    );
+
+    // The next worker takes it over and finishes it.
+    let mut second = worker("30s");
+    let done = ns
+        .wait_for(&id, |t| {
+            ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())
+        })
+        .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let events = ns.events(&id).await;
+    let queued: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "attempt_queued")
+        .collect();
+    assert_eq!(queued.len(), 2, "{events:#?}");
+    let compared = ns.json(&["compare", &id, "--json"]).await;
+    assert_eq!(compared["attempts"][0]["model"], "openai:b", "{compared}");
+    assert_eq!(compared["attempts"].as_array().unwrap().len(), 2);
+    // Each attempt was handed back once and then run to its end.
+    for attempt in compared["attempts"].as_array().unwrap() {
+        let events = ns.events(attempt["task_id"].as_str().unwrap()).await;
+        let released = events.iter().filter(|e| e["type"] == "released").count();
+        assert_eq!(released, 1, "{events:#?}");
     }
 }

@@ -6,58 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::server::Server;
 use common::*;
 use serde_json::{Value, json};
-
-/// A running `nightshift serve` over the home of `ns`, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(ns: &Nightshift, workers: usize) -> Server {
-        Server::start_on(ns, workers, "127.0.0.1:0")
-    }
-
-    fn start_on(ns: &Nightshift, workers: usize, listen: &str) -> Server {
-        let mut child = local(
-            ns,
-            &[
-                "serve",
-                "--listen",
-                listen,
-                "--workers",
-                &workers.to_string(),
-                "--model",
-                "openai:m",
-            ],
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let banner = lines.next().unwrap().unwrap();
-        let url = banner
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .to_string();
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The CLI in local mode on the server's home (whatever the developer's environment says).
 fn local(ns: &Nightshift, args: &[&str]) -> Command {

@@ -230,6 +230,19 @@ impl Runner {
         stop: &CancellationToken,
         stops: &Stops,
     ) -> Result<Option<Ending>, SinkError> {
+        // The tasks stop with this one, except when the worker shuts down: then each is
+        // handed back to the queue on its own (a stop that is a shutdown has it set first).
+        let cancel = CancellationToken::new();
+        let relay = {
+            let (stop, shutdown, cancel) = (stop.clone(), stops.shutdown.clone(), cancel.clone());
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                if !shutdown.is_cancelled() {
+                    cancel.cancel();
+                }
+            })
+        };
+        let cancel = &cancel;
         let runs = ids.iter().map(|id| async move {
             match self
                 .store
@@ -248,7 +261,7 @@ impl Runner {
                 return;
             };
             let own = Stops {
-                cancel: stop.child_token(),
+                cancel: cancel.child_token(),
                 shutdown: stops.shutdown.clone(),
             };
             // Boxed: a task's run may run tasks.
@@ -257,6 +270,7 @@ impl Runner {
             }
         });
         futures::future::join_all(runs).await;
+        relay.abort();
         let waited = self.wait_ended(ids, Some(stop)).await;
         if stops.shutdown.is_cancelled() {
             return Ok(Some(Ending::released()));

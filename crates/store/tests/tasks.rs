@@ -33,6 +33,20 @@ async fn a_created_task_reads_back_exactly_with_its_queued_event(t: TestStore) {
     assert_eq!(t.store.events(task.id, 0, 0).await.unwrap(), vec![first]);
 }
 
+async fn a_best_of_n_task_and_its_attempt_read_back_exactly(t: TestStore) {
+    let mut parent = queued("fix it, three ways");
+    parent.spec.attempts = vec!["openai:a".into(), "openai:b".into(), "openai:a".into()];
+    t.store.create_task(&parent).await.unwrap();
+    let mut attempt = queued("fix it, three ways");
+    attempt.spec.attempt_of = Some(nightshift_protocol::AttemptOf {
+        task: parent.id,
+        index: 2,
+    });
+    t.store.create_task(&attempt).await.unwrap();
+    assert_eq!(t.store.get_task(parent.id).await.unwrap(), Some(parent));
+    assert_eq!(t.store.get_task(attempt.id).await.unwrap(), Some(attempt));
+}
+
 async fn times_are_kept_to_the_millisecond(t: TestStore) {
     let at: jiff::Timestamp = "2025-06-01T12:34:56.789123456Z".parse().unwrap();
     let task = nightshift_protocol::Task::queued(TaskId::new(), common::spec("p"), at);
@@ -543,6 +557,7 @@ async fn the_database_is_in_wal_mode_with_its_migrations_recorded() {
 
 on_every_backend!(
     a_created_task_reads_back_exactly_with_its_queued_event,
+    a_best_of_n_task_and_its_attempt_read_back_exactly,
     times_are_kept_to_the_millisecond,
     only_queued_tasks_can_be_created,
     a_task_id_cannot_be_stored_twice,

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nightshift_scripted_model::{Script, ScriptedModel};
+
+pub mod server;
 use serde_json::{Value, json};
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
