@@ -45,6 +45,10 @@ pub enum Command {
     /// Show a best-of-N task's attempts side by side (`run --attempts N`): state, checks,
     /// review findings, diff size, cost, branch, and which was chosen and why.
     Compare(ShowArgs),
+    /// Serve nightshift's tools over MCP on standard input and output, for interactive
+    /// agents to delegate tasks to: start_task, task_status, task_logs, task_diff,
+    /// send_message, cancel_task (docs/mcp.md).
+    Mcp,
     /// Say which isolation features this host has, and how to get the missing ones.
     Doctor(DoctorArgs),
     /// Work with the sandbox directly.

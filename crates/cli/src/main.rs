@@ -47,6 +47,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Ls(args) => commands::ls::run(args).await,
         Command::Show(args) => commands::show::run(args).await,
         Command::Compare(args) => commands::compare::run(args).await,
+        Command::Mcp => commands::mcp::run().await,
         Command::Logs(args) => commands::logs::run(args).await,
         Command::Diff(args) => commands::diff::run(args).await,
         Command::Apply(args) => commands::apply::run(args).await,

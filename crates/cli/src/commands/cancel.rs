@@ -11,17 +11,20 @@ use crate::output::Failure;
 pub async fn run(args: TaskArg) -> Result<ExitCode, Failure> {
     let backend = Backend::from_env().await?;
     let task = backend.find(&args.id).await?;
-    let short = task.id.short();
-    match backend.cancel(&task).await? {
-        CancelOutcome::CancelledWhileQueued => println!("{short}: cancelled before it started"),
-        CancelOutcome::Requested => {
-            println!(
-                "{short}: cancellation requested; the task stops within a second and commits its work so far"
-            )
-        }
+    let outcome = backend.cancel(&task).await?;
+    println!("{}", said(&task.id.short(), &outcome));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What cancelling the task `short` came to, in words.
+pub(crate) fn said(short: &str, outcome: &CancelOutcome) -> String {
+    match outcome {
+        CancelOutcome::CancelledWhileQueued => format!("{short}: cancelled before it started"),
+        CancelOutcome::Requested => format!(
+            "{short}: cancellation requested; the task stops within a second and commits its work so far"
+        ),
         CancelOutcome::AlreadyEnded(state) => {
-            println!("{short}: already {state}; nothing to cancel")
+            format!("{short}: already {state}; nothing to cancel")
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

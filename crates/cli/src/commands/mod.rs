@@ -10,6 +10,7 @@ pub mod follow;
 pub mod image;
 pub mod logs;
 pub mod ls;
+pub mod mcp;
 pub mod repo;
 pub mod review;
 pub mod run;
