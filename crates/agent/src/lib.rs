@@ -14,6 +14,6 @@ mod sink;
 pub mod tools;
 
 pub use governor::{Budget, CostFn, LOOP_REPEATS};
-pub use prompt::{REVIEW_SYSTEM_PROMPT, SYSTEM_PROMPT};
+pub use prompt::{PLAN_SYSTEM_PROMPT, REVIEW_SYSTEM_PROMPT, SYSTEM_PROMPT};
 pub use run::{Agent, AgentConfig, AgentError, AgentOutcome, AgentReport};
 pub use sink::{EventSink, Inbox, SinkError};

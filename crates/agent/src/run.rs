@@ -4,19 +4,22 @@
 use std::time::Instant;
 
 use nightshift_model::{Message, ModelClient, ModelError, ModelRequest, ToolCall};
-use nightshift_protocol::{Event, Finding, ToolCallRecord, Usage};
+use nightshift_protocol::{Event, Finding, Plan, TaskState, ToolCallRecord, Usage};
 use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
 use crate::compact::{compact, is_context_overflow, needs_compaction};
 use crate::governor::{Budget, CostFn, Governor, Verdict};
-use crate::prompt::{REVIEW_SYSTEM_PROMPT, SYSTEM_PROMPT};
+use crate::prompt::{PLAN_SYSTEM_PROMPT, REVIEW_SYSTEM_PROMPT, SYSTEM_PROMPT};
 use crate::tools::{Control, Mode, ToolContext, ToolLimits};
 use crate::{EventSink, Inbox, SinkError};
 
 /// How many answers without tool calls in a row the agent tolerates before it takes the last
 /// one as its summary.
 const MAX_TEXT_ONLY_ANSWERS: u32 = 2;
+
+/// How often a run that waits for an answer looks for one.
+const ANSWER_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What bounds a run.
 #[derive(Clone, Default)]
@@ -44,6 +47,8 @@ pub enum AgentOutcome {
         summary: String,
         findings: Vec<Finding>,
     },
+    /// A planning task's agent called `submit_plan`.
+    Planned { plan: Plan },
     /// A budget ran out (or the agent looped); it had one turn to wrap up. `summary` is its
     /// `finish` summary if it called `finish` in that turn.
     BudgetExceeded {
@@ -95,6 +100,7 @@ impl Agent<'_> {
             system: match self.config.mode {
                 Mode::Build => SYSTEM_PROMPT,
                 Mode::Review => REVIEW_SYSTEM_PROMPT,
+                Mode::Plan => PLAN_SYSTEM_PROMPT,
             }
             .to_string(),
             messages: vec![Message::User {
@@ -249,6 +255,9 @@ impl Agent<'_> {
                 });
                 for call in &response.tool_calls {
                     let (output, summary) = self.run_tool(call, &context).await?;
+                    if matches!(summary, Some(Ended::Cancelled)) {
+                        return Ok(report(AgentOutcome::Cancelled));
+                    }
                     governor.record_call(&call.name, &call.arguments, &output);
                     request.messages.push(Message::Tool {
                         call_id: call.id.clone(),
@@ -266,10 +275,14 @@ impl Agent<'_> {
                 (Some(Ended::Finished(summary)), None) => {
                     return Ok(report(AgentOutcome::Finished { summary }));
                 }
-                // A review submitted in the last turn is whole: it stands.
+                // A review or plan submitted in the last turn is whole: it stands.
                 (Some(Ended::Reviewed { summary, findings }), _) => {
                     return Ok(report(AgentOutcome::Reviewed { summary, findings }));
                 }
+                (Some(Ended::Planned(plan)), _) => {
+                    return Ok(report(AgentOutcome::Planned { plan }));
+                }
+                (Some(Ended::Cancelled), _) => return Ok(report(AgentOutcome::Cancelled)),
                 (finished, Some(reason)) => {
                     let summary = match finished {
                         Some(Ended::Finished(summary)) => Some(summary),
@@ -365,9 +378,68 @@ impl Agent<'_> {
                 self.sink.emit(Event::PlanUpdated { steps }).await?;
                 None
             }
+            Some(Control::SubmitPlan { plan }) => {
+                self.sink
+                    .emit(Event::PlanSubmitted {
+                        version: 1,
+                        plan: (*plan).clone(),
+                        author: "planner".into(),
+                    })
+                    .await?;
+                Some(Ended::Planned(*plan))
+            }
+            Some(Control::Ask { question }) => {
+                return match self.wait_for_answer(&question, context.cancel).await? {
+                    Some(answer) => Ok((answer, None)),
+                    None => Ok((String::new(), Some(Ended::Cancelled))),
+                };
+            }
             None => None,
         };
         Ok((output.text, summary))
+    }
+
+    /// Puts the question to the person and waits for the answer (a message to the task);
+    /// `None` when the task was cancelled first. Without an inbox nobody can answer: the tool
+    /// says so at once.
+    async fn wait_for_answer(
+        &self,
+        question: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<String>, SinkError> {
+        let Some(inbox) = self.inbox else {
+            return Ok(Some(
+                "Nobody can answer questions in this task: decide yourself, and say in the plan what you assumed.".into(),
+            ));
+        };
+        self.sink
+            .emit(Event::QuestionAsked {
+                question: question.to_string(),
+            })
+            .await?;
+        self.sink
+            .emit(Event::StateChanged {
+                state: TaskState::Waiting,
+                detail: Some("waiting for the person's answer".into()),
+            })
+            .await?;
+        let answer = loop {
+            let messages = inbox.drain();
+            if !messages.is_empty() {
+                break messages.join("\n\n");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(ANSWER_POLL) => {}
+            }
+        };
+        self.sink
+            .emit(Event::StateChanged {
+                state: TaskState::Running,
+                detail: Some("answered".into()),
+            })
+            .await?;
+        Ok(Some(format!("The person answered:\n{answer}")))
     }
 }
 
@@ -378,6 +450,9 @@ enum Ended {
         summary: String,
         findings: Vec<Finding>,
     },
+    Planned(Plan),
+    /// Cancelled while waiting for an answer.
+    Cancelled,
 }
 
 fn record(call: &ToolCall) -> ToolCallRecord {

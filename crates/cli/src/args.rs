@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use nightshift_protocol::{TaskSpec, TaskState};
 
+mod plan;
+pub use plan::{PlanAction, PlanArgs};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nightshift",
@@ -42,6 +45,9 @@ pub enum Command {
     /// Review a task's result (or a branch) with a read-only agent that reports findings:
     /// file, lines, severity, what is wrong and how to fix it.
     Review(ReviewArgs),
+    /// Plan a broad request with a read-only agent that may ask you questions (`nightshift
+    /// say`) and hands back a plan of subtasks; `plan show|edit|approve ID` work on it.
+    Plan(PlanArgs),
     /// Show a best-of-N task's attempts side by side (`run --attempts N`): state, checks,
     /// review findings, diff size, cost, branch, and which was chosen and why.
     Compare(ShowArgs),

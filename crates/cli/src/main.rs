@@ -48,6 +48,7 @@ async fn dispatch(command: Command) -> Result<ExitCode, output::Failure> {
         Command::Show(args) => commands::show::run(args).await,
         Command::Compare(args) => commands::compare::run(args).await,
         Command::Mcp => commands::mcp::run().await,
+        Command::Plan(args) => commands::plan::run(args).await,
         Command::Logs(args) => commands::logs::run(args).await,
         Command::Diff(args) => commands::diff::run(args).await,
         Command::Apply(args) => commands::apply::run(args).await,

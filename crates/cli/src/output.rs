@@ -88,6 +88,7 @@ pub fn exit_for(state: TaskState) -> ExitCode {
         | TaskState::Queued
         | TaskState::Preparing
         | TaskState::Running
+        | TaskState::Waiting
         | TaskState::Verifying
         | TaskState::HandingOff => exit::FAILED,
     };

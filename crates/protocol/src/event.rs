@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{AttemptRank, Finding, TaskId, TaskSpec, TaskState};
+use crate::{AttemptRank, Finding, Plan, TaskId, TaskSpec, TaskState};
 
 /// One entry of a task's log, as stored and as printed by `nightshift logs --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +166,22 @@ pub enum Event {
         summary: String,
         findings: Vec<Finding>,
     },
+    /// A planning task's agent asked the person a question; the task waits for the answer
+    /// (a `message_received` event).
+    QuestionAsked { question: String },
+    /// A version of a planning task's plan: 1 from the planner, each edit the next.
+    PlanSubmitted {
+        version: u32,
+        plan: Plan,
+        /// `planner`, or who edited it.
+        author: String,
+    },
+    /// A person approved this version of the plan.
+    PlanApproved {
+        version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// The repository's `[review] auto` queued a review task of this task as it ended.
     ReviewQueued { task_id: TaskId },
     /// A best-of-N task queued one of its attempts, a task of its own.
@@ -299,6 +315,9 @@ impl Event {
             Event::AgentFinished { .. } => "agent_finished",
             Event::ReviewSubmitted { .. } => "review_submitted",
             Event::ReviewQueued { .. } => "review_queued",
+            Event::QuestionAsked { .. } => "question_asked",
+            Event::PlanSubmitted { .. } => "plan_submitted",
+            Event::PlanApproved { .. } => "plan_approved",
             Event::AttemptQueued { .. } => "attempt_queued",
             Event::AttemptReviewQueued { .. } => "attempt_review_queued",
             Event::AttemptsRanked { .. } => "attempts_ranked",

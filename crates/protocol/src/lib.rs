@@ -7,6 +7,7 @@
 mod attempts;
 mod event;
 mod id;
+mod plan;
 mod repo;
 mod review;
 mod task;
@@ -21,6 +22,7 @@ pub use event::{
     ToolCallRecord, Usage,
 };
 pub use id::{ParseTaskIdError, TaskId};
+pub use plan::{AcceptanceCheck, MAX_SUBTASKS, Plan, PlanHistory, PlanVersion, Subtask};
 pub use repo::{InvalidRepoName, MAX_REPO_NAME, Repository, check_repo_name};
 pub use review::{Finding, REVIEW_PROMPT, ReviewSpec, Severity, findings_as_request};
 pub use task::{Task, TaskOrigin, TaskSpec, TaskState, UnknownTaskState};

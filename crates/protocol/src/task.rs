@@ -58,6 +58,10 @@ pub struct TaskSpec {
     /// Set for one attempt of a best-of-N task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_of: Option<AttemptOf>,
+    /// A planning task: with read-only access, the agent may ask the person questions and
+    /// hands back a plan (its `plan_submitted` event) instead of a branch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plan: bool,
 }
 
 /// Where on a forge a task was asked for.
@@ -85,6 +89,8 @@ pub enum TaskState {
     Preparing,
     /// The agent loop is running.
     Running,
+    /// The agent asked the person a question and waits for the answer (`nightshift say`).
+    Waiting,
     /// The agent finished; the result is being checked.
     Verifying,
     /// Committing the result and creating the branch.
@@ -99,10 +105,11 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 8] = [
+    pub const ALL: [TaskState; 9] = [
         TaskState::Queued,
         TaskState::Preparing,
         TaskState::Running,
+        TaskState::Waiting,
         TaskState::Verifying,
         TaskState::HandingOff,
         TaskState::Succeeded,
@@ -117,6 +124,7 @@ impl TaskState {
             TaskState::Queued
             | TaskState::Preparing
             | TaskState::Running
+            | TaskState::Waiting
             | TaskState::Verifying
             | TaskState::HandingOff => false,
         }
@@ -128,6 +136,7 @@ impl TaskState {
             TaskState::Queued => "queued",
             TaskState::Preparing => "preparing",
             TaskState::Running => "running",
+            TaskState::Waiting => "waiting",
             TaskState::Verifying => "verifying",
             TaskState::HandingOff => "handing_off",
             TaskState::Succeeded => "succeeded",
@@ -146,7 +155,7 @@ impl fmt::Display for TaskState {
 /// The text was not one of the task states.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown task state `{0}` (expected one of queued, preparing, running, verifying, handing_off, succeeded, failed, cancelled)"
+    "unknown task state `{0}` (expected one of queued, preparing, running, waiting, verifying, handing_off, succeeded, failed, cancelled)"
 )]
 pub struct UnknownTaskState(pub String);
 
@@ -284,6 +293,7 @@ mod tests {
             review: None,
             attempts: Vec::new(),
             attempt_of: None,
+            plan: false,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

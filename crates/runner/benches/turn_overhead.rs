@@ -114,6 +114,7 @@ async fn main() {
         review: None,
         attempts: Vec::new(),
         attempt_of: None,
+        plan: false,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();

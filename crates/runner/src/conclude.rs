@@ -43,12 +43,12 @@ impl Runner {
             AgentOutcome::Finished { summary } => {
                 self.verify_and_publish(run, session, summary).await
             }
-            // Only a review's agent has `submit_review`.
-            AgentOutcome::Reviewed { .. } => {
+            // Only a review's agent has `submit_review`, and a planner's `submit_plan`.
+            AgentOutcome::Reviewed { .. } | AgentOutcome::Planned { .. } => {
                 fail(
                     log,
                     ErrorKind::Internal,
-                    "a build task's agent submitted a review".into(),
+                    "a build task's agent submitted a review or a plan".into(),
                     None,
                 )
                 .await

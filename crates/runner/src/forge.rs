@@ -476,6 +476,7 @@ mod tests {
             review: None,
             attempts: Vec::new(),
             attempt_of: None,
+            plan: false,
         };
         Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH)
     }

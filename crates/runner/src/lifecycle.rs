@@ -445,8 +445,10 @@ impl Runner {
             .await?;
         }
         let review = task.spec.review.as_ref();
+        // Reviews and plans change nothing: their agents get the workspace read-only.
+        let read_only = review.is_some() || task.spec.plan;
         let session_spec = nightshift_sandbox::SessionSpec {
-            read_only_workspace: review.is_some(),
+            read_only_workspace: read_only,
             ..session_spec(copy.root(), run, network)
         };
         let session = match self.sandbox.start(session_spec).await {
@@ -477,11 +479,11 @@ impl Runner {
         }
         let prepared = if stop.is_cancelled() {
             Some(Ending::cancelled())
-        } else if review.is_some() {
-            // Nothing runs in a review's read-only session but the reviewer's own commands.
+        } else if read_only {
+            // Nothing runs in a read-only session but the agent's own commands.
             if run.layers.is_empty() && run.env.config.environment.setup.is_some() {
                 log.append(Event::Warning {
-                    message: "the review's session has no setup layer (this runner caches none), and setup does not run in its read-only workspace: the reviewer sees the repository without what setup installs".into(),
+                    message: "the session has no setup layer (this runner caches none), and setup does not run in a read-only workspace: the agent sees the repository without what setup installs".into(),
                 })
                 .await?;
             }
@@ -506,9 +508,10 @@ impl Runner {
                 max_output_tokens: None,
                 cost: self.cost.clone().and_then(|price| price(spec)),
                 context_window: Some(nightshift_model::limits(spec).context_window),
-                mode: match review {
-                    Some(_) => nightshift_agent::tools::Mode::Review,
-                    None => nightshift_agent::tools::Mode::Build,
+                mode: match (review, task.spec.plan) {
+                    (Some(_), _) => nightshift_agent::tools::Mode::Review,
+                    (None, true) => nightshift_agent::tools::Mode::Plan,
+                    (None, false) => nightshift_agent::tools::Mode::Build,
                 },
             };
             let agent = Agent {
@@ -520,6 +523,7 @@ impl Runner {
             };
             let prompt = match review {
                 Some(review) => crate::review::review_prompt(run, review).await,
+                None if task.spec.plan => Ok(crate::plan::plan_prompt(run)),
                 None => Ok(self.build_prompt(run)),
             };
             let prompt = match prompt {
@@ -539,13 +543,16 @@ impl Runner {
                         && !stops.cancel.is_cancelled()
                         && !watch.cancel_requested.load(Ordering::SeqCst);
                     let ending = match review {
-                        Some(_)
-                            if shutting_down
-                                && matches!(report.outcome, AgentOutcome::Cancelled) =>
+                        _ if read_only
+                            && shutting_down
+                            && matches!(report.outcome, AgentOutcome::Cancelled) =>
                         {
                             Ok(Ending::released())
                         }
                         Some(_) => crate::review::conclude_review(log, report.outcome).await,
+                        None if task.spec.plan => {
+                            crate::plan::conclude_plan(log, report.outcome).await
+                        }
                         None => {
                             self.conclude(run, session.as_ref(), report.outcome, shutting_down)
                                 .await

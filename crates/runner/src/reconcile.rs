@@ -38,6 +38,7 @@ impl Runner {
             states: vec![
                 TaskState::Preparing,
                 TaskState::Running,
+                TaskState::Waiting,
                 TaskState::Verifying,
                 TaskState::HandingOff,
             ],

@@ -90,6 +90,15 @@ pub(crate) async fn conclude_review(
             )
             .await
         }
+        AgentOutcome::Planned { .. } => {
+            fail(
+                log,
+                ErrorKind::Internal,
+                "a review's agent submitted a plan".into(),
+                None,
+            )
+            .await
+        }
         AgentOutcome::BudgetExceeded { reason, .. } => {
             fail(
                 log,

@@ -136,6 +136,11 @@ impl EventSink for TaskLog {
     }
 
     async fn emit(&self, event: Event) -> Result<(), SinkError> {
+        // The agent says when it waits for the person, and when it goes on.
+        if let Event::StateChanged { state, .. } = &event {
+            let state = *state;
+            self.update(|task| task.state = state).await?;
+        }
         if let Event::ModelResponse { turn, usage, .. } = &event {
             let (turn, usage) = (*turn, *usage);
             self.update(|task| {
@@ -248,6 +253,7 @@ mod tests {
             review: None,
             attempts: Vec::new(),
             attempt_of: None,
+            plan: false,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         store.create_task(&task).await.unwrap();

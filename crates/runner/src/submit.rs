@@ -38,6 +38,8 @@ pub struct TaskRequest {
     pub attempts: Vec<String>,
     /// Set when this is one attempt of a best-of-N task (the runner sets it).
     pub attempt_of: Option<AttemptOf>,
+    /// Make it a planning task (see [`TaskSpec::plan`]).
+    pub plan: bool,
 }
 
 /// The model of each of `attempts` attempts, spread over `models` in turn (the first model for
@@ -108,6 +110,7 @@ impl TaskRequest {
             review: None,
             attempts: Vec::new(),
             attempt_of: None,
+            plan: false,
         }
     }
 }
@@ -171,6 +174,12 @@ impl Runner {
             )));
         }
         let attempts = self.check_attempts(&request, review.is_some())?;
+        if request.plan && (review.is_some() || !attempts.is_empty() || request.follows.is_some()) {
+            return Err(SubmitError::Review(
+                "a planning task plans new work: it is not a review, a follow-up or best-of-N"
+                    .into(),
+            ));
+        }
         if let Some(first) = attempts.first() {
             request.model = first.clone();
         }
@@ -215,6 +224,7 @@ impl Runner {
             review,
             attempts,
             attempt_of: request.attempt_of,
+            plan: request.plan,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;

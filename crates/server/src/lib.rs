@@ -12,6 +12,7 @@ mod events;
 mod hub;
 mod metrics;
 mod openapi;
+mod plans;
 mod repos;
 mod tasks;
 mod tokens;
@@ -137,6 +138,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/api/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/tasks/{id}/messages", post(tasks::message))
         .route("/api/tasks/{id}/diff", get(tasks::diff))
+        .route("/api/tasks/{id}/plan", get(plans::show).post(plans::edit))
+        .route("/api/tasks/{id}/plan/approve", post(plans::approve))
         .route("/api/tasks/{id}/artifacts/{name}", get(tasks::artifact))
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{id}", delete(tokens::revoke))

@@ -33,6 +33,9 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         crate::tasks::message,
         crate::tasks::diff,
         crate::tasks::artifact,
+        crate::plans::show,
+        crate::plans::edit,
+        crate::plans::approve,
         crate::tokens::list,
         crate::tokens::create,
         crate::tokens::revoke,
@@ -47,7 +50,8 @@ use crate::views::{CancelView, CreateTask, EventPage, SendMessage, TaskList};
         TaskDoc, TaskSpecDoc, TaskOriginDoc, ReviewSpecDoc, TaskStateDoc, UsageDoc, EventRecordDoc, ApiTokenDoc, TaskList,
         EventPage, CancelView, CreateTask, crate::views::ReviewRequest, SendMessage, CreateToken, CreatedToken, TokenList,
         ErrorBody, ErrorDetail, Health, RepositoryDoc, AddRepo, RepoList,
-        crate::webhooks::WebhookOutcome,
+        crate::webhooks::WebhookOutcome, crate::plans::EditPlan, crate::plans::ApprovePlan,
+        crate::plans::PlanVersionNumber,
     )),
     modifiers(&BearerAuth),
 )]
@@ -144,6 +148,8 @@ pub(crate) struct TaskSpecDoc {
     attempts: Option<Vec<String>>,
     /// Set for one attempt of a best-of-N task.
     attempt_of: Option<AttemptOfDoc>,
+    /// Present (true) for a planning task: it hands back a plan instead of a branch.
+    plan: Option<bool>,
 }
 
 /// Which best-of-N task an attempt belongs to.
@@ -192,6 +198,9 @@ pub(crate) enum TaskStateDoc {
     Preparing,
     #[schema(rename = "running")]
     Running,
+    /// A planning task waits for the person's answer to its question.
+    #[schema(rename = "waiting")]
+    Waiting,
     #[schema(rename = "verifying")]
     Verifying,
     #[schema(rename = "handing_off")]
@@ -314,6 +323,7 @@ mod tests {
                     task: TaskId::new(),
                     index: 1,
                 }),
+                plan: true,
             },
             Timestamp::UNIX_EPOCH,
         );

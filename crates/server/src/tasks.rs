@@ -125,6 +125,7 @@ pub(crate) async fn submit(
     )?;
     let mut request = TaskRequest::new(&repo.location, body.prompt, model);
     request.attempts = attempts;
+    request.plan = body.plan.unwrap_or(false);
     request.base = body.base;
     request.max_turns = body.max_turns.unwrap_or(TaskSpec::DEFAULT_MAX_TURNS);
     request.max_tokens = body.max_tokens;

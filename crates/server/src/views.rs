@@ -123,6 +123,10 @@ pub(crate) struct CreateTask {
     /// than one asks for one attempt per model unless `attempts` says more.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// Make it a planning task ([cli.md](../docs/cli.md)): a read-only agent that may ask
+    /// questions (answered with messages) and hands back a plan instead of a branch.
+    #[serde(default)]
+    pub plan: Option<bool>,
 }
 
 /// What a review task reviews: `{"task": ID}`, an ended task's branch (the request's `repo` must

@@ -9,7 +9,7 @@ use crate::rows::{select_tasks, select_tokens, task_columns, token_columns};
 /// The states in which a worker holds a task: claimed, not yet ended. As SQL.
 macro_rules! held_states {
     () => {
-        "('preparing', 'running', 'verifying', 'handing_off')"
+        "('preparing', 'running', 'waiting', 'verifying', 'handing_off')"
     };
 }
 

@@ -161,6 +161,7 @@ pub(crate) fn plan_cancel(
         TaskState::Queued => (CancelOutcome::CancelledWhileQueued, CancelWrite::EndQueued),
         TaskState::Preparing
         | TaskState::Running
+        | TaskState::Waiting
         | TaskState::Verifying
         | TaskState::HandingOff => {
             let write = if already_requested {

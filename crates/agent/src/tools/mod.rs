@@ -10,6 +10,7 @@ mod control;
 mod edit_file;
 mod list_files;
 mod patch_text;
+mod plan;
 mod read_file;
 mod review;
 mod search;
@@ -21,7 +22,7 @@ mod write_file;
 use std::time::Duration;
 
 use nightshift_model::ToolSpec;
-use nightshift_protocol::{Finding, PlanStep, truncate_middle};
+use nightshift_protocol::{Finding, Plan, PlanStep, truncate_middle};
 use nightshift_sandbox::SandboxSession;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +65,17 @@ pub const REVIEW_TOOL_NAMES: [&str; 5] = [
     review::SUBMIT_REVIEW,
 ];
 
+/// The tools of a planning task: reading and running commands in a read-only workspace,
+/// asking the person, and `submit_plan` in place of `finish`.
+pub const PLAN_TOOL_NAMES: [&str; 6] = [
+    shell::NAME,
+    read_file::NAME,
+    search::NAME,
+    list_files::NAME,
+    plan::ASK,
+    plan::SUBMIT_PLAN,
+];
+
 /// What the agent is there to do: it decides the tools the model gets and how a run ends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -73,6 +85,8 @@ pub enum Mode {
     /// Review changes without changing anything: [`REVIEW_TOOL_NAMES`], ending with
     /// `submit_review`.
     Review,
+    /// Plan work without changing anything: [`PLAN_TOOL_NAMES`], ending with `submit_plan`.
+    Plan,
 }
 
 impl Mode {
@@ -81,6 +95,7 @@ impl Mode {
         match self {
             Mode::Build => &TOOL_NAMES,
             Mode::Review => &REVIEW_TOOL_NAMES,
+            Mode::Plan => &PLAN_TOOL_NAMES,
         }
     }
 
@@ -89,6 +104,7 @@ impl Mode {
         match self {
             Mode::Build => control::FINISH,
             Mode::Review => review::SUBMIT_REVIEW,
+            Mode::Plan => plan::SUBMIT_PLAN,
         }
     }
 
@@ -103,6 +119,14 @@ impl Mode {
                 list_files::spec(),
                 review::spec(),
             ],
+            Mode::Plan => vec![
+                shell::spec(),
+                read_file::spec(),
+                search::spec(),
+                list_files::spec(),
+                plan::ask_spec(),
+                plan::submit_plan_spec(),
+            ],
         }
     }
 }
@@ -115,7 +139,10 @@ impl Mode {
 pub async fn run(name: &str, arguments: &str, ctx: &ToolContext<'_>) -> ToolOutput {
     let names = ctx.mode.tool_names();
     if !names.contains(&name) {
-        let why = match TOOL_NAMES.contains(&name) || name == review::SUBMIT_REVIEW {
+        let known = TOOL_NAMES.contains(&name)
+            || REVIEW_TOOL_NAMES.contains(&name)
+            || PLAN_TOOL_NAMES.contains(&name);
+        let why = match known {
             true => format!("`{name}` is not available in this task"),
             false => format!("unknown tool `{name}`"),
         };
@@ -136,6 +163,8 @@ pub async fn run(name: &str, arguments: &str, ctx: &ToolContext<'_>) -> ToolOutp
         control::UPDATE_PLAN => control::update_plan(arguments),
         control::FINISH => control::finish(arguments),
         review::SUBMIT_REVIEW => review::submit_review(arguments),
+        plan::ASK => plan::ask(arguments),
+        plan::SUBMIT_PLAN => plan::submit_plan(arguments),
         unknown => ToolOutput::failure(format!(
             "unknown tool `{unknown}`. The available tools are: {}.",
             TOOL_NAMES.join(", ")
@@ -205,6 +234,10 @@ pub enum Control {
         summary: String,
         findings: Vec<Finding>,
     },
+    /// `ask`: the run waits for the person's answer to `question`.
+    Ask { question: String },
+    /// `submit_plan`: the planning is done.
+    SubmitPlan { plan: Box<Plan> },
 }
 
 impl ToolOutput {

@@ -42,6 +42,10 @@ impl Local {
         Local { home: None, runner }
     }
 
+    pub(super) fn runner(&self) -> &Arc<Runner> {
+        &self.runner
+    }
+
     fn store(&self) -> &Arc<dyn Store> {
         self.runner.store()
     }
@@ -69,6 +73,7 @@ impl Local {
             max_duration_secs: submission.max_duration_secs,
             image: submission.image,
             review: submission.review,
+            plan: submission.plan,
             ..TaskRequest::new(submission.repo, submission.prompt, model)
         };
         if self.home.is_some() {

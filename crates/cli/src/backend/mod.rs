@@ -4,6 +4,7 @@
 //! talks to, so `show --json` prints the same object either way.
 
 mod local;
+mod plan;
 mod remote;
 mod stream;
 
@@ -42,6 +43,8 @@ pub struct Submission {
     pub attempts: Option<u32>,
     /// The models to spread the attempts over (empty: `model` for all).
     pub models: Vec<String>,
+    /// Make it a planning task.
+    pub plan: bool,
 }
 
 /// Called with each event while following a log; `Break` stops following.

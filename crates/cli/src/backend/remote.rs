@@ -31,7 +31,7 @@ pub struct Remote {
     /// `http://host:8787`, without a trailing slash.
     base: String,
     token: Option<String>,
-    client: reqwest::Client,
+    pub(super) client: reqwest::Client,
 }
 
 /// Why a request to the server did not give the answer asked for.
@@ -111,6 +111,8 @@ struct CreateTask<'a> {
     review: Option<ReviewBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    plan: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     models: &'a [String],
 }
@@ -195,6 +197,7 @@ impl Remote {
             max_duration_secs: submission.max_duration_secs,
             image: submission.image.as_deref(),
             attempts: submission.attempts,
+            plan: submission.plan,
             models: &submission.models,
             review: submission.review.as_ref().map(|review| match review {
                 nightshift_runner::ReviewOf::Task(id) => ReviewBody {
@@ -386,7 +389,7 @@ impl Remote {
     }
 
     /// Sends a request (built afresh for each try) and decodes its JSON answer.
-    async fn json<T: DeserializeOwned>(
+    pub(super) async fn json<T: DeserializeOwned>(
         &self,
         what: &str,
         request: impl Fn() -> RequestBuilder,

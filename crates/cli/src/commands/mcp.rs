@@ -135,6 +135,7 @@ impl Tools {
             review: None,
             attempts: args.attempts,
             models: Vec::new(),
+            plan: false,
         };
         Ok(match self.backend.submit(submission).await {
             Ok(task) => text(pretty(&json!({
@@ -146,7 +147,7 @@ impl Tools {
     }
 
     #[tool(
-        description = "Where a nightshift task stands: its state (queued, preparing, running, verifying, handing_off, succeeded, failed, cancelled), branch, summary or error, tokens used."
+        description = "Where a nightshift task stands: its state (queued, preparing, running, waiting, verifying, handing_off, succeeded, failed, cancelled), branch, summary or error, tokens used."
     )]
     async fn task_status(
         &self,

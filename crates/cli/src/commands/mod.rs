@@ -11,6 +11,7 @@ pub mod image;
 pub mod logs;
 pub mod ls;
 pub mod mcp;
+pub mod plan;
 pub mod repo;
 pub mod review;
 pub mod run;

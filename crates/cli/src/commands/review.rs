@@ -49,6 +49,7 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, Failure> {
         review: Some(review),
         attempts: None,
         models: Vec::new(),
+        plan: false,
     };
     let task = backend.submit(submission).await?;
     if !args.wait && !args.send {

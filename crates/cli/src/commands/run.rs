@@ -29,6 +29,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             true => args.model.clone(),
             false => Vec::new(),
         },
+        plan: false,
         max_turns: args.budget.max_turns,
         max_tokens: args.budget.max_tokens,
         max_cost_usd: args.budget.max_cost,
@@ -111,6 +112,12 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
                 ));
             }
             Event::ReviewQueued { task_id } => review = Some(*task_id),
+            Event::QuestionAsked { question } => bar.suspend(|| {
+                eprintln!(
+                    "\nquestion from the agent:\n{}\nanswer with: nightshift say {short} ANSWER\n",
+                    question.trim()
+                )
+            }),
             Event::AttemptsRanked {
                 chosen: attempt,
                 reason,

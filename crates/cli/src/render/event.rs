@@ -124,6 +124,31 @@ pub fn event(record: &EventRecord) -> String {
             "the agent called finish".into(),
             Some(summary.clone()),
         ),
+        Event::QuestionAsked { question } => (
+            "question",
+            "the agent asks (answer with `nightshift say ID ANSWER`)".into(),
+            Some(question.clone()),
+        ),
+        Event::PlanSubmitted {
+            version,
+            plan,
+            author,
+        } => (
+            "plan",
+            format!(
+                "version {version} by {author}: {} subtask(s)",
+                plan.subtasks.len()
+            ),
+            Some(plan.render()),
+        ),
+        Event::PlanApproved { version, by } => (
+            "plan",
+            match by {
+                Some(by) => format!("version {version} approved by {by}"),
+                None => format!("version {version} approved"),
+            },
+            None,
+        ),
         Event::AttemptQueued {
             task_id,
             index,

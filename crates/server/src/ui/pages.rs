@@ -21,10 +21,11 @@ use crate::{ApiError, ServerState};
 /// Tasks per page of the list.
 const PAGE: u32 = 50;
 
-const STATES: [TaskState; 8] = [
+const STATES: [TaskState; 9] = [
     TaskState::Queued,
     TaskState::Preparing,
     TaskState::Running,
+    TaskState::Waiting,
     TaskState::Verifying,
     TaskState::HandingOff,
     TaskState::Succeeded,
@@ -338,6 +339,7 @@ pub(crate) async fn create(
             review: None,
             attempts: None,
             models: None,
+            plan: None,
         };
         match submit(&state, &session.token, body).await {
             Ok(task) => {

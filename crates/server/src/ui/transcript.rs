@@ -202,6 +202,23 @@ fn body(record: &EventRecord) -> Markup {
             strong { "Agent finished" }
             div.markdown { (PreEscaped(markdown::render(summary))) }
         },
+        Event::QuestionAsked { question } => html! {
+            strong { "Question for you" }
+            div.markdown { (PreEscaped(markdown::render(question))) }
+            p { "Answer it with a message (below, or `nightshift say`)." }
+        },
+        Event::PlanSubmitted {
+            version,
+            plan,
+            author,
+        } => html! {
+            strong { "Plan, version " (version) " by " (author) }
+            pre { (plan.render()) }
+        },
+        Event::PlanApproved { version, by } => html! {
+            "Plan version " (version) " approved"
+            @if let Some(by) = by { " by " (by) }
+        },
         Event::AttemptQueued {
             task_id,
             index,

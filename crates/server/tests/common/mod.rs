@@ -153,6 +153,7 @@ impl Harness {
             review: None,
             attempts: Vec::new(),
             attempt_of: None,
+            plan: false,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();
