@@ -176,11 +176,31 @@ pub enum Event {
         /// `planner`, or who edited it.
         author: String,
     },
-    /// A person approved this version of the plan.
+    /// A person approved this version of the plan; `run` carries it out.
     PlanApproved {
         version: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<TaskId>,
+    },
+    /// A plan's run queued one of its subtasks as a task.
+    SubtaskQueued { name: String, task_id: TaskId },
+    /// A plan's run merged a subtask's branch into the plan branch (`commit` is the merge),
+    /// or, when the subtask changed nothing, took it as done (`commit` absent).
+    SubtaskMerged {
+        name: String,
+        task_id: TaskId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+    /// Merging a subtask's branch into the plan branch conflicted in `files`; `resolution`
+    /// is the task that resolves it, when one was started.
+    MergeConflict {
+        name: String,
+        files: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resolution: Option<TaskId>,
     },
     /// The repository's `[review] auto` queued a review task of this task as it ended.
     ReviewQueued { task_id: TaskId },
@@ -318,6 +338,9 @@ impl Event {
             Event::QuestionAsked { .. } => "question_asked",
             Event::PlanSubmitted { .. } => "plan_submitted",
             Event::PlanApproved { .. } => "plan_approved",
+            Event::SubtaskQueued { .. } => "subtask_queued",
+            Event::SubtaskMerged { .. } => "subtask_merged",
+            Event::MergeConflict { .. } => "merge_conflict",
             Event::AttemptQueued { .. } => "attempt_queued",
             Event::AttemptReviewQueued { .. } => "attempt_review_queued",
             Event::AttemptsRanked { .. } => "attempts_ranked",

@@ -22,7 +22,9 @@ pub use event::{
     ToolCallRecord, Usage,
 };
 pub use id::{ParseTaskIdError, TaskId};
-pub use plan::{AcceptanceCheck, MAX_SUBTASKS, Plan, PlanHistory, PlanVersion, Subtask};
+pub use plan::{
+    AcceptanceCheck, MAX_SUBTASKS, Plan, PlanHistory, PlanRun, PlanVersion, Subtask, SubtaskOf,
+};
 pub use repo::{InvalidRepoName, MAX_REPO_NAME, Repository, check_repo_name};
 pub use review::{Finding, REVIEW_PROMPT, ReviewSpec, Severity, findings_as_request};
 pub use task::{Task, TaskOrigin, TaskSpec, TaskState, UnknownTaskState};

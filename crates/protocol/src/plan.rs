@@ -9,6 +9,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Event, EventRecord};
 
+/// Which plan an approved plan's run carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRun {
+    /// The planning task.
+    pub plan: crate::TaskId,
+    /// The approved version.
+    pub version: u32,
+}
+
+/// Which plan run a subtask belongs to, and which of its subtasks it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtaskOf {
+    pub run: crate::TaskId,
+    pub name: String,
+}
+
 /// The most subtasks one plan may have.
 pub const MAX_SUBTASKS: usize = 20;
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{AttemptOf, ReviewSpec, TaskId, Usage};
+use crate::{AttemptOf, PlanRun, ReviewSpec, SubtaskOf, TaskId, Usage};
 
 /// What the person (or integration) asked for. Stored verbatim with the task; everything the
 /// runner resolves later (the base commit, the branch) lives on `Task` instead.
@@ -62,6 +62,17 @@ pub struct TaskSpec {
     /// hands back a plan (its `plan_submitted` event) instead of a branch.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub plan: bool,
+    /// Set for the run of an approved plan: it runs the plan's subtasks as tasks of their own
+    /// and merges their branches into one plan branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_run: Option<PlanRun>,
+    /// Set for one subtask of a plan's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtask_of: Option<SubtaskOf>,
+    /// Start with this branch of the source repository being merged into the base, its
+    /// conflicts left in the files for the agent to resolve (a plan run's resolution task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
 }
 
 /// Where on a forge a task was asked for.
@@ -294,6 +305,9 @@ mod tests {
             attempts: Vec::new(),
             attempt_of: None,
             plan: false,
+            plan_run: None,
+            subtask_of: None,
+            merge: None,
         };
         let mut task = Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH);
         assert!(!task.no_changes(), "nothing is known yet");

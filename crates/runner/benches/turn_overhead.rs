@@ -115,6 +115,9 @@ async fn main() {
         attempts: Vec::new(),
         attempt_of: None,
         plan: false,
+        plan_run: None,
+        subtask_of: None,
+        merge: None,
     };
     let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
     store.create_task(&task).await.unwrap();

@@ -77,7 +77,10 @@ impl Runner {
     ) -> Result<(), SinkError> {
         let task = log.snapshot().await;
         // An attempt's branch is pushed; whether it goes further is its best-of-N task's call.
-        if !nightshift_env::is_remote(&task.spec.repo) || task.spec.attempt_of.is_some() {
+        if !nightshift_env::is_remote(&task.spec.repo)
+            || task.spec.attempt_of.is_some()
+            || task.spec.subtask_of.is_some()
+        {
             return Ok(());
         }
         let events = match self.store.events(task.id, 0, 10_000).await {
@@ -477,6 +480,9 @@ mod tests {
             attempts: Vec::new(),
             attempt_of: None,
             plan: false,
+            plan_run: None,
+            subtask_of: None,
+            merge: None,
         };
         Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH)
     }

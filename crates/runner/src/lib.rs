@@ -11,6 +11,7 @@ mod egress_log;
 mod ending;
 mod environment;
 mod error;
+mod fan_out;
 mod follow_up;
 mod forge;
 mod forge_retry;
@@ -55,7 +56,9 @@ pub use repos::{RegisterError, RepoOptions, find_registered, register_repo};
 pub use submit::{ReviewOf, TaskRequest, attempt_models};
 pub use worker::WorkerConfig;
 
-/// Everything a runner needs, passed in explicitly (no globals, no environment reads).
+/// Everything a runner needs, passed in explicitly (no globals, no environment reads). A clone
+/// shares the store, the sandbox and the caches.
+#[derive(Clone)]
 pub struct Runner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) sandbox: Arc<dyn Sandbox>,

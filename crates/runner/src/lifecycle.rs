@@ -242,6 +242,7 @@ impl Runner {
         .await?;
         log.update(|task| task.base_commit = Some(base.commit.clone()))
             .await?;
+        self.begin_merge(log, &source, &copy, &task).await?;
 
         let loaded = match environment::load(copy.root()).await {
             Ok(loaded) => loaded,
@@ -340,7 +341,8 @@ impl Runner {
         let review_after = loaded.config.review.auto
             && provenance.configuration
             && task.spec.review.is_none()
-            && task.spec.attempt_of.is_none();
+            && task.spec.attempt_of.is_none()
+            && task.spec.subtask_of.is_none();
         let ending = Ending {
             review_after,
             ..self.run_agent(&run, stop, stops, watch).await?
@@ -410,9 +412,13 @@ impl Runner {
             user: user.as_ref(),
             ..run_over_layers
         };
-        let ending = self
-            .run_in_session(&run_over_layers, model.as_ref(), &spec, stop, stops, watch)
-            .await;
+        let ending = match task.spec.plan_run {
+            Some(_) => self.run_plan(&run_over_layers, stop, stops).await,
+            None => {
+                self.run_in_session(&run_over_layers, model.as_ref(), &spec, stop, stops, watch)
+                    .await
+            }
+        };
         // Every session of the task is closed: a layer of its own goes with it.
         layers
             .release(log, self.config.layers_dir.as_deref())

@@ -4,13 +4,14 @@
 //! one, and a person approves one version.
 
 use nightshift_agent::{AgentOutcome, SinkError};
-use nightshift_protocol::{ErrorKind, Event, Plan, PlanHistory, TaskId, TaskState};
+use nightshift_protocol::{ErrorKind, Event, Plan, PlanHistory, PlanRun, Task, TaskId, TaskState};
 
 use crate::Runner;
 use crate::attempts::whole_log;
 use crate::ending::{Ending, fail, fail_model};
 use crate::handoff::Run;
 use crate::sink::TaskLog;
+use crate::submit::TaskRequest;
 
 /// What a planning task's agent is told: the repository's rules and checks, then the request.
 pub(crate) fn plan_prompt(run: &Run<'_>) -> String {
@@ -82,6 +83,8 @@ pub enum PlanError {
     Approved { task: String, version: u32 },
     #[error("the plan is not valid: {0}; nothing was changed")]
     Invalid(String),
+    #[error("the plan's run could not be queued: {0}; the plan was not approved")]
+    Submit(#[from] crate::SubmitError),
     #[error("{0}")]
     Store(#[from] nightshift_store::StoreError),
 }
@@ -135,13 +138,14 @@ impl Runner {
         Ok(version)
     }
 
-    /// Approves `version` of task `id`'s plan (default: the newest), once.
+    /// Approves `version` of task `id`'s plan (default: the newest), once, and queues the run
+    /// that carries it out. Returns the version and the run.
     pub async fn approve_plan(
         &self,
         id: TaskId,
         version: Option<u32>,
         by: Option<&str>,
-    ) -> Result<u32, PlanError> {
+    ) -> Result<(u32, Task), PlanError> {
         let history = self.plan_history(id).await?;
         if let Some(approved) = history.approved {
             return Err(PlanError::Approved {
@@ -158,15 +162,39 @@ impl Runner {
                 newest,
             });
         }
+        let planned = self
+            .store
+            .get_task(id)
+            .await?
+            .ok_or(PlanError::NoSuchTask(id))?;
+        let goal = history
+            .version(version)
+            .map(|entry| entry.plan.goal.clone())
+            .unwrap_or_default();
+        let request = TaskRequest {
+            base: planned.spec.base.clone(),
+            max_turns: planned.spec.max_turns,
+            max_tokens: planned.spec.max_tokens,
+            max_cost_usd: planned.spec.max_cost_usd,
+            max_duration_secs: planned.spec.max_duration_secs,
+            plan_run: Some(PlanRun { plan: id, version }),
+            ..TaskRequest::new(
+                planned.spec.repo.clone(),
+                format!("Carry out the plan: {goal}"),
+                planned.spec.model.clone(),
+            )
+        };
+        let run = self.submit(request).await?;
         self.store
             .append_event(
                 id,
                 &Event::PlanApproved {
                     version,
                     by: by.map(str::to_string),
+                    run: Some(run.id),
                 },
             )
             .await?;
-        Ok(version)
+        Ok((version, run))
     }
 }

@@ -254,6 +254,9 @@ mod tests {
             attempts: Vec::new(),
             attempt_of: None,
             plan: false,
+            plan_run: None,
+            subtask_of: None,
+            merge: None,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         store.create_task(&task).await.unwrap();

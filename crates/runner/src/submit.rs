@@ -40,6 +40,11 @@ pub struct TaskRequest {
     pub attempt_of: Option<AttemptOf>,
     /// Make it a planning task (see [`TaskSpec::plan`]).
     pub plan: bool,
+    /// The run of an approved plan, a subtask of one, or a resolution (the runner sets them;
+    /// see [`TaskSpec::plan_run`]).
+    pub plan_run: Option<nightshift_protocol::PlanRun>,
+    pub subtask_of: Option<nightshift_protocol::SubtaskOf>,
+    pub merge: Option<String>,
 }
 
 /// The model of each of `attempts` attempts, spread over `models` in turn (the first model for
@@ -111,6 +116,9 @@ impl TaskRequest {
             attempts: Vec::new(),
             attempt_of: None,
             plan: false,
+            plan_run: None,
+            subtask_of: None,
+            merge: None,
         }
     }
 }
@@ -225,6 +233,9 @@ impl Runner {
             attempts,
             attempt_of: request.attempt_of,
             plan: request.plan,
+            plan_run: request.plan_run,
+            subtask_of: request.subtask_of,
+            merge: request.merge,
         };
         let task = Task::queued(TaskId::new(), spec, Timestamp::now());
         self.store.create_task(&task).await?;

@@ -160,7 +160,11 @@ impl Runner {
     /// committed tree over the setup layer (or the setup script again), nothing of the agent's
     /// session. Returns the
     /// failed checks with their exit codes.
-    async fn verify(&self, run: &Run<'_>, head: &str) -> Result<Vec<(String, i32)>, SinkError> {
+    pub(crate) async fn verify(
+        &self,
+        run: &Run<'_>,
+        head: &str,
+    ) -> Result<Vec<(String, i32)>, SinkError> {
         let log = run.log;
         let config = &run.env.config;
         let all_failed = |reason: String| {

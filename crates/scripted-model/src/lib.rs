@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::answer::AnswerContext;
 pub use crate::script::{
-    BrokenStream, ErrorReply, Malformed, Reply, Script, ScriptError, ScriptedToolCall,
+    BrokenStream, ErrorReply, Malformed, Reply, Route, Script, ScriptError, ScriptedToolCall,
     ScriptedUsage, Step,
 };
 
@@ -49,6 +49,8 @@ struct ServerState {
     steps: Queue,
     /// The scripts of requests that name these models.
     models: BTreeMap<String, Queue>,
+    /// The scripts of requests whose body contains a text, tried in order.
+    routes: Vec<(String, Queue)>,
     chunk_size: usize,
     served: usize,
     requests: Vec<RecordedRequest>,
@@ -126,6 +128,11 @@ impl ScriptedModel {
                 .models
                 .into_iter()
                 .map(|(model, steps)| (model, Queue::new(steps)))
+                .collect(),
+            routes: script
+                .routes
+                .into_iter()
+                .map(|route| (route.contains, Queue::new(route.steps)))
                 .collect(),
             chunk_size: script.chunk_size,
             served: 0,
@@ -247,9 +254,15 @@ impl ServerState {
             return Err((StatusCode::BAD_REQUEST, message));
         }
         let model = request.get("model").and_then(Value::as_str);
-        let queue = match model.and_then(|model| self.models.get_mut(model)) {
-            Some(queue) => queue,
-            None => &mut self.steps,
+        let text = String::from_utf8_lossy(body);
+        let routed = self
+            .routes
+            .iter()
+            .position(|(contains, _)| text.contains(contains.as_str()));
+        let queue = match (routed, model.and_then(|model| self.models.get_mut(model))) {
+            (Some(index), _) => &mut self.routes[index].1,
+            (None, Some(queue)) => queue,
+            (None, None) => &mut self.steps,
         };
         let Some(step) = queue.next_step() else {
             let message = format!("script exhausted after {} steps", self.served);

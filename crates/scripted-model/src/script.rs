@@ -31,9 +31,22 @@ pub struct Script {
     /// request takes the next of `steps`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, Vec<Step>>,
+    /// Scripts of their own for requests whose body contains a text (the first route that
+    /// matches wins, before `models`): conversations of the same model running at the same
+    /// time, told apart by their prompts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// How many characters of tool call arguments go in one streamed chunk.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: usize,
+}
+
+/// A script for the requests whose body contains `contains`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub contains: String,
+    pub steps: Vec<Step>,
 }
 
 /// The answer to one request.
@@ -136,6 +149,7 @@ impl Script {
         Script {
             steps: steps.into_iter().collect(),
             models: BTreeMap::new(),
+            routes: Vec::new(),
             chunk_size: default_chunk_size(),
         }
     }
@@ -156,6 +170,12 @@ impl Script {
         validate_steps(&self.steps, "")?;
         for (model, steps) in &self.models {
             validate_steps(steps, &format!("model {model}, "))?;
+        }
+        for route in &self.routes {
+            if route.contains.is_empty() {
+                return Err(ScriptError("a route needs a text to look for".into()));
+            }
+            validate_steps(&route.steps, &format!("route {:?}, ", route.contains))?;
         }
         Ok(())
     }

@@ -150,6 +150,34 @@ pub(crate) struct TaskSpecDoc {
     attempt_of: Option<AttemptOfDoc>,
     /// Present (true) for a planning task: it hands back a plan instead of a branch.
     plan: Option<bool>,
+    /// Set for the run of an approved plan.
+    plan_run: Option<PlanRunDoc>,
+    /// Set for one subtask of a plan's run.
+    subtask_of: Option<SubtaskOfDoc>,
+    /// Set for a plan run's resolution task: the branch whose merge it resolves.
+    merge: Option<String>,
+}
+
+/// The plan an approved plan's run carries out.
+#[derive(ToSchema)]
+#[schema(as = PlanRun)]
+#[allow(dead_code)]
+pub(crate) struct PlanRunDoc {
+    /// The id of the planning task.
+    plan: String,
+    /// The approved version.
+    version: u32,
+}
+
+/// The plan run a subtask belongs to.
+#[derive(ToSchema)]
+#[schema(as = SubtaskOf)]
+#[allow(dead_code)]
+pub(crate) struct SubtaskOfDoc {
+    /// The id of the plan's run.
+    run: String,
+    /// The subtask's name in the plan.
+    name: String,
 }
 
 /// Which best-of-N task an attempt belongs to.
@@ -324,6 +352,15 @@ mod tests {
                     index: 1,
                 }),
                 plan: true,
+                plan_run: Some(nightshift_protocol::PlanRun {
+                    plan: TaskId::new(),
+                    version: 2,
+                }),
+                subtask_of: Some(nightshift_protocol::SubtaskOf {
+                    run: TaskId::new(),
+                    name: "a".into(),
+                }),
+                merge: Some("b".into()),
             },
             Timestamp::UNIX_EPOCH,
         );

@@ -34,10 +34,13 @@ pub(crate) struct ApprovePlan {
     pub version: Option<u32>,
 }
 
-/// The version an edit or an approval came to.
+/// The version an edit or an approval came to; for an approval, the run that carries the
+/// plan out.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PlanVersionNumber {
     pub version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 fn plan_error(err: PlanError) -> ApiError {
@@ -45,6 +48,7 @@ fn plan_error(err: PlanError) -> ApiError {
         PlanError::Store(err) => ApiError::store("reading or writing the plan", err),
         PlanError::NoSuchTask(_) => ApiError::not_found(err.to_string()),
         PlanError::Approved { .. } => ApiError::conflict(err.to_string()),
+        PlanError::Submit(err) => err.into(),
         PlanError::NotAPlan(_)
         | PlanError::NoPlanYet(..)
         | PlanError::NoSuchVersion { .. }
@@ -110,10 +114,11 @@ pub(crate) async fn edit(
         .edit_plan(task.id, body.plan, &auth.token.name)
         .await
         .map_err(plan_error)?;
-    Ok(Json(PlanVersionNumber { version }))
+    Ok(Json(PlanVersionNumber { version, run: None }))
 }
 
-/// Approves a version of the plan (default: the newest). Approval is final.
+/// Approves a version of the plan (default: the newest) and queues the run that carries it
+/// out: its subtasks as tasks, merged into one plan branch. Approval is final.
 #[utoipa::path(
     post, path = "/api/tasks/{id}/plan/approve", tag = "plans",
     params(("id" = String, Path, description = "A task id, prefix or short id")),
@@ -136,10 +141,13 @@ pub(crate) async fn approve(
     let Path(id) = id?;
     let Json(body) = body?;
     let task = find(&state, &auth.token, &id).await?;
-    let version = state
+    let (version, run) = state
         .runner()
         .approve_plan(task.id, body.version, Some(&auth.token.name))
         .await
         .map_err(plan_error)?;
-    Ok(Json(PlanVersionNumber { version }))
+    Ok(Json(PlanVersionNumber {
+        version,
+        run: Some(run.id.to_string()),
+    }))
 }

@@ -42,6 +42,14 @@ impl Local {
         Local { home: None, runner }
     }
 
+    /// Starts a detached worker for the queued task `id` (none for an in-process caller).
+    pub(super) fn start_worker(&self, id: TaskId) -> Result<(), Failure> {
+        match &self.home {
+            Some(home) => spawn_worker(home, id),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn runner(&self) -> &Arc<Runner> {
         &self.runner
     }

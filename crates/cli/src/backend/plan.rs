@@ -12,11 +12,13 @@ use crate::output::Failure;
 #[derive(Deserialize)]
 struct Version {
     version: u32,
+    #[serde(default)]
+    run: Option<String>,
 }
 
 fn plan_failure(err: PlanError) -> Failure {
     match err {
-        PlanError::Store(_) => Failure::error(err.to_string()),
+        PlanError::Store(_) | PlanError::Submit(_) => Failure::error(err.to_string()),
         PlanError::NoPlanYet(..) => Failure::usage(err.to_string()).with_hint(Some(
             "wait for it to end (`nightshift run`'s --wait, or `nightshift logs --follow ID`)"
                 .into(),
@@ -64,14 +66,23 @@ impl Backend {
         }
     }
 
-    /// Approves `version` (default: the newest); returns the version approved.
-    pub async fn approve_plan(&self, task: &Task, version: Option<u32>) -> Result<u32, Failure> {
+    /// Approves `version` (default: the newest) and queues its run; returns the version
+    /// approved and the run's id.
+    pub async fn approve_plan(
+        &self,
+        task: &Task,
+        version: Option<u32>,
+    ) -> Result<(u32, String), Failure> {
         match self {
-            Backend::Local(local) => local
-                .runner()
-                .approve_plan(task.id, version, Some(&whoami()))
-                .await
-                .map_err(plan_failure),
+            Backend::Local(local) => {
+                let (version, run) = local
+                    .runner()
+                    .approve_plan(task.id, version, Some(&whoami()))
+                    .await
+                    .map_err(plan_failure)?;
+                local.start_worker(run.id)?;
+                Ok((version, run.id.to_string()))
+            }
             Backend::Remote(remote) => {
                 let url = format!("{}/api/tasks/{}/plan/approve", remote.base(), task.id);
                 let body = json!({ "version": version });
@@ -80,7 +91,7 @@ impl Backend {
                         remote.client.post(&url).json(&body)
                     })
                     .await
-                    .map(|answer| answer.version)
+                    .map(|answer| (answer.version, answer.run.unwrap_or_default()))
                     .map_err(|err| remote.failure(err))
             }
         }

@@ -17,8 +17,13 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode, Failure> {
         Some(PlanAction::Edit { id, file }) => edit(&backend, &id, file).await,
         Some(PlanAction::Approve { id, version }) => {
             let task = backend.find(&id).await?;
-            let approved = backend.approve_plan(&task, version).await?;
+            let (approved, run) = backend.approve_plan(&task, version).await?;
             println!("{}: plan version {approved} approved", task.id.short());
+            println!("{run}");
+            eprintln!(
+                "its run (the subtasks, merged into one plan branch): nightshift show {}",
+                run.get(run.len().saturating_sub(8)..).unwrap_or(&run)
+            );
             Ok(ExitCode::SUCCESS)
         }
         None => start(&backend, args).await,
@@ -54,7 +59,13 @@ async fn start(backend: &Backend, args: PlanArgs) -> Result<ExitCode, Failure> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let task = super::run::wait(backend, &task, args.json).await?;
+    let task = match args.json {
+        true => {
+            super::follow::events(backend, task.id, true, |_| Ok(())).await?;
+            backend.find(&task.id.to_string()).await?
+        }
+        false => super::run::wait(backend, &task, false).await?,
+    };
     if task.state == nightshift_protocol::TaskState::Succeeded {
         let history = backend.plan_history(&task).await?;
         if args.json {

@@ -141,12 +141,52 @@ pub fn event(record: &EventRecord) -> String {
             ),
             Some(plan.render()),
         ),
-        Event::PlanApproved { version, by } => (
+        Event::PlanApproved { version, by, run } => (
             "plan",
-            match by {
-                Some(by) => format!("version {version} approved by {by}"),
-                None => format!("version {version} approved"),
+            format!(
+                "version {version} approved{}{}",
+                by.as_ref()
+                    .map(|by| format!(" by {by}"))
+                    .unwrap_or_default(),
+                run.map(|run| format!("; its run: {}", run.short()))
+                    .unwrap_or_default()
+            ),
+            None,
+        ),
+        Event::SubtaskQueued { name, task_id } => (
+            "subtask",
+            format!("{name} queued as {}", task_id.short()),
+            None,
+        ),
+        Event::SubtaskMerged {
+            name,
+            task_id,
+            commit,
+        } => (
+            "subtask",
+            match commit {
+                Some(commit) => format!(
+                    "{name} ({}) merged: {}",
+                    task_id.short(),
+                    commit.get(..12).unwrap_or(commit)
+                ),
+                None => format!("{name} ({}) changed nothing", task_id.short()),
             },
+            None,
+        ),
+        Event::MergeConflict {
+            name,
+            files,
+            resolution,
+        } => (
+            "subtask",
+            format!(
+                "merging {name} conflicts in {}{}",
+                files.join(", "),
+                resolution
+                    .map(|id| format!("; resolving it: {}", id.short()))
+                    .unwrap_or_default()
+            ),
             None,
         ),
         Event::AttemptQueued {

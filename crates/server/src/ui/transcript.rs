@@ -215,9 +215,39 @@ fn body(record: &EventRecord) -> Markup {
             strong { "Plan, version " (version) " by " (author) }
             pre { (plan.render()) }
         },
-        Event::PlanApproved { version, by } => html! {
+        Event::PlanApproved { version, by, run } => html! {
             "Plan version " (version) " approved"
             @if let Some(by) = by { " by " (by) }
+            @if let Some(run) = run {
+                "; its run: " a href={ "/tasks/" (run) } { "task " (run.short()) }
+            }
+        },
+        Event::SubtaskQueued { name, task_id } => html! {
+            "Subtask " code { (name) } " queued: "
+            a href={ "/tasks/" (task_id) } { "task " (task_id.short()) }
+        },
+        Event::SubtaskMerged {
+            name,
+            task_id,
+            commit,
+        } => html! {
+            "Subtask " code { (name) } " ("
+            a href={ "/tasks/" (task_id) } { (task_id.short()) }
+            ") "
+            @match commit {
+                Some(commit) => { "merged: " code { (commit.get(..12).unwrap_or(commit)) } }
+                None => { "changed nothing" }
+            }
+        },
+        Event::MergeConflict {
+            name,
+            files,
+            resolution,
+        } => html! {
+            "Merging subtask " code { (name) } " conflicts in " (files.join(", "))
+            @if let Some(resolution) = resolution {
+                "; resolving it: " a href={ "/tasks/" (resolution) } { "task " (resolution.short()) }
+            }
         },
         Event::AttemptQueued {
             task_id,

@@ -154,6 +154,9 @@ impl Harness {
             attempts: Vec::new(),
             attempt_of: None,
             plan: false,
+            plan_run: None,
+            subtask_of: None,
+            merge: None,
         };
         let task = Task::queued(TaskId::new(), spec, jiff::Timestamp::now());
         self.store.create_task(&task).await.unwrap();

@@ -1,0 +1,747 @@
+//! The run of an approved plan. It runs no agent itself: it queues each subtask as a task of
+//! its own once the subtasks it depends on are merged (independent ones side by side, up to
+//! all at once in this worker; two whose declared paths overlap, or one that declares none,
+//! never beside another), and merges each subtask's branch into one plan branch as it
+//! succeeds, in the order they finish, which respects their dependencies. After each merge the
+//! plan's acceptance checks and the repository's checks run on the merged tree in a fresh
+//! sandbox; a repository check must pass after every merge, the acceptance checks after the
+//! last. A merge that conflicts starts a resolution task, which starts from the plan branch
+//! with the merge under way and its conflicts in the files; its result is merged instead. A
+//! check that fails, a subtask that fails, or a resolution that conflicts again stops the run
+//! with a report; the plan branch keeps what was merged.
+//!
+//! Every step is in the run's log (`subtask_queued`, `merge_conflict`, `subtask_merged`), so a
+//! worker that takes the run over queues nothing twice.
+
+use std::collections::BTreeMap;
+
+use nightshift_agent::SinkError;
+use nightshift_env::config::Check;
+use nightshift_env::{Merge, branch_name};
+use nightshift_protocol::{ErrorKind, Event, Plan, Subtask, SubtaskOf, Task, TaskId, TaskState};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::attempts::whole_log;
+use crate::ending::{Ending, fail, set_state};
+use crate::handoff::Run;
+use crate::lifecycle::Stops;
+use crate::submit::TaskRequest;
+use crate::{DIFF_BLOB, Runner};
+
+/// Where each subtask stands.
+#[derive(Default)]
+struct Progress {
+    /// The task doing each subtask now: the subtask's own, or its resolution.
+    tasks: BTreeMap<String, TaskId>,
+    /// Subtasks whose merge conflicted: their task is a resolution.
+    resolving: BTreeMap<String, TaskId>,
+    /// Merged, in order.
+    merged: Vec<String>,
+    /// Subtasks that will not be merged, and why.
+    failed: Vec<(String, String)>,
+}
+
+impl Progress {
+    fn read(events: &[nightshift_protocol::EventRecord]) -> Progress {
+        let mut progress = Progress::default();
+        for record in events {
+            match &record.event {
+                Event::SubtaskQueued { name, task_id } => {
+                    progress.tasks.insert(name.clone(), *task_id);
+                }
+                Event::MergeConflict {
+                    name,
+                    resolution: Some(resolution),
+                    ..
+                } => {
+                    progress.tasks.insert(name.clone(), *resolution);
+                    progress.resolving.insert(name.clone(), *resolution);
+                }
+                Event::SubtaskMerged { name, .. } => progress.merged.push(name.clone()),
+                _ => {}
+            }
+        }
+        progress
+    }
+
+    fn done(&self, name: &str) -> bool {
+        self.merged.iter().any(|merged| merged == name)
+            || self.failed.iter().any(|(failed, _)| failed == name)
+    }
+
+    /// Queued and not yet merged or failed.
+    fn in_flight(&self) -> Vec<(String, TaskId)> {
+        self.tasks
+            .iter()
+            .filter(|(name, _)| !self.done(name))
+            .map(|(name, id)| (name.clone(), *id))
+            .collect()
+    }
+}
+
+/// Whether two subtasks may touch the same files: declared paths that contain one another,
+/// or no declared paths at all (which could be anything).
+fn overlaps(a: &Subtask, b: &Subtask) -> bool {
+    if a.paths.is_empty() || b.paths.is_empty() {
+        return true;
+    }
+    let within = |inner: &str, outer: &str| {
+        let (inner, outer) = (inner.trim_end_matches('/'), outer.trim_end_matches('/'));
+        inner == outer || inner.starts_with(&format!("{outer}/"))
+    };
+    a.paths
+        .iter()
+        .any(|x| b.paths.iter().any(|y| within(x, y) || within(y, x)))
+}
+
+/// What a subtask's agent is told: the plan it is part of, then its own part.
+fn subtask_prompt(plan: &Plan, subtask: &Subtask) -> String {
+    let mut prompt = format!(
+        "# The plan this task is part of\n\nGoal: {}\n",
+        plan.goal.trim()
+    );
+    for constraint in &plan.constraints {
+        prompt.push_str(&format!("- Constraint: {}\n", constraint.trim()));
+    }
+    let others: Vec<&str> = plan
+        .subtasks
+        .iter()
+        .filter(|other| other.name != subtask.name)
+        .map(|other| other.name.as_str())
+        .collect();
+    if !others.is_empty() {
+        prompt.push_str(&format!(
+            "Other tasks do the other subtasks ({}); leave their work to them.\n",
+            others.join(", ")
+        ));
+    }
+    prompt.push_str(&format!(
+        "\n# Your subtask: {}\n\n{}\n",
+        subtask.name,
+        subtask.prompt.trim()
+    ));
+    if !subtask.paths.is_empty() {
+        prompt.push_str(&format!(
+            "\nIt is expected to change: {}.\n",
+            subtask.paths.join(", ")
+        ));
+    }
+    prompt
+}
+
+impl Runner {
+    /// Runs the approved plan of `run.task` to its ending; see the module's documentation.
+    pub(crate) async fn run_plan(
+        &self,
+        run: &Run<'_>,
+        stop: &CancellationToken,
+        stops: &Stops,
+    ) -> Result<Ending, SinkError> {
+        let Run {
+            log, task, source, ..
+        } = *run;
+        let Some(spec) = task.spec.plan_run else {
+            return fail(log, ErrorKind::Internal, "not a plan's run".into(), None).await;
+        };
+        let plan = match self.plan_history(spec.plan).await {
+            Ok(history) => match history.version(spec.version) {
+                Some(entry) => entry.plan.clone(),
+                None => {
+                    let message = format!("the plan has no version {}", spec.version);
+                    return fail(log, ErrorKind::InvalidInput, message, None).await;
+                }
+            },
+            Err(err) => return fail(log, ErrorKind::InvalidInput, err.to_string(), None).await,
+        };
+        let branch = branch_name(&task.id.short(), &format!("plan {}", plan.goal));
+        set_state(
+            log,
+            TaskState::Running,
+            Some(&format!("running {} subtasks", plan.subtasks.len())),
+        )
+        .await?;
+        let events = whole_log(self.store.as_ref(), task.id)
+            .await
+            .map_err(|err| SinkError(err.to_string()))?;
+        let mut progress = Progress::read(&events);
+        // A run taken over: what was merged before is merged again into this copy.
+        let mut published = false;
+        for name in progress.merged.clone() {
+            if let Some(merged) = self.merged_branch(&progress, &name).await {
+                let _ = run
+                    .copy
+                    .merge(source, &merged, &format!("Merge {name}"))
+                    .await;
+            }
+            published = true;
+        }
+        let (cancel, relay) = cancel_relay(stop, stops);
+        // Each subtask this worker runs is a task of the runtime's own, so that it goes on
+        // while the run merges and checks (and never waits on a connection the run needs).
+        let mut running = JoinSet::new();
+        let mut started = std::collections::BTreeSet::new();
+        let ending = loop {
+            if stop.is_cancelled() {
+                break None;
+            }
+            if let Some(ending) = self
+                .settle_ended(run, &plan, &branch, &mut progress, &mut published)
+                .await?
+            {
+                break Some(ending);
+            }
+            // Subtasks, and resolutions, queued before (by this run or one it took over from)
+            // and not yet run: this worker runs them unless another has already.
+            for (_, id) in progress.in_flight() {
+                if started.insert(id) {
+                    running.spawn(self.clone().claim_and_run(id, &cancel, stops));
+                }
+            }
+            for subtask in &plan.subtasks {
+                if progress.tasks.contains_key(&subtask.name) || progress.done(&subtask.name) {
+                    continue;
+                }
+                if let Some(dependency) = subtask.depends_on.iter().find(|dependency| {
+                    progress
+                        .failed
+                        .iter()
+                        .any(|(failed, _)| failed == *dependency)
+                }) {
+                    progress.failed.push((
+                        subtask.name.clone(),
+                        format!("not run: `{dependency}`, which it depends on, failed"),
+                    ));
+                    continue;
+                }
+                let ready = subtask
+                    .depends_on
+                    .iter()
+                    .all(|dependency| progress.merged.contains(dependency));
+                let crowded = progress.in_flight().iter().any(|(name, _)| {
+                    plan.subtasks
+                        .iter()
+                        .find(|other| &other.name == name)
+                        .is_some_and(|other| overlaps(subtask, other))
+                });
+                if !ready || crowded {
+                    continue;
+                }
+                let base = match subtask.depends_on.is_empty() || !published {
+                    true => task.spec.base.clone(),
+                    false => Some(branch.clone()),
+                };
+                let request = TaskRequest {
+                    base,
+                    subtask_of: Some(SubtaskOf {
+                        run: task.id,
+                        name: subtask.name.clone(),
+                    }),
+                    ..self.child_request(task, subtask_prompt(&plan, subtask))
+                };
+                match self.submit(request).await {
+                    Ok(child) => {
+                        log.append(Event::SubtaskQueued {
+                            name: subtask.name.clone(),
+                            task_id: child.id,
+                        })
+                        .await?;
+                        progress.tasks.insert(subtask.name.clone(), child.id);
+                        started.insert(child.id);
+                        running.spawn(self.clone().claim_and_run(child.id, &cancel, stops));
+                    }
+                    Err(err) => progress
+                        .failed
+                        .push((subtask.name.clone(), format!("could not be queued: {err}"))),
+                }
+            }
+            let finished = plan
+                .subtasks
+                .iter()
+                .all(|subtask| progress.done(&subtask.name));
+            if finished {
+                break Some(
+                    self.conclude_plan_run(run, &plan, &branch, &progress, published)
+                        .await?,
+                );
+            }
+            tokio::select! {
+                _ = running.join_next(), if !running.is_empty() => {}
+                _ = tokio::time::sleep(self.config.cancel_poll) => {}
+                _ = stop.cancelled() => {}
+            }
+        };
+        if ending.is_none() && !stops.shutdown.is_cancelled() {
+            // Subtasks that other workers run hear of it through the store.
+            for (_, id) in progress.in_flight() {
+                let _ = self.store.request_cancel(id).await;
+            }
+        }
+        while running.join_next().await.is_some() {}
+        relay.abort();
+        Ok(match ending {
+            Some(ending) => ending,
+            None if stops.shutdown.is_cancelled() => Ending::released(),
+            None => Ending::cancelled(),
+        })
+    }
+
+    /// The request of a task the run queues for `task`: its repository, model and budgets.
+    fn child_request(&self, task: &Task, prompt: String) -> TaskRequest {
+        TaskRequest {
+            max_turns: task.spec.max_turns,
+            max_tokens: task.spec.max_tokens,
+            max_cost_usd: task.spec.max_cost_usd,
+            max_duration_secs: task.spec.max_duration_secs,
+            image: task.spec.image.clone(),
+            ..TaskRequest::new(task.spec.repo.clone(), prompt, task.spec.model.clone())
+        }
+    }
+
+    /// Claims the queued task `id` and runs it here, unless another worker has it.
+    fn claim_and_run(
+        self,
+        id: TaskId,
+        cancel: &CancellationToken,
+        stops: &Stops,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let own = Stops {
+            cancel: cancel.child_token(),
+            shutdown: stops.shutdown.clone(),
+        };
+        async move {
+            match self
+                .store
+                .claim_task(id, &self.config.worker, self.config.lease)
+                .await
+            {
+                Ok(true) => {}
+                _ => return,
+            }
+            let Ok(Some(task)) = self.store.get_task(id).await else {
+                return;
+            };
+            if let Err(err) = Box::pin(self.run_claimed(task, own)).await {
+                tracing::error!(task = %id, "running it failed: {err}");
+            }
+        }
+    }
+
+    /// The branch whose merge made `name` merged: its resolution's, or its own.
+    async fn merged_branch(&self, progress: &Progress, name: &str) -> Option<String> {
+        let id = progress.tasks.get(name)?;
+        self.store.get_task(*id).await.ok().flatten()?.branch
+    }
+
+    /// Merges every subtask whose task has ended since the last look; `Some` ending when the
+    /// run must stop.
+    async fn settle_ended(
+        &self,
+        run: &Run<'_>,
+        plan: &Plan,
+        branch: &str,
+        progress: &mut Progress,
+        published: &mut bool,
+    ) -> Result<Option<Ending>, SinkError> {
+        let Run {
+            log,
+            task,
+            source,
+            copy,
+            ..
+        } = *run;
+        for (name, id) in progress.in_flight() {
+            let Ok(Some(child)) = self.store.get_task(id).await else {
+                continue;
+            };
+            if !child.state.is_terminal() {
+                continue;
+            }
+            let resolution = progress.resolving.get(&name) == Some(&id);
+            let Some(child_branch) = child.branch.clone().filter(|_| !child.no_changes()) else {
+                match child.state {
+                    TaskState::Succeeded => {
+                        progress.merged.push(name.clone());
+                        log.append(Event::SubtaskMerged {
+                            name,
+                            task_id: id,
+                            commit: None,
+                        })
+                        .await?;
+                    }
+                    state => progress.failed.push((
+                        name,
+                        format!(
+                            "task {} {state}: {}",
+                            id.short(),
+                            child.error.as_deref().unwrap_or("no result")
+                        ),
+                    )),
+                }
+                continue;
+            };
+            if child.state != TaskState::Succeeded {
+                progress.failed.push((
+                    name,
+                    format!(
+                        "task {} {}: {} (its work is on {child_branch})",
+                        id.short(),
+                        child.state,
+                        child.error.as_deref().unwrap_or("no result")
+                    ),
+                ));
+                continue;
+            }
+            let message = format!("Merge subtask {name} (task {})", id.short());
+            let merged = match copy.merge(source, &child_branch, &message).await {
+                Ok(merged) => merged,
+                Err(err) => {
+                    progress
+                        .failed
+                        .push((name, format!("merging {child_branch}: {err}")));
+                    continue;
+                }
+            };
+            let head = match merged {
+                Merge::Merged(head) => head,
+                Merge::UpToDate => copy_head(copy).await,
+                Merge::Conflict(files) if resolution => {
+                    log.append(Event::MergeConflict {
+                        name: name.clone(),
+                        files: files.clone(),
+                        resolution: None,
+                    })
+                    .await?;
+                    progress.failed.push((
+                        name,
+                        format!(
+                            "its resolution {child_branch} conflicts again, in {}",
+                            files.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+                Merge::Conflict(files) => {
+                    let resolution = self
+                        .resolve(run, plan, branch, &name, &child_branch, &files, published)
+                        .await?;
+                    if let Some(resolution) = resolution {
+                        progress.tasks.insert(name.clone(), resolution);
+                        progress.resolving.insert(name, resolution);
+                    } else {
+                        progress
+                            .failed
+                            .push((name, format!("its merge conflicts in {}", files.join(", "))));
+                    }
+                    continue;
+                }
+            };
+            let checking = with_acceptance(run.env, plan);
+            let mut failed = self
+                .verify(
+                    &Run {
+                        env: &checking,
+                        ..*run
+                    },
+                    &head,
+                )
+                .await?;
+            // The acceptance checks say when the whole is done: until the last merge they
+            // are evidence of progress, and only the repository's own checks must pass.
+            let last = plan
+                .subtasks
+                .iter()
+                .all(|subtask| subtask.name == name || progress.done(&subtask.name));
+            if !last {
+                failed.retain(|(check, _)| !check.starts_with(ACCEPTANCE));
+            }
+            copy.hand_off(source, branch, &head, *published)
+                .await
+                .map_err(|err| SinkError(format!("updating {branch}: {err}")))?;
+            *published = true;
+            progress.merged.push(name.clone());
+            log.append(Event::SubtaskMerged {
+                name: name.clone(),
+                task_id: id,
+                commit: Some(head),
+            })
+            .await?;
+            if !failed.is_empty() {
+                let names: Vec<&str> = failed.iter().map(|(check, _)| check.as_str()).collect();
+                let ending = fail(
+                    log,
+                    ErrorKind::Checks,
+                    format!(
+                        "after merging subtask {name}, check {} failed on {branch}",
+                        names.join(", ")
+                    ),
+                    Some(format!(
+                        "{branch} holds the merges so far; each check's log is in `nightshift logs {}`",
+                        task.id.short()
+                    )),
+                )
+                .await?;
+                return Ok(Some(self.finish_plan_branch(run, branch, ending).await?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts a task that resolves the conflicting merge of `name`'s branch into the plan
+    /// branch (published first, so that it can start from it).
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve(
+        &self,
+        run: &Run<'_>,
+        plan: &Plan,
+        branch: &str,
+        name: &str,
+        merging: &str,
+        files: &[String],
+        published: &mut bool,
+    ) -> Result<Option<TaskId>, SinkError> {
+        let Run {
+            log,
+            task,
+            source,
+            copy,
+            ..
+        } = *run;
+        let head = copy_head(copy).await;
+        if let Err(err) = copy.hand_off(source, branch, &head, *published).await {
+            log.append(Event::Warning {
+                message: format!("could not publish {branch} for the resolution: {err}"),
+            })
+            .await?;
+            return Ok(None);
+        }
+        *published = true;
+        let prompt = format!(
+            "{}\n\n# Your subtask: resolve a merge\n\nThe working copy is `{branch}`, in the middle of merging `{merging}` (subtask `{name}` of the plan) into it. git reports conflicts in: {}. Resolve each conflict so that the changes of both sides are kept as the plan intends, remove every conflict marker, and run the checks. Do not commit, abort or restart the merge: when you finish, nightshift commits it.",
+            subtask_prompt(
+                plan,
+                &Subtask {
+                    name: name.to_string(),
+                    prompt: format!("Merge the work of subtask `{name}` into the plan branch."),
+                    paths: files.to_vec(),
+                    depends_on: Vec::new(),
+                }
+            )
+            .trim_end(),
+            files.join(", ")
+        );
+        let request = TaskRequest {
+            base: Some(branch.to_string()),
+            merge: Some(merging.to_string()),
+            subtask_of: Some(SubtaskOf {
+                run: task.id,
+                name: format!("{name} (merge)"),
+            }),
+            ..self.child_request(task, prompt)
+        };
+        let resolution = match self.submit(request).await {
+            Ok(resolution) => Some(resolution.id),
+            Err(err) => {
+                log.append(Event::Warning {
+                    message: format!("the resolution of {name}'s merge was not queued: {err}"),
+                })
+                .await?;
+                None
+            }
+        };
+        log.append(Event::MergeConflict {
+            name: name.to_string(),
+            files: files.to_vec(),
+            resolution,
+        })
+        .await?;
+        Ok(resolution)
+    }
+
+    /// The run's ending once every subtask is merged or failed.
+    async fn conclude_plan_run(
+        &self,
+        run: &Run<'_>,
+        plan: &Plan,
+        branch: &str,
+        progress: &Progress,
+        published: bool,
+    ) -> Result<Ending, SinkError> {
+        let log = run.log;
+        if progress.failed.is_empty() {
+            let summary = format!(
+                "{} subtask(s) merged into {branch}, in this order: {}; the checks passed after each merge.",
+                plan.subtasks.len(),
+                progress.merged.join(", ")
+            );
+            let ending = Ending::new(TaskState::Succeeded, Some(summary), None);
+            return match published {
+                true => self.finish_plan_branch(run, branch, ending).await,
+                false => Ok(ending),
+            };
+        }
+        let report: Vec<String> = progress
+            .failed
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
+        let ending = fail(
+            log,
+            ErrorKind::Checks,
+            format!(
+                "{} of {} subtask(s) were not merged: {}",
+                progress.failed.len(),
+                plan.subtasks.len(),
+                report.join("; ")
+            ),
+            Some(format!(
+                "`nightshift ls` lists the subtasks; {} holds what was merged",
+                match published {
+                    true => branch,
+                    false => "no branch",
+                }
+            )),
+        )
+        .await?;
+        match published {
+            true => self.finish_plan_branch(run, branch, ending).await,
+            false => Ok(ending),
+        }
+    }
+
+    /// Records the plan branch as the run's result: its row, its diff and its commit event.
+    async fn finish_plan_branch(
+        &self,
+        run: &Run<'_>,
+        branch: &str,
+        ending: Ending,
+    ) -> Result<Ending, SinkError> {
+        let Run {
+            log, task, copy, ..
+        } = *run;
+        let head = copy_head(copy).await;
+        let stats = copy.stats(&head).await.unwrap_or_default();
+        if let Ok(diff) = copy.diff(&head).await
+            && let Err(err) = self
+                .store
+                .put_blob(task.id, DIFF_BLOB, log.redact(&diff).into_bytes().into())
+                .await
+        {
+            log.append(Event::Warning {
+                message: format!("the plan branch's diff could not be stored: {err}"),
+            })
+            .await?;
+        }
+        log.update(|row| {
+            row.branch = Some(branch.to_string());
+            row.head_commit = Some(head.clone());
+        })
+        .await?;
+        log.append(Event::Committed {
+            branch: branch.to_string(),
+            commit: head,
+            files_changed: stats.files_changed,
+            insertions: stats.insertions,
+            deletions: stats.deletions,
+            incomplete: ending.state != TaskState::Succeeded,
+        })
+        .await?;
+        Ok(Ending {
+            keep_copy: false,
+            ..ending
+        })
+    }
+}
+
+impl Runner {
+    /// A resolution task starts with the merge it resolves under way in its working copy.
+    pub(crate) async fn begin_merge(
+        &self,
+        log: &crate::sink::TaskLog,
+        source: &nightshift_env::SourceRepo,
+        copy: &nightshift_env::WorkingCopy,
+        task: &Task,
+    ) -> Result<(), SinkError> {
+        let Some(merging) = &task.spec.merge else {
+            return Ok(());
+        };
+        let message = match copy.start_merge(source, merging).await {
+            Ok(files) if files.is_empty() => {
+                format!(
+                    "merging {merging} into the working copy went through; it is not committed yet"
+                )
+            }
+            Ok(files) => format!(
+                "merging {merging} into the working copy conflicts in {}; the conflicts are in the files",
+                files.join(", ")
+            ),
+            Err(err) => format!("could not start merging {merging}: {err}"),
+        };
+        log.append(Event::Warning { message }).await
+    }
+}
+
+/// The commit the working copy stands on.
+async fn copy_head(copy: &nightshift_env::WorkingCopy) -> String {
+    copy.head()
+        .await
+        .unwrap_or_else(|_| copy.base_commit().to_string())
+}
+
+/// How the plan's acceptance checks are named among the checks.
+const ACCEPTANCE: &str = "acceptance: ";
+
+/// The repository's configuration with the plan's acceptance checks after its own checks.
+fn with_acceptance(env: &nightshift_env::Loaded, plan: &Plan) -> nightshift_env::Loaded {
+    let mut env = env.clone();
+    env.config
+        .checks
+        .extend(plan.acceptance.iter().map(|check| Check {
+            name: format!("{ACCEPTANCE}{}", check.name),
+            run: check.run.clone(),
+            timeout: None,
+        }));
+    env
+}
+
+/// A token that stops the subtasks with the run, except when the worker shuts down: then
+/// each is handed back to the queue on its own.
+fn cancel_relay(
+    stop: &CancellationToken,
+    stops: &Stops,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let relay = {
+        let (stop, shutdown, cancel) = (stop.clone(), stops.shutdown.clone(), cancel.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            if !shutdown.is_cancelled() {
+                cancel.cancel();
+            }
+        })
+    };
+    (cancel, relay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subtask(paths: &[&str]) -> Subtask {
+        Subtask {
+            name: "s".into(),
+            prompt: "p".into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            depends_on: vec![],
+        }
+    }
+
+    #[test]
+    fn paths_overlap_when_one_contains_the_other_or_none_are_declared() {
+        assert!(overlaps(&subtask(&["src"]), &subtask(&["src/a.rs"])));
+        assert!(overlaps(&subtask(&["NOTES.md"]), &subtask(&["NOTES.md"])));
+        assert!(!overlaps(&subtask(&["src/a.rs"]), &subtask(&["src/ab.rs"])));
+        assert!(!overlaps(&subtask(&["a"]), &subtask(&["b/"])));
+        assert!(overlaps(&subtask(&[]), &subtask(&["b"])));
+    }
+}
