@@ -149,8 +149,9 @@ impl Cost {
                         if let Some(cpu) = cpu {
                             *cpu_seconds.get_or_insert(0.0) += cpu;
                         }
-                        // A best-of-N task's model use is its attempts', summed as it ended.
-                        if !task.spec.attempts.is_empty() {
+                        // A best-of-N task's or a plan run's model use is its tasks', summed
+                        // as it ended.
+                        if !task.spec.attempts.is_empty() || task.spec.plan_run.is_some() {
                             model_usd = cost_usd;
                         }
                     }

@@ -172,18 +172,51 @@ pub fn no_changes(task: &Task) -> String {
 }
 
 /// One `ls` row; the prompt says `(no changes)` first when the agent changed nothing.
-pub fn task_row(task: &Task) -> String {
+/// `depth` is how many levels under the task it is part of it is listed (`ls` groups them):
+/// its prompt is indented, and says which part it is.
+pub fn task_row(task: &Task, depth: usize) -> String {
     let mark = if task.no_changes() {
         "(no changes) "
     } else {
         ""
     };
+    let spec = &task.spec;
+    let what = match (&spec.attempt_of, &spec.subtask_of, &spec.plan_run) {
+        (Some(of), _, _) => format!("attempt {} ({})", of.index + 1, spec.model),
+        (_, Some(of), _) => format!("subtask {}", of.name),
+        (_, _, Some(run)) => format!(
+            "run of plan v{}: {}",
+            run.version,
+            one_line(&spec.prompt, 50)
+        ),
+        _ if spec.plan => format!("plan: {}", one_line(&spec.prompt, 54)),
+        _ if !spec.attempts.is_empty() => {
+            format!(
+                "best of {}: {}",
+                spec.attempts.len(),
+                one_line(&spec.prompt, 50)
+            )
+        }
+        _ => one_line(&spec.prompt, 60),
+    };
+    let indent = match depth {
+        0 => String::new(),
+        depth => format!("{}└ ", "  ".repeat(depth - 1)),
+    };
     format!(
-        "{}  {:<11} {:>8}  {:<7}  {mark}{}",
+        "{}  {:<11} {:>8}  {:<7}  {indent}{mark}{what}",
         task.id.short(),
         task.state.as_str(),
         duration(elapsed(task)),
         task.usage.total(),
-        one_line(&task.spec.prompt, 60)
     )
+}
+
+/// The task `task` is part of: a best-of-N task, a plan's run, or the plan a run carries out.
+pub fn part_of(task: &Task) -> Option<nightshift_protocol::TaskId> {
+    let spec = &task.spec;
+    spec.attempt_of
+        .map(|of| of.task)
+        .or(spec.subtask_of.as_ref().map(|of| of.run))
+        .or(spec.plan_run.map(|run| run.plan))
 }

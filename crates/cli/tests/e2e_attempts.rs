@@ -132,6 +132,15 @@ async fn best_of_three_where_only_one_passes_the_checks_takes_that_one() {
         "{summary}"
     );
 
+    let listed = stdout(&ns.run(&["ls"]).await);
+    let lines: Vec<&str> = listed.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| line.contains("best of 3: Fix add"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(lines[at + 1].contains("└ attempt 1 (openai:a)"), "{listed}");
+    assert!(lines[at + 3].contains("└ attempt 3 (openai:c)"), "{listed}");
+
     let text = ns.run(&["compare", id]).await;
     assert!(text.status.success(), "{}", stderr(&text));
     assert!(

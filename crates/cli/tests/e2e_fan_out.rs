@@ -245,4 +245,32 @@ async fn an_approved_plan_runs_its_subtasks_and_merges_them_into_one_checked_bra
     assert_eq!(shown["spec"]["subtask_of"]["name"], "alpha");
     let approved = ns.json(&["plan", "show", &plan_id, "--json"]).await;
     assert_eq!(approved["approved"], 1);
+
+    // `ls` puts the run under its plan and the subtasks under the run; `show` of the run
+    // lists them, and its cost is theirs.
+    let listed = stdout(&ns.run(&["ls"]).await);
+    let lines: Vec<&str> = listed.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| line.contains("plan: Do five things"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        lines[at + 1].contains("└ run of plan v1: Carry out the plan: five parts"),
+        "{listed}"
+    );
+    let parts = lines[at + 2..]
+        .iter()
+        .filter(|line| line.contains("  └ subtask "))
+        .count();
+    assert_eq!(parts, 6, "five subtasks and a resolution: {listed}");
+    let shown = stdout(&ns.run(&["show", &run_id]).await);
+    assert!(shown.contains("Subtasks  5 queued, 5 merged"), "{shown}");
+    assert!(shown.contains("alpha"), "{shown}");
+    let run = ns.json(&["show", &run_id, "--json"]).await;
+    assert!(run["usage"]["output_tokens"].as_u64().unwrap() > 0, "{run}");
+    let plan_shown = stdout(&ns.run(&["show", &plan_id]).await);
+    assert!(
+        plan_shown.contains("version 1 approved; its run"),
+        "{plan_shown}"
+    );
 }

@@ -279,10 +279,44 @@ impl Runner {
         }
         while running.join_next().await.is_some() {}
         relay.abort();
-        Ok(match ending {
+        let ending = match ending {
             Some(ending) => ending,
-            None if stops.shutdown.is_cancelled() => Ending::released(),
+            None if stops.shutdown.is_cancelled() => return Ok(Ending::released()),
             None => Ending::cancelled(),
+        };
+        // What the run cost is what its subtasks and resolutions cost.
+        let mut ids: Vec<TaskId> = progress.tasks.values().copied().collect();
+        ids.extend(progress.resolving.values().copied());
+        ids.extend(started);
+        ids.sort();
+        ids.dedup();
+        let (mut usage, mut turns, mut cost) = (nightshift_protocol::Usage::default(), 0, None);
+        for id in ids {
+            if let Ok(Some(child)) = self.store.get_task(id).await {
+                usage += child.usage;
+                turns += child.turns;
+            }
+            let spent = whole_log(self.store.as_ref(), id)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .find_map(|record| match record.event {
+                    Event::Ended { cost_usd, .. } => cost_usd,
+                    _ => None,
+                });
+            if let Some(spent) = spent {
+                cost = Some(cost.unwrap_or(0.0) + spent);
+            }
+        }
+        log.update(|row| {
+            row.usage = usage;
+            row.turns = turns;
+        })
+        .await?;
+        Ok(Ending {
+            cost_usd: cost,
+            ..ending
         })
     }
 

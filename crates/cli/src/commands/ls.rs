@@ -20,9 +20,27 @@ pub async fn run(args: LsArgs) -> Result<ExitCode, Failure> {
             "{:<8}  {:<11} {:>8}  {:<7}  PROMPT",
             "ID", "STATE", "ELAPSED", "TOKENS"
         );
-        for task in &tasks {
-            println!("{}", render::task_row(task));
+        // A task that is part of another listed one comes right under it, indented.
+        let listed: std::collections::HashSet<_> = tasks.iter().map(|task| task.id).collect();
+        let roots = tasks
+            .iter()
+            .filter(|task| render::part_of(task).is_none_or(|parent| !listed.contains(&parent)));
+        for root in roots {
+            print_tree(&tasks, root, 0);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `task`'s row, then those of the listed tasks that are part of it, depth first.
+fn print_tree(tasks: &[nightshift_protocol::Task], task: &nightshift_protocol::Task, depth: usize) {
+    println!("{}", render::task_row(task, depth));
+    // Parts in the order they were made.
+    for part in tasks
+        .iter()
+        .rev()
+        .filter(|other| render::part_of(other) == Some(task.id))
+    {
+        print_tree(tasks, part, depth + 1);
+    }
 }

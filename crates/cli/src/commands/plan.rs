@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use nightshift_protocol::{Plan, PlanHistory, Task};
+use nightshift_protocol::{Event, Plan, PlanHistory, Task};
 
 use crate::args::{PlanAction, PlanArgs};
 use crate::backend::{Backend, Submission};
@@ -235,4 +235,69 @@ fn edited(task: &Task, plan: &Plan) -> Result<(String, Option<std::path::PathBuf
     let text = std::fs::read_to_string(&path)
         .map_err(|err| Failure::error(format!("{}: {err}", path.display())))?;
     Ok((text, Some(path)))
+}
+
+/// What `show` adds for a planning task (its versions, approval and run) and for a plan's run
+/// (each subtask: its task, state and merge).
+pub(crate) async fn print_progress(backend: &Backend, task: &Task) -> Result<(), Failure> {
+    let mut subtasks: Vec<(String, nightshift_protocol::TaskId)> = Vec::new();
+    let mut merged: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    let mut conflicts: Vec<(String, Vec<String>)> = Vec::new();
+    let mut run = None;
+    super::follow::events(backend, task.id, false, |record| {
+        match &record.event {
+            Event::SubtaskQueued { name, task_id } => subtasks.push((name.clone(), *task_id)),
+            Event::SubtaskMerged { name, commit, .. } => {
+                merged.insert(name.clone(), commit.clone());
+            }
+            Event::MergeConflict { name, files, .. } => {
+                conflicts.push((name.clone(), files.clone()))
+            }
+            Event::PlanApproved { run: Some(id), .. } => run = Some(*id),
+            _ => {}
+        }
+        Ok(())
+    })
+    .await?;
+    if task.spec.plan {
+        if let Ok(history) = backend.plan_history(task).await {
+            let newest = history.latest().map_or(0, |entry| entry.version);
+            let approval = match (history.approved, run) {
+                (Some(version), Some(run)) => {
+                    format!(
+                        "version {version} approved; its run: nightshift show {}",
+                        run.short()
+                    )
+                }
+                (Some(version), None) => format!("version {version} approved"),
+                (None, _) => format!("not approved: nightshift plan approve {}", task.id.short()),
+            };
+            println!(
+                "Plan      version {newest} · {approval} · nightshift plan show {}",
+                task.id.short()
+            );
+        }
+        return Ok(());
+    }
+    println!(
+        "Subtasks  {} queued, {} merged",
+        subtasks.len(),
+        merged.len()
+    );
+    for (name, id) in &subtasks {
+        let state = match backend.find(&id.to_string()).await {
+            Ok(subtask) => subtask.state.to_string(),
+            Err(_) => "?".into(),
+        };
+        let merge = match merged.get(name) {
+            Some(Some(commit)) => format!("merged {}", commit.get(..12).unwrap_or(commit)),
+            Some(None) => "changed nothing".into(),
+            None => match conflicts.iter().find(|(conflicted, _)| conflicted == name) {
+                Some((_, files)) => format!("conflict in {}", files.join(", ")),
+                None => "not merged".into(),
+            },
+        };
+        println!("  {name:<20} {}  {state:<11} {merge}", id.short());
+    }
+    Ok(())
 }

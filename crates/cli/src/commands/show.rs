@@ -35,6 +35,9 @@ pub async fn run(args: ShowArgs) -> Result<ExitCode, Failure> {
                 of.task.short()
             );
         }
+        if task.spec.plan || task.spec.plan_run.is_some() {
+            super::plan::print_progress(&backend, &task).await?;
+        }
         if task.spec.review.is_some() && task.state.is_terminal() {
             let findings = super::review::findings_of(&backend, &task).await?;
             super::review::print_findings(&findings);
