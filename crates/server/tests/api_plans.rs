@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Harness, error_of};
+use common::{Harness, error_of, git_repo};
 use nightshift_protocol::{Event, Plan, TaskState};
 use serde_json::{Value, json};
 
@@ -22,8 +22,12 @@ fn plan() -> Value {
 #[tokio::test]
 async fn a_plan_is_read_edited_and_approved_once_over_the_api() {
     let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = h.serve_repo(git_repo(dir.path())).await;
     let mut task = h.queued_task("plan it").await;
     task.spec.plan = true;
+    task.spec.repo = repo.to_str().unwrap().to_string();
+    task.spec.base = None;
     h.store.update_task(&task).await.unwrap();
     let path = format!("/api/tasks/{}/plan", task.id.short());
 
@@ -127,6 +131,20 @@ async fn a_plan_is_read_edited_and_approved_once_over_the_api() {
         .await
         .unwrap();
     assert_eq!(answer["version"], 2);
+    // The plan's run is queued, to carry out version 2.
+    let run: Value = h
+        .get(
+            &format!("/api/tasks/{}", answer["run"].as_str().unwrap()),
+            &h.read,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["spec"]["plan_run"]["version"], 2, "{run}");
+    assert_eq!(run["state"], "queued");
     let (status, error) = error_of(
         h.post(&approve, &h.submit)
             .json(&json!({}))
