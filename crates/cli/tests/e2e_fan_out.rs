@@ -7,8 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod forge_support;
 
 use common::*;
+use forge_support::*;
 use nightshift_scripted_model::Script;
 use serde_json::{Value, json};
 
@@ -273,4 +275,141 @@ async fn an_approved_plan_runs_its_subtasks_and_merges_them_into_one_checked_bra
         plan_shown.contains("version 1 approved; its run"),
         "{plan_shown}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_github_the_plan_branch_is_pushed_and_gets_the_one_pull_request() {
+    const TOKEN: &str = "ghs-installation-token-8910";
+    let git_server = GitHttp::start(TOKEN).await;
+    let repo = repo_with(&[
+        (".nightshift.toml", "[checks]\ntest = \"sh test.sh\"\n"),
+        ("test.sh", "#!/bin/sh\ntrue\n"),
+    ]);
+    let url = git_server.serve(repo.path(), "acme/app");
+    let GitHubApi {
+        url: api, recorded, ..
+    } = github_api(TOKEN).await;
+    let plan = json!({
+        "goal": "two files",
+        "subtasks": [subtask("alpha", &["a.txt"], &[]), subtask("beta", &["b.txt"], &[])]
+    });
+    let script = json!({"steps": [], "routes": [
+        route("The request to plan", json!([call("submit_plan", plan)])),
+        route("Your subtask: alpha", json!([write("a.txt", "alpha\n"), finish("a")])),
+        route("Your subtask: beta", json!([write("b.txt", "beta\n"), finish("b")])),
+    ]});
+    let (ns, _model) =
+        Nightshift::with_script(Script::from_json(&script.to_string()).unwrap()).await;
+    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            &url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            &api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ns
+        .run(&[
+            "plan",
+            "--repo",
+            "acme/app",
+            "--model",
+            "openai:m",
+            "--wait",
+            "--json",
+            "Two files",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan_id = planned["task"]["id"].as_str().unwrap().to_string();
+    let out = ns.run(&["plan", "approve", &plan_id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_id = stdout(&out).lines().nth(1).unwrap().trim().to_string();
+    let run = ns
+        .wait_for(&run_id, |task| {
+            ["succeeded", "failed", "cancelled"].contains(&task["state"].as_str().unwrap())
+        })
+        .await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let branch = run["branch"].as_str().unwrap().to_string();
+
+    // The plan branch is on the remote with both parts.
+    let bare = git_server.root.path().join("acme/app.git");
+    assert_eq!(git(&bare, &["show", &format!("{branch}:a.txt")]), "alpha");
+    assert_eq!(git(&bare, &["show", &format!("{branch}:b.txt")]), "beta");
+    // One pull request, of the plan branch, opened by the run; the subtasks opened none.
+    let events = ns.events(&run_id).await;
+    assert_eq!(of_type(&events, "branch_pushed").len(), 1, "{events:#?}");
+    assert_eq!(of_type(&events, "pull_request").len(), 1, "{events:#?}");
+    let calls = recorded.lock().unwrap().clone();
+    let creations: Vec<_> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/repos/acme/app/pulls")
+        .collect();
+    assert!(!creations.is_empty(), "{calls:#?}");
+    for (_, _, body) in &creations {
+        assert_eq!(body["head"], branch.as_str(), "{calls:#?}");
+    }
+    for queued in of_type(&events, "subtask_queued") {
+        let events = ns.events(queued["task_id"].as_str().unwrap()).await;
+        assert!(of_type(&events, "pull_request").is_empty(), "{events:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_plan_run_cancels_its_subtasks() {
+    let repo = repo_with(&[("README.md", "r\n")]);
+    let plan = json!({"goal": "slow", "subtasks": [subtask("alpha", &["a.txt"], &[])]});
+    let script = json!({"steps": [], "routes": [
+        route("The request to plan", json!([call("submit_plan", plan)])),
+        route("Your subtask: alpha", json!([{"reply": {"text": "Thinking.", "delay_ms": 120000}}])),
+    ]});
+    let (ns, model) =
+        Nightshift::with_script(Script::from_json(&script.to_string()).unwrap()).await;
+    let out = ns
+        .run(&[
+            "plan",
+            "--repo",
+            path_str(repo.path()),
+            "--model",
+            "openai:m",
+            "--wait",
+            "--json",
+            "Slow",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = ns
+        .run(&["plan", "approve", planned["task"]["id"].as_str().unwrap()])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_id = stdout(&out).lines().nth(1).unwrap().trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while model.served() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subtask did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = ns.run(&["cancel", &run_id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    ns.wait_for(&run_id, |task| task["state"] == "cancelled")
+        .await;
+    let events = ns.events(&run_id).await;
+    let queued = of_type(&events, "subtask_queued");
+    assert_eq!(queued.len(), 1, "{events:#?}");
+    ns.wait_for(queued[0]["task_id"].as_str().unwrap(), |task| {
+        task["state"] == "cancelled"
+    })
+    .await;
 }
