@@ -464,26 +464,16 @@ mod tests {
     use super::*;
 
     fn task(origin: Option<TaskOrigin>) -> Task {
-        let spec = TaskSpec {
-            repo: "https://github.com/acme/app.git".into(),
-            base: Some("main".into()),
-            prompt: "Fix add".into(),
-            model: "openai:m".into(),
-            max_turns: 3,
-            max_tokens: None,
-            max_cost_usd: None,
-            max_duration_secs: None,
-            follows: None,
-            image: None,
-            origin,
-            review: None,
-            attempts: Vec::new(),
-            attempt_of: None,
-            plan: false,
-            plan_run: None,
-            subtask_of: None,
-            merge: None,
-        };
+        // From JSON, so that optional fields added later keep their defaults here.
+        let mut spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "repo": "https://github.com/acme/app.git",
+            "base": "main",
+            "prompt": "Fix add",
+            "model": "openai:m",
+            "max_turns": 3,
+        }))
+        .unwrap();
+        spec.origin = origin;
         Task::queued(TaskId::new(), spec, Timestamp::UNIX_EPOCH)
     }
 
