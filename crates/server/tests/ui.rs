@@ -504,3 +504,30 @@ async fn messages_reach_the_log_and_the_live_view_resumes_after_last_event_id() 
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_waiting_planner_shows_its_question_and_the_message_box_answers_it() {
+    let h = Harness::start().await;
+    let mut task = h.queued_task("plan it").await;
+    task.spec.plan = true;
+    task.state = TaskState::Waiting;
+    h.store.update_task(&task).await.unwrap();
+    h.append(
+        task.id,
+        Event::QuestionAsked {
+            question: "Keep the <old> API?".into(),
+        },
+    )
+    .await;
+    let cookie = sign_in(&h, &h.submit).await;
+    let (status, html) = page(&h, &cookie, &format!("/tasks/{}", task.id)).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Question for you"), "{html}");
+    assert!(html.contains("Keep the &lt;old&gt; API?"), "{html}");
+    assert!(
+        html.contains("Answer the agent&#39;s question")
+            || html.contains("Answer the agent's question"),
+        "{html}"
+    );
+    h.stop().await;
+}

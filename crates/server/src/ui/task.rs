@@ -75,7 +75,13 @@ fn controls(session: &UiSession, task: &Task) -> Markup {
             @if let Some(why) = &why { p.help { "Read only: " (why) } }
             form.card method="post" action={ "/tasks/" (task.id) "/message" } {
                 (csrf_field(session))
-                label for="message" { (if ended { "Follow up (starts a new task on this branch)" } else { "Message the running task" }) }
+                label for="message" {
+                    (match task.state {
+                        _ if ended => "Follow up (starts a new task on this branch)",
+                        nightshift_protocol::TaskState::Waiting => "Answer the agent's question",
+                        _ => "Message the running task",
+                    })
+                }
                 textarea id="message" name="text" rows="3" required disabled[why.is_some()] {}
                 button type="submit" disabled[why.is_some()] { (if ended { "Start follow-up" } else { "Send" }) }
             }
