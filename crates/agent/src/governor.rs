@@ -65,6 +65,11 @@ impl Governor {
         }
     }
 
+    /// When the time budget runs out, if there is one.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.budget.max_duration.map(|max| self.started + max)
+    }
+
     /// Checked before turn `turn` (1-based) with what was used so far.
     pub(crate) fn before_turn(&self, turn: u32, usage: &Usage, cost_usd: f64) -> Verdict {
         if let Some(reason) = &self.looping {

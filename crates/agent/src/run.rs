@@ -254,7 +254,8 @@ impl Agent<'_> {
                     reasoning: response.reasoning.clone(),
                 });
                 for call in &response.tool_calls {
-                    let (output, summary) = self.run_tool(call, &context).await?;
+                    let (output, summary) =
+                        self.run_tool(call, &context, governor.deadline()).await?;
                     if matches!(summary, Some(Ended::Cancelled)) {
                         return Ok(report(AgentOutcome::Cancelled));
                     }
@@ -263,11 +264,14 @@ impl Agent<'_> {
                         call_id: call.id.clone(),
                         content: output,
                     });
-                    if summary.is_some() {
-                        finished = summary;
-                    }
                     if cancel.is_cancelled() {
                         return Ok(report(AgentOutcome::Cancelled));
+                    }
+                    // `finish`, `submit_review` and `submit_plan` end the run: the calls after
+                    // them in the same answer do not run.
+                    if summary.is_some() {
+                        finished = summary;
+                        break;
                     }
                 }
             }
@@ -334,6 +338,7 @@ impl Agent<'_> {
         &self,
         call: &ToolCall,
         context: &ToolContext<'_>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<(String, Option<Ended>), SinkError> {
         self.sink
             .emit(Event::ToolStarted {
@@ -389,7 +394,10 @@ impl Agent<'_> {
                 Some(Ended::Planned(*plan))
             }
             Some(Control::Ask { question }) => {
-                return match self.wait_for_answer(&question, context.cancel).await? {
+                return match self
+                    .wait_for_answer(&question, context.cancel, deadline)
+                    .await?
+                {
                     Some(answer) => Ok((answer, None)),
                     None => Ok((String::new(), Some(Ended::Cancelled))),
                 };
@@ -406,6 +414,7 @@ impl Agent<'_> {
         &self,
         question: &str,
         cancel: &CancellationToken,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Option<String>, SinkError> {
         let Some(inbox) = self.inbox else {
             return Ok(Some(
@@ -426,7 +435,16 @@ impl Agent<'_> {
         let answer = loop {
             let messages = inbox.drain();
             if !messages.is_empty() {
-                break messages.join("\n\n");
+                break format!("The person answered:\n{}", messages.join("\n\n"));
+            }
+            // The time budget bounds the wait: the agent then decides without an answer.
+            if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+                self.sink
+                    .emit(Event::Warning {
+                        message: "no answer came before the task's time ran out".into(),
+                    })
+                    .await?;
+                break "No answer came before the task's time ran out: decide yourself, and say in the plan what you assumed.".to_string();
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(None),
@@ -439,7 +457,7 @@ impl Agent<'_> {
                 detail: Some("answered".into()),
             })
             .await?;
-        Ok(Some(format!("The person answered:\n{answer}")))
+        Ok(Some(answer))
     }
 }
 

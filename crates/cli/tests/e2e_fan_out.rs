@@ -71,7 +71,13 @@ async fn an_approved_plan_runs_its_subtasks_and_merges_them_into_one_checked_bra
             write("NOTES.md", "notes\ndelta\nepsilon\n"),
             finish("Keep both"),
         ])),
-        route("Your subtask: alpha", json!([slow_write("a.txt", "alpha\n", 1500), finish("a")])),
+        // alpha also widens the network in the configuration: gamma, which starts from the
+        // plan branch, must not take that from an agent.
+        route("Your subtask: alpha", json!([
+            slow_write("a.txt", "alpha\n", 1500),
+            write(".nightshift.toml", "[checks]\ntest = \"sh test.sh\"\n\n[network]\nagent = [\"example.com\"]\n"),
+            finish("a"),
+        ])),
         route("Your subtask: beta", json!([slow_write("b.txt", "beta\n", 1500), finish("b")])),
         route("Your subtask: gamma", json!([
             call("shell", json!({"command": "cat a.txt"})),
@@ -234,8 +240,17 @@ async fn an_approved_plan_runs_its_subtasks_and_merges_them_into_one_checked_bra
     assert!(started(alpha.clone()).await < ended(beta.clone()).await);
     assert!(started(beta.clone()).await < ended(alpha.clone()).await);
     assert!(started(gamma.clone()).await > ended(alpha.clone()).await);
-    let outputs = shell_outputs(&ns.events(&gamma).await);
+    let gamma_events = ns.events(&gamma).await;
+    let outputs = shell_outputs(&gamma_events);
     assert!(outputs[0].contains("alpha"), "{outputs:?}");
+    assert!(
+        gamma_events.iter().any(|e| e["type"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("gets no secrets and no network")),
+        "{gamma_events:#?}"
+    );
     let (delta, epsilon) = (task_of("delta"), task_of("epsilon"));
     let apart = started(epsilon.clone()).await > ended(delta.clone()).await
         || started(delta.clone()).await > ended(epsilon.clone()).await;
@@ -347,7 +362,8 @@ async fn on_github_the_plan_branch_is_pushed_and_gets_the_one_pull_request() {
     assert_eq!(git(&bare, &["show", &format!("{branch}:b.txt")]), "beta");
     // One pull request, of the plan branch, opened by the run; the subtasks opened none.
     let events = ns.events(&run_id).await;
-    assert_eq!(of_type(&events, "branch_pushed").len(), 1, "{events:#?}");
+    // Pushed after each merge, so that subtasks on other machines could start from it.
+    assert_eq!(of_type(&events, "branch_pushed").len(), 2, "{events:#?}");
     assert_eq!(of_type(&events, "pull_request").len(), 1, "{events:#?}");
     let calls = recorded.lock().unwrap().clone();
     let creations: Vec<_> = calls

@@ -63,6 +63,14 @@ impl WorkingCopy {
         }
     }
 
+    /// Makes the copy stand on `branch` of `source` (a plan branch another run left), its work
+    /// tree and index with it.
+    pub async fn reset_to(&self, source: &SourceRepo, branch: &str) -> Result<String, EnvError> {
+        self.fetch_for_merge(source, branch).await?;
+        git(self.root(), ["reset", "--quiet", "--hard", MERGING_REF]).await?;
+        self.head().await
+    }
+
     /// Starts merging `branch` of `source` into the copy and leaves it there: conflict markers
     /// in the files and the merge in progress, for an agent to resolve; its commit is then the
     /// merge commit. Returns the conflicting files (none when the merge went through, which

@@ -243,7 +243,8 @@ impl Runner {
             })
         };
         let cancel = &cancel;
-        let runs = ids.iter().map(|id| async move {
+        let run_one = |id: TaskId| async move {
+            let id = &id;
             match self
                 .store
                 .claim_task(*id, &self.config.worker, self.config.lease)
@@ -268,10 +269,25 @@ impl Runner {
             if let Err(err) = Box::pin(self.run_claimed(task, own)).await {
                 tracing::error!(task = %id, "running it failed: {err}");
             }
-        });
-        futures::future::join_all(runs).await;
+        };
+        // Whatever is queued runs here; what other workers run is waited for, and taken over
+        // should one of them let go of it.
+        let waited = loop {
+            futures::future::join_all(ids.iter().copied().map(run_one)).await;
+            if stop.is_cancelled() {
+                break Ok(());
+            }
+            match self.all_ended(ids).await {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(err) => break Err(err),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.cancel_poll) => {}
+                _ = stop.cancelled() => {}
+            }
+        };
         relay.abort();
-        let waited = self.wait_ended(ids, Some(stop)).await;
         if stops.shutdown.is_cancelled() {
             return Ok(Some(Ending::released()));
         }
@@ -294,6 +310,21 @@ impl Runner {
             .await
             .map(Some),
         }
+    }
+
+    /// Whether every task of `ids` has ended.
+    async fn all_ended(&self, ids: &[TaskId]) -> Result<bool, nightshift_store::StoreError> {
+        for id in ids {
+            let ended = self
+                .store
+                .get_task(*id)
+                .await?
+                .is_none_or(|task| task.state.is_terminal());
+            if !ended {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Waits until every task of `ids` has ended, or `stop` fires.

@@ -42,6 +42,8 @@ struct Progress {
     merged: Vec<String>,
     /// Subtasks that will not be merged, and why.
     failed: Vec<(String, String)>,
+    /// The plan branch's commit on which the acceptance checks last passed.
+    accepted: Option<String>,
 }
 
 impl Progress {
@@ -167,121 +169,86 @@ impl Runner {
             .await
             .map_err(|err| SinkError(err.to_string()))?;
         let mut progress = Progress::read(&events);
-        // A run taken over: what was merged before is merged again into this copy.
+        // A run taken over goes on from the plan branch the earlier one left.
         let mut published = false;
-        for name in progress.merged.clone() {
-            if let Some(merged) = self.merged_branch(&progress, &name).await {
-                let _ = run
-                    .copy
-                    .merge(source, &merged, &format!("Merge {name}"))
-                    .await;
+        if source.has_branch(&branch).await.unwrap_or(false) {
+            if let Err(err) = run.copy.reset_to(source, &branch).await {
+                let message = format!("could not go on from {branch}: {err}");
+                return fail(log, ErrorKind::Repository, message, None).await;
             }
             published = true;
         }
         let (cancel, relay) = cancel_relay(stop, stops);
         // Each subtask this worker runs is a task of the runtime's own, so that it goes on
         // while the run merges and checks (and never waits on a connection the run needs).
-        let mut running = JoinSet::new();
-        let mut started = std::collections::BTreeSet::new();
-        let ending = loop {
-            if stop.is_cancelled() {
-                break None;
-            }
-            if let Some(ending) = self
-                .settle_ended(run, &plan, &branch, &mut progress, &mut published)
-                .await?
-            {
-                break Some(ending);
-            }
-            // Subtasks, and resolutions, queued before (by this run or one it took over from)
-            // and not yet run: this worker runs them unless another has already.
-            for (_, id) in progress.in_flight() {
-                if started.insert(id) {
+        let mut running: JoinSet<TaskId> = JoinSet::new();
+        let mut active = std::collections::BTreeSet::new();
+        let mut queued = Vec::new();
+        // An error ends the loop, but not before the subtasks are stopped and waited for.
+        let outcome: Result<Option<Ending>, SinkError> = async {
+            loop {
+                if stop.is_cancelled() {
+                    return Ok(None);
+                }
+                if let Some(ending) = self
+                    .settle_ended(run, &plan, &branch, &mut progress, &mut published)
+                    .await?
+                {
+                    return Ok(Some(ending));
+                }
+                // Subtasks and resolutions still queued (a worker elsewhere may have let go of
+                // one): this worker runs them.
+                for (_, id) in progress.in_flight() {
+                    let waiting = matches!(
+                        self.store.get_task(id).await,
+                        Ok(Some(child)) if child.state == TaskState::Queued
+                    );
+                    if waiting && active.insert(id) {
+                        running.spawn(self.clone().claim_and_run(id, &cancel, stops));
+                    }
+                }
+                queued.clear();
+                self.queue_ready(run, &plan, &branch, &mut progress, published, &mut queued)
+                    .await?;
+                for id in queued.drain(..) {
+                    active.insert(id);
                     running.spawn(self.clone().claim_and_run(id, &cancel, stops));
                 }
-            }
-            for subtask in &plan.subtasks {
-                if progress.tasks.contains_key(&subtask.name) || progress.done(&subtask.name) {
-                    continue;
-                }
-                if let Some(dependency) = subtask.depends_on.iter().find(|dependency| {
-                    progress
-                        .failed
-                        .iter()
-                        .any(|(failed, _)| failed == *dependency)
-                }) {
-                    progress.failed.push((
-                        subtask.name.clone(),
-                        format!("not run: `{dependency}`, which it depends on, failed"),
-                    ));
-                    continue;
-                }
-                let ready = subtask
-                    .depends_on
+                if plan
+                    .subtasks
                     .iter()
-                    .all(|dependency| progress.merged.contains(dependency));
-                let crowded = progress.in_flight().iter().any(|(name, _)| {
-                    plan.subtasks
-                        .iter()
-                        .find(|other| &other.name == name)
-                        .is_some_and(|other| overlaps(subtask, other))
-                });
-                if !ready || crowded {
-                    continue;
+                    .all(|subtask| progress.done(&subtask.name))
+                {
+                    return self
+                        .conclude_plan_run(run, &plan, &branch, &progress, published)
+                        .await
+                        .map(Some);
                 }
-                let base = match subtask.depends_on.is_empty() || !published {
-                    true => task.spec.base.clone(),
-                    false => Some(branch.clone()),
-                };
-                let request = TaskRequest {
-                    base,
-                    subtask_of: Some(SubtaskOf {
-                        run: task.id,
-                        name: subtask.name.clone(),
-                    }),
-                    ..self.child_request(task, subtask_prompt(&plan, subtask))
-                };
-                match self.submit(request).await {
-                    Ok(child) => {
-                        log.append(Event::SubtaskQueued {
-                            name: subtask.name.clone(),
-                            task_id: child.id,
-                        })
-                        .await?;
-                        progress.tasks.insert(subtask.name.clone(), child.id);
-                        started.insert(child.id);
-                        running.spawn(self.clone().claim_and_run(child.id, &cancel, stops));
+                tokio::select! {
+                    done = running.join_next(), if !running.is_empty() => {
+                        if let Some(Ok(id)) = done {
+                            active.remove(&id);
+                        }
                     }
-                    Err(err) => progress
-                        .failed
-                        .push((subtask.name.clone(), format!("could not be queued: {err}"))),
+                    _ = tokio::time::sleep(self.config.cancel_poll) => {}
+                    _ = stop.cancelled() => {}
                 }
             }
-            let finished = plan
-                .subtasks
-                .iter()
-                .all(|subtask| progress.done(&subtask.name));
-            if finished {
-                break Some(
-                    self.conclude_plan_run(run, &plan, &branch, &progress, published)
-                        .await?,
-                );
-            }
-            tokio::select! {
-                _ = running.join_next(), if !running.is_empty() => {}
-                _ = tokio::time::sleep(self.config.cancel_poll) => {}
-                _ = stop.cancelled() => {}
-            }
-        };
-        if ending.is_none() && !stops.shutdown.is_cancelled() {
-            // Subtasks that other workers run hear of it through the store.
+        }
+        .await;
+        let succeeded =
+            matches!(&outcome, Ok(Some(ending)) if ending.state == TaskState::Succeeded);
+        if !succeeded && !stops.shutdown.is_cancelled() {
+            // What is still running is not wanted any more; subtasks that other workers run
+            // hear of it through the store.
+            cancel.cancel();
             for (_, id) in progress.in_flight() {
                 let _ = self.store.request_cancel(id).await;
             }
         }
         while running.join_next().await.is_some() {}
         relay.abort();
-        let ending = match ending {
+        let ending = match outcome? {
             Some(ending) => ending,
             None if stops.shutdown.is_cancelled() => return Ok(Ending::released()),
             None => Ending::cancelled(),
@@ -289,7 +256,7 @@ impl Runner {
         // What the run cost is what its subtasks and resolutions cost.
         let mut ids: Vec<TaskId> = progress.tasks.values().copied().collect();
         ids.extend(progress.resolving.values().copied());
-        ids.extend(started);
+        ids.extend(active);
         ids.sort();
         ids.dedup();
         let (mut usage, mut turns, mut cost) = (nightshift_protocol::Usage::default(), 0, None);
@@ -322,6 +289,78 @@ impl Runner {
         })
     }
 
+    /// Queues every subtask that may start now: its dependencies merged, none of them failed,
+    /// and nothing running that may touch its files. Their ids go to `queued`.
+    async fn queue_ready(
+        &self,
+        run: &Run<'_>,
+        plan: &Plan,
+        branch: &str,
+        progress: &mut Progress,
+        published: bool,
+        queued: &mut Vec<TaskId>,
+    ) -> Result<(), SinkError> {
+        let Run { log, task, .. } = *run;
+        for subtask in &plan.subtasks {
+            if progress.tasks.contains_key(&subtask.name) || progress.done(&subtask.name) {
+                continue;
+            }
+            let failed_dependency = subtask.depends_on.iter().find(|dependency| {
+                progress
+                    .failed
+                    .iter()
+                    .any(|(failed, _)| failed == *dependency)
+            });
+            if let Some(dependency) = failed_dependency {
+                progress.failed.push((
+                    subtask.name.clone(),
+                    format!("not run: `{dependency}`, which it depends on, failed"),
+                ));
+                continue;
+            }
+            let ready = subtask
+                .depends_on
+                .iter()
+                .all(|dependency| progress.merged.contains(dependency));
+            let crowded = progress.in_flight().iter().any(|(name, _)| {
+                plan.subtasks
+                    .iter()
+                    .find(|other| &other.name == name)
+                    .is_some_and(|other| overlaps(subtask, other))
+            });
+            if !ready || crowded {
+                continue;
+            }
+            let base = match subtask.depends_on.is_empty() || !published {
+                true => task.spec.base.clone(),
+                false => Some(branch.to_string()),
+            };
+            let request = TaskRequest {
+                base,
+                subtask_of: Some(SubtaskOf {
+                    run: task.id,
+                    name: subtask.name.clone(),
+                }),
+                ..self.child_request(task, subtask_prompt(plan, subtask))
+            };
+            match self.submit(request).await {
+                Ok(child) => {
+                    log.append(Event::SubtaskQueued {
+                        name: subtask.name.clone(),
+                        task_id: child.id,
+                    })
+                    .await?;
+                    progress.tasks.insert(subtask.name.clone(), child.id);
+                    queued.push(child.id);
+                }
+                Err(err) => progress
+                    .failed
+                    .push((subtask.name.clone(), format!("could not be queued: {err}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// The request of a task the run queues for `task`: its repository, model and budgets.
     fn child_request(&self, task: &Task, prompt: String) -> TaskRequest {
         TaskRequest {
@@ -340,7 +379,7 @@ impl Runner {
         id: TaskId,
         cancel: &CancellationToken,
         stops: &Stops,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> impl Future<Output = TaskId> + Send + 'static {
         let own = Stops {
             cancel: cancel.child_token(),
             shutdown: stops.shutdown.clone(),
@@ -352,21 +391,16 @@ impl Runner {
                 .await
             {
                 Ok(true) => {}
-                _ => return,
+                _ => return id,
             }
             let Ok(Some(task)) = self.store.get_task(id).await else {
-                return;
+                return id;
             };
             if let Err(err) = Box::pin(self.run_claimed(task, own)).await {
                 tracing::error!(task = %id, "running it failed: {err}");
             }
+            id
         }
-    }
-
-    /// The branch whose merge made `name` merged: its resolution's, or its own.
-    async fn merged_branch(&self, progress: &Progress, name: &str) -> Option<String> {
-        let id = progress.tasks.get(name)?;
-        self.store.get_task(*id).await.ok().flatten()?.branch
     }
 }
 

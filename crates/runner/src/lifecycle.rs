@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ending::{Ending, budget, fail, fail_env, fail_model, set_state};
 use crate::environment;
-use crate::follow_up::{Provenance, follow_up_base};
+use crate::follow_up::follow_up_base;
 use crate::handoff::Run;
 use crate::prepare::{agent_network, session_spec};
 use crate::sink::TaskLog;
@@ -242,7 +242,10 @@ impl Runner {
         .await?;
         log.update(|task| task.base_commit = Some(base.commit.clone()))
             .await?;
-        self.begin_merge(log, &source, &copy, &task).await?;
+        if let Some(ending) = self.begin_merge(log, &source, &copy, &task).await? {
+            let _ = copy.remove().await;
+            return Ok(ending);
+        }
 
         let loaded = match environment::load(copy.root()).await {
             Ok(loaded) => loaded,
@@ -279,7 +282,10 @@ impl Runner {
                 self.follow_up_provenance(log, &source, parent, &base.commit)
                     .await?
             }
-            _ => Provenance::CHOSEN,
+            _ => {
+                self.subtask_provenance(log, &source, &task, &base.commit)
+                    .await?
+            }
         };
         if !provenance.configuration {
             loaded.config.network.agent.clear();

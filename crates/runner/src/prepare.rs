@@ -80,7 +80,13 @@ impl Runner {
             }
         }
         let changed = ran || run.layers.iter().any(|l| layer_changed_workspace(l));
-        if changed && let Err(message) = handoff::record_baseline(session).await {
+        // A resolution starts with a merge under way: what the merge brought in is its work,
+        // so no baseline may take it for what setup left.
+        let merging = run.task.spec.merge.is_some();
+        if changed
+            && !merging
+            && let Err(message) = handoff::record_baseline(session).await
+        {
             let message = format!("recording what setup left in the working copy: {message}");
             return fail(run.log, ErrorKind::Internal, message, None)
                 .await

@@ -21,6 +21,38 @@ impl Runner {
     ) -> Result<Ending, SinkError> {
         let log = run.log;
         if progress.failed.is_empty() {
+            // The acceptance checks are required of the finished whole: when the last merge
+            // did not run them (its subtask changed nothing), they run now.
+            let head = copy_head(run.copy).await;
+            if !plan.acceptance.is_empty() && progress.accepted.as_deref() != Some(head.as_str()) {
+                let checking = super::merge::acceptance_only(run.env, plan);
+                let failed = self
+                    .verify(
+                        &Run {
+                            env: &checking,
+                            ..*run
+                        },
+                        &head,
+                    )
+                    .await?;
+                if !failed.is_empty() {
+                    let names: Vec<&str> = failed.iter().map(|(check, _)| check.as_str()).collect();
+                    let ending = fail(
+                        log,
+                        ErrorKind::Checks,
+                        format!(
+                            "every subtask is merged, but check {} failed on {branch}",
+                            names.join(", ")
+                        ),
+                        None,
+                    )
+                    .await?;
+                    return match published {
+                        true => self.finish_plan_branch(run, branch, ending).await,
+                        false => Ok(ending),
+                    };
+                }
+            }
             let summary = format!(
                 "{} subtask(s) merged into {branch}, in this order: {}; the checks passed after each merge.",
                 plan.subtasks.len(),
@@ -77,6 +109,11 @@ impl Runner {
         };
         run.copy
             .hand_off(run.source, branch, head, update)
+            .await
+            .map_err(|err| err.to_string())?;
+        drop(_lock);
+        // Pushed at once, so that subtasks other machines run can start from it.
+        self.push_plan_branch(run, branch, head)
             .await
             .map_err(|err| err.to_string())
     }
@@ -154,7 +191,6 @@ impl Runner {
             incomplete: ending.state != TaskState::Succeeded,
         })
         .await?;
-        self.push_plan_branch(run, branch, &head).await?;
         Ok(Ending {
             keep_copy: false,
             ..ending

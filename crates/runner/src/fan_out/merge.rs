@@ -10,6 +10,7 @@ use super::branch::copy_head;
 use super::{Progress, subtask_prompt};
 use crate::Runner;
 use crate::ending::{Ending, fail};
+use crate::follow_up::Provenance;
 use crate::handoff::Run;
 use crate::submit::TaskRequest;
 
@@ -41,6 +42,14 @@ impl Runner {
             let resolution = progress.resolving.get(&name) == Some(&id);
             let Some(child_branch) = child.branch.clone().filter(|_| !child.no_changes()) else {
                 match child.state {
+                    // Its result is the merge: one that changed nothing left it undone.
+                    TaskState::Succeeded if resolution => progress.failed.push((
+                        name,
+                        format!(
+                            "its resolution {} changed nothing: the merge was not made",
+                            id.short()
+                        ),
+                    )),
                     TaskState::Succeeded => {
                         progress.merged.push(name.clone());
                         log.append(Event::SubtaskMerged {
@@ -72,6 +81,10 @@ impl Runner {
                     ),
                 ));
                 continue;
+            }
+            if nightshift_env::is_remote(&task.spec.repo) {
+                // A subtask another machine ran pushed its branch: the mirror gets it first.
+                let _ = self.open_source(&task.spec.repo).await;
             }
             let message = format!("Merge subtask {name} (task {})", id.short());
             let merged = match copy.merge(source, &child_branch, &message).await {
@@ -135,10 +148,16 @@ impl Runner {
                 .all(|subtask| subtask.name == name || progress.done(&subtask.name));
             if !last {
                 failed.retain(|(check, _)| !check.starts_with(ACCEPTANCE));
+            } else if failed.is_empty() {
+                progress.accepted = Some(head.clone());
             }
-            self.move_plan_branch(run, branch, &head, *published)
-                .await
-                .map_err(|err| SinkError(format!("updating {branch}: {err}")))?;
+            if let Err(err) = self.move_plan_branch(run, branch, &head, *published).await {
+                // Someone else moved the plan branch, or git failed: the merge is not kept.
+                let message = format!("{branch} could not be moved to the merge of {name}: {err}");
+                return fail(log, ErrorKind::Repository, message, None)
+                    .await
+                    .map(Some);
+            }
             *published = true;
             progress.merged.push(name.clone());
             log.append(Event::SubtaskMerged {
@@ -237,35 +256,84 @@ impl Runner {
 }
 
 impl Runner {
-    /// A resolution task starts with the merge it resolves under way in its working copy.
+    /// Whose configuration a task stands on. A subtask that starts from the plan branch, and a
+    /// resolution (which also merges a subtask's branch), stand on what agents merged: as for
+    /// a follow-up, the configuration counts as a person's only where nothing merged changed
+    /// it. Any other task's is [`Provenance::CHOSEN`].
+    pub(crate) async fn subtask_provenance(
+        &self,
+        log: &crate::sink::TaskLog,
+        source: &nightshift_env::SourceRepo,
+        task: &Task,
+        head: &str,
+    ) -> Result<Provenance, SinkError> {
+        const AGENTS: Provenance = Provenance {
+            configuration: false,
+            chosen_tree: false,
+        };
+        let Some(of) = &task.spec.subtask_of else {
+            return Ok(Provenance::CHOSEN);
+        };
+        let Ok(Some(run)) = self.store.get_task(of.run).await else {
+            return Ok(AGENTS);
+        };
+        let mut provenance = self.follow_up_provenance(log, source, &run, head).await?;
+        if let Some(merging) = &task.spec.merge {
+            let Ok(branch) = source.resolve_base(Some(merging)).await else {
+                return Ok(AGENTS);
+            };
+            let merged = self
+                .follow_up_provenance(log, source, &run, &branch.commit)
+                .await?;
+            provenance.configuration &= merged.configuration;
+            provenance.chosen_tree = false;
+        }
+        Ok(provenance)
+    }
+
+    /// A resolution task starts with the merge it resolves under way in its working copy;
+    /// one whose merge cannot be started fails (`Some` ending).
     pub(crate) async fn begin_merge(
         &self,
         log: &crate::sink::TaskLog,
         source: &nightshift_env::SourceRepo,
         copy: &nightshift_env::WorkingCopy,
         task: &Task,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Option<Ending>, SinkError> {
         let Some(merging) = &task.spec.merge else {
-            return Ok(());
+            return Ok(None);
         };
         let message = match copy.start_merge(source, merging).await {
-            Ok(files) if files.is_empty() => {
-                format!(
-                    "merging {merging} into the working copy went through; it is not committed yet"
-                )
-            }
+            Ok(files) if files.is_empty() => format!(
+                "merging {merging} into the working copy went through; it is not committed yet"
+            ),
             Ok(files) => format!(
                 "merging {merging} into the working copy conflicts in {}; the conflicts are in the files",
                 files.join(", ")
             ),
-            Err(err) => format!("could not start merging {merging}: {err}"),
+            Err(err) => {
+                let message = format!("could not start merging {merging}: {err}");
+                return fail(log, ErrorKind::Repository, message, None)
+                    .await
+                    .map(Some);
+            }
         };
-        log.append(Event::Warning { message }).await
+        log.append(Event::Warning { message }).await?;
+        Ok(None)
     }
 }
 
 /// How the plan's acceptance checks are named among the checks.
 const ACCEPTANCE: &str = "acceptance: ";
+
+/// The repository's configuration with the plan's acceptance checks in place of its own.
+pub(super) fn acceptance_only(env: &nightshift_env::Loaded, plan: &Plan) -> nightshift_env::Loaded {
+    let mut env = with_acceptance(env, plan);
+    env.config
+        .checks
+        .retain(|check| check.name.starts_with(ACCEPTANCE));
+    env
+}
 
 /// The repository's configuration with the plan's acceptance checks after its own checks.
 fn with_acceptance(env: &nightshift_env::Loaded, plan: &Plan) -> nightshift_env::Loaded {
