@@ -9,6 +9,7 @@
 mod common;
 mod forge_support;
 
+use common::server::Server;
 use common::*;
 use forge_support::*;
 use nightshift_scripted_model::Script;
@@ -33,6 +34,13 @@ fn subtask(name: &str, paths: &[&str], depends_on: &[&str]) -> Value {
 
 fn route(contains: &str, steps: Value) -> Value {
     json!({"contains": contains, "steps": steps})
+}
+
+/// Runs `command` to its end off the async runtime (the scripted model runs on it).
+async fn output(mut command: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
 }
 
 /// The time of a task's first event of type `kind`.
@@ -428,4 +436,130 @@ async fn cancelling_a_plan_run_cancels_its_subtasks() {
         task["state"] == "cancelled"
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_taken_over_by_another_worker_goes_on_from_its_plan_branch() {
+    let repo = repo_with(&[
+        (".nightshift.toml", "[checks]\ntest = \"true\"\n"),
+        ("README.md", "r\n"),
+    ]);
+    let plan = json!({"goal": "two files", "subtasks": [
+        subtask("alpha", &["a.txt"], &[]),
+        subtask("beta", &["b.txt"], &[]),
+    ]});
+    let script = json!({"steps": [], "routes": [
+        route("The request to plan", json!([call("submit_plan", plan)])),
+        route("Your subtask: alpha", json!([write("a.txt", "alpha\n"), finish("a")])),
+        // The first worker shuts down while beta waits for this answer.
+        route("Your subtask: beta", json!([
+            {"reply": {"text": "Thinking.", "delay_ms": 120000}},
+            write("b.txt", "beta\n"),
+            finish("b"),
+        ])),
+    ]});
+    let (ns, _model) =
+        Nightshift::with_script(Script::from_json(&script.to_string()).unwrap()).await;
+    ns.serve_repo(repo.path()).await;
+    let token = stdout(
+        &ns.run(&["token", "create", "--scope", "submit", "--name", "t"])
+            .await,
+    )
+    .trim()
+    .to_string();
+    // A server that only queues; the workers below run everything.
+    let server = Server::start(&ns, 0);
+    let remote = |args: &[&str]| {
+        let mut command = ns.command(args);
+        command
+            .env("NIGHTSHIFT_SERVER", &server.url)
+            .env("NIGHTSHIFT_TOKEN", &token);
+        command
+    };
+    let worker = |grace: &str| {
+        ns.command(&["worker", "--concurrency", "1", "--grace", grace])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = worker("0s");
+    let out = output(remote(&[
+        "plan",
+        "--repo",
+        path_str(repo.path()),
+        "--model",
+        "openai:m",
+        "--wait",
+        "--json",
+        "Two files",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = output(remote(&[
+        "plan",
+        "approve",
+        planned["task"]["id"].as_str().unwrap(),
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_id = stdout(&out).lines().nth(1).unwrap().trim().to_string();
+
+    // alpha is merged and beta is running: the worker shuts down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let events = ns.events(&run_id).await;
+        let merged = events
+            .iter()
+            .any(|e| e["type"] == "subtask_merged" && e["name"] == "alpha");
+        let beta_running = events
+            .iter()
+            .any(|e| e["type"] == "subtask_queued" && e["name"] == "beta");
+        if merged && beta_running {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let events = ns.events(&run_id).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "released"),
+        "{events:#?}"
+    );
+
+    // The next worker takes the run over, from the plan branch the first one left.
+    let mut second = worker("30s");
+    let done = ns
+        .wait_for(&run_id, |task| {
+            ["succeeded", "failed", "cancelled"].contains(&task["state"].as_str().unwrap())
+        })
+        .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    let events = ns.events(&run_id).await;
+    assert_eq!(done["state"], "succeeded", "{done}\n{events:#?}");
+    let queued: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "subtask_queued")
+        .collect();
+    assert_eq!(queued.len(), 2, "nothing queued twice: {events:#?}");
+    let branch = done["branch"].as_str().unwrap();
+    assert_eq!(
+        git(repo.path(), &["show", &format!("{branch}:a.txt")]),
+        "alpha"
+    );
+    assert_eq!(
+        git(repo.path(), &["show", &format!("{branch}:b.txt")]),
+        "beta"
+    );
 }
