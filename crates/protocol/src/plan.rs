@@ -215,6 +215,9 @@ pub struct PlanHistory {
     pub versions: Vec<PlanVersion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved: Option<u32>,
+    /// The run that carries out the approved version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::TaskId>,
 }
 
 /// One version of a plan.
@@ -232,19 +235,27 @@ impl PlanHistory {
         let mut history = PlanHistory {
             versions: Vec::new(),
             approved: None,
+            run: None,
         };
         for record in events {
             match &record.event {
+                // Two edits or approvals at the same moment: the first one written counts, and
+                // nothing changes a plan once it is approved.
                 Event::PlanSubmitted {
                     version,
                     plan,
                     author,
-                } => history.versions.push(PlanVersion {
-                    version: *version,
-                    plan: plan.clone(),
-                    author: author.clone(),
-                }),
-                Event::PlanApproved { version, .. } => history.approved = Some(*version),
+                } if history.version(*version).is_none() && history.approved.is_none() => {
+                    history.versions.push(PlanVersion {
+                        version: *version,
+                        plan: plan.clone(),
+                        author: author.clone(),
+                    })
+                }
+                Event::PlanApproved { version, run, .. } if history.approved.is_none() => {
+                    history.approved = Some(*version);
+                    history.run = *run;
+                }
                 _ => {}
             }
         }
@@ -297,6 +308,41 @@ mod tests {
         let text = plan.render();
         assert!(text.contains("3. c (after a, b)"), "{text}");
         assert!(text.contains("- test: `make test`"), "{text}");
+    }
+
+    #[test]
+    fn in_the_history_the_first_edit_and_approval_written_count() {
+        let record = |seq, event| EventRecord {
+            task_id: crate::TaskId::new(),
+            seq,
+            at: jiff::Timestamp::UNIX_EPOCH,
+            event,
+        };
+        let submitted = |version, goal: &str| Event::PlanSubmitted {
+            version,
+            plan: Plan {
+                goal: goal.into(),
+                ..plan(vec![subtask("a", &[])])
+            },
+            author: "p".into(),
+        };
+        let run = crate::TaskId::new();
+        let approved = |version, run| Event::PlanApproved {
+            version,
+            by: None,
+            run: Some(run),
+        };
+        let history = PlanHistory::read(&[
+            record(1, submitted(1, "first")),
+            record(2, submitted(2, "mine")),
+            record(3, submitted(2, "theirs, at the same moment")),
+            record(4, approved(2, run)),
+            record(5, approved(1, crate::TaskId::new())),
+            record(6, submitted(3, "after the approval")),
+        ]);
+        assert_eq!(history.versions.len(), 2);
+        assert_eq!(history.latest().unwrap().plan.goal, "mine");
+        assert_eq!((history.approved, history.run), (Some(2), Some(run)));
     }
 
     #[test]

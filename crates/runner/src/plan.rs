@@ -83,6 +83,10 @@ pub enum PlanError {
     Approved { task: String, version: u32 },
     #[error("the plan is not valid: {0}; nothing was changed")]
     Invalid(String),
+    #[error(
+        "the plan of task {0} was changed or approved by someone else at the same moment; yours was not kept: read it again (`nightshift plan show`)"
+    )]
+    Concurrent(String),
     #[error("the plan's run could not be queued: {0}; the plan was not approved")]
     Submit(#[from] crate::SubmitError),
     #[error("{0}")]
@@ -125,7 +129,8 @@ impl Runner {
             return Ok(newest.version);
         }
         let version = newest.version + 1;
-        self.store
+        let appended = self
+            .store
             .append_event(
                 id,
                 &Event::PlanSubmitted {
@@ -135,6 +140,18 @@ impl Runner {
                 },
             )
             .await?;
+        // The check above and the append are two steps: an edit or an approval written in
+        // between wins, and this one is left without effect.
+        let events = whole_log(self.store.as_ref(), id).await?;
+        let first = events.iter().find(|record| {
+            matches!(&record.event, Event::PlanSubmitted { version: v, .. } if *v == version)
+        });
+        let approved_before = events.iter().any(|record| {
+            record.seq < appended.seq && matches!(record.event, Event::PlanApproved { .. })
+        });
+        if first.map(|record| record.seq) != Some(appended.seq) || approved_before {
+            return Err(PlanError::Concurrent(id.short()));
+        }
         Ok(version)
     }
 
@@ -185,7 +202,8 @@ impl Runner {
             )
         };
         let run = self.submit(request).await?;
-        self.store
+        let appended = self
+            .store
             .append_event(
                 id,
                 &Event::PlanApproved {
@@ -195,6 +213,16 @@ impl Runner {
                 },
             )
             .await?;
+        // Another approval written in between counts, and this one's run is called off
+        // before it starts.
+        let events = whole_log(self.store.as_ref(), id).await?;
+        let first = events
+            .iter()
+            .find(|record| matches!(record.event, Event::PlanApproved { .. }));
+        if first.map(|record| record.seq) != Some(appended.seq) {
+            let _ = self.store.request_cancel(run.id).await;
+            return Err(PlanError::Concurrent(id.short()));
+        }
         Ok((version, run))
     }
 }

@@ -47,7 +47,9 @@ fn plan_error(err: PlanError) -> ApiError {
     match err {
         PlanError::Store(err) => ApiError::store("reading or writing the plan", err),
         PlanError::NoSuchTask(_) => ApiError::not_found(err.to_string()),
-        PlanError::Approved { .. } => ApiError::conflict(err.to_string()),
+        PlanError::Approved { .. } | PlanError::Concurrent(_) => {
+            ApiError::conflict(err.to_string())
+        }
         PlanError::Submit(err) => err.into(),
         PlanError::NotAPlan(_)
         | PlanError::NoPlanYet(..)

@@ -243,7 +243,6 @@ pub(crate) async fn print_progress(backend: &Backend, task: &Task) -> Result<(),
     let mut subtasks: Vec<(String, nightshift_protocol::TaskId)> = Vec::new();
     let mut merged: std::collections::BTreeMap<String, Option<String>> = Default::default();
     let mut conflicts: Vec<(String, Vec<String>)> = Vec::new();
-    let mut run = None;
     super::follow::events(backend, task.id, false, |record| {
         match &record.event {
             Event::SubtaskQueued { name, task_id } => subtasks.push((name.clone(), *task_id)),
@@ -253,7 +252,6 @@ pub(crate) async fn print_progress(backend: &Backend, task: &Task) -> Result<(),
             Event::MergeConflict { name, files, .. } => {
                 conflicts.push((name.clone(), files.clone()))
             }
-            Event::PlanApproved { run: Some(id), .. } => run = Some(*id),
             _ => {}
         }
         Ok(())
@@ -262,7 +260,7 @@ pub(crate) async fn print_progress(backend: &Backend, task: &Task) -> Result<(),
     if task.spec.plan {
         if let Ok(history) = backend.plan_history(task).await {
             let newest = history.latest().map_or(0, |entry| entry.version);
-            let approval = match (history.approved, run) {
+            let approval = match (history.approved, history.run) {
                 (Some(version), Some(run)) => {
                     format!(
                         "version {version} approved; its run: nightshift show {}",
