@@ -37,22 +37,31 @@ pub struct PlanArgs {
 pub enum PlanAction {
     /// Print a planning task's plan: the newest version, or --version N.
     Show {
+        /// The planning task: its id, a unique prefix or its short id.
         id: String,
+        /// This version instead of the newest.
         #[arg(long)]
         version: Option<u32>,
+        /// Print every version as JSON (or the one --version names).
         #[arg(long)]
         json: bool,
     },
     /// Change the plan: opens it as JSON in $VISUAL or $EDITOR (or reads --file, `-` for
     /// standard input); a change is stored as the next version.
     Edit {
+        /// The planning task: its id, a unique prefix or its short id.
         id: String,
+        /// Read the new plan (JSON) from this file, `-` for standard input, instead of an
+        /// editor.
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
     },
-    /// Approve the plan: the newest version, or --version N. Approval is final.
+    /// Approve the plan (the newest version, or --version N) and start its run: the subtasks
+    /// as tasks of their own, merged into one checked plan branch. Approval is final.
     Approve {
+        /// The planning task: its id, a unique prefix or its short id.
         id: String,
+        /// Approve this version instead of the newest.
         #[arg(long)]
         version: Option<u32>,
     },
