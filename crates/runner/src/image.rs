@@ -42,32 +42,68 @@ impl crate::Runner {
         &self,
         reference: &Reference,
     ) -> Result<Option<nightshift_image::Credentials>, String> {
-        let secret = match (reference, &self.config.images) {
-            (Reference::Registry { registry, .. }, Some(settings)) => {
-                settings.logins.get(registry).cloned()
-            }
-            _ => None,
+        let logins = match &self.config.images {
+            Some(settings) => settings.logins.clone(),
+            None => Default::default(),
         };
-        let Some(secret) = secret else {
-            return Ok(nightshift_image::host_credentials(reference));
+        let key = || {
+            self.secret_key
+                .clone()
+                .ok_or_else(|| "this process has no secret key".to_string())
         };
-        let sealed = self.store.secrets().await.map_err(|e| e.to_string())?;
-        let stored = sealed
-            .into_iter()
-            .find(|s| s.name == secret)
-            .ok_or_else(|| {
-                format!("the registry login `{secret}` ([images] logins) is not a stored secret")
-            })?;
-        let key = self.secret_key.as_ref().ok_or_else(|| {
-            format!(
-                "the registry login `{secret}` cannot be unsealed: this process has no secret key"
-            )
-        })?;
-        let value = key
-            .unseal(&stored.name, &stored.sealed)
-            .map_err(|err| format!("unsealing the registry login `{secret}`: {err}"))?;
-        login_from_secret(&secret, &value).map(Some)
+        registry_login(self.store.as_ref(), &logins, key, reference)
+            .await
+            .map_err(|err| err.to_string())
     }
+}
+
+/// Why there is no registry login.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The configuration is wrong: the secret `[images] logins` names is not stored, or does
+    /// not hold `USER:PASSWORD`.
+    #[error("{0}")]
+    Config(String),
+    /// The secret is there but could not be read or unsealed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The login for the registry of `reference`: the stored secret `logins` names for it,
+/// unsealed with the key `key` gives (asked for only then), else the host's login files
+/// (`nightshift image pull` and tasks' pulls alike).
+pub async fn registry_login(
+    store: &dyn nightshift_store::Store,
+    logins: &std::collections::BTreeMap<String, String>,
+    key: impl FnOnce() -> Result<std::sync::Arc<nightshift_env::secrets::SecretKey>, String>,
+    reference: &Reference,
+) -> Result<Option<nightshift_image::Credentials>, LoginError> {
+    let secret = match reference {
+        Reference::Registry { registry, .. } => logins.get(registry),
+        _ => None,
+    };
+    let Some(secret) = secret else {
+        return Ok(nightshift_image::host_credentials(reference));
+    };
+    let sealed = store
+        .secrets()
+        .await
+        .map_err(|err| LoginError::Unavailable(format!("reading the stored secrets: {err}")))?;
+    let stored = sealed.into_iter().find(|s| &s.name == secret).ok_or_else(|| {
+        LoginError::Config(format!(
+            "the registry login `{secret}` ([images] logins of config.toml) is not a stored secret; `nightshift secret set {secret} --all-repos` stores it"
+        ))
+    })?;
+    let unsealed = key().and_then(|key| {
+        key.unseal(&stored.name, &stored.sealed)
+            .map_err(|err| err.to_string())
+    });
+    let value = unsealed.map_err(|err| {
+        LoginError::Unavailable(format!("unsealing the registry login `{secret}`: {err}"))
+    })?;
+    login_from_secret(secret, &value)
+        .map(Some)
+        .map_err(LoginError::Config)
 }
 
 /// `USER:PASSWORD` (a token as the password) as registry credentials.

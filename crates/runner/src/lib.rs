@@ -48,7 +48,7 @@ pub use error::{RunnerError, SubmitError};
 pub use follow_up::{MessageOutcome, MessageRefusal};
 pub use forge::Forge;
 pub use handoff::DIFF_BLOB;
-pub use image::{ImageSettings, login_from_secret};
+pub use image::{ImageSettings, LoginError, login_from_secret, registry_login};
 pub use lifecycle::PriceLookup;
 pub use nightshift_env::is_remote;
 pub use plan::PlanError;

@@ -130,31 +130,22 @@ async fn login(
     logins: &std::collections::BTreeMap<String, String>,
     reference: &Reference,
 ) -> Result<Option<nightshift_image::Credentials>, Failure> {
-    let secret = match reference {
-        Reference::Registry { registry, .. } => logins.get(registry),
-        _ => None,
-    };
-    let Some(secret) = secret else {
+    // The store is opened only for a registry that has a login there.
+    let named =
+        matches!(reference, Reference::Registry { registry, .. } if logins.contains_key(registry));
+    if !named {
         return Ok(nightshift_image::host_credentials(reference));
-    };
+    }
     let store = home.store().await?;
-    let sealed = store
-        .secrets()
-        .await?
-        .into_iter()
-        .find(|s| &s.name == secret)
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "the registry login `{secret}` ([images] logins of config.toml) is not a stored secret; `nightshift secret set {secret} --all-repos` stores it"
-            ))
-        })?;
-    let key = home
-        .secret_key()
-        .map_err(|err| Failure::error(format!("unsealing the registry login `{secret}`: {err}")))?;
-    let value = key
-        .unseal(&sealed.name, &sealed.sealed)
-        .map_err(|err| Failure::error(format!("unsealing the registry login `{secret}`: {err}")))?;
-    nightshift_runner::login_from_secret(secret, &value)
-        .map(Some)
-        .map_err(Failure::usage)
+    let key = || {
+        home.secret_key()
+            .map(Arc::new)
+            .map_err(|err| err.to_string())
+    };
+    nightshift_runner::registry_login(store.as_ref(), logins, key, reference)
+        .await
+        .map_err(|err| match err {
+            nightshift_runner::LoginError::Config(message) => Failure::usage(message),
+            nightshift_runner::LoginError::Unavailable(message) => Failure::error(message),
+        })
 }
