@@ -328,21 +328,7 @@ async fn on_github_every_attempt_is_pushed_and_only_the_chosen_one_gets_the_pull
         "b": [edit("$(($1 + $2))"), finish("Fix add: it subtracted")],
     })))
     .await;
-    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
-    let out = ns
-        .run(&[
-            "repo",
-            "add",
-            &url,
-            "--name",
-            "acme/app",
-            "--credential",
-            "GH_TOKEN",
-            "--github-api",
-            &api,
-        ])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    add_github_repo(&ns, &url, TOKEN, &api).await;
     let out = ns
         .run(&[
             "run", "--repo", "acme/app", "--model", "openai:a", "--model", "openai:b", "--wait",
@@ -444,14 +430,8 @@ async fn a_worker_that_shuts_down_hands_the_attempts_back_and_the_next_queues_no
     let task: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = task["id"].as_str().unwrap().to_string();
 
-    let worker = |grace: &str| {
-        ns.command(&["worker", "--concurrency", "1", "--grace", grace])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
     // One worker runs the task and both its attempts, then shuts down mid-way.
-    let mut first = worker("0s");
+    let first = ns.worker("0s");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while model.served() < 2 {
         assert!(
@@ -460,14 +440,7 @@ async fn a_worker_that_shuts_down_hands_the_attempts_back_and_the_next_queues_no
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
-        .await
-        .unwrap();
+    let status = Nightshift::stop_worker(first).await;
     assert!(status.success(), "{status:?}");
     let events = ns.events(&id).await;
     assert!(
@@ -476,7 +449,7 @@ async fn a_worker_that_shuts_down_hands_the_attempts_back_and_the_next_queues_no
     );
 
     // The next worker takes it over and finishes it.
-    let mut second = worker("30s");
+    let mut second = ns.worker("30s");
     let done = ns
         .wait_for(&id, |t| {
             ["succeeded", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())

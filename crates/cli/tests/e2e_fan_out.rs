@@ -323,21 +323,7 @@ async fn on_github_the_plan_branch_is_pushed_and_gets_the_one_pull_request() {
     ]});
     let (ns, _model) =
         Nightshift::with_script(Script::from_json(&script.to_string()).unwrap()).await;
-    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
-    let out = ns
-        .run(&[
-            "repo",
-            "add",
-            &url,
-            "--name",
-            "acme/app",
-            "--credential",
-            "GH_TOKEN",
-            "--github-api",
-            &api,
-        ])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    add_github_repo(&ns, &url, TOKEN, &api).await;
     let out = ns
         .run(&[
             "plan",
@@ -476,13 +462,7 @@ async fn a_run_taken_over_by_another_worker_goes_on_from_its_plan_branch() {
             .env("NIGHTSHIFT_TOKEN", &token);
         command
     };
-    let worker = |grace: &str| {
-        ns.command(&["worker", "--concurrency", "1", "--grace", grace])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut first = worker("0s");
+    let first = ns.worker("0s");
     let out = output(remote(&[
         "plan",
         "--repo",
@@ -522,14 +502,7 @@ async fn a_run_taken_over_by_another_worker_goes_on_from_its_plan_branch() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
-        .await
-        .unwrap();
+    let status = Nightshift::stop_worker(first).await;
     assert!(status.success(), "{status:?}");
     let events = ns.events(&run_id).await;
     assert!(
@@ -538,7 +511,7 @@ async fn a_run_taken_over_by_another_worker_goes_on_from_its_plan_branch() {
     );
 
     // The next worker takes the run over, from the plan branch the first one left.
-    let mut second = worker("30s");
+    let mut second = ns.worker("30s");
     let done = ns
         .wait_for(&run_id, |task| {
             ["succeeded", "failed", "cancelled"].contains(&task["state"].as_str().unwrap())

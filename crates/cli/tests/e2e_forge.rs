@@ -28,21 +28,7 @@ async fn a_github_repository_gets_a_draft_pull_request_with_the_evidence_and_fol
         serde_json::json!({"reply": {"tool_calls": [{"name": "submit_review", "arguments": {"summary": "add adds; NOTES.md is thin.", "findings": [{"path": "NOTES.md", "line": 1, "severity": "low", "problem": "says nothing about sub"}]}}]}}),
     ]);
     let (ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
-    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
-    let out = ns
-        .run(&[
-            "repo",
-            "add",
-            &url,
-            "--name",
-            "acme/app",
-            "--credential",
-            "GH_TOKEN",
-            "--github-api",
-            &api,
-        ])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    add_github_repo(&ns, &url, TOKEN, &api).await;
 
     let out = ns
         .run(&["run", "--repo", "acme/app", "--wait", "--json", "Fix add"])
@@ -165,21 +151,7 @@ async fn a_signed_comment_from_a_writer_starts_a_task_once_and_a_review_comment_
         serde_json::json!({"reply": {"tool_calls": [{"name": "finish", "arguments": {"summary": "Address the review"}}]}}),
     ]);
     let (mut ns, _model) = Nightshift::with_script(script(Value::Array(steps))).await;
-    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
-    let out = ns
-        .run(&[
-            "repo",
-            "add",
-            &url,
-            "--name",
-            "acme/app",
-            "--credential",
-            "GH_TOKEN",
-            "--github-api",
-            &api,
-        ])
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    add_github_repo(&ns, &url, TOKEN, &api).await;
     ns.env.push((
         "NIGHTSHIFT_GITHUB_WEBHOOK_SECRET".into(),
         WEBHOOK_SECRET.into(),

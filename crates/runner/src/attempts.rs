@@ -231,49 +231,15 @@ impl Runner {
         stops: &Stops,
     ) -> Result<Option<Ending>, SinkError> {
         // The tasks stop with this one, except when the worker shuts down: then each is
-        // handed back to the queue on its own (a stop that is a shutdown has it set first).
-        let cancel = CancellationToken::new();
-        let relay = {
-            let (stop, shutdown, cancel) = (stop.clone(), stops.shutdown.clone(), cancel.clone());
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                if !shutdown.is_cancelled() {
-                    cancel.cancel();
-                }
-            })
-        };
-        let cancel = &cancel;
-        let run_one = |id: TaskId| async move {
-            let id = &id;
-            match self
-                .store
-                .claim_task(*id, &self.config.worker, self.config.lease)
-                .await
-            {
-                Ok(true) => {}
-                // Another worker has it, or it has ended.
-                Ok(false) => return,
-                Err(err) => {
-                    tracing::warn!(task = %id, "could not claim it: {err}");
-                    return;
-                }
-            }
-            let Ok(Some(task)) = self.store.get_task(*id).await else {
-                return;
-            };
-            let own = Stops {
-                cancel: cancel.child_token(),
-                shutdown: stops.shutdown.clone(),
-            };
-            // Boxed: a task's run may run tasks.
-            if let Err(err) = Box::pin(self.run_claimed(task, own)).await {
-                tracing::error!(task = %id, "running it failed: {err}");
-            }
-        };
+        // handed back to the queue on its own.
+        let (cancel, relay) = crate::fan_out::cancel_relay(stop, stops);
         // Whatever is queued runs here; what other workers run is waited for, and taken over
         // should one of them let go of it.
         let waited = loop {
-            futures::future::join_all(ids.iter().copied().map(run_one)).await;
+            let runs = ids
+                .iter()
+                .map(|id| self.clone().claim_and_run(*id, &cancel, stops));
+            futures::future::join_all(runs).await;
             if stop.is_cancelled() {
                 break Ok(());
             }
@@ -296,7 +262,12 @@ impl Runner {
             for id in ids {
                 let _ = self.store.request_cancel(*id).await;
             }
-            let _ = tokio::time::timeout(CANCEL_WAIT, self.wait_ended(ids, None)).await;
+            let ended = async {
+                while !self.all_ended(ids).await.unwrap_or(true) {
+                    tokio::time::sleep(self.config.cancel_poll).await;
+                }
+            };
+            let _ = tokio::time::timeout(CANCEL_WAIT, ended).await;
             return Ok(Some(Ending::cancelled()));
         }
         match waited {
@@ -325,28 +296,6 @@ impl Runner {
             }
         }
         Ok(true)
-    }
-
-    /// Waits until every task of `ids` has ended, or `stop` fires.
-    async fn wait_ended(
-        &self,
-        ids: &[TaskId],
-        stop: Option<&CancellationToken>,
-    ) -> Result<(), nightshift_store::StoreError> {
-        for id in ids {
-            loop {
-                let ended = self
-                    .store
-                    .get_task(*id)
-                    .await?
-                    .is_none_or(|task| task.state.is_terminal());
-                if ended || stop.is_some_and(|stop| stop.is_cancelled()) {
-                    break;
-                }
-                tokio::time::sleep(self.config.cancel_poll).await;
-            }
-        }
-        Ok(())
     }
 
     /// Takes the best of `ranking` (best first) as the task's result and says why.

@@ -190,20 +190,24 @@ impl Runner {
                 if stop.is_cancelled() {
                     return Ok(None);
                 }
-                if let Some(ending) = self
-                    .settle_ended(run, &plan, &branch, &mut progress, &mut published)
-                    .await?
-                {
+                let mut waiting = Vec::new();
+                let settled = self
+                    .settle_ended(
+                        run,
+                        &plan,
+                        &branch,
+                        &mut progress,
+                        &mut published,
+                        &mut waiting,
+                    )
+                    .await?;
+                if let Some(ending) = settled {
                     return Ok(Some(ending));
                 }
                 // Subtasks and resolutions still queued (a worker elsewhere may have let go of
                 // one): this worker runs them.
-                for (_, id) in progress.in_flight() {
-                    let waiting = matches!(
-                        self.store.get_task(id).await,
-                        Ok(Some(child)) if child.state == TaskState::Queued
-                    );
-                    if waiting && active.insert(id) {
+                for id in waiting {
+                    if active.insert(id) {
                         running.spawn(self.clone().claim_and_run(id, &cancel, stops));
                     }
                 }
@@ -374,7 +378,7 @@ impl Runner {
     }
 
     /// Claims the queued task `id` and runs it here, unless another worker has it.
-    fn claim_and_run(
+    pub(crate) fn claim_and_run(
         self,
         id: TaskId,
         cancel: &CancellationToken,
@@ -391,7 +395,12 @@ impl Runner {
                 .await
             {
                 Ok(true) => {}
-                _ => return id,
+                // Another worker has it, or it has ended.
+                Ok(false) => return id,
+                Err(err) => {
+                    tracing::warn!(task = %id, "could not claim it: {err}");
+                    return id;
+                }
             }
             let Ok(Some(task)) = self.store.get_task(id).await else {
                 return id;
@@ -406,7 +415,7 @@ impl Runner {
 
 /// A token that stops the subtasks with the run, except when the worker shuts down: then
 /// each is handed back to the queue on its own.
-fn cancel_relay(
+pub(crate) fn cancel_relay(
     stop: &CancellationToken,
     stops: &Stops,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {

@@ -213,11 +213,20 @@ fn edited(task: &Task, plan: &Plan) -> Result<(String, Option<std::path::PathBuf
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
-    let path = std::env::temp_dir().join(format!("nightshift-plan-{}.json", task.id.short()));
     let text = serde_json::to_string_pretty(plan)
         .map_err(|err| Failure::error(format!("writing the plan as JSON: {err}")))?;
-    std::fs::write(&path, format!("{text}\n"))
-        .map_err(|err| Failure::error(format!("{}: {err}", path.display())))?;
+    // A new file of our own (never one another user put at a known name in the shared temp
+    // directory), kept afterwards so that a bad edit is not lost.
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!("nightshift-plan-{}-", task.id.short()))
+        .suffix(".json")
+        .tempfile()
+        .map_err(|err| Failure::error(format!("making a file for the plan: {err}")))?;
+    std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())
+        .map_err(|err| Failure::error(format!("{}: {err}", file.path().display())))?;
+    let (_, path) = file
+        .keep()
+        .map_err(|err| Failure::error(format!("keeping the plan's file: {err}")))?;
     // The editor may be a command with arguments (`code --wait`), as git takes it.
     let status = std::process::Command::new("sh")
         .arg("-c")

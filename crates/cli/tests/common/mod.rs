@@ -239,6 +239,26 @@ impl Nightshift {
         }
     }
 
+    /// A `nightshift worker --concurrency 1 --grace GRACE` on this home.
+    pub fn worker(&self, grace: &str) -> std::process::Child {
+        self.command(&["worker", "--concurrency", "1", "--grace", grace])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops a worker as a service manager does (SIGTERM) and waits for it to exit.
+    pub async fn stop_worker(mut worker: std::process::Child) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(worker.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::task::spawn_blocking(move || worker.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
     /// Polls `show --json` until `done` holds or the deadline passes.
     pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -148,6 +148,26 @@ impl GitHttp {
     }
 }
 
+/// Registers the GitHub repository `url` as `acme/app`, reached with `token` (stored as the
+/// secret GH_TOKEN) and its API at `api`.
+pub async fn add_github_repo(ns: &Nightshift, url: &str, token: &str, api: &str) {
+    set_secret(ns, "GH_TOKEN", token, url);
+    let out = ns
+        .run(&[
+            "repo",
+            "add",
+            url,
+            "--name",
+            "acme/app",
+            "--credential",
+            "GH_TOKEN",
+            "--github-api",
+            api,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 pub fn set_secret(ns: &Nightshift, name: &str, value: &str, repo: &str) {
     use std::io::Write;
     let mut child = ns

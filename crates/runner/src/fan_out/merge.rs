@@ -16,7 +16,7 @@ use crate::submit::TaskRequest;
 
 impl Runner {
     /// Merges every subtask whose task has ended since the last look; `Some` ending when the
-    /// run must stop.
+    /// run must stop. The tasks that are queued (not yet run, or let go of) go to `waiting`.
     pub(super) async fn settle_ended(
         &self,
         run: &Run<'_>,
@@ -24,6 +24,7 @@ impl Runner {
         branch: &str,
         progress: &mut Progress,
         published: &mut bool,
+        waiting: &mut Vec<TaskId>,
     ) -> Result<Option<Ending>, SinkError> {
         let Run {
             log,
@@ -37,6 +38,9 @@ impl Runner {
                 continue;
             };
             if !child.state.is_terminal() {
+                if child.state == TaskState::Queued {
+                    waiting.push(id);
+                }
                 continue;
             }
             let resolution = progress.resolving.get(&name) == Some(&id);
@@ -120,6 +124,7 @@ impl Runner {
                         .resolve(run, plan, branch, &name, &child_branch, &files, published)
                         .await?;
                     if let Some(resolution) = resolution {
+                        waiting.push(resolution);
                         progress.tasks.insert(name.clone(), resolution);
                         progress.resolving.insert(name, resolution);
                     } else {
