@@ -8,6 +8,7 @@
 
 mod compact;
 mod governor;
+pub mod mcp;
 mod prompt;
 mod run;
 mod sink;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compact::{compact, is_context_overflow, needs_compaction};
 use crate::governor::{Budget, CostFn, Governor, Verdict};
+use crate::mcp::McpTools;
 use crate::prompt::{PLAN_SYSTEM_PROMPT, REVIEW_SYSTEM_PROMPT, SYSTEM_PROMPT};
 use crate::tools::{Control, Mode, ToolContext, ToolLimits};
 use crate::{EventSink, Inbox, SinkError};
@@ -86,6 +87,8 @@ pub struct Agent<'a> {
     pub config: &'a AgentConfig,
     /// Messages for the running task, if anyone can send them.
     pub inbox: Option<&'a dyn Inbox>,
+    /// The MCP servers' tools, offered after the built-in ones.
+    pub mcp: Option<&'a McpTools>,
 }
 
 impl Agent<'_> {
@@ -106,7 +109,11 @@ impl Agent<'_> {
             messages: vec![Message::User {
                 content: prompt.to_string(),
             }],
-            tools: self.config.mode.specs(),
+            tools: {
+                let mut tools = self.config.mode.specs();
+                tools.extend(self.mcp.iter().flat_map(|mcp| mcp.specs()).cloned());
+                tools
+            },
             max_output_tokens: self.config.max_output_tokens,
         };
         let mut usage = Usage::default();
@@ -348,7 +355,13 @@ impl Agent<'_> {
             })
             .await?;
         let started = Instant::now();
-        let mut output = crate::tools::run(&call.name, &call.arguments, context).await;
+        let mut output = match self.mcp {
+            Some(mcp) if mcp.handles(&call.name) => mcp
+                .call(&call.name, &call.arguments, self.session, context.cancel)
+                .await
+                .cut_to(context.limits.output_bytes),
+            _ => crate::tools::run(&call.name, &call.arguments, context).await,
+        };
         // Secrets go neither into the log nor to the model.
         output.text = self.sink.redact(&output.text);
         self.sink

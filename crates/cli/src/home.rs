@@ -276,6 +276,9 @@ impl Home {
             .ceilings()
             .map_err(|err| Failure::usage(format!("{}: {err}", self.config_file().display())))?;
         config.limit_ceilings = ceilings;
+        config.mcp_servers = settings
+            .mcp_servers()
+            .map_err(|err| Failure::usage(format!("{}: {err}", self.config_file().display())))?;
         if wall_time.is_some() {
             config.max_duration = wall_time;
         }
@@ -345,6 +348,65 @@ pub struct Settings {
     /// How images are fetched.
     #[serde(default)]
     pub images: ImageStoreSettings,
+    /// MCP servers every task's agent gets (docs/tools.md, "MCP servers").
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpSettings>,
+}
+
+/// `[mcp.NAME]` of `config.toml`: as a repository's, run inside each task's sandbox.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSettings {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub exclude_tools: Vec<String>,
+    pub startup_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+impl Settings {
+    /// `[mcp]` as the runner takes it, each server's name and timeouts checked.
+    pub fn mcp_servers(&self) -> Result<Vec<nightshift_agent::mcp::McpServerSpec>, String> {
+        let mut servers = Vec::new();
+        for (name, server) in &self.mcp {
+            nightshift_env::config::mcp_server_name(name)
+                .map_err(|err| format!("[mcp.{name}]: the name {err}"))?;
+            if server.command.trim().is_empty() {
+                return Err(format!("[mcp.{name}]: `command` is empty"));
+            }
+            let mut spec = nightshift_agent::mcp::McpServerSpec::stdio(
+                name,
+                &server.command,
+                server.args.clone(),
+            );
+            spec.env = server.env.clone().into_iter().collect();
+            spec.tools = server.tools.clone();
+            spec.exclude_tools = server.exclude_tools.clone();
+            let duration = |key: &str, text: &Option<String>| -> Result<Option<Duration>, String> {
+                text.as_deref()
+                    .map(|text| {
+                        text.parse::<HumanDuration>()
+                            .map(|d| d.as_duration())
+                            .map_err(|err| format!("[mcp.{name}] {key} = {text:?}: {err}"))
+                    })
+                    .transpose()
+            };
+            if let Some(timeout) = duration("startup_timeout", &server.startup_timeout)? {
+                spec.startup_timeout = timeout;
+            }
+            if let Some(timeout) = duration("timeout", &server.timeout)? {
+                spec.call_timeout = timeout;
+            }
+            spec.origin = "config.toml".into();
+            servers.push(spec);
+        }
+        Ok(servers)
+    }
 }
 
 /// `[images]` of `config.toml`.

@@ -112,6 +112,9 @@ pub enum Event {
         /// False when commands run directly on the host, without isolation.
         isolated: bool,
     },
+    /// An MCP server started in the sandbox and offers these tools (as the model sees their
+    /// names, `SERVER__TOOL`).
+    McpServerReady { server: String, tools: Vec<String> },
     /// A request is on its way to the model.
     ModelRequest {
         turn: u32,
@@ -326,6 +329,7 @@ impl Event {
             Event::SetupCache { .. } => "setup_cache",
             Event::Egress { .. } => "egress",
             Event::SandboxStarted { .. } => "sandbox_started",
+            Event::McpServerReady { .. } => "mcp_server_ready",
             Event::ModelRequest { .. } => "model_request",
             Event::ModelResponse { .. } => "model_response",
             Event::ToolStarted { .. } => "tool_started",

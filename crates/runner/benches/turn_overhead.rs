@@ -150,6 +150,7 @@ async fn main() {
         sink: &sink,
         config: &config,
         inbox: None,
+        mcp: None,
     };
     let started = Instant::now();
     let outcome = agent

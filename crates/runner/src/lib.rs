@@ -19,6 +19,7 @@ mod handoff;
 mod image;
 mod image_user;
 mod lifecycle;
+pub mod mcp;
 mod plan;
 mod prepare;
 mod reconcile;
@@ -109,6 +110,9 @@ pub struct RunnerConfig {
     /// The first wait before a push or pull request that a forge outage held up is tried
     /// again; it doubles with each attempt, up to an hour (`NIGHTSHIFT_FORGE_RETRY`).
     pub forge_retry_wait: Duration,
+    /// MCP servers the installation offers every task (`[mcp.NAME]` of `config.toml`), before
+    /// the repository's own.
+    pub mcp_servers: Vec<nightshift_agent::mcp::McpServerSpec>,
 }
 
 impl RunnerConfig {
@@ -133,6 +137,7 @@ impl RunnerConfig {
             images: None,
             mirrors: None,
             check_provider_keys: true,
+            mcp_servers: Vec::new(),
             forge_retry_wait: Duration::from_secs(60),
         }
     }

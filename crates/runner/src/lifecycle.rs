@@ -526,12 +526,20 @@ impl Runner {
                     (None, false) => nightshift_agent::tools::Mode::Build,
                 },
             };
+            let mcp = crate::mcp::start(
+                log,
+                session.as_ref(),
+                &self.config.mcp_servers,
+                &run.env.config.mcp,
+            )
+            .await?;
             let agent = Agent {
                 model,
                 session: session.as_ref(),
                 sink: log,
                 config: &config,
                 inbox: Some(&watch.messages),
+                mcp: Some(&mcp),
             };
             let prompt = match review {
                 Some(review) => crate::review::review_prompt(run, review).await,
@@ -548,7 +556,9 @@ impl Runner {
             };
             // AGENTS.md is read after setup ran, which may have written into it.
             let prompt = log.redact(&prompt);
-            match agent.run(&prompt, stop).await {
+            let report = agent.run(&prompt, stop).await;
+            let _ = tokio::time::timeout(crate::mcp::STOP_WAIT, mcp.stop()).await;
+            match report {
                 Ok(report) => {
                     let cost = report.cost_usd;
                     let shutting_down = stops.shutdown.is_cancelled()

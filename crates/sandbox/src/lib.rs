@@ -10,6 +10,7 @@ mod doctor;
 #[cfg(target_os = "linux")]
 mod linux;
 mod output;
+mod process;
 mod unisolated;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use output::HeadTailBuffer;
+pub use process::{ProcessHandle, SpawnRequest, Spawned};
 pub use unisolated::Unisolated;
 
 #[cfg(target_os = "linux")]
@@ -361,6 +363,17 @@ pub trait SandboxSession: Send + Sync {
         request: ExecRequest,
         cancel: &CancellationToken,
     ) -> Result<ExecOutput, SandboxError>;
+
+    /// Starts a long-lived process that the caller talks to over its standard streams (an MCP
+    /// server): it runs as [`SandboxSession::exec`]'s commands do (same user, environment,
+    /// limits and network), with no timeout, until it exits, is killed through its handle, or
+    /// the session ends.
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SandboxError> {
+        Err(SandboxError::Spawn {
+            command: request.command,
+            source: std::io::Error::other("this sandbox cannot run a long-lived process"),
+        })
+    }
 
     /// Ends the session and every process it started.
     async fn close(&self) -> Result<(), SandboxError>;

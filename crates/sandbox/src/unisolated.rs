@@ -17,9 +17,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::process::Pipes;
 use crate::{
-    ExecOutput, ExecRequest, ExitStatus, HeadTailBuffer, Sandbox, SandboxError, SandboxSession,
-    SessionSpec,
+    ExecOutput, ExecRequest, ExitStatus, HeadTailBuffer, ProcessHandle, Sandbox, SandboxError,
+    SandboxSession, SessionSpec, SpawnRequest, Spawned,
 };
 
 /// How long to keep reading a command's pipes after it exited, for output still in flight from
@@ -220,6 +221,72 @@ impl SandboxSession for UnisolatedSession {
             output,
             omitted_bytes,
             duration: started.elapsed(),
+        })
+    }
+
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SandboxError> {
+        if self.closed.is_cancelled() {
+            return Err(SandboxError::Closed);
+        }
+        let cwd = self.resolve_workdir(request.workdir.as_deref())?;
+        let spawn_error = |source: std::io::Error| SandboxError::Spawn {
+            command: request.command.clone(),
+            source,
+        };
+        let pipes = Pipes::new().map_err(spawn_error)?;
+        let [stdin, stdout, stderr] = pipes.child;
+        let mut child = Command::new(self.shell)
+            .arg("-c")
+            .arg(&request.command)
+            .current_dir(&cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(request.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_error)?;
+        let pgid = child.id().map(|pid| pid as i32);
+        if let Some(pgid) = pgid
+            && let Ok(mut groups) = self.groups.lock()
+        {
+            groups.push(pgid);
+        }
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+        let kill = CancellationToken::new();
+        let (killer, closed) = (kill.clone(), self.closed.clone());
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                waited = child.wait() => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match waited {
+                        Ok(status) => match (status.code(), status.signal()) {
+                            (Some(code), _) => ExitStatus::Exited(code),
+                            (None, Some(signal)) => ExitStatus::Signaled(signal),
+                            (None, None) => ExitStatus::Exited(-1),
+                        },
+                        Err(_) => ExitStatus::Cancelled,
+                    }
+                }
+                _ = killer.cancelled() => ExitStatus::Cancelled,
+                _ = closed.cancelled() => ExitStatus::Cancelled,
+            };
+            if status == ExitStatus::Cancelled {
+                if let Some(pgid) = pgid {
+                    kill_group(pgid);
+                }
+                let _ = child.wait().await;
+            }
+            let _ = exit_tx.send(Some(status));
+        });
+        Ok(Spawned {
+            stdin: pipes.stdin,
+            stdout: pipes.stdout,
+            stderr: pipes.stderr,
+            handle: ProcessHandle::new(exit_rx, kill),
         })
     }
 

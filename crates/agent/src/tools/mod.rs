@@ -261,7 +261,7 @@ impl ToolOutput {
         }
     }
 
-    fn cut_to(mut self, max_bytes: usize) -> Self {
+    pub(crate) fn cut_to(mut self, max_bytes: usize) -> Self {
         if self.text.len() > max_bytes {
             self.text = cut_text(&self.text, max_bytes);
         }

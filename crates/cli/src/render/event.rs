@@ -47,6 +47,11 @@ pub fn event(record: &EventRecord) -> String {
             },
             None,
         ),
+        Event::McpServerReady { server, tools } => (
+            "mcp",
+            format!("{server}: {} tools ({})", tools.len(), tools.join(", ")),
+            None,
+        ),
         Event::ModelRequest {
             turn,
             model,

@@ -177,6 +177,26 @@ pub fn describe(loaded: &Loaded) -> String {
         out.value(&format!("secrets.{}", secret.name), Some(scope));
     }
 
+    if !config.mcp.is_empty() {
+        out.blank();
+    }
+    for server in &config.mcp {
+        let mut words = vec![server.command.clone()];
+        words.extend(server.args.iter().cloned());
+        let mut text = format!("stdio, in the sandbox: {}", list(&words));
+        if let Some(tools) = &server.tools {
+            text.push_str(&format!("; only {}", list(tools)));
+        }
+        if !server.exclude_tools.is_empty() {
+            text.push_str(&format!("; not {}", list(&server.exclude_tools)));
+        }
+        if !server.env.is_empty() {
+            let names: Vec<String> = server.env.keys().cloned().collect();
+            text.push_str(&format!("; env {}", names.join(", ")));
+        }
+        out.value(&format!("mcp.{}", server.name), Some(text));
+    }
+
     if config.review.auto {
         out.blank();
         out.value(

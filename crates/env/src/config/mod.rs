@@ -15,6 +15,7 @@ mod describe;
 mod ecosystems;
 mod error;
 mod importers;
+mod mcp;
 mod provenance;
 mod schema;
 mod sections;
@@ -41,10 +42,11 @@ pub use ecosystems::{
 pub use error::{ConfigError, ConfigWarning, Location, WarningKind};
 pub use provenance::{Importer, Origin, Provenance};
 pub use schema::{
-    CONFIG_VERSION, Check, EnvConfig, Environment, Limits, Network, Review, SecretScope, SecretSpec,
+    CONFIG_VERSION, Check, EnvConfig, Environment, Limits, McpServer, Network, Review, SecretScope,
+    SecretSpec,
 };
 pub use units::{ByteSize, HumanDuration};
-pub use validate::patterns_overlap;
+pub use validate::{mcp_server_name, patterns_overlap};
 
 /// The configuration file's name, at the repository root.
 pub const CONFIG_FILE: &str = ".nightshift.toml";

@@ -26,6 +26,28 @@ pub struct EnvConfig {
     /// never in configuration.
     pub secrets: Vec<SecretSpec>,
     pub review: Review,
+    /// MCP servers whose tools the agent gets, in the order they were written.
+    pub mcp: Vec<McpServer>,
+}
+
+/// `[mcp.NAME]`: an MCP server run inside the task's sandbox, spoken to over its standard
+/// input and output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct McpServer {
+    pub name: String,
+    /// The program, found on the sandbox's `PATH` or given as a path.
+    pub command: String,
+    pub args: Vec<String>,
+    /// Variables for it, over the sandbox's environment.
+    pub env: BTreeMap<String, String>,
+    /// Only these of its tools, when given.
+    pub tools: Option<Vec<String>>,
+    /// Never these of its tools.
+    pub exclude_tools: Vec<String>,
+    /// How long starting it may take; `None` is the default (30 s).
+    pub startup_timeout: Option<HumanDuration>,
+    /// How long one call may take; `None` is the default (2 min).
+    pub timeout: Option<HumanDuration>,
 }
 
 /// `[review]`: what is reviewed without being asked.
@@ -174,6 +196,7 @@ impl EnvConfig {
             limits: Limits::default(),
             secrets: Vec::new(),
             review: Review::default(),
+            mcp: Vec::new(),
         }
     }
 

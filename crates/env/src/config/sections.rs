@@ -52,6 +52,7 @@ impl<'a> TomlReader<'a> {
                 "limits" => self.limits(self.table(name, value)?, config)?,
                 "secrets" => self.secrets(self.table(name, value)?, config)?,
                 "review" => self.review(self.table(name, value)?, config)?,
+                "mcp" => self.mcp(self.table(name, value)?, config)?,
                 _ => self.unknown_key("", key, TOP_KEYS),
             }
         }
@@ -458,7 +459,11 @@ impl<'a> TomlReader<'a> {
         }
     }
 
-    fn duration(&self, key: &str, value: &Value<'_>) -> Result<HumanDuration, ConfigError> {
+    pub(crate) fn duration(
+        &self,
+        key: &str,
+        value: &Value<'_>,
+    ) -> Result<HumanDuration, ConfigError> {
         let text = self.string(key, value)?;
         let duration: HumanDuration = text
             .parse()

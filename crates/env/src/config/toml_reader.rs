@@ -23,6 +23,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "limits",
     "secrets",
     "review",
+    "mcp",
 ];
 pub(crate) const ENVIRONMENT_KEYS: &[&str] = &[
     "setup",
@@ -38,6 +39,15 @@ pub(crate) const NETWORK_KEYS: &[&str] = &["setup", "agent"];
 pub(crate) const LIMITS_KEYS: &[&str] = &["wall_time", "memory", "cpus", "pids", "disk"];
 pub(crate) const SECRET_KEYS: &[&str] = &["scope", "hosts", "header", "format"];
 pub(crate) const REVIEW_KEYS: &[&str] = &["auto"];
+pub(crate) const MCP_KEYS: &[&str] = &[
+    "command",
+    "args",
+    "env",
+    "tools",
+    "exclude_tools",
+    "startup_timeout",
+    "timeout",
+];
 
 /// Sections whose keys are fixed, searched when a key is unknown where it was written but
 /// belongs elsewhere (`wall_time` under `[environment]`).

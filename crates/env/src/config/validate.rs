@@ -87,6 +87,25 @@ pub(crate) fn env_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// An MCP server's name, the prefix of its tools' names as the model sees them
+/// (`NAME__TOOL`).
+pub fn mcp_server_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !plain {
+        return Err("is not an MCP server name (at most 32 letters, digits, `_` and `-`): it prefixes its tools' names".into());
+    }
+    if name.contains("__") || name.ends_with('_') {
+        return Err(
+            "may not contain `__` or end with `_`: `__` separates it from its tools' names".into(),
+        );
+    }
+    Ok(())
+}
+
 /// A host pattern for a network allowlist: `example.com`, `*.example.com`, optionally
 /// `:PORT`. Returned lowercased.
 pub(crate) fn host_pattern(raw: &str) -> Result<String, String> {

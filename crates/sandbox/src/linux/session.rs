@@ -11,19 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+mod spawn;
+
 use super::cgroup::{Counters, SessionCgroup};
 use super::process::{HelperProcess, StderrTail};
 use super::spare::NextSpare;
 use super::state::{self, Resources};
-use super::wire::{self, Reply, Request, WireStatus};
+use super::wire::{Reply, Request, WireStatus};
 use super::{Limits, read_frame_async, sys};
-use crate::{ExecOutput, ExecRequest, ExitStatus, Limit, SandboxError, SandboxSession};
+use crate::{
+    ExecOutput, ExecRequest, ExitStatus, Limit, SandboxError, SandboxSession, SpawnRequest, Spawned,
+};
 
 /// Extra time the host gives the init past a command's own timeout before it gives up on it.
 const BACKSTOP: Duration = Duration::from_secs(30);
@@ -136,7 +139,7 @@ pub struct NamespacedSession {
     workspace: PathBuf,
     pid: i32,
     pidfd: Arc<OwnedFd>,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Pending,
     next_id: AtomicU64,
     child: tokio::sync::Mutex<Option<HelperProcess>>,
@@ -197,7 +200,7 @@ impl NamespacedSession {
             workspace: PathBuf::from(format!("/proc/{}/root/workspace", parts.pid)),
             pid: parts.pid,
             pidfd: Arc::new(parts.pidfd),
-            writer: tokio::sync::Mutex::new(writer),
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
             pending,
             next_id: AtomicU64::new(1),
             child: tokio::sync::Mutex::new(Some(parts.child)),
@@ -248,12 +251,7 @@ impl NamespacedSession {
     }
 
     async fn send(&self, request: &Request, payload: &[u8]) -> Result<(), SandboxError> {
-        let frame = wire::encode_frame(request, payload).map_err(SandboxError::Wait)?;
-        let mut writer = self.writer.lock().await;
-        writer
-            .write_all(&frame)
-            .await
-            .map_err(|e| gone(&e.to_string()))
+        spawn::send_frame(&self.writer, request, payload, &[]).await
     }
 
     fn counters(&self) -> Counters {
@@ -281,7 +279,7 @@ impl NamespacedSession {
     }
 }
 
-fn gone(detail: &str) -> SandboxError {
+pub(super) fn gone(detail: &str) -> SandboxError {
     SandboxError::Wait(std::io::Error::other(format!(
         "the sandbox ended unexpectedly ({detail})"
     )))
@@ -503,6 +501,10 @@ impl SandboxSession for NamespacedSession {
             omitted_bytes: done.omitted,
             duration: started.elapsed(),
         })
+    }
+
+    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, SandboxError> {
+        self.spawn_process(request).await
     }
 
     async fn close(&self) -> Result<(), SandboxError> {

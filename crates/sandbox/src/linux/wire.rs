@@ -126,6 +126,16 @@ pub enum Request {
         /// Whether the payload is standard input (an empty one still opens a pipe).
         stdin: bool,
     },
+    /// Start a long-lived command whose standard input, output and error are the three pipe
+    /// ends passed with this frame, in that order; `Done` follows when it exits (see
+    /// `SandboxSession::spawn`).
+    Spawn {
+        id: u64,
+        command: String,
+        /// Relative to /workspace, already checked not to climb out.
+        cwd: PathBuf,
+        env: Vec<(String, String)>,
+    },
     /// Kill the process group of a running command.
     Kill { id: u64 },
 }
@@ -239,55 +249,81 @@ pub const MAX_FDS: usize = 200;
 /// Writes an encoded frame on a blocking socket, the descriptors `fds` riding with its first
 /// byte.
 pub fn send_with_fds(socket: &UnixStream, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let sent = sendmsg_with_fds(socket.as_raw_fd(), frame, fds)?;
+    (&*socket).write_all(&frame[sent..])
+}
+
+/// One `sendmsg` of (the start of) `frame` with the descriptors `fds`; how many bytes went.
+/// Without descriptors nothing is sent: the caller writes the whole frame. On a non-blocking
+/// socket it fails with `WouldBlock` when the socket is full.
+pub fn sendmsg_with_fds(socket: RawFd, frame: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     if fds.len() > MAX_FDS || frame.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "too many descriptors",
         ));
     }
-    let mut sent = 0;
-    if !fds.is_empty() {
-        let payload = std::mem::size_of_val(fds) as u32;
-        // SAFETY: CMSG_SPACE only computes a size.
-        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-        let mut control = vec![0u64; space.div_ceil(8)];
-        let mut iov = libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        };
-        // SAFETY: an all-zero msghdr is valid; we fill the fields we use.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, aligned, and zeroed, so the
-        // first header exists and has room for `payload` bytes of data.
-        let ret = unsafe {
-            let header = libc::CMSG_FIRSTHDR(&msg);
-            (*header).cmsg_level = libc::SOL_SOCKET;
-            (*header).cmsg_type = libc::SCM_RIGHTS;
-            (*header).cmsg_len = libc::CMSG_LEN(payload) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(header),
-                payload as usize,
-            );
-            libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        sent = ret as usize;
+    if fds.is_empty() {
+        return Ok(0);
     }
-    (&*socket).write_all(&frame[sent..])
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: frame.as_ptr() as *mut libc::c_void,
+        iov_len: frame.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; we fill the fields we use.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, aligned, and zeroed, so the
+    // first header exists and has room for `payload` bytes of data.
+    let ret = unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(payload) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(header),
+            payload as usize,
+        );
+        libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL)
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret as usize)
 }
 
 /// Reads one frame from a blocking socket, with the descriptors sent along with it
-/// (close-on-exec); `Ok(None)` at a clean end of stream.
+/// (close-on-exec); `Ok(None)` at a clean end of stream. A payload is read and dropped:
+/// configuration frames carry none.
 pub fn read_frame_with_fds<T: for<'de> Deserialize<'de>>(
     socket: &UnixStream,
 ) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    Ok(read_frame_parts(socket, false)?.map(|(header, _, fds)| (header, fds)))
+}
+
+/// One frame as read: its header, its payload and the descriptors that came with it.
+pub type FrameParts<T> = (T, Vec<u8>, Vec<OwnedFd>);
+
+/// [`read_frame_with_fds`] keeping the payload: a request frame, whose payload may be a
+/// command's standard input.
+pub fn read_request_with_fds<T: for<'de> Deserialize<'de>>(
+    socket: &UnixStream,
+) -> io::Result<Option<FrameParts<T>>> {
+    read_frame_parts(socket, true)
+}
+
+fn read_frame_parts<T: for<'de> Deserialize<'de>>(
+    socket: &UnixStream,
+    keep_payload: bool,
+) -> io::Result<Option<FrameParts<T>>> {
     let mut prefix = [0u8; 8];
     let mut filled = 0;
     let mut fds = Vec::new();
@@ -344,10 +380,15 @@ pub fn read_frame_with_fds<T: for<'de> Deserialize<'de>>(
     let (header_len, payload_len) = decode_lengths(prefix)?;
     let mut header = vec![0u8; header_len];
     (&*socket).read_exact(&mut header)?;
-    // Configuration frames carry no payload; read and drop one if there is.
-    io::copy(&mut socket.take(payload_len as u64), &mut io::sink())?;
+    let mut payload = Vec::new();
+    if keep_payload {
+        payload = vec![0u8; payload_len];
+        (&*socket).read_exact(&mut payload)?;
+    } else {
+        io::copy(&mut socket.take(payload_len as u64), &mut io::sink())?;
+    }
     let header = serde_json::from_slice(&header).map_err(io::Error::other)?;
-    Ok(Some((header, fds)))
+    Ok(Some((header, payload, fds)))
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ fn body(record: &EventRecord) -> Markup {
         Event::SandboxStarted { backend, isolated } => html! {
             "Sandbox " code { (backend) } (if *isolated { " (isolated)" } else { " (not isolated)" })
         },
+        Event::McpServerReady { server, tools } => html! {
+            "MCP server " code { (server) } " offers " (tools.len()) " tools: " (tools.join(", "))
+        },
         Event::ModelRequest {
             turn,
             model,

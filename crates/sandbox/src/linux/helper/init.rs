@@ -283,13 +283,14 @@ fn serve(
             std::process::exit(1);
         }
     }
-    let mut input = control;
+    let input = control;
     loop {
-        let frame = match wire::read_frame::<Request>(&mut input) {
+        let (request, payload, fds) = match wire::read_request_with_fds::<Request>(&input) {
             Ok(Some(frame)) => frame,
             // The host is gone or broken: exiting pid 1 ends every process in the sandbox.
             Ok(None) | Err(_) => std::process::exit(0),
         };
+        let frame = (request, payload);
         match frame {
             (
                 Request::Exec {
@@ -303,7 +304,6 @@ fn serve(
                 },
                 payload,
             ) => {
-                let shared = shared.clone();
                 let job = Job {
                     id,
                     command,
@@ -313,37 +313,44 @@ fn serve(
                     output_limit,
                     stdin: stdin.then_some(payload),
                     user: user.clone(),
+                    stdio: None,
                 };
-                let fallback = shared.clone();
-                let id = job.id;
-                let job = Arc::new(Mutex::new(Some(job)));
-                let start = |job: Arc<Mutex<Option<Job>>>, shared: Arc<Shared>| {
-                    std::thread::Builder::new().spawn(move || {
-                        let job = job.lock().ok().and_then(|mut j| j.take());
-                        if let Some(job) = job {
-                            job.run(&shared);
-                        }
-                    })
+                start_job(job, &shared);
+            }
+            (
+                Request::Spawn {
+                    id,
+                    command,
+                    cwd,
+                    env,
+                },
+                _,
+            ) => {
+                let Ok([stdin, stdout, stderr]) = <[OwnedFd; 3]>::try_from(fds) else {
+                    let status = WireStatus::SpawnFailed {
+                        message: "the host sent no standard streams".into(),
+                    };
+                    let reply = Reply::Done {
+                        id,
+                        status,
+                        omitted: 0,
+                        duration_ms: 0,
+                    };
+                    shared.send(&reply, &[]);
+                    continue;
                 };
-                if start(job.clone(), shared.clone()).is_err() {
-                    // Out of processes (rlimits only, no cgroup): something, a fork bomb most
-                    // likely, holds them all. Pid 1 ends every other process and tries again.
-                    // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
-                    unsafe { libc::kill(-1, libc::SIGKILL) };
-                    std::thread::sleep(Duration::from_millis(200));
-                    if start(job, shared).is_err() {
-                        let status = WireStatus::SpawnFailed {
-                            message: "the sandbox's init could not start a thread".into(),
-                        };
-                        let reply = Reply::Done {
-                            id,
-                            status,
-                            omitted: 0,
-                            duration_ms: 0,
-                        };
-                        fallback.send(&reply, &[]);
-                    }
-                }
+                let job = Job {
+                    id,
+                    command,
+                    cwd: Path::new("/workspace").join(cwd),
+                    env,
+                    timeout: Duration::MAX,
+                    output_limit: 0,
+                    stdin: None,
+                    user: user.clone(),
+                    stdio: Some([stdin, stdout, stderr]),
+                };
+                start_job(job, &shared);
             }
             (Request::Kill { id }, _) => {
                 let pgid = shared.table().running.get(&id).map(|running| {
@@ -360,6 +367,40 @@ fn serve(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Runs `job` on a thread of its own; when no thread can start, ends every other process (a
+/// fork bomb most likely holds them all) and tries once more, else reports the failure.
+fn start_job(job: Job, shared: &Arc<Shared>) {
+    let id = job.id;
+    let job = Arc::new(Mutex::new(Some(job)));
+    let start = |job: Arc<Mutex<Option<Job>>>, shared: Arc<Shared>| {
+        std::thread::Builder::new().spawn(move || {
+            let job = job.lock().ok().and_then(|mut j| j.take());
+            if let Some(job) = job {
+                job.run(&shared);
+            }
+        })
+    };
+    if start(job.clone(), shared.clone()).is_err() {
+        // Out of processes (rlimits only, no cgroup): something, a fork bomb most
+        // likely, holds them all. Pid 1 ends every other process and tries again.
+        // SAFETY: kill(-1) from pid 1 signals every other process of the namespace.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(200));
+        if start(job, shared.clone()).is_err() {
+            let status = WireStatus::SpawnFailed {
+                message: "the sandbox's init could not start a thread".into(),
+            };
+            let reply = Reply::Done {
+                id,
+                status,
+                omitted: 0,
+                duration_ms: 0,
+            };
+            shared.send(&reply, &[]);
         }
     }
 }

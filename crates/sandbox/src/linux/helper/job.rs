@@ -29,6 +29,9 @@ pub(super) struct Job {
     /// The ids the command switches to before it executes (an image's user); `None` keeps the
     /// init's.
     pub user: Option<CommandUser>,
+    /// A long-lived process's standard input, output and error, the host's pipes: its output
+    /// is the host's to read, and it has no timeout.
+    pub stdio: Option<[OwnedFd; 3]>,
 }
 
 /// What the child needs after fork, prepared before it: nothing may allocate in between.
@@ -92,9 +95,13 @@ impl Job {
         })
     }
 
-    pub(super) fn run(self, shared: &Shared) {
+    pub(super) fn run(mut self, shared: &Shared) {
         let started = Instant::now();
-        let (status, output, omitted) = match self.execute(shared) {
+        let result = match self.stdio.take() {
+            Some(stdio) => self.stream(shared, stdio),
+            None => self.execute(shared),
+        };
+        let (status, output, omitted) = match result {
             Ok((status, buffer)) => (status, buffer.render(), buffer.omitted()),
             Err(message) => (WireStatus::SpawnFailed { message }, String::new(), 0),
         };
@@ -107,24 +114,37 @@ impl Job {
         shared.send(&reply, output.as_bytes());
     }
 
-    fn execute(&self, shared: &Shared) -> Result<(WireStatus, HeadTailBuffer), String> {
+    /// Runs a long-lived process on the host's pipes until it exits or is killed.
+    fn stream(
+        &self,
+        shared: &Shared,
+        stdio: [OwnedFd; 3],
+    ) -> Result<(WireStatus, HeadTailBuffer), String> {
         let prepared = self.prepare()?;
-        let (out_read, out_write) = pipe()?;
-        let (in_read, in_write) = pipe()?;
-        // An empty standard input needs no writer: closed before the command starts, the pipe
-        // reads as ended, and the init holds one descriptor less while the command runs.
-        let stdin = self.stdin.clone().unwrap_or_default();
-        let in_write = (!stdin.is_empty()).then_some(in_write);
+        let [stdin, stdout, stderr] = stdio;
         let (tx, rx) = mpsc::channel();
         let killed = Arc::new(AtomicBool::new(false));
+        let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
+        self.start(shared, &prepared, fds, tx, &killed)?;
+        drop((stdin, stdout, stderr));
+        let raw = rx.recv().unwrap_or(0);
+        shared.table().running.remove(&self.id);
+        Ok((wire_status(raw, false, &killed), HeadTailBuffer::new(0)))
+    }
+
+    /// Forks the command on `fds` (standard input, output, error) and registers it: its exit
+    /// status goes to `exited`, and a kill request for its id reaches its group.
+    fn start(
+        &self,
+        shared: &Shared,
+        prepared: &Prepared,
+        fds: [RawFd; 3],
+        exited: mpsc::Sender<i32>,
+        killed: &Arc<AtomicBool>,
+    ) -> Result<i32, String> {
         let start = || {
             let table = shared.table();
-            let spawned = spawn(
-                &prepared,
-                in_read.as_raw_fd(),
-                out_write.as_raw_fd(),
-                &shared.cgroups,
-            );
+            let spawned = spawn(prepared, fds, &shared.cgroups);
             spawned.map(|pid| (table, pid))
         };
         let started = match start() {
@@ -139,20 +159,37 @@ impl Job {
             }
             other => other,
         };
-        let pid = {
-            let (mut table, pid) = started.map_err(|e| format!("fork: {e}"))?;
-            table.waiters.insert(pid, tx);
-            table.running.insert(
-                self.id,
-                Running {
-                    pgid: pid,
-                    killed: killed.clone(),
-                },
-            );
-            table.children += 1;
-            pid
-        };
+        let (mut table, pid) = started.map_err(|e| format!("fork: {e}"))?;
+        table.waiters.insert(pid, exited);
+        table.running.insert(
+            self.id,
+            Running {
+                pgid: pid,
+                killed: killed.clone(),
+            },
+        );
+        table.children += 1;
+        drop(table);
         shared.spawned.notify_all();
+        Ok(pid)
+    }
+
+    fn execute(&self, shared: &Shared) -> Result<(WireStatus, HeadTailBuffer), String> {
+        let prepared = self.prepare()?;
+        let (out_read, out_write) = pipe()?;
+        let (in_read, in_write) = pipe()?;
+        // An empty standard input needs no writer: closed before the command starts, the pipe
+        // reads as ended, and the init holds one descriptor less while the command runs.
+        let stdin = self.stdin.clone().unwrap_or_default();
+        let in_write = (!stdin.is_empty()).then_some(in_write);
+        let (tx, rx) = mpsc::channel();
+        let killed = Arc::new(AtomicBool::new(false));
+        let fds = [
+            in_read.as_raw_fd(),
+            out_write.as_raw_fd(),
+            out_write.as_raw_fd(),
+        ];
+        let pid = self.start(shared, &prepared, fds, tx, &killed)?;
         drop(out_write);
         drop(in_read);
         // Without a thread, the command gets an empty standard input (the pipe closes).
@@ -227,21 +264,25 @@ impl Job {
                 }
             }
         }
-        let raw = status.unwrap_or(0);
-        let status = if killed.load(Ordering::SeqCst) {
-            WireStatus::Killed
-        } else if timed_out {
-            WireStatus::TimedOut
-        } else if libc::WIFEXITED(raw) {
-            WireStatus::Exited {
-                code: libc::WEXITSTATUS(raw),
-            }
-        } else {
-            WireStatus::Signaled {
-                signal: libc::WTERMSIG(raw),
-            }
-        };
+        let status = wire_status(status.unwrap_or(0), timed_out, killed);
         (status, buffer)
+    }
+}
+
+/// A command's end as the host is told it.
+fn wire_status(raw: i32, timed_out: bool, killed: &AtomicBool) -> WireStatus {
+    if killed.load(Ordering::SeqCst) {
+        WireStatus::Killed
+    } else if timed_out {
+        WireStatus::TimedOut
+    } else if libc::WIFEXITED(raw) {
+        WireStatus::Exited {
+            code: libc::WEXITSTATUS(raw),
+        }
+    } else {
+        WireStatus::Signaled {
+            signal: libc::WTERMSIG(raw),
+        }
     }
 }
 
@@ -263,12 +304,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 
 /// fork + execve, the child in a new session (so a new process group) with a default signal
 /// state. Between fork and execve the child only makes async-signal-safe calls.
-fn spawn(
-    prepared: &Prepared,
-    stdin: RawFd,
-    output: RawFd,
-    cgroups: &[OwnedFd],
-) -> std::io::Result<i32> {
+fn spawn(prepared: &Prepared, stdio: [RawFd; 3], cgroups: &[OwnedFd]) -> std::io::Result<i32> {
+    let [stdin, stdout, stderr] = stdio;
     let cgroups: Vec<RawFd> = cgroups.iter().map(|fd| fd.as_raw_fd()).collect();
     let mut argv: Vec<*const libc::c_char> = prepared.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -299,8 +336,8 @@ fn spawn(
             }
             libc::setsid();
             libc::dup2(stdin, 0);
-            libc::dup2(output, 1);
-            libc::dup2(output, 2);
+            libc::dup2(stdout, 1);
+            libc::dup2(stderr, 2);
             // Raw system calls: they change this thread's ids only, and the child has no
             // other thread. Leaving root for another uid drops every capability.
             if let Some(user) = &prepared.user {

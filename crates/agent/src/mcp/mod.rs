@@ -1,0 +1,312 @@
+//! MCP servers' tools in the agent's hands: each configured server is started (a stdio server
+//! as a long-lived process inside the task's sandbox), its tools are listed once, and they are
+//! offered to the model as `SERVER__TOOL` after the built-in tools, in a fixed order, so that the
+//! tool definitions stay byte for byte the same across turns. A server that fails to start, times
+//! out or crashes never hangs the task: its calls come back as tool errors that say what
+//! happened, and a crashed server is started again for the next call.
+
+mod connection;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use nightshift_model::ToolSpec;
+use nightshift_sandbox::SandboxSession;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::tools::ToolOutput;
+use connection::Connection;
+
+/// Between a server's name and its tool's in the name the model sees.
+pub const SEPARATOR: &str = "__";
+
+/// The longest tool name the providers accept (OpenAI's limit; Anthropic's is the same).
+const MAX_TOOL_NAME: usize = 64;
+
+/// How many times a server that crashed is started again in one task.
+const MAX_RESTARTS: u32 = 3;
+
+/// One MCP server, as the configuration says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServerSpec {
+    /// Its name: the prefix of its tools' names (letters, digits, `-` and `_`, no `__`).
+    pub name: String,
+    /// A program started inside the sandbox, spoken to over its standard input and output.
+    pub command: String,
+    pub args: Vec<String>,
+    /// Variables for it, over the sandbox's environment.
+    pub env: Vec<(String, String)>,
+    /// Only these of its tools, when given.
+    pub tools: Option<Vec<String>>,
+    /// Never these of its tools.
+    pub exclude_tools: Vec<String>,
+    /// How long starting it (up to its tool list) may take.
+    pub startup_timeout: Duration,
+    /// How long one call may take; past it the server is stopped.
+    pub call_timeout: Duration,
+    /// Where it was declared (`.nightshift.toml`, `config.toml`), for messages.
+    pub origin: String,
+}
+
+impl McpServerSpec {
+    /// A stdio server with the default timeouts and every tool.
+    pub fn stdio(name: impl Into<String>, command: impl Into<String>, args: Vec<String>) -> Self {
+        McpServerSpec {
+            name: name.into(),
+            command: command.into(),
+            args,
+            env: Vec::new(),
+            tools: None,
+            exclude_tools: Vec::new(),
+            startup_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(120),
+            origin: String::new(),
+        }
+    }
+
+    fn offers(&self, tool: &str) -> bool {
+        let chosen = self
+            .tools
+            .as_ref()
+            .is_none_or(|tools| tools.iter().any(|t| t == tool));
+        chosen && !self.exclude_tools.iter().any(|t| t == tool)
+    }
+}
+
+/// What starting one server came to, for the task's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerReport {
+    pub name: String,
+    /// The tools offered to the model, as the model sees their names.
+    pub tools: Vec<String>,
+    /// Why it offers nothing, or what of it was left out.
+    pub warnings: Vec<String>,
+}
+
+/// The MCP tools of one agent run.
+pub struct McpTools {
+    servers: Vec<Server>,
+    specs: Vec<ToolSpec>,
+    reports: Vec<ServerReport>,
+}
+
+struct Server {
+    spec: McpServerSpec,
+    /// The tools offered, by their own name.
+    tools: BTreeSet<String>,
+    connection: Mutex<Option<Connection>>,
+    restarts: Mutex<u32>,
+}
+
+impl McpTools {
+    /// No servers.
+    pub fn none() -> Self {
+        McpTools {
+            servers: Vec::new(),
+            specs: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// Starts every server in `session` and lists its tools. Never fails: a server that cannot
+    /// start offers no tools, and its report says why.
+    pub async fn start(specs: &[McpServerSpec], session: &dyn SandboxSession) -> Self {
+        let mut tools = McpTools::none();
+        for spec in specs {
+            let mut report = ServerReport {
+                name: spec.name.clone(),
+                tools: Vec::new(),
+                warnings: Vec::new(),
+            };
+            let connection = Connection::start(spec, session).await;
+            let mut offered = BTreeSet::new();
+            match &connection {
+                Ok((_, listed)) => {
+                    let mut listed = listed.clone();
+                    listed.sort_by(|a, b| a.name.cmp(&b.name));
+                    for tool in listed {
+                        if !spec.offers(&tool.name) {
+                            continue;
+                        }
+                        let name = format!("{}{SEPARATOR}{}", spec.name, tool.name);
+                        if !valid_tool_name(&name) {
+                            report.warnings.push(format!(
+                                "left out its tool `{}`: `{name}` is not a name models accept \
+                                 (at most {MAX_TOOL_NAME} letters, digits, `_` and `-`)",
+                                tool.name
+                            ));
+                            continue;
+                        }
+                        tools.specs.push(ToolSpec {
+                            name: name.clone(),
+                            description: tool.description.clone(),
+                            parameters: tool.schema.clone(),
+                        });
+                        offered.insert(tool.name.clone());
+                        report.tools.push(name);
+                    }
+                    for wanted in spec.tools.iter().flatten() {
+                        if !listed_has(&tools.specs, &spec.name, wanted) {
+                            report.warnings.push(format!(
+                                "`tools` names `{wanted}`, which the server does not offer"
+                            ));
+                        }
+                    }
+                }
+                Err(why) => report.warnings.push(format!(
+                    "the MCP server `{}` did not start, so its tools are not available: {why}",
+                    spec.name
+                )),
+            }
+            tools.reports.push(report);
+            tools.servers.push(Server {
+                spec: spec.clone(),
+                tools: offered,
+                connection: Mutex::new(connection.ok().map(|(connection, _)| connection)),
+                restarts: Mutex::new(0),
+            });
+        }
+        tools
+    }
+
+    /// The tools as the model sees them, after the built-in ones: by server, in the
+    /// configuration's order, and by tool name within a server.
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
+    }
+
+    /// What each server offers, and what went wrong with it.
+    pub fn reports(&self) -> &[ServerReport] {
+        &self.reports
+    }
+
+    /// Whether `name` is one of these tools.
+    pub fn handles(&self, name: &str) -> bool {
+        self.specs.iter().any(|spec| spec.name == name)
+    }
+
+    /// Calls the tool `name` (as the model sees it) with the model's raw JSON `arguments`.
+    /// Never fails: every problem is a failed [`ToolOutput`] that says what happened.
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: &str,
+        session: &dyn SandboxSession,
+        cancel: &CancellationToken,
+    ) -> ToolOutput {
+        let Some((server, tool)) = self.route(name) else {
+            return ToolOutput::failure(format!("unknown tool `{name}`"));
+        };
+        let arguments = match parse_arguments(arguments) {
+            Ok(arguments) => arguments,
+            Err(why) => return ToolOutput::failure(why),
+        };
+        let mut slot = server.connection.lock().await;
+        if slot.as_ref().is_none_or(Connection::ended) {
+            let ended = slot.take().map(|connection| connection.describe_end());
+            let mut restarts = server.restarts.lock().await;
+            if *restarts >= MAX_RESTARTS {
+                return ToolOutput::failure(format!(
+                    "the MCP server `{}` is not running{}, and it was restarted {MAX_RESTARTS} \
+                     times already in this task; its tools are unavailable",
+                    server.spec.name,
+                    ended.map(|why| format!(" ({why})")).unwrap_or_default(),
+                ));
+            }
+            *restarts += 1;
+            match Connection::start(&server.spec, session).await {
+                Ok((connection, _)) => *slot = Some(connection),
+                Err(why) => {
+                    return ToolOutput::failure(format!(
+                        "the MCP server `{}` could not be started: {why}",
+                        server.spec.name
+                    ));
+                }
+            }
+        }
+        let Some(connection) = slot.as_ref() else {
+            return ToolOutput::failure(format!("the MCP server `{}` is not running", name));
+        };
+        let outcome = connection
+            .call(tool, arguments, server.spec.call_timeout, cancel)
+            .await;
+        if connection.ended() {
+            // Kept for its account of the end; the next call starts it again.
+            connection.stop();
+        }
+        outcome
+    }
+
+    /// Stops every server.
+    pub async fn stop(&self) {
+        for server in &self.servers {
+            if let Some(connection) = server.connection.lock().await.take() {
+                connection.shut_down().await;
+            }
+        }
+    }
+
+    fn route<'a>(&'a self, name: &'a str) -> Option<(&'a Server, &'a str)> {
+        let (prefix, tool) = name.split_once(SEPARATOR)?;
+        let server = self.servers.iter().find(|s| s.spec.name == prefix)?;
+        server.tools.contains(tool).then_some((server, tool))
+    }
+}
+
+fn listed_has(specs: &[ToolSpec], server: &str, tool: &str) -> bool {
+    let name = format!("{server}{SEPARATOR}{tool}");
+    specs.iter().any(|spec| spec.name == name)
+}
+
+/// A name every provider accepts as a tool's.
+pub fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOOL_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_arguments(arguments: &str) -> Result<serde_json::Map<String, Value>, String> {
+    if arguments.trim().is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("the arguments must be a JSON object".into()),
+        Err(e) => Err(format!("the arguments are not valid JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_and_exclude_tools_choose() {
+        let mut spec = McpServerSpec::stdio("docs", "server", Vec::new());
+        assert!(spec.offers("search"));
+        spec.exclude_tools = vec!["delete".into()];
+        assert!(spec.offers("search") && !spec.offers("delete"));
+        spec.tools = Some(vec!["search".into(), "delete".into()]);
+        assert!(spec.offers("search") && !spec.offers("delete") && !spec.offers("other"));
+    }
+
+    #[test]
+    fn names_models_accept() {
+        assert!(valid_tool_name("docs__search-all"));
+        assert!(!valid_tool_name("docs__search all"));
+        assert!(!valid_tool_name("docs__café"));
+        assert!(!valid_tool_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn arguments_must_be_an_object() {
+        assert!(parse_arguments("").unwrap().is_empty());
+        assert_eq!(parse_arguments(r#"{"q":1}"#).unwrap()["q"], 1);
+        assert!(parse_arguments("[1]").unwrap_err().contains("JSON object"));
+        assert!(parse_arguments("{").unwrap_err().contains("not valid JSON"));
+    }
+}

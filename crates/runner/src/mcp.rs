@@ -1,0 +1,86 @@
+//! A task's MCP servers: the installation's (`config.toml`) and then the repository's
+//! (`.nightshift.toml`), started in the agent's own sandbox session, so that a repository's
+//! server is repository code with no more than the agent has.
+
+use std::time::Duration;
+
+use nightshift_agent::mcp::{McpServerSpec, McpTools};
+use nightshift_env::config::McpServer;
+use nightshift_protocol::Event;
+use nightshift_sandbox::SandboxSession;
+
+use crate::sink::TaskLog;
+use nightshift_agent::SinkError;
+
+/// Every server of a task, the installation's first; a repository server named like one of the
+/// installation's is left out, with a warning.
+pub(crate) fn task_servers(
+    host: &[McpServerSpec],
+    repository: &[McpServer],
+) -> (Vec<McpServerSpec>, Vec<String>) {
+    let mut servers = host.to_vec();
+    let mut warnings = Vec::new();
+    for server in repository {
+        if host.iter().any(|h| h.name == server.name) {
+            warnings.push(format!(
+                "the repository's MCP server `{0}` is left out: the installation's config.toml has a server of that name, which the task uses",
+                server.name
+            ));
+            continue;
+        }
+        servers.push(from_config(server));
+    }
+    (servers, warnings)
+}
+
+/// A repository's `[mcp.NAME]` as the agent takes it.
+pub fn from_config(server: &McpServer) -> McpServerSpec {
+    let mut spec = McpServerSpec::stdio(&server.name, &server.command, server.args.clone());
+    spec.env = server.env.clone().into_iter().collect();
+    spec.tools = server.tools.clone();
+    spec.exclude_tools = server.exclude_tools.clone();
+    if let Some(timeout) = server.startup_timeout {
+        spec.startup_timeout = timeout.as_duration();
+    }
+    if let Some(timeout) = server.timeout {
+        spec.call_timeout = timeout.as_duration();
+    }
+    spec.origin = ".nightshift.toml".into();
+    spec
+}
+
+/// Starts the servers in `session`, logging what each offers and what went wrong.
+pub(crate) async fn start(
+    log: &TaskLog,
+    session: &dyn SandboxSession,
+    host: &[McpServerSpec],
+    repository: &[McpServer],
+) -> Result<McpTools, SinkError> {
+    let (servers, warnings) = task_servers(host, repository);
+    for message in warnings {
+        log.append(Event::Warning { message }).await?;
+    }
+    if servers.is_empty() {
+        return Ok(McpTools::none());
+    }
+    let tools = McpTools::start(&servers, session).await;
+    for report in tools.reports() {
+        for message in &report.warnings {
+            log.append(Event::Warning {
+                message: format!("MCP server `{}`: {message}", report.name),
+            })
+            .await?;
+        }
+        if !report.tools.is_empty() || report.warnings.is_empty() {
+            log.append(Event::McpServerReady {
+                server: report.name.clone(),
+                tools: report.tools.clone(),
+            })
+            .await?;
+        }
+    }
+    Ok(tools)
+}
+
+/// The longest a task waits for its servers to end after the agent is done.
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(5);

@@ -1,0 +1,124 @@
+//! Long-lived processes of a namespaced session: the request that starts one carries its three
+//! pipe ends to the init, and a task per process follows its end and carries out its kill.
+
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::super::wire::{self, Request, WireStatus};
+use super::{NamespacedSession, gone};
+use crate::process::Pipes;
+use crate::{ExitStatus, ProcessHandle, SandboxError, SpawnRequest, Spawned};
+
+impl NamespacedSession {
+    /// See [`SandboxSession::spawn`](crate::SandboxSession::spawn).
+    pub(super) async fn spawn_process(
+        &self,
+        request: SpawnRequest,
+    ) -> Result<Spawned, SandboxError> {
+        if self.closed.is_cancelled() {
+            return Err(SandboxError::Closed);
+        }
+        if self.dead.is_cancelled() {
+            return Err(gone("its init is gone"));
+        }
+        let cwd = Self::resolve_workdir(request.workdir.as_deref())?;
+        let spawn_error = |source: std::io::Error| SandboxError::Spawn {
+            command: request.command.clone(),
+            source,
+        };
+        let pipes = Pipes::new().map_err(spawn_error)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        let mut env = self.env.clone();
+        for (key, value) in &request.env {
+            env.retain(|(existing, _)| existing != key);
+            env.push((key.clone(), value.clone()));
+        }
+        let spawn = Request::Spawn {
+            id,
+            command: request.command.clone(),
+            cwd,
+            env,
+        };
+        let fds = pipes.child.each_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        if let Err(e) = send_frame(&self.writer, &spawn, &[], &fds).await {
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.remove(&id);
+            }
+            return Err(e);
+        }
+        // The init holds its own copies now.
+        drop(pipes.child);
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
+        let kill = CancellationToken::new();
+        let (writer, closed) = (self.writer.clone(), self.closed.clone());
+        let killer = kill.clone();
+        tokio::spawn(async move {
+            tokio::pin!(rx);
+            let mut killed = false;
+            let status = loop {
+                tokio::select! {
+                    done = &mut rx => break match done {
+                        Ok(done) => match done.status {
+                            _ if killed => ExitStatus::Cancelled,
+                            WireStatus::Exited { code } => ExitStatus::Exited(code),
+                            WireStatus::Signaled { signal } => ExitStatus::Signaled(signal),
+                            WireStatus::SpawnFailed { message } => {
+                                tracing::warn!(%message, "a long-lived process did not start");
+                                ExitStatus::Exited(127)
+                            }
+                            WireStatus::TimedOut | WireStatus::Killed => ExitStatus::Cancelled,
+                        },
+                        Err(_) => ExitStatus::Cancelled,
+                    },
+                    _ = killer.cancelled(), if !killed => {
+                        killed = true;
+                        let _ = send_frame(&writer, &Request::Kill { id }, &[], &[]).await;
+                    }
+                    _ = closed.cancelled() => break ExitStatus::Cancelled,
+                }
+            };
+            let _ = exit_tx.send(Some(status));
+        });
+        Ok(Spawned {
+            stdin: pipes.stdin,
+            stdout: pipes.stdout,
+            stderr: pipes.stderr,
+            handle: ProcessHandle::new(exit_rx, kill),
+        })
+    }
+}
+
+/// Sends one request to the init, the descriptors `fds` riding with its first byte.
+pub(super) async fn send_frame(
+    writer: &tokio::sync::Mutex<OwnedWriteHalf>,
+    request: &Request,
+    payload: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> Result<(), SandboxError> {
+    let frame = wire::encode_frame(request, payload).map_err(SandboxError::Wait)?;
+    let mut writer = writer.lock().await;
+    let mut sent = 0;
+    if !fds.is_empty() {
+        let socket: &UnixStream = writer.as_ref();
+        let raw = std::os::fd::AsRawFd::as_raw_fd(socket);
+        sent = socket
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                wire::sendmsg_with_fds(raw, &frame, fds)
+            })
+            .await
+            .map_err(|e| gone(&e.to_string()))?;
+    }
+    writer
+        .write_all(&frame[sent..])
+        .await
+        .map_err(|e| gone(&e.to_string()))
+}
