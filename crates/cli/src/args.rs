@@ -269,6 +269,10 @@ pub enum EnvCommand {
         repo: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also start the MCP servers (the installation's and the repository's) in a sandbox
+        /// over the working tree and list the tools each offers; exits 1 if one does not start.
+        #[arg(long)]
+        probe: bool,
     },
     /// Whether a task on this repository would find its setup layer in the cache, and if not,
     /// which input changed since the last one was built.

@@ -357,7 +357,11 @@ pub struct Settings {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpSettings {
+    #[serde(default)]
     pub command: String,
+    pub url: Option<String>,
+    /// `"sse"` for a remote server of the older HTTP+SSE transport.
+    pub transport: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
@@ -376,14 +380,40 @@ impl Settings {
         for (name, server) in &self.mcp {
             nightshift_env::config::mcp_server_name(name)
                 .map_err(|err| format!("[mcp.{name}]: the name {err}"))?;
-            if server.command.trim().is_empty() {
-                return Err(format!("[mcp.{name}]: `command` is empty"));
-            }
-            let mut spec = nightshift_agent::mcp::McpServerSpec::stdio(
-                name,
-                &server.command,
-                server.args.clone(),
-            );
+            let mut spec = match &server.url {
+                Some(_) if !server.command.is_empty() || !server.args.is_empty() => {
+                    return Err(format!(
+                        "[mcp.{name}]: has both `url` and `command`: a server is either a remote \
+                         one or a program run in the sandbox"
+                    ));
+                }
+                Some(url) => {
+                    let url = nightshift_env::config::mcp_url(url)
+                        .map_err(|err| format!("[mcp.{name}] url = {url:?} {err}"))?;
+                    let mut spec = nightshift_agent::mcp::McpServerSpec::remote(name, url);
+                    spec.remote_transport = match server.transport.as_deref() {
+                        None | Some("streamable-http") => {
+                            nightshift_agent::mcp::RemoteTransport::StreamableHttp
+                        }
+                        Some("sse") => nightshift_agent::mcp::RemoteTransport::Sse,
+                        Some(other) => {
+                            return Err(format!(
+                                "[mcp.{name}] transport = {other:?}: it is \"streamable-http\" \
+                                 or \"sse\""
+                            ));
+                        }
+                    };
+                    spec
+                }
+                None if server.command.trim().is_empty() => {
+                    return Err(format!("[mcp.{name}]: has no `command` or `url`"));
+                }
+                None => nightshift_agent::mcp::McpServerSpec::stdio(
+                    name,
+                    &server.command,
+                    server.args.clone(),
+                ),
+            };
             spec.env = server.env.clone().into_iter().collect();
             spec.tools = server.tools.clone();
             spec.exclude_tools = server.exclude_tools.clone();

@@ -340,7 +340,7 @@ async fn a_push_and_pull_request_held_up_by_an_outage_are_retried_until_they_lan
     let github = github_api(TOKEN).await;
     let (mut ns, _model) =
         Nightshift::with_script(script(Value::Array(fixing_script_steps()))).await;
-    set_secret(&ns, "GH_TOKEN", TOKEN, &url);
+    set_secret_with(&ns, "GH_TOKEN", TOKEN, &["--repo", &url]);
     let out = ns
         .run(&[
             "repo",

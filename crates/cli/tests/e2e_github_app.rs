@@ -77,7 +77,7 @@ async fn a_github_app_mints_a_token_for_the_repository_and_pushes_and_opens_the_
         ]
         .map(str::to_string)
     };
-    set_secret(&ns, "GH_APP_KEY", &private, &url);
+    set_secret_with(&ns, "GH_APP_KEY", &private, &["--repo", &url]);
     let args = add(&url, "acme/app", "GH_APP_KEY");
     let out = ns
         .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -134,7 +134,7 @@ async fn a_github_app_mints_a_token_for_the_repository_and_pushes_and_opens_the_
         .run(&["secret", "grant", "GH_APP_KEY", "--repo", &elsewhere])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    set_secret(&ns, "OTHER_KEY", &other_private, &elsewhere);
+    set_secret_with(&ns, "OTHER_KEY", &other_private, &["--repo", &elsewhere]);
     for (secret, why) in [
         ("GH_APP_KEY", "is not installed on acme/elsewhere"),
         ("OTHER_KEY", "JSON web token could not be decoded"),

@@ -255,7 +255,7 @@ async fn a_remote_over_smart_http_is_fetched_and_pushed_with_a_stored_token_only
     assert!(stderr(&out).contains("--credential"), "{}", stderr(&out));
 
     // Registered with a stored token granted to it, the task fetches, works and pushes.
-    set_secret(&ns, "GIT_TOKEN", TOKEN, &url);
+    set_secret_with(&ns, "GIT_TOKEN", TOKEN, &["--repo", &url]);
     let out = ns
         .run(&[
             "repo",

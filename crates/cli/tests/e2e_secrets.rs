@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -15,57 +13,10 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "tok-5ecr3t-0123456789";
 
-/// `secret set NAME --all-repos`, the value on standard input.
-fn set_secret(ns: &Nightshift, name: &str, value: &str) {
-    set_secret_with(ns, name, value, &["--all-repos"]);
-}
-
-fn set_secret_with(ns: &Nightshift, name: &str, value: &str, grants: &[&str]) {
-    let mut args = vec!["secret", "set", name];
-    args.extend_from_slice(grants);
-    let mut child = ns
-        .command(&args)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{value}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn repo_with_secret_setup() -> tempfile::TempDir {
     buggy_repo_with_config(
         "[environment]\nsetup = \"echo the token is $NPM_TOKEN; echo $NPM_TOKEN > /tmp/seen\"\n\n[secrets]\nNPM_TOKEN = \"setup\"\n",
     )
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() && !path.is_symlink() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,22 +64,6 @@ async fn the_checks_test_the_committed_tree_not_what_setup_left_in_it() {
 
 const TOKEN: &str = "tok-5ecr3t-0123456789";
 
-/// `secret set NAME --all-repos`, the value on standard input.
-fn set_secret(ns: &Nightshift, name: &str, value: &str) {
-    use std::io::Write;
-    let mut child = ns
-        .command(&["secret", "set", name, "--all-repos"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(format!("{value}\n").as_bytes()).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
 /// Sends `text` to task `id` and returns the follow-up it started, once it has ended.
 async fn follow_up(ns: &Nightshift, id: &str, text: &str) -> (String, Value) {
     let said = ns.run(&["say", id, text]).await;

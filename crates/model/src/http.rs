@@ -377,8 +377,9 @@ fn broken(url: &str, err: &reqwest::Error) -> ModelError {
 
 /// reqwest only builds its TLS configuration with a rustls crypto provider installed, and
 /// panics without one. The binary installs ring at start-up; this covers every other caller
-/// (tests, embedders). Losing the race to another installer is fine: one is installed.
-fn ensure_crypto_provider() {
+/// (tests, embedders, the agent's HTTP clients). Losing the race to another installer is fine:
+/// one is installed.
+pub fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }

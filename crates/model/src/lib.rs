@@ -21,6 +21,7 @@ pub use anthropic::AnthropicMessages;
 pub use cassette::Redaction;
 pub use catalog::{ModelLimits, limits};
 pub use error::ModelError;
+pub use http::ensure_crypto_provider;
 pub use openai_chat::OpenAiChat;
 pub use openai_responses::OpenAiResponses;
 pub use pricing::{PRICES_AS_OF, Pricing, price_for};

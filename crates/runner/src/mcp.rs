@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use nightshift_agent::mcp::{McpServerSpec, McpTools};
+use nightshift_agent::mcp::{McpServerSpec, McpTools, RemoteTransport};
 use nightshift_env::config::McpServer;
 use nightshift_protocol::Event;
 use nightshift_sandbox::SandboxSession;
@@ -14,7 +14,7 @@ use nightshift_agent::SinkError;
 
 /// Every server of a task, the installation's first; a repository server named like one of the
 /// installation's is left out, with a warning.
-pub(crate) fn task_servers(
+pub fn task_servers(
     host: &[McpServerSpec],
     repository: &[McpServer],
 ) -> (Vec<McpServerSpec>, Vec<String>) {
@@ -35,7 +35,16 @@ pub(crate) fn task_servers(
 
 /// A repository's `[mcp.NAME]` as the agent takes it.
 pub fn from_config(server: &McpServer) -> McpServerSpec {
-    let mut spec = McpServerSpec::stdio(&server.name, &server.command, server.args.clone());
+    let mut spec = match &server.url {
+        Some(url) => {
+            let mut spec = McpServerSpec::remote(&server.name, url);
+            if server.sse {
+                spec.remote_transport = RemoteTransport::Sse;
+            }
+            spec
+        }
+        None => McpServerSpec::stdio(&server.name, &server.command, server.args.clone()),
+    };
     spec.env = server.env.clone().into_iter().collect();
     spec.tools = server.tools.clone();
     spec.exclude_tools = server.exclude_tools.clone();

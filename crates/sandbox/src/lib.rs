@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use output::HeadTailBuffer;
-pub use process::{ProcessHandle, SpawnRequest, Spawned};
+pub use process::{EgressRoute, ProcessHandle, SpawnRequest, Spawned};
 pub use unisolated::Unisolated;
 
 #[cfg(target_os = "linux")]
@@ -373,6 +373,13 @@ pub trait SandboxSession: Send + Sync {
             command: request.command,
             source: std::io::Error::other("this sandbox cannot run a long-lived process"),
         })
+    }
+
+    /// How the host reaches this session's egress proxy, for requests it makes on the
+    /// session's behalf (a remote MCP server's): under the session's allowlist, logged as its
+    /// egress, with its credentials added. `None` when the session has no proxy.
+    fn egress(&self) -> Option<EgressRoute> {
+        None
     }
 
     /// Ends the session and every process it started.

@@ -39,6 +39,18 @@ pub struct Spawned {
     pub handle: ProcessHandle,
 }
 
+/// A session's egress proxy as the host reaches it: see
+/// [`SandboxSession::egress`](crate::SandboxSession::egress).
+#[derive(Debug, Clone)]
+pub struct EgressRoute {
+    /// The proxy's Unix socket on the host. It speaks HTTP proxy requests: `CONNECT` for
+    /// HTTPS, absolute `http://` requests otherwise.
+    pub socket: PathBuf,
+    /// The session's certificate authority, in PEM, when the proxy adds credentials: it signs
+    /// the certificates the proxy shows for those hosts, so a client must trust it.
+    pub ca_pem: Option<String>,
+}
+
 /// Follows and ends a [`Spawned`] process. Clones follow the same process.
 #[derive(Clone)]
 pub struct ProcessHandle {

@@ -1,5 +1,6 @@
-//! One running MCP server: a process in the sandbox, an MCP client session over its standard
-//! input and output, and the tail of its standard error for when it fails.
+//! One running MCP server: a process in the sandbox with an MCP client session over its
+//! standard input and output (and the tail of its standard error for when it fails), or a remote
+//! server spoken to over streamable HTTP through the session's egress proxy.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,12 +10,16 @@ use nightshift_sandbox::{ExitStatus, HeadTailBuffer, ProcessHandle, SandboxSessi
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::McpServerSpec;
+use super::relay::{self, Relay};
+use super::sse::SseTransport;
+use super::{McpServerSpec, RemoteTransport};
 use crate::tools::ToolOutput;
 
 /// How much of a server's standard error is kept for messages.
@@ -40,15 +45,28 @@ pub(super) struct ListedTool {
 pub(super) struct Connection {
     name: String,
     client: RunningService<RoleClient, ()>,
-    process: ProcessHandle,
+    /// The server's process, for a stdio server.
+    process: Option<ProcessHandle>,
     stderr: Arc<Mutex<HeadTailBuffer>>,
+    /// The way to the egress proxy, for a remote server: it lives as long as the connection.
+    _relay: Option<Relay>,
     /// Set when a call timed out or the connection broke: the server is not used again.
     broken: AtomicBool,
 }
 
 impl Connection {
-    /// Starts the server and lists its tools, within its startup timeout.
+    /// Starts (or reaches) the server and lists its tools, within its startup timeout.
     pub async fn start(
+        spec: &McpServerSpec,
+        session: &dyn SandboxSession,
+    ) -> Result<(Connection, Vec<ListedTool>), String> {
+        match &spec.url {
+            Some(url) => Self::reach(spec, url, session).await,
+            None => Self::spawn(spec, session).await,
+        }
+    }
+
+    async fn spawn(
         spec: &McpServerSpec,
         session: &dyn SandboxSession,
     ) -> Result<(Connection, Vec<ListedTool>), String> {
@@ -93,36 +111,105 @@ impl Connection {
                 return Err(with_stderr(message, &stderr));
             }
         };
-        let tools = tools
-            .into_iter()
-            .map(|tool| ListedTool {
-                name: tool.name.to_string(),
-                description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
-                schema: Value::Object((*tool.input_schema).clone()),
-            })
-            .collect();
         let connection = Connection {
             name: spec.name.clone(),
             client,
-            process,
+            process: Some(process),
             stderr,
+            _relay: None,
             broken: AtomicBool::new(false),
         };
-        Ok((connection, tools))
+        Ok((connection, listed(tools)))
+    }
+
+    /// A remote server, through the session's egress proxy: its host must be on the session's
+    /// allowlist, the request is logged as the session's egress, and the proxy adds the
+    /// session's credentials for that host (a `proxy` secret), which this side never holds.
+    async fn reach(
+        spec: &McpServerSpec,
+        url: &str,
+        session: &dyn SandboxSession,
+    ) -> Result<(Connection, Vec<ListedTool>), String> {
+        let Some(route) = session.egress() else {
+            return Err(format!(
+                "a remote server is reached through the task's egress proxy, and this task has \
+                 none: allow its host in `[network] agent` ({}), and run tasks in the \
+                 namespaced sandbox",
+                host_of(url)
+            ));
+        };
+        let relay = Relay::start(route.socket)
+            .await
+            .map_err(|e| format!("could not reach the egress proxy: {e}"))?;
+        let http = http_client(url, &relay, route.ca_pem.as_deref(), spec.startup_timeout)?;
+        let started = async {
+            let client = match spec.remote_transport {
+                RemoteTransport::StreamableHttp => {
+                    let transport = StreamableHttpClientTransport::with_client(
+                        http,
+                        StreamableHttpClientTransportConfig::with_uri(url.to_string()),
+                    );
+                    ().serve(transport).await.map_err(|e| e.to_string())?
+                }
+                RemoteTransport::Sse => {
+                    let transport = SseTransport::connect(http, url, spec.startup_timeout).await?;
+                    ().serve(transport).await.map_err(|e| e.to_string())?
+                }
+            };
+            let tools = client.list_all_tools().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, tools))
+        };
+        let (client, tools) = match tokio::time::timeout(spec.startup_timeout, started).await {
+            Ok(Ok(started)) => started,
+            Ok(Err(why)) => {
+                return Err(format!(
+                    "{why} (its host, {}, must be allowed in `[network] agent`; the task's \
+                     `egress` events say what the proxy did)",
+                    host_of(url)
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "it did not answer within {:?}",
+                    spec.startup_timeout
+                ));
+            }
+        };
+        let connection = Connection {
+            name: spec.name.clone(),
+            client,
+            process: None,
+            stderr: Arc::new(Mutex::new(HeadTailBuffer::new(STDERR_TAIL))),
+            _relay: Some(relay),
+            broken: AtomicBool::new(false),
+        };
+        Ok((connection, listed(tools)))
     }
 
     /// Whether the server is gone or unusable.
     pub fn ended(&self) -> bool {
         self.broken.load(Ordering::SeqCst)
-            || self.process.exit_status().is_some()
+            || self.exit_status().is_some()
             || self.client.is_closed()
+    }
+
+    fn exit_status(&self) -> Option<ExitStatus> {
+        self.process.as_ref().and_then(ProcessHandle::exit_status)
     }
 
     /// How it ended, for a message.
     pub fn describe_end(&self) -> String {
-        match self.process.exit_status() {
+        match self.exit_status() {
             Some(status) => format!("it {}", describe(status)),
             None => "its connection broke".into(),
+        }
+    }
+
+    /// The process's end; never, for a remote server.
+    async fn exited(&self) -> ExitStatus {
+        match &self.process {
+            Some(process) => process.wait().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -150,7 +237,7 @@ impl Connection {
                 self.stop();
                 return ToolOutput::failure("cancelled");
             }
-            status = self.process.wait() => {
+            status = self.exited() => {
                 self.broken.store(true, Ordering::SeqCst);
                 return ToolOutput::failure(self.with_stderr(format!(
                     "the MCP server `{}` ended while `{tool}` ran: it {}; the next call starts \
@@ -168,9 +255,7 @@ impl Connection {
             )),
             Err(error) => {
                 self.broken.store(true, Ordering::SeqCst);
-                let status = tokio::time::timeout(EXIT_WAIT, self.process.wait())
-                    .await
-                    .ok();
+                let status = tokio::time::timeout(EXIT_WAIT, self.exited()).await.ok();
                 let how = match status {
                     Some(status) => format!("it {}", describe(status)),
                     None => format!("its connection failed ({error})"),
@@ -184,26 +269,81 @@ impl Connection {
         }
     }
 
-    /// Kills the server at once.
+    /// Kills the server at once (drops the connection to a remote one).
     pub fn stop(&self) {
         self.broken.store(true, Ordering::SeqCst);
-        self.process.kill();
+        self.client.cancellation_token().cancel();
+        if let Some(process) = &self.process {
+            process.kill();
+        }
     }
 
-    /// Asks the server to end (its input closes), killing it if it does not.
+    /// Asks the server to end (its input closes, or a remote session is closed), killing it if
+    /// it does not.
     pub async fn shut_down(mut self) {
         let _ = self.client.close_with_timeout(SHUTDOWN_GRACE).await;
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.process.wait())
-            .await
-            .is_err()
+        if let Some(process) = &self.process
+            && tokio::time::timeout(SHUTDOWN_GRACE, process.wait())
+                .await
+                .is_err()
         {
-            self.process.kill();
+            process.kill();
         }
     }
 
     fn with_stderr(&self, message: String) -> String {
         with_stderr(message, &self.stderr)
     }
+}
+
+fn listed(tools: Vec<rmcp::model::Tool>) -> Vec<ListedTool> {
+    tools
+        .into_iter()
+        .map(|tool| ListedTool {
+            name: tool.name.to_string(),
+            description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
+            schema: Value::Object((*tool.input_schema).clone()),
+        })
+        .collect()
+}
+
+/// The HTTP client for a remote server: every connection through the relay, presenting its
+/// token; trusting the session's CA (for a host the proxy adds a credential to) besides the
+/// host's roots; following no redirect (it would leave the allowlisted URL).
+fn http_client(
+    url: &str,
+    relay: &Relay,
+    ca_pem: Option<&str>,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    nightshift_model::ensure_crypto_provider();
+    let proxy = reqwest::Proxy::all(&relay.url)
+        .map_err(|e| format!("the relay's URL: {e}"))?
+        .basic_auth(relay::USER, &relay.token);
+    let mut builder = reqwest::Client::builder()
+        .proxy(proxy)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("nightshift/", env!("CARGO_PKG_VERSION")));
+    if url.starts_with("http://") {
+        // Plain HTTP goes through the proxy request by request: the relay checks (and removes)
+        // the token in each connection's first request only, so no connection is reused.
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    if let Some(pem) = ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| format!("the session's CA: {e}"))?;
+        builder = builder.tls_certs_merge([ca]);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("could not set up the HTTP client: {e}"))
+}
+
+/// The `host[:port]` of a URL, for messages.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
 }
 
 /// The command line that runs `command` with `args`, each word quoted for the shell, replacing

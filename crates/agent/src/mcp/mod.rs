@@ -6,6 +6,8 @@
 //! happened, and a crashed server is started again for the next call.
 
 mod connection;
+mod relay;
+mod sse;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,9 +35,15 @@ const MAX_RESTARTS: u32 = 3;
 pub struct McpServerSpec {
     /// Its name: the prefix of its tools' names (letters, digits, `-` and `_`, no `__`).
     pub name: String,
-    /// A program started inside the sandbox, spoken to over its standard input and output.
+    /// A program started inside the sandbox, spoken to over its standard input and output
+    /// (empty for a remote server).
     pub command: String,
     pub args: Vec<String>,
+    /// A remote server's URL, spoken to through the session's egress proxy; `None` for a
+    /// stdio server.
+    pub url: Option<String>,
+    /// How a remote server is spoken to.
+    pub remote_transport: RemoteTransport,
     /// Variables for it, over the sandbox's environment.
     pub env: Vec<(String, String)>,
     /// Only these of its tools, when given.
@@ -57,12 +65,22 @@ impl McpServerSpec {
             name: name.into(),
             command: command.into(),
             args,
+            url: None,
+            remote_transport: RemoteTransport::StreamableHttp,
             env: Vec::new(),
             tools: None,
             exclude_tools: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(120),
             origin: String::new(),
+        }
+    }
+
+    /// A remote server at `url`, with the default timeouts and every tool.
+    pub fn remote(name: impl Into<String>, url: impl Into<String>) -> Self {
+        McpServerSpec {
+            url: Some(url.into()),
+            ..McpServerSpec::stdio(name, "", Vec::new())
         }
     }
 
@@ -73,6 +91,16 @@ impl McpServerSpec {
             .is_none_or(|tools| tools.iter().any(|t| t == tool));
         chosen && !self.exclude_tools.iter().any(|t| t == tool)
     }
+}
+
+/// The transports a remote server may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteTransport {
+    /// Streamable HTTP (protocol 2025-03-26 and later): one URL that takes every message.
+    #[default]
+    StreamableHttp,
+    /// The older HTTP+SSE (2024-11-05): an event stream that names where messages go.
+    Sse,
 }
 
 /// What starting one server came to, for the task's log.

@@ -1,4 +1,4 @@
-//! `nightshift env check`
+//! `nightshift env check` and `nightshift env explain`
 
 use std::process::ExitCode;
 
@@ -12,7 +12,7 @@ use crate::toolchains::hints::tools_of;
 
 pub async fn run(args: EnvArgs) -> Result<ExitCode, Failure> {
     match args.command {
-        EnvCommand::Check { repo, json } => {
+        EnvCommand::Check { repo, json, probe } => {
             let source = SourceRepo::open(&repo)
                 .await
                 .map_err(|err| Failure::usage(err.to_string()).with_hint(err.hint()))?;
@@ -44,6 +44,9 @@ pub async fn run(args: EnvArgs) -> Result<ExitCode, Failure> {
                     println!();
                     print!("{text}");
                 }
+            }
+            if probe {
+                return super::env_probe::probe(source.root(), &loaded).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -82,11 +85,7 @@ async fn explain(repo: std::path::PathBuf) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     let key = match &environment.image {
-        None => CacheKey::compute(
-            &root,
-            &loaded.config,
-            &base_identity(backend, &toolchains.binds),
-        ),
+        None => host_key(&root, &loaded, backend, &toolchains),
         Some(text) => {
             let reference = nightshift_image::Reference::parse(text)
                 .map_err(|err| Failure::usage(format!("the image {text:?}: {err}")))?;
@@ -126,4 +125,19 @@ async fn explain(repo: std::path::PathBuf) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The setup layer's key for a repository on the host's system (no image), before
+/// [`CacheKey::for_repository`].
+pub(super) fn host_key(
+    root: &std::path::Path,
+    loaded: &nightshift_env::config::Loaded,
+    backend: &str,
+    toolchains: &crate::toolchains::HostToolchains,
+) -> CacheKey {
+    CacheKey::compute(
+        root,
+        &loaded.config,
+        &base_identity(backend, &toolchains.binds),
+    )
 }

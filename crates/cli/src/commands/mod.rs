@@ -6,6 +6,7 @@ pub mod compare;
 pub mod diff;
 pub mod doctor;
 pub mod env;
+mod env_probe;
 pub mod follow;
 pub mod image;
 pub mod logs;

@@ -341,3 +341,51 @@ pub fn repo_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     git(dir.path(), &["commit", "-q", "-m", "start"]);
     dir
 }
+
+/// `secret set NAME --all-repos`, the value on standard input.
+pub fn set_secret(ns: &Nightshift, name: &str, value: &str) {
+    set_secret_with(ns, name, value, &["--all-repos"]);
+}
+
+pub fn set_secret_with(ns: &Nightshift, name: &str, value: &str, grants: &[&str]) {
+    use std::io::Write as _;
+    let mut args = vec!["secret", "set", name];
+    args.extend_from_slice(grants);
+    let mut child = ns
+        .command(&args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

@@ -151,7 +151,7 @@ impl GitHttp {
 /// Registers the GitHub repository `url` as `acme/app`, reached with `token` (stored as the
 /// secret GH_TOKEN) and its API at `api`.
 pub async fn add_github_repo(ns: &Nightshift, url: &str, token: &str, api: &str) {
-    set_secret(ns, "GH_TOKEN", token, url);
+    set_secret_with(ns, "GH_TOKEN", token, &["--repo", url]);
     let out = ns
         .run(&[
             "repo",
@@ -166,28 +166,6 @@ pub async fn add_github_repo(ns: &Nightshift, url: &str, token: &str, api: &str)
         ])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
-}
-
-pub fn set_secret(ns: &Nightshift, name: &str, value: &str, repo: &str) {
-    use std::io::Write;
-    let mut child = ns
-        .command(&["secret", "set", name, "--repo", repo])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{value}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A request the GitHub-shaped API server received: method, path, JSON body.

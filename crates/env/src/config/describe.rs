@@ -181,9 +181,17 @@ pub fn describe(loaded: &Loaded) -> String {
         out.blank();
     }
     for server in &config.mcp {
-        let mut words = vec![server.command.clone()];
-        words.extend(server.args.iter().cloned());
-        let mut text = format!("stdio, in the sandbox: {}", list(&words));
+        let mut text = match &server.url {
+            Some(url) if server.sse => {
+                format!("remote (HTTP+SSE), through the egress proxy: {url}")
+            }
+            Some(url) => format!("remote, through the egress proxy: {url}"),
+            None => {
+                let mut words = vec![server.command.clone()];
+                words.extend(server.args.iter().cloned());
+                format!("stdio, in the sandbox: {}", list(&words))
+            }
+        };
         if let Some(tools) = &server.tools {
             text.push_str(&format!("; only {}", list(tools)));
         }

@@ -40,6 +40,8 @@ impl<'a> TomlReader<'a> {
             name: name.to_string(),
             command: String::new(),
             args: Vec::new(),
+            url: None,
+            sse: false,
             env: BTreeMap::new(),
             tools: None,
             exclude_tools: Vec::new(),
@@ -81,24 +83,60 @@ impl<'a> TomlReader<'a> {
                     server.startup_timeout = Some(self.duration(&field_key, value)?)
                 }
                 "timeout" => server.timeout = Some(self.duration(&field_key, value)?),
+                "transport" => {
+                    server.sse = match self.string(&field_key, value)?.as_str() {
+                        "sse" => true,
+                        "streamable-http" => false,
+                        _ => {
+                            return Err(self.invalid(
+                                &field_key,
+                                &value.span(),
+                                "is \"streamable-http\" (the default) or \"sse\", the older \
+                                 HTTP+SSE transport"
+                                    .to_string(),
+                            ));
+                        }
+                    };
+                }
                 "url" => {
-                    return Err(self.invalid(
-                        &field_key,
-                        &value.span(),
-                        "remote MCP servers are not supported yet; run the server inside the sandbox with `command` (and `args`), installed by setup",
-                    ));
+                    let text = self.string(&field_key, value)?;
+                    let url = validate::mcp_url(&text)
+                        .map_err(|reason| self.invalid(&field_key, &value.span(), reason))?;
+                    server.url = Some(url);
                 }
                 _ => self.unknown_key(full, key, MCP_KEYS),
             }
         }
-        if server.command.is_empty() {
-            return Err(self.invalid(
-                full,
-                &whole.span(),
-                "has no `command`; write command = \"…\", the program that serves MCP on its \
-                 standard input and output (args = [...] for its arguments)"
-                    .to_string(),
-            ));
+        let stdio_keys = !server.command.is_empty() || !server.args.is_empty();
+        match (&server.url, stdio_keys || !server.env.is_empty()) {
+            (Some(_), true) => {
+                return Err(self.invalid(
+                    full,
+                    &whole.span(),
+                    "has both `url` and `command`, `args` or `env`: a server is either a remote \
+                     one (`url`) or a program run in the sandbox (`command`)"
+                        .to_string(),
+                ));
+            }
+            (None, _) if server.sse => {
+                return Err(self.invalid(
+                    full,
+                    &whole.span(),
+                    "has `transport` without `url`: only a remote server has a transport"
+                        .to_string(),
+                ));
+            }
+            (None, _) if server.command.is_empty() => {
+                return Err(self.invalid(
+                    full,
+                    &whole.span(),
+                    "has no `command` or `url`; write command = \"…\", the program that serves \
+                     MCP on its standard input and output (args = [...] for its arguments), or \
+                     url = \"https://…\" for a remote server"
+                        .to_string(),
+                ));
+            }
+            _ => {}
         }
         Ok(server)
     }

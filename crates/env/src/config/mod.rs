@@ -46,7 +46,7 @@ pub use schema::{
     SecretSpec,
 };
 pub use units::{ByteSize, HumanDuration};
-pub use validate::{mcp_server_name, patterns_overlap};
+pub use validate::{mcp_server_name, mcp_url, patterns_overlap};
 
 /// The configuration file's name, at the repository root.
 pub const CONFIG_FILE: &str = ".nightshift.toml";

@@ -35,9 +35,16 @@ pub struct EnvConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct McpServer {
     pub name: String,
-    /// The program, found on the sandbox's `PATH` or given as a path.
+    /// The program, found on the sandbox's `PATH` or given as a path; empty for a remote
+    /// server.
     pub command: String,
     pub args: Vec<String>,
+    /// A remote server's URL (`http://` or `https://`), reached over streamable HTTP through
+    /// the egress proxy.
+    pub url: Option<String>,
+    /// A remote server that speaks the older HTTP+SSE transport (`transport = "sse"`) rather
+    /// than streamable HTTP.
+    pub sse: bool,
     /// Variables for it, over the sandbox's environment.
     pub env: BTreeMap<String, String>,
     /// Only these of its tools, when given.

@@ -41,6 +41,8 @@ pub(crate) const SECRET_KEYS: &[&str] = &["scope", "hosts", "header", "format"];
 pub(crate) const REVIEW_KEYS: &[&str] = &["auto"];
 pub(crate) const MCP_KEYS: &[&str] = &[
     "command",
+    "url",
+    "transport",
     "args",
     "env",
     "tools",

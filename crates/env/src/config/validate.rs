@@ -106,6 +106,26 @@ pub fn mcp_server_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A remote MCP server's URL: `http://` or `https://` with a host, and no credentials in it
+/// (a token belongs in a `proxy` secret for the host, which the sandbox never sees).
+pub fn mcp_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with https:// (or http://)".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "holds credentials; declare a `proxy` secret for its host in [secrets] instead, \
+             which the egress proxy adds as a header"
+                .into(),
+        );
+    }
+    Ok(url.to_string())
+}
+
 /// A host pattern for a network allowlist: `example.com`, `*.example.com`, optionally
 /// `:PORT`. Returned lowercased.
 pub(crate) fn host_pattern(raw: &str) -> Result<String, String> {

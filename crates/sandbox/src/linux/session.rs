@@ -507,6 +507,11 @@ impl SandboxSession for NamespacedSession {
         self.spawn_process(request).await
     }
 
+    fn egress(&self) -> Option<crate::EgressRoute> {
+        let resources = self.resources.lock().ok()?;
+        Some(resources.as_ref()?.proxy.as_ref()?.route().clone())
+    }
+
     async fn close(&self) -> Result<(), SandboxError> {
         self.shut_down(None).await
     }

@@ -80,6 +80,7 @@ pub(crate) struct ProxyPolicy {
 /// A running proxy; dropping or stopping it ends it.
 pub(crate) struct EgressProxy {
     task: JoinHandle<()>,
+    route: crate::EgressRoute,
 }
 
 impl EgressProxy {
@@ -96,13 +97,22 @@ impl EgressProxy {
         if let Some(id) = owner {
             std::os::unix::fs::chown(path, Some(id), Some(id))?;
         }
+        let route = crate::EgressRoute {
+            socket: path.to_path_buf(),
+            ca_pem: interception.as_ref().map(|i| i.ca_pem().to_string()),
+        };
         let task = tokio::spawn(accept_loop(
             listener,
             Arc::new(policy),
             interception,
             events,
         ));
-        Ok(EgressProxy { task })
+        Ok(EgressProxy { task, route })
+    }
+
+    /// How the host reaches it.
+    pub fn route(&self) -> &crate::EgressRoute {
+        &self.route
     }
 
     pub fn stop(self) {
