@@ -31,7 +31,13 @@ async fn stopping_closes_the_servers_input_then_kills_what_is_left() {
     // grace, and a marker sleep the kill must end.
     let script = format!("'{python}' notes_server.py; echo ended > ended.txt; exec sleep 417");
     let spec = McpServerSpec::stdio("notes", "sh", vec!["-c".into(), script]);
-    let tools = McpTools::start(std::slice::from_ref(&spec), session.as_ref()).await;
+    let tools = McpTools::start(
+        std::slice::from_ref(&spec),
+        session.as_ref(),
+        &CancellationToken::new(),
+        &str::to_string,
+    )
+    .await;
     assert_eq!(
         tools.reports()[0].tools,
         [

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nightshift_agent::CostFn;
-use nightshift_env::config::{ByteSize, HumanDuration};
+use nightshift_env::config::{ByteSize, HumanDuration, McpServer};
 use nightshift_env::secrets::{SecretError, SecretKey};
 use nightshift_model::{ModelSpec, ProviderConfig, price_for};
 use nightshift_protocol::Usage;
@@ -118,12 +118,14 @@ impl Home {
                 )));
             }
         };
-        let settings: Settings = toml::from_str(&text).map_err(|err| {
+        let mut settings: Settings = toml::from_str(&text).map_err(|err| {
             Failure::usage(format!("{} is not valid: {err}", path.display())).with_hint(Some(
                 "see docs/models.md for [prices] and [providers], docs/config.md for [sandbox]"
                     .into(),
             ))
         })?;
+        settings.mcp_servers = nightshift_env::config::read_mcp_table(&path, &text)
+            .map_err(|err| Failure::usage(err.to_string()).with_hint(Some(err.hint())))?;
         if let Some(budget) = &settings.images.budget {
             crate::args::parse_bytes(budget).map_err(|err| {
                 Failure::usage(format!(
@@ -277,8 +279,10 @@ impl Home {
             .map_err(|err| Failure::usage(format!("{}: {err}", self.config_file().display())))?;
         config.limit_ceilings = ceilings;
         config.mcp_servers = settings
-            .mcp_servers()
-            .map_err(|err| Failure::usage(format!("{}: {err}", self.config_file().display())))?;
+            .mcp_servers
+            .iter()
+            .map(|server| nightshift_runner::mcp::from_config(server, "config.toml"))
+            .collect();
         if wall_time.is_some() {
             config.max_duration = wall_time;
         }
@@ -348,95 +352,12 @@ pub struct Settings {
     /// How images are fetched.
     #[serde(default)]
     pub images: ImageStoreSettings,
-    /// MCP servers every task's agent gets (docs/tools.md, "MCP servers").
-    #[serde(default)]
-    pub mcp: BTreeMap<String, McpSettings>,
-}
-
-/// `[mcp.NAME]` of `config.toml`: as a repository's, run inside each task's sandbox.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct McpSettings {
-    #[serde(default)]
-    pub command: String,
-    pub url: Option<String>,
-    /// `"sse"` for a remote server of the older HTTP+SSE transport.
-    pub transport: Option<String>,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub tools: Option<Vec<String>>,
-    #[serde(default)]
-    pub exclude_tools: Vec<String>,
-    pub startup_timeout: Option<String>,
-    pub timeout: Option<String>,
-}
-
-impl Settings {
-    /// `[mcp]` as the runner takes it, each server's name and timeouts checked.
-    pub fn mcp_servers(&self) -> Result<Vec<nightshift_agent::mcp::McpServerSpec>, String> {
-        let mut servers = Vec::new();
-        for (name, server) in &self.mcp {
-            nightshift_env::config::mcp_server_name(name)
-                .map_err(|err| format!("[mcp.{name}]: the name {err}"))?;
-            let mut spec = match &server.url {
-                Some(_) if !server.command.is_empty() || !server.args.is_empty() => {
-                    return Err(format!(
-                        "[mcp.{name}]: has both `url` and `command`: a server is either a remote \
-                         one or a program run in the sandbox"
-                    ));
-                }
-                Some(url) => {
-                    let url = nightshift_env::config::mcp_url(url)
-                        .map_err(|err| format!("[mcp.{name}] url = {url:?} {err}"))?;
-                    let mut spec = nightshift_agent::mcp::McpServerSpec::remote(name, url);
-                    spec.remote_transport = match server.transport.as_deref() {
-                        None | Some("streamable-http") => {
-                            nightshift_agent::mcp::RemoteTransport::StreamableHttp
-                        }
-                        Some("sse") => nightshift_agent::mcp::RemoteTransport::Sse,
-                        Some(other) => {
-                            return Err(format!(
-                                "[mcp.{name}] transport = {other:?}: it is \"streamable-http\" \
-                                 or \"sse\""
-                            ));
-                        }
-                    };
-                    spec
-                }
-                None if server.command.trim().is_empty() => {
-                    return Err(format!("[mcp.{name}]: has no `command` or `url`"));
-                }
-                None => nightshift_agent::mcp::McpServerSpec::stdio(
-                    name,
-                    &server.command,
-                    server.args.clone(),
-                ),
-            };
-            spec.env = server.env.clone().into_iter().collect();
-            spec.tools = server.tools.clone();
-            spec.exclude_tools = server.exclude_tools.clone();
-            let duration = |key: &str, text: &Option<String>| -> Result<Option<Duration>, String> {
-                text.as_deref()
-                    .map(|text| {
-                        text.parse::<HumanDuration>()
-                            .map(|d| d.as_duration())
-                            .map_err(|err| format!("[mcp.{name}] {key} = {text:?}: {err}"))
-                    })
-                    .transpose()
-            };
-            if let Some(timeout) = duration("startup_timeout", &server.startup_timeout)? {
-                spec.startup_timeout = timeout;
-            }
-            if let Some(timeout) = duration("timeout", &server.timeout)? {
-                spec.call_timeout = timeout;
-            }
-            spec.origin = "config.toml".into();
-            servers.push(spec);
-        }
-        Ok(servers)
-    }
+    /// `[mcp.NAME]`: MCP servers every task's agent gets (docs/tools.md, "MCP servers"). The
+    /// table is read as a repository's `[mcp]` is, into `mcp_servers`.
+    #[serde(default, rename = "mcp")]
+    _mcp: toml::Table,
+    #[serde(skip)]
+    pub mcp_servers: Vec<McpServer>,
 }
 
 /// `[images]` of `config.toml`.

@@ -189,6 +189,71 @@ startup_timeout = "10s"
     );
 }
 
+/// A server that setup installs under `$HOME` is there for the task, and for the next one,
+/// which starts from the cached setup layer without running setup again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_setup_installs_in_home_serves_this_task_and_the_next() {
+    let Some((venv, python)) = python() else {
+        return;
+    };
+    let install = format!(
+        r#"set -e
+mkdir -p "$HOME/bin" "$HOME/lib"
+cp notes_server.py "$HOME/lib/"
+printf '#!/bin/sh\nexec {python} %s/lib/notes_server.py\n' "$HOME" > "$HOME/bin/notes-server"
+chmod +x "$HOME/bin/notes-server"
+"#,
+        python = python.display()
+    );
+    let config = r#"[environment]
+setup = "sh install-notes.sh"
+
+[mcp.notes]
+command = "/home/agent/bin/notes-server"
+tools = ["lookup"]
+"#;
+    let repo = repo_with(&[
+        (".nightshift.toml", config),
+        ("install-notes.sh", &install),
+        ("notes_server.py", &notes_server()),
+        ("NOTES.md", "layer: what setup left behind\n"),
+    ]);
+    let lookup = || call("notes__lookup", json!({"term": "layer"}));
+    let (ns, model) = Nightshift::with_script(script(json!([
+        lookup(),
+        finish("Looked it up."),
+        lookup(),
+        finish("Looked it up again."),
+    ])))
+    .await;
+    std::fs::write(
+        ns.home.path().join("config.toml"),
+        format!("[sandbox]\nbinds = [\"{}\"]\n", venv.display()),
+    )
+    .unwrap();
+    for (round, hit) in [(1, false), (2, true)] {
+        let (out, task) = ns.wait_task(repo.path(), "Look up layer").await;
+        let events = ns.events(task["id"].as_str().unwrap()).await;
+        assert!(out.status.success(), "round {round}: {task}\n{events:#?}");
+        let cache = events.iter().find(|e| e["type"] == "setup_cache").unwrap();
+        assert_eq!(cache["hit"], hit, "round {round}: {cache}");
+        let ready: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "mcp_server_ready")
+            .collect();
+        assert_eq!(ready.len(), 1, "round {round}: {:?}", warnings(&events));
+        assert_eq!(ready[0]["tools"], json!(["notes__lookup"]));
+        let lookups = finished(&events, "notes__lookup");
+        assert_eq!(lookups.len(), 1, "round {round}");
+        let text = lookups[0]["output"].as_str().unwrap();
+        assert!(
+            text.starts_with("layer: what setup left behind | cwd=/workspace user=agent"),
+            "round {round}: {text}"
+        );
+    }
+    assert_eq!(model.requests().len(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_installations_server_times_out_restarts_and_gives_up() {
     let Some((venv, python)) = python() else {
@@ -255,7 +320,7 @@ timeout = "1s"
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("`tools` names `absent`")),
+            .any(|w| w.contains("`tools` names \"absent\"")),
         "{warnings:?}"
     );
     let names = tool_names(&model.requests()[0]);
@@ -278,21 +343,9 @@ timeout = "1s"
     assert!(text.contains("restarted 3 times already"), "{text}");
 }
 
-/// A certificate for 127.0.0.1 signed by a CA of its own, as PEM files in `dir`: the CA's
-/// certificate, and the server's certificate and key.
-fn loopback_certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "e2e MCP service CA");
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+/// A certificate for 127.0.0.1 as PEM files in `dir`, and the PEM of the CA that signed it.
+fn loopback_certificate_files(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let (cert, key, ca_pem) = common::loopback_certificate();
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
@@ -317,7 +370,7 @@ impl Drop for RemoteServer {
 /// the CA that signed its certificate.
 fn remote_server(python: &Path, dir: &Path, mode: &str) -> (RemoteServer, String) {
     use std::io::BufRead;
-    let (cert, key, ca_pem) = loopback_certificate(dir);
+    let (cert, key, ca_pem) = loopback_certificate_files(dir);
     let header_log = dir.join("headers.log");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/remote_server.py");
     let mut child = std::process::Command::new(python)
@@ -541,6 +594,25 @@ async fn a_bad_mcp_section_is_refused_naming_the_key() {
         .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("`__`"), "{}", stderr(&out));
+
+    // The installation's `[mcp]` is read by the same rules, and a task does not start on it.
+    let settings = ns.home.path().join("config.toml");
+    std::fs::write(
+        &settings,
+        "[mcp.docs]\ncommand = \"x\"\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
+    let repo = repo_with(&[("README.md", "hi\n")]);
+    let out = ns
+        .run(&["run", "--repo", path_str(repo.path()), "Do it"])
+        .await;
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("config.toml") && text.contains("mcp.docs.timeout"),
+        "{text}"
+    );
+    std::fs::remove_file(&settings).unwrap();
 
     // A good one is listed with what it runs and which tools it keeps.
     let repo = repo_with(&[(

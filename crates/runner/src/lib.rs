@@ -30,6 +30,7 @@ mod submit;
 mod task_secret_use;
 mod verify;
 mod watch;
+mod work;
 mod worker;
 
 use std::collections::HashMap;

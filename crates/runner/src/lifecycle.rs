@@ -11,13 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use nightshift_agent::{Agent, AgentConfig, AgentOutcome, CostFn, SinkError};
+use nightshift_agent::{CostFn, SinkError};
 use nightshift_env::secrets::Redactor;
 use nightshift_model::ModelSpec;
 use nightshift_protocol::{ErrorKind, Event, Task, TaskId, TaskState};
 use tokio_util::sync::CancellationToken;
 
-use crate::ending::{Ending, budget, fail, fail_env, fail_model, set_state};
+use crate::ending::{Ending, fail, fail_env, fail_model, set_state};
 use crate::environment;
 use crate::follow_up::follow_up_base;
 use crate::handoff::Run;
@@ -504,88 +504,11 @@ impl Runner {
             self.run_environment_scripts(run, session.as_ref(), stop)
                 .await?
         };
-        let ending = if let Some(ending) = prepared {
-            Ok(ending)
-        } else {
-            set_state(log, TaskState::Running, None).await?;
-            let config = AgentConfig {
-                budget: budget(
-                    task,
-                    Some(run.env.config.limits.wall_time.as_duration())
-                        .into_iter()
-                        .chain(self.config.max_duration)
-                        .min(),
-                ),
-                limits: self.config.tool_limits.clone(),
-                max_output_tokens: None,
-                cost: self.cost.clone().and_then(|price| price(spec)),
-                context_window: Some(nightshift_model::limits(spec).context_window),
-                mode: match (review, task.spec.plan) {
-                    (Some(_), _) => nightshift_agent::tools::Mode::Review,
-                    (None, true) => nightshift_agent::tools::Mode::Plan,
-                    (None, false) => nightshift_agent::tools::Mode::Build,
-                },
-            };
-            let mcp = crate::mcp::start(
-                log,
-                session.as_ref(),
-                &self.config.mcp_servers,
-                &run.env.config.mcp,
-            )
-            .await?;
-            let agent = Agent {
-                model,
-                session: session.as_ref(),
-                sink: log,
-                config: &config,
-                inbox: Some(&watch.messages),
-                mcp: Some(&mcp),
-            };
-            let prompt = match review {
-                Some(review) => crate::review::review_prompt(run, review).await,
-                None if task.spec.plan => Ok(crate::plan::plan_prompt(run)),
-                None => Ok(self.build_prompt(run)),
-            };
-            let prompt = match prompt {
-                Ok(prompt) => prompt,
-                Err(message) => {
-                    let ending = fail(log, ErrorKind::Repository, message, None).await;
-                    let _ = session.close().await;
-                    return ending;
-                }
-            };
-            // AGENTS.md is read after setup ran, which may have written into it.
-            let prompt = log.redact(&prompt);
-            let report = agent.run(&prompt, stop).await;
-            let _ = tokio::time::timeout(crate::mcp::STOP_WAIT, mcp.stop()).await;
-            match report {
-                Ok(report) => {
-                    let cost = report.cost_usd;
-                    let shutting_down = stops.shutdown.is_cancelled()
-                        && !stops.cancel.is_cancelled()
-                        && !watch.cancel_requested.load(Ordering::SeqCst);
-                    let ending = match review {
-                        _ if read_only
-                            && shutting_down
-                            && matches!(report.outcome, AgentOutcome::Cancelled) =>
-                        {
-                            Ok(Ending::released())
-                        }
-                        Some(_) => crate::review::conclude_review(log, report.outcome).await,
-                        None if task.spec.plan => {
-                            crate::plan::conclude_plan(log, report.outcome).await
-                        }
-                        None => {
-                            self.conclude(run, session.as_ref(), report.outcome, shutting_down)
-                                .await
-                        }
-                    };
-                    ending.map(|ending| Ending {
-                        cost_usd: cost,
-                        ..ending
-                    })
-                }
-                Err(nightshift_agent::AgentError::Sink(err)) => Err(err),
+        let ending = match prepared {
+            Some(ending) => Ok(ending),
+            None => {
+                self.work(run, (model, spec), session.as_ref(), stop, stops, watch)
+                    .await
             }
         };
         log.add_cpu(session.cpu_seconds());

@@ -9,6 +9,8 @@ use nightshift_env::config::McpServer;
 use nightshift_protocol::Event;
 use nightshift_sandbox::SandboxSession;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::sink::TaskLog;
 use nightshift_agent::SinkError;
 
@@ -28,13 +30,13 @@ pub fn task_servers(
             ));
             continue;
         }
-        servers.push(from_config(server));
+        servers.push(from_config(server, ".nightshift.toml"));
     }
     (servers, warnings)
 }
 
-/// A repository's `[mcp.NAME]` as the agent takes it.
-pub fn from_config(server: &McpServer) -> McpServerSpec {
+/// A `[mcp.NAME]` (of `origin`, a file's name) as the agent takes it.
+pub fn from_config(server: &McpServer, origin: &str) -> McpServerSpec {
     let mut spec = match &server.url {
         Some(url) => {
             let mut spec = McpServerSpec::remote(&server.name, url);
@@ -54,25 +56,33 @@ pub fn from_config(server: &McpServer) -> McpServerSpec {
     if let Some(timeout) = server.timeout {
         spec.call_timeout = timeout.as_duration();
     }
-    spec.origin = ".nightshift.toml".into();
+    spec.origin = origin.into();
     spec
 }
 
-/// Starts the servers in `session`, logging what each offers and what went wrong.
+/// Starts the servers in `session`, logging what each offers and what went wrong. No server
+/// may take longer than `limit` (the task's wall time) to start or to answer a call, and
+/// `cancel` ends their start.
 pub(crate) async fn start(
     log: &TaskLog,
     session: &dyn SandboxSession,
-    host: &[McpServerSpec],
-    repository: &[McpServer],
+    (host, repository): (&[McpServerSpec], &[McpServer]),
+    limit: Duration,
+    cancel: &CancellationToken,
 ) -> Result<McpTools, SinkError> {
-    let (servers, warnings) = task_servers(host, repository);
+    let (mut servers, warnings) = task_servers(host, repository);
+    for server in &mut servers {
+        server.startup_timeout = server.startup_timeout.min(limit);
+        server.call_timeout = server.call_timeout.min(limit);
+    }
     for message in warnings {
         log.append(Event::Warning { message }).await?;
     }
     if servers.is_empty() {
         return Ok(McpTools::none());
     }
-    let tools = McpTools::start(&servers, session).await;
+    let redact = |text: &str| log.redact(text);
+    let tools = McpTools::start(&servers, session, cancel, &redact).await;
     for report in tools.reports() {
         for message in &report.warnings {
             log.append(Event::Warning {

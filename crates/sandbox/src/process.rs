@@ -2,10 +2,11 @@
 //! an MCP server: see [`SandboxSession::spawn`](crate::SandboxSession::spawn).
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::ExitStatus;
 
@@ -51,18 +52,63 @@ pub struct EgressRoute {
     pub ca_pem: Option<String>,
 }
 
-/// Follows and ends a [`Spawned`] process. Clones follow the same process.
+/// Follows and ends a [`Spawned`] process. Clones follow the same process; when the last one
+/// is dropped, the process is killed, so that nothing a caller lost track of keeps running.
 #[derive(Clone)]
 pub struct ProcessHandle {
     exit: watch::Receiver<Option<ExitStatus>>,
     kill: CancellationToken,
+    /// Why the process never started, when it did not.
+    failure: Arc<OnceLock<String>>,
+    _kill_on_drop: Arc<DropGuard>,
+}
+
+/// The backend's side of a [`ProcessHandle`]: it carries out the kill and reports the end.
+pub(crate) struct Follower {
+    exit: watch::Sender<Option<ExitStatus>>,
+    failure: Arc<OnceLock<String>>,
+    /// Fires when the process is to be killed: by [`ProcessHandle::kill`] or the last handle's
+    /// drop.
+    pub kill: CancellationToken,
+}
+
+impl Follower {
+    /// The process ended so.
+    pub fn ended(self, status: ExitStatus) {
+        let _ = self.exit.send(Some(status));
+    }
+
+    /// The process never started, for the reason `message` (a shell's "command not found"
+    /// exit code, 127, stands for it where only a status is read).
+    pub fn failed(self, message: String) {
+        let _ = self.failure.set(message);
+        self.ended(ExitStatus::Exited(127));
+    }
 }
 
 impl ProcessHandle {
-    /// A handle whose process reports its end on `exit` and is killed when `kill` fires (the
-    /// backend watches it).
-    pub(crate) fn new(exit: watch::Receiver<Option<ExitStatus>>, kill: CancellationToken) -> Self {
-        ProcessHandle { exit, kill }
+    /// A handle and its backend's side.
+    pub(crate) fn new() -> (ProcessHandle, Follower) {
+        let (exit_tx, exit) = watch::channel(None);
+        let kill = CancellationToken::new();
+        let failure = Arc::new(OnceLock::new());
+        let handle = ProcessHandle {
+            exit,
+            kill: kill.clone(),
+            failure: failure.clone(),
+            _kill_on_drop: Arc::new(kill.clone().drop_guard()),
+        };
+        let follower = Follower {
+            exit: exit_tx,
+            failure,
+            kill,
+        };
+        (handle, follower)
+    }
+
+    /// Why the process never started, when the sandbox could not start it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Kills the process and everything it started (its process group).

@@ -255,9 +255,8 @@ impl SandboxSession for UnisolatedSession {
         {
             groups.push(pgid);
         }
-        let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
-        let kill = CancellationToken::new();
-        let (killer, closed) = (kill.clone(), self.closed.clone());
+        let (handle, follower) = ProcessHandle::new();
+        let closed = self.closed.clone();
         tokio::spawn(async move {
             let status = tokio::select! {
                 waited = child.wait() => {
@@ -271,7 +270,7 @@ impl SandboxSession for UnisolatedSession {
                         Err(_) => ExitStatus::Cancelled,
                     }
                 }
-                _ = killer.cancelled() => ExitStatus::Cancelled,
+                _ = follower.kill.cancelled() => ExitStatus::Cancelled,
                 _ = closed.cancelled() => ExitStatus::Cancelled,
             };
             if status == ExitStatus::Cancelled {
@@ -280,13 +279,13 @@ impl SandboxSession for UnisolatedSession {
                 }
                 let _ = child.wait().await;
             }
-            let _ = exit_tx.send(Some(status));
+            follower.ended(status);
         });
         Ok(Spawned {
             stdin: pipes.stdin,
             stdout: pipes.stdout,
             stderr: pipes.stderr,
-            handle: ProcessHandle::new(exit_rx, kill),
+            handle,
         })
     }
 

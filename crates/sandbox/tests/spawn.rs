@@ -138,9 +138,48 @@ async fn a_process_that_exits_at_once_says_how(session: &dyn SandboxSession) {
     );
 }
 
+/// A kill sent right after the spawn, which may reach the sandbox before the process has
+/// started, is not lost.
+async fn a_kill_at_once_is_not_lost(session: &dyn SandboxSession, seconds: u32) {
+    for _ in 0..20 {
+        let spawned = session
+            .spawn(SpawnRequest::new(format!("sleep {}", seconds + 2)))
+            .await
+            .unwrap();
+        spawned.handle.kill();
+        assert_eq!(
+            within("the kill", spawned.handle.wait()).await,
+            ExitStatus::Cancelled
+        );
+    }
+}
+
+/// A process whose every handle is gone is killed: nobody could end it any more.
+async fn a_process_without_a_handle_is_killed(session: &dyn SandboxSession, seconds: u32) {
+    let spawned = session
+        .spawn(SpawnRequest::new(format!("echo up; sleep {}", seconds + 3)))
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(spawned.stdout).lines();
+    assert_eq!(
+        within("its start", lines.next_line())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("up")
+    );
+    drop(spawned.handle);
+    assert_eq!(
+        within("its output's end", lines.next_line()).await.unwrap(),
+        None
+    );
+}
+
 async fn all_of_them(session: &dyn SandboxSession, workspace: &str, seconds: u32) {
     talks_over_its_streams_and_ends_with_its_input(session, workspace).await;
     a_kill_ends_it_and_what_it_started(session, seconds).await;
+    a_kill_at_once_is_not_lost(session, seconds).await;
+    a_process_without_a_handle_is_killed(session, seconds).await;
     a_process_that_exits_at_once_says_how(session).await;
 }
 

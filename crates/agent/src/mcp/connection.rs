@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nightshift_sandbox::{ExitStatus, HeadTailBuffer, ProcessHandle, SandboxSession, SpawnRequest};
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::{CallToolRequestParams, CallToolResult, PaginatedRequestParams};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::async_rw::AsyncRwTransport;
@@ -33,6 +33,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// How long, after its connection broke, a server's exit is waited for, for the message.
 const EXIT_WAIT: Duration = Duration::from_millis(500);
+
+/// The most pages of tools read from one server.
+const MAX_PAGES: usize = 16;
+
+/// The most tools read from one server (more may be read with the page that passes it).
+const MAX_LISTED: usize = 1024;
+
+/// What a server listed.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Listing {
+    pub tools: Vec<ListedTool>,
+    /// How many pages were read.
+    pub pages: usize,
+    /// It had more pages than were read.
+    pub truncated: bool,
+}
 
 /// A tool as a server lists it.
 #[derive(Debug, Clone)]
@@ -59,7 +75,7 @@ impl Connection {
     pub async fn start(
         spec: &McpServerSpec,
         session: &dyn SandboxSession,
-    ) -> Result<(Connection, Vec<ListedTool>), String> {
+    ) -> Result<(Connection, Listing), String> {
         match &spec.url {
             Some(url) => Self::reach(spec, url, session).await,
             None => Self::spawn(spec, session).await,
@@ -69,7 +85,7 @@ impl Connection {
     async fn spawn(
         spec: &McpServerSpec,
         session: &dyn SandboxSession,
-    ) -> Result<(Connection, Vec<ListedTool>), String> {
+    ) -> Result<(Connection, Listing), String> {
         let request = SpawnRequest {
             command: command_line(&spec.command, &spec.args),
             workdir: None,
@@ -84,7 +100,7 @@ impl Connection {
                 .with_max_line_length(MAX_MESSAGE);
         let started = async {
             let client = ().serve(transport).await.map_err(|e| e.to_string())?;
-            let tools = client.list_all_tools().await.map_err(|e| e.to_string())?;
+            let tools = list_tools(&client).await?;
             Ok::<_, String>((client, tools))
         };
         let outcome = tokio::select! {
@@ -95,7 +111,10 @@ impl Connection {
                     spec.startup_timeout
                 )),
             },
-            status = process.wait() => Err(format!("it exited at once ({})", describe(status))),
+            status = process.wait() => Err(match process.failure() {
+                Some(failure) => format!("the sandbox could not start it: {failure}"),
+                None => format!("it exited at once ({})", describe(status)),
+            }),
         };
         let (client, tools) = match outcome {
             Ok(started) => started,
@@ -119,7 +138,7 @@ impl Connection {
             _relay: None,
             broken: AtomicBool::new(false),
         };
-        Ok((connection, listed(tools)))
+        Ok((connection, tools))
     }
 
     /// A remote server, through the session's egress proxy: its host must be on the session's
@@ -129,7 +148,7 @@ impl Connection {
         spec: &McpServerSpec,
         url: &str,
         session: &dyn SandboxSession,
-    ) -> Result<(Connection, Vec<ListedTool>), String> {
+    ) -> Result<(Connection, Listing), String> {
         let Some(route) = session.egress() else {
             return Err(format!(
                 "a remote server is reached through the task's egress proxy, and this task has \
@@ -156,7 +175,7 @@ impl Connection {
                     ().serve(transport).await.map_err(|e| e.to_string())?
                 }
             };
-            let tools = client.list_all_tools().await.map_err(|e| e.to_string())?;
+            let tools = list_tools(&client).await?;
             Ok::<_, String>((client, tools))
         };
         let (client, tools) = match tokio::time::timeout(spec.startup_timeout, started).await {
@@ -183,7 +202,7 @@ impl Connection {
             _relay: Some(relay),
             broken: AtomicBool::new(false),
         };
-        Ok((connection, listed(tools)))
+        Ok((connection, tools))
     }
 
     /// Whether the server is gone or unusable.
@@ -296,15 +315,35 @@ impl Connection {
     }
 }
 
-fn listed(tools: Vec<rmcp::model::Tool>) -> Vec<ListedTool> {
-    tools
-        .into_iter()
-        .map(|tool| ListedTool {
-            name: tool.name.to_string(),
-            description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
-            schema: Value::Object((*tool.input_schema).clone()),
-        })
-        .collect()
+/// The server's tools, page by page, up to [`MAX_PAGES`] pages and [`MAX_LISTED`] tools: a
+/// server that lists more is read no further.
+async fn list_tools(client: &RunningService<RoleClient, ()>) -> Result<Listing, String> {
+    let mut listing = Listing::default();
+    let mut cursor = None;
+    for _ in 0..MAX_PAGES {
+        let params = PaginatedRequestParams::default().with_cursor(cursor);
+        let page = client
+            .list_tools(Some(params))
+            .await
+            .map_err(|e| format!("listing its tools: {e}"))?;
+        listing.pages += 1;
+        listing
+            .tools
+            .extend(page.tools.into_iter().map(|tool| ListedTool {
+                name: tool.name.to_string(),
+                description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
+                schema: Value::Object((*tool.input_schema).clone()),
+            }));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            return Ok(listing);
+        }
+        if listing.tools.len() >= MAX_LISTED {
+            break;
+        }
+    }
+    listing.truncated = true;
+    Ok(listing)
 }
 
 /// The HTTP client for a remote server: every connection through the relay, presenting its
@@ -383,12 +422,29 @@ fn with_stderr(mut message: String, stderr: &Mutex<HeadTailBuffer>) -> String {
         .lock()
         .map(|buffer| buffer.render())
         .unwrap_or_default();
-    let tail = tail.trim();
+    let tail = printable(tail.trim());
     if !tail.is_empty() {
         message.push_str("\nIts standard error ends with:\n");
-        message.push_str(tail);
+        message.push_str(&tail);
     }
     message
+}
+
+/// `text` without control characters other than newlines and tabs: a server's output reaches
+/// terminals (`env check --probe`) and logs, where an escape sequence (or a bidirectional
+/// override) could change what is shown.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            c if c.is_control()
+                || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') =>
+            {
+                '\u{FFFD}'
+            }
+            c => c,
+        })
+        .collect()
 }
 
 async fn pump(mut from: impl AsyncReadExt + Unpin, into: Arc<Mutex<HeadTailBuffer>>) {
@@ -463,6 +519,14 @@ mod tests {
         assert_eq!(
             command_line("x", &["".into(), "$HOME".into()]),
             "exec x '' '$HOME'"
+        );
+    }
+
+    #[test]
+    fn what_a_server_wrote_is_shown_without_escapes() {
+        assert_eq!(
+            printable("ok\tline\n\x1b]0;title\x07\x1b[2Jdone\r\u{202E}x"),
+            "ok\tline\n\u{FFFD}]0;title\u{FFFD}\u{FFFD}[2Jdone\u{FFFD}\u{FFFD}x"
         );
     }
 

@@ -19,13 +19,24 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::tools::ToolOutput;
-use connection::Connection;
+pub use connection::printable;
+use connection::{Connection, Listing};
 
 /// Between a server's name and its tool's in the name the model sees.
 pub const SEPARATOR: &str = "__";
 
 /// The longest tool name the providers accept (OpenAI's limit; Anthropic's is the same).
 const MAX_TOOL_NAME: usize = 64;
+
+/// The most tools of one server offered to the model.
+const MAX_TOOLS: usize = 128;
+
+/// The longest description of a tool offered to the model, in bytes; longer ones are cut.
+const MAX_DESCRIPTION: usize = 4096;
+
+/// The largest input schema of a tool (as JSON) offered to the model; a tool with a larger one
+/// is left out.
+const MAX_SCHEMA: usize = 64 << 10;
 
 /// How many times a server that crashed is started again in one task.
 const MAX_RESTARTS: u32 = 3;
@@ -138,61 +149,53 @@ impl McpTools {
         }
     }
 
-    /// Starts every server in `session` and lists its tools. Never fails: a server that cannot
-    /// start offers no tools, and its report says why.
-    pub async fn start(specs: &[McpServerSpec], session: &dyn SandboxSession) -> Self {
+    /// Starts every server in `session`, all at once, and lists their tools. Never fails: a
+    /// server that cannot start (or is still starting when `cancel` fires) offers no tools, and
+    /// its report says why. What a server says of its tools passes through `redact` before the
+    /// model sees it.
+    pub async fn start(
+        specs: &[McpServerSpec],
+        session: &dyn SandboxSession,
+        cancel: &CancellationToken,
+        redact: &(dyn Fn(&str) -> String + Sync),
+    ) -> Self {
+        let started = futures::future::join_all(
+            specs
+                .iter()
+                .map(|spec| start_or_cancel(spec, session, cancel)),
+        )
+        .await;
         let mut tools = McpTools::none();
-        for spec in specs {
+        for (spec, started) in specs.iter().zip(started) {
             let mut report = ServerReport {
                 name: spec.name.clone(),
                 tools: Vec::new(),
                 warnings: Vec::new(),
             };
-            let connection = Connection::start(spec, session).await;
-            let mut offered = BTreeSet::new();
-            match &connection {
-                Ok((_, listed)) => {
-                    let mut listed = listed.clone();
-                    listed.sort_by(|a, b| a.name.cmp(&b.name));
-                    for tool in listed {
-                        if !spec.offers(&tool.name) {
-                            continue;
-                        }
-                        let name = format!("{}{SEPARATOR}{}", spec.name, tool.name);
-                        if !valid_tool_name(&name) {
-                            report.warnings.push(format!(
-                                "left out its tool `{}`: `{name}` is not a name models accept \
-                                 (at most {MAX_TOOL_NAME} letters, digits, `_` and `-`)",
-                                tool.name
-                            ));
-                            continue;
-                        }
-                        tools.specs.push(ToolSpec {
-                            name: name.clone(),
-                            description: tool.description.clone(),
-                            parameters: tool.schema.clone(),
-                        });
-                        offered.insert(tool.name.clone());
-                        report.tools.push(name);
-                    }
-                    for wanted in spec.tools.iter().flatten() {
-                        if !listed_has(&tools.specs, &spec.name, wanted) {
-                            report.warnings.push(format!(
-                                "`tools` names `{wanted}`, which the server does not offer"
-                            ));
-                        }
-                    }
+            let (connection, offered) = match started {
+                Ok((connection, listing)) => {
+                    let offered = offer(spec, listing, redact, &mut report);
+                    tools.specs.extend(offered.iter().cloned());
+                    (Some(connection), offered)
                 }
-                Err(why) => report.warnings.push(format!(
-                    "the MCP server `{}` did not start, so its tools are not available: {why}",
-                    spec.name
-                )),
-            }
+                Err(why) => {
+                    report.warnings.push(format!(
+                        "the MCP server `{}` did not start, so its tools are not available: {}",
+                        spec.name,
+                        printable(&why)
+                    ));
+                    (None, Vec::new())
+                }
+            };
+            let prefix = format!("{}{SEPARATOR}", spec.name);
             tools.reports.push(report);
             tools.servers.push(Server {
                 spec: spec.clone(),
-                tools: offered,
-                connection: Mutex::new(connection.ok().map(|(connection, _)| connection)),
+                tools: offered
+                    .iter()
+                    .filter_map(|tool| tool.name.strip_prefix(&prefix).map(str::to_string))
+                    .collect(),
+                connection: Mutex::new(connection),
                 restarts: Mutex::new(0),
             });
         }
@@ -244,7 +247,7 @@ impl McpTools {
                 ));
             }
             *restarts += 1;
-            match Connection::start(&server.spec, session).await {
+            match start_or_cancel(&server.spec, session, cancel).await {
                 Ok((connection, _)) => *slot = Some(connection),
                 Err(why) => {
                     return ToolOutput::failure(format!(
@@ -267,13 +270,14 @@ impl McpTools {
         outcome
     }
 
-    /// Stops every server.
+    /// Stops every server, all at once. (A server whose tools are dropped without this is
+    /// killed: its process goes with its last handle.)
     pub async fn stop(&self) {
+        let mut running = Vec::new();
         for server in &self.servers {
-            if let Some(connection) = server.connection.lock().await.take() {
-                connection.shut_down().await;
-            }
+            running.extend(server.connection.lock().await.take());
         }
+        futures::future::join_all(running.into_iter().map(Connection::shut_down)).await;
     }
 
     fn route<'a>(&'a self, name: &'a str) -> Option<(&'a Server, &'a str)> {
@@ -283,9 +287,146 @@ impl McpTools {
     }
 }
 
-fn listed_has(specs: &[ToolSpec], server: &str, tool: &str) -> bool {
-    let name = format!("{server}{SEPARATOR}{tool}");
-    specs.iter().any(|spec| spec.name == name)
+/// Starts `spec`'s server unless `cancel` fires first (which drops, and so kills, what had
+/// started).
+async fn start_or_cancel(
+    spec: &McpServerSpec,
+    session: &dyn SandboxSession,
+    cancel: &CancellationToken,
+) -> Result<(Connection, Listing), String> {
+    tokio::select! {
+        started = Connection::start(spec, session) => started,
+        _ = cancel.cancelled() => Err("the task was cancelled while it started".into()),
+    }
+}
+
+/// What of a server's listing is offered to the model, by name, within the bounds above; what
+/// is left out, and why, goes to `report`.
+fn offer(
+    spec: &McpServerSpec,
+    listing: Listing,
+    redact: &(dyn Fn(&str) -> String + Sync),
+    report: &mut ServerReport,
+) -> Vec<ToolSpec> {
+    let mut listed = listing.tools;
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let before = listed.len();
+    listed.dedup_by(|a, b| a.name == b.name);
+    let repeated = before - listed.len();
+    let (mut invalid, mut too_large, mut over) = (Vec::new(), Vec::new(), 0usize);
+    let mut offered = Vec::new();
+    for tool in &listed {
+        if !spec.offers(&tool.name) {
+            continue;
+        }
+        let name = format!("{}{SEPARATOR}{}", spec.name, tool.name);
+        if !valid_tool_name(&name) {
+            invalid.push(shown(&tool.name));
+            continue;
+        }
+        let Some(parameters) = bounded_schema(&tool.schema, redact) else {
+            too_large.push(shown(&tool.name));
+            continue;
+        };
+        if offered.len() == MAX_TOOLS {
+            over += 1;
+            continue;
+        }
+        offered.push(ToolSpec {
+            name: name.clone(),
+            description: redact(&cut(&tool.description, MAX_DESCRIPTION)),
+            parameters,
+        });
+        report.tools.push(name);
+    }
+    let warnings = &mut report.warnings;
+    if listing.truncated {
+        warnings.push(format!(
+            "its tool list goes on past the {before} tools of its first {} pages, which is as \
+             far as it is read",
+            listing.pages
+        ));
+    }
+    if repeated > 0 {
+        warnings.push(format!(
+            "it lists {repeated} tool names more than once; each is offered once, as first listed"
+        ));
+    }
+    if !invalid.is_empty() {
+        warnings.push(format!(
+            "left out {} of its tools whose names models do not accept (with the `{}{SEPARATOR}` \
+             prefix, at most {MAX_TOOL_NAME} letters, digits, `_` and `-`): {}",
+            invalid.len(),
+            spec.name,
+            some_of(&invalid)
+        ));
+    }
+    if !too_large.is_empty() {
+        warnings.push(format!(
+            "left out {} of its tools whose input schema is over {} KiB: {}",
+            too_large.len(),
+            MAX_SCHEMA >> 10,
+            some_of(&too_large)
+        ));
+    }
+    if over > 0 {
+        warnings.push(format!(
+            "only its first {MAX_TOOLS} tools (by name) are offered and {over} more are left \
+             out; choose the ones the task needs with `tools = [...]`"
+        ));
+    }
+    for wanted in spec.tools.iter().flatten() {
+        if !listed.iter().any(|tool| &tool.name == wanted) {
+            warnings.push(format!(
+                "`tools` names {}, which the server does not offer",
+                shown(wanted)
+            ));
+        }
+    }
+    offered
+}
+
+/// A tool's input schema as the model gets it, redacted, or `None` when it is too large (or
+/// no longer JSON once redacted).
+fn bounded_schema(schema: &Value, redact: &(dyn Fn(&str) -> String + Sync)) -> Option<Value> {
+    let text = serde_json::to_string(schema).ok()?;
+    if text.len() > MAX_SCHEMA {
+        return None;
+    }
+    let redacted = redact(&text);
+    if redacted == text {
+        return Some(schema.clone());
+    }
+    serde_json::from_str(&redacted).ok()
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked where it was cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A name a server (or a configuration) gave, for a message: quoted, escaped, bounded.
+fn shown(name: &str) -> String {
+    let head: String = name.chars().take(MAX_TOOL_NAME).collect();
+    let more = if head.len() < name.len() { "…" } else { "" };
+    format!("{head:?}{more}")
+}
+
+/// The first few of `names`, and how many more.
+fn some_of(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
 }
 
 /// A name every provider accepts as a tool's.

@@ -9,18 +9,25 @@
 //! never reaches the proxy.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 64 * 1024;
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections relayed at once; more wait to be accepted. The client keeps a few
+/// (streamable HTTP: a request at a time and perhaps an event stream), so these are for any
+/// other process of the host that connects.
+const MAX_CONNECTIONS: usize = 32;
 
 /// The user name the client presents with the token.
 pub(super) const USER: &str = "nightshift";
@@ -50,15 +57,23 @@ impl Relay {
             base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{token}"))
         );
         let task = tokio::spawn(async move {
+            // Connections go with the relay: aborting this task drops the set, which aborts them.
+            let mut connections = JoinSet::new();
+            let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             loop {
+                while connections.try_join_next().is_some() {}
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let Ok((client, _)) = listener.accept().await else {
                     // Out of descriptors, most likely: wait it out rather than spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let (socket, expected) = (socket.clone(), expected.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = pass_on(client, &socket, &expected).await;
+                    drop(permit);
                 });
             }
         });

@@ -15,8 +15,11 @@ use tokio::task::JoinHandle;
 /// has its stream ended.
 const MAX_EVENT: usize = 8 << 20;
 
-/// How many answers may wait for the client.
-const QUEUE: usize = 64;
+/// How many answers may wait for the client (each up to [`MAX_EVENT`]).
+const QUEUE: usize = 4;
+
+/// How long posting one message may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -161,6 +164,7 @@ impl Transport<RoleClient> for SseTransport {
             let response = http
                 .post(endpoint)
                 .json(&item)
+                .timeout(SEND_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| SseError(describe(&e)))?;

@@ -4,20 +4,23 @@
 
 use std::process::ExitCode;
 
-use nightshift_agent::mcp::McpTools;
+use nightshift_agent::mcp::{McpTools, printable};
 use nightshift_env::cache::{Lookup, SetupCache};
 use nightshift_env::config::Loaded;
 use nightshift_sandbox::{Sandbox, SessionSpec};
+use tokio_util::sync::CancellationToken;
 
 use crate::home::Home;
 use crate::output::Failure;
 
 pub(super) async fn probe(root: &std::path::Path, loaded: &Loaded) -> Result<ExitCode, Failure> {
     let home = Home::from_env()?;
-    let installation = home
+    let installation: Vec<_> = home
         .settings()?
-        .mcp_servers()
-        .map_err(|err| Failure::usage(format!("{}: {err}", home.config_file().display())))?;
+        .mcp_servers
+        .iter()
+        .map(|server| nightshift_runner::mcp::from_config(server, "config.toml"))
+        .collect();
     let (servers, mut notes) =
         nightshift_runner::mcp::task_servers(&installation, &loaded.config.mcp);
     println!();
@@ -65,7 +68,13 @@ pub(super) async fn probe(root: &std::path::Path, loaded: &Loaded) -> Result<Exi
         Failure::error(format!("cannot start the sandbox: {err}"))
             .with_hint(Some("run `nightshift doctor`".into()))
     })?;
-    let tools = McpTools::start(&servers, session.as_ref()).await;
+    let tools = McpTools::start(
+        &servers,
+        session.as_ref(),
+        &CancellationToken::new(),
+        &str::to_string,
+    )
+    .await;
     tools.stop().await;
     let _ = session.close().await;
 
@@ -84,7 +93,8 @@ pub(super) async fn probe(root: &std::path::Path, loaded: &Loaded) -> Result<Exi
             );
         }
         for warning in &report.warnings {
-            println!("    warning: {warning}");
+            // A server's own words (its errors, its standard error) reach the terminal here.
+            println!("    warning: {}", printable(warning));
         }
     }
     for note in notes {

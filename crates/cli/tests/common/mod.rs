@@ -389,3 +389,21 @@ pub fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::P
     }
     found
 }
+
+/// A certificate for 127.0.0.1 signed by a certificate authority of the test's own: the
+/// certificate, its key, and the authority's certificate (PEM) for the client to trust.
+pub fn loopback_certificate() -> (rcgen::Certificate, rcgen::KeyPair, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "nightshift test CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (cert, key, ca_pem)
+}

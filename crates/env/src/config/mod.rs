@@ -40,6 +40,7 @@ pub use ecosystems::{
     detect_ecosystems_with_markers,
 };
 pub use error::{ConfigError, ConfigWarning, Location, WarningKind};
+pub use mcp::read_mcp_table;
 pub use provenance::{Importer, Origin, Provenance};
 pub use schema::{
     CONFIG_VERSION, Check, EnvConfig, Environment, Limits, McpServer, Network, Review, SecretScope,

@@ -29,8 +29,12 @@ pub(super) const FORWARDED: [libc::c_int; 5] = [
     libc::SIGUSR2,
 ];
 
+/// A command the host asked for, from the moment its request is read (so that a kill that
+/// comes before the command has started is not lost) until it has ended.
 pub(super) struct Running {
-    pub pgid: i32,
+    /// Its process group, once it is running.
+    pub pgid: Option<i32>,
+    /// Set by a kill request: the command is killed when it starts, if it has not yet.
     pub killed: Arc<AtomicBool>,
 }
 
@@ -55,6 +59,31 @@ impl Shared {
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers the command `id`, not yet started; its kill flag.
+    fn register(&self, id: u64) -> Arc<AtomicBool> {
+        let killed = Arc::new(AtomicBool::new(false));
+        let running = Running {
+            pgid: None,
+            killed: killed.clone(),
+        };
+        self.table().running.insert(id, running);
+        killed
+    }
+
+    /// Reports that the command `id` could not start, for the reason `message`.
+    fn spawn_failed(&self, id: u64, message: &str) {
+        self.table().running.remove(&id);
+        let reply = Reply::Done {
+            id,
+            status: WireStatus::SpawnFailed {
+                message: message.into(),
+            },
+            omitted: 0,
+            duration_ms: 0,
+        };
+        self.send(&reply, &[]);
     }
 
     pub(super) fn send(&self, reply: &Reply, payload: &[u8]) {
@@ -314,6 +343,7 @@ fn serve(
                     stdin: stdin.then_some(payload),
                     user: user.clone(),
                     stdio: None,
+                    killed: shared.register(id),
                 };
                 start_job(job, &shared);
             }
@@ -327,16 +357,7 @@ fn serve(
                 _,
             ) => {
                 let Ok([stdin, stdout, stderr]) = <[OwnedFd; 3]>::try_from(fds) else {
-                    let status = WireStatus::SpawnFailed {
-                        message: "the host sent no standard streams".into(),
-                    };
-                    let reply = Reply::Done {
-                        id,
-                        status,
-                        omitted: 0,
-                        duration_ms: 0,
-                    };
-                    shared.send(&reply, &[]);
+                    shared.spawn_failed(id, "the host sent no standard streams");
                     continue;
                 };
                 let job = Job {
@@ -349,11 +370,12 @@ fn serve(
                     stdin: None,
                     user: user.clone(),
                     stdio: Some([stdin, stdout, stderr]),
+                    killed: shared.register(id),
                 };
                 start_job(job, &shared);
             }
             (Request::Kill { id }, _) => {
-                let pgid = shared.table().running.get(&id).map(|running| {
+                let pgid = shared.table().running.get(&id).and_then(|running| {
                     running.killed.store(true, Ordering::SeqCst);
                     running.pgid
                 });
@@ -391,24 +413,19 @@ fn start_job(job: Job, shared: &Arc<Shared>) {
         unsafe { libc::kill(-1, libc::SIGKILL) };
         std::thread::sleep(Duration::from_millis(200));
         if start(job, shared.clone()).is_err() {
-            let status = WireStatus::SpawnFailed {
-                message: "the sandbox's init could not start a thread".into(),
-            };
-            let reply = Reply::Done {
-                id,
-                status,
-                omitted: 0,
-                duration_ms: 0,
-            };
-            shared.send(&reply, &[]);
+            shared.spawn_failed(id, "the sandbox's init could not start a thread");
         }
     }
 }
 
 /// Kills a process group until it is empty: a fork bomb may fork between two signals. Zombies
 /// still count as members until the reaper has collected them, so this waits for that too
-/// (about a second at most).
+/// (about a second at most). `pgid` is the pid of the group's leader, which is killed first by
+/// its pid: just after the fork it has not made its group yet (`setsid`), and a kill of the
+/// group alone would miss it; it cannot start a process once the kill is pending.
 pub(super) fn kill_group(pgid: i32) {
+    // SAFETY: kill sends a signal; no memory is involved.
+    unsafe { libc::kill(pgid, libc::SIGKILL) };
     for _ in 0..200 {
         // SAFETY: kill with a negative pid signals a process group; no memory is involved.
         if unsafe { libc::kill(-pgid, libc::SIGKILL) } != 0 {
@@ -458,9 +475,9 @@ fn forward_signals(shared: &Shared) {
     loop {
         let Ok(signal) = set.wait() else { continue };
         let table = shared.table();
-        for running in table.running.values() {
+        for pgid in table.running.values().filter_map(|running| running.pgid) {
             // SAFETY: kill with a negative pid signals a process group; no memory is involved.
-            unsafe { libc::kill(-running.pgid, signal as libc::c_int) };
+            unsafe { libc::kill(-pgid, signal as libc::c_int) };
         }
     }
 }

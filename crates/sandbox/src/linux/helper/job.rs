@@ -32,6 +32,8 @@ pub(super) struct Job {
     /// A long-lived process's standard input, output and error, the host's pipes: its output
     /// is the host's to read, and it has no timeout.
     pub stdio: Option<[OwnedFd; 3]>,
+    /// Set when the host asks for it to be killed (its entry in the init's table).
+    pub killed: Arc<AtomicBool>,
 }
 
 /// What the child needs after fork, prepared before it: nothing may allocate in between.
@@ -101,6 +103,7 @@ impl Job {
             Some(stdio) => self.stream(shared, stdio),
             None => self.execute(shared),
         };
+        shared.table().running.remove(&self.id);
         let (status, output, omitted) = match result {
             Ok((status, buffer)) => (status, buffer.render(), buffer.omitted()),
             Err(message) => (WireStatus::SpawnFailed { message }, String::new(), 0),
@@ -123,24 +126,25 @@ impl Job {
         let prepared = self.prepare()?;
         let [stdin, stdout, stderr] = stdio;
         let (tx, rx) = mpsc::channel();
-        let killed = Arc::new(AtomicBool::new(false));
         let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
-        self.start(shared, &prepared, fds, tx, &killed)?;
+        self.start(shared, &prepared, fds, tx)?;
         drop((stdin, stdout, stderr));
         let raw = rx.recv().unwrap_or(0);
-        shared.table().running.remove(&self.id);
-        Ok((wire_status(raw, false, &killed), HeadTailBuffer::new(0)))
+        Ok((
+            wire_status(raw, false, &self.killed),
+            HeadTailBuffer::new(0),
+        ))
     }
 
     /// Forks the command on `fds` (standard input, output, error) and registers it: its exit
-    /// status goes to `exited`, and a kill request for its id reaches its group.
+    /// status goes to `exited`, and a kill request for its id reaches its group (one that came
+    /// before, at once).
     fn start(
         &self,
         shared: &Shared,
         prepared: &Prepared,
         fds: [RawFd; 3],
         exited: mpsc::Sender<i32>,
-        killed: &Arc<AtomicBool>,
     ) -> Result<i32, String> {
         let start = || {
             let table = shared.table();
@@ -164,13 +168,17 @@ impl Job {
         table.running.insert(
             self.id,
             Running {
-                pgid: pid,
-                killed: killed.clone(),
+                pgid: Some(pid),
+                killed: self.killed.clone(),
             },
         );
         table.children += 1;
         drop(table);
         shared.spawned.notify_all();
+        if self.killed.load(Ordering::SeqCst) {
+            // The kill came while it was starting; from now on a kill finds its group.
+            kill_group(pid);
+        }
         Ok(pid)
     }
 
@@ -183,13 +191,12 @@ impl Job {
         let stdin = self.stdin.clone().unwrap_or_default();
         let in_write = (!stdin.is_empty()).then_some(in_write);
         let (tx, rx) = mpsc::channel();
-        let killed = Arc::new(AtomicBool::new(false));
         let fds = [
             in_read.as_raw_fd(),
             out_write.as_raw_fd(),
             out_write.as_raw_fd(),
         ];
-        let pid = self.start(shared, &prepared, fds, tx, &killed)?;
+        let pid = self.start(shared, &prepared, fds, tx)?;
         drop(out_write);
         drop(in_read);
         // Without a thread, the command gets an empty standard input (the pipe closes).
@@ -205,9 +212,7 @@ impl Job {
                 }
             });
         }
-        let outcome = self.collect(pid, &out_read, &rx, &killed);
-        shared.table().running.remove(&self.id);
-        Ok(outcome)
+        Ok(self.collect(pid, &out_read, &rx, &self.killed))
     }
 
     /// Reads output until the command has exited and its pipe is closed (or the grace period

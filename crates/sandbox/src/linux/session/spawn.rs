@@ -7,7 +7,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 use super::super::wire::{self, Request, WireStatus};
 use super::{NamespacedSession, gone};
@@ -57,10 +56,8 @@ impl NamespacedSession {
         }
         // The init holds its own copies now.
         drop(pipes.child);
-        let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
-        let kill = CancellationToken::new();
+        let (handle, follower) = ProcessHandle::new();
         let (writer, closed) = (self.writer.clone(), self.closed.clone());
-        let killer = kill.clone();
         tokio::spawn(async move {
             tokio::pin!(rx);
             let mut killed = false;
@@ -72,27 +69,26 @@ impl NamespacedSession {
                             WireStatus::Exited { code } => ExitStatus::Exited(code),
                             WireStatus::Signaled { signal } => ExitStatus::Signaled(signal),
                             WireStatus::SpawnFailed { message } => {
-                                tracing::warn!(%message, "a long-lived process did not start");
-                                ExitStatus::Exited(127)
+                                return follower.failed(message);
                             }
                             WireStatus::TimedOut | WireStatus::Killed => ExitStatus::Cancelled,
                         },
                         Err(_) => ExitStatus::Cancelled,
                     },
-                    _ = killer.cancelled(), if !killed => {
+                    _ = follower.kill.cancelled(), if !killed => {
                         killed = true;
                         let _ = send_frame(&writer, &Request::Kill { id }, &[], &[]).await;
                     }
                     _ = closed.cancelled() => break ExitStatus::Cancelled,
                 }
             };
-            let _ = exit_tx.send(Some(status));
+            follower.ended(status);
         });
         Ok(Spawned {
             stdin: pipes.stdin,
             stdout: pipes.stdout,
             stderr: pipes.stderr,
-            handle: ProcessHandle::new(exit_rx, kill),
+            handle,
         })
     }
 }
