@@ -71,7 +71,7 @@ async fn main() {
         let arguments = format!(r#"{{"n": {i}}}"#);
         let started = Instant::now();
         let out = tools
-            .call("bench__echo", &arguments, session.as_ref(), &never)
+            .call("bench__echo", &arguments, session.as_ref(), &never, None)
             .await;
         let took = started.elapsed();
         assert!(out.ok, "{out:?}");

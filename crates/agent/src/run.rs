@@ -357,7 +357,13 @@ impl Agent<'_> {
         let started = Instant::now();
         let mut output = match self.mcp {
             Some(mcp) if mcp.handles(&call.name) => mcp
-                .call(&call.name, &call.arguments, self.session, context.cancel)
+                .call(
+                    &call.name,
+                    &call.arguments,
+                    self.session,
+                    context.cancel,
+                    deadline,
+                )
                 .await
                 .cut_to(context.limits.output_bytes),
             _ => crate::tools::run(&call.name, &call.arguments, context).await,

@@ -66,9 +66,9 @@ async fn a_sprawling_tool_list_is_bounded_deduplicated_and_redacted() {
     );
     assert!(!report.tools.iter().any(|t| t.contains("big_schema")));
 
-    // The list was read eleven pages deep (past 1024 tools), not forever.
+    // The list was read to its 1024th tool (on its eleventh page), not forever.
     assert!(
-        warnings.contains("goes on past the 1105 tools of its first 11 pages"),
+        warnings.contains("goes on past the 1024 tools read from its first 11 pages"),
         "{warnings}"
     );
     assert!(
@@ -89,7 +89,7 @@ async fn a_sprawling_tool_list_is_bounded_deduplicated_and_redacted() {
         "{warnings}"
     );
     assert!(
-        warnings.contains("only its first 128 tools (by name) are offered and 974 more"),
+        warnings.contains("only its first 128 tools (by name) are offered and 893 more"),
         "{warnings}"
     );
 
@@ -113,6 +113,7 @@ async fn a_sprawling_tool_list_is_bounded_deduplicated_and_redacted() {
             "{}",
             session.as_ref(),
             &CancellationToken::new(),
+            None,
         )
         .await;
     assert!(out.ok && out.text == "called t00_007", "{out:?}");

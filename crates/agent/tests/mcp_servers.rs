@@ -55,6 +55,7 @@ async fn stopping_closes_the_servers_input_then_kills_what_is_left() {
             r#"{"term": "grace"}"#,
             session.as_ref(),
             &CancellationToken::new(),
+            None,
         )
         .await;
     assert!(out.text.starts_with("grace: two seconds"), "{}", out.text);

@@ -124,8 +124,19 @@ impl Home {
                     .into(),
             ))
         })?;
-        settings.mcp_servers = nightshift_env::config::read_mcp_table(&path, &text)
-            .map_err(|err| Failure::usage(err.to_string()).with_hint(Some(err.hint())))?;
+        let hint = || {
+            Some(format!(
+                "fix it in {} (docs/config.md, `[mcp.NAME]`, lists the keys)",
+                path.display()
+            ))
+        };
+        let (servers, warnings) = nightshift_env::config::read_mcp_table(&path, &text)
+            .map_err(|err| Failure::usage(err.to_string()).with_hint(hint()))?;
+        // The installation's file is held to its other tables' rule: no key it does not know.
+        if let Some(warning) = warnings.first() {
+            return Err(Failure::usage(warning.to_string()).with_hint(hint()));
+        }
+        settings.mcp_servers = servers;
         if let Some(budget) = &settings.images.budget {
             crate::args::parse_bytes(budget).map_err(|err| {
                 Failure::usage(format!(

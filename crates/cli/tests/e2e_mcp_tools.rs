@@ -612,6 +612,23 @@ async fn a_bad_mcp_section_is_refused_naming_the_key() {
         text.contains("config.toml") && text.contains("mcp.docs.timeout"),
         "{text}"
     );
+    std::fs::write(
+        &settings,
+        "[mcp.docs]\ncommand = \"x\"\nexclude_tool = [\"delete\"]\n",
+    )
+    .unwrap();
+    let out = ns
+        .run(&["run", "--repo", path_str(repo.path()), "Do it"])
+        .await;
+    assert!(
+        !out.status.success(),
+        "a misspelt key must not drop a choice"
+    );
+    let text = stderr(&out);
+    assert!(
+        text.contains("config.toml:3") && text.contains("exclude_tool"),
+        "{text}"
+    );
     std::fs::remove_file(&settings).unwrap();
 
     // A good one is listed with what it runs and which tools it keeps.

@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::sink::TaskLog;
 use nightshift_agent::SinkError;
 
+/// The most MCP servers one task starts (they start at once, each with its tool list in
+/// memory).
+pub const MAX_SERVERS: usize = 16;
+
 /// Every server of a task, the installation's first; a repository server named like one of the
 /// installation's is left out, with a warning.
 pub fn task_servers(
@@ -31,6 +35,16 @@ pub fn task_servers(
             continue;
         }
         servers.push(from_config(server, ".nightshift.toml"));
+    }
+    if servers.len() > MAX_SERVERS {
+        let left_out: Vec<String> = servers
+            .drain(MAX_SERVERS..)
+            .map(|server| format!("`{}`", server.name))
+            .collect();
+        warnings.push(format!(
+            "a task runs at most {MAX_SERVERS} MCP servers; left out: {}",
+            left_out.join(", ")
+        ));
     }
     (servers, warnings)
 }

@@ -3,7 +3,7 @@
 //! its prompt, its run, and what its outcome comes to.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nightshift_agent::{Agent, AgentConfig, AgentOutcome, SinkError};
 use nightshift_model::ModelSpec;
@@ -32,7 +32,7 @@ impl Runner {
         let review = task.spec.review.as_ref();
         let read_only = review.is_some() || task.spec.plan;
         set_state(log, TaskState::Running, None).await?;
-        let config = AgentConfig {
+        let mut config = AgentConfig {
             budget: budget(
                 task,
                 Some(run.env.config.limits.wall_time.as_duration())
@@ -63,6 +63,7 @@ impl Runner {
         let prompt = log.redact(&prompt);
         // Dropped on every way out of here, which kills the servers' processes; stopped below
         // when the agent is done, which gives them a moment to end on their own.
+        let starting = Instant::now();
         let mcp = crate::mcp::start(
             log,
             session,
@@ -71,6 +72,10 @@ impl Runner {
             stop,
         )
         .await?;
+        // The servers' start is the agent's time too.
+        if let Some(max) = &mut config.budget.max_duration {
+            *max = max.saturating_sub(starting.elapsed());
+        }
         let agent = Agent {
             model,
             session,

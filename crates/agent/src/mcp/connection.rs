@@ -19,14 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay::{self, Relay};
 use super::sse::SseTransport;
-use super::{McpServerSpec, RemoteTransport};
+use super::{MAX_DESCRIPTION, MAX_SCHEMA, McpServerSpec, RemoteTransport, cut};
 use crate::tools::ToolOutput;
 
 /// How much of a server's standard error is kept for messages.
 const STDERR_TAIL: usize = 2048;
 
 /// The longest line (one JSON-RPC message) read from a server; longer ones are dropped.
-const MAX_MESSAGE: usize = 8 << 20;
+const MAX_MESSAGE: usize = 4 << 20;
 
 /// How long a server that was asked to end may take before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -37,8 +37,16 @@ const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// The most pages of tools read from one server.
 const MAX_PAGES: usize = 16;
 
-/// The most tools read from one server (more may be read with the page that passes it).
+/// The most tools read from one server.
 const MAX_LISTED: usize = 1024;
+
+/// The most bytes of names, descriptions and schemas kept from one server's list, each already
+/// bounded: past it the list is read no further.
+const MAX_LISTED_BYTES: usize = 4 << 20;
+
+/// The longest name kept: longer ones are not names models accept anyway, and are cut for the
+/// message that says so.
+const MAX_NAME: usize = 128;
 
 /// What a server listed.
 #[derive(Debug, Clone, Default)]
@@ -50,12 +58,39 @@ pub(super) struct Listing {
     pub truncated: bool,
 }
 
-/// A tool as a server lists it.
+/// A tool as a server lists it, bounded: its name cut at [`MAX_NAME`] bytes, its description
+/// at twice what the model gets (so that redaction, which comes before the final cut, sees any
+/// secret that would end up in what is kept), its schema dropped when too large.
 #[derive(Debug, Clone)]
 pub(super) struct ListedTool {
     pub name: String,
     pub description: String,
-    pub schema: Value,
+    /// `None` when its JSON is over [`MAX_SCHEMA`].
+    pub schema: Option<Value>,
+}
+
+impl ListedTool {
+    fn bounded(tool: rmcp::model::Tool) -> ListedTool {
+        let schema = Value::Object((*tool.input_schema).clone());
+        let size = serde_json::to_string(&schema).map_or(usize::MAX, |text| text.len());
+        ListedTool {
+            name: cut(&tool.name, MAX_NAME),
+            description: tool
+                .description
+                .map(|d| cut(&d, 2 * MAX_DESCRIPTION))
+                .unwrap_or_default(),
+            schema: (size <= MAX_SCHEMA).then_some(schema),
+        }
+    }
+
+    /// About what it holds, in bytes.
+    fn size(&self) -> usize {
+        let schema = self
+            .schema
+            .as_ref()
+            .map_or(0, |schema| schema.to_string().len());
+        self.name.len() + self.description.len() + schema
+    }
 }
 
 pub(super) struct Connection {
@@ -315,10 +350,11 @@ impl Connection {
     }
 }
 
-/// The server's tools, page by page, up to [`MAX_PAGES`] pages and [`MAX_LISTED`] tools: a
-/// server that lists more is read no further.
+/// The server's tools, page by page, up to [`MAX_PAGES`] pages, [`MAX_LISTED`] tools and
+/// [`MAX_LISTED_BYTES`]: a server that lists more is read no further.
 async fn list_tools(client: &RunningService<RoleClient, ()>) -> Result<Listing, String> {
     let mut listing = Listing::default();
+    let mut kept = 0;
     let mut cursor = None;
     for _ in 0..MAX_PAGES {
         let params = PaginatedRequestParams::default().with_cursor(cursor);
@@ -327,19 +363,18 @@ async fn list_tools(client: &RunningService<RoleClient, ()>) -> Result<Listing, 
             .await
             .map_err(|e| format!("listing its tools: {e}"))?;
         listing.pages += 1;
-        listing
-            .tools
-            .extend(page.tools.into_iter().map(|tool| ListedTool {
-                name: tool.name.to_string(),
-                description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
-                schema: Value::Object((*tool.input_schema).clone()),
-            }));
+        for tool in page.tools {
+            if listing.tools.len() == MAX_LISTED || kept >= MAX_LISTED_BYTES {
+                listing.truncated = true;
+                return Ok(listing);
+            }
+            let tool = ListedTool::bounded(tool);
+            kept += tool.size();
+            listing.tools.push(tool);
+        }
         cursor = page.next_cursor;
         if cursor.is_none() {
             return Ok(listing);
-        }
-        if listing.tools.len() >= MAX_LISTED {
-            break;
         }
     }
     listing.truncated = true;

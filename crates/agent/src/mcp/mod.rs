@@ -10,7 +10,7 @@ mod relay;
 mod sse;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nightshift_model::ToolSpec;
 use nightshift_sandbox::SandboxSession;
@@ -32,11 +32,11 @@ const MAX_TOOL_NAME: usize = 64;
 const MAX_TOOLS: usize = 128;
 
 /// The longest description of a tool offered to the model, in bytes; longer ones are cut.
-const MAX_DESCRIPTION: usize = 4096;
+pub(super) const MAX_DESCRIPTION: usize = 4096;
 
 /// The largest input schema of a tool (as JSON) offered to the model; a tool with a larger one
 /// is left out.
-const MAX_SCHEMA: usize = 64 << 10;
+pub(super) const MAX_SCHEMA: usize = 64 << 10;
 
 /// How many times a server that crashed is started again in one task.
 const MAX_RESTARTS: u32 = 3;
@@ -218,7 +218,8 @@ impl McpTools {
         self.specs.iter().any(|spec| spec.name == name)
     }
 
-    /// Calls the tool `name` (as the model sees it) with the model's raw JSON `arguments`.
+    /// Calls the tool `name` (as the model sees it) with the model's raw JSON `arguments`,
+    /// taking no longer than the server's timeout nor past `deadline` (the task's time).
     /// Never fails: every problem is a failed [`ToolOutput`] that says what happened.
     pub async fn call(
         &self,
@@ -226,7 +227,14 @@ impl McpTools {
         arguments: &str,
         session: &dyn SandboxSession,
         cancel: &CancellationToken,
+        deadline: Option<Instant>,
     ) -> ToolOutput {
+        let left = deadline.map_or(Duration::MAX, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
+            return ToolOutput::failure("the task's time is up");
+        }
         let Some((server, tool)) = self.route(name) else {
             return ToolOutput::failure(format!("unknown tool `{name}`"));
         };
@@ -247,7 +255,12 @@ impl McpTools {
                 ));
             }
             *restarts += 1;
-            match start_or_cancel(&server.spec, session, cancel).await {
+            let restarted =
+                tokio::time::timeout(left, start_or_cancel(&server.spec, session, cancel));
+            match restarted
+                .await
+                .unwrap_or_else(|_| Err("the task's time ran out".into()))
+            {
                 Ok((connection, _)) => *slot = Some(connection),
                 Err(why) => {
                     return ToolOutput::failure(format!(
@@ -261,7 +274,7 @@ impl McpTools {
             return ToolOutput::failure(format!("the MCP server `{}` is not running", name));
         };
         let outcome = connection
-            .call(tool, arguments, server.spec.call_timeout, cancel)
+            .call(tool, arguments, server.spec.call_timeout.min(left), cancel)
             .await;
         if connection.ended() {
             // Kept for its account of the end; the next call starts it again.
@@ -313,10 +326,16 @@ fn offer(
     let before = listed.len();
     listed.dedup_by(|a, b| a.name == b.name);
     let repeated = before - listed.len();
-    let (mut invalid, mut too_large, mut over) = (Vec::new(), Vec::new(), 0usize);
+    let (mut invalid, mut too_large, mut over, mut secret_names) =
+        (Vec::new(), Vec::new(), 0usize, 0usize);
     let mut offered = Vec::new();
     for tool in &listed {
         if !spec.offers(&tool.name) {
+            continue;
+        }
+        if redact(&tool.name) != tool.name {
+            // A secret (a token fits a valid name) goes nowhere, not even into a warning.
+            secret_names += 1;
             continue;
         }
         let name = format!("{}{SEPARATOR}{}", spec.name, tool.name);
@@ -324,17 +343,18 @@ fn offer(
             invalid.push(shown(&tool.name));
             continue;
         }
-        let Some(parameters) = bounded_schema(&tool.schema, redact) else {
+        let Some(schema) = &tool.schema else {
             too_large.push(shown(&tool.name));
             continue;
         };
+        let parameters = redacted_schema(schema, redact);
         if offered.len() == MAX_TOOLS {
             over += 1;
             continue;
         }
         offered.push(ToolSpec {
             name: name.clone(),
-            description: redact(&cut(&tool.description, MAX_DESCRIPTION)),
+            description: cut(&redact(&tool.description), MAX_DESCRIPTION),
             parameters,
         });
         report.tools.push(name);
@@ -342,8 +362,8 @@ fn offer(
     let warnings = &mut report.warnings;
     if listing.truncated {
         warnings.push(format!(
-            "its tool list goes on past the {before} tools of its first {} pages, which is as \
-             far as it is read",
+            "its tool list goes on past the {before} tools read from its first {} pages, which \
+             is as far as it is read",
             listing.pages
         ));
     }
@@ -369,6 +389,11 @@ fn offer(
             some_of(&too_large)
         ));
     }
+    if secret_names > 0 {
+        warnings.push(format!(
+            "left out {secret_names} of its tools whose name holds a secret (not shown)"
+        ));
+    }
     if over > 0 {
         warnings.push(format!(
             "only its first {MAX_TOOLS} tools (by name) are offered and {over} more are left \
@@ -386,22 +411,29 @@ fn offer(
     offered
 }
 
-/// A tool's input schema as the model gets it, redacted, or `None` when it is too large (or
-/// no longer JSON once redacted).
-fn bounded_schema(schema: &Value, redact: &(dyn Fn(&str) -> String + Sync)) -> Option<Value> {
-    let text = serde_json::to_string(schema).ok()?;
-    if text.len() > MAX_SCHEMA {
-        return None;
+/// A tool's input schema as the model gets it: every key and string redacted (the JSON text
+/// would hide a secret that JSON escapes).
+fn redacted_schema(schema: &Value, redact: &(dyn Fn(&str) -> String + Sync)) -> Value {
+    match schema {
+        Value::String(text) => Value::String(redact(text)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| redacted_schema(item, redact))
+                .collect(),
+        ),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(key, value)| (redact(key), redacted_schema(value, redact)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
-    let redacted = redact(&text);
-    if redacted == text {
-        return Some(schema.clone());
-    }
-    serde_json::from_str(&redacted).ok()
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary), marked where it was cut.
-fn cut(text: &str, max: usize) -> String {
+pub(super) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
@@ -461,6 +493,58 @@ mod tests {
         assert!(spec.offers("search") && !spec.offers("delete"));
         spec.tools = Some(vec!["search".into(), "delete".into()]);
         assert!(spec.offers("search") && !spec.offers("delete") && !spec.offers("other"));
+    }
+
+    #[test]
+    fn secrets_reach_neither_the_model_nor_a_warning() {
+        let secret = "sk-0123456789abcdef";
+        let redact = |text: &str| text.replace(secret, "[secret]");
+        let tool = |name: &str, description: String, schema: Value| connection::ListedTool {
+            name: name.into(),
+            description,
+            schema: Some(schema),
+        };
+        let object = serde_json::json!({"type": "object"});
+        let listing = Listing {
+            tools: vec![
+                tool(&format!("get_{secret}"), String::new(), object.clone()),
+                // The secret crosses the 4 KiB cut: redacted before it is cut.
+                tool(
+                    "edge",
+                    format!("{}{secret}", "x".repeat(MAX_DESCRIPTION - 6)),
+                    object.clone(),
+                ),
+                tool(
+                    "schema",
+                    String::new(),
+                    serde_json::json!({"type": "object", "description": secret}),
+                ),
+                // Quoted in JSON text, where a search for the secret would miss it.
+                tool(
+                    "quoted",
+                    String::new(),
+                    serde_json::json!({"enum": [format!("\"{secret}\"")]}),
+                ),
+            ],
+            pages: 1,
+            truncated: false,
+        };
+        let mut report = ServerReport {
+            name: "s".into(),
+            tools: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let spec = McpServerSpec::stdio("s", "x", Vec::new());
+        let offered = offer(&spec, listing, &redact, &mut report);
+        let everything = format!("{offered:?} {report:?}");
+        assert!(!everything.contains("sk-01"), "{everything}");
+        assert_eq!(report.tools, ["s__edge", "s__quoted", "s__schema"]);
+        assert_eq!(offered[1].parameters["enum"][0], "\"[secret]\"");
+        assert_eq!(offered[2].parameters["description"], "[secret]");
+        assert_eq!(
+            report.warnings,
+            ["left out 1 of its tools whose name holds a secret (not shown)"]
+        );
     }
 
     #[test]

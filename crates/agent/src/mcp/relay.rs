@@ -15,19 +15,22 @@ use std::time::Duration;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request head (ours sends it at once).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most connections relayed at once; more wait to be accepted. The client keeps a few
-/// (streamable HTTP: a request at a time and perhaps an event stream), so these are for any
-/// other process of the host that connects.
+/// The most connections relayed at once (after their token was checked); more wait. The client
+/// keeps a few: streamable HTTP makes a request at a time and perhaps holds an event stream.
 const MAX_CONNECTIONS: usize = 32;
+
+/// The most connections whose request head is still being read; more are closed at once. Only
+/// another process of the host (any may connect to loopback) makes that many.
+const MAX_UNPROVEN: usize = 64;
 
 /// The user name the client presents with the token.
 pub(super) const USER: &str = "nightshift";
@@ -59,21 +62,24 @@ impl Relay {
         let task = tokio::spawn(async move {
             // Connections go with the relay: aborting this task drops the set, which aborts them.
             let mut connections = JoinSet::new();
-            let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let unproven = Arc::new(Semaphore::new(MAX_UNPROVEN));
+            let relayed = Arc::new(Semaphore::new(MAX_CONNECTIONS));
             loop {
                 while connections.try_join_next().is_some() {}
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
                 let Ok((client, _)) = listener.accept().await else {
                     // Out of descriptors, most likely: wait it out rather than spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
+                // Too many connections that have not shown the token yet: a flood from
+                // another process, closed at once rather than let it hold up ours.
+                let Ok(unproven) = unproven.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let (socket, expected) = (socket.clone(), expected.clone());
+                let relayed = relayed.clone();
                 connections.spawn(async move {
-                    let _ = pass_on(client, &socket, &expected).await;
-                    drop(permit);
+                    let _ = pass_on(client, &socket, &expected, unproven, relayed).await;
                 });
             }
         });
@@ -86,14 +92,19 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads `client`'s request head (holding one of the `unproven` permits meanwhile) and, when
+/// it carries the token, passes the connection on to the proxy (holding a `relayed` one).
 async fn pass_on(
     mut client: TcpStream,
     socket: &std::path::Path,
     expected: &str,
+    unproven: OwnedSemaphorePermit,
+    relayed: Arc<Semaphore>,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
-    let Ok(Some((head, rest))) = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await
-    else {
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await;
+    drop(unproven);
+    let Ok(Some((head, rest))) = head else {
         return Ok(());
     };
     let Some(head) = without_authorization(&head, expected) else {
@@ -104,6 +115,9 @@ async fn pass_on(
         );
         client.write_all(response.as_bytes()).await?;
         return client.shutdown().await;
+    };
+    let Ok(_relayed) = relayed.acquire_owned().await else {
+        return Ok(());
     };
     let mut proxy = UnixStream::connect(socket).await?;
     proxy.write_all(head.as_bytes()).await?;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 /// The largest event read from the stream; a server that sends more between two blank lines
 /// has its stream ended.
-const MAX_EVENT: usize = 8 << 20;
+const MAX_EVENT: usize = 4 << 20;
 
 /// How many answers may wait for the client (each up to [`MAX_EVENT`]).
 const QUEUE: usize = 4;

@@ -6,25 +6,28 @@ use std::path::Path;
 
 use toml::de::{DeTable, DeValue};
 
-use super::error::ConfigError;
+use super::error::{ConfigError, ConfigWarning};
 use super::schema::{EnvConfig, McpServer};
 use super::toml_reader::{MCP_KEYS, TomlReader, Value, join_key};
 use super::validate;
 
 /// The `[mcp]` table of a TOML document other than a repository's `.nightshift.toml` (an
-/// installation's `config.toml`, at `path`), read and checked as a repository's is; every other
-/// table of it is left to its own reader.
-pub fn read_mcp_table(path: &Path, text: &str) -> Result<Vec<McpServer>, ConfigError> {
+/// installation's `config.toml`, at `path`), read and checked as a repository's is, with what
+/// it would warn about (an unknown key, say); every other table of it is left to its own
+/// reader.
+pub fn read_mcp_table(
+    path: &Path,
+    text: &str,
+) -> Result<(Vec<McpServer>, Vec<ConfigWarning>), ConfigError> {
     let dir = path.parent().unwrap_or(Path::new(""));
-    let file = Path::new(path.file_name().unwrap_or(path.as_os_str()));
-    let mut reader = TomlReader::new(dir, file, text, Default::default());
+    let mut reader = TomlReader::new(dir, path, text, Default::default());
     let document = reader.parse()?;
     let mut config = EnvConfig::defaults(Vec::new());
     if let Some(value) = document.get_ref().get("mcp") {
         let table = reader.table("mcp", value)?;
         reader.mcp(table, &mut config)?;
     }
-    Ok(config.mcp)
+    Ok((config.mcp, reader.warnings))
 }
 
 impl<'a> TomlReader<'a> {

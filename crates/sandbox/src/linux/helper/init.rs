@@ -381,11 +381,12 @@ fn serve(
                 });
                 if let Some(pgid) = pgid {
                     // Not under the lock: the reaper needs it to collect the group's zombies.
+                    let killer = shared.clone();
                     if std::thread::Builder::new()
-                        .spawn(move || kill_group(pgid))
+                        .spawn(move || kill_group(&killer, pgid))
                         .is_err()
                     {
-                        kill_group(pgid);
+                        kill_group(&shared, pgid);
                     }
                 }
             }
@@ -421,11 +422,16 @@ fn start_job(job: Job, shared: &Arc<Shared>) {
 /// Kills a process group until it is empty: a fork bomb may fork between two signals. Zombies
 /// still count as members until the reaper has collected them, so this waits for that too
 /// (about a second at most). `pgid` is the pid of the group's leader, which is killed first by
-/// its pid: just after the fork it has not made its group yet (`setsid`), and a kill of the
-/// group alone would miss it; it cannot start a process once the kill is pending.
-pub(super) fn kill_group(pgid: i32) {
-    // SAFETY: kill sends a signal; no memory is involved.
-    unsafe { libc::kill(pgid, libc::SIGKILL) };
+/// its pid, while it is not reaped yet (its pid could be another process's after): just after
+/// the fork it has not made its group yet (`setsid`), and a kill of the group alone would miss
+/// it; it cannot start a process once the kill is pending.
+pub(super) fn kill_group(shared: &Shared, pgid: i32) {
+    let table = shared.table();
+    if table.waiters.contains_key(&pgid) {
+        // SAFETY: kill sends a signal; no memory is involved.
+        unsafe { libc::kill(pgid, libc::SIGKILL) };
+    }
+    drop(table);
     for _ in 0..200 {
         // SAFETY: kill with a negative pid signals a process group; no memory is involved.
         if unsafe { libc::kill(-pgid, libc::SIGKILL) } != 0 {

@@ -177,7 +177,7 @@ impl Job {
         shared.spawned.notify_all();
         if self.killed.load(Ordering::SeqCst) {
             // The kill came while it was starting; from now on a kill finds its group.
-            kill_group(pid);
+            kill_group(shared, pid);
         }
         Ok(pid)
     }
@@ -212,13 +212,14 @@ impl Job {
                 }
             });
         }
-        Ok(self.collect(pid, &out_read, &rx, &self.killed))
+        Ok(self.collect(shared, pid, &out_read, &rx, &self.killed))
     }
 
     /// Reads output until the command has exited and its pipe is closed (or the grace period
     /// after its exit has passed), killing its group on timeout.
     fn collect(
         &self,
+        shared: &Shared,
         pgid: i32,
         output: &OwnedFd,
         exited: &mpsc::Receiver<i32>,
@@ -244,7 +245,7 @@ impl Job {
             }
             if !timed_out && now >= deadline {
                 timed_out = true;
-                kill_group(pgid);
+                kill_group(shared, pgid);
             }
             if !pipe_open {
                 // Only the exit status is missing.

@@ -47,18 +47,30 @@ impl NamespacedSession {
             cwd,
             env,
         };
-        let fds = pipes.child.each_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        if let Err(e) = send_frame(&self.writer, &spawn, &[], &fds).await {
-            if let Ok(mut pending) = self.pending.lock() {
-                pending.remove(&id);
-            }
-            return Err(e);
-        }
-        // The init holds its own copies now.
-        drop(pipes.child);
         let (handle, follower) = ProcessHandle::new();
-        let (writer, closed) = (self.writer.clone(), self.closed.clone());
+        let (writer, closed, table) = (
+            self.writer.clone(),
+            self.closed.clone(),
+            self.pending.clone(),
+        );
+        let child = pipes.child;
+        let (sent_tx, sent) = oneshot::channel();
+        // The request is sent, and the process followed, by a task of its own: a caller that
+        // gives up half-way (a cancelled start) must not leave half a frame on the way to the
+        // init, and its dropped handle then kills what was started.
         tokio::spawn(async move {
+            let fds = child.each_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+            let outcome = send_frame(&writer, &spawn, &[], &fds).await;
+            // The init holds its own copies now.
+            drop(child);
+            if let Err(e) = outcome {
+                if let Ok(mut pending) = table.lock() {
+                    pending.remove(&id);
+                }
+                let _ = sent_tx.send(Err(e));
+                return;
+            }
+            let _ = sent_tx.send(Ok(()));
             tokio::pin!(rx);
             let mut killed = false;
             let status = loop {
@@ -84,6 +96,11 @@ impl NamespacedSession {
             };
             follower.ended(status);
         });
+        match sent.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(gone("the request to start it was lost")),
+        }
         Ok(Spawned {
             stdin: pipes.stdin,
             stdout: pipes.stdout,
