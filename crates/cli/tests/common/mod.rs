@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nightshift_scripted_model::{Script, ScriptedModel};
 
+pub mod mcp;
 pub mod server;
 use serde_json::{Value, json};
 
