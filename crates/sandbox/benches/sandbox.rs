@@ -1,7 +1,8 @@
 //! Side-by-side timings of the namespaced sandbox: session start plus `true` (with the spare
 //! helper a busy backend keeps, without one, and a warmed-up backend's first) against
-//! bubblewrap with equivalent binds, `true` into a live session, and a session over a
-//! 10,000-file workspace. Prints the median and the 10th and 90th percentiles over N runs.
+//! bubblewrap with equivalent binds, `true` into a live session, a long-lived process spawned
+//! into one (and a line's round trip through its pipes), and a session over a 10,000-file
+//! workspace. Prints the median and the 10th and 90th percentiles over N runs.
 //!
 //! `cargo bench -p nightshift-sandbox --bench sandbox -- [--runs N]`
 
@@ -15,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use nightshift_sandbox::{
     ExecRequest, HelperCommand, Namespaced, NamespacedConfig, Sandbox, SandboxSession,
-    SessionOptions, SessionSpec,
+    SessionOptions, SessionSpec, SpawnRequest,
 };
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 /// [`common::summary`] of durations.
@@ -172,6 +174,35 @@ async fn main() {
         exec.push(t.elapsed());
     }
     summary("exec true into a live session", exec);
+
+    // A long-lived process (an MCP server's way in): spawned, and answering its first line;
+    // then one line's round trip through its pipes.
+    let mut spawn_first = Vec::new();
+    let mut line_trip = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let spawned = session.spawn(SpawnRequest::new("exec cat")).await.unwrap();
+        let (mut stdin, mut lines) = (spawned.stdin, BufReader::new(spawned.stdout).lines());
+        stdin.write_all(b"ping\n").await.unwrap();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ping"));
+        spawn_first.push(t.elapsed());
+        for _ in 0..4 {
+            let t = Instant::now();
+            stdin.write_all(b"ping\n").await.unwrap();
+            assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ping"));
+            line_trip.push(t.elapsed());
+        }
+        drop(stdin);
+        spawned.handle.wait().await;
+    }
+    summary(
+        "spawn cat into a live session + first line back",
+        spawn_first,
+    );
+    summary(
+        "a line through a spawned process's pipes and back",
+        line_trip,
+    );
     session.close().await.unwrap();
 
     let mut large_start = Vec::new();

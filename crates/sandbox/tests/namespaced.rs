@@ -301,10 +301,15 @@ fn ticks_now() -> u64 {
 
 /// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
 fn stat_field(pid: i32, n: usize) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_file_field(&format!("/proc/{pid}/stat"), n).unwrap()
+}
+
+/// Field `n` of a stat file; `None` when it is gone (a thread that ended meanwhile).
+fn stat_file_field(path: &str, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which ends at the last ')', start at field 3.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split_whitespace().nth(n - 3).unwrap().parse().unwrap()
+    Some(rest.split_whitespace().nth(n - 3).unwrap().parse().unwrap())
 }
 
 #[tokio::test]
@@ -330,16 +335,14 @@ async fn a_session_from_a_spare_helper_runs_at_normal_priority() {
     assert_eq!(stat_field(init, 19), 0);
     let out = run(&session, "nice; cut -d' ' -f19 /proc/1/stat").await;
     assert_eq!(out.output, "0\n0\n");
-    // Every thread of the init too (nice values are per thread).
+    // Every thread of the init too (nice values are per thread). The thread that ran the last
+    // command may end while they are listed.
     for thread in std::fs::read_dir(format!("/proc/{init}/task")).unwrap() {
-        let tid: i32 = thread
-            .unwrap()
-            .file_name()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(stat_field(tid, 19), 0, "thread {tid} of the init");
+        let Ok(thread) = thread else { continue };
+        let path = format!("/proc/{init}/task/{}/stat", thread.file_name().display());
+        if let Some(nice) = stat_file_field(&path, 19) {
+            assert_eq!(nice, 0, "{path}");
+        }
     }
     session.close().await.unwrap();
 }
