@@ -192,3 +192,41 @@ async fn a_server_whose_tools_are_dropped_unstopped_is_killed() {
     drop(tools);
     assert!(ends(&proc).await, "the server outlived its tools");
 }
+
+#[tokio::test]
+async fn a_call_ends_at_the_tasks_deadline() {
+    let (_workspace, session, spec) = sprawling(&["small"]).await;
+    let tools = start(&spec, session.as_ref(), &CancellationToken::new()).await;
+    assert_eq!(tools.specs().len(), 3, "{:?}", tools.reports());
+    let never = CancellationToken::new();
+    let started = Instant::now();
+    let deadline = Some(started + Duration::from_millis(500));
+    let out = tools
+        .call("wide__time", "{}", session.as_ref(), &never, deadline)
+        .await;
+    // The server's own timeout is two minutes; the task's time ends first.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        !out.ok && out.text.contains("did not answer within"),
+        "{out:?}"
+    );
+    let out = tools
+        .call("wide__echo", "{}", session.as_ref(), &never, deadline)
+        .await;
+    assert!(!out.ok && out.text.contains("time is up"), "{out:?}");
+    tools.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_is_not_taken_in() {
+    let (_workspace, session, mut spec) = sprawling(&["huge"]).await;
+    spec.startup_timeout = Duration::from_secs(3);
+    let tools = start(&spec, session.as_ref(), &CancellationToken::new()).await;
+    let warnings = tools.reports()[0].warnings.join("\n");
+    assert!(tools.specs().is_empty());
+    // The line is dropped unread past 4 MiB, so the answer never comes.
+    assert!(
+        warnings.contains("did not start") && warnings.contains("did not answer within 3s"),
+        "{warnings}"
+    );
+}

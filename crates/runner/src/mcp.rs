@@ -49,6 +49,14 @@ pub fn task_servers(
     (servers, warnings)
 }
 
+/// No server's start or call may take longer than `limit`.
+fn cap_timeouts(servers: &mut [McpServerSpec], limit: Duration) {
+    for server in servers {
+        server.startup_timeout = server.startup_timeout.min(limit);
+        server.call_timeout = server.call_timeout.min(limit);
+    }
+}
+
 /// A `[mcp.NAME]` (of `origin`, a file's name) as the agent takes it.
 pub fn from_config(server: &McpServer, origin: &str) -> McpServerSpec {
     let mut spec = match &server.url {
@@ -85,10 +93,7 @@ pub(crate) async fn start(
     cancel: &CancellationToken,
 ) -> Result<McpTools, SinkError> {
     let (mut servers, warnings) = task_servers(host, repository);
-    for server in &mut servers {
-        server.startup_timeout = server.startup_timeout.min(limit);
-        server.call_timeout = server.call_timeout.min(limit);
-    }
+    cap_timeouts(&mut servers, limit);
     for message in warnings {
         log.append(Event::Warning { message }).await?;
     }
@@ -117,3 +122,52 @@ pub(crate) async fn start(
 
 /// The longest a task waits for its servers to end after the agent is done.
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository_server(name: &str) -> McpServer {
+        McpServer {
+            name: name.into(),
+            command: "server".into(),
+            args: Vec::new(),
+            url: None,
+            sse: false,
+            env: Default::default(),
+            tools: None,
+            exclude_tools: Vec::new(),
+            startup_timeout: None,
+            timeout: Some("2h".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_installations_servers_come_first_and_a_task_runs_at_most_sixteen() {
+        let host = [McpServerSpec::stdio("docs", "host-docs", Vec::new())];
+        let repository: Vec<McpServer> = ["docs", "a", "b"]
+            .into_iter()
+            .map(repository_server)
+            .chain((0..20).map(|i| repository_server(&format!("s{i}"))))
+            .collect();
+        let (servers, warnings) = task_servers(&host, &repository);
+        assert_eq!(servers.len(), MAX_SERVERS);
+        assert_eq!(servers[0].command, "host-docs");
+        assert_eq!(servers[1].name, "a");
+        assert_eq!(servers[1].origin, ".nightshift.toml");
+        assert!(warnings[0].contains("`docs` is left out"), "{warnings:?}");
+        assert!(
+            warnings[1].contains("at most 16 MCP servers; left out: `s13`, `s14`"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn no_timeout_outlasts_the_tasks_time() {
+        let (mut servers, _) = task_servers(&[], &[repository_server("slow")]);
+        assert_eq!(servers[0].call_timeout, Duration::from_secs(7200));
+        cap_timeouts(&mut servers, Duration::from_secs(600));
+        assert_eq!(servers[0].call_timeout, Duration::from_secs(600));
+        assert_eq!(servers[0].startup_timeout, Duration::from_secs(30));
+    }
+}

@@ -227,4 +227,38 @@ mod tests {
             "CONNECT a.example:443 HTTP/1.1\r\n\r\nhello"
         );
     }
+
+    #[tokio::test]
+    async fn a_flood_of_connections_without_the_token_is_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy.sock");
+        let _proxy = tokio::net::UnixListener::bind(&socket).unwrap();
+        let relay = Relay::start(socket).await.unwrap();
+        let address = relay.url.trim_start_matches("http://").to_string();
+        // Each holds one of the slots for unproven connections, sending nothing.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_UNPROVEN {
+            idle.push(TcpStream::connect(&address).await.unwrap());
+        }
+        // The relay takes them in order; the next one finds the slots full and is closed
+        // without waiting for the head's timeout.
+        let mut extra = TcpStream::connect(&address).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(HEAD_TIMEOUT / 2, extra.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the extra connection was kept: {read:?}"
+        );
+        // Once the flood is gone, a connection is served again (answered, here without a token).
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut later = TcpStream::connect(&address).await.unwrap();
+        later
+            .write_all(b"CONNECT a.example:443 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        later.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    }
 }

@@ -2,7 +2,8 @@
 hostile or careless one might: its tool list never ends, repeats a name, has a name with a
 terminal escape, a description of 100 KB holding a secret, and a schema of 100 KB. With the
 argument `mute` it answers nothing, with `linger` it stays on after its input has closed (as a
-server that ignores it would), with `small` it lists three tools and no more pages, and with `pid FILE` it writes its process id to FILE first.
+server that ignores it would), with `small` it lists three tools and no more pages (its tool
+`time` takes a minute to answer), with `huge` its tool list is one 5 MiB message, and with `pid FILE` it writes its process id to FILE first.
 Only the standard library, so any python3 runs it."""
 
 import json
@@ -17,6 +18,7 @@ if len(args) >= 2 and args[0] == "pid":
 mute = "mute" in args
 linger = "linger" in args
 small = "small" in args
+huge = "huge" in args
 
 
 def send(message):
@@ -66,12 +68,18 @@ for line in sys.stdin:
         }
     elif method == "tools/list":
         number = int((request.get("params") or {}).get("cursor") or 0)
-        if small:
+        if huge:
+            result = {"tools": [tool("big", "y" * (5 << 20))]}
+        elif small:
             result = {"tools": [tool("echo"), tool("ping"), tool("time")]}
         else:
             result = {"tools": page(number), "nextCursor": str(number + 1)}
     elif method == "tools/call":
         name = request["params"]["name"]
+        if small and name == "time":
+            import time
+
+            time.sleep(60)
         result = {"content": [{"type": "text", "text": f"called {name}"}]}
     else:
         send({"jsonrpc": "2.0", "id": ident, "error": {"code": -32601, "message": method}})
