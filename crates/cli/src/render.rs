@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use jiff::{Timestamp, tz::TimeZone};
-use nightshift_protocol::{Task, Usage};
+use nightshift_protocol::{Task, Usage, printable};
 
 mod event;
 pub use event::event;
@@ -155,7 +155,8 @@ pub fn task(task: &Task) -> String {
     if let Some(error) = &task.error {
         let _ = writeln!(out, "Error     {}", indent_rest(error));
     }
-    out
+    // The summary and the error may hold what a repository's code printed.
+    printable(&out).into_owned()
 }
 
 fn indent_rest(text: &str) -> String {
@@ -203,6 +204,7 @@ pub fn task_row(task: &Task, depth: usize) -> String {
         0 => String::new(),
         depth => format!("{}└ ", "  ".repeat(depth - 1)),
     };
+    let what = printable(&what);
     format!(
         "{}  {:<11} {:>8}  {:<7}  {indent}{mark}{what}",
         task.id.short(),

@@ -3,7 +3,8 @@
 //! AGENTS.md, ignore files and untracked files to copy; FIFOs, devices and links out where the
 //! agent's file tools look; and repository configuration that would run programs in host git.
 //! Every task must end promptly, never show the host file, and never run the repository's
-//! hooks.
+//! hooks. What the repository's code prints (and what its agent says) is shown on the
+//! terminal, never obeyed by it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -286,4 +287,37 @@ async fn host_git_runs_none_of_the_repositorys_hooks_and_ignores_inherited_git_v
         std::fs::read_to_string(&marker).unwrap_or_default()
     );
     assert!(!elsewhere.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_repository_prints_cannot_drive_the_terminal() {
+    let repo = repo_with(&[(
+        "noisy.sh",
+        // A window title, a clipboard write (OSC 52), a screen clear, a bidi override.
+        "printf 'before\\033]0;owned\\007\\033]52;c;cHduZWQ=\\007\\033[2Jafter \\342\\200\\256txt\\n'\n",
+    )]);
+    let (ns, _model) = Nightshift::with_script(script(json!([
+        shell("sh noisy.sh"),
+        finish("Done.\u{1b}[8mhidden\u{1b}[0m"),
+    ])))
+    .await;
+    let (out, task) = ns.wait_task(repo.path(), "Run the noisy script").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = task["id"].as_str().unwrap();
+    // The record keeps what was printed, as it was.
+    let events = ns.events(id).await;
+    assert!(shell_output(&events).contains("\u{1b}]52;c;"), "{events:?}");
+    for args in [vec!["logs", id], vec!["show", id], vec!["ls"]] {
+        let text = stdout(&ns.run(&args).await);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202E}'),
+            "{args:?} let a control character through: {text:?}"
+        );
+    }
+    let logs = stdout(&ns.run(&["logs", id]).await);
+    assert!(
+        logs.contains("before\u{FFFD}]0;owned\u{FFFD}\u{FFFD}]52;c;cHduZWQ=\u{FFFD}\u{FFFD}[2Jafter \u{FFFD}txt"),
+        "{logs}"
+    );
+    assert!(logs.contains("Done.\u{FFFD}[8mhidden"), "{logs}");
 }

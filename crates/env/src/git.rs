@@ -36,8 +36,10 @@ pub enum GitError {
 
 /// Settings that keep git from running anything but itself and from trusting what it fetches:
 /// no signing, no hooks, no fsmonitor, no transport but local paths and bundles, every received
-/// object checked.
-const SAFE_CONFIG: [&str; 16] = [
+/// object checked; and no automatic maintenance or gc, which would leave a detached git working
+/// on in the person's repository after a hand-back (and its lock files in the object store a
+/// task's clone is copying).
+const SAFE_CONFIG: [&str; 20] = [
     "-c",
     "commit.gpgsign=false",
     "-c",
@@ -54,6 +56,10 @@ const SAFE_CONFIG: [&str; 16] = [
     "transfer.fsckObjects=true",
     "-c",
     "advice.detachedHead=false",
+    "-c",
+    "maintenance.auto=false",
+    "-c",
+    "gc.auto=0",
 ];
 
 /// Settings of the host's system and global configuration that host git keeps: which

@@ -200,8 +200,10 @@ impl SourceRepo {
         }
         let parent = dest.parent().unwrap_or(Path::new("/"));
         // A local clone hard-links the source's object files; a task handing back at the same
-        // moment writes (and renames away) temporary packs there, which fails the clone now and
-        // then ("hardlink different from source"). Such a clone is made again from scratch.
+        // moment writes (and renames away) temporary packs there, and the person's own git may
+        // hold a lock file there for a moment (`maintenance.lock`), which fails the clone now
+        // and then ("hardlink different from source", "failed to create link ... No such
+        // file"). Such a clone is made again from scratch.
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -220,7 +222,7 @@ impl SourceRepo {
             match cloned {
                 Ok(_) => break,
                 Err(GitError::Failed { ref stderr, .. })
-                    if attempt < 3 && stderr.contains("tmp_") =>
+                    if attempt < 4 && (stderr.contains("tmp_") || stderr.contains("/objects/")) =>
                 {
                     let _ = tokio::fs::remove_dir_all(dest).await;
                     tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;

@@ -1,5 +1,26 @@
 //! Cutting long text to size for the model and the log, keeping both ends: the start of a
-//! command's output says what ran, the end says how it ended.
+//! command's output says what ran, the end says how it ended. And showing text that came from a
+//! repository (its commands' output, its servers' words) on a terminal without letting it
+//! drive the terminal.
+
+/// `text` without control characters other than newlines and tabs, nor bidirectional
+/// overrides: each is replaced by U+FFFD. What a repository's code printed reaches terminals
+/// (`nightshift logs`, `show`, `env check --probe`), where an escape sequence could retitle the
+/// window, write the clipboard or hide lines, and an override could reorder what is shown.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| (c.is_control() && c != '\n' && c != '\t') || is_bidi_override(c);
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| if unsafe_char(c) { '\u{FFFD}' } else { c })
+        .collect::<String>()
+        .into()
+}
+
+fn is_bidi_override(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
 
 /// The result of [`truncate_middle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +123,15 @@ mod tests {
         assert_eq!(
             cut.omitted_bytes + cut.text.matches('é').count() * 2,
             text.len()
+        );
+    }
+
+    #[test]
+    fn printable_text_cannot_drive_a_terminal() {
+        assert_eq!(printable("plain\tline\n"), "plain\tline\n");
+        assert_eq!(
+            printable("ok\x1b]0;title\x07\x1b[2Jdone\r\u{202E}x\u{85}"),
+            "ok\u{FFFD}]0;title\u{FFFD}\u{FFFD}[2Jdone\u{FFFD}\u{FFFD}x\u{FFFD}"
         );
     }
 }

@@ -457,29 +457,12 @@ fn with_stderr(mut message: String, stderr: &Mutex<HeadTailBuffer>) -> String {
         .lock()
         .map(|buffer| buffer.render())
         .unwrap_or_default();
-    let tail = printable(tail.trim());
+    let tail = nightshift_protocol::printable(tail.trim());
     if !tail.is_empty() {
         message.push_str("\nIts standard error ends with:\n");
         message.push_str(&tail);
     }
     message
-}
-
-/// `text` without control characters other than newlines and tabs: a server's output reaches
-/// terminals (`env check --probe`) and logs, where an escape sequence (or a bidirectional
-/// override) could change what is shown.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\n' | '\t' => c,
-            c if c.is_control()
-                || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') =>
-            {
-                '\u{FFFD}'
-            }
-            c => c,
-        })
-        .collect()
 }
 
 async fn pump(mut from: impl AsyncReadExt + Unpin, into: Arc<Mutex<HeadTailBuffer>>) {
@@ -554,14 +537,6 @@ mod tests {
         assert_eq!(
             command_line("x", &["".into(), "$HOME".into()]),
             "exec x '' '$HOME'"
-        );
-    }
-
-    #[test]
-    fn what_a_server_wrote_is_shown_without_escapes() {
-        assert_eq!(
-            printable("ok\tline\n\x1b]0;title\x07\x1b[2Jdone\r\u{202E}x"),
-            "ok\tline\n\u{FFFD}]0;title\u{FFFD}\u{FFFD}[2Jdone\u{FFFD}\u{FFFD}x"
         );
     }
 

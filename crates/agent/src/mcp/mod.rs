@@ -19,8 +19,8 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::tools::ToolOutput;
-pub use connection::printable;
 use connection::{Connection, Listing};
+use nightshift_protocol::printable;
 
 /// Between a server's name and its tool's in the name the model sees.
 pub const SEPARATOR: &str = "__";

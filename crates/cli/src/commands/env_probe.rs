@@ -4,9 +4,10 @@
 
 use std::process::ExitCode;
 
-use nightshift_agent::mcp::{McpTools, printable};
+use nightshift_agent::mcp::McpTools;
 use nightshift_env::cache::{Lookup, SetupCache};
 use nightshift_env::config::Loaded;
+use nightshift_protocol::printable;
 use nightshift_sandbox::{Sandbox, SessionSpec};
 use tokio_util::sync::CancellationToken;
 

@@ -512,5 +512,7 @@ pub fn event(record: &EventRecord) -> String {
             out.push_str(line);
         }
     }
-    out
+    // Commands' output, tool results and summaries are the repository's words: shown, never
+    // obeyed by the terminal.
+    nightshift_protocol::printable(&out).into_owned()
 }
