@@ -133,7 +133,8 @@ fn print_version(task: &Task, history: &PlanHistory, version: Option<u32>) -> Re
         history.versions.len(),
         entry.author
     );
-    print!("{}", entry.plan.render());
+    // The plan is the agent's words.
+    print!("{}", nightshift_protocol::printable(&entry.plan.render()));
     Ok(())
 }
 

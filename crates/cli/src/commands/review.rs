@@ -133,14 +133,19 @@ pub(crate) fn print_findings(findings: &[Finding]) {
     }
     println!("findings  {}", findings.len());
     for finding in findings {
+        // Findings are the reviewing agent's words, about the repository's code.
+        let shown = |text: &str| nightshift_protocol::printable(text).into_owned();
         println!(
             "  [{}] {}  {}",
             finding.severity.as_str(),
-            finding.location(),
-            finding.problem.replace('\n', "\n      ")
+            shown(&finding.location()),
+            shown(&finding.problem.replace('\n', "\n      "))
         );
         if let Some(suggestion) = &finding.suggestion {
-            println!("      fix: {}", suggestion.replace('\n', "\n           "));
+            println!(
+                "      fix: {}",
+                shown(&suggestion.replace('\n', "\n           "))
+            );
         }
     }
 }

@@ -172,7 +172,8 @@ pub(crate) async fn wait(backend: &Backend, task: &Task, json: bool) -> Result<T
         println!("changes   {}", render::no_changes(&task));
     }
     if let Some(summary) = &task.summary {
-        println!("summary   {}", summary.trim().replace('\n', "\n          "));
+        let summary = summary.trim().replace('\n', "\n          ");
+        println!("summary   {}", nightshift_protocol::printable(&summary));
     }
     if let Some(review) = review {
         println!(
