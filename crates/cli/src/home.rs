@@ -289,11 +289,7 @@ impl Home {
             .ceilings()
             .map_err(|err| Failure::usage(format!("{}: {err}", self.config_file().display())))?;
         config.limit_ceilings = ceilings;
-        config.mcp_servers = settings
-            .mcp_servers
-            .iter()
-            .map(|server| nightshift_runner::mcp::from_config(server, "config.toml"))
-            .collect();
+        config.mcp_servers = settings.mcp_specs();
         if wall_time.is_some() {
             config.max_duration = wall_time;
         }
@@ -369,6 +365,16 @@ pub struct Settings {
     _mcp: toml::Table,
     #[serde(skip)]
     pub mcp_servers: Vec<McpServer>,
+}
+
+impl Settings {
+    /// The installation's MCP servers as the runner takes them.
+    pub fn mcp_specs(&self) -> Vec<nightshift_agent::mcp::McpServerSpec> {
+        self.mcp_servers
+            .iter()
+            .map(|server| nightshift_runner::mcp::from_config(server, "config.toml"))
+            .collect()
+    }
 }
 
 /// `[images]` of `config.toml`.

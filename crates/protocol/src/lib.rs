@@ -28,7 +28,7 @@ pub use plan::{
 pub use repo::{InvalidRepoName, MAX_REPO_NAME, Repository, check_repo_name};
 pub use review::{Finding, REVIEW_PROMPT, ReviewSpec, Severity, findings_as_request};
 pub use task::{Task, TaskOrigin, TaskSpec, TaskState, UnknownTaskState};
-pub use text::{Truncated, printable, truncate_middle};
+pub use text::{Truncated, floor_char_boundary, printable, truncate_middle};
 pub use token::{ApiToken, TokenScope, UnknownTokenScope};
 
 /// The version of the JSON shapes in this crate. Bumped (with a migration note in

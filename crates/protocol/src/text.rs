@@ -70,7 +70,9 @@ pub fn truncate_middle(text: &str, max_bytes: usize) -> Truncated {
     }
 }
 
-fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+/// The largest character boundary of `text` at or before byte `index` (at most its length).
+pub fn floor_char_boundary(text: &str, index: usize) -> usize {
+    let mut index = index.min(text.len());
     while !text.is_char_boundary(index) {
         index -= 1;
     }

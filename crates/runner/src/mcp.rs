@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
+use nightshift_agent::SinkError;
 use nightshift_agent::mcp::{McpServerSpec, McpTools, RemoteTransport};
 use nightshift_env::config::McpServer;
 use nightshift_protocol::Event;
 use nightshift_sandbox::SandboxSession;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::sink::TaskLog;
-use nightshift_agent::SinkError;
 
 /// The most MCP servers one task starts (they start at once, each with its tool list in
 /// memory).

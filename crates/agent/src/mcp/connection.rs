@@ -70,26 +70,22 @@ pub(super) struct ListedTool {
 }
 
 impl ListedTool {
-    fn bounded(tool: rmcp::model::Tool) -> ListedTool {
+    /// The tool, bounded, and about how many bytes it holds.
+    fn bounded(tool: rmcp::model::Tool) -> (ListedTool, usize) {
         let schema = Value::Object((*tool.input_schema).clone());
-        let size = serde_json::to_string(&schema).map_or(usize::MAX, |text| text.len());
-        ListedTool {
+        let schema_size = serde_json::to_string(&schema).map_or(usize::MAX, |text| text.len());
+        let kept_schema = schema_size <= MAX_SCHEMA;
+        let tool = ListedTool {
             name: cut(&tool.name, MAX_NAME),
             description: tool
                 .description
                 .map(|d| cut(&d, 2 * MAX_DESCRIPTION))
                 .unwrap_or_default(),
-            schema: (size <= MAX_SCHEMA).then_some(schema),
-        }
-    }
-
-    /// About what it holds, in bytes.
-    fn size(&self) -> usize {
-        let schema = self
-            .schema
-            .as_ref()
-            .map_or(0, |schema| schema.to_string().len());
-        self.name.len() + self.description.len() + schema
+            schema: kept_schema.then_some(schema),
+        };
+        let size =
+            tool.name.len() + tool.description.len() + if kept_schema { schema_size } else { 0 };
+        (tool, size)
     }
 }
 
@@ -368,8 +364,8 @@ async fn list_tools(client: &RunningService<RoleClient, ()>) -> Result<Listing, 
                 listing.truncated = true;
                 return Ok(listing);
             }
-            let tool = ListedTool::bounded(tool);
-            kept += tool.size();
+            let (tool, size) = ListedTool::bounded(tool);
+            kept += size;
             listing.tools.push(tool);
         }
         cursor = page.next_cursor;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::tools::ToolOutput;
 use connection::{Connection, Listing};
-use nightshift_protocol::printable;
+use nightshift_protocol::{floor_char_boundary, printable};
 
 /// Between a server's name and its tool's in the name the model sees.
 pub const SEPARATOR: &str = "__";
@@ -229,10 +229,12 @@ impl McpTools {
         cancel: &CancellationToken,
         deadline: Option<Instant>,
     ) -> ToolOutput {
-        let left = deadline.map_or(Duration::MAX, |deadline| {
-            deadline.saturating_duration_since(Instant::now())
-        });
-        if left.is_zero() {
+        let left = || {
+            deadline.map_or(Duration::MAX, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            })
+        };
+        if left().is_zero() {
             return ToolOutput::failure("the task's time is up");
         }
         let Some((server, tool)) = self.route(name) else {
@@ -256,7 +258,7 @@ impl McpTools {
             }
             *restarts += 1;
             let restarted =
-                tokio::time::timeout(left, start_or_cancel(&server.spec, session, cancel));
+                tokio::time::timeout(left(), start_or_cancel(&server.spec, session, cancel));
             match restarted
                 .await
                 .unwrap_or_else(|_| Err("the task's time ran out".into()))
@@ -274,7 +276,12 @@ impl McpTools {
             return ToolOutput::failure(format!("the MCP server `{}` is not running", name));
         };
         let outcome = connection
-            .call(tool, arguments, server.spec.call_timeout.min(left), cancel)
+            .call(
+                tool,
+                arguments,
+                server.spec.call_timeout.min(left()),
+                cancel,
+            )
             .await;
         if connection.ended() {
             // Kept for its account of the end; the next call starts it again.
@@ -347,7 +354,6 @@ fn offer(
             too_large.push(shown(&tool.name));
             continue;
         };
-        let parameters = redacted_schema(schema, redact);
         if offered.len() == MAX_TOOLS {
             over += 1;
             continue;
@@ -355,7 +361,7 @@ fn offer(
         offered.push(ToolSpec {
             name: name.clone(),
             description: cut(&redact(&tool.description), MAX_DESCRIPTION),
-            parameters,
+            parameters: redacted_schema(schema, redact),
         });
         report.tools.push(name);
     }
@@ -437,11 +443,7 @@ pub(super) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    format!("{}…", &text[..floor_char_boundary(text, max)])
 }
 
 /// A name a server (or a configuration) gave, for a message: quoted, escaped, bounded.

@@ -16,12 +16,7 @@ use crate::output::Failure;
 
 pub(super) async fn probe(root: &std::path::Path, loaded: &Loaded) -> Result<ExitCode, Failure> {
     let home = Home::from_env()?;
-    let installation: Vec<_> = home
-        .settings()?
-        .mcp_servers
-        .iter()
-        .map(|server| nightshift_runner::mcp::from_config(server, "config.toml"))
-        .collect();
+    let installation = home.settings()?.mcp_specs();
     let (servers, mut notes) =
         nightshift_runner::mcp::task_servers(&installation, &loaded.config.mcp);
     println!();

@@ -132,9 +132,9 @@ pub(crate) fn print_findings(findings: &[Finding]) {
         return;
     }
     println!("findings  {}", findings.len());
+    // Findings are the reviewing agent's words, about the repository's code.
+    let shown = |text: &str| nightshift_protocol::printable(text).into_owned();
     for finding in findings {
-        // Findings are the reviewing agent's words, about the repository's code.
-        let shown = |text: &str| nightshift_protocol::printable(text).into_owned();
         println!(
             "  [{}] {}  {}",
             finding.severity.as_str(),
